@@ -1,0 +1,41 @@
+# pgfailover: the two commands a user needs are `make demo` and `make test`.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: test lint typecheck unit integration demo bench clean server-binaries
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# PostgreSQL server binaries (and other server tools the tests use); installs
+# Debian's packages when run as root, else says what to install.
+server-binaries:
+	@bash scripts/ensure-server-binaries
+
+lint: $(STAMP)
+	$(BIN)/ruff check pgfailover tests
+	$(BIN)/ruff format --check pgfailover tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) server-binaries
+	$(BIN)/pytest tests/integration
+
+test: $(STAMP) server-binaries lint typecheck
+	$(BIN)/pytest
+
+demo: $(STAMP) server-binaries
+	$(BIN)/python -m pgfailover.demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,180 @@
+"""``pgfailover lab ...``: drive the local replication lab from a shell.
+
+The lab lives in a directory (``--dir``, ``PGFAILOVER_LAB_DIR``, or a default
+under the system temp dir), so each command is a separate process that
+reopens it from its state file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pgfailover.errors import LabError
+from pgfailover.lab.local import STATE_FILE, LocalLab, default_lab_dir
+
+__all__ = ["lab"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _lab_errors(func: F) -> F:
+    """Turn a LabError into one clear line on stderr and exit code 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_lab_dir,
+    show_default="$PGFAILOVER_LAB_DIR or /tmp/pgfailover-lab-UID",
+    help="Directory holding the lab.",
+)
+
+
+def _print_nodes(the_lab: LocalLab) -> None:
+    click.echo(f"lab in {the_lab.directory} (PostgreSQL {the_lab.bins.version})")
+    for info in the_lab.nodes:
+        click.echo(f"  {info.name}  {info.dsn}")
+    click.echo(f"multi-host URL: {the_lab.url}")
+
+
+@click.group()
+def lab() -> None:
+    """A local streaming-replication cluster to try pgfailover on."""
+
+
+@lab.command()
+@click.option("--standbys", default=2, show_default=True, type=click.IntRange(0, 8))
+@click.option("--sync", is_flag=True, help="Quorum synchronous replication.")
+@click.option(
+    "--quorum",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 8),
+    help="With --sync: how many standbys must acknowledge (ANY K).",
+)
+@click.option("--pg-version", type=int, default=None, help="PostgreSQL major version to use.")
+@dir_option
+@_lab_errors
+def up(standbys: int, sync: bool, quorum: int, pg_version: int | None, directory: Path) -> None:
+    """Create a cluster (or restart the one already in --dir)."""
+
+    def progress(message: str) -> None:
+        click.echo(f"  {message}", err=True)
+
+    if (directory / STATE_FILE).exists():
+        click.echo(f"restarting the lab in {directory}", err=True)
+        the_lab = LocalLab.open(directory)
+        the_lab.start_all(progress)
+    else:
+        click.echo(f"creating a lab of {standbys + 1} nodes in {directory}", err=True)
+        the_lab = LocalLab.create(
+            directory,
+            standbys=standbys,
+            sync=min(quorum, standbys) if sync else 0,
+            version=pg_version,
+            progress=progress,
+        )
+    _print_nodes(the_lab)
+
+
+@lab.command()
+@dir_option
+@_lab_errors
+def down(directory: Path) -> None:
+    """Stop every node and remove the lab directory."""
+    LocalLab.open(directory).destroy()
+    click.echo(f"lab in {directory} removed")
+
+
+@lab.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@dir_option
+@_lab_errors
+def status(as_json: bool, directory: Path) -> None:
+    """Each node's process, role, timeline, upstream and LSN."""
+    the_lab = LocalLab.open(directory)
+    rows = the_lab.status()
+    if as_json:
+        json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
+        click.echo()
+        return
+    header = (
+        f"{'node':<8}{'port':<7}{'process':<9}{'role':<9}{'tl':<4}{'upstream':<10}{'sync':<8}lsn"
+    )
+    click.echo(header)
+    for r in rows:
+        click.echo(
+            f"{r.name:<8}{r.port:<7}{r.process:<9}{r.role or '-':<9}{r.timeline or '-'!s:<4}"
+            f"{r.upstream or '-':<10}{r.sync_state or '-':<8}{r.lsn or '-'}"
+        )
+
+
+def _node_action(name: str, verb: str, help_text: str) -> None:
+    @lab.command(name=name, help=help_text)
+    @click.argument("node")
+    @dir_option
+    @_lab_errors
+    def command(node: str, directory: Path) -> None:
+        the_lab = LocalLab.open(directory)
+        getattr(the_lab, name)(node)
+        click.echo(f"{node} {verb}")
+
+
+_node_action("start", "started", "Start a stopped node.")
+_node_action("kill", "killed", "Node loss: SIGKILL the postmaster and every child.")
+_node_action("pause", "paused", "A hung server: SIGSTOP every process of the node.")
+_node_action("resume", "resumed", "SIGCONT a paused node.")
+_node_action("promote", "promoted", "pg_promote() a standby.")
+
+
+@lab.command()
+@click.argument("node")
+@click.option(
+    "--mode", type=click.Choice(["smart", "fast", "immediate"]), default="fast", show_default=True
+)
+@dir_option
+@_lab_errors
+def stop(node: str, mode: str, directory: Path) -> None:
+    """Stop a node cleanly."""
+    LocalLab.open(directory).stop(node, mode)  # type: ignore[arg-type]
+    click.echo(f"{node} stopped ({mode})")
+
+
+@lab.command()
+@click.argument("node")
+@click.argument("upstream")
+@dir_option
+@_lab_errors
+def follow(node: str, upstream: str, directory: Path) -> None:
+    """Repoint a running standby at UPSTREAM."""
+    LocalLab.open(directory).follow(node, upstream)
+    click.echo(f"{node} streams from {upstream}")
+
+
+@lab.command()
+@click.argument("node")
+@click.option("--to", "upstream", default=None, help="Upstream node (default: the primary).")
+@dir_option
+@_lab_errors
+def rejoin(node: str, upstream: str | None, directory: Path) -> None:
+    """pg_rewind an old primary and start it as a standby."""
+    the_lab = LocalLab.open(directory)
+    the_lab.rejoin(node, upstream)
+    click.echo(f"{node} rejoined as a standby of {upstream or the_lab.primary()}")

@@ -1,0 +1,390 @@
+"""The local replication lab: real clusters from this machine's binaries.
+
+``LocalLab.create(dir, standbys=2, sync=1)`` builds a primary (``node0``) and
+standbys (``node1``...) streaming from it through physical replication slots,
+with ``wal_log_hints`` on so that ``pg_rewind`` works, each standby's
+``application_name`` set to its node name. Its layout on disk::
+
+    DIR/lab.json       names, ports, binaries, sync setting: what `open` reads
+    DIR/node0/         data directory of node0
+    DIR/node0.log      its server log
+
+Only 127.0.0.1 is used, ports are picked free at creation time, and unix
+sockets are off (their paths are limited to 107 bytes; TCP has no such limit).
+Servers are started as an unprivileged user when the lab runs as root.
+
+The settings below make failures visible in seconds rather than minutes
+(``wal_receiver_timeout`` and ``wal_sender_timeout`` of 5 s) and make the lab
+fast (``fsync = off``: a killed process loses nothing, only an OS crash would).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pgfailover.errors import LabError
+from pgfailover.lab.base import NodeInfo, StopMode
+from pgfailover.lab.binaries import PgBinaries, find_binaries
+from pgfailover.lab.node import LocalNode
+from pgfailover.lab.proc import RunAs, resolve_run_as
+from pgfailover.lab.topology import Topology
+
+__all__ = ["LocalLab", "default_lab_dir", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "lab.json"
+_FORMAT = 1
+HOST = "127.0.0.1"
+
+SERVER_SETTINGS: dict[str, str] = {
+    "unix_socket_directories": "''",
+    "wal_level": "replica",
+    "max_wal_senders": "16",
+    "max_replication_slots": "16",
+    "wal_log_hints": "on",
+    "hot_standby": "on",
+    "hot_standby_feedback": "on",
+    "wal_keep_size": "'256MB'",
+    "wal_sender_timeout": "'5s'",
+    "wal_receiver_timeout": "'5s'",
+    "wal_receiver_status_interval": "'1s'",
+    "max_connections": "200",
+    "shared_buffers": "'32MB'",
+    "fsync": "off",
+    "logging_collector": "off",
+    "log_line_prefix": "'%m [%p] %q%a '",
+    "log_min_messages": "warning",
+}
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def default_lab_dir() -> Path:
+    """Where ``pgfailover lab`` keeps its cluster unless told otherwise."""
+    env = os.environ.get("PGFAILOVER_LAB_DIR")
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"pgfailover-lab-{os.geteuid()}"
+
+
+def _port_free(port: int) -> bool:
+    # SO_REUSEADDR: a port with only TIME_WAIT leftovers is free for a server
+    # (PostgreSQL sets it too), and must not look busy.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A free TCP port on 127.0.0.1, below the ephemeral range."""
+    taken = taken or set()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if port not in taken and _port_free(port):
+            return port
+    raise LabError("no free TCP port found on 127.0.0.1 between 20000 and 32000")
+
+
+class LocalLab(Topology):
+    """A streaming-replication cluster of local PostgreSQL servers.
+
+    Create one with :meth:`create`, reopen an existing one with :meth:`open`.
+    Every action waits until it has taken effect (a promoted node is out of
+    recovery, a repointed standby streams) or raises :class:`LabError`.
+
+    Thread safety: not thread-safe; drive a lab from one thread at a time.
+    """
+
+    def __init__(
+        self, directory: Path, bins: PgBinaries, run_as: RunAs, nodes: list[NodeInfo], sync: int
+    ) -> None:
+        self.directory = directory
+        self.bins = bins
+        self.run_as = run_as
+        self.sync = sync
+        self._nodes = {
+            info.name: LocalNode(info, directory / info.name, bins, run_as) for info in nodes
+        }
+
+    # -- construction --------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path | str | None = None,
+        *,
+        standbys: int = 2,
+        sync: int = 0,
+        version: int | None = None,
+        progress: Progress = _quiet,
+    ) -> LocalLab:
+        """Build and start a new cluster of one primary and ``standbys`` standbys.
+
+        ``sync`` > 0 turns on quorum synchronous replication:
+        ``synchronous_standby_names = 'ANY sync (node1, ...)'``.
+
+        Raises:
+            LabError: ``directory`` exists and is not empty, no binaries, a
+                server failed to start (the message quotes its log).
+        """
+        if standbys < 0:
+            raise LabError(f"standbys must be >= 0, got {standbys}")
+        if not 0 <= sync <= standbys:
+            raise LabError(
+                f"sync must be between 0 and the number of standbys ({standbys}), got {sync}"
+            )
+        bins = find_binaries(version)
+        run_as = resolve_run_as()
+        if directory is None:
+            base = Path(tempfile.mkdtemp(prefix="pgfl-", dir=tempfile.gettempdir()))
+        else:
+            base = Path(directory).absolute()
+            if base.exists() and any(base.iterdir()):
+                raise LabError(
+                    f"lab directory {base} exists and is not empty: remove it or pick another"
+                )
+            base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o755)
+        run_as.chown(base)
+        if (
+            not os.access(base, os.W_OK)
+            or run_as.run(["test", "-w", str(base)], check=False).returncode
+        ):
+            raise LabError(
+                f"lab directory {base} is not writable by OS user {run_as.name!r} "
+                "(under /root it cannot be reached): pick a directory under /tmp"
+            )
+        taken: set[int] = set()
+        infos = []
+        for index in range(standbys + 1):
+            port = free_port(taken)
+            taken.add(port)
+            infos.append(NodeInfo(f"node{index}", HOST, port))
+        lab = cls(base, bins, run_as, infos, sync)
+        lab._save()
+        try:
+            lab._build(progress)
+        except BaseException:
+            lab.destroy()
+            raise
+        return lab
+
+    @classmethod
+    def open(cls, directory: Path | str) -> LocalLab:
+        """Reopen the lab whose state file is in ``directory``."""
+        base = Path(directory).absolute()
+        try:
+            state: dict[str, Any] = json.loads((base / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise LabError(
+                f"no lab in {base} (no {STATE_FILE}): run 'pgfailover lab up'"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise LabError(f"{base / STATE_FILE} is not valid JSON: {exc}") from None
+        if state.get("format") != _FORMAT:
+            raise LabError(f"{base / STATE_FILE} has unknown format {state.get('format')!r}")
+        bins = PgBinaries(Path(state["bindir"]), int(state["version"]))
+        nodes = [NodeInfo(n["name"], n["host"], int(n["port"])) for n in state["nodes"]]
+        return cls(base, bins, resolve_run_as(), nodes, int(state["sync"]))
+
+    def _save(self) -> None:
+        state = {
+            "format": _FORMAT,
+            "bindir": str(self.bins.bindir),
+            "version": self.bins.version,
+            "sync": self.sync,
+            "nodes": [{"name": n.name, "host": n.host, "port": n.port} for n in self.nodes],
+        }
+        (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def _build(self, progress: Progress) -> None:
+        primary = self._nodes["node0"]
+        progress(f"initdb {primary.name} (PostgreSQL {self.bins.version})")
+        self.run_as.run(
+            [
+                self.bins.path("initdb"),
+                "-D",
+                str(primary.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+        conf = primary.datadir / "postgresql.conf"
+        with conf.open("a") as fh:
+            fh.write("\n# pgfailover lab\n")
+            fh.writelines(f"{key} = {value}\n" for key, value in SERVER_SETTINGS.items())
+        hba = primary.datadir / "pg_hba.conf"
+        hba.write_text(
+            "local all all trust\n"
+            f"host all all {HOST}/32 trust\n"
+            f"host replication all {HOST}/32 trust\n"
+        )
+        progress(f"start {primary.name} on port {primary.info.port}")
+        self._start_checked(primary)
+        standbys = [n for n in self._nodes.values() if n is not primary]
+        for node in standbys:
+            self.run_sql(
+                primary.name, "SELECT pg_create_physical_replication_slot(%s, true)", (node.name,)
+            )
+        for node in standbys:
+            progress(f"pg_basebackup {node.name} from {primary.name}")
+            self.run_as.run(
+                [
+                    self.bins.path("pg_basebackup"),
+                    "-d",
+                    primary.info.dsn,
+                    "-D",
+                    str(node.datadir),
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ]
+            )
+            node.make_standby(primary.info)
+            progress(f"start {node.name} on port {node.info.port}")
+            self._start_checked(node)
+        for node in standbys:
+            self.wait_streaming(node.name, primary.name)
+        if self.sync:
+            progress(f"quorum sync: ANY {self.sync} of {len(standbys)} standbys")
+        self._apply_sync(primary.name)
+        progress("ready")
+
+    # -- node processes --------------------------------------------------
+
+    @property
+    def nodes(self) -> list[NodeInfo]:
+        """Every node, in creation order."""
+        return [node.info for node in self._nodes.values()]
+
+    def local_node(self, name: str) -> LocalNode:
+        """The :class:`LocalNode` (data directory, PIDs) of one node."""
+        self.node(name)  # raises a LabError naming the known nodes
+        return self._nodes[name]
+
+    def process_state(self, name: str) -> str:
+        """``running``, ``paused`` or ``stopped``."""
+        return self.local_node(name).process_state()
+
+    def pid(self, name: str) -> int | None:
+        """The verified postmaster PID of one node."""
+        return self.local_node(name).pid()
+
+    def _start_checked(self, node: LocalNode) -> None:
+        if node.process_state() == "stopped" and not _port_free(node.info.port):
+            raise LabError(
+                f"{node.name}: port {node.info.port} on {HOST} is taken by another process"
+            )
+        try:
+            node.start()
+        except LabError as exc:
+            tail = ""
+            if node.logfile.exists():
+                tail = "\n".join(node.logfile.read_text(errors="replace").splitlines()[-15:])
+            raise LabError(f"{node.name} failed to start: {exc}\n{tail}".rstrip()) from None
+
+    def start(self, name: str) -> None:
+        """Start a stopped node and wait until it accepts connections."""
+        self._start_checked(self.local_node(name))
+
+    def start_all(self, progress: Progress = _quiet) -> None:
+        """Start every stopped node (``lab up`` on an existing lab)."""
+        for node in self._nodes.values():
+            if node.process_state() == "paused":
+                node.resume()
+            if node.process_state() == "stopped":
+                progress(f"start {node.name} on port {node.info.port}")
+                self._start_checked(node)
+        progress("ready")
+
+    def stop(self, name: str, mode: StopMode = "fast") -> None:
+        """Stop a node cleanly (``pg_ctl stop -m MODE``)."""
+        self.local_node(name).stop(mode)
+
+    def kill(self, name: str) -> None:
+        """Node loss: SIGKILL the postmaster and every child."""
+        self.local_node(name).kill()
+
+    def pause(self, name: str) -> None:
+        """A hung server: SIGSTOP the postmaster and every child."""
+        self.local_node(name).pause()
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a paused node."""
+        self.local_node(name).resume()
+
+    def _rewind(self, name: str, source: NodeInfo) -> None:
+        node = self.local_node(name)
+        self.run_as.run(
+            [
+                self.bins.path("pg_rewind"),
+                "--target-pgdata",
+                str(node.datadir),
+                "--source-server",
+                source.dsn,
+                "--no-sync",
+            ],
+            timeout=300,
+        )
+
+    def _configure_standby(self, name: str, upstream: NodeInfo) -> None:
+        self.local_node(name).make_standby(upstream)
+
+    # -- teardown --------------------------------------------------------
+
+    def stop_all(self) -> None:
+        """Stop every node (``immediate``), killing any that resists."""
+        for node in self._nodes.values():
+            try:
+                node.stop("immediate")
+            except LabError:
+                node.kill()
+            if node.leftovers():
+                node.kill()
+
+    def leftovers(self) -> list[int]:
+        """PIDs of any process still working in one of the lab's data dirs."""
+        return [pid for node in self._nodes.values() for pid in node.leftovers()]
+
+    def destroy(self) -> None:
+        """Stop every node, leave no process behind, and remove the directory."""
+        self.stop_all()
+        remaining = self.leftovers()
+        if remaining:
+            raise LabError(f"lab processes {remaining} survived; {self.directory} kept")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def __repr__(self) -> str:
+        return f"<LocalLab {self.directory} nodes={[n.name for n in self.nodes]} sync={self.sync}>"

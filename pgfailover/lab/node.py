@@ -1,0 +1,235 @@
+"""One data directory of the local lab and the processes serving it.
+
+A :class:`LocalNode` starts, stops, kills, pauses and resumes one PostgreSQL
+server by PID, and edits its ``postgresql.auto.conf`` while it is down.
+Per-node settings that must survive ``pg_basebackup`` and ``pg_rewind`` (which
+copy configuration files from another node) are passed on the command line,
+never written to a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+from pathlib import Path
+
+from pgfailover.errors import LabError
+from pgfailover.lab.base import NodeInfo, StopMode
+from pgfailover.lab.binaries import PgBinaries
+from pgfailover.lab.proc import (
+    RunAs,
+    children_of,
+    postmaster_pid,
+    processes_in,
+    signal_pids,
+    wait_gone,
+)
+
+__all__ = ["LocalNode", "quote_conf"]
+
+logger = logging.getLogger(__name__)
+
+_START_TIMEOUT = 60
+
+
+def quote_conf(value: str) -> str:
+    """Quote a value for a PostgreSQL configuration file."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class LocalNode:
+    """One server of the local lab.
+
+    Thread safety: not thread-safe; the lab drives one action at a time.
+    """
+
+    def __init__(self, info: NodeInfo, datadir: Path, bins: PgBinaries, run_as: RunAs) -> None:
+        self.info = info
+        self.datadir = datadir
+        self.logfile = datadir.parent / f"{info.name}.log"
+        self._bins = bins
+        self._run_as = run_as
+
+    @property
+    def name(self) -> str:
+        """The node's name (also its ``application_name`` and slot name)."""
+        return self.info.name
+
+    def __repr__(self) -> str:
+        return f"<LocalNode {self.name} port={self.info.port} datadir={self.datadir}>"
+
+    # -- process state -------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The verified postmaster PID, or ``None`` when not running."""
+        return postmaster_pid(self.datadir)
+
+    def process_state(self) -> str:
+        """``running``, ``paused`` (SIGSTOPped) or ``stopped``."""
+        pid = self.pid()
+        if pid is None:
+            return "stopped"
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return "stopped"
+        state = raw[raw.rindex(")") + 2 :].split()[0]
+        return "paused" if state in ("T", "t") else "running"
+
+    # -- actions -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        if self.process_state() != "stopped":
+            return
+        self._clear_stale_lock()
+        options = (
+            f"-p {self.info.port} -c listen_addresses={self.info.host} -c cluster_name={self.name}"
+        )
+        self._run_as.run(
+            [
+                self._bins.path("pg_ctl"),
+                "start",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                str(_START_TIMEOUT),
+                "-o",
+                options,
+            ],
+            timeout=_START_TIMEOUT + 10,
+        )
+        logger.info("lab: %s started on port %d", self.name, self.info.port)
+
+    def stop(self, mode: StopMode = "fast") -> None:
+        """Stop cleanly with ``pg_ctl stop``; fall back to :meth:`kill`."""
+        state = self.process_state()
+        if state == "stopped":
+            return
+        if state == "paused":
+            self.resume()
+        result = self._run_as.run(
+            [
+                self._bins.path("pg_ctl"),
+                "stop",
+                "-D",
+                str(self.datadir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "30",
+            ],
+            timeout=40,
+            check=False,
+        )
+        if result.returncode != 0:
+            logger.warning(
+                "lab: %s did not stop (%s); killing it", self.name, result.stderr.strip()
+            )
+            self.kill()
+        logger.info("lab: %s stopped (%s)", self.name, mode)
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and each child, one PID at a time.
+
+        Each backend leads its own session, so a process-group kill would
+        miss them. The postmaster is stopped first so that it cannot fork a
+        new child (or restart crashed ones) while the children die.
+        """
+        pid = self.pid()
+        leftovers = processes_in(self.datadir)
+        if pid is None and not leftovers:
+            return
+        victims: list[int] = []
+        if pid is not None:
+            signal_pids([pid], signal.SIGSTOP)
+            victims = [*children_of(pid), pid]
+        victims += [p for p in leftovers if p not in victims]
+        signal_pids(victims, signal.SIGKILL)
+        if not wait_gone(victims, 10.0):
+            raise LabError(f"{self.name}: processes {victims} survived SIGKILL")
+        self._clear_stale_lock()
+        logger.info("lab: %s killed (%d processes)", self.name, len(victims))
+
+    def pause(self) -> None:
+        """SIGSTOP the postmaster, then every child: the server hangs."""
+        pid = self.pid()
+        if pid is None:
+            raise LabError(f"{self.name} is not running: nothing to pause")
+        signal_pids([pid], signal.SIGSTOP)
+        signal_pids(children_of(pid), signal.SIGSTOP)
+        logger.info("lab: %s paused", self.name)
+
+    def resume(self) -> None:
+        """SIGCONT every child, then the postmaster."""
+        pid = self.pid()
+        if pid is None:
+            raise LabError(f"{self.name} is not running: nothing to resume")
+        signal_pids(children_of(pid), signal.SIGCONT)
+        signal_pids([pid], signal.SIGCONT)
+        logger.info("lab: %s resumed", self.name)
+
+    def leftovers(self) -> list[int]:
+        """Live processes still working in this node's data directory."""
+        return processes_in(self.datadir)
+
+    def _clear_stale_lock(self) -> None:
+        """Remove the lock file of a postmaster that is dead or a zombie.
+
+        After SIGKILL the postmaster can stay a zombie for a second or two
+        until its parent reaps it, and PostgreSQL (``pg_ctl start``, or the
+        single-user crash recovery ``pg_rewind`` runs) refuses to start while
+        ``kill(pid, 0)`` succeeds on the PID in ``postmaster.pid``. A zombie
+        is dead, and so is every child we killed, so its lock is stale and
+        removing it beats waiting on a reaper we do not control.
+        """
+        lock = self.datadir / "postmaster.pid"
+        if not lock.exists() or postmaster_pid(self.datadir) is not None:
+            return
+        lock.unlink(missing_ok=True)
+
+    # -- configuration -------------------------------------------------
+
+    def set_auto_conf(self, **settings: str | None) -> None:
+        """Set (or, with ``None``, remove) keys in ``postgresql.auto.conf``.
+
+        Only for a stopped server: a running one is changed with
+        ``ALTER SYSTEM`` instead.
+        """
+        path = self.datadir / "postgresql.auto.conf"
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = []
+        for line in lines:
+            match = re.match(r"\s*(\w+)\s*=", line)
+            if match and match.group(1) in settings:
+                continue
+            kept.append(line)
+        kept += [
+            f"{key} = {quote_conf(value)}" for key, value in settings.items() if value is not None
+        ]
+        path.write_text("\n".join(kept) + "\n")
+        self._run_as.chown(path)
+
+    def make_standby(self, upstream: NodeInfo) -> None:
+        """Configure this (stopped) data directory to stream from ``upstream``."""
+        self.set_auto_conf(
+            primary_conninfo=upstream_conninfo(upstream, self.name),
+            primary_slot_name=self.name,
+            synchronous_standby_names=None,
+        )
+        signal_file = self.datadir / "standby.signal"
+        signal_file.touch()
+        self._run_as.chown(signal_file)
+
+
+def upstream_conninfo(upstream: NodeInfo, application_name: str) -> str:
+    """The ``primary_conninfo`` a standby named ``application_name`` uses."""
+    return (
+        f"host={upstream.host} port={upstream.port} user=postgres "
+        f"application_name={application_name} connect_timeout=2"
+    )

@@ -1,0 +1,72 @@
+"""Fixtures that build real replication clusters with the project's lab.
+
+``fresh_lab`` gives each test its own 3-node cluster to break; ``shared_lab``
+is one cluster for the whole session, for tests that only read. Every lab a
+test creates is destroyed at the end, even when the test fails, and the
+session ends by checking that no lab process survived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pgfailover.lab import LocalLab
+
+_created: list[LocalLab] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this directory runs against real PostgreSQL."""
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+def make_lab(*, standbys: int = 2, sync: int = 0) -> LocalLab:
+    """Create a lab that the session will destroy if the test does not."""
+    lab = LocalLab.create(standbys=standbys, sync=sync)
+    _created.append(lab)
+    return lab
+
+
+@pytest.fixture
+def fresh_lab() -> Iterator[LocalLab]:
+    """A new async cluster of node0 (primary), node1 and node2, for one test."""
+    lab = make_lab()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture
+def sync_lab() -> Iterator[LocalLab]:
+    """A new cluster with quorum sync (ANY 1 of node1, node2), for one test."""
+    lab = make_lab(sync=1)
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture(scope="session")
+def shared_lab() -> Iterator[LocalLab]:
+    """One cluster for the session; tests using it must not change it."""
+    lab = make_lab()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_lab_process_survives() -> Iterator[None]:
+    yield
+    survivors = []
+    for lab in _created:
+        if lab.directory.exists():
+            lab.destroy()
+        survivors += lab.leftovers()
+    assert not survivors, f"lab processes survived the session: {survivors}"
