@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-def create_lab(*, standbys: int = 2, sync: int = 0) -> LocalLab:
+def create_lab(*, standbys: int = 2, sync: int = 0) -> Lab:
     """A fresh lab in a new temporary directory, on the backend asked for.
 
     ``PGFAILOVER_LAB=docker`` selects the docker backend; anything else (or
@@ -40,5 +40,5 @@ def create_lab(*, standbys: int = 2, sync: int = 0) -> LocalLab:
     if os.environ.get("PGFAILOVER_LAB", "local") == "docker":
         from pgfailover.lab.docker import DockerLab
 
-        return DockerLab.create(standbys=standbys, sync=sync)  # type: ignore[return-value]
+        return DockerLab.create(standbys=standbys, sync=sync)
     return LocalLab.create(standbys=standbys, sync=sync)

@@ -353,8 +353,8 @@ class LocalLab(Topology):
             timeout=300,
         )
 
-    def _configure_standby(self, name: str, upstream: NodeInfo) -> None:
-        self.local_node(name).make_standby(upstream)
+    def _configure_standby(self, name: str, upstream: str) -> None:
+        self.local_node(name).make_standby(self.node(upstream))
 
     # -- teardown --------------------------------------------------------
 

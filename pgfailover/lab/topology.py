@@ -40,6 +40,7 @@ SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery()
             THEN coalesce(pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn())::text
             ELSE pg_current_wal_lsn()::text END,
+       (SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'),
        (SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming')
 """
 
@@ -88,8 +89,19 @@ class Topology(abc.ABC):
         """Run pg_rewind on the stopped ``name`` from ``source``."""
 
     @abc.abstractmethod
-    def _configure_standby(self, name: str, upstream: NodeInfo) -> None:
+    def _configure_standby(self, name: str, upstream: str) -> None:
         """Make the stopped ``name`` a standby of ``upstream`` on its next start."""
+
+    def _replication_conninfo(self, upstream: str, name: str) -> str:
+        """The ``primary_conninfo`` with which ``name`` streams from ``upstream``."""
+        return upstream_conninfo(self.node(upstream), name)
+
+    def _sender_name(self, host: str | None, port: int | None) -> str | None:
+        """The node a WAL receiver's ``sender_host:sender_port`` points at."""
+        for info in self.nodes:
+            if info.port == port:
+                return info.name
+        return None
 
     # -- lookups -------------------------------------------------------
 
@@ -198,7 +210,7 @@ class Topology(abc.ABC):
         with self.connect(name) as conn:
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
-                    sql.Literal(upstream_conninfo(self.node(upstream), name))
+                    sql.Literal(self._replication_conninfo(upstream, name))
                 )
             )
             conn.execute(
@@ -228,7 +240,7 @@ class Topology(abc.ABC):
         self.run_sql(upstream, "CHECKPOINT")
         self._ensure_slot(upstream, name)
         self._rewind(name, self.node(upstream))
-        self._configure_standby(name, self.node(upstream))
+        self._configure_standby(name, upstream)
         self.start(name)
         self.wait_streaming(name, upstream, timeout=60)
         self._apply_sync(upstream)
@@ -271,7 +283,6 @@ class Topology(abc.ABC):
 
     def status(self) -> list[NodeStatus]:
         """Every node's process state, role, timeline, LSN and upstream."""
-        by_port = {n.port: n.name for n in self.nodes}
         sync_states: dict[str, str] = {}
         result = []
         for info in self.nodes:
@@ -280,7 +291,8 @@ class Topology(abc.ABC):
                 result.append(NodeStatus(info.name, info.port, process))
                 continue
             try:
-                recovery, timeline, lsn, sender_port = self.run_sql(info.name, _STATUS_SQL)[0]
+                row = self.run_sql(info.name, _STATUS_SQL)[0]
+                recovery, timeline, lsn, sender_host, sender_port = row
                 if not recovery:
                     for app, state in self.run_sql(
                         info.name, "SELECT application_name, sync_state FROM pg_stat_replication"
@@ -296,7 +308,7 @@ class Topology(abc.ABC):
                     process,
                     role="standby" if recovery else "primary",
                     timeline=timeline,
-                    upstream=by_port.get(sender_port) if sender_port else None,
+                    upstream=self._sender_name(sender_host, sender_port),
                     lsn=lsn,
                 )
             )
