@@ -1,0 +1,213 @@
+"""The data the state machine works on: states, roles, snapshots, decisions.
+
+Everything here is immutable, so a snapshot can be handed to any number of
+reader threads without a lock. :mod:`pgfailover.state` computes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = [
+    "ClusterState",
+    "Decision",
+    "FailoverStarted",
+    "Fence",
+    "NodeLost",
+    "NodeRecovered",
+    "NodeState",
+    "Promote",
+    "Role",
+    "Snapshot",
+    "SplitBrainDetected",
+    "StateChanged",
+    "SwitchPrimary",
+]
+
+
+class ClusterState(str, Enum):
+    """The state of the whole cluster, as the manager sees it."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILOVER_IN_PROGRESS = "failover_in_progress"
+    FAILOVER_COMPLETE = "failover_complete"
+    RECOVERY_IN_PROGRESS = "recovery_in_progress"
+    UNKNOWN = "unknown"
+    SPLIT_BRAIN = "split_brain"
+
+
+class Role(str, Enum):
+    """What a node is: what the server said, or its last known role if it is down."""
+
+    PRIMARY = "primary"
+    STANDBY = "standby"
+    STALE = "stale"  # out of recovery on an older timeline: needs pg_rewind
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node's health as of the last probe round (immutable)."""
+
+    name: str
+    address: str
+    priority: int
+    role: Role = Role.UNKNOWN
+    up: bool = False  # the last probe succeeded
+    healthy: bool = False  # up, counting the thresholds
+    checked: bool = False  # probed at least once
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_check: float | None = None
+    response_time: float | None = None
+    down_since: float | None = None
+    error: str | None = None
+    timeline: int | None = None
+    wal_lsn: int | None = None
+    receive_lsn: int | None = None
+    replay_lsn: int | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    receiver_visible: bool = False
+    receiver_streaming: bool | None = None
+    upstream: str | None = None
+    read_only: bool | None = None
+    sync_standby_names: str | None = None
+    promotion_eligible: bool = False
+
+    @property
+    def position(self) -> int | None:
+        """The most WAL this node is known to hold."""
+        values = [v for v in (self.wal_lsn, self.receive_lsn, self.replay_lsn) if v is not None]
+        return max(values) if values else None
+
+    @property
+    def recovering(self) -> bool:
+        """Answers again after being down, but not yet healthy."""
+        return self.checked and self.up and not self.healthy
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The cluster as of one probe round. Immutable: readers never lock.
+
+    ``primary`` is where writes go now (``None``: nowhere). ``last_primary``
+    and ``last_primary_lsn`` remember the primary that was lost, for the
+    promotion guards. ``max_timeline`` is the newest timeline a primary was
+    seen on: a node out of recovery below it is stale.
+    """
+
+    nodes: tuple[NodeState, ...]
+    state: ClusterState = ClusterState.UNKNOWN
+    primary: str | None = None
+    last_primary: str | None = None
+    last_primary_lsn: int | None = None
+    max_timeline: int = 0
+    split_brain: tuple[str, ...] = ()
+    failover_started_at: float | None = None
+    failover_reason: str | None = None
+    completed_at: float | None = None
+    failover_count: int = 0
+    last_failover_at: float | None = None
+    promotion_blocked: str | None = None
+    rounds: int = 0
+    changed_at: float = 0.0
+
+    def node(self, name: str) -> NodeState:
+        """One node by name (``KeyError`` if unknown)."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    @property
+    def standbys(self) -> tuple[NodeState, ...]:
+        """Every node but the primary."""
+        return tuple(n for n in self.nodes if n.name != self.primary)
+
+    @property
+    def in_doubt(self) -> bool:
+        """The primary is missing or failed its last probe: probe fast."""
+        if self.primary is None:
+            return True
+        return not self.node(self.primary).up
+
+
+@dataclass(frozen=True)
+class SwitchPrimary:
+    """Writes now go to ``node`` (an orchestrator's promotion, or ours)."""
+
+    node: str
+    previous: str | None
+    timeline: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Promote ``node`` with ``pg_promote()`` (``auto`` mode)."""
+
+    node: str
+    previous: str | None
+    reason: str
+    lag_bytes: int | None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Soft-fence a stale old primary (``default_transaction_read_only``)."""
+
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SplitBrainDetected:
+    """Two writable nodes on one timeline: writes are refused."""
+
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FailoverStarted:
+    """The primary is lost: a failover has begun (detection time)."""
+
+    previous: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """The cluster state changed."""
+
+    old: ClusterState
+    new: ClusterState
+
+
+@dataclass(frozen=True)
+class NodeLost:
+    """A node crossed the unhealthy threshold."""
+
+    node: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class NodeRecovered:
+    """A node that was unhealthy passed the healthy threshold again."""
+
+    node: str
+
+
+Decision = (
+    SwitchPrimary
+    | Promote
+    | Fence
+    | SplitBrainDetected
+    | FailoverStarted
+    | StateChanged
+    | NodeLost
+    | NodeRecovered
+)

@@ -1,0 +1,213 @@
+"""One probe of one node: what the server says it is, in one round trip.
+
+``SELECT 1`` is not a health check: it passes on a standby and on a demoted
+primary. A probe asks for the role (``pg_is_in_recovery()``), the timeline,
+the WAL positions (current on a primary; received and replayed on a
+standby), the replay timestamp, the WAL receiver's status and upstream, and
+``transaction_read_only``, all in one statement on the probe's own
+connection (never a pool connection), with connect and statement timeouts.
+
+The WAL receiver's columns are only visible to superusers and members of
+``pg_read_all_stats`` (``pg_monitor``); without them ``receiver_visible`` is
+false and promotion guards that need the receiver refuse to act.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+__all__ = ["PROBE_SQL", "NodeProber", "ProbeResult"]
+
+logger = logging.getLogger(__name__)
+
+PROBE_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END,
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE (pg_current_wal_lsn() - '0/0')::bigint END,
+       (pg_last_wal_receive_lsn() - '0/0')::bigint,
+       (pg_last_wal_replay_lsn() - '0/0')::bigint,
+       extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8,
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+       r.status,
+       r.sender_host,
+       r.sender_port,
+       current_setting('transaction_read_only') = 'on',
+       current_setting('synchronous_standby_names'),
+       (SELECT system_identifier FROM pg_control_system())::text
+FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
+"""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe of one node found.
+
+    ``ok`` is false when the node could not be reached or the probe failed
+    (``error`` says why). LSNs are byte positions (``pg_lsn - '0/0'``).
+    ``replay_age`` is the seconds since the last replayed transaction
+    committed on the primary (``None`` on a primary).
+    """
+
+    node: str
+    ok: bool
+    started: float
+    response_time: float
+    error: str | None = None
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    wal_lsn: int | None = None
+    receive_lsn: int | None = None
+    replay_lsn: int | None = None
+    replay_age: float | None = None
+    receiver_visible: bool = False
+    receiver_status: str | None = None
+    sender_host: str | None = None
+    sender_port: int | None = None
+    read_only: bool | None = None
+    sync_standby_names: str | None = None
+    system_identifier: str | None = None
+
+    @property
+    def writable(self) -> bool:
+        """Out of recovery and not read-only: this node takes writes."""
+        return self.ok and self.in_recovery is False and self.read_only is False
+
+    @property
+    def position(self) -> int | None:
+        """How much WAL the node holds: current (primary) or received/replayed."""
+        values = [v for v in (self.wal_lsn, self.receive_lsn, self.replay_lsn) if v is not None]
+        return max(values) if values else None
+
+
+def failed(node: str, started: float, error: str) -> ProbeResult:
+    """A failed probe result."""
+    return ProbeResult(node, False, started, time.monotonic() - started, error=error)
+
+
+class NodeProber:
+    """Probes one node over a dedicated, persistent connection.
+
+    The connection is reused between probes (one backend per node, not one
+    fork per probe) and dropped on any error. :meth:`abort` unblocks a probe
+    stuck on a hung server by shutting the socket down, so that its thread
+    returns; the monitor calls it when a probe outlives the round's deadline.
+
+    Thread safety: :meth:`probe` runs in one thread at a time (the monitor
+    never starts a second probe of a node while one runs); :meth:`abort` and
+    :meth:`close` may be called from any thread.
+    """
+
+    def __init__(self, name: str, dsn: str, *, timeout: float) -> None:
+        self.name = name
+        self._dsn = dsn
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None  # guarded by self._lock
+        self._closed = False  # guarded by self._lock
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        statement_ms = max(1, int(self._timeout * 1000))
+        conn = psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=max(1, round(self._timeout)),
+            application_name="pgfailover-probe",
+            options=f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}",
+        )
+        conn.prepare_threshold = 0
+        return conn
+
+    def probe(self) -> ProbeResult:
+        """Probe the node once; never raises."""
+        started = time.monotonic()
+        with self._lock:
+            if self._closed:
+                return failed(self.name, started, "prober closed")
+            conn = self._conn
+        try:
+            if conn is None or conn.closed:
+                conn = self._connect()
+                with self._lock:
+                    if self._closed:
+                        conn.close()
+                        return failed(self.name, started, "prober closed")
+                    self._conn = conn
+            row = conn.execute(PROBE_SQL).fetchone()
+        except (psycopg.Error, OSError) as exc:
+            self._drop()
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.debug("probe %s failed: %s", self.name, message)
+            return failed(self.name, started, message)
+        if row is None:  # the statement always returns one row
+            return failed(self.name, started, "probe returned no row")
+        elapsed = time.monotonic() - started
+        result = ProbeResult(
+            node=self.name,
+            ok=True,
+            started=started,
+            response_time=elapsed,
+            in_recovery=bool(row[0]),
+            timeline=row[1],
+            wal_lsn=row[2],
+            receive_lsn=row[3],
+            replay_lsn=row[4],
+            replay_age=row[5],
+            receiver_visible=bool(row[6]),
+            receiver_status=row[7],
+            sender_host=row[8],
+            sender_port=row[9],
+            read_only=bool(row[10]),
+            sync_standby_names=row[11],
+            system_identifier=row[12],
+        )
+        logger.debug(
+            "probe %s: %s tl=%s in %.1f ms",
+            self.name,
+            "standby" if result.in_recovery else "primary",
+            result.timeline,
+            elapsed * 1000,
+        )
+        return result
+
+    def _drop(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def abort(self) -> None:
+        """Unblock a probe waiting on a hung server (shut its socket down)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                return
+            try:
+                sock = socket.socket(fileno=conn.fileno())
+            except (OSError, psycopg.Error):
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.detach()  # the connection still owns the descriptor
+
+    def close(self) -> None:
+        """Close the probe connection; later probes fail fast."""
+        with self._lock:
+            self._closed = True
+        self.abort()
+        self._drop()

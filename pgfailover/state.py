@@ -1,0 +1,357 @@
+"""The pure transition function of the cluster state machine.
+
+:func:`transition` takes the previous :class:`~pgfailover.model.Snapshot`,
+one round of probe results and the time, and returns the next snapshot and
+the decisions the manager must apply (switch primary, promote, fence, raise
+the alarm). It does no I/O and reads no clock, so every case is a row in a
+unit-test table.
+
+States (:class:`~pgfailover.model.ClusterState`):
+
+- ``HEALTHY``: a writable primary, every standby healthy, streaming and
+  within the lag limit.
+- ``DEGRADED``: a primary, but a standby is down, lagging, not streaming or
+  stale, or the primary failed its last probe (in doubt).
+- ``FAILOVER_IN_PROGRESS``: no writable primary and at least one healthy
+  standby: waiting for a promotion (the manager's own in ``auto`` mode).
+- ``FAILOVER_COMPLETE``: a new primary took over within the last
+  ``COMPLETE_HOLD_INTERVALS`` health-check intervals.
+- ``RECOVERY_IN_PROGRESS``: a node that was unhealthy answers again but has
+  not yet passed ``healthy_threshold`` probes in a row.
+- ``UNKNOWN``: no healthy node at all.
+- ``SPLIT_BRAIN``: two writable nodes on the newest timeline: writes refused.
+
+Which node is primary is what the servers say, never the configuration: the
+writable node on the newest timeline. A node out of recovery on an older
+timeline is ``stale`` (an old primary that came back; it needs pg_rewind)
+and never receives writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.dsn import node_address
+from pgfailover.model import (
+    ClusterState,
+    Decision,
+    FailoverStarted,
+    Fence,
+    NodeLost,
+    NodeRecovered,
+    NodeState,
+    Promote,
+    Role,
+    Snapshot,
+    SplitBrainDetected,
+    StateChanged,
+    SwitchPrimary,
+)
+from pgfailover.probe import ProbeResult
+from pgfailover.promotion import Candidate, choose_candidate
+
+__all__ = ["COMPLETE_HOLD_INTERVALS", "initial_snapshot", "transition"]
+
+COMPLETE_HOLD_INTERVALS: Final = 5
+
+
+def initial_snapshot(nodes: Sequence[Node], now: float = 0.0) -> Snapshot:
+    """The snapshot before any probe: every node unknown, no primary."""
+    return Snapshot(
+        nodes=tuple(NodeState(n.name, node_address(n.dsn), n.priority) for n in nodes),
+        changed_at=now,
+    )
+
+
+def _probed(
+    prev: NodeState,
+    result: ProbeResult | None,
+    now: float,
+    cfg: FailoverConfig,
+    by_address: Mapping[str, str],
+) -> NodeState:
+    """Apply one probe result to a node, counting the thresholds."""
+    if result is None:
+        return prev
+    if not result.ok:
+        failures = prev.consecutive_failures + 1
+        healthy = prev.checked and prev.healthy and failures < cfg.unhealthy_threshold
+        return dataclasses.replace(
+            prev,
+            up=False,
+            healthy=healthy,
+            checked=True,
+            consecutive_failures=failures,
+            consecutive_successes=0,
+            last_check=now,
+            response_time=None,
+            down_since=prev.down_since if prev.down_since is not None else now,
+            error=result.error,
+            receiver_streaming=None,
+            upstream=None,
+            lag_bytes=None,
+            promotion_eligible=False,
+        )
+    successes = prev.consecutive_successes + 1
+    healthy = (not prev.checked) or prev.healthy or successes >= cfg.healthy_threshold
+    streaming = result.receiver_status == "streaming" if result.receiver_visible else None
+    upstream = None
+    if streaming and result.sender_host:
+        upstream = by_address.get(f"{result.sender_host}:{result.sender_port}")
+    return dataclasses.replace(
+        prev,
+        role=Role.STANDBY if result.in_recovery else Role.PRIMARY,
+        up=True,
+        healthy=healthy,
+        checked=True,
+        consecutive_failures=0,
+        consecutive_successes=successes,
+        last_check=now,
+        response_time=result.response_time,
+        down_since=None if healthy else prev.down_since,
+        error=None,
+        timeline=result.timeline,
+        wal_lsn=result.wal_lsn,
+        receive_lsn=result.receive_lsn,
+        replay_lsn=result.replay_lsn,
+        lag_seconds=result.replay_age if result.in_recovery else None,
+        receiver_visible=result.receiver_visible,
+        receiver_streaming=streaming,
+        upstream=upstream,
+        read_only=result.read_only,
+        sync_standby_names=result.sync_standby_names,
+    )
+
+
+def _with_lag(
+    node: NodeState, primary: NodeState | None, reference: int, cfg: FailoverConfig
+) -> NodeState:
+    """Lag behind the primary, and promotion eligibility, of one node."""
+    if node.role is Role.PRIMARY and primary is not None and node.name == primary.name:
+        return dataclasses.replace(node, lag_bytes=0, lag_seconds=0.0, promotion_eligible=False)
+    if node.role is not Role.STANDBY or not node.up:
+        return dataclasses.replace(node, lag_bytes=None, promotion_eligible=False)
+    lag_bytes = None
+    lag_seconds = node.lag_seconds
+    if primary is not None and primary.wal_lsn is not None and node.replay_lsn is not None:
+        lag_bytes = max(0, primary.wal_lsn - node.replay_lsn)
+        if lag_bytes == 0:
+            lag_seconds = 0.0
+    position = node.position
+    eligible = (
+        node.healthy
+        and position is not None
+        and reference - position <= cfg.max_promotion_lag_bytes
+    )
+    return dataclasses.replace(
+        node, lag_bytes=lag_bytes, lag_seconds=lag_seconds, promotion_eligible=eligible
+    )
+
+
+def _lost_reason(prev: Snapshot, nodes: Mapping[str, NodeState]) -> str:
+    name = prev.primary
+    if name is None:
+        return "no primary"
+    node = nodes[name]
+    if node.up and node.role is Role.STANDBY:
+        return f"primary {name} is in recovery (demoted)"
+    if node.up and node.read_only:
+        return f"primary {name} is read-only"
+    if node.up:
+        return f"primary {name} is stale (timeline {node.timeline})"
+    return f"primary {name} failed {node.consecutive_failures} probes: {node.error}"
+
+
+def transition(
+    prev: Snapshot, results: Mapping[str, ProbeResult], now: float, cfg: FailoverConfig
+) -> tuple[Snapshot, list[Decision]]:
+    """The next snapshot and the decisions one round of probes leads to."""
+    decisions: list[Decision] = []
+    by_address = {n.address: n.name for n in prev.nodes}
+    updated = [_probed(n, results.get(n.name), now, cfg, by_address) for n in prev.nodes]
+    for old, new in zip(prev.nodes, updated, strict=True):
+        if old.checked and old.healthy and not new.healthy:
+            decisions.append(NodeLost(new.name, new.error))
+        elif old.checked and not old.healthy and new.healthy:
+            decisions.append(NodeRecovered(new.name))
+
+    updated, primary, split, stale, max_timeline = _find_primary(prev, updated)
+    by_name = {n.name: n for n in updated}
+
+    if split and split != prev.split_brain:
+        decisions.append(SplitBrainDetected(split))
+    for name in sorted(stale):
+        if cfg.fence_stale_primary and by_name[name].read_only is False:
+            decisions.append(
+                Fence(
+                    name,
+                    f"{name} is out of recovery on timeline {by_name[name].timeline}, "
+                    f"older than {max_timeline}: stale old primary",
+                )
+            )
+
+    last_primary = prev.last_primary
+    last_primary_lsn = prev.last_primary_lsn
+    if primary is not None:
+        last_primary = primary
+        if by_name[primary].wal_lsn is not None:
+            last_primary_lsn = by_name[primary].wal_lsn
+
+    book = _bookkeeping(prev, by_name, primary, split, now=now, decisions=decisions)
+    failover_started_at, failover_reason, failover_count, last_failover_at, completed_at = book
+
+    primary_node = by_name[primary] if primary is not None else None
+    reference = max(
+        [
+            last_primary_lsn or 0,
+            *(n.position or 0 for n in updated if n.role is Role.STANDBY and n.up),
+        ]
+    )
+    updated = [_with_lag(n, primary_node, reference, cfg) for n in updated]
+    by_name = {n.name: n for n in updated}
+
+    state = _cluster_state(
+        updated, primary=primary, split=split, completed_at=completed_at, now=now, cfg=cfg
+    )
+    if primary is not None and state is not ClusterState.FAILOVER_COMPLETE:
+        failover_started_at = None
+        failover_reason = None
+
+    snapshot = Snapshot(
+        nodes=tuple(updated),
+        state=state,
+        primary=primary,
+        last_primary=last_primary,
+        last_primary_lsn=last_primary_lsn,
+        max_timeline=max_timeline,
+        split_brain=split,
+        failover_started_at=failover_started_at,
+        failover_reason=failover_reason,
+        completed_at=completed_at,
+        failover_count=failover_count,
+        last_failover_at=last_failover_at,
+        promotion_blocked=None,
+        rounds=prev.rounds + 1,
+        changed_at=now if state is not prev.state else prev.changed_at,
+    )
+    if state is not prev.state:
+        decisions.insert(0, StateChanged(prev.state, state))
+    if cfg.promotion == "auto" and state is ClusterState.FAILOVER_IN_PROGRESS:
+        choice = choose_candidate(snapshot, cfg, now)
+        if isinstance(choice, Candidate):
+            decisions.append(Promote(choice.node, last_primary, choice.reason, choice.lag_bytes))
+        else:
+            snapshot = dataclasses.replace(
+                snapshot, promotion_blocked=f"{choice.guard}: {choice.reason}"
+            )
+    return snapshot, decisions
+
+
+def _bookkeeping(
+    prev: Snapshot,
+    by_name: Mapping[str, NodeState],
+    primary: str | None,
+    split: tuple[str, ...],
+    *,
+    now: float,
+    decisions: list[Decision],
+) -> tuple[float | None, str | None, int, float | None, float | None]:
+    """Failover start, reason, count, last failover and completion times."""
+    started = prev.failover_started_at
+    reason = prev.failover_reason
+    count = prev.failover_count
+    last_at = prev.last_failover_at
+    completed = prev.completed_at
+    if prev.primary is not None and primary is None and not split:
+        started = now
+        reason = _lost_reason(prev, by_name)
+        decisions.append(FailoverStarted(prev.primary, reason))
+    if primary is None or primary == prev.primary:
+        return started, reason, count, last_at, completed
+    timeline = by_name[primary].timeline
+    if prev.last_primary is None:
+        why = "first primary seen"
+    elif primary == prev.last_primary:
+        why = f"{primary} is primary again"
+    else:
+        count += 1
+        last_at = completed = now
+        if started is None:
+            # Switched before the old primary crossed the unhealthy
+            # threshold: the failover began when it first failed a probe.
+            old = by_name.get(prev.last_primary)
+            started = old.down_since if old is not None and old.down_since is not None else now
+        why = f"{primary} is out of recovery on timeline {timeline}"
+        if reason:
+            why += f" after: {reason}"
+    decisions.append(SwitchPrimary(primary, prev.last_primary, timeline, why))
+    return started, reason, count, last_at, completed
+
+
+def _find_primary(
+    prev: Snapshot, updated: list[NodeState]
+) -> tuple[list[NodeState], str | None, tuple[str, ...], set[str], int]:
+    """The primary (the writable node on the newest timeline), split brain, stale nodes."""
+    out_of_recovery = [n for n in updated if n.up and n.role is Role.PRIMARY]
+    max_timeline = max([prev.max_timeline, *(n.timeline or 0 for n in out_of_recovery)])
+    newest = [n for n in out_of_recovery if (n.timeline or 0) >= max_timeline]
+    writable = [n for n in newest if not n.read_only]
+    stale = {n.name for n in out_of_recovery if (n.timeline or 0) < max_timeline}
+    updated = [dataclasses.replace(n, role=Role.STALE) if n.name in stale else n for n in updated]
+    split: tuple[str, ...] = ()
+    primary: str | None = None
+    if len(writable) >= 2:
+        split = tuple(sorted(n.name for n in writable))
+    elif writable:
+        primary = writable[0].name
+    elif prev.primary is not None:
+        old = next(n for n in updated if n.name == prev.primary)
+        # A primary that missed probes stays primary until the threshold;
+        # one that answers as a standby, read-only or stale is gone at once.
+        if not old.up and old.healthy:
+            primary = prev.primary
+    return updated, primary, split, stale, max_timeline
+
+
+def _cluster_state(
+    nodes: Sequence[NodeState],
+    *,
+    primary: str | None,
+    split: tuple[str, ...],
+    completed_at: float | None,
+    now: float,
+    cfg: FailoverConfig,
+) -> ClusterState:
+    if split:
+        return ClusterState.SPLIT_BRAIN
+    if primary is None:
+        any_healthy = any(n.up and n.healthy for n in nodes)
+        return ClusterState.FAILOVER_IN_PROGRESS if any_healthy else ClusterState.UNKNOWN
+    if (
+        completed_at is not None
+        and now - completed_at < COMPLETE_HOLD_INTERVALS * cfg.health_check_interval
+    ):
+        return ClusterState.FAILOVER_COMPLETE
+    if any(n.recovering for n in nodes):
+        return ClusterState.RECOVERY_IN_PROGRESS
+    if _degraded(nodes, primary, cfg):
+        return ClusterState.DEGRADED
+    return ClusterState.HEALTHY
+
+
+def _degraded(nodes: Sequence[NodeState], primary: str, cfg: FailoverConfig) -> bool:
+    for node in nodes:
+        if node.name == primary:
+            if not node.up:
+                return True
+            continue
+        if not node.healthy or node.role is not Role.STANDBY:
+            return True
+        if node.receiver_streaming is False:
+            return True
+        if node.lag_bytes is not None and node.lag_bytes > cfg.max_read_lag_bytes:
+            return True
+    return False

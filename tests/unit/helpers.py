@@ -1,0 +1,94 @@
+"""Builders of probe results and snapshots for the pure-logic tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.model import Decision, Snapshot
+from pgfailover.probe import ProbeResult
+from pgfailover.state import initial_snapshot, transition
+
+NODES = [
+    Node("node0", "host=10.0.0.1 port=5432", priority=0),
+    Node("node1", "host=10.0.0.2 port=5432", priority=1),
+    Node("node2", "host=10.0.0.3 port=5432", priority=2),
+]
+ADDRESS = {"node0": "10.0.0.1", "node1": "10.0.0.2", "node2": "10.0.0.3"}
+
+
+def primary(name: str, *, tl: int = 1, lsn: int = 1000, read_only: bool = False) -> ProbeResult:
+    """A node that answers out of recovery."""
+    return ProbeResult(
+        name,
+        True,
+        0.0,
+        0.001,
+        in_recovery=False,
+        timeline=tl,
+        wal_lsn=lsn,
+        receiver_visible=True,
+        read_only=read_only,
+    )
+
+
+def standby(
+    name: str,
+    *,
+    tl: int = 1,
+    lsn: int = 1000,
+    replay: int | None = None,
+    upstream: str | None = "node0",
+    visible: bool = True,
+) -> ProbeResult:
+    """A node in recovery, streaming from ``upstream`` (None: receiver down)."""
+    return ProbeResult(
+        name,
+        True,
+        0.0,
+        0.001,
+        in_recovery=True,
+        timeline=tl,
+        receive_lsn=lsn,
+        replay_lsn=lsn if replay is None else replay,
+        replay_age=0.0,
+        receiver_visible=visible,
+        receiver_status="streaming" if upstream else None,
+        sender_host=ADDRESS[upstream] if upstream else None,
+        sender_port=5432 if upstream else None,
+        read_only=True,
+    )
+
+
+def down(name: str) -> ProbeResult:
+    """A node that did not answer."""
+    return ProbeResult(name, False, 0.0, 1.0, error="connection refused")
+
+
+def healthy_round() -> list[ProbeResult]:
+    return [primary("node0"), standby("node1"), standby("node2")]
+
+
+def run(
+    rounds: Iterable[Sequence[ProbeResult]],
+    config: FailoverConfig | None = None,
+    *,
+    start: Snapshot | None = None,
+    t0: float = 1000.0,
+    step: float = 0.05,
+) -> tuple[Snapshot, list[list[Decision]]]:
+    """Feed rounds of probe results through the state machine."""
+    cfg = config or FailoverConfig()
+    snap = start or initial_snapshot(NODES, t0)
+    all_decisions = []
+    now = t0
+    for results in rounds:
+        now += step
+        by_node: Mapping[str, ProbeResult] = {r.node: r for r in results}
+        snap, decisions = transition(snap, by_node, now, cfg)
+        all_decisions.append(decisions)
+    return snap, all_decisions
+
+
+def kinds(decisions: Iterable[Decision]) -> list[str]:
+    return [type(d).__name__ for d in decisions]
