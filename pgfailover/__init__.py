@@ -6,6 +6,7 @@ crashes, hangs, promotions and returning old primaries.
 
 from __future__ import annotations
 
+from pgfailover.config import FailoverConfig, Node
 from pgfailover.errors import (
     ConfigurationError,
     LabError,
@@ -17,17 +18,27 @@ from pgfailover.errors import (
     SplitBrainError,
     WriteOutcomeUnknown,
 )
+from pgfailover.events import FailoverEvent
+from pgfailover.manager import FailoverManager
+from pgfailover.model import ClusterState, Role, Snapshot
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ClusterState",
     "ConfigurationError",
+    "FailoverConfig",
+    "FailoverEvent",
+    "FailoverManager",
     "LabError",
     "ManagerClosed",
     "NoPrimaryAvailable",
     "NoStandbyAvailable",
+    "Node",
     "PgFailoverError",
     "PromotionRefused",
+    "Role",
+    "Snapshot",
     "SplitBrainError",
     "WriteOutcomeUnknown",
     "__version__",

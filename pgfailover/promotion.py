@@ -33,12 +33,34 @@ every manager picks the same node.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgfailover.config import FailoverConfig
+from pgfailover.errors import PgFailoverError
 from pgfailover.model import NodeState, Role, Snapshot
 
-__all__ = ["FORCEABLE", "Candidate", "Refusal", "choose_candidate", "rank"]
+__all__ = [
+    "FORCEABLE",
+    "Candidate",
+    "Refusal",
+    "StandbyLink",
+    "choose_candidate",
+    "fence_node",
+    "promote_node",
+    "rank",
+    "read_standby_link",
+    "repoint_standby",
+    "rewrite_sync_names",
+    "set_sync_standby_names",
+    "streaming_standbys",
+]
 
 FORCEABLE = frozenset(
     {
@@ -181,3 +203,152 @@ def choose_candidate(
             return refusal
     why = "asked for" if target else "most advanced healthy standby"
     return Candidate(chosen.name, max(0, lag), f"{chosen.name}: {why}, {max(0, lag)} bytes behind")
+
+
+# -- I/O: promoting, repointing, fencing ------------------------------------
+#
+# These run on dedicated admin connections (never pool connections), each
+# with a statement timeout. They need a role that may call pg_promote() and
+# ALTER SYSTEM (a superuser, or the grants listed in the README).
+
+_SYNC_RE = re.compile(
+    r"^\s*(?:(ANY|FIRST)\s+)?(?:(\d+)\s*)?\((.*)\)\s*$", re.IGNORECASE | re.DOTALL
+)
+
+
+def rewrite_sync_names(original: str, survivors: Sequence[str]) -> tuple[str, str | None]:
+    """``synchronous_standby_names`` for a new primary followed by ``survivors``.
+
+    Keeps the method (ANY/FIRST) and count of ``original``, capped at the
+    number of survivors; with no survivor it returns ``''`` (async). The
+    second value is a note to record when durability is lowered. ``'*'``
+    (any standby) is kept as it is.
+    """
+    text = original.strip()
+    if not text or text == "*":
+        return text, None
+    match = _SYNC_RE.match(text)
+    if match:
+        method = (match.group(1) or "FIRST").upper()
+        count = int(match.group(2) or 1)
+    else:  # the old list form "a, b": FIRST 1
+        method, count = "FIRST", 1
+    if not survivors:
+        return "", f"no standby left to follow: synchronous replication off (was {original!r})"
+    k = min(count, len(survivors))
+    names = ", ".join(pgsql.Identifier(s).as_string(None) for s in survivors)
+    note = None
+    if k < count:
+        note = f"only {len(survivors)} standby(s) left: quorum lowered from {count} to {k}"
+    return f"{method} {k} ({names})", note
+
+
+def admin_connection(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection for one administrative action."""
+    ms = max(1, int(timeout * 1000))
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=max(1, round(timeout)),
+        application_name="pgfailover-admin",
+        options=f"-c statement_timeout={ms}",
+    )
+
+
+def promote_node(dsn: str, *, wait_seconds: int = 30) -> None:
+    """``pg_promote(wait => true)`` and check that the node left recovery.
+
+    Raises:
+        PgFailoverError: the node did not finish promoting in time.
+    """
+    with admin_connection(dsn, wait_seconds + 5) as conn:
+        row = conn.execute("SELECT pg_promote(true, %s)", (wait_seconds,)).fetchone()
+        if not row or not row[0]:
+            raise PgFailoverError(f"pg_promote() did not complete within {wait_seconds}s")
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
+            raise PgFailoverError("node still in recovery after pg_promote()")
+
+
+def set_sync_standby_names(dsn: str, value: str, timeout: float) -> None:
+    """``ALTER SYSTEM SET synchronous_standby_names`` and reload."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute(
+            pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+                pgsql.Literal(value)
+            )
+        )
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def fence_node(dsn: str, timeout: float) -> None:
+    """Soft fence: make every new transaction read-only (survives restarts)."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+@dataclass(frozen=True)
+class StandbyLink:
+    """How a standby connects upstream: its conninfo, slot and application name."""
+
+    conninfo: dict[str, str]
+    slot: str | None
+    application_name: str
+
+
+def read_standby_link(dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
+    """Read a standby's ``primary_conninfo`` and ``primary_slot_name``."""
+    with admin_connection(dsn, timeout) as conn:
+        row = conn.execute(
+            "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name'),"
+            " current_setting('cluster_name')"
+        ).fetchone()
+    conninfo_text, slot, cluster_name = row if row else ("", "", "")
+    params = {k: str(v) for k, v in conninfo_to_dict(conninfo_text or "").items() if v is not None}
+    name = params.get("application_name") or cluster_name or fallback_name
+    return StandbyLink(params, slot or None, name)
+
+
+def repoint_standby(
+    standby_dsn: str,
+    link: StandbyLink,
+    new_primary_dsn: str,
+    new_primary_admin_dsn: str,
+    timeout: float,
+) -> None:
+    """Point a running standby at a new primary: ``ALTER SYSTEM`` + reload.
+
+    The standby keeps its user, password, SSL and application name; only
+    the address changes to the new primary's. Its replication slot, if it
+    uses one, is created on the new primary first.
+    """
+    target = conninfo_to_dict(new_primary_dsn)
+    params = dict(link.conninfo)
+    for key in ("host", "hostaddr", "port"):
+        params.pop(key, None)
+        if target.get(key):
+            params[key] = str(target[key])
+    params.setdefault("application_name", link.application_name)
+    if link.slot:
+        with admin_connection(new_primary_admin_dsn, timeout) as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
+                " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                (link.slot, link.slot),
+            )
+    with admin_connection(standby_dsn, timeout) as conn:
+        conn.execute(
+            pgsql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
+                pgsql.Literal(make_conninfo("", **params))
+            )
+        )
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def streaming_standbys(dsn: str, timeout: float) -> set[str]:
+    """Application names streaming from a primary right now."""
+    with admin_connection(dsn, timeout) as conn:
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+        ).fetchall()
+    return {r[0] for r in rows}

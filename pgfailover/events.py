@@ -1,0 +1,163 @@
+"""Failover events, their bounded history, and user callbacks.
+
+A :class:`FailoverEvent` records one failover from detection to the first
+primary that takes writes: who was lost, who took over, why, when, how long
+it took, how it ended and how much WAL the new primary may lack. The
+:class:`EventLog` keeps the newest ``history_size`` events in memory and,
+when given a file, appends each finished or updated event to it as one JSON
+line, so history survives restarts.
+
+Callbacks run on the thread that produced the event, never under a lock; one
+that raises is logged and never stops the monitor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
+
+logger = logging.getLogger(__name__)
+
+EventKind = Literal["failover", "switchover", "promotion_failed", "split_brain", "fence"]
+Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
+
+
+@dataclass(frozen=True)
+class FailoverEvent:
+    """One failover (or related incident), as recorded.
+
+    Times are seconds since the epoch. ``duration`` runs from detection
+    (the first failed probe of the lost primary) to the switch of writes;
+    ``first_write_after`` from detection to the first acknowledged write on
+    the new primary, when one happened through this manager.
+    ``data_loss_bytes`` estimates the WAL the new primary lacks compared with
+    the last position seen on the old one (``0`` with quorum sync when the
+    most advanced standby was promoted).
+    """
+
+    kind: EventKind
+    from_node: str | None
+    to_node: str | None
+    reason: str
+    started: float
+    completed: float | None = None
+    outcome: Outcome = "in_progress"
+    data_loss_bytes: int | None = None
+    promoted_by: str | None = None  # "pgfailover", or None when an orchestrator did it
+    first_write_after: float | None = None
+    notes: tuple[str, ...] = ()
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from detection to completion (``None`` while in progress)."""
+        return None if self.completed is None else max(0.0, self.completed - self.started)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict, including ``duration``."""
+        data = dataclasses.asdict(self)
+        data["notes"] = list(self.notes)
+        data["duration"] = self.duration
+        data["from"] = data.pop("from_node")
+        data["to"] = data.pop("to_node")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FailoverEvent:
+        """Inverse of :meth:`as_dict` (unknown keys ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["from_node"] = data.get("from")
+        values["to_node"] = data.get("to")
+        values["notes"] = tuple(data.get("notes") or ())
+        return cls(**values)
+
+
+class EventLog:
+    """The newest events, optionally mirrored to a JSON-lines file.
+
+    Thread safety: all methods may be called from any thread.
+    """
+
+    def __init__(self, size: int = 100, path: str | Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._events: deque[FailoverEvent] = deque(maxlen=size)  # guarded by self._lock
+        self._path = Path(path) if path else None
+        if self._path is not None and self._path.exists():
+            self._load(self._path)
+
+    def _load(self, path: Path) -> None:
+        latest: dict[str, FailoverEvent] = {}
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                event = FailoverEvent.from_dict(json.loads(line))
+            except (ValueError, TypeError) as exc:
+                logger.warning("history file %s line %d skipped: %s", path, number, exc)
+                continue
+            latest.pop(event.id, None)
+            latest[event.id] = event  # the last line of an event wins
+        self._events.extend(latest.values())
+
+    def record(self, event: FailoverEvent) -> FailoverEvent:
+        """Add or update (by ``id``) an event; mirror it to the file."""
+        with self._lock:
+            for index, existing in enumerate(self._events):
+                if existing.id == event.id:
+                    self._events[index] = event
+                    break
+            else:
+                self._events.append(event)
+        if self._path is not None:
+            try:
+                with self._path.open("a") as fh:
+                    fh.write(json.dumps(event.as_dict(), sort_keys=True) + "\n")
+            except OSError as exc:
+                logger.error("cannot append to history file %s: %s", self._path, exc)
+        return event
+
+    def update(self, event_id: str, **changes: Any) -> FailoverEvent | None:
+        """Apply ``changes`` to the event with ``event_id`` and record it."""
+        with self._lock:
+            current = next((e for e in self._events if e.id == event_id), None)
+        if current is None:
+            return None
+        return self.record(dataclasses.replace(current, **changes))
+
+    def events(self) -> list[FailoverEvent]:
+        """Every kept event, oldest first."""
+        with self._lock:
+            return list(self._events)
+
+    def latest(self, kind: EventKind | None = None) -> FailoverEvent | None:
+        """The newest event (of ``kind``)."""
+        with self._lock:
+            for event in reversed(self._events):
+                if kind is None or event.kind == kind:
+                    return event
+        return None
+
+
+def run_callbacks(callbacks: list[Callable[..., object]], *args: object) -> None:
+    """Call each callback; log and swallow what one raises."""
+    for callback in list(callbacks):
+        started = time.monotonic()
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("callback %r raised; ignored", callback)
+        elapsed = time.monotonic() - started
+        if elapsed > 1.0:
+            logger.warning("callback %r took %.1fs: keep callbacks short", callback, elapsed)

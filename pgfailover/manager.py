@@ -1,0 +1,501 @@
+"""FailoverManager: one pool per node, a monitor, failover, and routing.
+
+The manager wires the parts of DESIGN.md together: the monitor's probe
+rounds go through the pure state machine; the decisions are applied here
+(switch primary, promote, fence, record events, run callbacks) outside any
+lock that routing needs; routing reads the latest immutable snapshot.
+Query execution lives in :mod:`pgfailover.execution`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from pgfailover import execution
+from pgfailover.config import (
+    FailoverConfig,
+    Node,
+    load_env,
+    load_toml,
+    nodes_from_dsn,
+    nodes_from_primary,
+)
+from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
+from pgfailover.events import EventLog, FailoverEvent, run_callbacks
+from pgfailover.failover import FailoverActions
+from pgfailover.model import ClusterState, Decision, Snapshot
+from pgfailover.monitor import Monitor, ProbeRound
+from pgfailover.probe import ProbeResult
+from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
+from pgfailover.state import initial_snapshot, transition
+from pgfailover.stats import Stats
+from pgfailover.status import failover_status, metrics_dict
+
+__all__ = ["FailoverManager"]
+
+logger = logging.getLogger(__name__)
+
+StateCallback = Callable[[ClusterState, ClusterState, Snapshot], object]
+EventCallback = Callable[[FailoverEvent], object]
+RecoveryCallback = Callable[[str], object]
+
+
+class FailoverManager:
+    """Keeps writes on the real primary and reads on healthy standbys.
+
+    Build it from DSNs (``primary=`` and ``standbys=``), from ``nodes=``, or
+    with :meth:`from_dsn`, :meth:`from_config`, :meth:`from_env`; then
+    :meth:`open` it (or use it as a context manager). ``open`` probes every
+    node once, so the first query already knows the primary, and starts the
+    ``pgfailover-monitor`` thread.
+
+    ``pool_kwargs`` go to every node's ``psycopg_pool.ConnectionPool``
+    (``configure``, ``reset``, ``kwargs``...). ``name`` labels this cluster in
+    logs and metrics.
+
+    Thread safety: it can be shared between threads. Many application
+    threads may call :meth:`query` and :meth:`get_client` while the monitor
+    runs; routing never waits on the monitor unless there is no primary.
+    """
+
+    def __init__(
+        self,
+        primary: str | None = None,
+        standbys: Sequence[str] = (),
+        *,
+        nodes: Sequence[Node] | None = None,
+        config: FailoverConfig | None = None,
+        name: str = "default",
+        read_strategy: ReadStrategy | None = None,
+        pool_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if nodes is not None and (primary is not None or standbys):
+            raise ConfigurationError("give either nodes= or primary=/standbys=, not both")
+        if nodes is None:
+            if primary is None:
+                raise ConfigurationError("no nodes: give primary= (and standbys=) or nodes=")
+            nodes = nodes_from_primary(primary, standbys)
+        nodes = list(nodes)
+        if not nodes:
+            raise ConfigurationError("nodes must not be empty")
+        names = [n.name for n in nodes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigurationError(f"duplicate node name(s): {', '.join(duplicates)}")
+        self.config = config or FailoverConfig()
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.name = name
+        self.read_strategy: ReadStrategy = read_strategy or STRATEGIES[self.config.read_strategy]()
+        self._by_name = {n.name: n for n in nodes}
+        self.stats = Stats()
+        self.events = EventLog(self.config.history_size, self.config.history_file)
+        self._pools = {n.name: self._make_pool(n, pool_kwargs or {}) for n in nodes}
+        self._cond = threading.Condition()
+        self._snapshot = initial_snapshot(nodes, time.time())  # replaced under self._cond
+        self._suspects: dict[str, float] = {}  # guarded by self._cond
+        self._round_lock = threading.Lock()  # serialises probe rounds and failovers
+        self._rounds: ProbeRound | None = None
+        self._monitor: Monitor | None = None
+        self._opened = False
+        self._closed = False
+        self._callbacks: dict[str, list[Callable[..., object]]] = {
+            "failover": [],
+            "state_change": [],
+            "recovery": [],
+        }
+        self._actions = FailoverActions(self)
+
+    # -- construction --------------------------------------------------
+
+    @classmethod
+    def from_dsn(
+        cls, dsn: str, *, config: FailoverConfig | None = None, **kwargs: Any
+    ) -> FailoverManager:
+        """One node per host of a libpq multi-host URL or key/value DSN."""
+        return cls(nodes=nodes_from_dsn(dsn), config=config, **kwargs)
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> FailoverManager:
+        """Nodes and settings from a TOML file (see :func:`pgfailover.config.load_toml`)."""
+        nodes, config = load_toml(path)
+        return cls(nodes=nodes, config=config, **kwargs)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> FailoverManager:
+        """Nodes and settings from ``PGFAILOVER_*`` / ``DB_*`` environment variables."""
+        nodes, config = load_env()
+        if nodes is None:
+            raise ConfigurationError("no nodes in the environment: set PGFAILOVER_DSN or DB_HOST")
+        return cls(nodes=nodes, config=config, **kwargs)
+
+    def _make_pool(self, node: Node, extra: dict[str, Any]) -> ConnectionPool:
+        cfg = self.config
+        kwargs = dict(extra.pop("kwargs", {}) if "kwargs" in extra else {})
+        kwargs.setdefault("connect_timeout", max(1, round(cfg.connect_timeout)))
+        options = {k: v for k, v in extra.items() if k != "kwargs"}
+        return ConnectionPool(
+            node.dsn,
+            min_size=node.pool_min_size if node.pool_min_size is not None else cfg.pool_min_size,
+            max_size=node.pool_max_size if node.pool_max_size is not None else cfg.pool_max_size,
+            timeout=cfg.pool_timeout,
+            name=f"pgfailover-{self.name}-{node.name}",
+            kwargs=kwargs,
+            open=False,
+            **options,
+        )
+
+    # -- lifecycle -----------------------------------------------------
+
+    def open(self, *, start_health_checks: bool = True) -> FailoverManager:
+        """Open the pools, probe every node once, start the monitor."""
+        if self._closed:
+            raise ManagerClosed(f"manager {self.name} is closed")
+        if self._opened:
+            return self
+        self._opened = True
+        self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
+        for pool in self._pools.values():
+            pool.open(wait=False)
+        self._monitor_round()
+        snap = self._snapshot
+        logger.info(
+            "manager %s open: %d nodes, primary %s, state %s, promotion %s",
+            self.name,
+            len(self.nodes),
+            snap.primary,
+            snap.state.value,
+            self.config.promotion,
+        )
+        if start_health_checks:
+            self.start_health_checks()
+        return self
+
+    def __enter__(self) -> FailoverManager:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_health_checks(self) -> None:
+        """Start the ``pgfailover-monitor`` thread (``open`` does it by default)."""
+        self._check_open()
+        if self._monitor is not None and self._monitor.running:
+            return
+        self._monitor = Monitor(
+            self,
+            interval=self.config.health_check_interval,
+            fast_interval=self.config.fast_interval,
+            name=f"pgfailover-monitor-{self.name}",
+        )
+        self._monitor.start()
+
+    def stop_health_checks(self, timeout: float = 5.0) -> None:
+        """Stop the monitor thread; routing keeps using the last snapshot."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.stop(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the monitor and close every pool; returns within ``timeout``.
+
+        A node that hangs cannot hold this up: probes are aborted and pools
+        are closed in parallel, each with what is left of the timeout.
+        """
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.stop_health_checks(max(0.1, timeout / 2))
+        if self._rounds is not None:
+            self._rounds.close()
+        closers = [
+            threading.Thread(
+                target=self._close_pool,
+                args=(pool, max(0.1, deadline - time.monotonic())),
+                name=f"pgfailover-close-{name}",
+                daemon=True,
+            )
+            for name, pool in self._pools.items()
+        ]
+        for thread in closers:
+            thread.start()
+        for thread in closers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in closers):
+            logger.warning("manager %s: pools did not close within %.1fs", self.name, timeout)
+        logger.info("manager %s closed", self.name)
+
+    @staticmethod
+    def _close_pool(pool: ConnectionPool, timeout: float) -> None:
+        try:
+            pool.close(timeout=timeout)
+        except Exception:
+            logger.exception("closing pool %s failed", pool.name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosed(f"manager {self.name} is closed")
+        if not self._opened:
+            raise ManagerClosed(f"manager {self.name} is not open: call open() or use 'with'")
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    # -- the monitor's round -------------------------------------------
+
+    def _monitor_round(self) -> bool:
+        """One probe round, applied. Returns True while the primary is in doubt."""
+        if self._closed or self._rounds is None:
+            return False
+        decisions = self._probe_and_advance()
+        self._actions.apply(decisions)
+        return self._snapshot.in_doubt
+
+    def _probe_and_advance(self) -> list[Decision]:
+        """Probe every node and publish the next snapshot (under the round lock)."""
+        assert self._rounds is not None  # noqa: S101 - open() sets it
+        with self._round_lock:
+            started = time.time()
+            results = self._rounds.run()
+            return self._advance(results, started)
+
+    def _advance(self, results: dict[str, ProbeResult], started: float) -> list[Decision]:
+        for result in results.values():
+            self.stats.probe(result.node, result.ok, result.response_time)
+        self.stats.bump("probe_rounds")
+        snap, decisions = transition(self._snapshot, results, time.time(), self.config)
+        with self._cond:
+            self._snapshot = snap
+            for name, since in list(self._suspects.items()):
+                if since <= started and snap.node(name).up:
+                    del self._suspects[name]
+            self._cond.notify_all()
+        return decisions
+
+    # -- routing support -----------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest immutable snapshot of the cluster."""
+        return self._snapshot
+
+    def suspects(self) -> frozenset[str]:
+        """Nodes a query found gone or read-only since the last probe round."""
+        return frozenset(self._suspects)
+
+    def suspect(self, node: str, reason: str) -> None:
+        """A query found ``node`` gone or read-only: avoid it and probe now."""
+        with self._cond:
+            first = node not in self._suspects
+            self._suspects.setdefault(node, time.time())
+        if first:
+            logger.info("node %s suspect after a query error: %s", node, reason)
+        self.wake()
+
+    def wake(self) -> None:
+        """Ask the monitor for a probe round now."""
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.wake()
+
+    def wait_for_primary(self, deadline: float) -> str:
+        """The primary's name, waiting until ``deadline`` (monotonic) for one.
+
+        Raises:
+            ManagerClosed, SplitBrainError, NoPrimaryAvailable.
+        """
+        target = write_target(self._snapshot, self._suspects)
+        if target is not None and not self._closed:
+            return target
+        self.wake()
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ManagerClosed(f"manager {self.name} is closed")
+                snap = self._snapshot
+                target = write_target(snap, self._suspects)
+                if target is not None:
+                    return target
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoPrimaryAvailable(
+                        f"no writable primary within {self.config.failover_wait_timeout:g}s "
+                        f"(cluster {self.name} is {snap.state.value}"
+                        + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
+                        + ")"
+                    )
+                self._cond.wait(min(remaining, self.config.fast_interval * 2))
+                if self._monitor is None or not self._monitor.running:
+                    self._cond.release()
+                    try:
+                        self._monitor_round()
+                    finally:
+                        self._cond.acquire()
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until a new snapshot is published or ``timeout`` passes."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def pool(self, node: str) -> ConnectionPool:
+        """The pool of one node."""
+        return self._pools[node]
+
+    def node(self, name: str) -> Node:
+        """The configured :class:`Node` called ``name``."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown node {name!r} (known: {', '.join(self._by_name)})"
+            ) from None
+
+    # -- the public query API ------------------------------------------
+
+    def query(
+        self,
+        sql: Any,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        readonly: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction and return its rows.
+
+        Writes go to the primary; while a failover is in progress they wait
+        up to ``failover_wait_timeout`` and run on the new primary. A write
+        that provably did not commit (the connection failed before COMMIT)
+        is retried there; one whose COMMIT was lost raises
+        :class:`~pgfailover.errors.WriteOutcomeUnknown` and is never retried.
+        ``readonly=True`` runs on a fitting standby, else the primary, and is
+        retried on another node on connection errors.
+        """
+        self._check_open()
+        if readonly:
+            return execution.run_read(self, sql, params)
+        return execution.run_write(self, sql, params)
+
+    @contextmanager
+    def get_client(self, readonly: bool = False) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """A pooled ``psycopg.Connection`` to the primary (or a standby if ``readonly``).
+
+        On leaving the block the transaction is committed (rolled back on an
+        exception) and the connection goes back to its pool. A connection
+        error or a read-only refusal inside the block makes the manager
+        re-probe at once; a lost COMMIT raises ``WriteOutcomeUnknown``.
+        """
+        self._check_open()
+        with execution.client(self, readonly) as conn:
+            yield conn
+
+    def get_active_pool(self) -> ConnectionPool:
+        """The current primary's ``ConnectionPool``.
+
+        Raises:
+            NoPrimaryAvailable: there is no primary right now.
+        """
+        self._check_open()
+        primary = write_target(self._snapshot, ())
+        if primary is None:
+            raise NoPrimaryAvailable(
+                f"cluster {self.name} has no primary ({self._snapshot.state.value})"
+            )
+        return self._pools[primary]
+
+    # -- health, failover, status --------------------------------------
+
+    def check_health(self) -> Snapshot:
+        """Probe every node now, apply the result, and return the snapshot."""
+        self._check_open()
+        self._monitor_round()
+        return self._snapshot
+
+    def check_primary_health(self) -> bool:
+        """Probe now; True when a writable primary answered."""
+        snap = self.check_health()
+        return snap.primary is not None and snap.node(snap.primary).up
+
+    def check_standby_health(self, standby: int | str) -> bool:
+        """Probe now; True when the standby (index among non-primaries, or name) is healthy."""
+        name = self._standby_name(standby)
+        node = self.check_health().node(name)
+        return node.up and node.healthy and node.role.value == "standby"
+
+    def _standby_name(self, standby: int | str) -> str:
+        if isinstance(standby, str):
+            return self.node(standby).name
+        others = [n.name for n in self.nodes if n.name != self._snapshot.primary]
+        if not 0 <= standby < len(others):
+            raise ConfigurationError(
+                f"standby index {standby} out of range: "
+                f"{len(others)} standby(s) ({', '.join(others)})"
+            )
+        return others[standby]
+
+    def perform_failover(
+        self, target: int | str | None = None, *, force: bool = False
+    ) -> FailoverEvent:
+        """Promote a standby now (manual trigger), with the promotion guards.
+
+        ``target`` is a node name, an index among the non-primary nodes, or
+        ``None`` for the best candidate. ``force=True`` skips only the guards
+        marked forceable in :mod:`pgfailover.promotion`; a primary that still
+        answers is soft-fenced before the standby is promoted.
+
+        Raises:
+            PromotionRefused: a guard refused; its ``guard`` attribute names it.
+        """
+        self._check_open()
+        name = self._standby_name(target) if target is not None else None
+        return self._actions.manual_failover(name, force=force)
+
+    def get_failover_status(self) -> dict[str, Any]:
+        """The cluster, every node and the failover counters, as a JSON-ready dict."""
+        return failover_status(self)
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Counters and gauges as a JSON-ready dict."""
+        return metrics_dict(self)
+
+    def history(self) -> list[FailoverEvent]:
+        """Failover events, oldest first (newest last)."""
+        return self.events.events()
+
+    # -- callbacks -----------------------------------------------------
+
+    def on_failover(self, callback: EventCallback) -> EventCallback:
+        """Call ``callback(event)`` when a failover completes, fails or is refused."""
+        self._callbacks["failover"].append(callback)
+        return callback
+
+    def on_state_change(self, callback: StateCallback) -> StateCallback:
+        """Call ``callback(old, new, snapshot)`` on every cluster state change."""
+        self._callbacks["state_change"].append(callback)
+        return callback
+
+    def on_recovery(self, callback: RecoveryCallback) -> RecoveryCallback:
+        """Call ``callback(node_name)`` when an unhealthy node is healthy again."""
+        self._callbacks["recovery"].append(callback)
+        return callback
+
+    def _emit(self, kind: str, *args: object) -> None:
+        run_callbacks(self._callbacks[kind], *args)
+
+    def __repr__(self) -> str:
+        snap = self._snapshot
+        return (
+            f"<FailoverManager {self.name} nodes={[n.name for n in self.nodes]} "
+            f"primary={snap.primary} state={snap.state.value}>"
+        )

@@ -1,0 +1,159 @@
+"""The probing thread: parallel probes under one deadline, fast mode, wake-up.
+
+:class:`ProbeRound` probes every node at once, each on its own worker thread
+and dedicated connection, and gives up on the stragglers at one deadline: a
+hung node (SIGSTOP, black-holed network) costs one timeout, not one per node.
+A straggler's socket is shut down so its thread returns; while it is still
+busy the next round reports that node failed at once instead of queueing.
+
+:class:`Monitor` runs rounds on a timer: ``health_check_interval`` while the
+primary is fine, ``fast_interval`` while it is in doubt, and at once when
+:meth:`Monitor.wake` is called (a query failed with a connection error or
+hit a read-only node). It holds only a weak reference to its owner, so a
+manager that is garbage-collected stops its thread; the loop logs and
+survives any error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Protocol
+
+from pgfailover.config import Node
+from pgfailover.probe import NodeProber, ProbeResult, failed
+
+__all__ = ["Monitor", "ProbeRound", "RoundOwner"]
+
+logger = logging.getLogger(__name__)
+
+
+class ProbeRound:
+    """Probes all nodes in parallel under one deadline.
+
+    Thread safety: :meth:`run` may be called from several threads; rounds
+    share the per-node probers, and a node still busy from an earlier round
+    is reported failed rather than probed twice at once.
+    """
+
+    def __init__(self, nodes: Sequence[Node], timeout: float) -> None:
+        self.timeout = timeout
+        self._probers = {n.name: NodeProber(n.name, n.dsn, timeout=timeout) for n in nodes}
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, 2 * len(nodes)), thread_name_prefix="pgfailover-probe"
+        )
+        self._lock = threading.Lock()
+        self._busy: dict[str, Future[ProbeResult]] = {}  # guarded by self._lock
+        self._closed = False  # guarded by self._lock
+
+    def run(self, timeout: float | None = None) -> dict[str, ProbeResult]:
+        """Probe every node once; return within ``timeout`` (default: the probe timeout)."""
+        limit = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + limit
+        futures: dict[str, Future[ProbeResult]] = {}
+        results: dict[str, ProbeResult] = {}
+        with self._lock:
+            if self._closed:
+                return {name: failed(name, started, "monitor closed") for name in self._probers}
+            for name, prober in self._probers.items():
+                busy = self._busy.get(name)
+                if busy is not None and not busy.done():
+                    results[name] = failed(name, started, "previous probe still running")
+                    continue
+                future = self._executor.submit(prober.probe)
+                self._busy[name] = future
+                futures[name] = future
+        wait_futures(list(futures.values()), timeout=max(0.0, deadline - time.monotonic()))
+        for name, future in futures.items():
+            if future.done():
+                results[name] = future.result()
+            else:
+                self._probers[name].abort()
+                results[name] = failed(name, started, f"probe timed out after {limit:g}s")
+        return results
+
+    def close(self) -> None:
+        """Abort running probes, close probe connections, stop the workers."""
+        with self._lock:
+            self._closed = True
+        for prober in self._probers.values():
+            prober.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class RoundOwner(Protocol):
+    """What the monitor drives: the manager."""
+
+    def _monitor_round(self) -> bool:
+        """Run one probe round and apply it; True while the primary is in doubt."""
+        ...
+
+
+class Monitor:
+    """The ``pgfailover-monitor`` thread.
+
+    Thread safety: :meth:`wake` and :meth:`stop` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        owner: RoundOwner,
+        *,
+        interval: float,
+        fast_interval: float,
+        name: str = "pgfailover-monitor",
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._owner = weakref.ref(owner)
+        self._interval = interval
+        self._fast_interval = fast_interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._on_error = on_error
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def running(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run a round now instead of at the end of the interval."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the thread to stop and wait up to ``timeout``; False if it did not."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("monitor thread did not stop within %.1fs", timeout)
+            return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            owner = self._owner()
+            if owner is None:
+                return
+            in_doubt = True
+            try:
+                in_doubt = owner._monitor_round()
+            except Exception as exc:
+                logger.exception("monitor round failed; continuing")
+                if self._on_error is not None:
+                    self._on_error(exc)
+            del owner  # do not keep the manager alive while sleeping
+            self._wake.wait(self._fast_interval if in_doubt else self._interval)
+            self._wake.clear()

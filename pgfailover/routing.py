@@ -1,0 +1,143 @@
+"""Which node serves a request: pure functions over a snapshot.
+
+Writes go to the snapshot's primary unless a query has just found it gone
+or read-only (a *suspect*, until the next probe round clears it); there is
+no fallback for writes, only waiting. Reads go to a healthy standby within
+``max_read_lag_bytes``, chosen by a read strategy, then to the primary; with
+no primary at all, any healthy standby serves reads (read-only degraded
+mode). Strategies are pluggable through :class:`ReadStrategy`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from pgfailover.config import FailoverConfig
+from pgfailover.errors import SplitBrainError
+from pgfailover.model import NodeState, Role, Snapshot
+
+__all__ = [
+    "STRATEGIES",
+    "LeastLag",
+    "PriorityOrder",
+    "RandomChoice",
+    "ReadStrategy",
+    "RoundRobin",
+    "read_candidates",
+    "read_order",
+    "write_target",
+]
+
+
+def write_target(snap: Snapshot, suspects: Collection[str] = ()) -> str | None:
+    """The node a write goes to now, or ``None`` when it must wait.
+
+    Raises:
+        SplitBrainError: two nodes claim to be primary; writes are refused.
+    """
+    if snap.split_brain:
+        raise SplitBrainError(
+            f"split brain: {', '.join(snap.split_brain)} are both writable on timeline "
+            f"{snap.max_timeline}; writes are refused until one is demoted or fenced"
+        )
+    if snap.primary is None or snap.primary in suspects:
+        return None
+    return snap.primary
+
+
+def read_candidates(
+    snap: Snapshot, config: FailoverConfig, suspects: Collection[str] = ()
+) -> list[NodeState]:
+    """Standbys that may serve a read now: healthy, up, streaming, within the lag limit."""
+    found = []
+    for node in snap.nodes:
+        if node.name in suspects or node.name == snap.primary:
+            continue
+        if node.role is not Role.STANDBY or not (node.up and node.healthy):
+            continue
+        if snap.primary is not None and (
+            node.lag_bytes is None or node.lag_bytes > config.max_read_lag_bytes
+        ):
+            continue
+        found.append(node)
+    return found
+
+
+class ReadStrategy(Protocol):
+    """Orders the standbys that may serve a read (most preferred first)."""
+
+    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
+        """The candidates in the order to try them."""
+        ...
+
+
+class RoundRobin:
+    """Spread reads evenly over the standbys.
+
+    Thread safety: the counter is advanced without a lock; a lost update
+    only skews the spread, never correctness.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
+        """Rotate the candidates by one on every call."""
+        if not candidates:
+            return []
+        start = self._next % len(candidates)
+        self._next += 1
+        ordered = sorted(candidates, key=lambda n: n.name)
+        return ordered[start:] + ordered[:start]
+
+
+class LeastLag:
+    """Prefer the standby with the least replay lag."""
+
+    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
+        """Least lag first, then priority and name."""
+        return sorted(candidates, key=lambda n: (n.lag_bytes or 0, n.priority, n.name))
+
+
+class PriorityOrder:
+    """Prefer the standby with the lowest ``priority``, then the fastest probe."""
+
+    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
+        """Priority first, then probe response time, then name."""
+        return sorted(candidates, key=lambda n: (n.priority, n.response_time or 0.0, n.name))
+
+
+class RandomChoice:
+    """Pick standbys at random (a seeded ``random.Random`` makes tests repeatable)."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
+
+    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
+        """A random permutation."""
+        shuffled = list(candidates)
+        self._rng.shuffle(shuffled)
+        return shuffled
+
+
+STRATEGIES: dict[str, type[RoundRobin | LeastLag | PriorityOrder | RandomChoice]] = {
+    "round_robin": RoundRobin,
+    "least_lag": LeastLag,
+    "priority": PriorityOrder,
+    "random": RandomChoice,
+}
+
+
+def read_order(
+    snap: Snapshot,
+    config: FailoverConfig,
+    strategy: ReadStrategy,
+    suspects: Collection[str] = (),
+) -> list[str]:
+    """Nodes to try for a read, in order: fitting standbys, then the primary."""
+    names = [n.name for n in strategy.order(read_candidates(snap, config, suspects))]
+    if snap.primary is not None and snap.primary not in suspects and not snap.split_brain:
+        names.append(snap.primary)
+    return names
