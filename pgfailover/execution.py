@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import PoolTimeout
 
 from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable, WriteOutcomeUnknown
 from pgfailover.routing import read_order
@@ -64,23 +63,13 @@ def classify(exc: BaseException, phase: Literal["statement", "commit"]) -> Verdi
     return "raise"
 
 
-def _getconn(mgr: FailoverManager, node: str, deadline: float) -> psycopg.Connection[Row] | None:
-    """A pooled connection, or None (and the node suspected) if none came in time."""
-    timeout = max(0.05, min(mgr.config.pool_timeout, deadline - time.monotonic()))
-    try:
-        return mgr.pool(node).getconn(timeout=timeout)
-    except PoolTimeout:
-        mgr.suspect(node, f"no pooled connection within {timeout:.2f}s")
-        return None
-
-
 def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
     """Run a write on the primary (see the module docstring for retries)."""
     deadline = time.monotonic() + mgr.config.failover_wait_timeout
     last: BaseException | None = None
     for _ in range(_MAX_ATTEMPTS):
         node = mgr.wait_for_primary(deadline)
-        conn = _getconn(mgr, node, deadline)
+        conn = mgr.checkout(node, deadline)
         if conn is None:
             mgr.stats.query(node, "write", "retry")
             continue
@@ -92,7 +81,7 @@ def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
             conn.commit()
         except psycopg.Error as exc:
             verdict = classify(exc, phase)
-            mgr.pool(node).putconn(conn)
+            mgr.checkin(node, conn)
             if verdict == "raise":
                 mgr.stats.query(node, "write", "error")
                 raise
@@ -106,7 +95,7 @@ def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
             mgr.stats.query(node, "write", "retry")
             last = exc
             continue
-        mgr.pool(node).putconn(conn)
+        mgr.checkin(node, conn)
         mgr.stats.query(node, "write", "ok")
         mgr._actions.wrote(node)
         return rows
@@ -130,7 +119,7 @@ def run_read(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
             continue
         node = order[0]
         route = "read" if node != mgr.snapshot.primary else "read_primary"
-        conn = _getconn(mgr, node, deadline)
+        conn = mgr.checkout(node, deadline)
         if conn is None:
             tried.add(node)
             mgr.stats.query(node, route, "retry")
@@ -140,7 +129,7 @@ def run_read(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
             rows = cur.fetchall() if cur.description else []
             conn.commit()
         except psycopg.Error as exc:
-            mgr.pool(node).putconn(conn)
+            mgr.checkin(node, conn)
             conflict = exc.sqlstate == "40001" and mgr.snapshot.primary != node
             if not (is_connection_error(exc) or conflict):
                 mgr.stats.query(node, route, "error")
@@ -151,7 +140,7 @@ def run_read(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
             tried.add(node)
             last = exc
             continue
-        mgr.pool(node).putconn(conn)
+        mgr.checkin(node, conn)
         mgr.stats.query(node, route, "ok")
         return rows
     raise NoStandbyAvailable(
@@ -178,7 +167,7 @@ def client(mgr: FailoverManager, readonly: bool) -> Iterator[psycopg.Connection[
             node = order[0]
         else:
             node = mgr.wait_for_primary(deadline)
-        conn = _getconn(mgr, node, deadline)
+        conn = mgr.checkout(node, deadline)
         if conn is None and time.monotonic() >= deadline:
             raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
     route = "write" if not readonly else "read"
@@ -206,4 +195,4 @@ def client(mgr: FailoverManager, readonly: bool) -> Iterator[psycopg.Connection[
                 conn.rollback()
         raise
     finally:
-        mgr.pool(node).putconn(conn)
+        mgr.checkin(node, conn)

@@ -112,6 +112,8 @@ class FailoverActions:
                 mgr._emit("recovery", decision.node)
             elif isinstance(decision, FailoverStarted):
                 self._open_event(decision.previous, decision.reason)
+                if decision.previous is not None:
+                    mgr.abort_inflight(decision.previous)
             elif isinstance(decision, SwitchPrimary):
                 self._switched(decision)
             elif isinstance(decision, SplitBrainDetected):
@@ -158,6 +160,7 @@ class FailoverActions:
             with self._lock:
                 self._event_id = None
             return
+        mgr.abort_inflight(decision.previous)
         snap = mgr.snapshot
         event = self._open_event(decision.previous, decision.reason)
         loss = None

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pgfailover import execution
 from pgfailover.config import (
@@ -34,7 +35,7 @@ from pgfailover.events import EventLog, FailoverEvent, run_callbacks
 from pgfailover.failover import FailoverActions
 from pgfailover.model import ClusterState, Decision, Snapshot
 from pgfailover.monitor import Monitor, ProbeRound
-from pgfailover.probe import ProbeResult
+from pgfailover.probe import ProbeResult, shutdown_connection
 from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
 from pgfailover.state import initial_snapshot, transition
 from pgfailover.stats import Stats
@@ -113,6 +114,10 @@ class FailoverManager:
             "recovery": [],
         }
         self._actions = FailoverActions(self)
+        self._inflight_lock = threading.Lock()
+        self._inflight: dict[str, weakref.WeakSet[psycopg.Connection[Any]]] = {
+            n.name: weakref.WeakSet() for n in nodes
+        }  # guarded by self._inflight_lock
 
     # -- construction --------------------------------------------------
 
@@ -349,6 +354,42 @@ class FailoverManager:
         """Block until a new snapshot is published or ``timeout`` passes."""
         with self._cond:
             self._cond.wait(timeout)
+
+    def checkout(self, node: str, deadline: float) -> psycopg.Connection[Any] | None:
+        """A connection from ``node``'s pool, tracked until :meth:`checkin`.
+
+        ``None`` (and the node suspected) when none came before ``deadline``.
+        """
+        timeout = max(0.05, min(self.config.pool_timeout, deadline - time.monotonic()))
+        try:
+            conn = self._pools[node].getconn(timeout=timeout)
+        except PoolTimeout:
+            self.suspect(node, f"no pooled connection within {timeout:.2f}s")
+            return None
+        with self._inflight_lock:
+            self._inflight[node].add(conn)
+        return conn
+
+    def checkin(self, node: str, conn: psycopg.Connection[Any]) -> None:
+        """Give a connection from :meth:`checkout` back to its pool."""
+        with self._inflight_lock:
+            self._inflight[node].discard(conn)
+        self._pools[node].putconn(conn)
+
+    def abort_inflight(self, node: str) -> int:
+        """Unblock every caller waiting on ``node`` (a lost primary).
+
+        Their sockets are shut down, so a statement stuck on a hung server
+        fails at once with a connection error: before COMMIT it is retried
+        on the new primary, during COMMIT it raises ``WriteOutcomeUnknown``.
+        """
+        with self._inflight_lock:
+            conns = list(self._inflight[node])
+            for conn in conns:
+                shutdown_connection(conn)
+        if conns:
+            logger.warning("node %s: %d in-flight connection(s) aborted", node, len(conns))
+        return len(conns)
 
     def pool(self, node: str) -> ConnectionPool:
         """The pool of one node."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["PROBE_SQL", "NodeProber", "ProbeResult"]
+__all__ = ["PROBE_SQL", "NodeProber", "ProbeResult", "failed", "shutdown_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,28 @@ class ProbeResult:
         """How much WAL the node holds: current (primary) or received/replayed."""
         values = [v for v in (self.wal_lsn, self.receive_lsn, self.replay_lsn) if v is not None]
         return max(values) if values else None
+
+
+def shutdown_connection(conn: psycopg.Connection[Any]) -> None:
+    """Shut a connection's socket down so that a thread blocked on it returns.
+
+    A hung server (stopped, or behind a black hole) never answers and a
+    blocking read waits forever; after ``shutdown(2)`` the read fails at once
+    with a connection error. The descriptor stays owned by the connection
+    (the caller must make sure it is not closed concurrently).
+    """
+    if conn.closed:
+        return
+    try:
+        sock = socket.socket(fileno=conn.fileno())
+    except (OSError, psycopg.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
 
 
 def failed(node: str, started: float, error: str) -> ProbeResult:
@@ -191,19 +213,8 @@ class NodeProber:
     def abort(self) -> None:
         """Unblock a probe waiting on a hung server (shut its socket down)."""
         with self._lock:
-            conn = self._conn
-            if conn is None or conn.closed:
-                return
-            try:
-                sock = socket.socket(fileno=conn.fileno())
-            except (OSError, psycopg.Error):
-                return
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            finally:
-                sock.detach()  # the connection still owns the descriptor
+            if self._conn is not None:
+                shutdown_connection(self._conn)
 
     def close(self) -> None:
         """Close the probe connection; later probes fail fast."""

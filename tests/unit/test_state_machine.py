@@ -258,7 +258,7 @@ def test_auto_mode_promotes_the_most_advanced_standby() -> None:
         standby("node1", lsn=900, upstream=None),
         standby("node2", lsn=950, upstream=None),
     ]
-    snap, decisions = run([healthy_round(), lost, lost, lost], AUTO)
+    _, decisions = run([healthy_round(), lost, lost, lost], AUTO)
     promotes = [d for d in decisions[-1] if isinstance(d, Promote)]
     assert [(p.node, p.previous) for p in promotes] == [("node2", "node0")]
     assert promotes[0].lag_bytes == 50  # behind the last position seen on node0
