@@ -43,7 +43,7 @@ Promotion = Literal["external", "auto", "manual"]
 ReadStrategy = Literal["round_robin", "least_lag", "priority", "random"]
 
 MIB: Final = 1024 * 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Node:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ConfigurationError(
-                f"node name {self.name!r}: use 1-63 letters, digits, '_', '.', ':' or '-'"
+                f"node name {self.name!r}: use 1-100 letters, digits, '_', '.', ':', '/' or '-'"
             )
         if not isinstance(self.dsn, str) or not self.dsn.strip():
             raise ConfigurationError(f"node {self.name}: dsn must be a non-empty string")
@@ -361,8 +361,17 @@ def load_toml(path: str | Path) -> tuple[list[Node], FailoverConfig]:
     for index, entry in enumerate(data["nodes"]):
         if not isinstance(entry, dict):
             raise ConfigurationError(f"config file {path}: nodes[{index}] must be a table")
-        try:
-            nodes.append(Node(**entry))
-        except TypeError as exc:
-            raise ConfigurationError(f"config file {path}: nodes[{index}]: {exc}") from None
+        known = [f.name for f in dataclasses.fields(Node)]
+        unknown = sorted(set(entry) - set(known))
+        missing = [k for k in ("name", "dsn") if k not in entry]
+        if unknown or missing:
+            what = (
+                f"unknown key(s) {', '.join(unknown)}"
+                if unknown
+                else f"missing {', '.join(missing)}"
+            )
+            raise ConfigurationError(
+                f"config file {path}: nodes[{index}]: {what} (known: {', '.join(known)})"
+            )
+        nodes.append(Node(**entry))
     return nodes, config
