@@ -24,6 +24,7 @@ from pgfailover.lab.proc import (
     processes_in,
     signal_pids,
     wait_gone,
+    wait_stopped,
 )
 
 __all__ = ["LocalNode", "quote_conf"]
@@ -162,7 +163,10 @@ class LocalNode:
         if pid is None:
             raise LabError(f"{self.name} is not running: nothing to pause")
         signal_pids([pid], signal.SIGSTOP)
-        signal_pids(children_of(pid), signal.SIGSTOP)
+        children = children_of(pid)
+        signal_pids(children, signal.SIGSTOP)
+        if not wait_stopped([pid, *children], stopped=True):
+            raise LabError(f"{self.name}: processes did not stop after SIGSTOP")
         logger.info("lab: %s paused", self.name)
 
     def resume(self) -> None:
@@ -170,8 +174,10 @@ class LocalNode:
         pid = self.pid()
         if pid is None:
             raise LabError(f"{self.name} is not running: nothing to resume")
-        signal_pids(children_of(pid), signal.SIGCONT)
+        children = children_of(pid)
+        signal_pids(children, signal.SIGCONT)
         signal_pids([pid], signal.SIGCONT)
+        wait_stopped([pid, *children], stopped=False)
         logger.info("lab: %s resumed", self.name)
 
     def leftovers(self) -> list[int]:

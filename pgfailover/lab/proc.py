@@ -35,6 +35,7 @@ __all__ = [
     "resolve_run_as",
     "signal_pids",
     "wait_gone",
+    "wait_stopped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,28 @@ def signal_pids(pids: Sequence[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             continue
+
+
+def process_letter(pid: int) -> str | None:
+    """The state letter of a process (``R``, ``S``, ``T``...), None if gone."""
+    st = _stat(pid)
+    return None if st is None else st[0]
+
+
+def wait_stopped(pids: Sequence[int], stopped: bool, timeout: float = 5.0) -> bool:
+    """Wait until every PID is (or is no longer) stopped by a signal.
+
+    Signals are delivered asynchronously: right after ``kill(SIGSTOP)`` a
+    process may still be running for a moment.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        letters = [process_letter(pid) for pid in pids]
+        if all(letter is None or (letter in ("T", "t")) == stopped for letter in letters):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
 
 
 def wait_gone(pids: Sequence[int], timeout: float) -> bool:
