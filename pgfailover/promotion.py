@@ -34,6 +34,7 @@ every manager picks the same node.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -255,18 +256,25 @@ def admin_connection(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, 
     )
 
 
-def promote_node(dsn: str, *, wait_seconds: int = 30) -> None:
-    """``pg_promote(wait => true)`` and check that the node left recovery.
+def promote_node(dsn: str, *, wait_seconds: float = 30.0) -> None:
+    """Promote a standby and wait until it has left recovery.
+
+    ``pg_promote(wait => true)`` checks for completion only every 100 ms;
+    polling ``pg_is_in_recovery()`` every 5 ms here lets writes resume up to
+    a tenth of a second sooner.
 
     Raises:
-        PgFailoverError: the node did not finish promoting in time.
+        PgFailoverError: the node refused or did not finish promoting in time.
     """
     with admin_connection(dsn, wait_seconds + 5) as conn:
-        row = conn.execute("SELECT pg_promote(true, %s)", (wait_seconds,)).fetchone()
+        row = conn.execute("SELECT pg_promote(false)").fetchone()
         if not row or not row[0]:
-            raise PgFailoverError(f"pg_promote() did not complete within {wait_seconds}s")
-        if conn.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
-            raise PgFailoverError("node still in recovery after pg_promote()")
+            raise PgFailoverError("pg_promote() refused to promote")
+        deadline = time.monotonic() + wait_seconds
+        while conn.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
+            if time.monotonic() >= deadline:
+                raise PgFailoverError(f"still in recovery {wait_seconds:g}s after pg_promote()")
+            time.sleep(0.005)
 
 
 def set_sync_standby_names(dsn: str, value: str, timeout: float) -> None:
