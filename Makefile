@@ -19,8 +19,8 @@ server-binaries:
 	@bash scripts/ensure-server-binaries
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgfailover tests
-	$(BIN)/ruff format --check pgfailover tests
+	$(BIN)/ruff check pgfailover tests benchmarks
+	$(BIN)/ruff format --check pgfailover tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

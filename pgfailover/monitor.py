@@ -36,19 +36,30 @@ logger = logging.getLogger(__name__)
 class ProbeRound:
     """Probes all nodes in parallel under one deadline.
 
+    A round waits up to ``timeout`` for the nodes that answered last time.
+    A node that already failed last time gets only ``grace`` more once the
+    others are in: a hung node costs one timeout in the first round, then
+    nothing. Its probe is left running (a hung server may wake up and answer
+    it; while it runs, later rounds report the node failed at once) and is
+    aborted only after ``abort_after`` seconds, so that a connection lost in a
+    black hole is replaced instead of waiting on TCP retransmissions.
+
     Thread safety: :meth:`run` may be called from several threads; rounds
     share the per-node probers, and a node still busy from an earlier round
     is reported failed rather than probed twice at once.
     """
 
-    def __init__(self, nodes: Sequence[Node], timeout: float) -> None:
+    def __init__(self, nodes: Sequence[Node], timeout: float, *, grace: float = 0.02) -> None:
         self.timeout = timeout
+        self.grace = grace
+        self.abort_after = 3 * timeout
         self._probers = {n.name: NodeProber(n.name, n.dsn, timeout=timeout) for n in nodes}
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, 2 * len(nodes)), thread_name_prefix="pgfailover-probe"
         )
         self._lock = threading.Lock()
-        self._busy: dict[str, Future[ProbeResult]] = {}  # guarded by self._lock
+        self._busy: dict[str, tuple[Future[ProbeResult], float]] = {}  # guarded by self._lock
+        self._failing: set[str] = set()  # guarded by self._lock
         self._closed = False  # guarded by self._lock
 
     def run(self, timeout: float | None = None) -> dict[str, ProbeResult]:
@@ -61,21 +72,32 @@ class ProbeRound:
         with self._lock:
             if self._closed:
                 return {name: failed(name, started, "monitor closed") for name in self._probers}
+            failing = set(self._failing)
             for name, prober in self._probers.items():
                 busy = self._busy.get(name)
-                if busy is not None and not busy.done():
-                    results[name] = failed(name, started, "previous probe still running")
+                if busy is not None and not busy[0].done():
+                    if started - busy[1] > self.abort_after:
+                        prober.abort()  # replaced by a fresh connection next round
+                    results[name] = failed(name, started, "no answer yet from an earlier probe")
                     continue
                 future = self._executor.submit(prober.probe)
-                self._busy[name] = future
+                self._busy[name] = (future, started)
                 futures[name] = future
-        wait_futures(list(futures.values()), timeout=max(0.0, deadline - time.monotonic()))
+        expected = [f for name, f in futures.items() if name not in failing]
+        wait_futures(expected, timeout=max(0.0, deadline - time.monotonic()))
+        rest = [f for name, f in futures.items() if name in failing]
+        if rest:
+            grace_end = min(deadline, time.monotonic() + self.grace)
+            wait_futures(rest, timeout=max(0.0, grace_end - time.monotonic()))
         for name, future in futures.items():
             if future.done():
                 results[name] = future.result()
+            elif name in failing:
+                results[name] = failed(name, started, "no answer (still failing)")
             else:
-                self._probers[name].abort()
                 results[name] = failed(name, started, f"probe timed out after {limit:g}s")
+        with self._lock:
+            self._failing = {name for name, result in results.items() if not result.ok}
         return results
 
     def close(self) -> None:

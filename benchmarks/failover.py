@@ -1,0 +1,288 @@
+"""Downtime after a primary crash: pgfailover against a libpq multi-host pool.
+
+Each run builds a fresh 3-node lab cluster (async or quorum sync), starts
+four writer threads committing small INSERTs with unique ids through the
+contender, kills (or SIGSTOPs) the primary at t0, and measures:
+
+- ``kill_to_first_write``: t0 to the first acknowledged write on the new primary;
+- ``unavailability``: last acknowledgement from the old primary to the first
+  from the new one;
+- ``promotion_to_first_write``: when an external promoter is used, the end of
+  its ``pg_promote`` to the first write on the new primary;
+- ``failed_attempts``: attempts that raised (for pgfailover this includes
+  ``WriteOutcomeUnknown`` for COMMITs in flight at the crash);
+- ``lost``: acknowledged ids missing on the new primary.
+
+Contenders: ``auto`` (pgfailover promotes), ``external`` (pgfailover follows a
+promoter that runs pg_promote on the most advanced standby D seconds after
+t0), and ``baseline`` (psycopg_pool on the multi-host conninfo with
+``target_session_attrs=read-write`` and ``check=ConnectionPool.check_connection``,
+the same promoter, the workload retrying failed attempts).
+
+    python benchmarks/failover.py --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine, summarize
+
+from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover.lab import LocalLab
+
+THREADS = 4
+WARMUP = 1.0
+INSERT = "INSERT INTO bench (id) VALUES (%s) RETURNING inet_server_port()"
+
+
+@dataclass
+class Record:
+    """What the writer threads saw."""
+
+    acked: list[tuple[int, int, float]] = field(default_factory=list)  # id, port, time
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _writers(
+    write: Callable[[int], int], record: Record, stop: threading.Event
+) -> list[threading.Thread]:
+    def loop(base: int) -> None:
+        i = base
+        while not stop.is_set():
+            i += 1
+            try:
+                port = write(i)
+            except Exception as exc:  # noqa: BLE001 - every failed attempt is counted
+                with record.lock:
+                    record.failures.append((time.monotonic(), type(exc).__name__))
+                continue
+            with record.lock:
+                record.acked.append((i, port, time.monotonic()))
+
+    return [
+        threading.Thread(target=loop, args=(k * 100_000_000,), daemon=True) for k in range(THREADS)
+    ]
+
+
+def _promoter(lab: LocalLab, old: str, delay: float, at: float, out: dict[str, float]) -> None:
+    """Promote the most advanced standby ``delay`` s after ``at``, then repoint the other."""
+    time.sleep(max(0.0, at + delay - time.monotonic()))
+    standbys = [n.name for n in lab.nodes if n.name != old]
+    positions = {}
+    for name in standbys:
+        try:
+            positions[name] = (
+                lab.run_sql(name, "SELECT (pg_last_wal_receive_lsn() - '0/0')::bigint")[0][0] or 0
+            )
+        except psycopg.Error:
+            continue
+    target = max(positions, key=lambda n: (positions[n], -standbys.index(n)))
+    out["promote_started"] = time.monotonic()
+    lab.run_sql(target, "SELECT pg_promote(true, 60)")
+    out["promoted"] = time.monotonic()
+    # As an orchestrator would: no inherited sync wait, the other standby follows.
+    lab.run_sql(target, "ALTER SYSTEM SET synchronous_standby_names = ''")
+    lab.run_sql(target, "SELECT pg_reload_conf()")
+    for other in standbys:
+        if other != target:
+            with contextlib.suppress(Exception):  # the run measures writes, not repointing
+                lab.follow(other, target)
+
+
+Writer = Callable[[int], int]
+
+
+def _contender(lab: LocalLab, contender: str) -> tuple[Writer, Callable[[], None]]:
+    """The write function and the closer of one contender."""
+    if contender == "baseline":
+        conninfo = lab.url + "?target_session_attrs=read-write&connect_timeout=2"
+        pool = ConnectionPool(
+            conninfo,
+            min_size=THREADS,
+            max_size=THREADS,
+            timeout=5,
+            check=ConnectionPool.check_connection,
+            open=True,
+        )
+
+        def pool_write(i: int) -> int:
+            with pool.connection() as conn:
+                row = conn.execute(INSERT, (i,)).fetchone()
+                return int(row[0]) if row else -1
+
+        return pool_write, lambda: pool.close(timeout=2)
+    nodes = [Node(n.name, n.dsn, priority=i) for i, n in enumerate(lab.nodes)]
+    cfg = FailoverConfig(
+        promotion="auto" if contender == "auto" else "external",
+        failover_cooldown=0,
+        pool_min_size=THREADS,
+        pool_max_size=THREADS,
+        failover_wait_timeout=30,
+    )
+    mgr = FailoverManager(nodes=nodes, config=cfg, name="bench").open()
+
+    def manager_write(i: int) -> int:
+        return int(mgr.query(INSERT, (i,))[0][0])
+
+    return manager_write, lambda: mgr.close(timeout=2)
+
+
+def _result(
+    lab: LocalLab, record: Record, old_port: int, t0: float, promo: dict[str, float]
+) -> dict[str, Any]:
+    with record.lock:
+        acked = list(record.acked)
+        failures = list(record.failures)
+    new = [a for a in acked if a[1] != old_port]
+    old = [a for a in acked if a[1] == old_port and a[2] <= t0]
+    first_new = min((a[2] for a in new), default=None)
+    lost = None
+    if new:
+        new_port = new[0][1]
+        name = next(n.name for n in lab.nodes if n.port == new_port)
+        present = {r[0] for r in lab.run_sql(name, "SELECT id FROM bench")}
+        lost = len({a[0] for a in acked if a[1] == new_port or a[2] <= t0} - present)
+    promoted = promo.get("promoted")
+    return {
+        "kill_to_first_write": None if first_new is None else round(first_new - t0, 4),
+        "unavailability": None
+        if first_new is None or not old
+        else round(first_new - max(a[2] for a in old), 4),
+        "promotion_to_first_write": None
+        if first_new is None or promoted is None
+        else round(first_new - promoted, 4),
+        "failed_attempts": len(failures),
+        "failure_kinds": sorted({k for _, k in failures}),
+        "acked": len(acked),
+        "lost": lost,
+        "old_primary_acks_after_t0": sum(1 for a in acked if a[1] == old_port and a[2] > t0),
+    }
+
+
+def run_once(
+    contender: str, mode: str, variant: str, delay: float, observe: float
+) -> dict[str, Any]:
+    """One run on a fresh cluster; returns its JSON record."""
+    lab = LocalLab.create(standbys=2, sync=1 if mode == "sync" else 0)
+    record = Record()
+    stop = threading.Event()
+    promo: dict[str, float] = {}
+    try:
+        lab.run_sql("node0", "CREATE TABLE bench (id bigint PRIMARY KEY)")
+        for name in ("node1", "node2"):
+            lab.wait_streaming(name, "node0")
+        write, closer = _contender(lab, contender)
+        threads = _writers(write, record, stop)
+        for t in threads:
+            t.start()
+        time.sleep(WARMUP)  # a steady workload before the crash
+        old_port = lab.node("node0").port
+        if variant == "kill":
+            lab.kill("node0")
+        else:
+            lab.pause("node0")
+        t0 = time.monotonic()  # every process of node0 is dead (or stopped) now
+        promoter = threading.Thread(
+            target=_promoter, args=(lab, "node0", delay, t0, promo), daemon=True
+        )
+        if contender != "auto":
+            promoter.start()
+        deadline = t0 + observe
+        while time.monotonic() < deadline:
+            with record.lock:
+                moved = sum(1 for a in record.acked if a[1] != old_port)
+            if moved >= 200:
+                break
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(2)
+        if promoter.is_alive():
+            promoter.join(30)
+        closer()
+        label = contender if contender == "auto" else f"{contender} D={delay:g}"
+        return {
+            "benchmark": "failover",
+            "contender": label,
+            "mode": mode,
+            "variant": variant,
+            **_result(lab, record, old_port, t0, promo),
+        }
+    finally:
+        stop.set()
+        if variant == "pause":
+            with contextlib.suppress(Exception):  # it may be gone already
+                lab.resume("node0")
+        lab.destroy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the matrix and print one JSON line per run, then a summary line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--contenders", default="auto,external,baseline")
+    parser.add_argument("--modes", default="async,sync")
+    parser.add_argument(
+        "--delays", default="0,2", help="promoter delays D (s) for external and baseline"
+    )
+    parser.add_argument("--variants", default="kill,pause")
+    parser.add_argument(
+        "--observe", type=float, default=15.0, help="seconds to wait for writes after t0"
+    )
+    args = parser.parse_args(argv)
+    runs = []
+    emit({"benchmark": "failover", "machine": machine()})
+    for variant in args.variants.split(","):
+        for mode in args.modes.split(","):
+            for contender in args.contenders.split(","):
+                delays = (
+                    [0.0] if contender == "auto" else [float(d) for d in args.delays.split(",")]
+                )
+                if variant == "pause":
+                    delays = delays[:1]  # the hung variant: one delay is enough
+                for delay in delays:
+                    for _ in range(args.runs if variant == "kill" else 1):
+                        result = run_once(
+                            contender,
+                            mode,
+                            variant,
+                            delay,
+                            args.observe + (10 if variant == "pause" else 0),
+                        )
+                        runs.append(result)
+                        emit(result)
+    emit(
+        {
+            "benchmark": "failover",
+            "summary": summarize(
+                runs,
+                ["variant", "mode", "contender"],
+                [
+                    "kill_to_first_write",
+                    "unavailability",
+                    "promotion_to_first_write",
+                    "failed_attempts",
+                    "lost",
+                ],
+            ),
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
