@@ -261,20 +261,47 @@ class FailoverManager:
 
     # -- the monitor's round -------------------------------------------
 
-    def _monitor_round(self) -> bool:
-        """One probe round, applied. Returns True while the primary is in doubt."""
+    def _monitor_round(self, *, full: bool = False) -> bool:
+        """One probe round, applied. Returns True while the primary is in doubt.
+
+        The monitor's rounds are patient with stragglers (see
+        :class:`ProbeRound`); a ``full`` round gives every node a verdict.
+        """
         if self._closed or self._rounds is None:
             return False
-        decisions = self._probe_and_advance()
+        cfg = self.config
+        patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
+        decisions = self._probe_and_advance(patience)
         self._actions.apply(decisions)
-        return self._snapshot.in_doubt
+        snap = self._snapshot
+        return snap.in_doubt or (
+            snap.primary is not None and snap.primary in self._rounds.pending()
+        )
 
-    def _probe_and_advance(self) -> list[Decision]:
-        """Probe every node and publish the next snapshot (under the round lock)."""
+    def _probe_and_advance(self, patience: float | None = None) -> list[Decision]:
+        """Probe every node and publish the next snapshot (under the round lock).
+
+        ``patience``: see :meth:`ProbeRound.run` (the monitor's rounds); without
+        it every node gets a fresh verdict (``check_health()``, the re-probe
+        before a promotion).
+        """
         assert self._rounds is not None  # noqa: S101 - open() sets it
         with self._round_lock:
             started = time.time()
-            results = self._rounds.run()
+            snap = self._snapshot
+            # A standby promoted onto a new timeline while the old primary
+            # hangs: act on it now rather than after the old one's timeout.
+            # A writable node on a known timeline (a stale old primary) is not
+            # decisive: it must never cut short the current primary's probe.
+            results = self._rounds.run(
+                patience=patience,
+                decisive=lambda r: (
+                    r.writable
+                    and r.node != snap.primary
+                    and snap.max_timeline > 0
+                    and (r.timeline or 0) > snap.max_timeline
+                ),
+            )
             return self._advance(results, started)
 
     def _advance(self, results: dict[str, ProbeResult], started: float) -> list[Decision]:
@@ -460,7 +487,7 @@ class FailoverManager:
     def check_health(self) -> Snapshot:
         """Probe every node now, apply the result, and return the snapshot."""
         self._check_open()
-        self._monitor_round()
+        self._monitor_round(full=True)
         return self._snapshot
 
     def check_primary_health(self) -> bool:

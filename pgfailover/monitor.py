@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Protocol
 
@@ -36,17 +36,29 @@ logger = logging.getLogger(__name__)
 class ProbeRound:
     """Probes all nodes in parallel under one deadline.
 
-    A round waits up to ``timeout`` for the nodes that answered last time.
-    A node that already failed last time gets only ``grace`` more once the
-    others are in: a hung node costs one timeout in the first round, then
-    nothing. Its probe is left running (a hung server may wake up and answer
-    it; while it runs, later rounds report the node failed at once) and is
-    aborted only after ``abort_after`` seconds, so that a connection lost in a
+    A full round (:meth:`run` without ``patience``: ``check_health()``, the
+    re-probe before a promotion) waits up to ``timeout`` for the nodes that
+    answered last time and reports every node. A node that already failed
+    last time gets only ``grace`` more once the others are in: a hung node
+    costs one timeout in the first round, then nothing.
+
+    The monitor's rounds pass ``patience``: such a round returns once the
+    others are in and a straggler has had ``patience``, leaving the
+    straggler's probe running and reporting nothing for it (no news, its
+    state stays) until it answers or its probe is ``timeout`` old, when it is
+    reported failed. So a hung primary never blinds the monitor to the rest
+    of the cluster: a standby promoted a moment after the hang is seen within
+    one fast interval, not after the hung node's timeout. :meth:`pending`
+    names the stragglers, and the monitor probes fast while the primary is
+    one of them.
+
+    A probe left running (a hung server may wake up and answer it) is
+    aborted after ``abort_after`` seconds, so that a connection lost in a
     black hole is replaced instead of waiting on TCP retransmissions.
 
     Thread safety: :meth:`run` may be called from several threads; rounds
     share the per-node probers, and a node still busy from an earlier round
-    is reported failed rather than probed twice at once.
+    is never probed twice at once.
     """
 
     def __init__(self, nodes: Sequence[Node], timeout: float, *, grace: float = 0.02) -> None:
@@ -62,13 +74,33 @@ class ProbeRound:
         self._failing: set[str] = set()  # guarded by self._lock
         self._closed = False  # guarded by self._lock
 
-    def run(self, timeout: float | None = None) -> dict[str, ProbeResult]:
-        """Probe every node once; return within ``timeout`` (default: the probe timeout)."""
+    def pending(self) -> frozenset[str]:
+        """Nodes whose latest probe has not answered yet."""
+        with self._lock:
+            return frozenset(name for name, (f, _) in self._busy.items() if not f.done())
+
+    def run(
+        self,
+        timeout: float | None = None,
+        *,
+        patience: float | None = None,
+        decisive: Callable[[ProbeResult], bool] | None = None,
+    ) -> dict[str, ProbeResult]:
+        """Probe every node once; return within ``timeout`` (default: the probe timeout).
+
+        Without ``patience`` every node gets a result (failed if silent).
+        With it, the round ends ``patience`` after it started (or when all
+        answered) and a straggler younger than the timeout gets no result.
+        ``decisive`` marks a result that must not wait for slower nodes (a
+        standby that has been promoted while the old primary hangs): once one
+        is in, the others get only ``grace`` more.
+        """
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
         deadline = started + limit
+        wait_end = deadline if patience is None else min(deadline, started + patience)
         futures: dict[str, Future[ProbeResult]] = {}
-        results: dict[str, ProbeResult] = {}
+        inflight: dict[str, tuple[Future[ProbeResult], float]] = {}
         with self._lock:
             if self._closed:
                 return {name: failed(name, started, "monitor closed") for name in self._probers}
@@ -78,27 +110,51 @@ class ProbeRound:
                 if busy is not None and not busy[0].done():
                     if started - busy[1] > self.abort_after:
                         prober.abort()  # replaced by a fresh connection next round
-                    results[name] = failed(name, started, "no answer yet from an earlier probe")
+                    inflight[name] = busy
                     continue
                 future = self._executor.submit(prober.probe)
                 self._busy[name] = (future, started)
                 futures[name] = future
-        expected = [f for name, f in futures.items() if name not in failing]
-        wait_futures(expected, timeout=max(0.0, deadline - time.monotonic()))
+                inflight[name] = (future, started)
+        self._wait([f for n, f in futures.items() if n not in failing], wait_end, decisive)
         rest = [f for name, f in futures.items() if name in failing]
         if rest:
-            grace_end = min(deadline, time.monotonic() + self.grace)
+            grace_end = min(wait_end, time.monotonic() + self.grace)
             wait_futures(rest, timeout=max(0.0, grace_end - time.monotonic()))
-        for name, future in futures.items():
+        results: dict[str, ProbeResult] = {}
+        now = time.monotonic()
+        for name, (future, since) in inflight.items():
             if future.done():
                 results[name] = future.result()
+            elif patience is not None and now - since < self.timeout:
+                continue  # no news yet: the probe keeps running into later rounds
+            elif name not in futures:
+                results[name] = failed(name, since, f"no answer for {now - since:.1f}s")
             elif name in failing:
                 results[name] = failed(name, started, "no answer (still failing)")
             else:
                 results[name] = failed(name, started, f"probe timed out after {limit:g}s")
         with self._lock:
-            self._failing = {name for name, result in results.items() if not result.ok}
+            silent = self._failing - results.keys()
+            self._failing = silent | {name for name, result in results.items() if not result.ok}
         return results
+
+    def _wait(
+        self,
+        futures: list[Future[ProbeResult]],
+        deadline: float,
+        decisive: Callable[[ProbeResult], bool] | None,
+    ) -> None:
+        """Wait for ``futures`` until the deadline, or shortly after a decisive result."""
+        pending = set(futures)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            done, pending = wait_futures(pending, timeout=left, return_when=FIRST_COMPLETED)
+            if decisive is not None and any(decisive(f.result()) for f in done):
+                wait_futures(pending, timeout=max(0.0, min(left, self.grace)))
+                return
 
     def close(self) -> None:
         """Abort running probes, close probe connections, stop the workers."""

@@ -202,8 +202,8 @@ def test_hung_standby_does_not_slow_probes_of_the_others(fresh_lab: LocalLab) ->
             assert not snap.node("node2").up
             assert (snap.node("node0").response_time or 1) < 0.5
             started = time.monotonic()
-            snap = mgr.check_health()  # node2's first probe is still stuck: fails at once
-            assert time.monotonic() - started < mgr.config.health_check_timeout + 0.5
+            snap = mgr.check_health()  # node2 failed last round: it gets only a short grace
+            assert time.monotonic() - started < 0.5
             assert snap.primary == "node0"
         finally:
             fresh_lab.resume("node2")
