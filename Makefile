@@ -31,11 +31,21 @@ unit: $(STAMP)
 integration: $(STAMP) server-binaries
 	$(BIN)/pytest tests/integration
 
+# make installs the server tools, so tests that need them must find them.
 test: $(STAMP) server-binaries lint typecheck
-	$(BIN)/pytest
+	PGFAILOVER_REQUIRE_TOOLS=1 $(BIN)/pytest
 
 demo: $(STAMP) server-binaries
 	$(BIN)/python -m pgfailover.demo
 
+# Every benchmark, JSON lines into bench-results/ (a few minutes on the lab).
+BENCH_OUT ?= bench-results
+bench: $(STAMP) server-binaries
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python benchmarks/failover.py --runs 3 | tee $(BENCH_OUT)/failover.jsonl
+	$(BIN)/python benchmarks/overhead.py | tee $(BENCH_OUT)/overhead.jsonl
+	$(BIN)/python benchmarks/probes.py | tee $(BENCH_OUT)/probes.jsonl
+	$(BIN)/python benchmarks/report.py $(BENCH_OUT)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) bench-results .mypy_cache .ruff_cache .pytest_cache build *.egg-info

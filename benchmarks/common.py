@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["emit", "machine", "summarize"]
+__all__ = ["emit", "machine", "percentile", "summarize"]
 
 
 def emit(record: Mapping[str, Any]) -> None:
@@ -60,3 +60,11 @@ def summarize(
             )
         out.append(row)
     return out
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of an ascending sequence, nearest rank."""
+    if not ordered:
+        raise ValueError("percentile of no values")
+    rank = max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))
+    return ordered[rank]

@@ -1,0 +1,283 @@
+"""Prometheus metrics: a collector that reads the managers' snapshots at scrape time.
+
+Nothing here runs on the query path. The manager keeps a few counters
+(:mod:`pgfailover.stats`) and an immutable snapshot of the cluster; a scrape
+turns them into metric families. One :class:`ManagerCollector` can export
+several managers, told apart by the ``cluster`` label (the manager's
+``name``)::
+
+    from prometheus_client import REGISTRY, start_http_server
+    from pgfailover.metrics import register
+
+    register(mgr)                # on the default registry
+    start_http_server(9187, addr="127.0.0.1")
+
+Names follow Prometheus conventions: the ``pgfailover_`` prefix, base units
+(seconds, bytes), ``_total`` counters. :data:`METRIC_NAMES` lists every
+series name the collector can produce (dashboards and alert rules are
+checked against it). The managers are held by weak reference: a manager that
+is closed or garbage-collected drops out of the next scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from pgfailover.model import ClusterState, Role
+
+if TYPE_CHECKING:
+    from pgfailover.manager import FailoverManager
+
+__all__ = ["METRIC_NAMES", "ManagerCollector", "register", "unregister"]
+
+_P = "pgfailover_"
+
+# name (without _total for counters) -> (type, help, labels beyond "cluster")
+_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "info": ("gauge", "Always 1; the manager's promotion mode as a label.", ("promotion",)),
+    "cluster_state": ("gauge", "1 for the cluster's current state, 0 for the others.", ("state",)),
+    "primary_healthy": ("gauge", "1 when a primary that takes writes answered.", ()),
+    "standby_healthy": ("gauge", "1 per standby that is up and healthy.", ("node",)),
+    "healthy_standbys": ("gauge", "How many standbys are up and healthy.", ()),
+    "node_up": ("gauge", "1 when the node answered its last probe.", ("node",)),
+    "node_healthy": ("gauge", "1 when the node is healthy (thresholds counted).", ("node",)),
+    "node_role": ("gauge", "1 for the node's current role, 0 for the others.", ("node", "role")),
+    "node_is_primary": ("gauge", "1 for the node writes go to.", ("node",)),
+    "node_timeline": ("gauge", "The node's timeline ID.", ("node",)),
+    "node_last_check_timestamp_seconds": ("gauge", "When the node was last probed.", ("node",)),
+    "replication_lag_bytes": (
+        "gauge",
+        "WAL bytes the standby has yet to replay, compared with the primary.",
+        ("node",),
+    ),
+    "replication_lag_seconds": (
+        "gauge",
+        "Seconds since the last transaction the standby replayed was committed.",
+        ("node",),
+    ),
+    "split_brain": ("gauge", "1 while more than one node accepts writes.", ()),
+    "stale_nodes": ("gauge", "Old primaries out of recovery on an older timeline.", ()),
+    "failover_in_progress": ("gauge", "1 while a failover is in progress.", ()),
+    "promotion_blocked": ("gauge", "1 while a guard refuses to promote.", ()),
+    "last_failover_timestamp_seconds": ("gauge", "When the last failover completed.", ()),
+    "failovers": ("counter", "Failovers completed since the manager started.", ()),
+    "recoveries": ("counter", "Nodes that came back healthy after being lost.", ()),
+    "promotions": ("counter", "Standbys this manager promoted.", ()),
+    "promotion_failures": ("counter", "Promotions this manager tried that failed.", ()),
+    "health_check_failures": ("counter", "Probes that failed, per node.", ("node",)),
+    "probe_rounds": ("counter", "Probe rounds run.", ()),
+    "queries": (
+        "counter",
+        "Statement attempts by node, route (write, read, read_primary) and outcome.",
+        ("node", "route", "outcome"),
+    ),
+    "probe_duration_seconds": ("histogram", "Duration of one probe, per node.", ("node",)),
+    "failover_duration_seconds": (
+        "histogram",
+        "Failover duration, from detection to the first write on the new primary.",
+        (),
+    ),
+}
+
+
+def _series_names() -> frozenset[str]:
+    names: set[str] = set()
+    for short, (kind, _, _) in _FAMILIES.items():
+        full = _P + short
+        if kind == "counter":
+            names.add(full + "_total")
+        elif kind == "histogram":
+            names.update({full + "_bucket", full + "_sum", full + "_count"})
+        else:
+            names.add(full)
+    return frozenset(names)
+
+
+METRIC_NAMES: frozenset[str] = _series_names()
+"""Every series name the collector can produce."""
+
+
+class ManagerCollector(Collector):
+    """Exports any number of managers; register it on a ``CollectorRegistry``.
+
+    Thread safety: :meth:`add`, :meth:`remove` and scrapes may run on any
+    thread.
+    """
+
+    def __init__(self, managers: Iterable[FailoverManager] = ()) -> None:
+        self._lock = threading.Lock()
+        self._managers: dict[str, weakref.ref[FailoverManager]] = {}  # guarded by self._lock
+        for mgr in managers:
+            self.add(mgr)
+
+    def add(self, mgr: FailoverManager) -> None:
+        """Export ``mgr`` under ``cluster=mgr.name``.
+
+        Raises:
+            ValueError: another live manager is exported under the same name.
+        """
+        with self._lock:
+            ref = self._managers.get(mgr.name)
+            other = ref() if ref is not None else None
+            if other is not None and other is not mgr and not other.closed:
+                raise ValueError(
+                    f"a manager named {mgr.name!r} is already exported: give each "
+                    "manager its own name= to tell them apart by the cluster label"
+                )
+            self._managers[mgr.name] = weakref.ref(mgr)
+
+    def remove(self, mgr: FailoverManager) -> None:
+        """Stop exporting ``mgr``."""
+        with self._lock:
+            ref = self._managers.get(mgr.name)
+            if ref is not None and ref() in (mgr, None):
+                del self._managers[mgr.name]
+
+    def managers(self) -> list[FailoverManager]:
+        """The live, open managers exported now."""
+        with self._lock:
+            live = [(name, ref()) for name, ref in self._managers.items()]
+            for name, mgr in live:
+                if mgr is None:
+                    del self._managers[name]
+        return [m for _, m in live if m is not None and not m.closed]
+
+    def describe(self) -> Iterator[Metric]:
+        """The families (without samples), so a registry can refuse duplicates."""
+        yield from _families().values()
+
+    def collect(self) -> Iterator[Metric]:
+        """One scrape: every family, filled from every manager's snapshot."""
+        families = _families()
+        for mgr in self.managers():
+            _fill(families, mgr)
+        yield from families.values()
+
+
+def _families() -> dict[str, Metric]:
+    out: dict[str, Metric] = {}
+    for short, (kind, text, labels) in _FAMILIES.items():
+        names = ["cluster", *labels]
+        if kind == "counter":
+            out[short] = CounterMetricFamily(_P + short, text, labels=names)
+        elif kind == "histogram":
+            out[short] = HistogramMetricFamily(_P + short, text, labels=names)
+        else:
+            out[short] = GaugeMetricFamily(_P + short, text, labels=names)
+    return out
+
+
+def _gauge(families: dict[str, Metric], short: str, labels: list[str], value: float) -> None:
+    family = families[short]
+    assert isinstance(family, GaugeMetricFamily | CounterMetricFamily)  # noqa: S101 - by table
+    family.add_metric(labels, value)
+
+
+def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
+    """Add one manager's samples."""
+    snap = mgr.snapshot
+    c = mgr.name
+    _gauge(families, "info", [c, mgr.config.promotion], 1)
+    for state in ClusterState:
+        _gauge(families, "cluster_state", [c, state.value], int(snap.state is state))
+    primary = snap.node(snap.primary) if snap.primary else None
+    _gauge(families, "primary_healthy", [c], int(primary is not None and primary.up))
+    healthy_standbys = 0
+    for node in snap.nodes:
+        n = node.name
+        _gauge(families, "node_up", [c, n], int(node.up))
+        _gauge(families, "node_healthy", [c, n], int(node.healthy))
+        _gauge(families, "node_is_primary", [c, n], int(n == snap.primary))
+        for role in Role:
+            _gauge(families, "node_role", [c, n, role.value], int(node.role is role))
+        if node.timeline is not None:
+            _gauge(families, "node_timeline", [c, n], node.timeline)
+        if node.last_check is not None:
+            _gauge(families, "node_last_check_timestamp_seconds", [c, n], node.last_check)
+        if n == snap.primary:
+            continue
+        ok = int(node.up and node.healthy and node.role is Role.STANDBY)
+        healthy_standbys += ok
+        _gauge(families, "standby_healthy", [c, n], ok)
+        if node.lag_bytes is not None:
+            _gauge(families, "replication_lag_bytes", [c, n], node.lag_bytes)
+        if node.lag_seconds is not None:
+            _gauge(families, "replication_lag_seconds", [c, n], node.lag_seconds)
+    _gauge(families, "healthy_standbys", [c], healthy_standbys)
+    _gauge(families, "split_brain", [c], int(bool(snap.split_brain)))
+    _gauge(families, "stale_nodes", [c], sum(1 for n in snap.nodes if n.role is Role.STALE))
+    in_progress = snap.state is ClusterState.FAILOVER_IN_PROGRESS
+    _gauge(families, "failover_in_progress", [c], int(in_progress))
+    _gauge(families, "promotion_blocked", [c], int(snap.promotion_blocked is not None))
+    if snap.last_failover_at is not None:
+        _gauge(families, "last_failover_timestamp_seconds", [c], snap.last_failover_at)
+
+    counters = mgr.stats.as_dict()
+    for short in ("failovers", "recoveries", "promotions", "promotion_failures", "probe_rounds"):
+        _gauge(families, short, [c], counters[f"{short}_total"])
+    failures = counters["health_check_failures"]
+    for node in snap.nodes:
+        _gauge(families, "health_check_failures", [c, node.name], failures.get(node.name, 0))
+    for q in counters["queries"]:
+        _gauge(families, "queries", [c, q["node"], q["route"], q["outcome"]], q["count"])
+
+    probes, failover = mgr.stats.histograms()
+    probe_family = families["probe_duration_seconds"]
+    failover_family = families["failover_duration_seconds"]
+    assert isinstance(probe_family, HistogramMetricFamily)  # noqa: S101 - by table
+    assert isinstance(failover_family, HistogramMetricFamily)  # noqa: S101 - by table
+    for node_name, (bounds, counts, total, count) in sorted(probes.items()):
+        probe_family.add_metric([c, node_name], _buckets(bounds, counts, count), total)
+    bounds, counts, total, count = failover
+    failover_family.add_metric([c], _buckets(bounds, counts, count), total)
+
+
+def _buckets(bounds: tuple[float, ...], counts: list[int], count: int) -> list[tuple[str, float]]:
+    """Cumulative buckets in the form HistogramMetricFamily wants, ending with +Inf."""
+    out = [(repr(float(b)), float(n)) for b, n in zip(bounds, counts, strict=True)]
+    out.append(("+Inf", float(count)))
+    return out
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, ManagerCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_collectors_lock = threading.Lock()
+
+
+def register(mgr: FailoverManager, registry: CollectorRegistry | None = None) -> ManagerCollector:
+    """Export ``mgr`` on ``registry`` (default: prometheus_client's global one).
+
+    Every manager registered on one registry shares one collector, so the
+    families appear once with a ``cluster`` label per manager.
+    """
+    target = REGISTRY if registry is None else registry
+    with _collectors_lock:
+        collector = _collectors.get(target)
+        if collector is None:
+            collector = ManagerCollector()
+            target.register(collector)
+            _collectors[target] = collector
+    collector.add(mgr)
+    return collector
+
+
+def unregister(mgr: FailoverManager, registry: CollectorRegistry | None = None) -> None:
+    """Stop exporting ``mgr`` on ``registry``."""
+    target = REGISTRY if registry is None else registry
+    with _collectors_lock:
+        collector = _collectors.get(target)
+    if collector is not None:
+        collector.remove(mgr)

@@ -1,0 +1,325 @@
+"""The status/admin HTTP API: a WSGI application, and a small server to run it.
+
+:class:`AdminApp` is a plain WSGI application, so it mounts in any WSGI
+stack (Django, Flask, gunicorn, a ``DispatcherMiddleware``) or runs on its
+own with :func:`serve`, which binds 127.0.0.1 unless told otherwise and
+serves each request on its own thread::
+
+    server = serve(mgr, port=8008, token=os.environ["PGFAILOVER_TOKEN"])
+    ...
+    server.close()
+
+Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
+
+- ``GET /failover/status``, ``/failover/metrics`` (JSON), ``/failover/history``;
+- ``GET /failover/health``: 200 while a primary takes writes, else 503 (a
+  load-balancer check);
+- ``POST /failover/trigger`` (``{"target": "node1", "force": false}``) and
+  ``POST /failover/check-health``: admin endpoints, which need
+  ``Authorization: Bearer <token>``. Without a configured token they answer
+  403: disabled, never open. Tokens are compared in constant time;
+- ``GET /metrics``: Prometheus text format.
+
+Errors are JSON, ``{"error": "...", ...}``, with 400 (bad body), 401 (no or
+wrong token), 403 (admin disabled), 404 (unknown path or node), 405, 409
+(refused by a promotion guard; ``guard`` names it), 503 (no primary).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from pgfailover.errors import NoPrimaryAvailable, PgFailoverError, PromotionRefused
+from pgfailover.metrics import register
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from pgfailover.manager import FailoverManager
+
+__all__ = ["AdminApp", "AdminServer", "HTTPError", "openapi", "serve"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+
+class HTTPError(Exception):
+    """An error answered as JSON with a status code."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API (``pgfailover/openapi.json``)."""
+    text = resources.files("pgfailover").joinpath("openapi.json").read_text(encoding="utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+Handler = Callable[["WSGIEnvironment"], tuple[int, Any]]
+
+
+class AdminApp:
+    """The WSGI application serving one manager's status and admin endpoints.
+
+    ``token``: the bearer token the admin endpoints require (``None``: they
+    are disabled). ``registry``: where ``/metrics`` reads from (default: a
+    private registry exporting this manager only).
+    """
+
+    def __init__(
+        self,
+        mgr: FailoverManager,
+        *,
+        token: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if token is not None and len(token) < 16:
+            raise ValueError("the admin token must be at least 16 characters")
+        self.mgr = mgr
+        self._token = token.encode() if token is not None else None
+        if registry is None:
+            registry = CollectorRegistry(auto_describe=True)
+            register(mgr, registry)
+        self.registry = registry
+        self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {
+            ("GET", "/failover/status"): (self._status, False),
+            ("GET", "/failover/metrics"): (self._metrics_json, False),
+            ("GET", "/failover/health"): (self._health, False),
+            ("GET", "/failover/history"): (self._history, False),
+            ("POST", "/failover/trigger"): (self._trigger, True),
+            ("POST", "/failover/check-health"): (self._check_health, True),
+            ("GET", "/openapi.json"): (lambda _env: (200, openapi()), False),
+        }
+
+    # -- WSGI ----------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Answer one request."""
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        path = environ.get("PATH_INFO", "") or "/"
+        if len(path) > 1:
+            path = path.rstrip("/")
+        try:
+            if path == "/metrics":
+                if method not in ("GET", "HEAD"):
+                    raise HTTPError(405, f"{method} not allowed on {path}", allow="GET")
+                body = generate_latest(self.registry)
+                return self._send(start_response, 200, body, CONTENT_TYPE_LATEST)
+            handler, admin = self._route(method, path)
+            if admin:
+                self._authorize(environ)
+            status, data = handler(environ)
+        except HTTPError as exc:
+            status, data = exc.status, {"error": str(exc), **exc.extra}
+        except Exception:
+            logger.exception("admin API: %s %s failed", method, path)
+            status, data = 500, {"error": "internal error (see the server log)"}
+        body = (json.dumps(data, default=str, indent=1) + "\n").encode()
+        headers = [("WWW-Authenticate", 'Bearer realm="pgfailover"')] if status == 401 else []
+        if status == 405 and isinstance(data, dict) and "allow" in data:
+            headers.append(("Allow", str(data["allow"])))
+        return self._send(start_response, status, body, "application/json", headers)
+
+    @staticmethod
+    def _send(
+        start_response: StartResponse,
+        status: int,
+        body: bytes,
+        content_type: str,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> list[bytes]:
+        phrase = HTTPStatus(status).phrase
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            *(extra or []),
+        ]
+        start_response(f"{status} {phrase}", headers)
+        return [body]
+
+    def _route(self, method: str, path: str) -> tuple[Handler, bool]:
+        found = self.routes.get((method, path))
+        if found is not None:
+            return found
+        if method == "HEAD" and ("GET", path) in self.routes:
+            return self.routes[("GET", path)]
+        allowed = sorted(m for m, p in self.routes if p == path)
+        if allowed:
+            raise HTTPError(405, f"{method} not allowed on {path}", allow=", ".join(allowed))
+        raise HTTPError(404, f"no such endpoint: {path}")
+
+    def _authorize(self, environ: WSGIEnvironment) -> None:
+        if self._token is None:
+            raise HTTPError(
+                403, "admin endpoints are disabled: start the API with a token to enable them"
+            )
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise HTTPError(401, "this endpoint needs 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise HTTPError(401, "wrong token")
+
+    @staticmethod
+    def _body(environ: WSGIEnvironment) -> dict[str, Any]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HTTPError(400, "bad Content-Length") from None
+        if length > MAX_BODY:
+            raise HTTPError(413, f"body larger than {MAX_BODY} bytes")
+        raw = environ["wsgi.input"].read(length) if length else b""
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, "body must be a JSON object")
+        return data
+
+    # -- endpoints -----------------------------------------------------
+
+    def _status(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
+        return 200, self.mgr.get_failover_status()
+
+    def _metrics_json(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
+        return 200, self.mgr.get_metrics()
+
+    def _health(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
+        snap = self.mgr.snapshot
+        writable = snap.primary is not None and snap.node(snap.primary).up
+        body = {
+            "status": "ok" if writable else "unavailable",
+            "state": snap.state.value,
+            "primary": snap.primary if writable else None,
+        }
+        return (200 if writable else 503), body
+
+    def _history(self, environ: WSGIEnvironment) -> tuple[int, Any]:
+        query = environ.get("QUERY_STRING", "")
+        limit = None
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key == "limit":
+                if not value.isdigit() or int(value) < 1:
+                    raise HTTPError(400, f"limit must be a positive integer, not {value!r}")
+                limit = int(value)
+        events = [e.as_dict() for e in self.mgr.history()]
+        if limit is not None:
+            events = events[-limit:]
+        return 200, {"cluster": self.mgr.name, "events": events}
+
+    def _trigger(self, environ: WSGIEnvironment) -> tuple[int, Any]:
+        body = self._body(environ)
+        unknown = sorted(set(body) - {"target", "force"})
+        if unknown:
+            raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
+        target = body.get("target")
+        force = body.get("force", False)
+        if target is not None and not isinstance(target, str):
+            raise HTTPError(400, "target must be a node name (a string) or null")
+        if not isinstance(force, bool):
+            raise HTTPError(400, "force must be true or false")
+        names = [n.name for n in self.mgr.nodes]
+        if target is not None and target not in names:
+            raise HTTPError(404, f"unknown node {target!r}", nodes=names)
+        try:
+            event = self.mgr.perform_failover(target, force=force)
+        except PromotionRefused as exc:
+            raise HTTPError(409, str(exc), guard=exc.guard) from None
+        except NoPrimaryAvailable as exc:
+            raise HTTPError(503, str(exc)) from None
+        except PgFailoverError as exc:
+            raise HTTPError(409, str(exc)) from None
+        status = 200 if event.outcome == "completed" else 502
+        return status, {"event": event.as_dict()}
+
+    def _check_health(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
+        self.mgr.check_health()
+        return 200, self.mgr.get_failover_status()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request lines go to the ``pgfailover.server`` logger at DEBUG, not stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class AdminServer:
+    """A running :class:`AdminApp` on its own thread; :meth:`close` stops it."""
+
+    def __init__(self, app: AdminApp, host: str, port: int) -> None:
+        self.app = app
+        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+        self._httpd = make_server(
+            host, port, app, server_class=server_class, handler_class=_QuietHandler
+        )
+        self.host = host
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="pgfailover-http",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8008``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop serving and release the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> AdminServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    mgr: FailoverManager,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    registry: CollectorRegistry | None = None,
+) -> AdminServer:
+    """Serve ``mgr``'s API on ``host:port`` (port 0: a free one) in a thread."""
+    return AdminServer(AdminApp(mgr, token=token, registry=registry), host, port)

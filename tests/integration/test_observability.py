@@ -1,0 +1,223 @@
+"""The status/admin HTTP API and the metrics, against lab clusters and a real Prometheus.
+
+Every JSON answer is validated against the OpenAPI document's schema for
+that endpoint and status, so the document stays true. The end-to-end test
+runs Debian's Prometheus on 127.0.0.1 with the repository's alert rules,
+scraping a manager over a lab cluster, and watches the alerts through
+Prometheus's own API while the primary is killed and a standby promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pgfailover import FailoverManager
+from pgfailover.lab import LocalLab
+from pgfailover.lab.local import free_port
+from pgfailover.server import AdminServer, openapi, serve
+
+from .helpers import FAST, manager_for, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret-admin-token-for-tests"
+DOC = openapi()
+
+
+def _call(  # noqa: PLR0917 - a test helper read like an HTTP request line
+    server: AdminServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any, str]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(server.url + path, data=data, method=method)  # noqa: S310
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            status, text, ctype = response.status, response.read().decode(), response.headers
+    except urllib.error.HTTPError as exc:
+        status, text, ctype = exc.code, exc.read().decode(), exc.headers
+    content_type = ctype.get("Content-Type", "")
+    parsed = json.loads(text) if content_type.startswith("application/json") else text
+    if content_type.startswith("application/json"):
+        _check_schema(method, path.split("?", maxsplit=1)[0], status, parsed)
+    return status, parsed, text
+
+
+def _check_schema(method: str, path: str, status: int, body: Any) -> None:
+    """The answer matches what the OpenAPI document promises for it."""
+    op = DOC["paths"].get(path, {}).get(method.lower())
+    if op is None:
+        schema: dict[str, Any] = {"$ref": "#/components/schemas/Error"}
+    else:
+        response = op["responses"].get(str(status))
+        assert response is not None, f"{method} {path} answered {status}, not documented"
+        schema = response["content"]["application/json"]["schema"]
+    resolver = {"components": DOC["components"], **schema}
+    jsonschema.validate(body, resolver)
+
+
+@pytest.fixture
+def served(fresh_lab: LocalLab) -> Iterator[tuple[FailoverManager, AdminServer]]:
+    with manager_for(fresh_lab, name="app") as mgr, serve(mgr, token=TOKEN) as server:
+        yield mgr, server
+
+
+def test_read_endpoints_answer_as_documented(
+    served: tuple[FailoverManager, AdminServer], fresh_lab: LocalLab
+) -> None:
+    _, server = served
+    status, body, text = _call(server, "GET", "/failover/status")
+    assert status == 200
+    assert body["current_primary"] == "node0"
+    assert {n["name"] for n in body["standbys"]} == {"node1", "node2"}
+    assert "password" not in text
+    assert _call(server, "GET", "/failover/metrics")[0] == 200
+    status, body, _ = _call(server, "GET", "/failover/health")
+    assert (status, body["primary"]) == (200, "node0")
+    assert _call(server, "GET", "/failover/history?limit=5")[1]["events"] == []
+    assert _call(server, "GET", "/failover/history?limit=x")[0] == 400
+    assert _call(server, "GET", "/nope")[0] == 404
+    assert _call(server, "DELETE", "/failover/status")[0] == 405
+    assert _call(server, "GET", "/openapi.json")[1]["openapi"].startswith("3.")
+
+    status, _, text = _call(server, "GET", "/metrics")
+    assert status == 200
+    samples = {
+        (s.name, s.labels.get("node")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples[("pgfailover_primary_healthy", None)] == 1
+    assert samples[("pgfailover_node_is_primary", "node0")] == 1
+    assert samples[("pgfailover_healthy_standbys", None)] == 2
+
+    fresh_lab.kill("node0")  # external mode and nobody promotes: no writable primary
+    wait_until(lambda: _call(server, "GET", "/failover/health")[0] == 503, what="health 503")
+
+
+def test_admin_endpoints_need_the_token_and_report_guards(
+    served: tuple[FailoverManager, AdminServer],
+) -> None:
+    mgr, server = served
+    assert _call(server, "POST", "/failover/check-health")[0] == 401
+    assert _call(server, "POST", "/failover/check-health", token="wrong-token-xxxxxxx")[0] == 401
+    assert _call(server, "POST", "/failover/check-health", token=TOKEN)[0] == 200
+    status, body, _ = _call(server, "POST", "/failover/trigger", raw=b"{not json", token=TOKEN)
+    assert status == 400
+    assert "JSON" in body["error"]
+    assert _call(server, "POST", "/failover/trigger", {"force": "yes"}, token=TOKEN)[0] == 400
+    assert _call(server, "POST", "/failover/trigger", {"to": "node1"}, token=TOKEN)[0] == 400
+    status, body, _ = _call(server, "POST", "/failover/trigger", {"target": "node9"}, token=TOKEN)
+    assert status == 404
+    assert body["nodes"] == ["node0", "node1", "node2"]
+    status, body, _ = _call(server, "POST", "/failover/trigger", {"target": "node1"}, token=TOKEN)
+    assert status == 409
+    assert body["guard"] == "primary_reachable"
+    assert mgr.snapshot.primary == "node0"
+    status, body, _ = _call(
+        server, "POST", "/failover/trigger", {"target": "node1", "force": True}, token=TOKEN
+    )
+    assert status == 200, body
+    assert body["event"]["to"] == "node1"
+    assert body["event"]["outcome"] == "completed"
+    wait_until(lambda: mgr.snapshot.primary == "node1", what="writes moved to node1")
+    events = _call(server, "GET", "/failover/history")[1]["events"]
+    assert [e["outcome"] for e in events][-2:] == ["refused", "completed"]
+
+
+def test_admin_endpoints_are_disabled_without_a_token(fresh_lab: LocalLab) -> None:
+    with manager_for(fresh_lab) as mgr, serve(mgr) as server:
+        status, body, _ = _call(server, "POST", "/failover/trigger", {}, token="anything-at-all")
+        assert status == 403
+        assert "disabled" in body["error"]
+        assert mgr.snapshot.primary == "node0"
+
+
+def _prometheus(tmp_path: Path, target_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if os.environ.get("PGFAILOVER_REQUIRE_TOOLS"):
+            pytest.fail("prometheus is not installed (make server-binaries installs it)")
+        pytest.skip("prometheus is not installed")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {ROOT / 'alerts/pgfailover.rules.yml'}\n"
+        "scrape_configs:\n  - job_name: pgfailover\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _api(base: str, path: str) -> Any:
+    with urllib.request.urlopen(base + path, timeout=5) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())["data"]
+
+
+def _alerts(base: str) -> dict[str, str]:
+    return {a["labels"]["alertname"]: a["state"] for a in _api(base, "/api/v1/alerts")["alerts"]}
+
+
+@pytest.mark.timeout(180)
+def test_prometheus_sees_the_failover_alerts(fresh_lab: LocalLab, tmp_path: Path) -> None:
+    with manager_for(fresh_lab, FAST, name="app") as mgr, serve(mgr) as server:
+        proc, base = _prometheus(tmp_path, server.port)
+        try:
+            wait_until(
+                lambda: _api(base, "/api/v1/query?query=pgfailover_primary_healthy")["result"],
+                timeout=60,
+                what="Prometheus scraping pgfailover",
+            )
+            fresh_lab.kill("node0")  # external mode: nobody promotes yet
+            wait_until(
+                lambda: _alerts(base).get("PrimaryDatabaseDown") == "firing",
+                timeout=60,
+                what="PrimaryDatabaseDown firing",
+            )
+            fresh_lab.promote("node1")  # the orchestrator acts; the manager follows
+            wait_until(lambda: mgr.snapshot.primary == "node1", what="writes on node1")
+            wait_until(
+                lambda: (
+                    _alerts(base).get("FailoverOccurred") == "firing"
+                    and "PrimaryDatabaseDown" not in _alerts(base)
+                ),
+                timeout=60,
+                what="FailoverOccurred firing and PrimaryDatabaseDown resolved",
+            )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -1,0 +1,193 @@
+"""Metrics exposition, the Grafana dashboard, alert rules and the OpenAPI document.
+
+No PostgreSQL here: a manager that was never opened still has a snapshot
+(every node unknown) and counters, which is all the collector reads. The
+dashboard and the rules are checked against the names the exporter really
+produces; promtool checks the rules when it is installed (``make test``
+installs it and sets ``PGFAILOVER_REQUIRE_TOOLS=1``, so there it must be).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover.metrics import METRIC_NAMES, register
+from pgfailover.server import AdminApp, openapi
+
+ROOT = Path(__file__).resolve().parents[2]
+METRIC = re.compile(r"\bpgfailover_[a-z_]+\b")
+
+
+def _manager(name: str = "app") -> FailoverManager:
+    nodes = [
+        Node("node0", "host=127.0.0.1 port=1 user=app password=hunter2secret", priority=0),
+        Node("node1", "host=127.0.0.1 port=2 user=app password=hunter2secret", priority=1),
+    ]
+    return FailoverManager(nodes=nodes, config=FailoverConfig(), name=name)
+
+
+@pytest.fixture
+def manager() -> Iterator[FailoverManager]:
+    mgr = _manager()
+    yield mgr
+    mgr.close(timeout=1)
+
+
+def _samples(registry: CollectorRegistry) -> list[Any]:
+    text = generate_latest(registry).decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def test_exposition_uses_only_declared_names_and_labels_every_series(
+    manager: FailoverManager,
+) -> None:
+    registry = CollectorRegistry()
+    register(manager, registry)
+    samples = _samples(registry)
+    names = {s.name for s in samples}
+    assert names <= METRIC_NAMES, names - METRIC_NAMES
+    assert {
+        "pgfailover_cluster_state",
+        "pgfailover_node_up",
+        "pgfailover_failovers_total",
+        "pgfailover_probe_rounds_total",
+        "pgfailover_failover_duration_seconds_count",
+    } <= names
+    assert all(s.labels.get("cluster") == "app" for s in samples)
+    states = {s.labels["state"]: s.value for s in samples if s.name == "pgfailover_cluster_state"}
+    assert states["unknown"] == 1
+    assert sum(states.values()) == 1
+    assert "hunter2secret" not in generate_latest(registry).decode()
+
+
+def test_one_registry_exports_several_clusters_and_refuses_a_duplicate_name() -> None:
+    first, second, clash = _manager("orders"), _manager("billing"), _manager("orders")
+    try:
+        registry = CollectorRegistry()
+        register(first, registry)
+        register(second, registry)
+        clusters = {s.labels["cluster"] for s in _samples(registry)}
+        assert clusters == {"orders", "billing"}
+        with pytest.raises(ValueError, match="'orders' is already exported"):
+            register(clash, registry)
+        second.close(timeout=1)
+        assert {s.labels["cluster"] for s in _samples(registry)} == {"orders"}
+    finally:
+        for mgr in (first, second, clash):
+            mgr.close(timeout=1)
+
+
+def test_dashboard_queries_only_metrics_the_exporter_produces() -> None:
+    dashboard = json.loads((ROOT / "grafana/dashboards/pgfailover.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {m for e in exprs for m in METRIC.findall(e)}
+    assert len(used) >= 10
+    assert used <= METRIC_NAMES, used - METRIC_NAMES
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("cluster state", "primary", "health", "lag", "failover", "probe", "queries"):
+        assert topic in titles, topic
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for path in (ROOT / "grafana/provisioning").rglob("*.yml"):
+        assert yaml.safe_load(path.read_text())["apiVersion"] == 1, path
+
+
+RULES = ROOT / "alerts/pgfailover.rules.yml"
+
+
+def test_alert_rules_cover_the_original_names_and_use_real_metrics() -> None:
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    assert {
+        "PrimaryDatabaseDown",
+        "AllDatabasesDown",
+        "FailoverOccurred",
+        "SplitBrain",
+        "StalePrimaryOnline",
+        "ReplicationLagHigh",
+        "RedundancyLost",
+        "HealthCheckFailing",
+        "ExporterDown",
+    } <= names
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+        used = set(METRIC.findall(rule["expr"]))
+        assert used, rule["alert"]
+        assert used <= METRIC_NAMES, (rule["alert"], used - METRIC_NAMES)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("PGFAILOVER_REQUIRE_TOOLS"):
+            pytest.fail(f"{name} is not installed (make server-binaries installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "rules", "alerts/pgfailover.rules.yml"],
+        ["test", "rules", "alerts/tests/pgfailover.test.yml"],
+        ["check", "config", "alerts/prometheus.yml"],
+    ],
+    ids=["check-rules", "test-rules", "check-config"],
+)
+def test_promtool(args: list[str]) -> None:
+    proc = subprocess.run(
+        [_tool("promtool"), *args],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alertmanager_example_config() -> None:
+    proc = subprocess.run(
+        [_tool("amtool"), "check-config", "alerts/alertmanager.yml"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_openapi_document_is_valid_and_matches_the_routes(manager: FailoverManager) -> None:
+    from openapi_spec_validator import validate
+
+    doc = openapi()
+    validate(doc)
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    app = AdminApp(manager, token="t" * 32)
+    served = set(app.routes) | {("GET", "/metrics")}
+    assert documented == served
+    admin = {key for key, (_, needs_token) in app.routes.items() if needs_token}
+    secured = {
+        (method.upper(), path)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if op.get("security")
+    }
+    assert secured == admin
