@@ -320,6 +320,20 @@ def load_env(
     return None, config
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables, with errors that name the file."""
+    path = Path(path)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {path}: {exc}") from None
+    return data
+
+
 def load_toml(path: str | Path) -> tuple[list[Node], FailoverConfig]:
     """Nodes and settings from a TOML file.
 
@@ -334,12 +348,7 @@ def load_toml(path: str | Path) -> tuple[list[Node], FailoverConfig]:
         health_check_interval = 1.0
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigurationError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"config file {path}: {exc}") from None
+    data = read_toml(path)
     allowed = {"dsn", "primary", "standbys", "nodes", "failover", "server"}
     unknown = sorted(set(data) - allowed)
     if unknown:

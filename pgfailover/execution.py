@@ -173,7 +173,7 @@ def client(mgr: FailoverManager, readonly: bool) -> Iterator[psycopg.Connection[
     route = "write" if not readonly else "read"
     try:
         yield conn
-        if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.INTRANS:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
             try:
                 conn.commit()
             except psycopg.Error as exc:

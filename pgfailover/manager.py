@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +114,9 @@ class FailoverManager:
         }
         self._actions = FailoverActions(self)
         self._inflight_lock = threading.Lock()
-        self._inflight: dict[str, weakref.WeakSet[psycopg.Connection[Any]]] = {
-            n.name: weakref.WeakSet() for n in nodes
+        # Connections checked out, per node; checkin() always removes them.
+        self._inflight: dict[str, set[psycopg.Connection[Any]]] = {
+            n.name: set() for n in nodes
         }  # guarded by self._inflight_lock
 
     # -- construction --------------------------------------------------
@@ -170,7 +170,7 @@ class FailoverManager:
         self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
         for pool in self._pools.values():
             pool.open(wait=False)
-        self._monitor_round()
+        self._monitor_round(full=True)
         snap = self._snapshot
         logger.info(
             "manager %s open: %d nodes, primary %s, state %s, promotion %s",
@@ -455,8 +455,9 @@ class FailoverManager:
             return execution.run_read(self, sql, params)
         return execution.run_write(self, sql, params)
 
-    @contextmanager
-    def get_client(self, readonly: bool = False) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    def get_client(
+        self, readonly: bool = False
+    ) -> AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]:
         """A pooled ``psycopg.Connection`` to the primary (or a standby if ``readonly``).
 
         On leaving the block the transaction is committed (rolled back on an
@@ -465,8 +466,7 @@ class FailoverManager:
         re-probe at once; a lost COMMIT raises ``WriteOutcomeUnknown``.
         """
         self._check_open()
-        with execution.client(self, readonly) as conn:
-            yield conn
+        return execution.client(self, readonly)
 
     def get_active_pool(self) -> ConnectionPool:
         """The current primary's ``ConnectionPool``.

@@ -1,31 +1,70 @@
 """The ``pgfailover`` command line.
 
 Every command group lives in its own module; this one assembles them. User
-mistakes print one clear line and exit non-zero, never a traceback.
+mistakes print one clear line and exit non-zero, never a traceback: 3 for
+usage and configuration errors (a bad flag, DSN or config file, a server
+that cannot be asked), and each command's own codes otherwise (see
+:mod:`pgfailover.cli.common`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 import click
 
 from pgfailover import __version__
+from pgfailover.cli.common import EXIT_USAGE
 from pgfailover.cli.lab import lab
+from pgfailover.cli.ops import check_health, history, status, trigger, watch
+from pgfailover.cli.serve import demo, serve
 
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """A click group whose usage errors exit with 3 (click's default 2 means "no primary")."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
+        except click.UsageError as exc:
+            exc.show()
+            if standalone:
+                sys.exit(EXIT_USAGE)
+            raise
+        except click.ClickException as exc:
+            exc.show()
+            if standalone:
+                sys.exit(exc.exit_code)
+            raise
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            if standalone:
+                sys.exit(1)
+            raise
+        if standalone:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pgfailover")
 @click.option("-v", "--verbose", count=True, help="More log output (-v INFO, -vv DEBUG).")
 def cli(verbose: int) -> None:
     """pgfailover: keep writing to the real PostgreSQL primary through failovers."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose == 0:
+        # An unreachable node is reported in the output; the pool's retries are noise.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
-cli.add_command(lab)
+for command in (status, check_health, watch, trigger, history, serve, demo, lab):
+    cli.add_command(command)
 
 
 def main() -> None:

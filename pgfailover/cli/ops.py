@@ -1,0 +1,367 @@
+"""``pgfailover status``, ``check-health``, ``watch``, ``trigger`` and ``history``.
+
+Without ``--url`` each command builds a short-lived manager that probes
+every node once, in parallel and bounded by the probe timeout, with no idle
+pool connections; with ``--url`` it asks a running ``pgfailover serve``.
+Colour only on a terminal (click strips it in a pipe); ``--json`` everywhere
+a script may want it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pgfailover.cli.common import (
+    EXIT_DEGRADED,
+    EXIT_OK,
+    Cluster,
+    UsageProblem,
+    cluster_options,
+    exit_code_for,
+    handle_errors,
+    http_call,
+)
+from pgfailover.events import EventLog
+from pgfailover.manager import FailoverManager
+from pgfailover.promotion import Candidate, choose_candidate
+
+__all__ = ["check_health", "history", "status", "trigger", "watch"]
+
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    help="Probe timeout in seconds (default: the configured health_check_timeout).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@contextmanager
+def probing_manager(cluster: Cluster, timeout: float | None) -> Iterator[FailoverManager]:
+    """A manager that has probed every node once; closed on exit."""
+    assert cluster.nodes is not None  # noqa: S101 - callers check cluster.url first
+    mgr = FailoverManager(
+        nodes=cluster.nodes, config=cluster.probe_config(timeout), name="pgfailover-cli"
+    )
+    try:
+        mgr.open(start_health_checks=False)
+        yield mgr
+    finally:
+        mgr.close(timeout=2)
+
+
+def _status(cluster: Cluster, timeout: float | None, *, fresh: bool = False) -> dict[str, Any]:
+    if cluster.url:
+        if fresh:
+            code, body = http_call(cluster, "POST", "/failover/check-health")
+        else:
+            code, body = http_call(cluster, "GET", "/failover/status")
+        if code != 200:
+            raise click.ClickException(f"{cluster.url}: HTTP {code}: {_error(body)}")
+        return dict(body)
+    with probing_manager(cluster, timeout) as mgr:
+        return mgr.get_failover_status()
+
+
+def _error(body: Any) -> str:
+    return str(body.get("error")) if isinstance(body, dict) else str(body)
+
+
+_STATE_COLOURS = {
+    "healthy": "green",
+    "degraded": "yellow",
+    "failover_in_progress": "red",
+    "failover_complete": "cyan",
+    "recovery_in_progress": "yellow",
+    "unknown": "red",
+    "split_brain": "red",
+}
+
+
+def _cell(value: Any, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def render(status: dict[str, Any]) -> str:
+    """The status as an aligned table with a header line (ANSI colour, stripped in pipes)."""
+    state = status["state"]
+    head = (
+        f"cluster {status.get('cluster', '-')}: "
+        + click.style(state.upper(), fg=_STATE_COLOURS.get(state, "white"), bold=True)
+        + f"   primary: {status.get('current_primary') or '-'}"
+        + f"   timeline: {status.get('timeline') or '-'}"
+        + f"   promotion: {status.get('promotion', '-')}"
+    )
+    columns = ["node", "address", "role", "healthy", "tl", "lag bytes", "lag s", "rt ms", "marks"]
+    rows = []
+    split = set(status.get("split_brain") or [])
+    for node in status["nodes"]:
+        marks = []
+        if node["is_primary"]:
+            marks.append("writes")
+        if node.get("stale"):
+            marks.append("STALE")
+        if node["name"] in split:
+            marks.append("SPLIT-BRAIN")
+        if not node["up"] and node.get("error"):
+            marks.append(node["error"][:60])
+        rows.append(
+            [
+                node["name"],
+                node["address"],
+                node["role"],
+                "yes" if node["healthy"] else "NO",
+                _cell(node.get("timeline")),
+                _cell(node.get("lag_bytes")),
+                _cell(node.get("lag_seconds")),
+                _cell(node.get("response_time_ms")),
+                ", ".join(marks),
+            ]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = [head, "", "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for row in rows:
+        text = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        healthy = row[3] == "yes"
+        lines.append(text if healthy else click.style(text, fg="red"))
+    extra = []
+    if status.get("promotion_blocked"):
+        extra.append(f"promotion blocked: {status['promotion_blocked']}")
+    if status.get("failover_reason"):
+        extra.append(f"failover: {status['failover_reason']}")
+    return "\n".join(lines + (["", *extra] if extra else []))
+
+
+def _show(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+    else:
+        click.echo(render(status))
+
+
+@click.command()
+@cluster_options
+@timeout_option
+@json_option
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context, cluster: Cluster, timeout: float | None, as_json: bool) -> None:
+    """Probe every node once and show the cluster.
+
+    Exit code: 0 healthy, 1 degraded or failing over, 2 no writable primary,
+    3 usage or configuration error.
+    """
+    result = _status(cluster, timeout)
+    _show(result, as_json)
+    ctx.exit(exit_code_for(result))
+
+
+@click.command("check-health")
+@cluster_options
+@timeout_option
+@json_option
+@click.pass_context
+@handle_errors
+def check_health(
+    ctx: click.Context, cluster: Cluster, timeout: float | None, as_json: bool
+) -> None:
+    """Run one probe round now (on the server with --url); output and exit codes as status."""
+    result = _status(cluster, timeout, fresh=True)
+    _show(result, as_json)
+    ctx.exit(exit_code_for(result))
+
+
+@click.command()
+@cluster_options
+@timeout_option
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds."
+)
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many refreshes.")
+@handle_errors
+def watch(cluster: Cluster, timeout: float | None, interval: float, count: int | None) -> None:
+    """A live view of the cluster, refreshed in place on a terminal (Ctrl-C to stop)."""
+    tty = sys.stdout.isatty()
+    shown = 0
+    mgr = None
+    if cluster.url is None:
+        assert cluster.nodes is not None  # noqa: S101 - no --url means nodes were loaded
+        cfg = cluster.probe_config(timeout).replace(health_check_interval=interval)
+        mgr = FailoverManager(nodes=cluster.nodes, config=cfg, name="pgfailover-watch")
+        mgr.open(start_health_checks=True)
+    try:
+        while count is None or shown < count:
+            result = _status(cluster, timeout) if mgr is None else mgr.get_failover_status()
+            stamp = datetime.now(tz=timezone.utc).strftime("%H:%M:%S")
+            if tty:
+                click.clear()
+            click.echo(f"{stamp}  every {interval:g}s\n{render(result)}")
+            if not tty:
+                click.echo("")
+            shown += 1
+            if count is not None and shown >= count:
+                break
+            time.sleep(interval)  # the refresh period of a live view
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if mgr is not None:
+            mgr.close(timeout=2)
+
+
+def _preview(mgr: FailoverManager, target: str | None, force: bool) -> tuple[bool, list[str]]:
+    """What the trigger checked and what it would do; (allowed, lines)."""
+    snap = mgr.check_health()
+    lines = []
+    primary = snap.node(snap.primary) if snap.primary else None
+    if primary is not None:
+        reach = "reachable" if primary.up else f"NOT reachable ({primary.error})"
+        lines.append(f"primary      {primary.name}: {reach}, timeline {primary.timeline}")
+    else:
+        lines.append(f"primary      none (last: {snap.last_primary or '-'})")
+    for node in snap.standbys:
+        receiver = (
+            "streaming"
+            if node.receiver_streaming
+            else "not streaming"
+            if node.receiver_streaming is False
+            else "receiver not visible"
+        )
+        lines.append(
+            f"standby      {node.name}: {'up' if node.up else 'DOWN'}, {receiver}"
+            f"{f' from {node.upstream}' if node.upstream else ''}, "
+            f"lag {_cell(node.lag_bytes)} bytes, timeline {_cell(node.timeline)}"
+        )
+    choice = choose_candidate(snap, mgr.config, time.time(), target=target, force=force)
+    if isinstance(choice, Candidate):
+        fence = primary.name if primary is not None and primary.up else None
+        plan = f"promote {choice.node} ({choice.reason})"
+        if fence:
+            plan = f"soft-fence {fence} (read-only), then " + plan
+        if mgr.config.repoint_standbys:
+            plan += ", then repoint the other standbys to it"
+        lines.append(f"plan         {plan}")
+        return True, lines
+    lines.append(f"refused      guard {choice.guard}: {choice.reason}")
+    lines.append(f"override     {choice.override}")
+    return False, lines
+
+
+@click.command()
+@cluster_options
+@timeout_option
+@click.option("--to", "target", help="The standby to promote (default: the best candidate).")
+@click.option("--force", is_flag=True, help="Skip the forceable guards (see the README).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+@handle_errors
+def trigger(
+    ctx: click.Context,
+    cluster: Cluster,
+    timeout: float | None,
+    target: str | None,
+    force: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """A guarded manual failover: check, show the plan, confirm, promote, report."""
+    if cluster.url:
+        code, body = http_call(
+            cluster, "POST", "/failover/trigger", {"target": target, "force": force}
+        )
+        if as_json:
+            click.echo(json.dumps(body, indent=2))
+        elif code == 200:
+            _echo_event(body["event"])
+        if code == 200:
+            ctx.exit(EXIT_OK)
+        guard = body.get("guard") if isinstance(body, dict) else None
+        raise click.ClickException(
+            f"HTTP {code}: {_error(body)}" + (f" (guard {guard})" if guard else "")
+        )
+    with probing_manager(cluster, timeout) as mgr:
+        if target is not None and target not in [n.name for n in mgr.nodes]:
+            names = ", ".join(n.name for n in mgr.nodes)
+            raise UsageProblem(f"unknown node {target!r} (nodes: {names})")
+        allowed, lines = _preview(mgr, target, force)
+        if not as_json:
+            click.echo("\n".join(lines))
+        if not allowed:
+            if as_json:
+                click.echo(json.dumps({"refused": lines}, indent=2))
+            ctx.exit(EXIT_DEGRADED)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageProblem("not a terminal: pass --yes to confirm the failover")
+            click.confirm("Go ahead?", abort=True)
+        event = mgr.perform_failover(target, force=force)
+        if as_json:
+            click.echo(json.dumps(event.as_dict(), indent=2, default=str))
+        else:
+            _echo_event(event.as_dict())
+        ctx.exit(EXIT_OK if event.outcome == "completed" else EXIT_DEGRADED)
+
+
+def _echo_event(event: dict[str, Any]) -> None:
+    when = datetime.fromtimestamp(event["started"], tz=timezone.utc).isoformat(timespec="seconds")
+    duration = "-" if event.get("duration") is None else f"{event['duration']:.3f}s"
+    moved = f"{event.get('from') or '-':>8} -> {event.get('to') or '-':<8}"
+    click.echo(
+        f"{when}  {event['kind']:<10} {moved} {event['outcome']:<10} {duration:>8}  "
+        f"{event['reason']}"
+    )
+    for note in event.get("notes") or []:
+        click.echo(f"    note: {note}")
+
+
+@click.command()
+@cluster_options
+@click.option(
+    "--file",
+    "history_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON-lines history file (default: the configured history_file).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N events.")
+@json_option
+@handle_errors
+def history(cluster: Cluster, history_file: Path | None, limit: int | None, as_json: bool) -> None:
+    """Failover events: from `pgfailover serve` (--url) or the history file."""
+    if cluster.url:
+        code, body = http_call(
+            cluster, "GET", "/failover/history" + (f"?limit={limit}" if limit else "")
+        )
+        if code != 200:
+            raise click.ClickException(f"{cluster.url}: HTTP {code}: {_error(body)}")
+        events = list(body["events"])
+    else:
+        path = history_file or cluster.config.history_file
+        if path is None:
+            raise UsageProblem(
+                "no history here: give --file, set history_file in the config, or ask "
+                "a running `pgfailover serve` with --url"
+            )
+        log = EventLog(10_000, Path(path))
+        events = [e.as_dict() for e in log.events()]
+    if limit:
+        events = events[-limit:]
+    if as_json:
+        click.echo(json.dumps(events, indent=2, default=str))
+        return
+    if not events:
+        click.echo("no failover events")
+    for event in events:
+        _echo_event(event)
