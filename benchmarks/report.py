@@ -98,7 +98,11 @@ def probes_table(records: list[dict[str, Any]]) -> list[str]:
             f"{cost['seconds']:g} s on {len(tps)} nodes: at most {max(tps):g} transactions/s "
             "per node"
             + (
-                f", probe backend CPU at most {max(cpu_known):g} ms per second."
+                (
+                    f", probe backend CPU at most {max(cpu_known):g} ms per second."
+                    if max(cpu_known) > 0
+                    else ", probe backend CPU below the clock-tick resolution (10 ms)."
+                )
                 if cpu_known
                 else "."
             )

@@ -86,6 +86,7 @@ class FailoverActions:
         self._fenced_at: dict[str, float] = {}  # guarded by self._lock
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
+        self._repointing: list[threading.Thread] = []  # guarded by self._lock
 
     # -- decisions -------------------------------------------------------
 
@@ -364,13 +365,25 @@ class FailoverActions:
         # Probe now so that writes switch without waiting for the interval.
         self.apply(mgr._probe_and_advance())
         if survivors and cfg.repoint_standbys:
-            threading.Thread(
+            thread = threading.Thread(
                 target=self._repoint,
                 args=(target, survivors, new_sync, event.id),
                 name=f"pgfailover-repoint-{mgr.name}",
                 daemon=True,
-            ).start()
+            )
+            with self._lock:
+                self._repointing = [t for t in self._repointing if t.is_alive()] + [thread]
+            thread.start()
         return next((e for e in mgr.events.events() if e.id == event.id), event)
+
+    def wait_repointed(self, timeout: float) -> bool:
+        """Wait for background repointing after a promotion; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._repointing)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     def _survivor_links(
         self, snap: Snapshot, target: str, timeout: float, notes: list[str]

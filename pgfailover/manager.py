@@ -529,6 +529,13 @@ class FailoverManager:
         name = self._standby_name(target) if target is not None else None
         return self._actions.manual_failover(name, force=force)
 
+    def wait_repointed(self, timeout: float = 30.0) -> bool:
+        """Wait until the standbys are repointed after a promotion (done in the background).
+
+        Returns False if repointing was still running after ``timeout``.
+        """
+        return self._actions.wait_repointed(timeout)
+
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
         return failover_status(self)

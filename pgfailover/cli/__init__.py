@@ -59,8 +59,10 @@ def cli(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose == 0:
-        # An unreachable node is reported in the output; the pool's retries are noise.
+        # What the commands find is in their output; state-change log lines and the
+        # pool's retries would repeat it on stderr (serve sets up its own logging).
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+        logging.getLogger("pgfailover").setLevel(logging.ERROR)
 
 
 for command in (status, check_health, watch, trigger, history, serve, demo, lab):

@@ -58,6 +58,7 @@ def _setup_logging(fmt: str, verbose: int) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.getLogger("pgfailover").setLevel(logging.NOTSET)
     # A dead node's pool retries in the background; one line per failed probe is enough.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
