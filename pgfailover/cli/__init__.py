@@ -61,8 +61,17 @@ def cli(verbose: int) -> None:
     if verbose == 0:
         # What the commands find is in their output; state-change log lines and the
         # pool's retries would repeat it on stderr (serve sets up its own logging).
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-        logging.getLogger("pgfailover").setLevel(logging.ERROR)
+        # Restored when the command ends, so an embedding process keeps its levels.
+        quiet = [logging.getLogger("psycopg.pool"), logging.getLogger("pgfailover")]
+        saved = [(logger, logger.level) for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+
+        def restore() -> None:
+            for logger, old_level in saved:
+                logger.setLevel(old_level)
+
+        click.get_current_context().call_on_close(restore)
 
 
 for command in (status, check_health, watch, trigger, history, serve, demo, lab):
