@@ -172,7 +172,7 @@ def test_serve_answers_and_stops_on_sigterm(fresh_lab: LocalLab, tmp_path: Path)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 1.0  # "stops within a second"
         log.flush()
         text = log_path.read_text()
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
