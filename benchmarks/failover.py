@@ -40,7 +40,7 @@ from psycopg_pool import ConnectionPool
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine, summarize
 
-from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
 
 THREADS = 4
@@ -125,7 +125,7 @@ def _contender(lab: LocalLab, contender: str) -> tuple[Writer, Callable[[], None
                 return int(row[0]) if row else -1
 
         return pool_write, lambda: pool.close(timeout=2)
-    nodes = [Node(n.name, n.dsn, priority=i) for i, n in enumerate(lab.nodes)]
+    nodes = lab.manager_nodes()
     cfg = FailoverConfig(
         promotion="auto" if contender == "auto" else "external",
         failover_cooldown=0,

@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine, percentile
 
-from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
 
 STATEMENTS = {
@@ -102,7 +102,7 @@ def run(
     primary = lab.node("node0")
     pool = ConnectionPool(primary.dsn, min_size=threads, max_size=threads, open=True, name="bare")
     pool.wait(timeout=30)
-    nodes = [Node(n.name, n.dsn, priority=i) for i, n in enumerate(lab.nodes)]
+    nodes = lab.manager_nodes()
     cfg = FailoverConfig(pool_min_size=threads, pool_max_size=threads)
     mgr = FailoverManager(nodes=nodes, config=cfg, name="bench").open()
     try:

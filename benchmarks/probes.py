@@ -55,7 +55,7 @@ def _cycles(nodes: list[Node], cycles: int, patience: float | None) -> list[floa
 
 def scaling(lab: LocalLab, sizes: list[int], cycles: int) -> list[dict[str, Any]]:
     """Cycle durations for every size, healthy and with one paused node."""
-    nodes = [Node(n.name, n.dsn) for n in lab.nodes]
+    nodes = lab.manager_nodes()
     records = []
     for size in sizes:
         subset = nodes[:size]
@@ -109,7 +109,7 @@ def _commits(lab: LocalLab, name: str) -> int:
 
 def cost(lab: LocalLab, seconds: float) -> dict[str, Any]:
     """Probe transactions and probe-backend CPU per node at the default interval."""
-    nodes = [Node(n.name, n.dsn, priority=i) for i, n in enumerate(lab.nodes)]
+    nodes = lab.manager_nodes()
     cfg = FailoverConfig(pool_min_size=0, pool_max_size=1)
     with FailoverManager(nodes=nodes, config=cfg, name="bench") as mgr:
         mgr.check_health()

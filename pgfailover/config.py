@@ -37,6 +37,8 @@ __all__ = [
     "load_toml",
     "nodes_from_dsn",
     "nodes_from_primary",
+    "parse_toml",
+    "read_toml",
 ]
 
 Promotion = Literal["external", "auto", "manual"]
@@ -347,8 +349,11 @@ def load_toml(path: str | Path) -> tuple[list[Node], FailoverConfig]:
         promotion = "auto"
         health_check_interval = 1.0
     """
-    path = Path(path)
-    data = read_toml(path)
+    return parse_toml(read_toml(path), path)
+
+
+def parse_toml(data: Mapping[str, Any], path: str | Path) -> tuple[list[Node], FailoverConfig]:
+    """Nodes and settings from a TOML file already read (``path`` names it in errors)."""
     allowed = {"dsn", "primary", "standbys", "nodes", "failover", "server"}
     unknown = sorted(set(data) - allowed)
     if unknown:

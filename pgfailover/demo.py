@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from pgfailover.config import FailoverConfig, Node
+from pgfailover.config import FailoverConfig
 from pgfailover.errors import WriteOutcomeUnknown
 from pgfailover.lab import LocalLab
 from pgfailover.manager import FailoverManager
@@ -74,7 +74,7 @@ def run_demo(out: TextIO = sys.stdout, *, seconds_after_kill: float = 4.0) -> De
         lab.run_sql(
             "node0", "CREATE TABLE demo (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
         )
-        nodes = [Node(n.name, n.dsn, priority=i) for i, n in enumerate(lab.nodes)]
+        nodes = lab.manager_nodes()
         config = FailoverConfig(promotion="auto", health_check_interval=0.5, failover_cooldown=0)
         mgr = FailoverManager(nodes=nodes, config=config, name="demo")
 

@@ -179,7 +179,8 @@ def _families() -> dict[str, Metric]:
     return out
 
 
-def _gauge(families: dict[str, Metric], short: str, labels: list[str], value: float) -> None:
+def _add(families: dict[str, Metric], short: str, labels: list[str], value: float) -> None:
+    """One sample of a gauge or counter family."""
     family = families[short]
     assert isinstance(family, GaugeMetricFamily | CounterMetricFamily)  # noqa: S101 - by table
     family.add_metric(labels, value)
@@ -189,49 +190,49 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     """Add one manager's samples."""
     snap = mgr.snapshot
     c = mgr.name
-    _gauge(families, "info", [c, mgr.config.promotion], 1)
+    _add(families, "info", [c, mgr.config.promotion], 1)
     for state in ClusterState:
-        _gauge(families, "cluster_state", [c, state.value], int(snap.state is state))
+        _add(families, "cluster_state", [c, state.value], int(snap.state is state))
     primary = snap.node(snap.primary) if snap.primary else None
-    _gauge(families, "primary_healthy", [c], int(primary is not None and primary.up))
+    _add(families, "primary_healthy", [c], int(primary is not None and primary.up))
     healthy_standbys = 0
     for node in snap.nodes:
         n = node.name
-        _gauge(families, "node_up", [c, n], int(node.up))
-        _gauge(families, "node_healthy", [c, n], int(node.healthy))
-        _gauge(families, "node_is_primary", [c, n], int(n == snap.primary))
+        _add(families, "node_up", [c, n], int(node.up))
+        _add(families, "node_healthy", [c, n], int(node.healthy))
+        _add(families, "node_is_primary", [c, n], int(n == snap.primary))
         for role in Role:
-            _gauge(families, "node_role", [c, n, role.value], int(node.role is role))
+            _add(families, "node_role", [c, n, role.value], int(node.role is role))
         if node.timeline is not None:
-            _gauge(families, "node_timeline", [c, n], node.timeline)
+            _add(families, "node_timeline", [c, n], node.timeline)
         if node.last_check is not None:
-            _gauge(families, "node_last_check_timestamp_seconds", [c, n], node.last_check)
+            _add(families, "node_last_check_timestamp_seconds", [c, n], node.last_check)
         if n == snap.primary:
             continue
         ok = int(node.up and node.healthy and node.role is Role.STANDBY)
         healthy_standbys += ok
-        _gauge(families, "standby_healthy", [c, n], ok)
+        _add(families, "standby_healthy", [c, n], ok)
         if node.lag_bytes is not None:
-            _gauge(families, "replication_lag_bytes", [c, n], node.lag_bytes)
+            _add(families, "replication_lag_bytes", [c, n], node.lag_bytes)
         if node.lag_seconds is not None:
-            _gauge(families, "replication_lag_seconds", [c, n], node.lag_seconds)
-    _gauge(families, "healthy_standbys", [c], healthy_standbys)
-    _gauge(families, "split_brain", [c], int(bool(snap.split_brain)))
-    _gauge(families, "stale_nodes", [c], sum(1 for n in snap.nodes if n.role is Role.STALE))
+            _add(families, "replication_lag_seconds", [c, n], node.lag_seconds)
+    _add(families, "healthy_standbys", [c], healthy_standbys)
+    _add(families, "split_brain", [c], int(bool(snap.split_brain)))
+    _add(families, "stale_nodes", [c], sum(1 for n in snap.nodes if n.role is Role.STALE))
     in_progress = snap.state is ClusterState.FAILOVER_IN_PROGRESS
-    _gauge(families, "failover_in_progress", [c], int(in_progress))
-    _gauge(families, "promotion_blocked", [c], int(snap.promotion_blocked is not None))
+    _add(families, "failover_in_progress", [c], int(in_progress))
+    _add(families, "promotion_blocked", [c], int(snap.promotion_blocked is not None))
     if snap.last_failover_at is not None:
-        _gauge(families, "last_failover_timestamp_seconds", [c], snap.last_failover_at)
+        _add(families, "last_failover_timestamp_seconds", [c], snap.last_failover_at)
 
     counters = mgr.stats.as_dict()
     for short in ("failovers", "recoveries", "promotions", "promotion_failures", "probe_rounds"):
-        _gauge(families, short, [c], counters[f"{short}_total"])
+        _add(families, short, [c], counters[f"{short}_total"])
     failures = counters["health_check_failures"]
     for node in snap.nodes:
-        _gauge(families, "health_check_failures", [c, node.name], failures.get(node.name, 0))
+        _add(families, "health_check_failures", [c, node.name], failures.get(node.name, 0))
     for q in counters["queries"]:
-        _gauge(families, "queries", [c, q["node"], q["route"], q["outcome"]], q["count"])
+        _add(families, "queries", [c, q["node"], q["route"], q["outcome"]], q["count"])
 
     probes, failover = mgr.stats.histograms()
     probe_family = families["probe_duration_seconds"]

@@ -72,6 +72,9 @@ class ProbeRound:
         self._lock = threading.Lock()
         self._busy: dict[str, tuple[Future[ProbeResult], float]] = {}  # guarded by self._lock
         self._failing: set[str] = set()  # guarded by self._lock
+        # The probe whose answer each node's last result came from: an answer
+        # that arrives between two rounds is reported by the next one.
+        self._reported: dict[str, Future[ProbeResult]] = {}  # guarded by self._lock
         self._closed = False  # guarded by self._lock
 
     def pending(self) -> frozenset[str]:
@@ -101,6 +104,7 @@ class ProbeRound:
         wait_end = deadline if patience is None else min(deadline, started + patience)
         futures: dict[str, Future[ProbeResult]] = {}
         inflight: dict[str, tuple[Future[ProbeResult], float]] = {}
+        late: dict[str, Future[ProbeResult]] = {}  # answered after its round ended
         with self._lock:
             if self._closed:
                 return {name: failed(name, started, "monitor closed") for name in self._probers}
@@ -112,6 +116,8 @@ class ProbeRound:
                         prober.abort()  # replaced by a fresh connection next round
                     inflight[name] = busy
                     continue
+                if busy is not None and self._reported.get(name) is not busy[0]:
+                    late[name] = busy[0]
                 future = self._executor.submit(prober.probe)
                 self._busy[name] = (future, started)
                 futures[name] = future
@@ -122,10 +128,13 @@ class ProbeRound:
             grace_end = min(wait_end, time.monotonic() + self.grace)
             wait_futures(rest, timeout=max(0.0, grace_end - time.monotonic()))
         results: dict[str, ProbeResult] = {}
+        answered: dict[str, Future[ProbeResult]] = {}
         now = time.monotonic()
         for name, (future, since) in inflight.items():
             if future.done():
-                results[name] = future.result()
+                answered[name] = future
+            elif name in late:
+                answered[name] = late[name]
             elif patience is not None and now - since < self.timeout:
                 continue  # no news yet: the probe keeps running into later rounds
             elif name not in futures:
@@ -134,7 +143,9 @@ class ProbeRound:
                 results[name] = failed(name, started, "no answer (still failing)")
             else:
                 results[name] = failed(name, started, f"probe timed out after {limit:g}s")
+        results.update((name, future.result()) for name, future in answered.items())
         with self._lock:
+            self._reported.update(answered)
             silent = self._failing - results.keys()
             self._failing = silent | {name for name, result in results.items() if not result.ok}
         return results

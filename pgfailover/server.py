@@ -27,6 +27,7 @@ wrong token), 403 (admin disabled), 404 (unknown path or node), 405, 409
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -65,10 +67,14 @@ class HTTPError(Exception):
         self.extra = extra
 
 
+@functools.cache
+def _openapi_text() -> str:
+    return resources.files("pgfailover").joinpath("openapi.json").read_text(encoding="utf-8")
+
+
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API (``pgfailover/openapi.json``)."""
-    text = resources.files("pgfailover").joinpath("openapi.json").read_text(encoding="utf-8")
-    doc: dict[str, Any] = json.loads(text)
+    """The OpenAPI 3.1 document of the API (``pgfailover/openapi.json``), a fresh copy."""
+    doc: dict[str, Any] = json.loads(_openapi_text())
     return doc
 
 
@@ -216,14 +222,13 @@ class AdminApp:
         return (200 if writable else 503), body
 
     def _history(self, environ: WSGIEnvironment) -> tuple[int, Any]:
-        query = environ.get("QUERY_STRING", "")
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         limit = None
-        for part in query.split("&"):
-            key, _, value = part.partition("=")
-            if key == "limit":
-                if not value.isdigit() or int(value) < 1:
-                    raise HTTPError(400, f"limit must be a positive integer, not {value!r}")
-                limit = int(value)
+        if "limit" in query:
+            value = query["limit"][-1]
+            if not value.isdigit() or int(value) < 1:
+                raise HTTPError(400, f"limit must be a positive integer, not {value!r}")
+            limit = int(value)
         events = [e.as_dict() for e in self.mgr.history()]
         if limit is not None:
             events = events[-limit:]

@@ -28,27 +28,17 @@ class _Group(click.Group):
     """A click group whose usage errors exit with 3 (click's default 2 means "no primary")."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        standalone = kwargs.pop("standalone_mode", True)
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
-        except click.UsageError as exc:
-            exc.show()
-            if standalone:
-                sys.exit(EXIT_USAGE)
-            raise
         except click.ClickException as exc:
             exc.show()
-            if standalone:
-                sys.exit(exc.exit_code)
-            raise
+            sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
         except click.Abort:
             click.echo("Aborted.", err=True)
-            if standalone:
-                sys.exit(1)
-            raise
-        if standalone:
-            sys.exit(code if isinstance(code, int) else 0)
-        return code
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -28,8 +28,8 @@ from pgfailover.config import (
     FailoverConfig,
     Node,
     load_env,
-    load_toml,
     nodes_from_dsn,
+    parse_toml,
     read_toml,
 )
 from pgfailover.dsn import mask_dsn
@@ -102,8 +102,9 @@ def _load(config: Path | None, dsn: str | None, url: str | None, token: str | No
             raise UsageProblem(f"--url must be an http:// or https:// URL, not {url!r}")
         return Cluster(None, FailoverConfig(), url.rstrip("/"), token, {})
     if config is not None:
-        nodes, settings = load_toml(config)
-        server = _server_table(config)
+        data = read_toml(config)
+        nodes, settings = parse_toml(data, config)
+        server = _server_table(data, config)
         return Cluster(nodes, settings, None, token or server.get("token"), server)
     if dsn:
         _, settings = load_env()
@@ -120,9 +121,9 @@ def _load(config: Path | None, dsn: str | None, url: str | None, token: str | No
 SERVER_KEYS = {"host", "port", "token", "promotion", "log_format", "name"}
 
 
-def _server_table(path: Path) -> dict[str, Any]:
+def _server_table(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """The ``[server]`` table of a config file (what ``pgfailover serve`` reads)."""
-    table = read_toml(path).get("server", {})
+    table = data.get("server", {})
     if not isinstance(table, dict):
         raise ConfigurationError(f"config file {path}: [server] must be a table")
     unknown = sorted(set(table) - SERVER_KEYS)

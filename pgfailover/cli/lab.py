@@ -9,32 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from pgfailover.errors import LabError
+from pgfailover.cli.common import handle_errors
 from pgfailover.lab.local import STATE_FILE, LocalLab, default_lab_dir
 
 __all__ = ["lab"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _lab_errors(func: F) -> F:
-    """Turn a LabError into one clear line on stderr and exit code 1."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LabError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 dir_option = click.option(
@@ -71,7 +53,7 @@ def lab() -> None:
 )
 @click.option("--pg-version", type=int, default=None, help="PostgreSQL major version to use.")
 @dir_option
-@_lab_errors
+@handle_errors
 def up(standbys: int, sync: bool, quorum: int, pg_version: int | None, directory: Path) -> None:
     """Create a cluster (or restart the one already in --dir)."""
 
@@ -96,7 +78,7 @@ def up(standbys: int, sync: bool, quorum: int, pg_version: int | None, directory
 
 @lab.command()
 @dir_option
-@_lab_errors
+@handle_errors
 def down(directory: Path) -> None:
     """Stop every node and remove the lab directory."""
     LocalLab.open(directory).destroy()
@@ -106,7 +88,7 @@ def down(directory: Path) -> None:
 @lab.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @dir_option
-@_lab_errors
+@handle_errors
 def status(as_json: bool, directory: Path) -> None:
     """Each node's process, role, timeline, upstream and LSN."""
     the_lab = LocalLab.open(directory)
@@ -130,7 +112,7 @@ def _node_action(name: str, verb: str, help_text: str) -> None:
     @lab.command(name=name, help=help_text)
     @click.argument("node")
     @dir_option
-    @_lab_errors
+    @handle_errors
     def command(node: str, directory: Path) -> None:
         the_lab = LocalLab.open(directory)
         getattr(the_lab, name)(node)
@@ -150,7 +132,7 @@ _node_action("promote", "promoted", "pg_promote() a standby.")
     "--mode", type=click.Choice(["smart", "fast", "immediate"]), default="fast", show_default=True
 )
 @dir_option
-@_lab_errors
+@handle_errors
 def stop(node: str, mode: str, directory: Path) -> None:
     """Stop a node cleanly."""
     LocalLab.open(directory).stop(node, mode)  # type: ignore[arg-type]
@@ -161,7 +143,7 @@ def stop(node: str, mode: str, directory: Path) -> None:
 @click.argument("node")
 @click.argument("upstream")
 @dir_option
-@_lab_errors
+@handle_errors
 def follow(node: str, upstream: str, directory: Path) -> None:
     """Repoint a running standby at UPSTREAM."""
     LocalLab.open(directory).follow(node, upstream)
@@ -172,7 +154,7 @@ def follow(node: str, upstream: str, directory: Path) -> None:
 @click.argument("node")
 @click.option("--to", "upstream", default=None, help="Upstream node (default: the primary).")
 @dir_option
-@_lab_errors
+@handle_errors
 def rejoin(node: str, upstream: str | None, directory: Path) -> None:
     """pg_rewind an old primary and start it as a standby."""
     the_lab = LocalLab.open(directory)

@@ -202,7 +202,7 @@ def watch(cluster: Cluster, timeout: float | None, interval: float, count: int |
         mgr = FailoverManager(nodes=cluster.nodes, config=cfg, name="pgfailover-watch")
         mgr.open(start_health_checks=True)
     try:
-        while count is None or shown < count:
+        while True:
             result = _status(cluster, timeout) if mgr is None else mgr.get_failover_status()
             stamp = datetime.now(tz=timezone.utc).strftime("%H:%M:%S")
             if tty:
@@ -293,9 +293,8 @@ def trigger(
             f"HTTP {code}: {_error(body)}" + (f" (guard {guard})" if guard else "")
         )
     with probing_manager(cluster, timeout) as mgr:
-        if target is not None and target not in [n.name for n in mgr.nodes]:
-            names = ", ".join(n.name for n in mgr.nodes)
-            raise UsageProblem(f"unknown node {target!r} (nodes: {names})")
+        if target is not None:
+            mgr.node(target)  # an unknown name is a usage error (exit 3), named with the known
         allowed, lines = _preview(mgr, target, force)
         if not as_json:
             click.echo("\n".join(lines))

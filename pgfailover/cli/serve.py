@@ -112,6 +112,8 @@ def serve(
         logger.info("received %s: shutting down", signal.Signals(signum).name)
         stop.set()
 
+    listen_host = host or server.get("host", "127.0.0.1")
+    listen_port = port if port is not None else int(server.get("port", 8008))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     api = None
     try:
@@ -119,12 +121,12 @@ def serve(
         try:
             api = serve_api(
                 mgr,
-                host=host or server.get("host", "127.0.0.1"),
-                port=port if port is not None else int(server.get("port", 8008)),
+                host=listen_host,
+                port=listen_port,
                 token=cluster.token,
             )
         except OSError as exc:
-            raise UsageProblem(f"cannot listen on {host or '127.0.0.1'}:{port}: {exc}") from None
+            raise UsageProblem(f"cannot listen on {listen_host}:{listen_port}: {exc}") from None
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
         snap = mgr.snapshot

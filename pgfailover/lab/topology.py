@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgfailover.config import Node
 from pgfailover.errors import LabError
 from pgfailover.lab.base import NodeInfo, NodeStatus, StopMode, multihost_url
 from pgfailover.lab.node import upstream_conninfo
@@ -121,6 +122,10 @@ class Topology(abc.ABC):
     def url(self) -> str:
         """A libpq multi-host URL naming every node."""
         return multihost_url(self.nodes)
+
+    def manager_nodes(self) -> list[Node]:
+        """The cluster as a manager's nodes: lab names, priority in creation order."""
+        return [Node(n.name, n.dsn, priority=i) for i, n in enumerate(self.nodes)]
 
     def connect(self, name: str, *, timeout: float = 3.0) -> psycopg.Connection[tuple[Any, ...]]:
         """An autocommit superuser connection to one node."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
 
 FAST = FailoverConfig(
@@ -40,7 +40,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
 
 def manager_for(lab: LocalLab, config: FailoverConfig = FAST, **kwargs: Any) -> FailoverManager:
     """An open manager over every node of ``lab``."""
-    nodes = [Node(n.name, n.dsn, priority=i) for i, n in enumerate(lab.nodes)]
+    nodes = lab.manager_nodes()
     return FailoverManager(nodes=nodes, config=config, **kwargs).open()
 
 

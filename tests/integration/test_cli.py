@@ -74,6 +74,9 @@ def test_status_exit_codes_follow_the_cluster(fresh_lab: LocalLab, tmp_path: Pat
 
 def test_trigger_refuses_then_promotes_with_force(fresh_lab: LocalLab, tmp_path: Path) -> None:
     config = str(_config(fresh_lab, tmp_path))
+    code, out = _run("trigger", "--config", config, "--to", "node9", "--yes")
+    assert code == 3, out
+    assert "unknown node 'node9'" in out
     code, out = _run("trigger", "--config", config, "--to", "node1", "--yes")
     assert code == 1, out
     assert "guard primary_reachable" in out

@@ -10,8 +10,6 @@ Prometheus's own API while the primary is killed and a standby promoted.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -27,6 +25,7 @@ from pgfailover import FailoverManager
 from pgfailover.lab import LocalLab
 from pgfailover.lab.local import free_port
 from pgfailover.server import AdminServer, openapi, serve
+from tests.tools import require_tool
 
 from .helpers import FAST, manager_for, wait_until
 
@@ -152,11 +151,7 @@ def test_admin_endpoints_are_disabled_without_a_token(fresh_lab: LocalLab) -> No
 
 
 def _prometheus(tmp_path: Path, target_port: int) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("PGFAILOVER_REQUIRE_TOOLS"):
-            pytest.fail("prometheus is not installed (make server-binaries installs it)")
-        pytest.skip("prometheus is not installed")
+    binary = require_tool("prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -10,9 +10,7 @@ installs it and sets ``PGFAILOVER_REQUIRE_TOOLS=1``, so there it must be).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgfailover import FailoverConfig, FailoverManager, Node
 from pgfailover.metrics import METRIC_NAMES, register
 from pgfailover.server import AdminApp, openapi
+from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC = re.compile(r"\bpgfailover_[a-z_]+\b")
@@ -132,39 +131,19 @@ def test_alert_rules_cover_the_original_names_and_use_real_metrics() -> None:
         assert used <= METRIC_NAMES, (rule["alert"], used - METRIC_NAMES)
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("PGFAILOVER_REQUIRE_TOOLS"):
-            pytest.fail(f"{name} is not installed (make server-binaries installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
 @pytest.mark.parametrize(
-    "args",
+    ("tool", "args"),
     [
-        ["check", "rules", "alerts/pgfailover.rules.yml"],
-        ["test", "rules", "alerts/tests/pgfailover.test.yml"],
-        ["check", "config", "alerts/prometheus.yml"],
+        ("promtool", ["check", "rules", "alerts/pgfailover.rules.yml"]),
+        ("promtool", ["test", "rules", "alerts/tests/pgfailover.test.yml"]),
+        ("promtool", ["check", "config", "alerts/prometheus.yml"]),
+        ("amtool", ["check-config", "alerts/alertmanager.yml"]),
     ],
-    ids=["check-rules", "test-rules", "check-config"],
+    ids=["check-rules", "test-rules", "check-config", "alertmanager-config"],
 )
-def test_promtool(args: list[str]) -> None:
+def test_prometheus_tools_accept_the_files(tool: str, args: list[str]) -> None:
     proc = subprocess.run(
-        [_tool("promtool"), *args],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_alertmanager_example_config() -> None:
-    proc = subprocess.run(
-        [_tool("amtool"), "check-config", "alerts/alertmanager.yml"],
+        [require_tool(tool), *args],
         check=False,
         cwd=ROOT,
         capture_output=True,

@@ -6,6 +6,7 @@ futures the test completes itself (no server needed).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -62,3 +63,35 @@ def test_wait_returns_when_everything_answered(probe_round: ProbeRound) -> None:
     started = time.monotonic()
     probe_round._wait([_done(standby("node0")), _done(standby("node1"))], started + 5, None)
     assert time.monotonic() - started < 0.5
+
+
+def test_an_answer_that_arrives_between_rounds_is_reported(
+    probe_round: ProbeRound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node answering slower than the monitor's patience still gets its results."""
+    first_answer, later_answers = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_probe() -> ProbeResult:
+        calls.append(1)
+        (first_answer if len(calls) == 1 else later_answers).wait(10)
+        return standby("node0")
+
+    monkeypatch.setattr(probe_round._probers["node0"], "probe", slow_probe)
+    monkeypatch.setattr(probe_round._probers["node1"], "probe", lambda: standby("node1"))
+    try:
+        first = probe_round.run(patience=0.05)
+        assert "node0" not in first  # no news yet: still within the timeout
+        assert first["node1"].ok
+        first_answer.set()
+        deadline = time.monotonic() + 5
+        while "node0" in probe_round.pending():
+            assert time.monotonic() < deadline, "the first probe never finished"
+            time.sleep(0.01)
+        second = probe_round.run(patience=0.05)  # its own probe of node0 hangs
+        assert second["node0"].ok
+        assert len(calls) == 2
+        third = probe_round.run(patience=0.05)
+        assert "node0" not in third  # that answer is not reported twice
+    finally:
+        later_answers.set()
