@@ -19,11 +19,14 @@ server-binaries:
 	@bash scripts/ensure-server-binaries
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgfailover tests benchmarks
-	$(BIN)/ruff format --check pgfailover tests benchmarks
+	$(BIN)/ruff check pgfailover tests benchmarks examples
+	$(BIN)/ruff format --check pgfailover tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	MYPYPATH=examples:examples/django_project $(BIN)/mypy --explicit-package-bases \
+		examples/source.py examples/flask_app/app.py examples/django_project/settings.py \
+		examples/django_project/manage.py examples/django_project/notes
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

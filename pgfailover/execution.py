@@ -102,13 +102,18 @@ def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
     raise NoPrimaryAvailable(f"write failed after {_MAX_ATTEMPTS} attempts: {last}") from last
 
 
-def run_read(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
-    """Run a read on a fitting standby, else the primary, retrying elsewhere."""
+def run_read(
+    mgr: FailoverManager, sql: Any, params: Params, min_lsn: int | None = None
+) -> list[Row]:
+    """Run a read on a fitting standby, else the primary, retrying elsewhere.
+
+    ``min_lsn``: only standbys known to have replayed that far (read-your-writes).
+    """
     deadline = time.monotonic() + mgr.config.failover_wait_timeout
     tried: set[str] = set()
     last: BaseException | None = None
     for _ in range(_MAX_ATTEMPTS):
-        order = read_order(mgr.snapshot, mgr.config, mgr.read_strategy, mgr.suspects())
+        order = read_order(mgr.snapshot, mgr.config, mgr.read_strategy, mgr.suspects(), min_lsn)
         order = [n for n in order if n not in tried]
         if not order:
             if time.monotonic() >= deadline:

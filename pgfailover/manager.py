@@ -35,7 +35,7 @@ from pgfailover.failover import FailoverActions
 from pgfailover.model import ClusterState, Decision, Snapshot
 from pgfailover.monitor import Monitor, ProbeRound
 from pgfailover.probe import ProbeResult, shutdown_connection
-from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
+from pgfailover.routing import STRATEGIES, ReadStrategy, read_order, write_target
 from pgfailover.state import initial_snapshot, transition
 from pgfailover.stats import Stats
 from pgfailover.status import failover_status, metrics_dict
@@ -439,6 +439,7 @@ class FailoverManager:
         params: Sequence[Any] | dict[str, Any] | None = None,
         *,
         readonly: bool = False,
+        min_lsn: int | None = None,
     ) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction and return its rows.
 
@@ -448,11 +449,13 @@ class FailoverManager:
         is retried there; one whose COMMIT was lost raises
         :class:`~pgfailover.errors.WriteOutcomeUnknown` and is never retried.
         ``readonly=True`` runs on a fitting standby, else the primary, and is
-        retried on another node on connection errors.
+        retried on another node on connection errors; with ``min_lsn`` (from
+        :meth:`write_position` after a write) only on a standby that has
+        replayed that far, else the primary: read-your-writes.
         """
         self._check_open()
         if readonly:
-            return execution.run_read(self, sql, params)
+            return execution.run_read(self, sql, params, min_lsn)
         return execution.run_write(self, sql, params)
 
     def get_client(
@@ -467,6 +470,32 @@ class FailoverManager:
         """
         self._check_open()
         return execution.client(self, readonly)
+
+    def read_target(self, min_lsn: int | None = None) -> str:
+        """The node a read should go to now: a fitting standby, else the primary.
+
+        ``min_lsn``: only a standby whose last probe showed it replayed that
+        far (see :meth:`write_position`). Framework integrations route with
+        this; it waits for a primary (``failover_wait_timeout``) when no
+        node can serve.
+        """
+        self._check_open()
+        order = read_order(
+            self._snapshot, self.config, self.read_strategy, self.suspects(), min_lsn
+        )
+        if order:
+            return order[0]
+        return self.wait_for_primary(time.monotonic() + self.config.failover_wait_timeout)
+
+    def write_position(self) -> int:
+        """The primary's current WAL position, as a read-your-writes token.
+
+        Taken after a write has committed, a standby whose replay reached it
+        has that write: pass it as ``min_lsn`` to :meth:`query` or
+        :meth:`read_target`. One round trip to the primary.
+        """
+        rows = self.query("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+        return int(rows[0][0])
 
     def get_active_pool(self) -> ConnectionPool:
         """The current primary's ``ConnectionPool``.

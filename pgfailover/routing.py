@@ -48,14 +48,25 @@ def write_target(snap: Snapshot, suspects: Collection[str] = ()) -> str | None:
 
 
 def read_candidates(
-    snap: Snapshot, config: FailoverConfig, suspects: Collection[str] = ()
+    snap: Snapshot,
+    config: FailoverConfig,
+    suspects: Collection[str] = (),
+    min_lsn: int | None = None,
 ) -> list[NodeState]:
-    """Standbys that may serve a read now: healthy, up, streaming, within the lag limit."""
+    """Standbys that may serve a read now: healthy, up, streaming, within the lag limit.
+
+    ``min_lsn`` (read-your-writes): only standbys whose last probe showed
+    them replayed at least that far, so a read sees a write committed at
+    that position. Replay only moves forward, so the probe's answer, however
+    old, is a safe lower bound.
+    """
     found = []
     for node in snap.nodes:
         if node.name in suspects or node.name == snap.primary:
             continue
         if node.role is not Role.STANDBY or not (node.up and node.healthy):
+            continue
+        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
             continue
         if snap.primary is not None and (
             node.lag_bytes is None or node.lag_bytes > config.max_read_lag_bytes
@@ -135,9 +146,11 @@ def read_order(
     config: FailoverConfig,
     strategy: ReadStrategy,
     suspects: Collection[str] = (),
+    min_lsn: int | None = None,
 ) -> list[str]:
     """Nodes to try for a read, in order: fitting standbys, then the primary."""
-    names = [n.name for n in strategy.order(read_candidates(snap, config, suspects))]
+    candidates = read_candidates(snap, config, suspects, min_lsn)
+    names = [n.name for n in strategy.order(candidates)]
     if snap.primary is not None and snap.primary not in suspects and not snap.split_brain:
         names.append(snap.primary)
     return names

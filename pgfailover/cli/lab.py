@@ -108,6 +108,18 @@ def status(as_json: bool, directory: Path) -> None:
         )
 
 
+@lab.command()
+@dir_option
+@handle_errors
+def config(directory: Path) -> None:
+    """Print a pgfailover.toml for the lab (nodes named as in the lab)."""
+    lines = []
+    for node in LocalLab.open(directory).manager_nodes():
+        lines += ["[[nodes]]", f"name = {json.dumps(node.name)}", f"dsn = {json.dumps(node.dsn)}"]
+        lines += [f"priority = {node.priority}", ""]
+    click.echo("\n".join(lines), nl=False)
+
+
 def _node_action(name: str, verb: str, help_text: str) -> None:
     @lab.command(name=name, help=help_text)
     @click.argument("node")

@@ -93,3 +93,25 @@ def test_random_choice_is_repeatable_with_a_seed() -> None:
 
     assert firsts(7) == firsts(7)
     assert set(firsts(1) + firsts(2) + firsts(3)) == {"node1", "node2"}
+
+
+REPLAYED = snap_of(
+    primary("node0", lsn=5000),
+    standby("node1", lsn=5000, replay=5000),
+    standby("node2", lsn=5000, replay=4990),
+)
+READ_YOUR_WRITES_CASES = [
+    ("no token: every fitting standby", REPLAYED, None, ["node1", "node2", "node0"]),
+    ("token both replayed", REPLAYED, 4000, ["node1", "node2", "node0"]),
+    ("token only node1 replayed", REPLAYED, 5000, ["node1", "node0"]),
+    ("token beyond every standby: the primary", REPLAYED, 6000, ["node0"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("snap", "min_lsn", "expected"),
+    [c[1:] for c in READ_YOUR_WRITES_CASES],
+    ids=[c[0] for c in READ_YOUR_WRITES_CASES],
+)
+def test_read_your_writes_order(snap: Snapshot, min_lsn: int | None, expected: list[str]) -> None:
+    assert read_order(snap, CFG, PriorityOrder(), min_lsn=min_lsn) == expected

@@ -1,0 +1,218 @@
+"""Django integration: DATABASES from one pgfailover config, a router, a middleware.
+
+settings.py::
+
+    from pgfailover.contrib.django import databases
+
+    PGFAILOVER = {"source": "pgfailover.toml"}          # or a DSN, or Nodes
+    DATABASES = databases(PGFAILOVER["source"], options={"pool": True})
+    DATABASE_ROUTERS = ["pgfailover.contrib.django.FailoverRouter"]
+    MIDDLEWARE = ["pgfailover.contrib.django.FailoverMiddleware", ...]
+    INSTALLED_APPS = [..., "pgfailover.contrib.django"]  # the pgfailover_status command
+
+``DATABASES`` gets one alias per node (named as the node) for the router,
+and ``default``: every host in one libpq multi-host entry with
+``target_session_attrs=read-write``, so ``migrate``, the shell and anything
+unrouted reach the primary too. The router sends writes to the alias of
+the node that is primary now and reads to a fitting standby's alias; the
+middleware gives each request read-your-writes (see
+:mod:`pgfailover.contrib.routing`), optionally carried to the next request
+in a cookie, and closes this thread's connections to the cluster after a
+failover so that none is reused broken.
+
+``PGFAILOVER`` keys: ``source`` (required), ``name``, ``settings`` (a dict
+of FailoverConfig overrides), ``cookie`` (bool, default True),
+``cookie_max_age`` (seconds, default 60).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict
+
+from pgfailover.contrib.routing import (
+    COOKIE_NAME,
+    Source,
+    manager_from,
+    parse_token,
+    read_node,
+    read_your_writes,
+    report_error,
+    write_node,
+)
+from pgfailover.errors import ConfigurationError
+from pgfailover.manager import FailoverManager
+
+__all__ = ["FailoverMiddleware", "FailoverRouter", "databases", "get_manager", "reset_manager"]
+
+_FIELDS = {
+    "dbname": "NAME",
+    "user": "USER",
+    "password": "PASSWORD",
+    "host": "HOST",
+    "port": "PORT",
+}
+
+
+def _entry(dsn: str, options: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    params = conninfo_to_dict(dsn)
+    entry: dict[str, Any] = {"ENGINE": "django.db.backends.postgresql", **extra}
+    for key, field in _FIELDS.items():
+        value = params.pop(key, None)
+        entry[field] = "" if value is None else str(value)
+    entry["OPTIONS"] = {**{k: str(v) for k, v in params.items()}, **options}
+    return entry
+
+
+def databases(
+    source: Source, *, options: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, dict[str, Any]]:
+    """``DATABASES`` for every node of ``source``, plus a multi-host ``default``.
+
+    ``options`` go into every entry's ``OPTIONS`` (e.g. ``{"pool": True}`` for
+    Django's psycopg pool); other keyword arguments (``CONN_MAX_AGE``,
+    ``CONN_HEALTH_CHECKS``...) into every entry. The node aliases mirror
+    ``default`` in tests, so Django's test runner builds one test database.
+    """
+    mgr = manager_from(source)
+    try:
+        opts = dict(options or {})
+        entries = {n.name: _entry(n.dsn, opts, extra) for n in mgr.nodes}
+    finally:
+        mgr.close(timeout=1)
+    first = next(iter(entries.values()))
+    hosts = [e["HOST"] for e in entries.values()]
+    ports = [e["PORT"] or "5432" for e in entries.values()]
+    default = {
+        **first,
+        "HOST": ",".join(hosts),
+        "PORT": ",".join(ports),
+        "OPTIONS": {**first["OPTIONS"], "target_session_attrs": "read-write"},
+    }
+    for entry in entries.values():
+        entry["TEST"] = {"MIRROR": "default"}
+    if "default" in entries:
+        raise ConfigurationError("a node may not be named 'default': Django reserves that alias")
+    return {"default": default, **entries}
+
+
+_lock = threading.Lock()
+_manager: FailoverManager | None = None  # guarded by _lock
+_generation = 0  # failovers seen; guarded by _lock
+
+
+def _settings() -> dict[str, Any]:
+    from django.conf import settings
+
+    value = getattr(settings, "PGFAILOVER", None)
+    if not isinstance(value, dict) or "source" not in value:
+        raise ConfigurationError("settings.PGFAILOVER must be a dict with a 'source' key")
+    return value
+
+
+def get_manager() -> FailoverManager:
+    """The process's manager, built from ``settings.PGFAILOVER`` and opened on first use."""
+    global _manager  # noqa: PLW0603 - one manager per process, like Django's connections
+    with _lock:
+        if _manager is None or _manager.closed:
+            conf = _settings()
+            mgr = manager_from(
+                conf["source"], name=conf.get("name", "default"), settings=conf.get("settings")
+            )
+            mgr.on_failover(_count_failover)
+            _manager = mgr.open()
+        return _manager
+
+
+def reset_manager() -> None:
+    """Close the process's manager (the next use builds a new one)."""
+    global _manager
+    with _lock:
+        mgr, _manager = _manager, None
+    if mgr is not None:
+        mgr.close()
+
+
+def _count_failover(event: Any) -> None:
+    global _generation  # noqa: PLW0603 - see get_manager
+    if getattr(event, "outcome", None) == "completed":
+        with _lock:
+            _generation += 1
+
+
+class FailoverRouter:
+    """A ``DATABASE_ROUTERS`` entry: writes to the primary's alias, reads to a standby's."""
+
+    def db_for_write(self, model: type[Any], **hints: Any) -> str:
+        """The alias of the node that is primary now (waits during a failover)."""
+        return write_node(get_manager())
+
+    def db_for_read(self, model: type[Any], **hints: Any) -> str:
+        """A fitting standby's alias, or the primary's (after a write in this request)."""
+        return read_node(get_manager())
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        """Objects on any node of the cluster may relate: it is one database."""
+        names = {"default", *(n.name for n in get_manager().nodes)}
+        if obj1._state.db in names and obj2._state.db in names:
+            return True
+        return None
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+        """Only on ``default`` (the primary through libpq) or the current primary's alias."""
+        return db in ("default", get_manager().snapshot.primary)
+
+
+_local = threading.local()
+
+
+def _close_after_failover(aliases: Iterable[str]) -> None:
+    """Close this thread's connections once per failover: none is reused broken."""
+    from django.db import connections
+
+    with _lock:
+        generation = _generation
+    if getattr(_local, "generation", 0) == generation:
+        return
+    for alias in aliases:
+        connections[alias].close()
+    _local.generation = generation
+
+
+class FailoverMiddleware:
+    """Per-request read-your-writes and connection hygiene (add it first in MIDDLEWARE)."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        conf = _settings()
+        self.cookie = bool(conf.get("cookie", True))
+        self.cookie_max_age = int(conf.get("cookie_max_age", 60))
+
+    def __call__(self, request: Any) -> Any:
+        """Route the request with read-your-writes; after a write, set the token cookie."""
+        mgr = get_manager()
+        _close_after_failover(["default", *(n.name for n in mgr.nodes)])
+        token = parse_token(request.COOKIES.get(COOKIE_NAME)) if self.cookie else None
+        with read_your_writes(min_lsn=token) as state:
+            response = self.get_response(request)
+            if state.wrote and self.cookie:
+                try:
+                    position = mgr.write_position()
+                except Exception:  # noqa: BLE001 - no token: the next request reads the primary
+                    response.delete_cookie(COOKIE_NAME)
+                else:
+                    response.set_cookie(
+                        COOKIE_NAME,
+                        str(position),
+                        max_age=self.cookie_max_age,
+                        httponly=True,
+                        samesite="Lax",
+                    )
+            return response
+
+    def process_exception(self, request: Any, exception: Exception) -> None:
+        """A connection error: suspect the nodes this request used, so the next avoid them."""
+        report_error(get_manager(), exception)

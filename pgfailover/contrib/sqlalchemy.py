@@ -1,0 +1,117 @@
+"""SQLAlchemy integration: an engine per node, and a Session that routes each statement.
+
+::
+
+    from pgfailover.contrib.sqlalchemy import FailoverEngines
+
+    engines = FailoverEngines("pgfailover.toml")          # or a DSN, Nodes, a manager
+    Session = engines.sessionmaker()
+    with Session() as session, session.begin():
+        session.add(Order(...))                           # flush -> the primary
+    with Session() as session:
+        session.scalars(select(Order)).all()              # -> a fitting standby
+
+:class:`FailoverSession` sends to the current primary every ORM flush,
+every Core ``insert``/``update``/``delete``, ``SELECT ... FOR UPDATE``, raw
+``text()`` (it cannot tell), and everything after the session has written;
+plain reads go to a fitting standby (or the primary), following the
+read-your-writes unit of :mod:`pgfailover.contrib.routing` when one is
+active (a Flask or Django request). Each call asks the manager, so a new
+session after a failover lands on the new primary; ``pool_pre_ping``
+replaces connections to a node that went away.
+
+With Flask-SQLAlchemy::
+
+    db = SQLAlchemy(session_options={"class_": FailoverSession, "engines": engines})
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import TextClause
+
+from pgfailover.contrib.routing import Source, manager_from, read_node, write_node
+from pgfailover.manager import FailoverManager
+
+__all__ = ["FailoverEngines", "FailoverSession"]
+
+
+class FailoverEngines:
+    """One SQLAlchemy ``Engine`` per node, and the manager that picks one.
+
+    ``engine_options`` go to every ``create_engine`` (pool sizes...).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        name: str = "default",
+        settings: dict[str, Any] | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.manager: FailoverManager = manager_from(source, name=name, settings=settings)
+        self.manager.open()
+        options = {"pool_pre_ping": True, **(engine_options or {})}
+        self.engines: dict[str, Engine] = {
+            node.name: create_engine(
+                "postgresql+psycopg://", creator=partial(psycopg.connect, node.dsn), **options
+            )
+            for node in self.manager.nodes
+        }
+
+    def writer(self) -> Engine:
+        """The current primary's engine (waits during a failover)."""
+        return self.engines[write_node(self.manager)]
+
+    def reader(self) -> Engine:
+        """A fitting standby's engine, or the primary's."""
+        return self.engines[read_node(self.manager)]
+
+    def sessionmaker(self, **kwargs: Any) -> sessionmaker[FailoverSession]:
+        """A ``sessionmaker`` of :class:`FailoverSession` bound to these engines."""
+        return sessionmaker(class_=FailoverSession, engines=self, **kwargs)
+
+    def close(self) -> None:
+        """Dispose of every engine and close the manager."""
+        for engine in self.engines.values():
+            engine.dispose()
+        self.manager.close()
+
+
+class FailoverSession(Session):
+    """A ``Session`` whose ``get_bind`` routes writes to the primary, reads to a standby."""
+
+    def __init__(
+        self, *args: Any, engines: FailoverEngines, db: Any = None, **kwargs: Any
+    ) -> None:
+        # ``db``: what Flask-SQLAlchemy passes to its session class; not needed here.
+        super().__init__(*args, **kwargs)
+        self.failover_engines = engines
+        self.wrote = False
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        clause: Any = None,
+        bind: Any = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """The engine for one statement: see the module docstring."""
+        writes = (
+            self.wrote
+            or self._flushing
+            or isinstance(clause, UpdateBase | TextClause)
+            or (isinstance(clause, Select) and clause._for_update_arg is not None)
+        )
+        if writes:
+            self.wrote = True
+            return self.failover_engines.writer()
+        return self.failover_engines.reader()

@@ -1,0 +1,1 @@
+"""A minimal Django app for the router and middleware tests."""

@@ -1,0 +1,154 @@
+"""The Django router and middleware with Django's test client, against one lab cluster.
+
+Django's settings can be configured once per process, so every test here
+shares one cluster; the test that kills the primary runs last.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+
+import django
+from django.conf import settings
+from django.core.management import call_command
+from django.test import Client
+
+from pgfailover.contrib.django import databases, get_manager, reset_manager
+from pgfailover.lab import LocalLab
+
+from .conftest import make_lab
+from .helpers import wait_until
+
+SETTINGS = {
+    "health_check_interval": 0.2,
+    "fast_interval": 0.05,
+    "failover_cooldown": 0,
+    "promotion": "auto",
+}
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[LocalLab]:
+    lab = make_lab()
+    try:
+        if settings.configured:
+            pytest.skip("Django settings were configured elsewhere in this process")
+        nodes = lab.manager_nodes()
+        settings.configure(
+            DEBUG=False,
+            ALLOWED_HOSTS=["testserver"],
+            SECRET_KEY="pgfailover-tests",
+            INSTALLED_APPS=["pgfailover.contrib.django", "tests.integration.djangoapp"],
+            DATABASES=databases(nodes),
+            DATABASE_ROUTERS=["pgfailover.contrib.django.FailoverRouter"],
+            MIDDLEWARE=["pgfailover.contrib.django.FailoverMiddleware"],
+            ROOT_URLCONF="tests.integration.djangoapp.urls",
+            DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+            USE_TZ=True,
+            PGFAILOVER={"source": nodes, "settings": SETTINGS, "cookie_max_age": 30},
+        )
+        django.setup()
+        call_command("migrate", run_syncdb=True, verbosity=0)
+        yield lab
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        reset_manager()
+        lab.destroy()
+
+
+def _get(client: Client, path: str) -> dict[str, Any]:
+    response = client.get(path)
+    assert response.status_code == 200, response.content
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def test_writes_go_to_the_primary_and_reads_after_a_write_stay_there(site: LocalLab) -> None:
+    result = _get(Client(), "/write?text=a")
+    assert result["write_db"] == "node0"
+    assert result["read_db"] == "node0"  # this request wrote: its reads stay on the primary
+    assert result["seen"]
+
+
+def test_reads_go_to_standbys_and_the_cookie_gives_read_your_writes(site: LocalLab) -> None:
+    stranger = Client()
+    assert _get(stranger, "/read?id=0")["read_db"] in ("node1", "node2")
+
+    writer = Client()
+    note = _get(writer, "/write?text=b")
+    assert "pgfailover_lsn" in writer.cookies
+    served: set[str] = set()
+
+    def on_a_standby() -> bool:
+        result = _get(writer, f"/read?id={note['id']}")
+        assert result["seen"], result  # wherever it is read, the write is there
+        served.add(result["read_db"])
+        return bool(result["read_db"] in ("node1", "node2"))
+
+    wait_until(on_a_standby, what="the writer's reads back on a replayed standby")
+
+
+def test_migrations_only_on_the_primary(site: LocalLab) -> None:
+    from pgfailover.contrib.django import FailoverRouter
+
+    router = FailoverRouter()
+    assert router.allow_migrate("default", "djangoapp")
+    assert router.allow_migrate("node0", "djangoapp")
+    assert not router.allow_migrate("node1", "djangoapp")
+
+
+def test_status_command(site: LocalLab) -> None:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("pgfailover_status", stdout=out)
+    assert "primary: node0" in out.getvalue()
+
+
+def test_a_primary_kill_fails_only_the_requests_in_flight(site: LocalLab) -> None:
+    outcomes: list[tuple[float, str]] = []  # (time, write_db or "error: ...")
+    stop = threading.Event()
+
+    def clients() -> None:
+        from django.db import connections
+
+        client = Client()
+        try:
+            while not stop.is_set():
+                try:
+                    result = _get(client, "/write?text=k")
+                    outcomes.append((time.monotonic(), result["write_db"]))
+                except Exception as exc:  # noqa: BLE001 - a failed request is what is counted
+                    outcomes.append((time.monotonic(), f"error: {type(exc).__name__}"))
+        finally:
+            connections.close_all()  # this thread's connections (the test client keeps them)
+
+    thread = threading.Thread(target=clients, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(outcomes) >= 5, what="requests before the kill")
+        site.kill("node0")
+        killed = time.monotonic()
+        wait_until(
+            lambda: sum(1 for t, r in outcomes if t > killed and r in ("node1", "node2")) >= 10,
+            timeout=30,
+            what="writes on the new primary",
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    after = [r for t, r in outcomes if t > killed]
+    errors = [r for r in after if r.startswith("error")]
+    assert len(errors) <= 1, after  # the one request in flight at the crash, at most
+    first_new = next(i for i, r in enumerate(after) if r in ("node1", "node2"))
+    assert all(r == after[first_new] for r in after[first_new:]), after
+    assert get_manager().snapshot.primary == after[first_new]
