@@ -46,7 +46,7 @@ def site() -> Iterator[LocalLab]:
             ALLOWED_HOSTS=["testserver"],
             SECRET_KEY="pgfailover-tests",
             INSTALLED_APPS=["pgfailover.contrib.django", "tests.integration.djangoapp"],
-            DATABASES=databases(nodes),
+            DATABASES=databases(nodes, options={"pool": {"min_size": 0, "max_size": 4}}),
             DATABASE_ROUTERS=["pgfailover.contrib.django.FailoverRouter"],
             MIDDLEWARE=["pgfailover.contrib.django.FailoverMiddleware"],
             ROOT_URLCONF="tests.integration.djangoapp.urls",
