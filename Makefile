@@ -19,14 +19,14 @@ server-binaries:
 	@bash scripts/ensure-server-binaries
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgfailover tests benchmarks examples
-	$(BIN)/ruff format --check pgfailover tests benchmarks examples
+	$(BIN)/ruff check pgfailover tests benchmarks examples docker
+	$(BIN)/ruff format --check pgfailover tests benchmarks examples docker
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	MYPYPATH=examples:examples/django_project $(BIN)/mypy --explicit-package-bases \
 		examples/source.py examples/flask_app/app.py examples/django_project/settings.py \
-		examples/django_project/manage.py examples/django_project/notes
+		examples/django_project/manage.py examples/django_project/notes docker/demo_app.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

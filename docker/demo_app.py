@@ -1,0 +1,61 @@
+"""The compose lab's demo app: writes and reads through a FailoverManager in external mode.
+
+It follows the arbiter's promotions (it never promotes itself), writes a row
+every 100 ms and reads one back from a standby, logs one line a second, and
+serves its manager's status API and /metrics on port 8009 for Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from pgfailover import FailoverManager, PgFailoverError
+from pgfailover.config import load_toml
+from pgfailover.server import serve
+
+logger = logging.getLogger("demo-app")
+
+
+def main() -> None:
+    """Run until SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    nodes, config = load_toml(os.environ["PGFAILOVER_CONFIG"])
+    mgr = FailoverManager(
+        nodes=nodes, config=config.replace(promotion="external"), name="demo-app"
+    ).open()
+    api = serve(mgr, host="0.0.0.0", port=8009)  # noqa: S104 - inside its container
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    mgr.query("CREATE TABLE IF NOT EXISTS demo (id bigserial PRIMARY KEY, at timestamptz)")
+    written = failed = 0
+    last_log = time.monotonic()
+    while not stop.is_set():
+        try:
+            mgr.query("INSERT INTO demo (at) VALUES (now())")
+            mgr.query("SELECT count(*) FROM demo", readonly=True)
+            written += 1
+        except PgFailoverError as exc:
+            failed += 1
+            logger.warning("write failed: %s", exc)
+        if time.monotonic() - last_log >= 1:
+            snap = mgr.snapshot
+            logger.info(
+                "primary %s state %s written %d failed %d",
+                snap.primary,
+                snap.state.value,
+                written,
+                failed,
+            )
+            last_log = time.monotonic()
+        stop.wait(0.1)  # the demo's write rate
+    api.close()
+    mgr.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Static checks of the docker compose lab (this machine has no Docker engine).
+
+The compose file parses, follows the Compose Specification's shape, and
+everything it mounts or builds from exists; services it depends on exist;
+images are pinned; only 127.0.0.1 ports are published; every service has a
+health check; the Prometheus config inside passes promtool; and, where a
+docker CLI with the compose plugin is present, `docker compose config`
+accepts it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.tools import require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "docker-compose.yml"
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services
+
+
+def test_compose_file_shape() -> None:
+    data = _compose()
+    assert "version" not in data  # obsolete in the Compose Specification
+    assert {"pg-primary", "pg-standby1", "pg-standby2", "arbiter", "demo-app"} <= set(
+        data["services"]
+    )
+    assert {"prometheus", "alertmanager", "grafana"} <= set(data["services"])
+
+
+def test_every_service_has_a_health_check_and_known_dependencies() -> None:
+    services = _services()
+    for name, service in services.items():
+        assert "test" in service.get("healthcheck", {}), f"{name} has no health check"
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+
+
+def test_images_are_pinned_or_built_here() -> None:
+    services = _services()
+    built = {s["image"] for s in services.values() if "build" in s and "image" in s}
+    for name, service in services.items():
+        image = service.get("image")
+        assert image is not None or "build" in service, name
+        if image is None or image in built:
+            continue
+        assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+[\w.-]*", image), f"{name}: {image}"
+
+
+def test_only_loopback_ports_are_published() -> None:
+    for name, service in _services().items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_everything_mounted_or_built_exists() -> None:
+    data = _compose()
+    declared = set(data.get("volumes", {}))
+    for name, service in data["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (DOCKER / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in declared, f"{name} uses undeclared volume {source}"
+        build = service.get("build")
+        if build:
+            context = DOCKER / build["context"]
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            assert dockerfile.is_file(), f"{name}: {dockerfile}"
+            _check_dockerfile(dockerfile, context)
+
+
+def _check_dockerfile(dockerfile: Path, context: Path) -> None:
+    lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+    base = next(line.split()[1] for line in lines if line.startswith("FROM "))
+    assert re.fullmatch(r"[\w./-]+:\d+(\.\d+)+[\w.-]*", base), base  # pinned
+    user = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user, "the image must not run as root"
+    assert user[-1] not in ("root", "0")
+    for line in lines:
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (context / source).exists(), f"COPY {source}: missing"
+
+
+def test_entrypoint_scripts_are_executable_and_parse() -> None:
+    for script in (DOCKER / "postgres").glob("*.sh"):
+        assert script.stat().st_mode & 0o111, f"{script} is not executable"
+        subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+
+
+def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    shutil.copy(DOCKER / "prometheus/prometheus.yml", tmp_path / "prometheus.yml")
+    (tmp_path / "rules").mkdir()
+    shutil.copy(ROOT / "alerts/pgfailover.rules.yml", tmp_path / "rules")
+    for args in (
+        ["check", "config", str(tmp_path / "prometheus.yml")],
+        ["check", "rules", str(tmp_path / "rules/pgfailover.rules.yml")],
+    ):
+        proc = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI")
+    probe = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip("the docker CLI has no compose plugin")
+    proc = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
