@@ -16,7 +16,7 @@ or Nodes), ``PGFAILOVER_NAME``, ``PGFAILOVER_SETTINGS`` (FailoverConfig
 overrides), ``PGFAILOVER_ADMIN_TOKEN`` (enables the admin endpoints),
 ``PGFAILOVER_API`` (mount the status/admin API and ``/metrics``; default
 True), ``PGFAILOVER_COOKIE`` (carry the read-your-writes token to the next
-request; default True).
+request; default True) and ``PGFAILOVER_COOKIE_MAX_AGE`` (seconds, default 60).
 
 Each request runs in a read-your-writes unit: :meth:`PgFailover.query` with
 ``readonly=True`` reads a standby only once it has replayed what this
@@ -82,6 +82,7 @@ class PgFailover:
         atexit.register(mgr.close)
         app.extensions[EXTENSION] = self
         cookie = bool(app.config.get("PGFAILOVER_COOKIE", True))
+        cookie_max_age = int(app.config.get("PGFAILOVER_COOKIE_MAX_AGE", 60))
 
         @app.before_request
         def _enter() -> None:
@@ -100,7 +101,11 @@ class PgFailover:
                     response.delete_cookie(COOKIE_NAME)
                 else:
                     response.set_cookie(
-                        COOKIE_NAME, str(position), max_age=60, httponly=True, samesite="Lax"
+                        COOKIE_NAME,
+                        str(position),
+                        max_age=cookie_max_age,
+                        httponly=True,
+                        samesite="Lax",
                     )
             return response
 

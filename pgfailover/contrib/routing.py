@@ -30,6 +30,7 @@ from pgfailover.manager import FailoverManager
 __all__ = [
     "COOKIE_NAME",
     "Causality",
+    "load_source",
     "manager_from",
     "parse_token",
     "read_node",
@@ -43,6 +44,19 @@ COOKIE_NAME = "pgfailover_lsn"
 Source = str | Path | Sequence[Node] | FailoverManager
 
 
+def load_source(source: str | Path | Sequence[Node]) -> tuple[list[Node], FailoverConfig]:
+    """Nodes and settings from a TOML path, a DSN, or Nodes."""
+    if isinstance(source, Path) or (isinstance(source, str) and source.endswith(".toml")):
+        return load_toml(source)
+    if isinstance(source, str):
+        return nodes_from_dsn(source), FailoverConfig()
+    if isinstance(source, Sequence) and all(isinstance(n, Node) for n in source):
+        return [n for n in source if isinstance(n, Node)], FailoverConfig()
+    raise ConfigurationError(
+        f"pgfailover source must be a .toml path, a DSN, Nodes or a manager, not {source!r}"
+    )
+
+
 def manager_from(
     source: Source, *, name: str = "default", settings: dict[str, Any] | None = None
 ) -> FailoverManager:
@@ -53,17 +67,8 @@ def manager_from(
     """
     if isinstance(source, FailoverManager):
         return source
+    nodes, config = load_source(source)
     overrides: dict[str, Any] = {"pool_min_size": 0, "pool_max_size": 4, **(settings or {})}
-    if isinstance(source, Path) or (isinstance(source, str) and source.endswith(".toml")):
-        nodes, config = load_toml(source)
-    elif isinstance(source, str):
-        nodes, config = nodes_from_dsn(source), FailoverConfig()
-    elif isinstance(source, Sequence) and all(isinstance(n, Node) for n in source):
-        nodes, config = [n for n in source if isinstance(n, Node)], FailoverConfig()
-    else:
-        raise ConfigurationError(
-            f"pgfailover source must be a .toml path, a DSN, Nodes or a manager, not {source!r}"
-        )
     return FailoverManager(nodes=nodes, config=config.replace(**overrides), name=name)
 
 

@@ -36,6 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pgfailover.contrib.routing import (
     COOKIE_NAME,
     Source,
+    load_source,
     manager_from,
     parse_token,
     read_node,
@@ -77,12 +78,9 @@ def databases(
     ``CONN_HEALTH_CHECKS``...) into every entry. The node aliases mirror
     ``default`` in tests, so Django's test runner builds one test database.
     """
-    mgr = manager_from(source)
-    try:
-        opts = dict(options or {})
-        entries = {n.name: _entry(n.dsn, opts, extra) for n in mgr.nodes}
-    finally:
-        mgr.close(timeout=1)
+    nodes = source.nodes if isinstance(source, FailoverManager) else load_source(source)[0]
+    opts = dict(options or {})
+    entries = {n.name: _entry(n.dsn, opts, extra) for n in nodes}
     first = next(iter(entries.values()))
     hosts = [e["HOST"] for e in entries.values()]
     ports = [e["PORT"] or "5432" for e in entries.values()]
