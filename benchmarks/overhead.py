@@ -9,13 +9,15 @@ transaction:
 - ``query``: ``mgr.query(...)``;
 - ``get_client``: ``with mgr.get_client() as conn: conn.execute(...)``.
 
-The contenders are interleaved: each round runs every contender for
-``--slice`` seconds, in an order that rotates from round to round, so drift
-on the machine (other load, autovacuum, CPU frequency) hits all of them
-alike. Every pool has the same size (the thread count) and is warm. Per
-contender: the median of the rounds' operations per second, p50 and p99
-latency over all rounds, and the throughput ratio to ``bare``: the median
-of the rounds' ratios (the target is at least 0.95).
+The contenders are interleaved operation by operation: every client thread
+runs bare, query, get_client, bare... in turn (each thread starting at a
+different one), so drift on the machine (other load, autovacuum, CPU
+frequency) hits all of them alike, at the same moments. Every pool has the
+same size (the thread count) and is warm. Per contender: closed-loop
+operations per second (threads / mean latency), p50 and p99 latency over
+all rounds, and the throughput ratio to ``bare``: per round the inverse
+ratio of mean latencies, then the median over ``--rounds`` rounds of
+``--slice`` seconds (the target is at least 0.95).
 
     python benchmarks/overhead.py
 """
@@ -70,21 +72,29 @@ def _ops(kind: str, pool: ConnectionPool, mgr: FailoverManager) -> dict[str, Op]
     return {"bare": bare, "query": query, "get_client": get_client}
 
 
-def _slice(op: Op, threads: int, seconds: float) -> list[float]:
-    """Run ``op`` on ``threads`` threads for ``seconds``; every latency, in seconds."""
-    latencies: list[list[float]] = [[] for _ in range(threads)]
+def _mixed(ops: dict[str, Op], threads: int, seconds: float) -> dict[str, list[float]]:
+    """Every thread runs the contenders in turn for ``seconds``; latencies per contender.
+
+    Thread k starts its cycle at contender k, so at any moment the contenders
+    run side by side and share whatever the machine is doing.
+    """
+    names = list(ops)
+    latencies: list[dict[str, list[float]]] = [{n: [] for n in names} for _ in range(threads)]
     start = threading.Barrier(threads + 1)
     stop = threading.Event()
 
-    def loop(out: list[float]) -> None:
+    def loop(index: int, out: dict[str, list[float]]) -> None:
         start.wait()
         clock = time.perf_counter
+        turn = index
         while not stop.is_set():
+            name = names[turn % len(names)]
+            turn += 1
             t = clock()
-            op()
-            out.append(clock() - t)
+            ops[name]()
+            out[name].append(clock() - t)
 
-    workers = [threading.Thread(target=loop, args=(out,)) for out in latencies]
+    workers = [threading.Thread(target=loop, args=(i, out)) for i, out in enumerate(latencies)]
     for w in workers:
         w.start()
     start.wait()
@@ -92,13 +102,13 @@ def _slice(op: Op, threads: int, seconds: float) -> list[float]:
     stop.set()
     for w in workers:
         w.join()
-    return [x for out in latencies for x in out]
+    return {n: [x for out in latencies for x in out[n]] for n in names}
 
 
 def run(
     lab: LocalLab, kind: str, threads: int, rounds: int, seconds: float
 ) -> list[dict[str, Any]]:
-    """Interleaved rounds of the three contenders; one record per contender."""
+    """Rounds of the three contenders side by side; one record per contender."""
     primary = lab.node("node0")
     pool = ConnectionPool(primary.dsn, min_size=threads, max_size=threads, open=True, name="bare")
     pool.wait(timeout=30)
@@ -108,16 +118,12 @@ def run(
     try:
         ops = _ops(kind, pool, mgr)
         names = list(ops)
-        for name in names:  # warm every connection of every pool
-            _slice(ops[name], threads, 0.3)
+        _mixed(ops, threads, 0.5)  # warm every connection of every pool
         seen: dict[str, list[float]] = {name: [] for name in names}
-        rates: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                t = time.perf_counter()
-                lat = _slice(ops[name], threads, seconds)
-                rates[name].append(len(lat) / (time.perf_counter() - t))
+        means: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(rounds):
+            for name, lat in _mixed(ops, threads, seconds).items():
+                means[name].append(statistics.fmean(lat))
                 seen[name].extend(lat)
     finally:
         mgr.close()
@@ -125,10 +131,10 @@ def run(
     out = []
     for name in names:
         lat = sorted(seen[name])
-        # The ratio of each round (the contenders ran back to back), then the
-        # median: robust to a slow second on a shared machine.
-        ratio = statistics.median(c / b for c, b in zip(rates[name], rates["bare"], strict=True))
-        rate = statistics.median(rates[name])
+        # Closed-loop throughput is threads / mean latency, so the throughput
+        # ratio of a round is the inverse ratio of its mean latencies; the
+        # median over rounds is robust to one slow round.
+        ratios = [b / c for b, c in zip(means["bare"], means[name], strict=True)]
         out.append(
             {
                 "benchmark": "overhead",
@@ -136,13 +142,11 @@ def run(
                 "threads": threads,
                 "contender": name,
                 "ops": len(lat),
-                "ops_per_s": round(rate, 1),
+                "ops_per_s": round(threads / statistics.fmean(lat), 1),
                 "p50_ms": round(statistics.median(lat) * 1000, 4),
                 "p99_ms": round(percentile(lat, 0.99) * 1000, 4),
-                "ratio_to_bare": round(ratio, 4),
-                "ratio_min": round(
-                    min(c / b for c, b in zip(rates[name], rates["bare"], strict=True)), 4
-                ),
+                "ratio_to_bare": round(statistics.median(ratios), 4),
+                "ratio_min": round(min(ratios), 4),
             }
         )
     return out
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,4,16")
     parser.add_argument("--statements", default="select1,insert")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--slice", type=float, default=1.0, help="seconds per contender per round")
+    parser.add_argument("--slice", type=float, default=2.0, help="seconds per round")
     args = parser.parse_args(argv)
     emit({"benchmark": "overhead", "machine": machine()})
     lab = LocalLab.create(standbys=2)
