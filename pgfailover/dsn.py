@@ -76,6 +76,11 @@ def split_multihost(dsn: str, *, field: str = "dsn") -> list[str]:
             f"{field}: {count} hosts but {len(ports)} ports in {mask_dsn(dsn)!r} "
             "(give one port for all hosts, or one per host)"
         )
+    for port in ports:
+        if port.strip() and (not port.strip().isdigit() or not 0 < int(port) < 65536):
+            raise ConfigurationError(
+                f"{field}: port {port!r} in {mask_dsn(dsn)!r} is not a port number (1-65535, or empty for 5432)"
+            )
     result = []
     for index in range(count):
         node = dict(params)

@@ -124,8 +124,8 @@ def render(status: dict[str, Any]) -> str:
                 node["role"],
                 "yes" if node["healthy"] else "NO",
                 _cell(node.get("timeline")),
-                _cell(node.get("lag_bytes")),
-                _cell(node.get("lag_seconds")),
+                "-" if node["is_primary"] else _cell(node.get("lag_bytes")),
+                "-" if node["is_primary"] else _cell(node.get("lag_seconds")),
                 _cell(node.get("response_time_ms")),
                 ", ".join(marks),
             ]

@@ -81,6 +81,8 @@ def test_multihost_keeps_shared_parameters() -> None:
         ("dbname=x", "names no host"),
         ("host=a password=hunter2 nonsense", "invalid DSN"),
         ("postgresql://u:hunter2@a,a/db", "appears twice"),
+        ("host=a port=x password=hunter2", "port 'x' .* is not a port number"),
+        ("host=a,b port=5432,70000 password=hunter2", "port '70000'"),
     ],
 )
 def test_bad_dsns_are_clear_and_never_show_the_password(dsn: str, message: str) -> None:
