@@ -79,7 +79,8 @@ def split_multihost(dsn: str, *, field: str = "dsn") -> list[str]:
     for port in ports:
         if port.strip() and (not port.strip().isdigit() or not 0 < int(port) < 65536):
             raise ConfigurationError(
-                f"{field}: port {port!r} in {mask_dsn(dsn)!r} is not a port number (1-65535, or empty for 5432)"
+                f"{field}: port {port!r} in {mask_dsn(dsn)!r} is not a port number "
+                "(1-65535, or empty for 5432)"
             )
     result = []
     for index in range(count):
