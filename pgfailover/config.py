@@ -126,10 +126,22 @@ class FailoverConfig:
     ``"auto"`` promotes the most advanced standby itself with ``pg_promote``,
     ``"manual"`` only detects and reports. ``max_promotion_lag_bytes`` is
     how far behind the last seen primary a candidate may be;
-    ``failover_cooldown`` the least time between two failovers.
+    ``failover_cooldown`` how long a node that failed (went unhealthy, or
+    was lost as primary) is not promoted: anti-flap never blocks promoting a
+    node that stayed healthy. In ``auto`` mode the manager sets PostgreSQL's
+    ``wal_receiver_timeout`` to ``wal_receiver_timeout`` seconds on nodes
+    whose setting is longer (or off): a standby's WAL receiver then hears
+    from a live primary at least every half of it, which is how a hung or
+    black-holed primary is told from a partition in seconds (``0`` leaves
+    the servers' setting alone; status shows the failover time you get).
+    ``sync_standby_attach_timeout`` is how long the primary's
+    ``synchronous_standby_names`` may name no streaming standby before
+    ``auto`` mode lowers it (commits would wait forever otherwise).
 
     Routing: a write waits up to ``failover_wait_timeout`` for a primary;
-    reads go to standbys within ``max_read_lag_bytes`` chosen by
+    reads go to standbys on the primary's timeline whose WAL receiver
+    streams, within ``max_read_lag_bytes`` and ``max_read_lag_seconds``
+    (replay age while the standby is behind), chosen by
     ``read_strategy``. ``fence_stale_primary`` soft-fences an old primary that
     comes back (``default_transaction_read_only = on``).
 
@@ -146,7 +158,9 @@ class FailoverConfig:
     healthy_threshold: int = 2
     max_promotion_lag_bytes: int = 16 * MIB
     max_read_lag_bytes: int = 16 * MIB
+    max_read_lag_seconds: float = 10.0
     failover_cooldown: float = 60.0
+    wal_receiver_timeout: float = 4.0
     failover_wait_timeout: float = 15.0
     sync_standby_attach_timeout: float = 5.0
     read_strategy: ReadStrategy = "round_robin"
@@ -178,8 +192,19 @@ class FailoverConfig:
             "connect_timeout",
         ):
             _positive(name, getattr(self, name))
-        for name in ("failover_cooldown", "failover_wait_timeout", "sync_standby_attach_timeout"):
+        for name in (
+            "failover_cooldown",
+            "failover_wait_timeout",
+            "sync_standby_attach_timeout",
+            "wal_receiver_timeout",
+        ):
             _positive(name, getattr(self, name), allow_zero=True)
+        _positive("max_read_lag_seconds", self.max_read_lag_seconds)
+        if 0 < self.wal_receiver_timeout < 1.0:
+            raise ConfigurationError(
+                f"wal_receiver_timeout must be 0 (leave the servers alone) or >= 1 second, "
+                f"got {self.wal_receiver_timeout!r}"
+            )
         _int_at_least("unhealthy_threshold", self.unhealthy_threshold, 1)
         _int_at_least("healthy_threshold", self.healthy_threshold, 1)
         _int_at_least("max_promotion_lag_bytes", self.max_promotion_lag_bytes, 0)

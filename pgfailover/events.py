@@ -29,7 +29,9 @@ __all__ = ["EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal["failover", "switchover", "promotion_failed", "split_brain", "fence"]
+EventKind = Literal[
+    "failover", "switchover", "promotion_failed", "split_brain", "fence", "replication"
+]
 Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
 
 
@@ -87,6 +89,9 @@ class FailoverEvent:
 class EventLog:
     """The newest events, optionally mirrored to a JSON-lines file.
 
+    Locks: ``_lock`` guards the events and the file; it is a leaf (nothing
+    else is locked under it).
+
     Thread safety: all methods may be called from any thread.
     """
 
@@ -114,27 +119,52 @@ class EventLog:
     def record(self, event: FailoverEvent) -> FailoverEvent:
         """Add or update (by ``id``) an event; mirror it to the file."""
         with self._lock:
-            for index, existing in enumerate(self._events):
-                if existing.id == event.id:
-                    self._events[index] = event
-                    break
-            else:
-                self._events.append(event)
+            self._store(event)
+        return event
+
+    def _store(self, event: FailoverEvent) -> None:
+        """Keep ``event`` and append its line to the file (caller holds ``_lock``).
+
+        The file line is written under the lock, so the file's last line of
+        an event is always its latest state, in the order updates happened.
+        """
+        for index, existing in enumerate(self._events):
+            if existing.id == event.id:
+                self._events[index] = event
+                break
+        else:
+            self._events.append(event)
         if self._path is not None:
             try:
                 with self._path.open("a") as fh:
                     fh.write(json.dumps(event.as_dict(), sort_keys=True) + "\n")
             except OSError as exc:
                 logger.error("cannot append to history file %s: %s", self._path, exc)
-        return event
 
     def update(self, event_id: str, **changes: Any) -> FailoverEvent | None:
-        """Apply ``changes`` to the event with ``event_id`` and record it."""
+        """Apply ``changes`` to the event with ``event_id`` and record it, atomically."""
         with self._lock:
             current = next((e for e in self._events if e.id == event_id), None)
-        if current is None:
-            return None
-        return self.record(dataclasses.replace(current, **changes))
+            if current is None:
+                return None
+            updated = dataclasses.replace(current, **changes)
+            self._store(updated)
+            return updated
+
+    def append_notes(self, event_id: str, notes: tuple[str, ...]) -> FailoverEvent | None:
+        """Add ``notes`` to an event's notes, atomically (no update is lost)."""
+        with self._lock:
+            current = next((e for e in self._events if e.id == event_id), None)
+            if current is None:
+                return None
+            updated = dataclasses.replace(current, notes=(*current.notes, *notes))
+            self._store(updated)
+            return updated
+
+    def get(self, event_id: str) -> FailoverEvent | None:
+        """The event with ``event_id``, if still kept."""
+        with self._lock:
+            return next((e for e in self._events if e.id == event_id), None)
 
     def events(self) -> list[FailoverEvent]:
         """Every kept event, oldest first."""

@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 from psycopg import pq
 
-from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable, WriteOutcomeUnknown
+from pgfailover.errors import (
+    NoPrimaryAvailable,
+    NoStandbyAvailable,
+    PgFailoverError,
+    WriteOutcomeUnknown,
+)
 from pgfailover.routing import read_order
 
 if TYPE_CHECKING:
@@ -45,8 +50,13 @@ _MAX_ATTEMPTS = 100
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """True for errors that mean "this node is gone", not "this statement is wrong"."""
-    if not isinstance(exc, psycopg.Error):
+    """True for errors that mean "this node is gone", not "this statement is wrong".
+
+    pgfailover's own errors (``NoPrimaryAvailable``, ``ManagerClosed``...)
+    subclass ``psycopg.OperationalError`` for callers' sake but say nothing
+    about a node: they are never taken for a lost connection.
+    """
+    if not isinstance(exc, psycopg.Error) or isinstance(exc, PgFailoverError):
         return False
     state = exc.sqlstate
     if state is None:

@@ -4,8 +4,21 @@
 the failover event of the current incident, promotes in ``auto`` mode (after
 re-probing every node, so a primary that reappeared is never doubled), runs
 the manual trigger, soft-fences stale old primaries, and after a promotion
-keeps the new primary usable: ``synchronous_standby_names`` is rewritten for
-the standbys that will follow it, and those standbys are repointed.
+makes the new primary usable at once: ``synchronous_standby_names`` is
+rewritten for the standbys that will follow it and those standbys are
+repointed, in the same call, so that ``close()`` (which waits for it) never
+leaves half a promotion behind. What must converge later (a standby that
+attaches late or never, sync names, a node rejoined hours later) is
+:mod:`pgfailover.upkeep`'s job, after every round.
+
+One rule for promotions: :meth:`FailoverActions.apply` never promotes; only
+:meth:`FailoverActions.after_round` (an ``auto`` decision, at the top of the
+monitor's round) and :meth:`FailoverActions.manual_failover` do, each under
+``_promote_lock``. So no path can re-enter a promotion from inside one.
+
+Callbacks are queued while decisions are applied and run by
+:meth:`FailoverActions.flush_callbacks` once every lock is released, so a
+callback may call ``perform_failover()`` or ``check_health()``.
 
 Promotion order matters on PostgreSQL 15: reloading a standby's config just
 before ``pg_promote`` was seen to stall the promotion by
@@ -19,12 +32,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgfailover.admin import (
+    StandbyLink,
+    fence_node,
+    promote_node,
+    read_standby_link,
+    repoint_standby,
+    set_sync_standby_names,
+)
 from pgfailover.errors import PgFailoverError, PromotionRefused
 from pgfailover.events import FailoverEvent
+from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.model import (
     ClusterState,
     Decision,
@@ -39,18 +61,8 @@ from pgfailover.model import (
     StateChanged,
     SwitchPrimary,
 )
-from pgfailover.promotion import (
-    Candidate,
-    StandbyLink,
-    choose_candidate,
-    fence_node,
-    promote_node,
-    read_standby_link,
-    repoint_standby,
-    rewrite_sync_names,
-    set_sync_standby_names,
-    streaming_standbys,
-)
+from pgfailover.syncrep import rewrite_sync_names
+from pgfailover.upkeep import Upkeep
 
 if TYPE_CHECKING:
     from pgfailover.manager import FailoverManager
@@ -74,8 +86,15 @@ _FENCE_RETRY = 10.0
 class FailoverActions:
     """Applies decisions for one manager.
 
-    Thread safety: :meth:`apply` runs on the monitor thread or on a thread
-    calling ``check_health``; promotions are serialised by ``_promote_lock``.
+    Locks, in the order they may be taken: ``_promote_lock`` (one promotion
+    at a time, auto or manual; held across ``pg_promote``, the sync names
+    and repointing) → the manager's round lock (a re-probe) → ``_lock``
+    (the open event, the first-write clock, fence times; a leaf apart from
+    the event log's own lock). ``_callbacks_lock`` guards the callback queue
+    and is a leaf. No callback runs while any of them is held.
+
+    Thread safety: :meth:`after_round` runs on the monitor thread or on a
+    thread calling ``check_health``; :meth:`manual_failover` on any thread.
     """
 
     def __init__(self, manager: FailoverManager) -> None:
@@ -86,13 +105,32 @@ class FailoverActions:
         self._fenced_at: dict[str, float] = {}  # guarded by self._lock
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
-        self._repointing: list[threading.Thread] = []  # guarded by self._lock
+        self._callbacks_lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[object, ...]]] = []  # guarded by _callbacks_lock
+        self.upkeep = Upkeep(
+            manager.config,
+            lambda name: manager.node(name).dsn,
+            manager.events,
+            lambda: manager.stats.bump("sync_lowered"),
+            manager.name,
+        )
 
-    # -- decisions -------------------------------------------------------
+    # -- one round ---------------------------------------------------------
 
-    def apply(self, decisions: list[Decision]) -> None:
-        """Apply one round's decisions, in order."""
+    def after_round(self, decisions: list[Decision]) -> None:
+        """Apply a round's decisions, promote if ``auto`` says so, keep the cluster converged."""
         mgr = self._mgr
+        promote = self.apply(decisions)
+        if promote is not None and mgr.config.promotion == "auto" and not mgr.closed:
+            self._auto_promote(promote)
+        if mgr.config.promotion == "auto" and not mgr.closed:
+            self.upkeep.run(mgr.snapshot, time.time(), lambda: mgr.closed)
+        self.flush_callbacks()
+
+    def apply(self, decisions: list[Decision]) -> Promote | None:
+        """Apply decisions in order; return the promotion asked for, never run it."""
+        mgr = self._mgr
+        promote: Promote | None = None
         for decision in decisions:
             if isinstance(decision, StateChanged):
                 snap = mgr.snapshot
@@ -104,13 +142,13 @@ class FailoverActions:
                     decision.new.value,
                     snap.primary,
                 )
-                mgr._emit("state_change", decision.old, decision.new, snap)
+                self._emit("state_change", decision.old, decision.new, snap)
             elif isinstance(decision, NodeLost):
                 logger.warning("node %s unhealthy: %s", decision.node, decision.error)
             elif isinstance(decision, NodeRecovered):
                 logger.info("node %s healthy again", decision.node)
                 mgr.stats.bump("recoveries")
-                mgr._emit("recovery", decision.node)
+                self._emit("recovery", decision.node)
             elif isinstance(decision, FailoverStarted):
                 self._open_event(decision.previous, decision.reason)
                 if decision.previous is not None:
@@ -136,14 +174,28 @@ class FailoverActions:
             elif isinstance(decision, Fence):
                 self._fence(decision.node, decision.reason)
             elif isinstance(decision, Promote):
-                self._auto_promote(decision)
+                promote = decision
+        return promote
+
+    # -- callbacks -----------------------------------------------------------
+
+    def _emit(self, kind: str, *args: object) -> None:
+        with self._callbacks_lock:
+            self._pending.append((kind, args))
+
+    def flush_callbacks(self) -> None:
+        """Run the queued callbacks; call only with no lock held."""
+        with self._callbacks_lock:
+            pending, self._pending = self._pending, []
+        for kind, args in pending:
+            self._mgr._emit(kind, *args)
+
+    # -- events --------------------------------------------------------------
 
     def _open_event(self, previous: str | None, reason: str) -> FailoverEvent:
         with self._lock:
             if self._event_id is not None:
-                current = next(
-                    (e for e in self._mgr.events.events() if e.id == self._event_id), None
-                )
+                current = self._mgr.events.get(self._event_id)
                 if current is not None and current.outcome == "in_progress":
                     return current
             snap = self._mgr.snapshot
@@ -165,21 +217,17 @@ class FailoverActions:
         snap = mgr.snapshot
         event = self._open_event(decision.previous, decision.reason)
         loss = None
-        if snap.last_primary_lsn is not None:
-            position = snap.node(decision.node).position
-            loss = None if position is None else max(0, (snap.last_primary_lsn or 0) - position)
-        event = (
-            mgr.events.update(
-                event.id,
-                to_node=decision.node,
-                completed=time.time(),
-                outcome="completed",
-                data_loss_bytes=event.data_loss_bytes
-                if event.data_loss_bytes is not None
-                else loss,
-            )
-            or event
-        )
+        if snap.last_primary_lsn is not None and event.data_loss_bytes is None:
+            position = self._position_before(event, decision.node)
+            loss = None if position is None else max(0, snap.last_primary_lsn - position)
+        changes: dict[str, Any] = {
+            "to_node": decision.node,
+            "completed": time.time(),
+            "outcome": "completed",
+        }
+        if event.data_loss_bytes is None:
+            changes["data_loss_bytes"] = loss
+        event = mgr.events.update(event.id, **changes) or event
         with self._lock:
             self._event_id = None
             self._first_write = (event.id, decision.node, event.started)
@@ -191,7 +239,13 @@ class FailoverActions:
             decision.previous,
             event.duration or 0.0,
         )
-        mgr._emit("failover", event)
+        self._emit("failover", event)
+
+    def _position_before(self, event: FailoverEvent, node: str) -> int | None:
+        """How much WAL ``node`` held when it took over (its last position as a standby)."""
+        snap = self._mgr.snapshot
+        fork = snap.fork_lsn if snap.fork_timeline == snap.node(node).timeline else None
+        return fork if fork is not None else snap.node(node).position
 
     def wrote(self, node: str) -> None:
         """A write was acknowledged by ``node``: close the failover clock."""
@@ -207,7 +261,7 @@ class FailoverActions:
         self._mgr.stats.failover_took(elapsed)
         self._mgr.events.update(event_id, first_write_after=elapsed)
 
-    # -- fencing ---------------------------------------------------------
+    # -- fencing ---------------------------------------------------------------
 
     def _fence(self, node: str, reason: str) -> None:
         now = time.monotonic()
@@ -236,19 +290,19 @@ class FailoverActions:
             )
         )
 
-    # -- promotion -------------------------------------------------------
+    # -- promotion -------------------------------------------------------------
 
     def _auto_promote(self, decision: Promote) -> None:
         mgr = self._mgr
-        with self._promote_lock:
-            if time.monotonic() < self._promotion_paused_until:
+        if not self._promote_lock.acquire(blocking=False):
+            return  # a promotion runs already (manual, or another thread's round)
+        try:
+            if time.monotonic() < self._promotion_paused_until or mgr.closed:
                 return
             # Re-probe every node just before acting: a primary that came
             # back, or another manager's promotion, cancels ours.
-            decisions = mgr._probe_and_advance()
-            promotes = [d for d in decisions if isinstance(d, Promote)]
-            self.apply([d for d in decisions if not isinstance(d, Promote)])
-            if not promotes:
+            chosen = self.apply(mgr._probe_and_advance())
+            if chosen is None:
                 snap = mgr.snapshot
                 logger.warning(
                     "cluster %s: promotion of %s called off after re-probe (%s)",
@@ -257,7 +311,6 @@ class FailoverActions:
                     snap.promotion_blocked or snap.state.value,
                 )
                 return
-            chosen = promotes[0]
             try:
                 self._promote(chosen.node, chosen.previous, chosen.reason, chosen.lag_bytes, None)
             except (PgFailoverError, psycopg.Error) as exc:
@@ -270,13 +323,21 @@ class FailoverActions:
                     exc,
                     pause,
                 )
+        finally:
+            self._promote_lock.release()
 
-    def manual_failover(self, target: str | None, *, force: bool) -> FailoverEvent:
+    def manual_failover(
+        self, target: str | None, *, force: bool, timeout: float = 30.0
+    ) -> FailoverEvent:
         """The manual trigger: guards, optional fence, promotion."""
         mgr = self._mgr
-        with self._promote_lock:
-            decisions = mgr._probe_and_advance()
-            self.apply([d for d in decisions if not isinstance(d, Promote)])
+        if not self._promote_lock.acquire(timeout=timeout):
+            raise PromotionRefused(
+                f"failover refused by guard busy: another promotion still runs after {timeout:g}s",
+                guard="busy",
+            )
+        try:
+            self.apply(mgr._probe_and_advance())
             snap = mgr.snapshot
             choice = choose_candidate(snap, mgr.config, time.time(), target=target, force=force)
             if not isinstance(choice, Candidate):
@@ -294,17 +355,21 @@ class FailoverActions:
                         outcome="refused",
                     )
                 )
-                mgr._emit("failover", event)
+                self._emit("failover", event)
                 raise PromotionRefused(message, guard=choice.guard)
             fence = snap.primary if snap.primary and snap.node(snap.primary).up else None
             reason = f"manual trigger{' (forced)' if force else ''}: {choice.reason}"
             return self._promote(
                 choice.node, snap.primary or snap.last_primary, reason, choice.lag_bytes, fence
             )
+        finally:
+            self._promote_lock.release()
+            self.flush_callbacks()
 
     def _promote(
         self, target: str, previous: str | None, reason: str, lag: int | None, fence: str | None
     ) -> FailoverEvent:
+        """Promote ``target``, set its sync names, switch writes, repoint the standbys."""
         mgr = self._mgr
         cfg = mgr.config
         timeout = max(2.0, cfg.health_check_timeout * 2)
@@ -344,46 +409,48 @@ class FailoverActions:
             with self._lock:
                 self._event_id = None
             if failed is not None:
-                mgr._emit("failover", failed)
+                self._emit("failover", failed)
             raise
         mgr.stats.bump("promotions")
         logger.warning("node %s promoted in %.3fs", target, time.monotonic() - started)
+        self._sync_for(snap, target, [link.application_name for _, link in survivors], notes)
+        if notes:
+            mgr.events.append_notes(event.id, tuple(notes))
+        # Probe now so that writes switch without waiting for the interval.
+        self.apply(mgr._probe_and_advance())
+        if survivors and cfg.repoint_standbys:
+            self._repoint(target, survivors, event.id, timeout)
+        return mgr.events.get(event.id) or event
+
+    def _sync_for(
+        self, snap: Snapshot, target: str, survivors: list[str], notes: list[str]
+    ) -> None:
+        """Give the new primary the old one's sync policy over the survivors."""
+        mgr = self._mgr
+        timeout = max(2.0, mgr.config.health_check_timeout * 2)
         original = self._original_sync_names(snap, target)
-        names = [link.application_name for _, link in survivors]
-        new_sync, note = rewrite_sync_names(original, names)
+        self.upkeep.learn(original)
+        new_sync, note = rewrite_sync_names(original, survivors)
         if note:
             notes.append(note)
+            mgr.stats.bump("sync_lowered")
         current = snap.node(target).sync_standby_names or ""
+        written = None
         if new_sync != current:
             try:
                 set_sync_standby_names(mgr.node(target).dsn, new_sync, timeout)
                 notes.append(f"synchronous_standby_names on {target}: {new_sync!r}")
+                written = new_sync
             except psycopg.Error as exc:
                 notes.append(f"could not set synchronous_standby_names on {target}: {exc}")
-        if notes:
-            mgr.events.update(event.id, notes=tuple(notes))
-        # Probe now so that writes switch without waiting for the interval.
-        self.apply(mgr._probe_and_advance())
-        if survivors and cfg.repoint_standbys:
-            thread = threading.Thread(
-                target=self._repoint,
-                args=(target, survivors, new_sync, event.id),
-                name=f"pgfailover-repoint-{mgr.name}",
-                daemon=True,
-            )
-            with self._lock:
-                self._repointing = [t for t in self._repointing if t.is_alive()] + [thread]
-            thread.start()
-        return next((e for e in mgr.events.events() if e.id == event.id), event)
+        self.upkeep.promoted(target, written, time.time())
 
     def wait_repointed(self, timeout: float) -> bool:
-        """Wait for background repointing after a promotion; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._repointing)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in threads)
+        """Wait until no promotion (which repoints the standbys) is running."""
+        if not self._promote_lock.acquire(timeout=timeout):
+            return False
+        self._promote_lock.release()
+        return True
 
     def _survivor_links(
         self, snap: Snapshot, target: str, timeout: float, notes: list[str]
@@ -394,14 +461,11 @@ class FailoverActions:
             if node.name == target or node.role is not Role.STANDBY or not node.up:
                 continue
             try:
-                links.append(
-                    (
-                        node.name,
-                        read_standby_link(self._mgr.node(node.name).dsn, node.name, timeout),
-                    )
-                )
+                link = read_standby_link(self._mgr.node(node.name).dsn, node.name, timeout)
             except psycopg.Error as exc:
                 notes.append(f"cannot read {node.name}'s primary_conninfo: {exc}")
+                continue
+            links.append((node.name, link))
         return links
 
     @staticmethod
@@ -413,12 +477,10 @@ class FailoverActions:
         return snap.node(target).sync_standby_names or ""
 
     def _repoint(
-        self, target: str, survivors: list[tuple[str, StandbyLink]], sync: str, event_id: str
+        self, target: str, survivors: list[tuple[str, StandbyLink]], event_id: str, timeout: float
     ) -> None:
-        """Repoint the surviving standbys; lower quorum sync if none attaches."""
+        """Point the surviving standbys at the new primary (``ALTER SYSTEM`` + reload)."""
         mgr = self._mgr
-        cfg = mgr.config
-        timeout = max(2.0, cfg.health_check_timeout * 2)
         new_dsn = mgr.node(target).dsn
         notes: list[str] = []
         for name, link in survivors:
@@ -428,28 +490,5 @@ class FailoverActions:
             except psycopg.Error as exc:
                 notes.append(f"could not repoint {name}: {exc}")
                 logger.error("node %s: repointing to %s failed: %s", name, target, exc)
-        wanted = {link.application_name for _, link in survivors}
-        deadline = time.monotonic() + cfg.sync_standby_attach_timeout
-        attached: set[str] = set()
-        while time.monotonic() < deadline and not mgr.closed:
-            try:
-                attached = streaming_standbys(new_dsn, timeout) & wanted
-            except psycopg.Error:
-                attached = set()
-            if attached == wanted:
-                break
-            mgr.wait_for_change(0.05)
-        notes.append(f"streaming from {target}: {', '.join(sorted(attached)) or 'none'}")
-        if sync and not attached:
-            try:
-                set_sync_standby_names(new_dsn, "", timeout)
-                notes.append("no standby attached in time: synchronous replication off")
-                logger.error(
-                    "cluster %s: no standby follows %s: commits are async now", mgr.name, target
-                )
-            except psycopg.Error as exc:
-                notes.append(f"could not lower synchronous_standby_names: {exc}")
-        current = next((e for e in mgr.events.events() if e.id == event_id), None)
-        if current is not None:
-            mgr.events.update(event_id, notes=(*current.notes, *notes))
+        mgr.events.append_notes(event_id, tuple(notes))
         mgr.wake()

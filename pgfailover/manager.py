@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pgfailover import execution
 from pgfailover.config import (
@@ -143,8 +143,9 @@ class FailoverManager:
         return cls(nodes=nodes, config=config, **kwargs)
 
     def _make_pool(self, node: Node, extra: dict[str, Any]) -> ConnectionPool:
+        """One node's pool; ``extra`` (the caller's ``pool_kwargs``) is never modified."""
         cfg = self.config
-        kwargs = dict(extra.pop("kwargs", {}) if "kwargs" in extra else {})
+        kwargs = dict(extra.get("kwargs") or {})
         kwargs.setdefault("connect_timeout", max(1, round(cfg.connect_timeout)))
         options = {k: v for k, v in extra.items() if k != "kwargs"}
         return ConnectionPool(
@@ -167,10 +168,21 @@ class FailoverManager:
         if self._opened:
             return self
         self._opened = True
-        self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
-        for pool in self._pools.values():
-            pool.open(wait=False)
-        self._monitor_round(full=True)
+        try:
+            self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
+            for pool in self._pools.values():
+                pool.open(wait=False)
+            self._monitor_round(full=True)
+            foreign = [
+                n.error for n in self._snapshot.nodes if n.error and "another cluster" in n.error
+            ]
+            if foreign:
+                raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
+            if start_health_checks:
+                self.start_health_checks()
+        except BaseException:
+            self.close(timeout=2.0)
+            raise
         snap = self._snapshot
         logger.info(
             "manager %s open: %d nodes, primary %s, state %s, promotion %s",
@@ -180,8 +192,6 @@ class FailoverManager:
             snap.state.value,
             self.config.promotion,
         )
-        if start_health_checks:
-            self.start_health_checks()
         return self
 
     def __enter__(self) -> FailoverManager:
@@ -210,10 +220,16 @@ class FailoverManager:
             monitor.stop(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the monitor and close every pool; returns within ``timeout``.
+        """Finish what is running, unblock every caller, close every pool; within ``timeout``.
 
-        A node that hangs cannot hold this up: probes are aborted and pools
-        are closed in parallel, each with what is left of the timeout.
+        A promotion in progress (the monitor's) is waited for, repointing
+        included, so the cluster is never left with sync names nobody
+        satisfies; nothing is lowered because the manager closes. Callers
+        blocked on a hung server or waiting for a pooled connection get
+        :class:`~pgfailover.errors.ManagerClosed` (or ``WriteOutcomeUnknown``
+        for a COMMIT already sent). A node that hangs cannot hold this up:
+        probes are aborted and pools are closed in parallel, each with what
+        is left of the timeout.
         """
         if self._closed:
             return
@@ -221,7 +237,9 @@ class FailoverManager:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self.stop_health_checks(max(0.1, timeout / 2))
+        for name in self._inflight:
+            self.abort_inflight(name)
+        self.stop_health_checks(max(0.1, 0.8 * timeout))
         if self._rounds is not None:
             self._rounds.close()
         closers = [
@@ -272,7 +290,7 @@ class FailoverManager:
         cfg = self.config
         patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
         decisions = self._probe_and_advance(patience)
-        self._actions.apply(decisions)
+        self._actions.after_round(decisions)
         snap = self._snapshot
         return snap.in_doubt or (
             snap.primary is not None and snap.primary in self._rounds.pending()
@@ -353,8 +371,8 @@ class FailoverManager:
         if target is not None and not self._closed:
             return target
         self.wake()
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 if self._closed:
                     raise ManagerClosed(f"manager {self.name} is closed")
                 snap = self._snapshot
@@ -370,12 +388,8 @@ class FailoverManager:
                         + ")"
                     )
                 self._cond.wait(min(remaining, self.config.fast_interval * 2))
-                if self._monitor is None or not self._monitor.running:
-                    self._cond.release()
-                    try:
-                        self._monitor_round()
-                    finally:
-                        self._cond.acquire()
+            if self._monitor is None or not self._monitor.running:
+                self._monitor_round()  # no monitor thread: this caller probes
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until a new snapshot is published or ``timeout`` passes."""
@@ -388,12 +402,21 @@ class FailoverManager:
         ``None`` (and the node suspected) when none came before ``deadline``.
         """
         timeout = max(0.05, min(self.config.pool_timeout, deadline - time.monotonic()))
+        if self._closed:
+            raise ManagerClosed(f"manager {self.name} is closed")
         try:
             conn = self._pools[node].getconn(timeout=timeout)
+        except PoolClosed:
+            raise ManagerClosed(f"manager {self.name} is closed") from None
         except PoolTimeout:
+            if self._closed:
+                raise ManagerClosed(f"manager {self.name} is closed") from None
             self.suspect(node, f"no pooled connection within {timeout:.2f}s")
             return None
         with self._inflight_lock:
+            if self._closed:
+                self._pools[node].putconn(conn)
+                raise ManagerClosed(f"manager {self.name} is closed")
             self._inflight[node].add(conn)
         return conn
 
@@ -401,7 +424,10 @@ class FailoverManager:
         """Give a connection from :meth:`checkout` back to its pool."""
         with self._inflight_lock:
             self._inflight[node].discard(conn)
-        self._pools[node].putconn(conn)
+        try:
+            self._pools[node].putconn(conn)
+        except PoolClosed:
+            conn.close()
 
     def abort_inflight(self, node: str) -> int:
         """Unblock every caller waiting on ``node`` (a lost primary).
@@ -542,21 +568,23 @@ class FailoverManager:
         return others[standby]
 
     def perform_failover(
-        self, target: int | str | None = None, *, force: bool = False
+        self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
     ) -> FailoverEvent:
         """Promote a standby now (manual trigger), with the promotion guards.
 
         ``target`` is a node name, an index among the non-primary nodes, or
         ``None`` for the best candidate. ``force=True`` skips only the guards
-        marked forceable in :mod:`pgfailover.promotion`; a primary that still
-        answers is soft-fenced before the standby is promoted.
+        marked forceable in :mod:`pgfailover.guards`; a primary that still
+        answers is soft-fenced before the standby is promoted. ``timeout``
+        bounds the wait for a promotion that is already running (guard
+        ``busy``).
 
         Raises:
             PromotionRefused: a guard refused; its ``guard`` attribute names it.
         """
         self._check_open()
         name = self._standby_name(target) if target is not None else None
-        return self._actions.manual_failover(name, force=force)
+        return self._actions.manual_failover(name, force=force, timeout=timeout)
 
     def wait_repointed(self, timeout: float = 30.0) -> bool:
         """Wait until the standbys are repointed after a promotion (done in the background).

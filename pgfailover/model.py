@@ -76,6 +76,19 @@ class NodeState:
     read_only: bool | None = None
     sync_standby_names: str | None = None
     promotion_eligible: bool = False
+    # The WAL receiver: seconds since it last heard its upstream (its
+    # last_msg_receipt_time), the upstream's WAL end as of that message, and
+    # the node's wal_receiver_timeout (seconds; 0 = off).
+    receiver_silence: float | None = None
+    upstream_end_lsn: int | None = None
+    receiver_timeout: float | None = None
+    app_name: str | None = None  # the name it streams under (pg_stat_replication)
+    streaming_names: tuple[str, ...] | None = None  # a primary: who streams from it
+    system_identifier: str | None = None
+    follows: bool | None = None  # a standby that streams from the current primary
+    not_following_since: float | None = None
+    failed_at: float | None = None  # last time it became unhealthy or was lost as primary
+    read_block: str | None = None  # why it serves no reads (None: it may)
 
     @property
     def position(self) -> int | None:
@@ -114,6 +127,9 @@ class Snapshot:
     promotion_blocked: str | None = None
     rounds: int = 0
     changed_at: float = 0.0
+    system_identifier: str | None = None
+    fork_timeline: int = 0  # the newest timeline switch seen, and where it forked
+    fork_lsn: int | None = None
 
     def node(self, name: str) -> NodeState:
         """One node by name (``KeyError`` if unknown)."""

@@ -23,8 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["PROBE_SQL", "NodeProber", "ProbeResult", "failed", "shutdown_connection"]
+__all__ = [
+    "PROBE_SQL",
+    "NodeProber",
+    "ProbeResult",
+    "failed",
+    "parse_duration",
+    "receiver_app_name",
+    "shutdown_connection",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +54,49 @@ SELECT pg_is_in_recovery(),
        r.sender_port,
        current_setting('transaction_read_only') = 'on',
        current_setting('synchronous_standby_names'),
-       (SELECT system_identifier FROM pg_control_system())::text
+       (SELECT system_identifier FROM pg_control_system())::text,
+       extract(epoch FROM clock_timestamp() - r.last_msg_receipt_time)::float8,
+       (r.latest_end_lsn - '0/0')::bigint,
+       current_setting('wal_receiver_timeout'),
+       r.conninfo,
+       current_setting('cluster_name'),
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE ARRAY(SELECT application_name::text FROM pg_stat_replication
+                       WHERE state = 'streaming' ORDER BY 1) END
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
 """
+
+_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """A time setting as ``current_setting`` shows it ('1min', '5s', '0'), in seconds."""
+    if text is None:
+        return None
+    value = text.strip()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number) :] or "ms"
+    try:
+        return float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        return None
+
+
+def receiver_app_name(conninfo: str | None, cluster_name: str | None) -> str:
+    """The name a standby streams under, as libpq's walreceiver picks it.
+
+    ``application_name`` from ``primary_conninfo`` (shown, password removed,
+    in ``pg_stat_wal_receiver.conninfo``), else ``cluster_name``, else
+    ``walreceiver``.
+    """
+    if conninfo:
+        try:
+            name = conninfo_to_dict(conninfo).get("application_name")
+        except psycopg.Error:
+            name = None
+        if name:
+            return str(name)
+    return cluster_name or "walreceiver"
 
 
 @dataclass(frozen=True)
@@ -57,7 +106,10 @@ class ProbeResult:
     ``ok`` is false when the node could not be reached or the probe failed
     (``error`` says why). LSNs are byte positions (``pg_lsn - '0/0'``).
     ``replay_age`` is the seconds since the last replayed transaction
-    committed on the primary (``None`` on a primary).
+    committed on the primary (``None`` on a primary). ``receiver_silence`` is
+    how long ago the WAL receiver last heard its upstream, on the standby's
+    own clock; ``upstream_end_lsn`` the upstream's WAL end as of that
+    message; ``streaming_names`` (a primary) who streams from it now.
     """
 
     node: str
@@ -78,6 +130,11 @@ class ProbeResult:
     read_only: bool | None = None
     sync_standby_names: str | None = None
     system_identifier: str | None = None
+    receiver_silence: float | None = None
+    upstream_end_lsn: int | None = None
+    receiver_timeout: float | None = None
+    app_name: str | None = None
+    streaming_names: tuple[str, ...] | None = None
 
     @property
     def writable(self) -> bool:
@@ -193,6 +250,11 @@ class NodeProber:
             read_only=bool(row[10]),
             sync_standby_names=row[11],
             system_identifier=row[12],
+            receiver_silence=row[13],
+            upstream_end_lsn=row[14],
+            receiver_timeout=parse_duration(row[15]),
+            app_name=receiver_app_name(row[16], row[17]),
+            streaming_names=None if row[18] is None else tuple(row[18]),
         )
         logger.debug(
             "probe %s: %s tl=%s in %.1f ms",

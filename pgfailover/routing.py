@@ -2,33 +2,105 @@
 
 Writes go to the snapshot's primary unless a query has just found it gone
 or read-only (a *suspect*, until the next probe round clears it); there is
-no fallback for writes, only waiting. Reads go to a healthy standby within
-``max_read_lag_bytes``, chosen by a read strategy, then to the primary; with
-no primary at all, any healthy standby serves reads (read-only degraded
-mode). Strategies are pluggable through :class:`ReadStrategy`.
+no fallback for writes, only waiting. Reads go to a standby that
+:func:`read_block` clears, chosen by a read strategy, then to the primary;
+with no primary at all, standbys on the newest timeline keep serving reads
+(read-only degraded mode). Strategies are pluggable through
+:class:`ReadStrategy`.
+
+Whether a standby serves reads is decided once per probe round, by
+:func:`read_block`, and stored on the node (``NodeState.read_block``):
+routing, status and metrics all read that one field. A standby serves reads
+only when it is healthy, on the cluster's newest timeline (an orphan left
+on an older one, or a node that diverged past the fork, never catches up),
+its WAL receiver streams from the primary (after ``RECEIVER_GRACE`` of not
+streaming it is cut off), and it is within ``max_read_lag_bytes`` and, while
+it is behind, ``max_read_lag_seconds`` of replay age.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from pgfailover.config import FailoverConfig
 from pgfailover.errors import SplitBrainError
 from pgfailover.model import NodeState, Role, Snapshot
 
 __all__ = [
+    "RECEIVER_GRACE",
     "STRATEGIES",
     "LeastLag",
     "PriorityOrder",
     "RandomChoice",
     "ReadStrategy",
     "RoundRobin",
+    "read_block",
     "read_candidates",
     "read_order",
     "write_target",
 ]
+
+
+RECEIVER_GRACE: Final = 1.0
+"""Seconds a standby may go on serving reads after its WAL receiver stopped streaming."""
+
+
+def read_block(
+    node: NodeState,
+    primary: NodeState | None,
+    *,
+    max_timeline: int,
+    fork: tuple[int, int | None],
+    now: float,
+    config: FailoverConfig,
+) -> str | None:
+    """Why ``node`` must not serve reads now, or ``None`` when it may.
+
+    ``fork`` is the newest timeline switch seen and the WAL position it
+    forked at (``None`` if unknown): a node on an older timeline that holds
+    WAL past it has diverged and needs ``pg_rewind``.
+    """
+    if primary is not None and node.name == primary.name:
+        return None
+    if node.role is Role.STALE:
+        return f"stale old primary on timeline {node.timeline}: needs pg_rewind"
+    if not node.up:
+        return "down"
+    if node.role is not Role.STANDBY:
+        return f"not a standby ({node.role.value})"
+    if not node.healthy:
+        return "not healthy yet"
+    timeline = node.timeline or 0
+    if timeline < max_timeline:
+        fork_timeline, fork_lsn = fork
+        if fork_lsn is not None and timeline < fork_timeline and (node.position or 0) > fork_lsn:
+            return (
+                f"diverged: on timeline {timeline} with WAL past the fork of timeline "
+                f"{fork_timeline}; needs pg_rewind"
+            )
+        return f"orphaned: on timeline {timeline}, the cluster is on {max_timeline}"
+    if node.follows is False and node.not_following_since is not None:
+        silent = now - node.not_following_since
+        if silent >= RECEIVER_GRACE:
+            return f"WAL receiver not streaming from the primary for {silent:.1f}s"
+    if primary is None:
+        return None
+    if node.lag_bytes is None:
+        return "replication lag unknown"
+    if node.lag_bytes > config.max_read_lag_bytes:
+        return f"{node.lag_bytes} bytes behind (max_read_lag_bytes={config.max_read_lag_bytes})"
+    if (
+        node.lag_bytes > 0
+        and node.lag_seconds is not None
+        and node.lag_seconds > config.max_read_lag_seconds
+    ):
+        return (
+            f"replay {node.lag_seconds:.1f}s behind "
+            f"(max_read_lag_seconds={config.max_read_lag_seconds:g})"
+        )
+    return None
 
 
 def write_target(snap: Snapshot, suspects: Collection[str] = ()) -> str | None:
@@ -53,7 +125,7 @@ def read_candidates(
     suspects: Collection[str] = (),
     min_lsn: int | None = None,
 ) -> list[NodeState]:
-    """Standbys that may serve a read now: healthy, up, streaming, within the lag limit.
+    """Standbys that may serve a read now (``read_block`` clears them).
 
     ``min_lsn`` (read-your-writes): only standbys whose last probe showed
     them replayed at least that far, so a read sees a write committed at
@@ -66,11 +138,9 @@ def read_candidates(
             continue
         if node.role is not Role.STANDBY or not (node.up and node.healthy):
             continue
-        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
+        if node.read_block is not None:
             continue
-        if snap.primary is not None and (
-            node.lag_bytes is None or node.lag_bytes > config.max_read_lag_bytes
-        ):
+        if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
             continue
         found.append(node)
     return found

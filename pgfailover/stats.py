@@ -50,6 +50,7 @@ class Stats:
         self.recoveries = 0  # guarded by self._lock
         self.promotions = 0  # guarded by self._lock
         self.promotion_failures = 0  # guarded by self._lock
+        self.sync_lowered = 0  # guarded by self._lock
         self.probe_durations: dict[str, _Histogram] = {}  # guarded by self._lock
         self.failover_durations = _Histogram(FAILOVER_BUCKETS)  # guarded by self._lock
 
@@ -87,6 +88,7 @@ class Stats:
                 "recoveries_total": self.recoveries,
                 "promotions_total": self.promotions,
                 "promotion_failures_total": self.promotion_failures,
+                "sync_lowered_total": self.sync_lowered,
                 "health_check_failures_total": sum(self.health_check_failures.values()),
                 "health_check_failures": dict(self.health_check_failures),
                 "queries": [

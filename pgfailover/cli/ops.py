@@ -31,8 +31,8 @@ from pgfailover.cli.common import (
     http_call,
 )
 from pgfailover.events import EventLog
+from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.manager import FailoverManager
-from pgfailover.promotion import Candidate, choose_candidate
 
 __all__ = ["check_health", "history", "status", "trigger", "watch"]
 

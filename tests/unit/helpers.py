@@ -17,8 +17,17 @@ NODES = [
 ADDRESS = {"node0": "10.0.0.1", "node1": "10.0.0.2", "node2": "10.0.0.3"}
 
 
-def primary(name: str, *, tl: int = 1, lsn: int = 1000, read_only: bool = False) -> ProbeResult:
-    """A node that answers out of recovery."""
+def primary(
+    name: str,
+    *,
+    tl: int = 1,
+    lsn: int = 1000,
+    read_only: bool = False,
+    streaming: tuple[str, ...] | None = None,
+    sync: str = "",
+    system_id: str | None = None,
+) -> ProbeResult:
+    """A node that answers out of recovery (``streaming``: who streams from it)."""
     return ProbeResult(
         name,
         True,
@@ -29,6 +38,11 @@ def primary(name: str, *, tl: int = 1, lsn: int = 1000, read_only: bool = False)
         wal_lsn=lsn,
         receiver_visible=True,
         read_only=read_only,
+        streaming_names=streaming,
+        sync_standby_names=sync,
+        system_identifier=system_id,
+        receiver_timeout=4.0,
+        app_name=name,
     )
 
 
@@ -40,8 +54,15 @@ def standby(
     replay: int | None = None,
     upstream: str | None = "node0",
     visible: bool = True,
+    silence: float | None = 0.1,
+    receiver_timeout: float | None = 4.0,
+    replay_age: float = 0.0,
+    system_id: str | None = None,
 ) -> ProbeResult:
-    """A node in recovery, streaming from ``upstream`` (None: receiver down)."""
+    """A node in recovery, streaming from ``upstream`` (None: receiver down).
+
+    ``silence``: seconds since its WAL receiver last heard the upstream.
+    """
     return ProbeResult(
         name,
         True,
@@ -51,12 +72,16 @@ def standby(
         timeline=tl,
         receive_lsn=lsn,
         replay_lsn=lsn if replay is None else replay,
-        replay_age=0.0,
+        replay_age=replay_age,
         receiver_visible=visible,
         receiver_status="streaming" if upstream else None,
         sender_host=ADDRESS[upstream] if upstream else None,
         sender_port=5432 if upstream else None,
         read_only=True,
+        receiver_silence=silence if upstream else None,
+        receiver_timeout=receiver_timeout,
+        app_name=name,
+        system_identifier=system_id,
     )
 
 

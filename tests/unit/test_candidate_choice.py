@@ -7,7 +7,7 @@ import pytest
 from pgfailover.config import FailoverConfig
 from pgfailover.model import Snapshot
 from pgfailover.probe import ProbeResult
-from pgfailover.promotion import FORCEABLE, Candidate, Refusal, choose_candidate
+from pgfailover.guards import FORCEABLE, Candidate, Refusal, choose_candidate
 
 from .helpers import down, healthy_round, primary, run, standby
 
@@ -69,6 +69,50 @@ CASES = [
         "receiver_streaming",
     ),
     (
+        "receiver silent past wal_receiver_timeout/2 + margin: the primary is gone for it too",
+        lost_with(standby("node1", upstream="node0", silence=3.1), s("node2")),
+        None,
+        False,
+        "node1",
+    ),
+    (
+        "receiver silent, but within the ping interval: still alive for it",
+        lost_with(standby("node1", upstream="node0", silence=2.9), s("node2")),
+        None,
+        False,
+        "receiver_streaming",
+    ),
+    (
+        "default wal_receiver_timeout (60 s): 20 s of silence proves nothing",
+        lost_with(standby("node1", upstream="node0", silence=20, receiver_timeout=60), s("node2")),
+        None,
+        False,
+        "receiver_streaming",
+    ),
+    (
+        "default wal_receiver_timeout (60 s): 31.5 s of silence proves it",
+        lost_with(
+            standby("node1", upstream="node0", silence=31.5, receiver_timeout=60), s("node2")
+        ),
+        None,
+        False,
+        "node1",
+    ),
+    (
+        "wal_receiver_timeout off: silence never proves anything",
+        lost_with(standby("node1", upstream="node0", silence=600, receiver_timeout=0), s("node2")),
+        None,
+        False,
+        "receiver_streaming",
+    ),
+    (
+        "receiver streams from another node (cascade), not the lost primary",
+        lost_with(standby("node1", upstream="node2"), s("node2")),
+        None,
+        False,
+        "node1",
+    ),
+    (
         "still streaming, forced",
         lost_with(standby("node1", upstream="node0"), s("node2")),
         None,
@@ -110,14 +154,95 @@ def test_candidate_choice(snap: Snapshot, target: str | None, force: bool, expec
         assert ("force=True" in choice.override) == choice.forceable
 
 
-def test_cooldown_refuses_a_second_failover_too_soon() -> None:
-    promoted = [down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]
-    snap, _ = run([healthy_round(), promoted], CFG)
-    lost_again = [down("node0"), down("node1"), standby("node2", tl=2, upstream=None)]
-    snap, _ = run([lost_again] * 3, CFG, start=snap, t0=1000.1)
-    soon = choose_candidate(snap, CFG, now=snap.last_failover_at + 5)  # type: ignore[operator]
-    assert isinstance(soon, Refusal)
-    assert soon.guard == "cooldown"
-    later = choose_candidate(snap, CFG, now=snap.last_failover_at + 61)  # type: ignore[operator]
-    assert isinstance(later, Candidate)
-    assert later.node == "node2"
+def _second_loss(node0_back: bool, node0_lsn: int = 2000, node2_lsn: int = 2000) -> Snapshot:
+    """node0 lost, node1 promoted; then node1 lost, with node0 (rejoined) and node2 left."""
+    promoted = [
+        down("node0"),
+        primary("node1", tl=2, lsn=2000),
+        standby("node2", tl=2, lsn=2000, upstream="node1"),
+    ]
+    lost0 = [down("node0"), standby("node1"), standby("node2")]
+    snap, _ = run([healthy_round(), lost0, lost0, lost0, promoted], ANTIFLAP)
+    rejoined = standby("node0", tl=2, lsn=2000, upstream="node1")
+    back = [rejoined if node0_back else down("node0"), primary("node1", tl=2, lsn=2000)]
+    snap, _ = run(
+        [[*back, standby("node2", tl=2, lsn=2000, upstream="node1")]] * 2,
+        ANTIFLAP,
+        start=snap,
+        t0=1000.3,
+    )
+    lost1 = [
+        standby("node0", tl=2, lsn=node0_lsn, upstream=None) if node0_back else down("node0"),
+        down("node1"),
+        standby("node2", tl=2, lsn=node2_lsn, upstream=None),
+    ]
+    snap, _ = run([lost1] * 3, ANTIFLAP, start=snap, t0=1000.5)
+    return snap
+
+
+ANTIFLAP = FailoverConfig(promotion="manual", failover_cooldown=60)
+
+# id, snapshot, seconds after the last failover, target, expected node or guard
+ANTIFLAP_CASES = [
+    (
+        "second crash 2 s after a failover: the steady standby is promoted at once",
+        _second_loss(node0_back=False),
+        2.0,
+        None,
+        "node2",
+    ),
+    (
+        "a node that just failed is passed over for a steady one with as much WAL",
+        _second_loss(node0_back=True),
+        2.0,
+        None,
+        "node2",
+    ),
+    (
+        "... even when it sorts first by priority",
+        _second_loss(node0_back=True, node0_lsn=2000, node2_lsn=2000),
+        5.0,
+        None,
+        "node2",
+    ),
+    (
+        "a node that just failed but alone holds the most WAL: promoted, not lost",
+        _second_loss(node0_back=True, node0_lsn=2050, node2_lsn=2000),
+        2.0,
+        None,
+        "node0",
+    ),
+    (
+        "after the cooldown it is an ordinary candidate again (priority wins the tie)",
+        _second_loss(node0_back=True),
+        120.0,
+        None,
+        "node0",
+    ),
+    (
+        "an operator asking for a node that just failed is refused",
+        _second_loss(node0_back=True),
+        2.0,
+        "node0",
+        "cooldown",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("snap", "after", "target", "expected"),
+    [c[1:] for c in ANTIFLAP_CASES],
+    ids=[c[0] for c in ANTIFLAP_CASES],
+)
+def test_anti_flap_never_leaves_the_cluster_without_a_primary(
+    snap: Snapshot, after: float, target: str | None, expected: str
+) -> None:
+    assert snap.primary is None
+    now = (snap.last_failover_at or 0.0) + after
+    choice = choose_candidate(snap, ANTIFLAP, now=now, target=target)
+    if expected.startswith("node"):
+        assert isinstance(choice, Candidate), choice
+        assert choice.node == expected
+    else:
+        assert isinstance(choice, Refusal), choice
+        assert choice.guard == expected

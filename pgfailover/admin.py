@@ -1,0 +1,160 @@
+"""Administrative SQL: promote, fence, repoint, sync names, receiver timeout.
+
+These run on dedicated admin connections (never pool connections), each with
+a statement timeout. They need a role that may call ``pg_promote()`` and
+``ALTER SYSTEM`` (a superuser, or the grants listed in the README). The
+library runs them only in ``auto`` mode and for the operator's commands.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgfailover.errors import PgFailoverError
+
+__all__ = [
+    "StandbyLink",
+    "admin_connection",
+    "fence_node",
+    "promote_node",
+    "read_standby_link",
+    "repoint_standby",
+    "set_receiver_timeout",
+    "set_sync_standby_names",
+    "streaming_standbys",
+]
+
+
+def admin_connection(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection for one administrative action."""
+    ms = max(1, int(timeout * 1000))
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=max(1, round(timeout)),
+        application_name="pgfailover-admin",
+        options=f"-c statement_timeout={ms}",
+    )
+
+
+def promote_node(dsn: str, *, wait_seconds: float = 30.0) -> None:
+    """Promote a standby and wait until it has left recovery.
+
+    ``pg_promote(wait => true)`` checks for completion only every 100 ms;
+    polling ``pg_is_in_recovery()`` every 5 ms here lets writes resume up to
+    a tenth of a second sooner.
+
+    Raises:
+        PgFailoverError: the node refused or did not finish promoting in time.
+    """
+    with admin_connection(dsn, wait_seconds + 5) as conn:
+        row = conn.execute("SELECT pg_promote(false)").fetchone()
+        if not row or not row[0]:
+            raise PgFailoverError("pg_promote() refused to promote")
+        deadline = time.monotonic() + wait_seconds
+        while conn.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
+            if time.monotonic() >= deadline:
+                raise PgFailoverError(f"still in recovery {wait_seconds:g}s after pg_promote()")
+            time.sleep(0.005)
+
+
+def set_sync_standby_names(dsn: str, value: str, timeout: float) -> None:
+    """``ALTER SYSTEM SET synchronous_standby_names`` and reload."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute(
+            pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+                pgsql.Literal(value)
+            )
+        )
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def fence_node(dsn: str, timeout: float) -> None:
+    """Soft fence: make every new transaction read-only (survives restarts)."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+@dataclass(frozen=True)
+class StandbyLink:
+    """How a standby connects upstream: its conninfo, slot and application name."""
+
+    conninfo: dict[str, str]
+    slot: str | None
+    application_name: str
+
+
+def read_standby_link(dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
+    """Read a standby's ``primary_conninfo`` and ``primary_slot_name``."""
+    with admin_connection(dsn, timeout) as conn:
+        row = conn.execute(
+            "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name'),"
+            " current_setting('cluster_name')"
+        ).fetchone()
+    conninfo_text, slot, cluster_name = row if row else ("", "", "")
+    params = {k: str(v) for k, v in conninfo_to_dict(conninfo_text or "").items() if v is not None}
+    name = params.get("application_name") or cluster_name or fallback_name
+    return StandbyLink(params, slot or None, name)
+
+
+def repoint_standby(
+    standby_dsn: str,
+    link: StandbyLink,
+    new_primary_dsn: str,
+    new_primary_admin_dsn: str,
+    timeout: float,
+) -> None:
+    """Point a running standby at a new primary: ``ALTER SYSTEM`` + reload.
+
+    The standby keeps its user, password, SSL and application name; only
+    the address changes to the new primary's. Its replication slot, if it
+    uses one, is created on the new primary first.
+    """
+    target = conninfo_to_dict(new_primary_dsn)
+    params = dict(link.conninfo)
+    for key in ("host", "hostaddr", "port"):
+        params.pop(key, None)
+        if target.get(key):
+            params[key] = str(target[key])
+    params.setdefault("application_name", link.application_name)
+    if link.slot:
+        with admin_connection(new_primary_admin_dsn, timeout) as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
+                " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                (link.slot, link.slot),
+            )
+    with admin_connection(standby_dsn, timeout) as conn:
+        conn.execute(
+            pgsql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
+                pgsql.Literal(make_conninfo("", **params))
+            )
+        )
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def streaming_standbys(dsn: str, timeout: float) -> set[str]:
+    """Application names streaming from a primary right now."""
+    with admin_connection(dsn, timeout) as conn:
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def set_receiver_timeout(dsn: str, seconds: float, timeout: float) -> None:
+    """``ALTER SYSTEM SET wal_receiver_timeout`` and reload (no restart needed)."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute(
+            pgsql.SQL("ALTER SYSTEM SET wal_receiver_timeout = {}").format(
+                pgsql.Literal(f"{max(1, round(seconds * 1000))}ms")
+            )
+        )
+        conn.execute("SELECT pg_reload_conf()")

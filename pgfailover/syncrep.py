@@ -1,0 +1,162 @@
+"""Synchronous replication that never hangs commits (pure planning).
+
+A primary whose ``synchronous_standby_names`` needs standbys that do not
+stream from it makes every COMMIT wait on ``SyncRep`` forever. That happens
+after failovers: a promoted standby inherits a setting naming the old
+primary, a repointed standby never attaches, a rejoined node sits in
+``startup``. :func:`plan_sync` decides, from what the primary's probe saw,
+what the setting should be:
+
+- **satisfied** (enough listed standbys stream, or async): leave it, unless
+  quorum was lowered earlier and standbys stream again: then *restore* the
+  policy's method and count over the streaming standbys (a standby that
+  rejoins later counts);
+- **unsatisfied** for less than ``sync_standby_attach_timeout``: wait (a
+  standby that was just repointed needs a moment to attach);
+- **unsatisfied** for longer: list the standbys that do stream, with the
+  count capped at their number, or go async (``''``) when none does, and
+  say so (event note, metric, alert).
+
+The *policy* (method and count) is what the operator configured: learned
+from the primary's setting whenever it differs from what the manager last
+wrote, and kept across failovers. ``'*'`` (any standby) is left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from psycopg import sql as pgsql
+
+__all__ = ["SyncPlan", "SyncSpec", "format_sync", "parse_sync", "plan_sync", "rewrite_sync_names"]
+
+_SYNC_RE = re.compile(
+    r"^\s*(?:(ANY|FIRST)\s+)?(?:(\d+)\s*)?\((.*)\)\s*$", re.IGNORECASE | re.DOTALL
+)
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """A parsed ``synchronous_standby_names``: method, count and names."""
+
+    method: str
+    count: int
+    names: tuple[str, ...]
+
+    @property
+    def star(self) -> bool:
+        """``*``: any standby counts."""
+        return "*" in self.names
+
+    def satisfied(self, streaming: Collection[str]) -> bool:
+        """Enough of the listed standbys stream for a COMMIT to complete."""
+        if self.star:
+            return len(streaming) >= self.count
+        return len(set(self.names) & set(streaming)) >= self.count
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    names = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = name[1:-1].replace('""', '"')
+        if name:
+            names.append(name)
+    return tuple(names)
+
+
+def parse_sync(text: str | None) -> SyncSpec | None:
+    """Parse a ``synchronous_standby_names`` value; ``None`` means async."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    match = _SYNC_RE.match(value)
+    if match:
+        method = (match.group(1) or "FIRST").upper()
+        return SyncSpec(method, int(match.group(2) or 1), _split_names(match.group(3)))
+    return SyncSpec("FIRST", 1, _split_names(value))  # the old list form "a, b"
+
+
+def format_sync(method: str, count: int, names: Sequence[str]) -> str:
+    """``METHOD count (name, ...)`` with names quoted as identifiers where needed."""
+    quoted = ", ".join(pgsql.Identifier(n).as_string(None) for n in names)
+    return f"{method} {count} ({quoted})"
+
+
+def rewrite_sync_names(original: str, survivors: Sequence[str]) -> tuple[str, str | None]:
+    """``synchronous_standby_names`` for a new primary followed by ``survivors``.
+
+    Keeps the method and count of ``original``, capped at the number of
+    survivors; with no survivor it returns ``''`` (async). The second value
+    is a note to record when durability is lowered. ``'*'`` is kept.
+    """
+    spec = parse_sync(original)
+    if spec is None or spec.star:
+        return original.strip(), None
+    if not survivors:
+        return "", f"no standby left to follow: synchronous replication off (was {original!r})"
+    k = min(spec.count, len(survivors))
+    note = None
+    if k < spec.count:
+        note = f"only {len(survivors)} standby(s) left: quorum lowered from {spec.count} to {k}"
+    return format_sync(spec.method, k, survivors), note
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What to do with the primary's setting: ``value`` to write (``None``: nothing)."""
+
+    value: str | None
+    note: str | None = None
+    lowered: bool = False
+
+
+def plan_sync(
+    current: str,
+    streaming: Collection[str],
+    *,
+    members: Collection[str],
+    policy: SyncSpec | None,
+    unsatisfied_for: float,
+    attach_timeout: float,
+) -> SyncPlan:
+    """The ``synchronous_standby_names`` a primary should have now (see the module doc).
+
+    ``streaming``: application names streaming from the primary;
+    ``members``: the names the cluster's standbys stream under (others, a
+    ``pg_basebackup`` for one, never become synchronous); ``unsatisfied_for``:
+    seconds the current setting has not been satisfied (0 when it is).
+    """
+    spec = parse_sync(current)
+    if spec is not None and spec.star:
+        return SyncPlan(None)
+    listed = set(spec.names) if spec else set()
+    eligible = sorted(n for n in streaming if n in members or n in listed)
+    if spec is None or spec.satisfied(streaming):
+        if policy is None or policy.star or not eligible:
+            return SyncPlan(None)
+        have = 0 if spec is None else spec.count
+        want = min(policy.count, len(eligible))
+        if want <= have:
+            return SyncPlan(None)
+        value = format_sync(policy.method, want, eligible)
+        return SyncPlan(value, f"standbys stream again: synchronous replication back to {value!r}")
+    if unsatisfied_for < attach_timeout:
+        return SyncPlan(None)
+    rule = policy if policy is not None and not policy.star else spec
+    if not eligible:
+        return SyncPlan(
+            "",
+            f"no standby named in {current!r} streamed for {unsatisfied_for:.1f}s: "
+            "synchronous replication off (commits would wait forever)",
+            lowered=True,
+        )
+    value = format_sync(rule.method, min(rule.count, len(eligible)), eligible)
+    return SyncPlan(
+        value,
+        f"{current!r} was not satisfied for {unsatisfied_for:.1f}s: now {value!r}",
+        lowered=min(rule.count, len(eligible)) < rule.count,
+    )
