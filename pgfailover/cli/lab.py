@@ -2,7 +2,8 @@
 
 The lab lives in a directory (``--dir``, ``PGFAILOVER_LAB_DIR``, or a default
 under the system temp dir), so each command is a separate process that
-reopens it from its state file.
+reopens it from its state file. Network faults (``blackhole``, ``partition``,
+``heal``) live in the firewall, tagged with the lab, and need root.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from pgfailover.cli.common import handle_errors
-from pgfailover.lab.local import STATE_FILE, LocalLab, default_lab_dir
+from pgfailover.lab.local import CLIENT_HOST, STATE_FILE, LocalLab, default_lab_dir
 
 __all__ = ["lab"]
 
@@ -34,6 +35,7 @@ def _print_nodes(the_lab: LocalLab) -> None:
     for info in the_lab.nodes:
         click.echo(f"  {info.name}  {info.dsn}")
     click.echo(f"multi-host URL: {the_lab.url}")
+    click.echo(f"client address: {CLIENT_HOST} (same ports; 'lab partition' cuts it)")
 
 
 @click.group()
@@ -98,23 +100,29 @@ def status(as_json: bool, directory: Path) -> None:
         click.echo()
         return
     header = (
-        f"{'node':<8}{'port':<7}{'process':<9}{'role':<9}{'tl':<4}{'upstream':<10}{'sync':<8}lsn"
+        f"{'node':<8}{'port':<7}{'process':<9}{'role':<9}{'tl':<4}{'upstream':<10}{'sync':<8}"
+        f"{'fault':<10}lsn"
     )
     click.echo(header)
     for r in rows:
         click.echo(
             f"{r.name:<8}{r.port:<7}{r.process:<9}{r.role or '-':<9}{r.timeline or '-'!s:<4}"
-            f"{r.upstream or '-':<10}{r.sync_state or '-':<8}{r.lsn or '-'}"
+            f"{r.upstream or '-':<10}{r.sync_state or '-':<8}{r.fault or '-':<10}{r.lsn or '-'}"
         )
 
 
 @lab.command()
+@click.option(
+    "--client-address",
+    is_flag=True,
+    help=f"Connect through {CLIENT_HOST}, the path 'lab partition' cuts.",
+)
 @dir_option
 @handle_errors
-def config(directory: Path) -> None:
+def config(client_address: bool, directory: Path) -> None:
     """Print a pgfailover.toml for the lab (nodes named as in the lab)."""
     lines = []
-    for node in LocalLab.open(directory).manager_nodes():
+    for node in LocalLab.open(directory).manager_nodes(client_address=client_address):
         lines += ["[[nodes]]", f"name = {json.dumps(node.name)}", f"dsn = {json.dumps(node.dsn)}"]
         lines += [f"priority = {node.priority}", ""]
     click.echo("\n".join(lines), nl=False)
@@ -136,6 +144,26 @@ _node_action("kill", "killed", "Node loss: SIGKILL the postmaster and every chil
 _node_action("pause", "paused", "A hung server: SIGSTOP every process of the node.")
 _node_action("resume", "resumed", "SIGCONT a paused node.")
 _node_action("promote", "promoted", "pg_promote() a standby.")
+_node_action(
+    "blackhole",
+    "black-holed: every packet to or from its port is dropped (undo: lab heal)",
+    "The node vanishes: drop every TCP packet to or from its port, no reset (root).",
+)
+_node_action(
+    "partition",
+    f"cut off from clients on {CLIENT_HOST}; replication goes on (undo: lab heal)",
+    f"Cut the node off from clients on {CLIENT_HOST}; replication keeps streaming (root).",
+)
+
+
+@lab.command()
+@click.argument("node", required=False)
+@dir_option
+@handle_errors
+def heal(node: str | None, directory: Path) -> None:
+    """Remove NODE's network fault, or every fault of the lab (root)."""
+    LocalLab.open(directory).heal(node)
+    click.echo(f"{node or 'every node'} healed")
 
 
 @lab.command()

@@ -4,18 +4,28 @@ The local backend (:class:`LocalLab`) runs the PostgreSQL server binaries of
 this machine and is the default. The docker backend
 (:class:`~pgfailover.lab.docker.DockerLab`) runs the official ``postgres``
 image through testcontainers; ``PGFAILOVER_LAB=docker`` selects it in
-:func:`create_lab`.
+:func:`create_lab`. Network faults (black holes, client-only partitions) are
+local-lab only: :mod:`pgfailover.lab.netfault`.
 """
 
 from __future__ import annotations
 
 import os
 
-from pgfailover.lab.base import Lab, NodeInfo, NodeStatus, StopMode, conninfo, multihost_url
+from pgfailover.lab.base import (
+    CLIENT_HOST,
+    Lab,
+    NodeInfo,
+    NodeStatus,
+    StopMode,
+    conninfo,
+    multihost_url,
+)
 from pgfailover.lab.binaries import PgBinaries, find_binaries
 from pgfailover.lab.local import LocalLab, default_lab_dir, free_port
 
 __all__ = [
+    "CLIENT_HOST",
     "Lab",
     "LocalLab",
     "NodeInfo",

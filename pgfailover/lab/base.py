@@ -8,14 +8,28 @@ benchmarks are written once against this interface.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
-__all__ = ["Lab", "NodeInfo", "NodeStatus", "StopMode", "conninfo", "multihost_url"]
+__all__ = [
+    "CLIENT_HOST",
+    "Lab",
+    "NodeInfo",
+    "NodeStatus",
+    "StopMode",
+    "conninfo",
+    "multihost_url",
+]
 
 StopMode = Literal["smart", "fast", "immediate"]
 
 SUPERUSER = "postgres"
 DBNAME = "postgres"
+
+# The local lab's second loopback address. Every node also listens here;
+# clients (the application, a manager) may connect through it while
+# replication keeps using the node's own host, so that a network fault can
+# cut the clients' path to a node and leave replication alone.
+CLIENT_HOST: Final = "127.0.0.2"
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,8 @@ class NodeStatus:
     ``process`` is ``running``, ``paused`` or ``stopped``; ``role`` is
     ``primary``, ``standby`` or ``None`` when the node does not answer;
     ``upstream`` names the node a standby streams from (``None`` when its WAL
-    receiver is not streaming).
+    receiver is not streaming); ``fault`` is the network fault in force on
+    the node (``blackhole``, ``partition``) or ``None``.
     """
 
     name: str
@@ -50,6 +65,7 @@ class NodeStatus:
     upstream: str | None = None
     lsn: str | None = None
     sync_state: str | None = None
+    fault: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the fields."""
@@ -80,8 +96,8 @@ class Lab(Protocol):
         """One node by name; ``KeyError`` naming it if unknown."""
         ...
 
-    def dsn(self, name: str) -> str:
-        """The conninfo of one node."""
+    def dsn(self, name: str, client_address: bool = False) -> str:
+        """The conninfo of one node (through the client address if asked)."""
         ...
 
     @property

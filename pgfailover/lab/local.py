@@ -9,13 +9,22 @@ with ``wal_log_hints`` on so that ``pg_rewind`` works, each standby's
     DIR/node0/         data directory of node0
     DIR/node0.log      its server log
 
-Only 127.0.0.1 is used, ports are picked free at creation time, and unix
-sockets are off (their paths are limited to 107 bytes; TCP has no such limit).
+Only loopback addresses are used: each node listens on 127.0.0.1 (the lab
+itself and replication) and on the client address 127.0.0.2 (see
+:data:`CLIENT_HOST`), on one port picked free at creation time. Unix sockets
+are off (their paths are limited to 107 bytes; TCP has no such limit).
 Servers are started as an unprivileged user when the lab runs as root.
 
-The settings below make failures visible in seconds rather than minutes
-(``wal_receiver_timeout`` and ``wal_sender_timeout`` of 5 s) and make the lab
-fast (``fsync = off``: a killed process loses nothing, only an OS crash would).
+Failure detection runs on PostgreSQL's defaults (``wal_sender_timeout``,
+``wal_receiver_timeout``, ``wal_receiver_status_interval`` are not set):
+pgfailover must detect a lost primary in seconds without shorter timeouts,
+tuning what it needs itself, so the lab must not hide that behind its own
+settings. ``fsync = off`` makes the lab fast: a killed process loses
+nothing, only an OS crash would.
+
+:meth:`LocalLab.blackhole`, :meth:`LocalLab.partition` and
+:meth:`LocalLab.heal` add and remove network faults with iptables (root
+only; see :mod:`pgfailover.lab.netfault`).
 """
 
 from __future__ import annotations
@@ -32,13 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from pgfailover.errors import LabError
-from pgfailover.lab.base import NodeInfo, StopMode
+from pgfailover.lab import netfault
+from pgfailover.lab.base import CLIENT_HOST, NodeInfo, StopMode
 from pgfailover.lab.binaries import PgBinaries, find_binaries
+from pgfailover.lab.netfault import NetFaults
 from pgfailover.lab.node import LocalNode
 from pgfailover.lab.proc import RunAs, resolve_run_as
 from pgfailover.lab.topology import Topology
 
-__all__ = ["LocalLab", "default_lab_dir", "free_port"]
+__all__ = ["CLIENT_HOST", "HOST", "LocalLab", "default_lab_dir", "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +66,6 @@ SERVER_SETTINGS: dict[str, str] = {
     "hot_standby": "on",
     "hot_standby_feedback": "on",
     "wal_keep_size": "'256MB'",
-    "wal_sender_timeout": "'5s'",
-    "wal_receiver_timeout": "'5s'",
-    "wal_receiver_status_interval": "'1s'",
     "max_connections": "200",
     "shared_buffers": "'32MB'",
     "fsync": "off",
@@ -82,19 +90,21 @@ def default_lab_dir() -> Path:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` on both lab addresses."""
     # SO_REUSEADDR: a port with only TIME_WAIT leftovers is free for a server
     # (PostgreSQL sets it too), and must not look busy.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
+    for host in (HOST, CLIENT_HOST):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
     return True
 
 
 def free_port(taken: set[int] | None = None) -> int:
-    """A free TCP port on 127.0.0.1, below the ephemeral range."""
+    """A TCP port free on 127.0.0.1 and 127.0.0.2, below the ephemeral range."""
     taken = taken or set()
     rng = random.SystemRandom()
     for _ in range(200):
@@ -110,14 +120,19 @@ class LocalLab(Topology):
     Create one with :meth:`create`, reopen an existing one with :meth:`open`.
     Every action waits until it has taken effect (a promoted node is out of
     recovery, a repointed standby streams) or raises :class:`LabError`.
+    Nodes also listen on :data:`CLIENT_HOST`: ``dsn(name, client_address=True)``
+    and ``manager_nodes(client_address=True)`` connect through it.
 
     Thread safety: not thread-safe; drive a lab from one thread at a time.
     """
+
+    client_host = CLIENT_HOST
 
     def __init__(
         self, directory: Path, bins: PgBinaries, run_as: RunAs, nodes: list[NodeInfo], sync: int
     ) -> None:
         self.directory = directory
+        self.net = NetFaults(netfault.lab_id(directory), CLIENT_HOST)
         self.bins = bins
         self.run_as = run_as
         self.sync = sync
@@ -241,6 +256,7 @@ class LocalLab(Topology):
         hba.write_text(
             "local all all trust\n"
             f"host all all {HOST}/32 trust\n"
+            f"host all all {CLIENT_HOST}/32 trust\n"
             f"host replication all {HOST}/32 trust\n"
         )
         progress(f"start {primary.name} on port {primary.info.port}")
@@ -299,7 +315,8 @@ class LocalLab(Topology):
     def _start_checked(self, node: LocalNode) -> None:
         if node.process_state() == "stopped" and not _port_free(node.info.port):
             raise LabError(
-                f"{node.name}: port {node.info.port} on {HOST} is taken by another process"
+                f"{node.name}: port {node.info.port} on {HOST} or {CLIENT_HOST}"
+                " is taken by another process"
             )
         try:
             node.start()
@@ -356,6 +373,38 @@ class LocalLab(Topology):
     def _configure_standby(self, name: str, upstream: str) -> None:
         self.local_node(name).make_standby(self.node(upstream))
 
+    # -- network faults (iptables, root only) ------------------------------
+
+    def blackhole(self, name: str) -> None:
+        """The node vanishes: drop every TCP packet to or from its port, no RST.
+
+        New connections hang, open ones (standbys' WAL receivers streaming
+        from it too) go silent; its own outgoing connections (its WAL
+        receiver) are not cut. Replaces the node's earlier fault.
+        """
+        self.net.apply(name, self.node(name).port, "blackhole")
+
+    def partition(self, name: str) -> None:
+        """Cut clients off the node: drop its TCP traffic on the client address only.
+
+        Connections through :data:`CLIENT_HOST` (``client_address=True``)
+        hang; replication and the lab's own connections over 127.0.0.1 go on.
+        """
+        self.net.apply(name, self.node(name).port, "partition")
+
+    def heal(self, name: str | None = None) -> None:
+        """Remove one node's network fault, or every fault of this lab; idempotent."""
+        self.net.heal(self.node(name).name if name else None)
+
+    def faults(self) -> dict[str, str]:
+        """The network fault on each node that has one, read back from iptables.
+
+        Empty when iptables cannot be used here (not root, not installed).
+        """
+        if netfault.unavailable_reason():
+            return {}
+        return dict(self.net.active())
+
     # -- teardown --------------------------------------------------------
 
     def stop_all(self) -> None:
@@ -373,12 +422,24 @@ class LocalLab(Topology):
         return [pid for node in self._nodes.values() for pid in node.leftovers()]
 
     def destroy(self) -> None:
-        """Stop every node, leave no process behind, and remove the directory."""
+        """Heal its network faults, stop every node, remove the directory.
+
+        Leaves no process behind. Nodes are stopped and the directory removed
+        even when healing fails; that failure is raised afterwards.
+        """
+        heal_error: LabError | None = None
+        if not netfault.unavailable_reason():
+            try:
+                self.heal()
+            except LabError as exc:
+                heal_error = exc
         self.stop_all()
         remaining = self.leftovers()
         if remaining:
             raise LabError(f"lab processes {remaining} survived; {self.directory} kept")
         shutil.rmtree(self.directory, ignore_errors=True)
+        if heal_error is not None:
+            raise LabError(f"lab removed, but its network faults were not: {heal_error}")
 
     def __enter__(self) -> LocalLab:
         return self

@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from pgfailover.errors import LabError
-from pgfailover.lab.base import NodeInfo, StopMode
+from pgfailover.lab.base import CLIENT_HOST, NodeInfo, StopMode
 from pgfailover.lab.binaries import PgBinaries
 from pgfailover.lab.proc import (
     RunAs,
@@ -80,13 +80,19 @@ class LocalNode:
 
     # -- actions -------------------------------------------------------
 
+    @property
+    def listen_addresses(self) -> str:
+        """The node's own host (replication, the lab) and the client address."""
+        return ",".join(dict.fromkeys([self.info.host, CLIENT_HOST]))
+
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         if self.process_state() != "stopped":
             return
         self._clear_stale_lock()
         options = (
-            f"-p {self.info.port} -c listen_addresses={self.info.host} -c cluster_name={self.name}"
+            f"-p {self.info.port} -c listen_addresses={self.listen_addresses}"
+            f" -c cluster_name={self.name}"
         )
         self._run_as.run(
             [

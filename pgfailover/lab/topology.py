@@ -3,6 +3,11 @@
 A backend supplies the per-node process actions (start, stop, kill, pause,
 resume, rewind); this module builds promotion, repointing, rejoining, quorum
 sync upkeep and the status report on top of them, through SQL only.
+
+A backend whose nodes also listen on a second, client-only address sets
+:attr:`Topology.client_host`; ``dsn(name, client_address=True)`` and
+``manager_nodes(client_address=True)`` then point clients at it, so a
+network fault can cut clients off a node without touching replication.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from psycopg import sql
 
 from pgfailover.config import Node
 from pgfailover.errors import LabError
-from pgfailover.lab.base import NodeInfo, NodeStatus, StopMode, multihost_url
+from pgfailover.lab.base import NodeInfo, NodeStatus, StopMode, conninfo, multihost_url
 from pgfailover.lab.node import upstream_conninfo
 
 __all__ = ["TIMELINE_SQL", "Topology"]
@@ -53,6 +58,8 @@ class Topology(abc.ABC):
     """
 
     sync: int
+    # The address clients may use instead of a node's own host; None: none.
+    client_host: str | None = None
 
     # -- what a backend provides ----------------------------------------
 
@@ -114,18 +121,42 @@ class Topology(abc.ABC):
         known = ", ".join(n.name for n in self.nodes)
         raise LabError(f"unknown node {name!r} (the lab has {known})")
 
-    def dsn(self, name: str) -> str:
-        """The conninfo of one node."""
-        return self.node(name).dsn
+    def dsn(self, name: str, client_address: bool = False) -> str:
+        """The conninfo of one node.
+
+        With ``client_address`` it connects through :attr:`client_host`, the
+        path :meth:`~pgfailover.lab.local.LocalLab.partition` cuts.
+        """
+        info = self.node(name)
+        if not client_address:
+            return info.dsn
+        if self.client_host is None:
+            raise LabError(
+                f"{type(self).__name__} nodes have no client address: "
+                "client_address=True needs the local lab"
+            )
+        return conninfo(self.client_host, info.port)
+
+    def client_dsn(self, name: str) -> str:
+        """The conninfo of one node through the client address."""
+        return self.dsn(name, client_address=True)
 
     @property
     def url(self) -> str:
         """A libpq multi-host URL naming every node."""
         return multihost_url(self.nodes)
 
-    def manager_nodes(self) -> list[Node]:
-        """The cluster as a manager's nodes: lab names, priority in creation order."""
-        return [Node(n.name, n.dsn, priority=i) for i, n in enumerate(self.nodes)]
+    def manager_nodes(self, client_address: bool = False) -> list[Node]:
+        """The cluster as a manager's nodes: lab names, priority in creation order.
+
+        With ``client_address`` the nodes are reached through the client
+        address, so :meth:`~pgfailover.lab.local.LocalLab.partition` can cut
+        the manager off a node while replication goes on.
+        """
+        return [
+            Node(n.name, self.dsn(n.name, client_address), priority=i)
+            for i, n in enumerate(self.nodes)
+        ]
 
     def connect(self, name: str, *, timeout: float = 3.0) -> psycopg.Connection[tuple[Any, ...]]:
         """An autocommit superuser connection to one node."""
@@ -286,13 +317,21 @@ class Topology(abc.ABC):
 
     # -- reporting -----------------------------------------------------
 
+    def faults(self) -> dict[str, str]:
+        """The network fault in force on each node that has one (none here)."""
+        return {}
+
     def status(self) -> list[NodeStatus]:
-        """Every node's process state, role, timeline, LSN and upstream."""
+        """Every node's process state, role, timeline, LSN, upstream and fault.
+
+        A black-holed node is not asked (it could only time out).
+        """
         sync_states: dict[str, str] = {}
+        faults = self.faults()
         result = []
         for info in self.nodes:
             process = self.process_state(info.name)
-            if process != "running":
+            if process != "running" or faults.get(info.name) == "blackhole":
                 result.append(NodeStatus(info.name, info.port, process))
                 continue
             try:
@@ -318,5 +357,12 @@ class Topology(abc.ABC):
                 )
             )
         return [
-            NodeStatus(**{**s.as_dict(), "sync_state": sync_states.get(s.name)}) for s in result
+            NodeStatus(
+                **{
+                    **s.as_dict(),
+                    "sync_state": sync_states.get(s.name),
+                    "fault": faults.get(s.name),
+                }
+            )
+            for s in result
         ]

@@ -3,7 +3,9 @@
 ``fresh_lab`` gives each test its own 3-node cluster to break; ``shared_lab``
 is one cluster for the whole session, for tests that only read. Every lab a
 test creates is destroyed at the end, even when the test fails, and the
-session ends by checking that no lab process survived.
+session ends by checking that no lab process survived. Network-fault rules
+(iptables, root only) left by a crashed run are removed when the session
+starts, and any left by this one when it ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pgfailover.lab import LocalLab
+from pgfailover.lab import LocalLab, netfault
 
 _created: list[LocalLab] = []
 
@@ -70,3 +72,18 @@ def _no_lab_process_survives() -> Iterator[None]:
             lab.destroy()
         survivors += lab.leftovers()
     assert not survivors, f"lab processes survived the session: {survivors}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stale_fault_rules() -> Iterator[None]:
+    """Remove every ``pgfailover-lab`` iptables rule before and after the session.
+
+    Machine-wide: a second test session running at the same time on this
+    machine would lose its faults too.
+    """
+    usable = netfault.unavailable_reason() is None
+    if usable:
+        netfault.remove_stale_rules()
+    yield
+    if usable:
+        netfault.remove_stale_rules()

@@ -10,13 +10,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
+from pgfailover.cli import cli
 from pgfailover.errors import LabError
-from pgfailover.lab import LocalLab
+from pgfailover.lab import LocalLab, netfault
 from pgfailover.lab.proc import processes_in
 
 
@@ -245,3 +248,171 @@ def test_cli_scenario_from_the_readme(tmp_path: Path) -> None:
         down = run("down")
         assert down.returncode == 0, down.stderr
     assert not lab_dir.exists()
+
+
+# -- the client address and network faults -----------------------------------
+
+
+def test_nodes_answer_on_the_client_address_too(shared_lab: LocalLab) -> None:
+    for name in ("node0", "node1"):
+        with psycopg.connect(shared_lab.client_dsn(name), connect_timeout=2) as conn:
+            row = conn.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()").fetchone()
+        assert row == ("127.0.0.2", name != "node0")
+    assert {n.dsn.split()[0] for n in shared_lab.manager_nodes(client_address=True)} == {
+        "host=127.0.0.2"
+    }
+
+
+def test_failure_detection_runs_on_postgres_defaults(shared_lab: LocalLab) -> None:
+    names = ["wal_receiver_status_interval", "wal_receiver_timeout", "wal_sender_timeout"]
+    for node in ("node0", "node1"):
+        rows = shared_lab.run_sql(
+            node,
+            "SELECT name, setting, source FROM pg_settings WHERE name = ANY(%s) ORDER BY 1",
+            (names,),
+        )
+        assert rows == [
+            ("wal_receiver_status_interval", "10", "default"),
+            ("wal_receiver_timeout", "60000", "default"),
+            ("wal_sender_timeout", "60000", "default"),
+        ]
+
+
+@pytest.fixture
+def _netfaults_usable() -> None:
+    """Skip without root; under ``make test`` (which installs iptables) fail if missing."""
+    if os.geteuid() != 0:
+        pytest.skip("network faults need root")
+    reason = netfault.unavailable_reason()
+    if reason:
+        if os.environ.get("PGFAILOVER_REQUIRE_TOOLS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def fault_lab(_netfaults_usable: None, fresh_lab: LocalLab) -> Iterator[LocalLab]:
+    """A fresh lab whose network faults are healed however the test ends."""
+    try:
+        yield fresh_lab
+    finally:
+        fresh_lab.heal()
+
+
+def lab_rules(lab: LocalLab) -> list[netfault.TaggedRule]:
+    """This lab's rules, as ``iptables -S`` lists them."""
+    listing = subprocess.run(
+        ["iptables", "-w", "10", "-S"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return netfault.tagged_rules(listing, f"{netfault.TAG_PREFIX}:{lab.net.lab}:")
+
+
+def connect_fails_slowly(dsn: str) -> None:
+    """A new connection hangs until its timeout: no refusal, no reset."""
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=1)
+    assert time.monotonic() - started >= 0.9, "refused at once: not a black hole"
+
+
+def test_blackhole_silences_new_and_open_connections_until_healed(fault_lab: LocalLab) -> None:
+    with psycopg.connect(fault_lab.dsn("node0"), autocommit=True) as conn:
+        fault_lab.blackhole("node0")
+        assert fault_lab.faults() == {"node0": "blackhole"}
+        assert len(lab_rules(fault_lab)) == 2
+        connect_fails_slowly(fault_lab.dsn("node0"))
+        connect_fails_slowly(fault_lab.client_dsn("node0"))
+        assert fault_lab.process_state("node0") == "running"
+
+        outcome: list[object] = []
+        done = threading.Event()
+
+        def query() -> None:
+            try:
+                outcome.append(conn.execute("SELECT 42").fetchone())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+            done.set()
+
+        threading.Thread(target=query, daemon=True).start()
+        assert not done.wait(1.0), f"the open connection answered: {outcome}"
+        by_name = {s.name: s for s in fault_lab.status()}
+        assert (by_name["node0"].fault, by_name["node0"].role) == ("blackhole", None)
+        assert (by_name["node1"].fault, by_name["node1"].role) == (None, "standby")
+
+        fault_lab.heal("node0")
+        assert fault_lab.faults() == {}
+        assert lab_rules(fault_lab) == []
+        assert done.wait(15), "the open connection's query never finished after heal"
+        # TCP retransmits what was dropped: the connection survives a short black hole.
+        assert outcome == [(42,)]
+    assert fault_lab.run_sql("node0", "SELECT 1") == [(1,)]
+    with psycopg.connect(fault_lab.client_dsn("node0"), connect_timeout=2) as again:
+        assert again.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_partition_cuts_clients_off_while_replication_streams(fault_lab: LocalLab) -> None:
+    fault_lab.run_sql("node0", "CREATE TABLE across_partition (v int)")
+    fault_lab.blackhole("node0")
+    fault_lab.partition("node0")  # replaces the black hole
+    assert fault_lab.faults() == {"node0": "partition"}
+    assert len(lab_rules(fault_lab)) == 2
+
+    connect_fails_slowly(fault_lab.client_dsn("node0"))
+    assert fault_lab.run_sql("node0", "SELECT 1") == [(1,)]  # over 127.0.0.1
+    with psycopg.connect(fault_lab.client_dsn("node1"), connect_timeout=2) as other:
+        assert other.execute("SELECT 1").fetchone() == (1,)
+
+    # Streaming is proven by new WAL arriving, not by pg_stat_replication
+    # alone (with the default timeouts a cut sender stays listed for a minute).
+    fault_lab.run_sql("node0", "INSERT INTO across_partition VALUES (7)")
+    for standby in ("node1", "node2"):
+        wait_until(
+            lambda s=standby: fault_lab.run_sql(s, "SELECT 1 FROM across_partition WHERE v = 7"),
+            what=f"{standby} to replay node0's insert through the partition",
+        )
+    rows = fault_lab.run_sql(
+        "node0", "SELECT application_name, state FROM pg_stat_replication ORDER BY 1"
+    )
+    assert rows == [("node1", "streaming"), ("node2", "streaming")]
+    assert {s.name: s.fault for s in fault_lab.status()} == {
+        "node0": "partition",
+        "node1": None,
+        "node2": None,
+    }
+
+    fault_lab.heal("node0")
+    with psycopg.connect(fault_lab.client_dsn("node0"), connect_timeout=2) as conn:
+        assert conn.execute("SELECT count(*) FROM across_partition").fetchone() == (1,)
+
+
+def test_cli_faults_show_in_status_and_destroy_removes_them(fault_lab: LocalLab) -> None:
+    runner = CliRunner()
+    directory = str(fault_lab.directory)
+    done = runner.invoke(cli, ["lab", "blackhole", "node1", "--dir", directory])
+    assert done.exit_code == 0, done.output
+    fault_lab.partition("node2")
+    status = runner.invoke(cli, ["lab", "status", "--json", "--dir", directory])
+    assert {n["name"]: n["fault"] for n in json.loads(status.output)} == {
+        "node0": None,
+        "node1": "blackhole",
+        "node2": "partition",
+    }
+    bad = runner.invoke(cli, ["lab", "partition", "node9", "--dir", directory])
+    assert (bad.exit_code, bad.output.strip().count("\n")) == (1, 0)
+    assert "unknown node 'node9'" in bad.output
+
+    healed = runner.invoke(cli, ["lab", "heal", "node1", "--dir", directory])
+    assert healed.exit_code == 0, healed.output
+    assert fault_lab.faults() == {"node2": "partition"}
+    fault_lab.blackhole("node1")
+    tags = {r.tag for r in lab_rules(fault_lab)}
+    assert len(tags) == 2
+
+    fault_lab.destroy()
+    listing = subprocess.run(
+        ["iptables", "-S"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    assert not [tag for tag in tags if tag in listing]
+    assert f"{netfault.TAG_PREFIX}:{fault_lab.net.lab}:" not in listing
+    fault_lab.heal()  # idempotent, even once the lab is gone

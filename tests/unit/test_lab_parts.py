@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
+import re
 import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,17 @@ from pgfailover.cli import cli
 from pgfailover.errors import BinariesNotFound, LabError
 from pgfailover.lab import LocalLab, NodeInfo, free_port, multihost_url
 from pgfailover.lab.binaries import REQUIRED, find_binaries
+from pgfailover.lab.netfault import (
+    Fault,
+    delete_argv,
+    fault_tag,
+    insert_argv,
+    lab_id,
+    list_argv,
+    parse_tag,
+    rule_specs,
+    tagged_rules,
+)
 from pgfailover.lab.node import LocalNode, quote_conf
 from pgfailover.lab.proc import RunAs, postmaster_pid
 
@@ -146,3 +160,175 @@ def test_cli_on_a_missing_lab_prints_one_line_and_fails(tmp_path: Path) -> None:
     assert "no lab in" in result.output
     assert "pgfailover lab up" in result.output
     assert "Traceback" not in result.output
+
+
+# -- network faults: iptables argv and tags (no root, no iptables) ----------
+
+TAG = "pgfailover-lab:0123456789ab:node1:blackhole"
+DROP = ["-m", "comment", "--comment", TAG, "-j", "DROP"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        pytest.param(
+            "blackhole",
+            [
+                ["-p", "tcp", "--dport", "25432", *DROP],
+                ["-p", "tcp", "--sport", "25432", *DROP],
+            ],
+            id="blackhole drops both directions on every address",
+        ),
+        pytest.param(
+            "partition",
+            [
+                ["-p", "tcp", "-d", "127.0.0.2", "--dport", "25432", *DROP],
+                ["-p", "tcp", "-s", "127.0.0.2", "--sport", "25432", *DROP],
+            ],
+            id="partition drops both directions on the client address only",
+        ),
+    ],
+)
+def test_fault_rules_match_the_port_in_both_directions(
+    fault: Fault, expected: list[list[str]]
+) -> None:
+    assert rule_specs(fault, 25432, TAG) == expected
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        pytest.param(
+            lambda: insert_argv(["-p", "tcp", "-j", "DROP"]),
+            ["iptables", "-w", "10", "-I", "INPUT", "-p", "tcp", "-j", "DROP"],
+            id="insert at the top of INPUT, waiting for the xtables lock",
+        ),
+        pytest.param(
+            lambda: delete_argv(["-p", "tcp", "-j", "DROP"]),
+            ["iptables", "-w", "10", "-D", "INPUT", "-p", "tcp", "-j", "DROP"],
+            id="delete from INPUT",
+        ),
+        pytest.param(
+            lambda: delete_argv(["-j", "DROP"], "OUTPUT"),
+            ["iptables", "-w", "10", "-D", "OUTPUT", "-j", "DROP"],
+            id="delete from another chain",
+        ),
+        pytest.param(list_argv, ["iptables", "-w", "10", "-S"], id="list every rule"),
+    ],
+)
+def test_iptables_commands(build: Callable[[], list[str]], expected: list[str]) -> None:
+    assert build() == expected
+
+
+@pytest.mark.parametrize(
+    ("fault", "port", "error"),
+    [
+        pytest.param("blackhole", 0, "port must be between 1 and 65535", id="port 0"),
+        pytest.param("partition", 65536, "port must be between 1 and 65535", id="port too big"),
+        pytest.param("reset", 5432, "unknown network fault 'reset'", id="unknown fault"),
+    ],
+)
+def test_bad_fault_rules_are_refused(fault: str, port: int, error: str) -> None:
+    with pytest.raises(LabError, match=error):
+        rule_specs(fault, port, TAG)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("tag", "parsed"),
+    [
+        pytest.param(TAG, ("0123456789ab", "node1", "blackhole"), id="blackhole"),
+        pytest.param("pgfailover-lab:abc:node0:partition", ("abc", "node0", "partition"), id="ok"),
+        pytest.param("pgfailover-lab:abc:node0:reset", None, id="unknown fault"),
+        pytest.param("pgfailover-lab:abc:node0", None, id="no fault"),
+        pytest.param("other:abc:node0:blackhole", None, id="someone else's rule"),
+    ],
+)
+def test_fault_tags_parse_back(tag: str, parsed: tuple[str, str, str] | None) -> None:
+    assert parse_tag(tag) == parsed
+
+
+def test_fault_tags_name_the_lab_node_and_fault() -> None:
+    lab = lab_id(Path("/labs/x"))
+    assert len(lab) == 12
+    assert lab == lab_id("/labs/x") != lab_id("/labs/y")
+    assert fault_tag(lab, "node2", "partition") == f"pgfailover-lab:{lab}:node2:partition"
+    assert parse_tag(fault_tag(lab, "node2", "partition")) == (lab, "node2", "partition")
+    with pytest.raises(LabError, match="unsuitable"):
+        fault_tag(lab, "node 2", "blackhole")
+
+
+# What `iptables -S` prints (nft backend): quoted comments, explicit -m tcp.
+LISTING = "\n".join(
+    [
+        "-P INPUT ACCEPT",
+        "-P FORWARD ACCEPT",
+        "-P OUTPUT ACCEPT",
+        "-A INPUT -d 127.0.0.2/32 -p tcp -m tcp --dport 25433"
+        ' -m comment --comment "pgfailover-lab:aaa:node1:partition" -j DROP',
+        f'-A INPUT -p tcp -m tcp --sport 25432 -m comment --comment "{TAG}" -j DROP',
+        '-A INPUT -i lo -m comment --comment "someone else" -j ACCEPT',
+        "-A OUTPUT -p tcp -m tcp --dport 9 -m comment --comment pgfailover-lab:old -j DROP",
+        "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT",
+        "",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "tags"),
+    [
+        pytest.param(
+            "pgfailover-lab",
+            ["pgfailover-lab:aaa:node1:partition", TAG, "pgfailover-lab:old"],
+            id="every lab's rules, in any chain",
+        ),
+        pytest.param("pgfailover-lab:0123456789ab:", [TAG], id="one lab"),
+        pytest.param("pgfailover-lab:aaa:node2:", [], id="a node without fault"),
+        pytest.param("nothing", [], id="no match"),
+    ],
+)
+def test_tagged_rules_are_found_in_iptables_output(prefix: str, tags: list[str]) -> None:
+    assert [r.tag for r in tagged_rules(LISTING, prefix)] == tags
+
+
+def test_a_listed_rule_deletes_exactly_itself() -> None:
+    partition, blackhole, old = tagged_rules(LISTING, "pgfailover-lab")
+    assert partition.delete_argv() == [
+        *["iptables", "-w", "10", "-D", "INPUT", "-d", "127.0.0.2/32", "-p", "tcp"],
+        *["-m", "tcp", "--dport", "25433", "-m", "comment", "--comment"],
+        *["pgfailover-lab:aaa:node1:partition", "-j", "DROP"],
+    ]
+    assert blackhole.delete_argv()[-8:] == ["--sport", "25432", *DROP]
+    assert old.delete_argv()[:5] == ["iptables", "-w", "10", "-D", "OUTPUT"]
+
+
+def test_lab_nodes_reach_the_client_address_through_their_dsns(tmp_path: Path) -> None:
+    nodes = [NodeInfo("node0", "127.0.0.1", 25432), NodeInfo("node1", "127.0.0.1", 25433)]
+    lab = LocalLab(tmp_path, None, RunAs("me"), nodes, 0)  # type: ignore[arg-type]
+    assert lab.dsn("node1") == "host=127.0.0.1 port=25433 user=postgres dbname=postgres"
+    assert lab.client_dsn("node1") == "host=127.0.0.2 port=25433 user=postgres dbname=postgres"
+    assert [(n.name, n.dsn, n.priority) for n in lab.manager_nodes(client_address=True)] == [
+        ("node0", "host=127.0.0.2 port=25432 user=postgres dbname=postgres", 0),
+        ("node1", "host=127.0.0.2 port=25433 user=postgres dbname=postgres", 1),
+    ]
+    assert [n.dsn for n in lab.manager_nodes()] == [nodes[0].dsn, nodes[1].dsn]
+    assert lab.local_node("node0").listen_addresses == "127.0.0.1,127.0.0.2"
+
+
+def test_faults_without_root_fail_in_one_line_and_status_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = next(p for p in pwd.getpwall() if p.pw_uid != 0)
+    monkeypatch.setattr(os, "geteuid", lambda: user.pw_uid)
+    nodes = [{"name": "node0", "host": "127.0.0.1", "port": 25432}]
+    state = {"format": 1, "bindir": "/nonexistent", "version": 15, "sync": 0, "nodes": nodes}
+    (tmp_path / "lab.json").write_text(json.dumps(state))
+    runner = CliRunner()
+    for verb in ("blackhole", "partition", "heal"):
+        result = runner.invoke(cli, ["lab", verb, "node0", "--dir", str(tmp_path)])
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1
+        assert re.search(r"run as root|apt-get install iptables", result.output)
+    status = runner.invoke(cli, ["lab", "status", "--json", "--dir", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)[0]["fault"] is None
