@@ -89,6 +89,7 @@ __all__ = [
     "Refusal",
     "choose_candidate",
     "hang_detection_seconds",
+    "hang_failover_seconds",
     "hears_upstream",
     "rank",
     "recently_failed",
@@ -177,6 +178,21 @@ def hang_detection_seconds(snap: Snapshot) -> float | None:
             return None
         limits.append(limit)
     return max(limits) if limits else None
+
+
+def hang_failover_seconds(snap: Snapshot, config: FailoverConfig) -> float | None:
+    """The longest a hung or black-holed primary can take to be failed over (``auto``).
+
+    The later of two clocks: the manager's own detection (a probe timeout,
+    then ``unhealthy_threshold`` fast probes) and the standbys' proof of
+    silence (:func:`hang_detection_seconds`, counted from the primary's last
+    message, so often less). ``None``: never, with these settings.
+    """
+    silence = hang_detection_seconds(snap)
+    if silence is None:
+        return None
+    own = config.health_check_timeout + config.unhealthy_threshold * config.fast_interval
+    return round(max(silence, own), 3)
 
 
 def recently_failed(node: NodeState, now: float, config: FailoverConfig) -> bool:

@@ -39,6 +39,7 @@ from pgfailover.routing import STRATEGIES, ReadStrategy, read_order, write_targe
 from pgfailover.state import initial_snapshot, transition
 from pgfailover.stats import Stats
 from pgfailover.status import failover_status, metrics_dict
+from pgfailover.upkeep import UpkeepStatus
 
 __all__ = ["FailoverManager"]
 
@@ -596,6 +597,10 @@ class FailoverManager:
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
         return failover_status(self)
+
+    def upkeep_status(self) -> UpkeepStatus:
+        """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""
+        return self._actions.upkeep.status()
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges as a JSON-ready dict."""

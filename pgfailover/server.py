@@ -45,6 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from pgfailover.errors import NoPrimaryAvailable, PgFailoverError, PromotionRefused
 from pgfailover.metrics import register
+from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -214,12 +215,18 @@ class AdminApp:
     def _health(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
         snap = self.mgr.snapshot
         writable = snap.primary is not None and snap.node(snap.primary).up
+        blocked = writable and commits_blocked(snap)
         body = {
-            "status": "ok" if writable else "unavailable",
+            "status": "commits_blocked" if blocked else "ok" if writable else "unavailable",
             "state": snap.state.value,
             "primary": snap.primary if writable else None,
         }
-        return (200 if writable else 503), body
+        if blocked:
+            body["reason"] = (
+                f"synchronous_standby_names on {snap.primary} names no streaming standby: "
+                "every COMMIT waits"
+            )
+        return (200 if writable and not blocked else 503), body
 
     def _history(self, environ: WSGIEnvironment) -> tuple[int, Any]:
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)

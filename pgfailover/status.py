@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role
+from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
     from pgfailover.manager import FailoverManager
@@ -47,6 +49,12 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
         "streaming": node.receiver_streaming,
         "read_only": node.read_only,
         "stale": node.role is Role.STALE,
+        "serves_reads": node.role is Role.STANDBY and node.read_block is None,
+        "read_block": node.read_block,
+        "follows_primary": node.follows,
+        "receiver_silence_seconds": node.receiver_silence,
+        "wal_receiver_timeout_seconds": node.receiver_timeout,
+        "failed_at": iso(node.failed_at),
         "error": node.error,
     }
 
@@ -73,6 +81,49 @@ def failover_status(mgr: FailoverManager) -> dict[str, Any]:
         "timeline": snap.max_timeline or None,
         "state_since": iso(snap.changed_at),
         "checked_at": iso(max((n.last_check or 0.0) for n in snap.nodes) or None),
+        "failure_detection": failure_detection(mgr),
+        "synchronous_replication": sync_status(mgr),
+    }
+
+
+def failure_detection(mgr: FailoverManager) -> dict[str, Any]:
+    """How fast a hung or black-holed primary is failed over, and why not faster."""
+    snap = mgr.snapshot
+    cfg = mgr.config
+    bound = hang_failover_seconds(snap, cfg)
+    refused = mgr.upkeep_status().refused
+    warning = None
+    if cfg.promotion == "auto" and (bound is None or bound > 10):
+        warning = (
+            "a hung or black-holed primary is failed over "
+            + ("never" if bound is None else f"only after up to {bound:g}s")
+            + ": set wal_receiver_timeout to a few seconds on the standbys"
+            + (
+                f" (could not: {'; '.join(f'{k}: {v}' for k, v in refused.items())})"
+                if refused
+                else ""
+            )
+        )
+    return {
+        "hang_failover_seconds": bound,
+        "wal_receiver_timeout_target": cfg.wal_receiver_timeout or None,
+        "not_applied": refused,
+        "warning": warning,
+    }
+
+
+def sync_status(mgr: FailoverManager) -> dict[str, Any]:
+    """The primary's synchronous replication: setting, who streams, can commits complete."""
+    snap = mgr.snapshot
+    primary = snap.node(snap.primary) if snap.primary else None
+    keeper = mgr.upkeep_status()
+    return {
+        "synchronous_standby_names": None if primary is None else primary.sync_standby_names,
+        "streaming": None
+        if primary is None or primary.streaming_names is None
+        else list(primary.streaming_names),
+        "commits_blocked": commits_blocked(snap),
+        "policy": keeper.policy,
     }
 
 
@@ -96,6 +147,13 @@ def metrics_dict(mgr: FailoverManager) -> dict[str, Any]:
                 if n.lag_bytes is not None and n.name != snap.primary
             },
             "split_brain": int(bool(snap.split_brain)),
+            "commits_blocked": int(commits_blocked(snap)),
+            "hang_failover_seconds": hang_failover_seconds(snap, mgr.config),
+            "serves_reads": {
+                n.name: int(n.role is Role.STANDBY and n.read_block is None)
+                for n in snap.nodes
+                if n.name != snap.primary
+            },
             "stale_nodes": sorted(n.name for n in snap.nodes if n.role is Role.STALE),
             "failover_count": snap.failover_count,
         }

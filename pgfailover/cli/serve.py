@@ -146,7 +146,9 @@ def serve(
     finally:
         if api is not None:
             api.close(timeout=1)
-        mgr.close(timeout=1)
+        # A promotion in progress is finished (repointing included) before
+        # the process exits; with nothing running this takes milliseconds.
+        mgr.close(timeout=5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("stopped")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pgfailover.config import FailoverConfig
+from pgfailover.guards import FORCEABLE, Candidate, Refusal, choose_candidate
 from pgfailover.model import Snapshot
 from pgfailover.probe import ProbeResult
-from pgfailover.guards import FORCEABLE, Candidate, Refusal, choose_candidate
 
 from .helpers import down, healthy_round, primary, run, standby
 
