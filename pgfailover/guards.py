@@ -306,12 +306,21 @@ def choose_candidate(
 def _lost_primary_heard(
     snap: Snapshot, refuse: Callable[[str, str], Refusal | None]
 ) -> Refusal | None:
-    """The ``receiver_streaming`` guard: a standby still hears the lost primary."""
+    """The ``receiver_streaming`` guard: a standby still hears the lost primary.
+
+    What a standby hears, unless it is another standby of the cluster that
+    answers (a cascade), is a primary somewhere: the lost one, or one this
+    manager never reached (it started while cut off from it).
+    """
     lost = snap.last_primary
+    by_name = {n.name: n for n in snap.nodes}
     for node in snap.nodes:
         if node.name == lost or node.role is not Role.STANDBY or not node.up:
             continue
-        if node.upstream not in (None, lost) or not hears_upstream(node):
+        if not hears_upstream(node):
+            continue
+        relay = by_name.get(node.upstream or "")
+        if relay is not None and relay.up and relay.role is Role.STANDBY:
             continue
         silence = f" {node.receiver_silence:.1f}s ago" if node.receiver_silence is not None else ""
         limit = silence_limit(node)

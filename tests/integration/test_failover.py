@@ -10,62 +10,9 @@ import psycopg
 import pytest
 
 from pgfailover import ClusterState, FailoverManager, NoPrimaryAvailable, SplitBrainError
-from pgfailover.errors import WriteOutcomeUnknown
 from pgfailover.lab import LocalLab
 
-from .helpers import FAST, manager_for, port_of, wait_until
-
-
-class Workload:
-    """Threads committing INSERTs with unique ids, recording what was acknowledged."""
-
-    def __init__(self, mgr: FailoverManager, threads: int = 4) -> None:
-        self.mgr = mgr
-        self.acked: list[tuple[int, int, float]] = []  # (id, server port, time)
-        self.unknown: list[int] = []
-        self.failed: list[tuple[int, str]] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(k * 10_000_000,), daemon=True)
-            for k in range(threads)
-        ]
-
-    def _run(self, base: int) -> None:
-        i = base
-        while not self._stop.is_set():
-            i += 1
-            try:
-                rows = self.mgr.query(
-                    "INSERT INTO w VALUES (%s) RETURNING inet_server_port()", (i,)
-                )
-                self.acked.append((i, rows[0][0], time.monotonic()))
-            except WriteOutcomeUnknown:
-                self.unknown.append(i)
-            except Exception as exc:  # noqa: BLE001 - recorded and asserted on
-                self.failed.append((i, repr(exc)))
-
-    def __enter__(self) -> Workload:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def acked_on(self, port: int) -> int:
-        return sum(1 for _, p, _ in self.acked if p == port)
-
-
-def prepare(lab: LocalLab) -> None:
-    lab.run_sql("node0", "CREATE TABLE w (id bigint PRIMARY KEY)")
-    for standby in ("node1", "node2"):
-
-        def replayed(name: str = standby) -> bool:
-            return bool(lab.run_sql(name, "SELECT to_regclass('w') IS NOT NULL")[0][0])
-
-        wait_until(replayed, what=f"{standby} to replay the table")
+from .helpers import FAST, Workload, manager_for, port_of, prepare, wait_until
 
 
 @pytest.fixture
