@@ -443,7 +443,7 @@ class FailoverActions:
                 written = new_sync
             except psycopg.Error as exc:
                 notes.append(f"could not set synchronous_standby_names on {target}: {exc}")
-        self.upkeep.promoted(target, written, time.time())
+        self.upkeep.promoted(target, current if written is None else written, time.time())
 
     def wait_repointed(self, timeout: float) -> bool:
         """Wait until no promotion (which repoints the standbys) is running."""

@@ -81,12 +81,14 @@ def read_block(
                 f"{fork_timeline}; needs pg_rewind"
             )
         return f"orphaned: on timeline {timeline}, the cluster is on {max_timeline}"
+    if primary is None:
+        # No primary anywhere (failover in progress): nothing newer exists to
+        # read, so standbys on the newest timeline keep serving reads.
+        return None
     if node.follows is False and node.not_following_since is not None:
         silent = now - node.not_following_since
         if silent >= RECEIVER_GRACE:
             return f"WAL receiver not streaming from the primary for {silent:.1f}s"
-    if primary is None:
-        return None
     if node.lag_bytes is None:
         return "replication lag unknown"
     if node.lag_bytes > config.max_read_lag_bytes:

@@ -273,7 +273,7 @@ def transition(
             )
 
     last_primary = prev.last_primary
-    last_primary_lsn = _primary_position(prev, by_name, primary)
+    last_primary_lsn = _primary_position(prev, by_name, primary, max_timeline)
     if primary is not None:
         last_primary = primary
 
@@ -358,7 +358,7 @@ def transition(
 
 
 def _primary_position(
-    prev: Snapshot, by_name: Mapping[str, NodeState], primary: str | None
+    prev: Snapshot, by_name: Mapping[str, NodeState], primary: str | None, timeline: int
 ) -> int | None:
     """The furthest WAL position known to exist on the (last) primary.
 
@@ -378,7 +378,7 @@ def _primary_position(
             and node.up
             and node.upstream == source
             and node.upstream_end_lsn is not None
-            and node.timeline == prev.max_timeline
+            and node.timeline == timeline
         ):
             positions.append(node.upstream_end_lsn)
     found = max(positions)

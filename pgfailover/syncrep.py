@@ -51,16 +51,24 @@ class SyncSpec:
         return "*" in self.names
 
     def satisfied(self, streaming: Collection[str]) -> bool:
-        """Enough of the listed standbys stream for a COMMIT to complete."""
+        """Enough of the listed standbys stream for a COMMIT to complete.
+
+        Names match case-insensitively, as PostgreSQL matches them.
+        """
         if self.star:
             return len(streaming) >= self.count
-        return len(set(self.names) & set(streaming)) >= self.count
+        listed = {n.casefold() for n in self.names}
+        return len(listed & {n.casefold() for n in streaming}) >= self.count
+
+
+_NAME_RE = re.compile(r'\s*("(?:[^"]|"")*"|[^,]+?)\s*(?:,|$)')
 
 
 def _split_names(text: str) -> tuple[str, ...]:
+    """Names of a list, honouring double quotes (a quoted name may hold a comma)."""
     names = []
-    for raw in text.split(","):
-        name = raw.strip()
+    for match in _NAME_RE.finditer(text):
+        name = match.group(1).strip()
         if len(name) >= 2 and name[0] == name[-1] == '"':
             name = name[1:-1].replace('""', '"')
         if name:
@@ -133,8 +141,8 @@ def plan_sync(
     spec = parse_sync(current)
     if spec is not None and spec.star:
         return SyncPlan(None)
-    listed = set(spec.names) if spec else set()
-    eligible = sorted(n for n in streaming if n in members or n in listed)
+    known = {n.casefold() for n in (*members, *(spec.names if spec else ()))}
+    eligible = sorted(n for n in streaming if n.casefold() in known)
     if spec is None or spec.satisfied(streaming):
         if policy is None or policy.star or not eligible:
             return SyncPlan(None)

@@ -233,11 +233,12 @@ class Upkeep:
         streaming = primary.streaming_names or ()
         members = {n.app_name for n in snap.nodes if n.app_name and n.name != primary.name}
         with self._lock:
-            written = self._written.get(primary.name)
-            if current and current != written:
+            if current != self._written.get(primary.name, current if not current else None):
+                # Someone else set it (the operator, a previous primary's
+                # config): that is the policy now; '' means async by choice.
                 spec = parse_sync(current)
-                if spec is not None and not spec.star:
-                    self._policy = spec
+                self._policy = None if spec is None or spec.star else spec
+                self._written[primary.name] = current
             spec = parse_sync(current)
             if spec is None or spec.satisfied(streaming):
                 self._unsatisfied.pop(primary.name, None)

@@ -110,7 +110,7 @@ def test_primary_fault_fails_over_in_seconds_and_keeps_every_acknowledged_write(
             what="the manager to tune wal_receiver_timeout",
         )
         load, new, first = _fail_over_under_load(chaos_lab, mgr, actions[fault])
-        print(f"{fault}: writes resumed {first:.3f}s after the fault on {new}")  # noqa: T201
+        print(f"{fault}: writes resumed {first:.3f}s after the fault on {new}")
         assert not load.failed, load.failed[:3]
         # Not a timing target (benchmarks/faults.py measures those): proof that a
         # hang or a black hole did not wait for PostgreSQL's 60 s receiver timeout.

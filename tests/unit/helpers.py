@@ -58,10 +58,12 @@ def standby(
     receiver_timeout: float | None = 4.0,
     replay_age: float = 0.0,
     system_id: str | None = None,
+    end_lsn: int | None = None,
 ) -> ProbeResult:
     """A node in recovery, streaming from ``upstream`` (None: receiver down).
 
-    ``silence``: seconds since its WAL receiver last heard the upstream.
+    ``silence``: seconds since its WAL receiver last heard the upstream;
+    ``end_lsn``: the upstream's WAL end as of that message (None: unknown).
     """
     return ProbeResult(
         name,
@@ -79,6 +81,7 @@ def standby(
         sender_port=5432 if upstream else None,
         read_only=True,
         receiver_silence=silence if upstream else None,
+        upstream_end_lsn=end_lsn,
         receiver_timeout=receiver_timeout,
         app_name=name,
         system_identifier=system_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,70 @@ def test_a_raising_callback_is_logged_and_the_rest_still_run(
         run_callbacks([bad, calls.append], "node1")
     assert calls == ["node1"]
     assert "boom" in caplog.text
+
+
+def append_concurrently(log: EventLog, event_id: str, threads: int, each: int) -> None:
+    """``threads`` threads, started together, each appending ``each`` notes one by one."""
+    start = threading.Barrier(threads)
+
+    def work(worker: int) -> None:
+        start.wait()
+        for n in range(each):
+            log.append_notes(event_id, (f"w{worker}-{n}",))
+
+    workers = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in workers)
+
+
+def test_concurrent_notes_are_never_lost() -> None:
+    log = EventLog()
+    first = log.record(event(1))
+    append_concurrently(log, first.id, threads=8, each=200)
+    final = log.get(first.id)
+    assert final is not None
+    assert len(final.notes) == 1600
+    assert len(set(final.notes)) == 1600
+    for worker in range(8):  # each thread's notes stay in the order it added them
+        mine = [note for note in final.notes if note.startswith(f"w{worker}-")]
+        assert mine == [f"w{worker}-{n}" for n in range(200)]
+
+
+def test_concurrent_updates_and_notes_keep_each_other() -> None:
+    log = EventLog()
+    first = log.record(event(1))
+
+    def update() -> None:
+        for n in range(500):
+            log.update(first.id, to_node=f"node{n}")
+
+    updater = threading.Thread(target=update)
+    updater.start()
+    append_concurrently(log, first.id, threads=4, each=200)
+    updater.join(timeout=60)
+    final = log.get(first.id)
+    assert final is not None
+    assert len(final.notes) == 800
+    assert final.to_node == "node499"
+
+
+def test_the_history_file_ends_with_the_final_event_after_concurrent_notes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.jsonl"
+    log = EventLog(path=path)
+    first = log.record(event(1))
+    append_concurrently(log, first.id, threads=8, each=200)
+    final = log.get(first.id)
+    assert final is not None
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    mine = [line for line in lines if line["id"] == first.id]
+    assert len(mine) == 1 + 1600  # the record, then one line per append
+    assert mine[-1] == json.loads(json.dumps(final.as_dict()))
+    reopened = EventLog(path=path).get(first.id)
+    assert reopened is not None
+    assert len(reopened.notes) == 1600
+    assert reopened == final
