@@ -21,6 +21,7 @@ is closed or garbage-collected drops out of the next scrape.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -35,10 +36,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from pgfailover.model import ClusterState, Role
+from pgfailover.guards import hang_failover_seconds
+from pgfailover.model import ClusterState, Role, Snapshot
+from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
+    from pgfailover.config import FailoverConfig
     from pgfailover.manager import FailoverManager
+    from pgfailover.stats import Stats
 
 __all__ = ["METRIC_NAMES", "ManagerCollector", "register", "unregister"]
 
@@ -57,6 +62,11 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "node_is_primary": ("gauge", "1 for the node writes go to.", ("node",)),
     "node_timeline": ("gauge", "The node's timeline ID.", ("node",)),
     "node_last_check_timestamp_seconds": ("gauge", "When the node was last probed.", ("node",)),
+    "node_serves_reads": (
+        "gauge",
+        "1 per standby that may serve reads now, 0 for one that must not (status: read_block).",
+        ("node",),
+    ),
     "replication_lag_bytes": (
         "gauge",
         "WAL bytes the standby has yet to replay, compared with the primary.",
@@ -71,11 +81,29 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "stale_nodes": ("gauge", "Old primaries out of recovery on an older timeline.", ()),
     "failover_in_progress": ("gauge", "1 while a failover is in progress.", ()),
     "promotion_blocked": ("gauge", "1 while a guard refuses to promote.", ()),
+    "commits_blocked": (
+        "gauge",
+        "1 while the primary's synchronous_standby_names names too few streaming standbys: "
+        "every COMMIT waits.",
+        (),
+    ),
+    "hang_failover_seconds": (
+        "gauge",
+        "Upper bound of how long a hung or black-holed primary takes to be failed over "
+        "(auto mode); +Inf: never. Absent while no standby is up.",
+        (),
+    ),
     "last_failover_timestamp_seconds": ("gauge", "When the last failover completed.", ()),
     "failovers": ("counter", "Failovers completed since the manager started.", ()),
     "recoveries": ("counter", "Nodes that came back healthy after being lost.", ()),
     "promotions": ("counter", "Standbys this manager promoted.", ()),
     "promotion_failures": ("counter", "Promotions this manager tried that failed.", ()),
+    "sync_lowered": (
+        "counter",
+        "Times synchronous replication was lowered (to fewer standbys or to async) "
+        "because too few standbys streamed.",
+        (),
+    ),
     "health_check_failures": ("counter", "Probes that failed, per node.", ("node",)),
     "probe_rounds": ("counter", "Probe rounds run.", ()),
     "queries": (
@@ -189,8 +217,15 @@ def _add(families: dict[str, Metric], short: str, labels: list[str], value: floa
 def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     """Add one manager's samples."""
     snap = mgr.snapshot
-    c = mgr.name
-    _add(families, "info", [c, mgr.config.promotion], 1)
+    _fill_snapshot(families, mgr.name, snap, mgr.config)
+    _fill_stats(families, mgr.name, snap, mgr.stats)
+
+
+def _fill_snapshot(
+    families: dict[str, Metric], c: str, snap: Snapshot, config: FailoverConfig
+) -> None:
+    """The gauges read from one snapshot (cluster ``c``): plain data in, samples out."""
+    _add(families, "info", [c, config.promotion], 1)
     for state in ClusterState:
         _add(families, "cluster_state", [c, state.value], int(snap.state is state))
     primary = snap.node(snap.primary) if snap.primary else None
@@ -209,6 +244,9 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
             _add(families, "node_last_check_timestamp_seconds", [c, n], node.last_check)
         if n == snap.primary:
             continue
+        # routing.read_block decided it once for this round; status says the same.
+        serves_reads = node.serves_reads
+        _add(families, "node_serves_reads", [c, n], int(serves_reads))
         ok = int(node.up and node.healthy and node.role is Role.STANDBY)
         healthy_standbys += ok
         _add(families, "standby_healthy", [c, n], ok)
@@ -222,11 +260,28 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     in_progress = snap.state is ClusterState.FAILOVER_IN_PROGRESS
     _add(families, "failover_in_progress", [c], int(in_progress))
     _add(families, "promotion_blocked", [c], int(snap.promotion_blocked is not None))
+    _add(families, "commits_blocked", [c], int(commits_blocked(snap)))
+    # hang_failover_seconds() says None both for "never" (a standby whose
+    # receiver never times out) and for "no standby up to prove silence"
+    # (the standbys guards.hang_detection_seconds counts): tell them apart.
+    if any(n.role is Role.STANDBY and n.up for n in snap.nodes):
+        bound = hang_failover_seconds(snap, config)
+        _add(families, "hang_failover_seconds", [c], math.inf if bound is None else bound)
     if snap.last_failover_at is not None:
         _add(families, "last_failover_timestamp_seconds", [c], snap.last_failover_at)
 
-    counters = mgr.stats.as_dict()
-    for short in ("failovers", "recoveries", "promotions", "promotion_failures", "probe_rounds"):
+
+def _fill_stats(families: dict[str, Metric], c: str, snap: Snapshot, stats: Stats) -> None:
+    """The counters and histograms of one manager (cluster ``c``)."""
+    counters = stats.as_dict()
+    for short in (
+        "failovers",
+        "recoveries",
+        "promotions",
+        "promotion_failures",
+        "probe_rounds",
+        "sync_lowered",
+    ):
         _add(families, short, [c], counters[f"{short}_total"])
     failures = counters["health_check_failures"]
     for node in snap.nodes:
@@ -234,7 +289,7 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     for q in counters["queries"]:
         _add(families, "queries", [c, q["node"], q["route"], q["outcome"]], q["count"])
 
-    probes, failover = mgr.stats.histograms()
+    probes, failover = stats.histograms()
     probe_family = families["probe_duration_seconds"]
     failover_family = families["failover_duration_seconds"]
     assert isinstance(probe_family, HistogramMetricFamily)  # noqa: S101 - by table

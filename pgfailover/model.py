@@ -97,6 +97,11 @@ class NodeState:
         return max(values) if values else None
 
     @property
+    def serves_reads(self) -> bool:
+        """A standby that may serve reads (``read_block`` says why not)."""
+        return self.role is Role.STANDBY and self.read_block is None
+
+    @property
     def recovering(self) -> bool:
         """Answers again after being down, but not yet healthy."""
         return self.checked and self.up and not self.healthy

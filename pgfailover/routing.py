@@ -138,9 +138,7 @@ def read_candidates(
     for node in snap.nodes:
         if node.name in suspects or node.name == snap.primary:
             continue
-        if node.role is not Role.STANDBY or not (node.up and node.healthy):
-            continue
-        if node.read_block is not None:
+        if not (node.serves_reads and node.up and node.healthy):
             continue
         if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
             continue

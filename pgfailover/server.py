@@ -12,8 +12,10 @@ serves each request on its own thread::
 Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
 
 - ``GET /failover/status``, ``/failover/metrics`` (JSON), ``/failover/history``;
-- ``GET /failover/health``: 200 while a primary takes writes, else 503 (a
-  load-balancer check);
+- ``GET /failover/health``: 200 while a primary takes writes and its
+  commits can complete, else 503 (``unavailable``, or ``commits_blocked``
+  when its ``synchronous_standby_names`` names no streaming standby): a
+  load-balancer check;
 - ``POST /failover/trigger`` (``{"target": "node1", "force": false}``) and
   ``POST /failover/check-health``: admin endpoints, which need
   ``Authorization: Bearer <token>``. Without a configured token they answer

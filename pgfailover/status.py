@@ -49,7 +49,7 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
         "streaming": node.receiver_streaming,
         "read_only": node.read_only,
         "stale": node.role is Role.STALE,
-        "serves_reads": node.role is Role.STANDBY and node.read_block is None,
+        "serves_reads": node.serves_reads,
         "read_block": node.read_block,
         "follows_primary": node.follows,
         "receiver_silence_seconds": node.receiver_silence,
@@ -150,9 +150,7 @@ def metrics_dict(mgr: FailoverManager) -> dict[str, Any]:
             "commits_blocked": int(commits_blocked(snap)),
             "hang_failover_seconds": hang_failover_seconds(snap, mgr.config),
             "serves_reads": {
-                n.name: int(n.role is Role.STANDBY and n.read_block is None)
-                for n in snap.nodes
-                if n.name != snap.primary
+                n.name: int(n.serves_reads) for n in snap.nodes if n.name != snap.primary
             },
             "stale_nodes": sorted(n.name for n in snap.nodes if n.role is Role.STALE),
             "failover_count": snap.failover_count,

@@ -112,6 +112,50 @@ def test_read_endpoints_answer_as_documented(
     wait_until(lambda: _call(server, "GET", "/failover/health")[0] == 503, what="health 503")
 
 
+def test_health_answers_503_while_commits_cannot_complete(
+    served: tuple[FailoverManager, AdminServer], fresh_lab: LocalLab
+) -> None:
+    _, server = served
+
+    def series(name: str) -> dict[str | None, float]:
+        text = _call(server, "GET", "/metrics")[2]
+        return {
+            s.labels.get("node"): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == name
+        }
+
+    def health() -> tuple[int, Any]:
+        status, body, _ = _call(server, "GET", "/failover/health")
+        return status, body
+
+    wait_until(
+        lambda: series("pgfailover_node_serves_reads") == {"node1": 1, "node2": 1},
+        what="both standbys serving reads",
+    )
+    assert series("pgfailover_commits_blocked") == {None: 0}
+    assert series("pgfailover_hang_failover_seconds")[None] > 0  # finite or +Inf: standbys up
+    assert health()[0] == 200
+
+    # External mode: nobody lowers a setting that names no streaming standby.
+    fresh_lab.run_sql("node0", "ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+    fresh_lab.run_sql("node0", "SELECT pg_reload_conf()")
+    wait_until(lambda: health()[1]["status"] == "commits_blocked", what="health: commits blocked")
+    status, body = health()
+    assert (status, body["primary"]) == (503, "node0")
+    assert "every COMMIT waits" in body["reason"]
+    assert series("pgfailover_commits_blocked") == {None: 1}
+    sync = _call(server, "GET", "/failover/status")[1]["synchronous_replication"]
+    assert (sync["synchronous_standby_names"], sync["commits_blocked"]) == ("nobody", True)
+
+    fresh_lab.run_sql("node0", "ALTER SYSTEM RESET synchronous_standby_names")
+    fresh_lab.run_sql("node0", "SELECT pg_reload_conf()")
+    wait_until(lambda: health()[0] == 200, what="health: commits complete again")
+    assert health()[1]["status"] == "ok"
+    assert series("pgfailover_commits_blocked") == {None: 0}
+
+
 def test_admin_endpoints_need_the_token_and_report_guards(
     served: tuple[FailoverManager, AdminServer],
 ) -> None:

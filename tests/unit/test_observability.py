@@ -1,30 +1,39 @@
 """Metrics exposition, the Grafana dashboard, alert rules and the OpenAPI document.
 
 No PostgreSQL here: a manager that was never opened still has a snapshot
-(every node unknown) and counters, which is all the collector reads. The
-dashboard and the rules are checked against the names the exporter really
-produces; promtool checks the rules when it is installed (``make test``
-installs it and sets ``PGFAILOVER_REQUIRE_TOOLS=1``, so there it must be).
+(every node unknown) and counters, which is all the collector reads; the
+gauges read from a snapshot are checked as a table over snapshots that the
+real state machine builds from probe results. The dashboard and the rules
+are checked against the names the exporter really produces; promtool checks
+the rules when it is installed (``make test`` installs it and sets
+``PGFAILOVER_REQUIRE_TOOLS=1``, so there it must be).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgfailover import FailoverConfig, FailoverManager, Node
-from pgfailover.metrics import METRIC_NAMES, register
+from pgfailover.guards import SILENCE_MARGIN
+from pgfailover.metrics import METRIC_NAMES, _families, _fill_snapshot, register
+from pgfailover.model import Snapshot
+from pgfailover.probe import ProbeResult
 from pgfailover.server import AdminApp, openapi
 from tests.tools import require_tool
+
+from .helpers import down, healthy_round, primary, run, standby
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC = re.compile(r"\bpgfailover_[a-z_]+\b")
@@ -72,6 +81,76 @@ def test_exposition_uses_only_declared_names_and_labels_every_series(
     assert "hunter2secret" not in generate_latest(registry).decode()
 
 
+def test_a_manager_that_never_probed_exports_no_reads_no_blocked_commits_and_no_hang_bound(
+    manager: FailoverManager,
+) -> None:
+    manager.stats.bump("sync_lowered")
+    registry = CollectorRegistry()
+    register(manager, registry)
+    values = {(s.name, s.labels.get("node")): s.value for s in _samples(registry)}
+    assert values[("pgfailover_commits_blocked", None)] == 0
+    assert values[("pgfailover_sync_lowered_total", None)] == 1
+    # No primary known: every node is a non-primary, and none is a standby yet.
+    assert values[("pgfailover_node_serves_reads", "node0")] == 0
+    assert values[("pgfailover_node_serves_reads", "node1")] == 0
+    # No standby is up to prove a hung primary silent: no bound at all, not +Inf.
+    assert ("pgfailover_hang_failover_seconds", None) not in values
+
+
+# wal_receiver_timeout 4s (the helpers' default): a standby's silence proves
+# the primary gone after half of it plus the margin; that is later than the
+# manager's own detection with the default config.
+BOUND = 4.0 / 2 + SILENCE_MARGIN
+ORPHAN = [primary("node0", tl=2), standby("node1", tl=2), standby("node2", tl=1, upstream=None)]
+SYNC_WAITS = [primary("node0", sync="node1", streaming=("node2",)), *healthy_round()[1:]]
+SYNC_STREAMS = [primary("node0", sync="node1", streaming=("node1",)), *healthy_round()[1:]]
+NEVER_TIMES_OUT = [primary("node0"), standby("node1"), standby("node2", receiver_timeout=0.0)]
+STANDBYS_DOWN = [healthy_round(), *[[primary("node0"), down("node1"), down("node2")]] * 3]
+
+# (name, probe rounds, commits_blocked, hang_failover_seconds (None: absent), serves_reads)
+SNAPSHOT_CASES: list[tuple[str, list[list[ProbeResult]], int, float | None, dict[str, int]]] = [
+    ("healthy, async", [healthy_round()], 0, BOUND, {"node1": 1, "node2": 1}),
+    ("sync standby not streaming: commits wait", [SYNC_WAITS], 1, BOUND, {"node1": 1, "node2": 1}),
+    ("the sync standby streams", [SYNC_STREAMS], 0, BOUND, {"node1": 1, "node2": 1}),
+    ("a receiver never times out", [NEVER_TIMES_OUT], 0, math.inf, {"node1": 1, "node2": 1}),
+    ("an orphan on the old timeline", [ORPHAN], 0, BOUND, {"node1": 1, "node2": 0}),
+    ("every standby down: no bound", STANDBYS_DOWN, 0, None, {"node1": 0, "node2": 0}),
+]
+
+
+def _gauges(snap: Snapshot, config: FailoverConfig) -> dict[tuple[str, str | None], float]:
+    families = _families()
+    _fill_snapshot(families, "app", snap, config)
+    return {
+        (s.name, s.labels.get("node")): s.value
+        for family in families.values()
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize(
+    ("rounds", "blocked", "hang", "serves_reads"),
+    [c[1:] for c in SNAPSHOT_CASES],
+    ids=[c[0] for c in SNAPSHOT_CASES],
+)
+def test_snapshot_gauges_for_commits_hang_detection_and_reads(
+    rounds: Iterable[list[ProbeResult]],
+    blocked: int,
+    hang: float | None,
+    serves_reads: dict[str, int],
+) -> None:
+    config = FailoverConfig()
+    gauges = _gauges(run(rounds, config)[0], config)
+    assert gauges[("pgfailover_commits_blocked", None)] == blocked
+    assert gauges.get(("pgfailover_hang_failover_seconds", None)) == hang
+    reads = {
+        node: value
+        for (name, node), value in gauges.items()
+        if name == "pgfailover_node_serves_reads" and node is not None
+    }
+    assert reads == serves_reads  # the primary (node0) has no series
+
+
 def test_one_registry_exports_several_clusters_and_refuses_a_duplicate_name() -> None:
     first, second, clash = _manager("orders"), _manager("billing"), _manager("orders")
     try:
@@ -98,7 +177,8 @@ def test_dashboard_queries_only_metrics_the_exporter_produces() -> None:
     assert len(used) >= 10
     assert used <= METRIC_NAMES, used - METRIC_NAMES
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("cluster state", "primary", "health", "lag", "failover", "probe", "queries"):
+    topics = ("cluster state", "primary", "health", "lag", "failover", "probe", "queries")
+    for topic in (*topics, "commits blocked", "synchronous", "hang", "reads"):
         assert topic in titles, topic
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -122,6 +202,12 @@ def test_alert_rules_cover_the_original_names_and_use_real_metrics() -> None:
         "RedundancyLost",
         "HealthCheckFailing",
         "ExporterDown",
+    } <= names
+    assert {
+        "CommitsBlocked",
+        "SynchronousReplicationLowered",
+        "SlowHangFailover",
+        "StandbyServesNoReads",
     } <= names
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
@@ -170,3 +256,27 @@ def test_openapi_document_is_valid_and_matches_the_routes(manager: FailoverManag
         if op.get("security")
     }
     assert secured == admin
+
+
+def _get(app: AdminApp, path: str) -> tuple[int, Any]:
+    """One GET through the WSGI interface, as a server would call it."""
+    answer: list[str] = []
+
+    def start_response(status: str, _headers: list[tuple[str, str]], _exc: Any = None) -> Any:
+        answer.append(status)
+        return lambda _data: None
+
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": path}, start_response))
+    return int(answer[0].split()[0]), json.loads(body)
+
+
+@pytest.mark.parametrize("path", ["/failover/status", "/failover/metrics", "/failover/health"])
+def test_answers_of_a_manager_that_never_probed_match_the_document(
+    manager: FailoverManager, path: str
+) -> None:
+    doc = openapi()
+    status, body = _get(AdminApp(manager), path)
+    schema = doc["paths"][path]["get"]["responses"][str(status)]["content"]["application/json"]
+    jsonschema.validate(body, {"components": doc["components"], **schema["schema"]})
+    if path == "/failover/health":
+        assert (status, body["status"]) == (503, "unavailable")
