@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -47,6 +47,7 @@ from pgfailover.admin import (
 from pgfailover.errors import PgFailoverError, PromotionRefused
 from pgfailover.events import FailoverEvent
 from pgfailover.guards import Candidate, choose_candidate
+from pgfailover.incident import Incident
 from pgfailover.model import (
     ClusterState,
     Decision,
@@ -88,10 +89,10 @@ class FailoverActions:
 
     Locks, in the order they may be taken: ``_promote_lock`` (one promotion
     at a time, auto or manual; held across ``pg_promote``, the sync names
-    and repointing) → the manager's round lock (a re-probe) → ``_lock``
-    (the open event, the first-write clock, fence times; a leaf apart from
-    the event log's own lock). ``_callbacks_lock`` guards the callback queue
-    and is a leaf. No callback runs while any of them is held.
+    and repointing) → the manager's round lock (a re-probe) → the
+    incident's lock → the event log's lock. ``_lock`` (fence times) and
+    ``_callbacks_lock`` (the callback queue) are leaves. No callback runs
+    while any of them is held.
 
     Thread safety: :meth:`after_round` runs on the monitor thread or on a
     thread calling ``check_health``; :meth:`manual_failover` on any thread.
@@ -100,8 +101,7 @@ class FailoverActions:
     def __init__(self, manager: FailoverManager) -> None:
         self._mgr = manager
         self._lock = threading.Lock()
-        self._event_id: str | None = None  # guarded by self._lock: the open failover event
-        self._first_write: tuple[str, str, float] | None = None  # guarded by self._lock
+        self.incident = Incident(manager.events, manager.stats, lambda: manager.snapshot)
         self._fenced_at: dict[str, float] = {}  # guarded by self._lock
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
@@ -190,47 +190,22 @@ class FailoverActions:
         for kind, args in pending:
             self._mgr._emit(kind, *args)
 
-    # -- events --------------------------------------------------------------
+    # -- the incident --------------------------------------------------------
 
     def _open_event(self, previous: str | None, reason: str) -> FailoverEvent:
-        with self._lock:
-            if self._event_id is not None:
-                current = self._mgr.events.get(self._event_id)
-                if current is not None and current.outcome == "in_progress":
-                    return current
-            snap = self._mgr.snapshot
-            event = FailoverEvent(
-                "failover", previous, None, reason, snap.failover_started_at or time.time()
-            )
-            self._event_id = event.id
-        logger.warning("cluster %s: failover started: %s", self._mgr.name, reason)
-        return self._mgr.events.record(event)
+        event, new = self.incident.open(previous, reason)
+        if new:
+            logger.warning("cluster %s: failover started: %s", self._mgr.name, reason)
+        return event
 
     def _switched(self, decision: SwitchPrimary) -> None:
         mgr = self._mgr
         if decision.previous is None or decision.previous == decision.node:
             logger.info("cluster %s: primary is %s (%s)", mgr.name, decision.node, decision.reason)
-            with self._lock:
-                self._event_id = None
+            self.incident.forget()
             return
         mgr.abort_inflight(decision.previous)
-        snap = mgr.snapshot
-        event = self._open_event(decision.previous, decision.reason)
-        loss = None
-        if snap.last_primary_lsn is not None and event.data_loss_bytes is None:
-            position = self._position_before(event, decision.node)
-            loss = None if position is None else max(0, snap.last_primary_lsn - position)
-        changes: dict[str, Any] = {
-            "to_node": decision.node,
-            "completed": time.time(),
-            "outcome": "completed",
-        }
-        if event.data_loss_bytes is None:
-            changes["data_loss_bytes"] = loss
-        event = mgr.events.update(event.id, **changes) or event
-        with self._lock:
-            self._event_id = None
-            self._first_write = (event.id, decision.node, event.started)
+        event = self.incident.complete(decision.node, decision.previous, decision.reason)
         mgr.stats.bump("failovers")
         logger.warning(
             "cluster %s: failover complete: writes go to %s (was %s) after %.3fs",
@@ -241,25 +216,9 @@ class FailoverActions:
         )
         self._emit("failover", event)
 
-    def _position_before(self, event: FailoverEvent, node: str) -> int | None:
-        """How much WAL ``node`` held when it took over (its last position as a standby)."""
-        snap = self._mgr.snapshot
-        fork = snap.fork_lsn if snap.fork_timeline == snap.node(node).timeline else None
-        return fork if fork is not None else snap.node(node).position
-
     def wrote(self, node: str) -> None:
-        """A write was acknowledged by ``node``: close the failover clock."""
-        pending = self._first_write
-        if pending is None or pending[1] != node:
-            return
-        with self._lock:
-            if self._first_write != pending:
-                return
-            self._first_write = None
-        event_id, _, started = pending
-        elapsed = time.time() - started
-        self._mgr.stats.failover_took(elapsed)
-        self._mgr.events.update(event_id, first_write_after=elapsed)
+        """A write was acknowledged by ``node`` (closes the incident's clock)."""
+        self.incident.wrote(node)
 
     # -- fencing ---------------------------------------------------------------
 
@@ -400,14 +359,7 @@ class FailoverActions:
             promote_node(mgr.node(target).dsn)
         except (PgFailoverError, psycopg.Error) as exc:
             mgr.stats.bump("promotion_failures")
-            failed = mgr.events.update(
-                event.id,
-                outcome="failed",
-                completed=time.time(),
-                notes=(*notes, f"pg_promote failed: {exc}"),
-            )
-            with self._lock:
-                self._event_id = None
+            failed = self.incident.fail(event.id, (*notes, f"pg_promote failed: {exc}"))
             if failed is not None:
                 self._emit("failover", failed)
             raise

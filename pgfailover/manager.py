@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pgfailover import execution
 from pgfailover.config import (
@@ -34,7 +34,8 @@ from pgfailover.events import EventLog, FailoverEvent, run_callbacks
 from pgfailover.failover import FailoverActions
 from pgfailover.model import ClusterState, Decision, Snapshot
 from pgfailover.monitor import Monitor, ProbeRound
-from pgfailover.probe import ProbeResult, shutdown_connection
+from pgfailover.pools import NodePools
+from pgfailover.probe import ProbeResult
 from pgfailover.routing import STRATEGIES, ReadStrategy, read_order, write_target
 from pgfailover.state import initial_snapshot, transition
 from pgfailover.stats import Stats
@@ -99,7 +100,7 @@ class FailoverManager:
         self._by_name = {n.name: n for n in nodes}
         self.stats = Stats()
         self.events = EventLog(self.config.history_size, self.config.history_file)
-        self._pools = {n.name: self._make_pool(n, pool_kwargs or {}) for n in nodes}
+        self._pools = NodePools(nodes, self.config, name, pool_kwargs)
         self._cond = threading.Condition()
         self._snapshot = initial_snapshot(nodes, time.time())  # replaced under self._cond
         self._suspects: dict[str, float] = {}  # guarded by self._cond
@@ -114,11 +115,6 @@ class FailoverManager:
             "recovery": [],
         }
         self._actions = FailoverActions(self)
-        self._inflight_lock = threading.Lock()
-        # Connections checked out, per node; checkin() always removes them.
-        self._inflight: dict[str, set[psycopg.Connection[Any]]] = {
-            n.name: set() for n in nodes
-        }  # guarded by self._inflight_lock
 
     # -- construction --------------------------------------------------
 
@@ -143,23 +139,6 @@ class FailoverManager:
             raise ConfigurationError("no nodes in the environment: set PGFAILOVER_DSN or DB_HOST")
         return cls(nodes=nodes, config=config, **kwargs)
 
-    def _make_pool(self, node: Node, extra: dict[str, Any]) -> ConnectionPool:
-        """One node's pool; ``extra`` (the caller's ``pool_kwargs``) is never modified."""
-        cfg = self.config
-        kwargs = dict(extra.get("kwargs") or {})
-        kwargs.setdefault("connect_timeout", max(1, round(cfg.connect_timeout)))
-        options = {k: v for k, v in extra.items() if k != "kwargs"}
-        return ConnectionPool(
-            node.dsn,
-            min_size=node.pool_min_size if node.pool_min_size is not None else cfg.pool_min_size,
-            max_size=node.pool_max_size if node.pool_max_size is not None else cfg.pool_max_size,
-            timeout=cfg.pool_timeout,
-            name=f"pgfailover-{self.name}-{node.name}",
-            kwargs=kwargs,
-            open=False,
-            **options,
-        )
-
     # -- lifecycle -----------------------------------------------------
 
     def open(self, *, start_health_checks: bool = True) -> FailoverManager:
@@ -171,8 +150,7 @@ class FailoverManager:
         self._opened = True
         try:
             self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
-            for pool in self._pools.values():
-                pool.open(wait=False)
+            self._pools.open()
             self._monitor_round(full=True)
             foreign = [
                 n.error for n in self._snapshot.nodes if n.error and "another cluster" in n.error
@@ -238,34 +216,15 @@ class FailoverManager:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        for name in self._inflight:
-            self.abort_inflight(name)
+        # Callers blocked on a hung server are freed first (ManagerClosed next).
+        for name in self._by_name:
+            self._pools.abort(name)
         self.stop_health_checks(max(0.1, 0.8 * timeout))
         if self._rounds is not None:
             self._rounds.close()
-        closers = [
-            threading.Thread(
-                target=self._close_pool,
-                args=(pool, max(0.1, deadline - time.monotonic())),
-                name=f"pgfailover-close-{name}",
-                daemon=True,
-            )
-            for name, pool in self._pools.items()
-        ]
-        for thread in closers:
-            thread.start()
-        for thread in closers:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in closers):
+        if not self._pools.close(deadline):
             logger.warning("manager %s: pools did not close within %.1fs", self.name, timeout)
         logger.info("manager %s closed", self.name)
-
-    @staticmethod
-    def _close_pool(pool: ConnectionPool, timeout: float) -> None:
-        try:
-            pool.close(timeout=timeout)
-        except Exception:
-            logger.exception("closing pool %s failed", pool.name)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -401,53 +360,30 @@ class FailoverManager:
         """A connection from ``node``'s pool, tracked until :meth:`checkin`.
 
         ``None`` (and the node suspected) when none came before ``deadline``.
+
+        Raises:
+            ManagerClosed: the manager closed (also while waiting).
         """
         timeout = max(0.05, min(self.config.pool_timeout, deadline - time.monotonic()))
-        if self._closed:
-            raise ManagerClosed(f"manager {self.name} is closed")
         try:
-            conn = self._pools[node].getconn(timeout=timeout)
-        except PoolClosed:
-            raise ManagerClosed(f"manager {self.name} is closed") from None
+            return self._pools.checkout(node, timeout)
         except PoolTimeout:
             if self._closed:
                 raise ManagerClosed(f"manager {self.name} is closed") from None
             self.suspect(node, f"no pooled connection within {timeout:.2f}s")
             return None
-        with self._inflight_lock:
-            if self._closed:
-                self._pools[node].putconn(conn)
-                raise ManagerClosed(f"manager {self.name} is closed")
-            self._inflight[node].add(conn)
-        return conn
 
     def checkin(self, node: str, conn: psycopg.Connection[Any]) -> None:
         """Give a connection from :meth:`checkout` back to its pool."""
-        with self._inflight_lock:
-            self._inflight[node].discard(conn)
-        try:
-            self._pools[node].putconn(conn)
-        except PoolClosed:
-            conn.close()
+        self._pools.checkin(node, conn)
 
     def abort_inflight(self, node: str) -> int:
-        """Unblock every caller waiting on ``node`` (a lost primary).
-
-        Their sockets are shut down, so a statement stuck on a hung server
-        fails at once with a connection error: before COMMIT it is retried
-        on the new primary, during COMMIT it raises ``WriteOutcomeUnknown``.
-        """
-        with self._inflight_lock:
-            conns = list(self._inflight[node])
-            for conn in conns:
-                shutdown_connection(conn)
-        if conns:
-            logger.warning("node %s: %d in-flight connection(s) aborted", node, len(conns))
-        return len(conns)
+        """Unblock every caller waiting on ``node`` (a lost primary); see :class:`NodePools`."""
+        return self._pools.abort(node)
 
     def pool(self, node: str) -> ConnectionPool:
         """The pool of one node."""
-        return self._pools[node]
+        return self._pools.get(node)
 
     def node(self, name: str) -> Node:
         """The configured :class:`Node` called ``name``."""
@@ -536,7 +472,7 @@ class FailoverManager:
             raise NoPrimaryAvailable(
                 f"cluster {self.name} has no primary ({self._snapshot.state.value})"
             )
-        return self._pools[primary]
+        return self._pools.get(primary)
 
     # -- health, failover, status --------------------------------------
 

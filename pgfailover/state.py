@@ -34,8 +34,9 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from pgfailover.config import FailoverConfig, Node
+from pgfailover.derive import cluster_identifier, primary_position, refuse_foreign, with_following
 from pgfailover.dsn import node_address
-from pgfailover.guards import Candidate, choose_candidate, hears_upstream
+from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.model import (
     ClusterState,
     Decision,
@@ -137,71 +138,6 @@ def _probed(
     )
 
 
-def _cluster_identifier(prev: Snapshot, nodes: Sequence[NodeState]) -> str | None:
-    """The cluster's system identifier: kept once known, else the primary's or the commonest."""
-    if prev.system_identifier is not None:
-        return prev.system_identifier
-    seen = [n for n in nodes if n.up and n.system_identifier]
-    if not seen:
-        return None
-    writable = [n for n in seen if n.role is Role.PRIMARY and not n.read_only]
-    if len({n.system_identifier for n in writable}) == 1:
-        return writable[0].system_identifier
-    ids = [n.system_identifier for n in seen]
-    return max(sorted(set(ids), key=str), key=ids.count)
-
-
-def _refuse_foreign(node: NodeState, cluster_id: str | None) -> NodeState:
-    """A node whose system identifier is another cluster's is never used."""
-    if cluster_id is None or not node.up or node.system_identifier in (None, cluster_id):
-        return node
-    return dataclasses.replace(
-        node,
-        role=Role.UNKNOWN,
-        up=False,
-        healthy=False,
-        promotion_eligible=False,
-        error=(
-            f"{node.name} belongs to another cluster (system identifier "
-            f"{node.system_identifier}, this cluster's is {cluster_id}): not used"
-        ),
-    )
-
-
-def _follows(
-    node: NodeState, primary: NodeState | None, by_name: Mapping[str, NodeState]
-) -> bool | None:
-    """Whether a standby streams from the current primary (directly or through a standby)."""
-    if node.role is not Role.STANDBY or not node.up:
-        return None
-    if primary is None:
-        return hears_upstream(node) if node.receiver_visible else None
-    if primary.streaming_names is not None and node.app_name in primary.streaming_names:
-        return True
-    if not node.receiver_visible:
-        return None
-    if not hears_upstream(node):
-        return False
-    if node.upstream is None or node.upstream == primary.name:
-        return primary.streaming_names is None or node.upstream is None
-    upstream = by_name.get(node.upstream)
-    return upstream is not None and upstream.role is Role.STANDBY
-
-
-def _with_following(
-    node: NodeState,
-    prev: NodeState,
-    primary: NodeState | None,
-    by_name: Mapping[str, NodeState],
-    now: float,
-) -> NodeState:
-    follows = _follows(node, primary, by_name)
-    since = None
-    if follows is False:
-        since = prev.not_following_since if prev.not_following_since is not None else now
-    return dataclasses.replace(node, follows=follows, not_following_since=since)
-
-
 def _with_lag(
     node: NodeState, primary: NodeState | None, reference: int, cfg: FailoverConfig
 ) -> NodeState:
@@ -248,8 +184,8 @@ def transition(
     decisions: list[Decision] = []
     by_address = {n.address: n.name for n in prev.nodes}
     updated = [_probed(n, results.get(n.name), now, cfg, by_address) for n in prev.nodes]
-    cluster_id = _cluster_identifier(prev, updated)
-    updated = [_refuse_foreign(n, cluster_id) for n in updated]
+    cluster_id = cluster_identifier(prev, updated)
+    updated = [refuse_foreign(n, cluster_id) for n in updated]
     for index, (old, new) in enumerate(zip(prev.nodes, updated, strict=True)):
         if old.checked and old.healthy and not new.healthy:
             decisions.append(NodeLost(new.name, new.error))
@@ -273,7 +209,7 @@ def transition(
             )
 
     last_primary = prev.last_primary
-    last_primary_lsn = _primary_position(prev, by_name, primary, max_timeline)
+    last_primary_lsn = primary_position(prev, by_name, primary, max_timeline)
     if primary is not None:
         last_primary = primary
 
@@ -283,7 +219,7 @@ def transition(
     primary_node = by_name[primary] if primary is not None else None
     prev_by_name = {n.name: n for n in prev.nodes}
     updated = [
-        _with_following(n, prev_by_name[n.name], primary_node, by_name, now) for n in updated
+        with_following(n, prev_by_name[n.name], primary_node, by_name, now) for n in updated
     ]
     fork_timeline, fork_lsn = prev.fork_timeline, prev.fork_lsn
     new_timeline = primary_node.timeline or 0 if primary_node is not None else 0
@@ -355,34 +291,6 @@ def transition(
                 snapshot, promotion_blocked=f"{choice.guard}: {choice.reason}"
             )
     return snapshot, decisions
-
-
-def _primary_position(
-    prev: Snapshot, by_name: Mapping[str, NodeState], primary: str | None, timeline: int
-) -> int | None:
-    """The furthest WAL position known to exist on the (last) primary.
-
-    Its own ``pg_current_wal_lsn()`` at the last probe, and the WAL end it
-    reported to each standby with its latest message (fresher under load:
-    the walsender sends it with every message), so that the data-loss
-    estimate of a failover counts what was written after the last probe.
-    """
-    source = primary or prev.last_primary
-    best = prev.last_primary_lsn if source == prev.last_primary else None
-    positions = [best or 0]
-    if primary is not None and by_name[primary].wal_lsn is not None:
-        positions.append(by_name[primary].wal_lsn or 0)
-    for node in by_name.values():
-        if (
-            node.role is Role.STANDBY
-            and node.up
-            and node.upstream == source
-            and node.upstream_end_lsn is not None
-            and node.timeline == timeline
-        ):
-            positions.append(node.upstream_end_lsn)
-    found = max(positions)
-    return found if found or best is not None else None
 
 
 def _bookkeeping(

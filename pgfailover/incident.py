@@ -1,0 +1,103 @@
+"""One failover's record: the event from detection to the first write on the new primary.
+
+An incident opens when the primary is lost (or a promotion starts), gathers
+what happens (who took over, notes, the data-loss estimate), completes when
+writes switch to the new primary, and closes its clock at the first write
+the new primary acknowledges through this manager. There is at most one open
+incident; everything that records a failover asks :class:`Incident`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pgfailover.events import EventLog, FailoverEvent
+from pgfailover.model import Snapshot
+from pgfailover.stats import Stats
+
+__all__ = ["Incident"]
+
+
+class Incident:
+    """The open failover event and the first-write clock.
+
+    Locks: ``_lock`` guards the two fields below; the event log's own lock
+    may be taken under it (never the other way round).
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    def __init__(self, events: EventLog, stats: Stats, snapshot: Callable[[], Snapshot]) -> None:
+        self._events = events
+        self._stats = stats
+        self._snapshot = snapshot
+        self._lock = threading.Lock()
+        self._event_id: str | None = None  # guarded by self._lock: the open event
+        self._first_write: tuple[str, str, float] | None = None  # guarded by self._lock
+
+    def open(self, previous: str | None, reason: str) -> tuple[FailoverEvent, bool]:
+        """The open event, recorded now if none is open; True when it is new."""
+        with self._lock:
+            if self._event_id is not None:
+                current = self._events.get(self._event_id)
+                if current is not None and current.outcome == "in_progress":
+                    return current, False
+            started = self._snapshot().failover_started_at or time.time()
+            event = FailoverEvent("failover", previous, None, reason, started)
+            self._event_id = event.id
+            return self._events.record(event), True
+
+    def forget(self) -> None:
+        """No incident is open any more (a first primary, or one that came back)."""
+        with self._lock:
+            self._event_id = None
+
+    def fail(self, event_id: str, notes: tuple[str, ...]) -> FailoverEvent | None:
+        """The promotion of the open incident failed."""
+        with self._lock:
+            self._event_id = None
+        return self._events.update(event_id, outcome="failed", completed=time.time(), notes=notes)
+
+    def complete(self, node: str, previous: str, reason: str) -> FailoverEvent:
+        """Writes switched to ``node``: complete the event and start the first-write clock."""
+        event, _ = self.open(previous, reason)
+        snap = self._snapshot()
+        changes: dict[str, Any] = {
+            "to_node": node,
+            "completed": time.time(),
+            "outcome": "completed",
+        }
+        if event.data_loss_bytes is None and snap.last_primary_lsn is not None:
+            position = self._position_before(snap, node)
+            changes["data_loss_bytes"] = (
+                None if position is None else max(0, snap.last_primary_lsn - position)
+            )
+        event = self._events.update(event.id, **changes) or event
+        with self._lock:
+            self._event_id = None
+            self._first_write = (event.id, node, event.started)
+        return event
+
+    @staticmethod
+    def _position_before(snap: Snapshot, node: str) -> int | None:
+        """How much WAL ``node`` held when it took over (its position at the fork)."""
+        state = snap.node(node)
+        fork = snap.fork_lsn if snap.fork_timeline == state.timeline else None
+        return fork if fork is not None else state.position
+
+    def wrote(self, node: str) -> None:
+        """A write was acknowledged by ``node``: close the failover clock."""
+        pending = self._first_write
+        if pending is None or pending[1] != node:
+            return  # the common case, without the lock
+        with self._lock:
+            if self._first_write != pending:
+                return
+            self._first_write = None
+        event_id, _, started = pending
+        elapsed = time.time() - started
+        self._stats.failover_took(elapsed)
+        self._events.update(event_id, first_write_after=elapsed)
