@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role
-from pgfailover.upkeep import commits_blocked
+from pgfailover.upkeep import SLOW_HANG_FAILOVER, commits_blocked
 
 if TYPE_CHECKING:
     from pgfailover.manager import FailoverManager
@@ -93,7 +93,7 @@ def failure_detection(mgr: FailoverManager) -> dict[str, Any]:
     bound = hang_failover_seconds(snap, cfg)
     refused = mgr.upkeep_status().refused
     warning = None
-    if cfg.promotion == "auto" and (bound is None or bound > 10):
+    if cfg.promotion == "auto" and (bound is None or bound > SLOW_HANG_FAILOVER):
         warning = (
             "a hung or black-holed primary is failed over "
             + ("never" if bound is None else f"only after up to {bound:g}s")

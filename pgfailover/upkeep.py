@@ -37,6 +37,7 @@ from pgfailover.admin import (
 )
 from pgfailover.config import FailoverConfig
 from pgfailover.events import EventLog, FailoverEvent
+from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.syncrep import SyncSpec, parse_sync, plan_sync
 
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_INTERVAL: Final = 10.0
 """Seconds before the same action is tried again on the same node."""
+
+SLOW_HANG_FAILOVER: Final = 10.0
+"""Seconds of hang failover past which the manager warns (status, log, alert)."""
 
 
 def commits_blocked(snap: Snapshot) -> bool:
@@ -131,6 +135,7 @@ class Upkeep:
         self._unsatisfied: dict[str, float] = {}  # guarded by self._lock: primary -> since
         self._tried: dict[tuple[str, str], float] = {}  # guarded by self._lock
         self._refused: dict[str, str] = {}  # guarded by self._lock
+        self._warned_slow = False  # only under _run_lock
 
     @property
     def _timeout(self) -> float:
@@ -171,6 +176,8 @@ class Upkeep:
                 for name in receivers_to_tune(snap, self._config.wal_receiver_timeout):
                     if not closed():
                         self._tune(name, snap.node(name))
+            else:
+                self._warn_if_slow(snap)
             if snap.primary is None or snap.split_brain:
                 return
             primary = snap.node(snap.primary)
@@ -183,6 +190,21 @@ class Upkeep:
                         self._repoint(name, snap.primary)
         finally:
             self._run_lock.release()
+
+    def _warn_if_slow(self, snap: Snapshot) -> None:
+        """Say once that the servers' own setting makes hang detection slow."""
+        if self._warned_slow or not any(n.role is Role.STANDBY and n.up for n in snap.nodes):
+            return
+        bound = hang_failover_seconds(snap, self._config)
+        if bound is not None and bound <= SLOW_HANG_FAILOVER:
+            return
+        self._warned_slow = True
+        logger.warning(
+            "cluster %s: wal_receiver_timeout is left to the servers (wal_receiver_timeout=0): "
+            "a hung or black-holed primary is failed over %s",
+            self._cluster,
+            "never" if bound is None else f"only after up to {bound:g}s",
+        )
 
     def _due(self, action: str, node: str) -> bool:
         now = time.monotonic()

@@ -138,3 +138,21 @@ def test_callbacks_run_with_no_lock_held_and_may_call_the_manager(fresh_lab: Loc
         # The monitor is alive after the callback re-entered the manager.
         rounds = mgr.snapshot.rounds
         wait_until(lambda: mgr.snapshot.rounds > rounds + 3, what="more monitor rounds")
+
+
+def test_auto_mode_says_loudly_what_failover_time_the_servers_settings_give(
+    fresh_lab: LocalLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    # wal_receiver_timeout=0: the manager must leave the servers' 60 s default alone.
+    config = FAST.replace(promotion="auto", wal_receiver_timeout=0)
+    with caplog.at_level("WARNING", logger="pgfailover"), manager_for(fresh_lab, config) as mgr:
+        wait_until(
+            lambda: mgr.get_failover_status()["failure_detection"]["warning"],
+            what="a warning in status",
+        )
+        detection = mgr.get_failover_status()["failure_detection"]
+        assert detection["hang_failover_seconds"] == 31.0  # 60 s / 2 + 1 s of margin
+        assert "31s" in detection["warning"]
+        assert mgr.get_metrics()["hang_failover_seconds"] == 31.0
+        assert fresh_lab.run_sql("node1", "SHOW wal_receiver_timeout") == [("1min",)]
+    assert any("left to the servers" in r.getMessage() for r in caplog.records)
