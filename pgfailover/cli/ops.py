@@ -117,6 +117,8 @@ def render(status: dict[str, Any]) -> str:
             marks.append("SPLIT-BRAIN")
         if not node["up"] and node.get("error"):
             marks.append(node["error"][:60])
+        elif node["up"] and node.get("read_block") and node["role"] == "standby":
+            marks.append(f"no reads: {node['read_block'][:60]}")
         rows.append(
             [
                 node["name"],
@@ -141,6 +143,15 @@ def render(status: dict[str, Any]) -> str:
         extra.append(f"promotion blocked: {status['promotion_blocked']}")
     if status.get("failover_reason"):
         extra.append(f"failover: {status['failover_reason']}")
+    sync = status.get("synchronous_replication") or {}
+    if sync.get("commits_blocked"):
+        extra.append(
+            f"COMMITS BLOCKED: synchronous_standby_names {sync.get('synchronous_standby_names')!r}"
+            f" names no streaming standby (streaming: {', '.join(sync.get('streaming') or [])})"
+        )
+    warning = (status.get("failure_detection") or {}).get("warning")
+    if warning:
+        extra.append(f"warning: {warning}")
     return "\n".join(lines + (["", *extra] if extra else []))
 
 
