@@ -44,7 +44,7 @@ from pgfailover.admin import (
     repoint_standby,
     set_sync_standby_names,
 )
-from pgfailover.errors import PgFailoverError, PromotionRefused
+from pgfailover.errors import ManagerClosed, PgFailoverError, PromotionRefused
 from pgfailover.events import FailoverEvent
 from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.incident import Incident
@@ -123,7 +123,8 @@ class FailoverActions:
         promote = self.apply(decisions)
         if promote is not None and mgr.config.promotion == "auto" and not mgr.closed:
             self._auto_promote(promote)
-        if mgr.config.promotion == "auto" and not mgr.closed:
+        if mgr.config.promotion == "auto" and not mgr.closed and not self._promote_lock.locked():
+            # Not while a promotion runs: it sets the sync names and repoints itself.
             self.upkeep.run(mgr.snapshot, time.time(), lambda: mgr.closed)
         self.flush_callbacks()
 
@@ -202,10 +203,14 @@ class FailoverActions:
         mgr = self._mgr
         if decision.previous is None or decision.previous == decision.node:
             logger.info("cluster %s: primary is %s (%s)", mgr.name, decision.node, decision.reason)
-            self.incident.forget()
+            self.incident.resolve(
+                decision.node, f"{decision.node} answered again: nothing was promoted"
+            )
             return
         mgr.abort_inflight(decision.previous)
-        event = self.incident.complete(decision.node, decision.previous, decision.reason)
+        event = self.incident.complete(
+            decision.node, decision.previous, decision.reason, decision.lost_lsn
+        )
         mgr.stats.bump("failovers")
         logger.warning(
             "cluster %s: failover complete: writes go to %s (was %s) after %.3fs",
@@ -296,6 +301,8 @@ class FailoverActions:
                 guard="busy",
             )
         try:
+            if mgr.closed:
+                raise ManagerClosed(f"manager {mgr.name} is closed")
             self.apply(mgr._probe_and_advance())
             snap = mgr.snapshot
             choice = choose_candidate(snap, mgr.config, time.time(), target=target, force=force)
@@ -398,7 +405,7 @@ class FailoverActions:
         self.upkeep.promoted(target, current if written is None else written, time.time())
 
     def wait_repointed(self, timeout: float) -> bool:
-        """Wait until no promotion (which repoints the standbys) is running."""
+        """Wait until no promotion is running (each repoints its standbys before it ends)."""
         if not self._promote_lock.acquire(timeout=timeout):
             return False
         self._promote_lock.release()

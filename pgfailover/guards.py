@@ -45,11 +45,16 @@ The guards, in order (``force`` skips only those marked *forceable*):
    forced switchover fences the old primary first).
 3. ``another_primary``: some other node already reports itself primary;
    never forced (it would make a split brain).
-4. ``no_candidate`` / ``target_not_eligible``: no healthy standby, or the
-   asked-for node is not one.
+4. ``no_candidate`` / ``target_not_eligible``: no healthy standby on the
+   newest timeline (an orphan or a diverged node is never a candidate), or
+   the asked-for node is not one.
 5. ``receiver_streaming``: a standby still hears the lost primary
-   (*forceable*); ``receiver_unknown``: the probe user cannot see the WAL
-   receiver (grant ``pg_monitor``) (*forceable*).
+   (*forceable*); ``witness_unreachable``: a standby that may still hear it
+   cannot be asked (*forceable*); ``receiver_unknown``: the probe user
+   cannot see a standby's WAL receiver (grant ``pg_monitor``) (*forceable*).
+   ``quorum_incomplete``: with quorum sync, too few of the listed standbys
+   answer to be sure the candidate holds every acknowledged commit
+   (*forceable*).
 6. ``not_most_advanced``: the asked-for target holds less WAL than another
    standby (*forceable*).
 7. ``lag``: the candidate is more than ``max_promotion_lag_bytes`` behind
@@ -81,6 +86,7 @@ from typing import Final
 
 from pgfailover.config import FailoverConfig
 from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.syncrep import parse_sync
 
 __all__ = [
     "FORCEABLE",
@@ -102,6 +108,8 @@ SILENCE_MARGIN: Final = 1.0
 FORCEABLE = frozenset(
     {
         "primary_reachable",
+        "witness_unreachable",
+        "quorum_incomplete",
         "receiver_streaming",
         "receiver_unknown",
         "not_most_advanced",
@@ -205,8 +213,16 @@ def rank(node: NodeState) -> tuple[int, int, str]:
     return (-(node.position or 0), node.priority, node.name)
 
 
-def _eligible(node: NodeState) -> bool:
-    return node.up and node.healthy and node.role is Role.STANDBY and node.position is not None
+def _eligible(node: NodeState, max_timeline: int) -> bool:
+    """A healthy standby on the newest timeline: never an orphan or a diverged node,
+    whose WAL position, on another history, says nothing about what it holds."""
+    return (
+        node.up
+        and node.healthy
+        and node.role is Role.STANDBY
+        and node.position is not None
+        and (node.timeline or 0) >= max_timeline
+    )
 
 
 def choose_candidate(
@@ -235,7 +251,7 @@ def choose_candidate(
     ]
     if others:
         return Refusal("another_primary", f"{', '.join(others)} already reports itself primary")
-    candidates = sorted((n for n in snap.nodes if _eligible(n)), key=rank)
+    candidates = sorted((n for n in snap.nodes if _eligible(n, snap.max_timeline)), key=rank)
     if not candidates:
         return Refusal("no_candidate", "no healthy standby to promote")
     best = candidates[0]
@@ -258,7 +274,7 @@ def choose_candidate(
             if not recently_failed(n, now, config) and (n.position or 0) >= (best.position or 0)
         ]
         chosen = steady[0] if steady else best
-    refusal = _lost_primary_heard(snap, refuse)
+    refusal = _lost_primary_heard(snap, config, refuse) or _quorum_incomplete(snap, refuse)
     if refusal:
         return refusal
     if not chosen.receiver_visible:
@@ -304,18 +320,48 @@ def choose_candidate(
 
 
 def _lost_primary_heard(
-    snap: Snapshot, refuse: Callable[[str, str], Refusal | None]
+    snap: Snapshot, config: FailoverConfig, refuse: Callable[[str, str], Refusal | None]
 ) -> Refusal | None:
-    """The ``receiver_streaming`` guard: a standby still hears the lost primary.
+    """Every standby that could still hear the lost primary must say it does not.
 
     What a standby hears, unless it is another standby of the cluster that
     answers (a cascade), is a primary somewhere: the lost one, or one this
-    manager never reached (it started while cut off from it).
+    manager never reached (it started while cut off from it). A standby the
+    manager cannot ask is no proof either way: if it went down no earlier
+    than the primary began failing it may be the one still streaming from
+    it, so ``witness_unreachable`` refuses (a double failure needs an
+    operator's ``force``). So does a standby whose WAL receiver the probe
+    user cannot see (``receiver_unknown``).
     """
     lost = snap.last_primary
     by_name = {n.name: n for n in snap.nodes}
+    lost_node = by_name.get(lost or "")
+    lost_since = lost_node.down_since if lost_node is not None else None
+    slack = config.health_check_timeout + 2 * config.health_check_interval
     for node in snap.nodes:
-        if node.name == lost or node.role is not Role.STANDBY or not node.up:
+        if node.name == lost or node.role is not Role.STANDBY:
+            continue
+        if not node.up:
+            if (
+                lost_since is None
+                or node.down_since is None
+                or (node.down_since >= lost_since - slack)
+            ):
+                refusal = refuse(
+                    "witness_unreachable",
+                    f"{node.name} cannot be asked whether it still hears "
+                    f"{lost or 'the primary'} ({node.error or 'no answer'})",
+                )
+                if refusal:
+                    return refusal
+            continue
+        if not node.receiver_visible:
+            refusal = refuse(
+                "receiver_unknown",
+                f"cannot see {node.name}'s WAL receiver: grant pg_monitor to the probe user",
+            )
+            if refusal:
+                return refusal
             continue
         if not hears_upstream(node):
             continue
@@ -325,9 +371,47 @@ def _lost_primary_heard(
         silence = f" {node.receiver_silence:.1f}s ago" if node.receiver_silence is not None else ""
         limit = silence_limit(node)
         proof = f" (proof of loss after {limit:.1f}s of silence)" if limit else ""
-        return refuse(
+        refusal = refuse(
             "receiver_streaming",
             f"{node.name} heard from {node.upstream or 'the primary'}{silence}{proof}: "
             "the primary is alive and this manager may be partitioned from it",
         )
+        if refusal:
+            return refusal
     return None
+
+
+def _quorum_incomplete(
+    snap: Snapshot, refuse: Callable[[str, str], Refusal | None]
+) -> Refusal | None:
+    """With quorum sync, enough listed standbys must answer to hold every acknowledged commit.
+
+    Under ``ANY k (n names)`` a COMMIT was acknowledged once k of them had
+    it, so only n - k + 1 of them together are sure to hold every one; the
+    most advanced of those is promoted. With fewer reachable, a missing one
+    may hold commits the others lack (``FIRST k`` is treated the same way).
+    """
+    lost = snap.last_primary
+    if lost is None:
+        return None
+    spec = parse_sync(snap.node(lost).sync_standby_names)
+    if spec is None or spec.star:
+        return None
+    listed = {name.casefold() for name in spec.names}
+    reachable = [
+        n.name
+        for n in snap.nodes
+        if n.name != lost
+        and n.up
+        and n.role is Role.STANDBY
+        and (n.app_name or "").casefold() in listed
+    ]
+    need = len(listed) - spec.count + 1
+    if len(reachable) >= need:
+        return None
+    return refuse(
+        "quorum_incomplete",
+        f"{lost} acknowledged commits once {spec.count} of {len(listed)} standbys "
+        f"({', '.join(spec.names)}) had them; only {len(reachable)} "
+        f"({', '.join(reachable) or 'none'}) answer, {need} are needed to be sure none is lost",
+    )

@@ -50,10 +50,26 @@ class Incident:
             self._event_id = event.id
             return self._events.record(event), True
 
-    def forget(self) -> None:
-        """No incident is open any more (a first primary, or one that came back)."""
+    def resolve(self, node: str, note: str) -> FailoverEvent | None:
+        """The primary came back before anything was promoted: end the open event.
+
+        Its outcome is ``completed`` with ``to`` the same node, and a note
+        saying so (a client-only partition that healed, a restart).
+        """
         with self._lock:
-            self._event_id = None
+            event_id, self._event_id = self._event_id, None
+        if event_id is None:
+            return None
+        current = self._events.get(event_id)
+        if current is None or current.outcome != "in_progress":
+            return None
+        return self._events.update(
+            event_id,
+            to_node=node,
+            completed=time.time(),
+            outcome="completed",
+            notes=(*current.notes, note),
+        )
 
     def fail(self, event_id: str, notes: tuple[str, ...]) -> FailoverEvent | None:
         """The promotion of the open incident failed."""
@@ -61,8 +77,14 @@ class Incident:
             self._event_id = None
         return self._events.update(event_id, outcome="failed", completed=time.time(), notes=notes)
 
-    def complete(self, node: str, previous: str, reason: str) -> FailoverEvent:
-        """Writes switched to ``node``: complete the event and start the first-write clock."""
+    def complete(
+        self, node: str, previous: str, reason: str, lost_lsn: int | None
+    ) -> FailoverEvent:
+        """Writes switched to ``node``: complete the event and start the first-write clock.
+
+        ``lost_lsn`` is the furthest WAL the previous primary was known to
+        hold; what ``node`` held when it took over is subtracted from it.
+        """
         event, _ = self.open(previous, reason)
         snap = self._snapshot()
         changes: dict[str, Any] = {
@@ -70,11 +92,9 @@ class Incident:
             "completed": time.time(),
             "outcome": "completed",
         }
-        if event.data_loss_bytes is None and snap.last_primary_lsn is not None:
+        if event.data_loss_bytes is None and lost_lsn is not None:
             position = self._position_before(snap, node)
-            changes["data_loss_bytes"] = (
-                None if position is None else max(0, snap.last_primary_lsn - position)
-            )
+            changes["data_loss_bytes"] = None if position is None else max(0, lost_lsn - position)
         event = self._events.update(event.id, **changes) or event
         with self._lock:
             self._event_id = None

@@ -151,12 +151,15 @@ class FailoverManager:
         try:
             self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
             self._pools.open()
-            self._monitor_round(full=True)
+            # The first round's decisions wait for the membership check: a
+            # manager pointed at the wrong cluster must change nothing.
+            decisions = self._probe_and_advance()
             foreign = [
                 n.error for n in self._snapshot.nodes if n.error and "another cluster" in n.error
             ]
             if foreign:
                 raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
+            self._actions.after_round(decisions)
             if start_health_checks:
                 self.start_health_checks()
         except BaseException:
@@ -220,6 +223,10 @@ class FailoverManager:
         for name in self._by_name:
             self._pools.abort(name)
         self.stop_health_checks(max(0.1, 0.8 * timeout))
+        # A promotion started on another thread (perform_failover, the HTTP
+        # trigger, check_health) is finished too, repointing included.
+        if not self._actions.wait_repointed(max(0.1, deadline - time.monotonic())):
+            logger.warning("manager %s: a promotion still runs after %.1fs", self.name, timeout)
         if self._rounds is not None:
             self._rounds.close()
         if not self._pools.close(deadline):
@@ -524,7 +531,7 @@ class FailoverManager:
         return self._actions.manual_failover(name, force=force, timeout=timeout)
 
     def wait_repointed(self, timeout: float = 30.0) -> bool:
-        """Wait until the standbys are repointed after a promotion (done in the background).
+        """Wait until a running promotion (which repoints the standbys) has ended.
 
         Returns False if repointing was still running after ``timeout``.
         """

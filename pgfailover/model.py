@@ -164,6 +164,7 @@ class SwitchPrimary:
     previous: str | None
     timeline: int | None
     reason: str
+    lost_lsn: int | None = None  # the furthest WAL the previous primary was known to hold
 
 
 @dataclass(frozen=True)

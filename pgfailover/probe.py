@@ -60,7 +60,8 @@ SELECT pg_is_in_recovery(),
        current_setting('wal_receiver_timeout'),
        r.conninfo,
        current_setting('cluster_name'),
-       CASE WHEN pg_is_in_recovery() THEN NULL
+       CASE WHEN pg_is_in_recovery()
+                 OR NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN NULL
             ELSE ARRAY(SELECT application_name::text FROM pg_stat_replication
                        WHERE state = 'streaming' ORDER BY 1) END
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true

@@ -55,12 +55,17 @@ def read_block(
     fork: tuple[int, int | None],
     now: float,
     config: FailoverConfig,
+    previous: str | None = None,
+    reference: int | None = None,
 ) -> str | None:
     """Why ``node`` must not serve reads now, or ``None`` when it may.
 
     ``fork`` is the newest timeline switch seen and the WAL position it
     forked at (``None`` if unknown): a node on an older timeline that holds
-    WAL past it has diverged and needs ``pg_rewind``.
+    WAL past it has diverged and needs ``pg_rewind``. With no primary (a
+    failover in progress, or this manager cut off from it), a node keeps
+    the block it had (``previous``) and is measured against ``reference``,
+    the furthest WAL the last primary was known to hold.
     """
     if primary is not None and node.name == primary.name:
         return None
@@ -82,8 +87,13 @@ def read_block(
             )
         return f"orphaned: on timeline {timeline}, the cluster is on {max_timeline}"
     if primary is None:
-        # No primary anywhere (failover in progress): nothing newer exists to
-        # read, so standbys on the newest timeline keep serving reads.
+        # Read-only degraded mode: standbys that were fit keep serving reads;
+        # one already cut off stays cut off, however long this lasts.
+        if previous is not None and not previous.startswith(("down", "not healthy")):
+            return previous
+        behind = None if reference is None else reference - (node.replay_lsn or 0)
+        if behind is not None and behind > config.max_read_lag_bytes:
+            return f"{behind} bytes behind the last primary position"
         return None
     if node.follows is False and node.not_following_since is not None:
         silent = now - node.not_following_since

@@ -247,6 +247,8 @@ def transition(
                 fork=(fork_timeline, fork_lsn),
                 now=now,
                 config=cfg,
+                previous=prev_by_name[n.name].read_block,
+                reference=last_primary_lsn,
             ),
         )
         for n in updated
@@ -284,7 +286,17 @@ def transition(
         decisions.insert(0, StateChanged(prev.state, state))
     if cfg.promotion == "auto" and state is ClusterState.FAILOVER_IN_PROGRESS:
         choice = choose_candidate(snapshot, cfg, now)
-        if isinstance(choice, Candidate):
+        if prev.last_primary is None and snapshot.rounds < cfg.unhealthy_threshold:
+            # Never saw a primary (a cold start, a primary restarting): count
+            # the same threshold as for a primary that was seen, then decide.
+            snapshot = dataclasses.replace(
+                snapshot,
+                promotion_blocked=(
+                    f"no_primary_seen: no primary in {snapshot.rounds} probe round(s); "
+                    f"waiting for {cfg.unhealthy_threshold}"
+                ),
+            )
+        elif isinstance(choice, Candidate):
             decisions.append(Promote(choice.node, last_primary, choice.reason, choice.lag_bytes))
         else:
             snapshot = dataclasses.replace(
@@ -330,7 +342,9 @@ def _bookkeeping(
         why = f"{primary} is out of recovery on timeline {timeline}"
         if reason:
             why += f" after: {reason}"
-    decisions.append(SwitchPrimary(primary, prev.last_primary, timeline, why))
+    decisions.append(
+        SwitchPrimary(primary, prev.last_primary, timeline, why, lost_lsn=prev.last_primary_lsn)
+    )
     return started, reason, count, last_at, completed
 
 
@@ -339,7 +353,13 @@ def _find_primary(
 ) -> tuple[list[NodeState], str | None, tuple[str, ...], set[str], int]:
     """The primary (the writable node on the newest timeline), split brain, stale nodes."""
     out_of_recovery = [n for n in updated if n.up and n.role is Role.PRIMARY]
-    max_timeline = max([prev.max_timeline, *(n.timeline or 0 for n in out_of_recovery)])
+    # A standby streaming on a timeline proves a primary reached it: a
+    # writable node below it is an old primary, even if the new one cannot
+    # be reached from here.
+    streaming = [n for n in updated if n.up and n.role is Role.STANDBY and n.receiver_streaming]
+    max_timeline = max(
+        [prev.max_timeline, *(n.timeline or 0 for n in (*out_of_recovery, *streaming))]
+    )
     newest = [n for n in out_of_recovery if (n.timeline or 0) >= max_timeline]
     writable = [n for n in newest if not n.read_only]
     stale = {n.name for n in out_of_recovery if (n.timeline or 0) < max_timeline}

@@ -142,7 +142,12 @@ def plan_sync(
     if spec is not None and spec.star:
         return SyncPlan(None)
     known = {n.casefold() for n in (*members, *(spec.names if spec else ()))}
-    eligible = sorted(n for n in streaming if n.casefold() in known)
+    # In the policy's order (FIRST k is a priority list), then the others by name.
+    order = [n.casefold() for n in (policy.names if policy else ())]
+    eligible = sorted(
+        (n for n in streaming if n.casefold() in known),
+        key=lambda n: (order.index(n.casefold()) if n.casefold() in order else len(order), n),
+    )
     if spec is None or spec.satisfied(streaming):
         if policy is None or policy.star or not eligible:
             return SyncPlan(None)

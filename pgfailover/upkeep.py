@@ -183,6 +183,9 @@ class Upkeep:
             primary = snap.node(snap.primary)
             if primary.up and primary.streaming_names is not None and not closed():
                 self._sync(snap, primary, now)
+            else:
+                with self._lock:  # unobserved time never counts as unsatisfied
+                    self._unsatisfied.pop(primary.name, None)
             if self._config.repoint_standbys:
                 grace = max(self._config.sync_standby_attach_timeout, 1.0)
                 for name in orphans(snap, now, grace):
@@ -286,7 +289,6 @@ class Upkeep:
         with self._lock:
             self._written[primary.name] = plan.value
             self._unsatisfied.pop(primary.name, None)
-            self._tried.pop(("sync", primary.name), None)
         level = logging.ERROR if plan.lowered else logging.WARNING
         logger.log(level, "cluster %s: primary %s: %s", self._cluster, primary.name, plan.note)
         if plan.lowered:

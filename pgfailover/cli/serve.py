@@ -148,7 +148,7 @@ def serve(
             api.close(timeout=1)
         # A promotion in progress is finished (repointing included) before
         # the process exits; with nothing running this takes milliseconds.
-        mgr.close(timeout=5)
+        mgr.close(timeout=10)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("stopped")

@@ -177,7 +177,7 @@ def test_external_promotion_counts_one_failover_and_dates_it_from_the_first_miss
     promoted = [down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]
     snap, decisions = run([healthy_round(), LOST, promoted], step=1.0)
     switch = [d for d in decisions[2] if isinstance(d, SwitchPrimary)]
-    assert switch == [SwitchPrimary("node1", "node0", 2, switch[0].reason)]
+    assert switch == [SwitchPrimary("node1", "node0", 2, switch[0].reason, lost_lsn=1000)]
     assert snap.failover_count == 1
     assert snap.failover_started_at == 1002.0  # the round node0 first failed
     assert snap.last_failover_at == 1003.0
