@@ -2,8 +2,9 @@
 
     python benchmarks/report.py bench-results
 
-reads ``failover.jsonl``, ``overhead.jsonl`` and ``probes.jsonl`` from the
-directory (those present) and prints one table per benchmark.
+reads ``failover.jsonl``, ``faults.jsonl``, ``overhead.jsonl`` and
+``probes.jsonl`` from the directory (those present) and prints one table per
+benchmark.
 """
 
 from __future__ import annotations
@@ -53,6 +54,59 @@ def failover_table(records: list[dict[str, Any]]) -> list[str]:
             f"| {_spread(row['promotion_to_first_write'])} "
             f"| {_spread(row['failed_attempts'], '')} | {_spread(row['lost'], '')} |"
         )
+    return lines
+
+
+def _recovery(row: dict[str, Any] | None, observe: float | None) -> str:
+    """Fault to first write, saying how many runs never got there."""
+    if row is None:
+        return "n/a"
+    runs, recovered = row["runs"], row.get("recovered", row["runs"])
+    within = f" within {observe:g} s" if observe else ""
+    if not row["fault_to_first_write"]:
+        return f"never (0 of {runs} runs{within})"
+    text = _spread(row["fault_to_first_write"])
+    return text if recovered == runs else f"{text} ({recovered} of {runs} runs{within})"
+
+
+def _pair(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str, unit: str) -> str:
+    return " / ".join(_spread(r[metric], unit) if r else "n/a" for r in (a, b))
+
+
+def faults_table(records: list[dict[str, Any]]) -> list[str]:
+    """Fault to first write per fault, pgfailover and the baseline side by side."""
+    summary = next((r for r in records if "summary" in r), None)
+    if summary is None:
+        return []
+    header = next((r for r in records if "machine" in r), {})
+    cpus = header.get("machine", {}).get("cpus")
+    measured = f"{header.get('date', 'undated')}, {cpus} CPUs"
+    observe = summary.get("observe_s")
+    rows = {(row["fault"], row["contender"]): row for row in summary["summary"]}
+    faults = list(dict.fromkeys(fault for fault, _ in rows))
+    order = ("crash", "hang", "blackhole", "second_crash")
+    faults.sort(key=lambda f: order.index(f) if f in order else len(order))
+    lines = [
+        "| fault | pgfailover: fault to first write | baseline: fault to first write "
+        "| promotion started after (pgfailover) | promotion to first write "
+        "(pgfailover / baseline) | failed attempts (pgfailover / baseline) "
+        "| lost writes (pgfailover / baseline) | runs | measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for fault in faults:
+        ours, theirs = rows.get((fault, "pgfailover")), rows.get((fault, "baseline"))
+        runs = " / ".join(str(r["runs"]) if r else "0" for r in (ours, theirs))
+        lines.append(
+            f"| {fault} | {_recovery(ours, observe)} | {_recovery(theirs, observe)} "
+            f"| {_spread(ours['promotion_delay']) if ours else 'n/a'} "
+            f"| {_pair(ours, theirs, 'promotion_to_first_write', 's')} "
+            f"| {_pair(ours, theirs, 'failed_attempts', '')} "
+            f"| {_pair(ours, theirs, 'lost', '')} | {runs} | {measured} |"
+        )
+    skipped = [r for r in records if "skipped" in r]
+    if skipped:
+        lines.append("")
+        lines.extend(f"{r['fault']}: not run ({r['skipped']})." for r in skipped)
     return lines
 
 
@@ -118,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{directory}: no such results directory (run `make bench`)")
     for title, name, table in (
         ("Failover downtime", "failover.jsonl", failover_table),
+        ("Fault to first write", "faults.jsonl", faults_table),
         ("Routing overhead", "overhead.jsonl", overhead_table),
         ("Probe cycles", "probes.jsonl", probes_table),
     ):

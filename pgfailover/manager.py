@@ -259,8 +259,16 @@ class FailoverManager:
         decisions = self._probe_and_advance(patience)
         self._actions.after_round(decisions)
         snap = self._snapshot
-        return snap.in_doubt or (
-            snap.primary is not None and snap.primary in self._rounds.pending()
+        # Fast rounds while the primary is in doubt, and right after a
+        # failover until every standby up follows the new primary (a second
+        # loss in that window must find them on the new timeline).
+        converging = snap.state is ClusterState.FAILOVER_COMPLETE and any(
+            n.follows is False for n in snap.nodes if n.up and n.name != snap.primary
+        )
+        return (
+            snap.in_doubt
+            or converging
+            or (snap.primary is not None and snap.primary in self._rounds.pending())
         )
 
     def _probe_and_advance(self, patience: float | None = None) -> list[Decision]:

@@ -119,7 +119,7 @@ def _probed(
         response_time=result.response_time,
         down_since=None if healthy else prev.down_since,
         error=None,
-        timeline=result.timeline,
+        timeline=_timeline(prev, result),
         wal_lsn=result.wal_lsn,
         receive_lsn=result.receive_lsn,
         replay_lsn=result.replay_lsn,
@@ -136,6 +136,24 @@ def _probed(
         streaming_names=result.streaming_names,
         system_identifier=result.system_identifier,
     )
+
+
+def _timeline(prev: NodeState, result: ProbeResult) -> int | None:
+    """A standby's timeline never goes back.
+
+    With its WAL receiver running, a standby reports the timeline it
+    receives; without one (its primary just died) only the timeline of its
+    last restartpoint, which lags behind a timeline switch until the next
+    one. A standby that was seen on a newer timeline is still on it.
+    """
+    if (
+        result.in_recovery
+        and prev.role is Role.STANDBY
+        and prev.timeline is not None
+        and (result.timeline or 0) < prev.timeline
+    ):
+        return prev.timeline
+    return result.timeline
 
 
 def _with_lag(

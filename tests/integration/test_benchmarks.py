@@ -75,3 +75,31 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     for title in ("Failover downtime", "Routing overhead", "Probe cycles"):
         assert f"### {title}" in report
     assert "| kill | sync | auto | 1 |" in report
+
+
+def test_faults_benchmark_loses_no_write_and_reports(tmp_path: Path) -> None:
+    records = _run(
+        "faults.py", *("--runs", "1", "--faults", "crash"), out=tmp_path / "faults.jsonl"
+    )
+    runs = {r["contender"]: r for r in records if "contender" in r}
+    assert set(runs) == {"pgfailover", "baseline"}
+    ours = runs["pgfailover"]
+    assert ours["fault_to_first_write"] is not None, ours  # writes resumed on a new primary
+    assert ours["lost"] == 0, ours
+    assert ours["old_primary_acks_after_failover"] == 0, ours
+    assert runs["baseline"]["promoter_delays"] == ours["promotion_delays"]  # the same promotion
+    summary = next(r["summary"] for r in records if "summary" in r)
+    assert {(row["fault"], row["contender"]) for row in summary} == {
+        ("crash", "pgfailover"),
+        ("crash", "baseline"),
+    }
+
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "### Fault to first write" in report
+    assert "| crash |" in report

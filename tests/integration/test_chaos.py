@@ -169,6 +169,9 @@ def test_second_crash_right_after_a_failover_is_failed_over_at_once(
     with FailoverManager(nodes=chaos_lab.manager_nodes(), config=config) as mgr:
         load, first_new, _ = _fail_over_under_load(chaos_lab, mgr, chaos_lab.kill)
         _all_acked_present(chaos_lab, first_new, load)
+        failed_over = mgr.history()[-1].completed or 0.0
+        # The fault's timing (2 s after the failover), not a synchronisation.
+        wait_until(lambda: time.time() - failed_over >= 2.0, what="2 s after the failover")
         load, second_new, took = _fail_over_under_load(chaos_lab, mgr, chaos_lab.kill)
         assert second_new not in ("node0", first_new)
         assert took < 10, f"the second failover waited {took:.1f}s"

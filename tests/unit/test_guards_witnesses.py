@@ -140,3 +140,28 @@ def test_a_writable_node_below_a_standbys_timeline_is_stale_not_primary() -> Non
     )
     assert snap.primary is None
     assert snap.node("node0").role is Role.STALE
+
+
+def test_a_standby_seen_on_the_new_timeline_stays_a_candidate_when_its_receiver_dies() -> None:
+    # Two seconds after a failover the new primary crashes: node2's receiver
+    # is gone and its probe falls back to its last restartpoint's timeline (1).
+    promoted = [
+        down("node0"),
+        primary("node1", tl=2, lsn=2000),
+        standby("node2", tl=2, lsn=2000, upstream="node1"),
+    ]
+    crashed = [down("node0"), down("node1"), standby("node2", tl=1, lsn=2000, upstream=None)]
+    snap, _ = run(
+        [
+            [primary("node0"), standby("node1"), standby("node2")],
+            promoted,
+            crashed,
+            crashed,
+            crashed,
+        ],
+        CFG,
+    )
+    assert snap.node("node2").timeline == 2
+    choice = choose_candidate(snap, CFG, now=10_000.0)
+    assert isinstance(choice, Candidate), choice
+    assert choice.node == "node2"

@@ -177,7 +177,7 @@ def test_a_standby_on_an_older_timeline_does_not_move_the_reference() -> None:
     promoted = [
         down("node0"),
         primary("node1", tl=2, lsn=1000),
-        standby("node2", tl=2, upstream="node1"),
+        standby("node2", tl=1, upstream=None),
     ]
     orphan = [
         down("node0"),
