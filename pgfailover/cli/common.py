@@ -186,10 +186,11 @@ def http_call(
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"null")
-        except json.JSONDecodeError:
-            return exc.code, {"error": f"HTTP {exc.code} from {cluster.url}"}
+        with exc:  # an error response holds the connection until closed
+            try:
+                return exc.code, json.loads(exc.read() or b"null")
+            except json.JSONDecodeError:
+                return exc.code, {"error": f"HTTP {exc.code} from {cluster.url}"}
     except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UsageProblem(f"cannot reach pgfailover serve at {cluster.url}: {reason}") from None

@@ -52,7 +52,8 @@ def _call(  # noqa: PLR0917 - a test helper read like an HTTP request line
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
             status, text, ctype = response.status, response.read().decode(), response.headers
     except urllib.error.HTTPError as exc:
-        status, text, ctype = exc.code, exc.read().decode(), exc.headers
+        with exc:  # an unclosed error response leaks its socket (ResourceWarning)
+            status, text, ctype = exc.code, exc.read().decode(), exc.headers
     content_type = ctype.get("Content-Type", "")
     parsed = json.loads(text) if content_type.startswith("application/json") else text
     if content_type.startswith("application/json"):
