@@ -149,12 +149,24 @@ def streaming_standbys(dsn: str, timeout: float) -> set[str]:
     return {r[0] for r in rows}
 
 
-def set_receiver_timeout(dsn: str, seconds: float, timeout: float) -> None:
-    """``ALTER SYSTEM SET wal_receiver_timeout`` and reload (no restart needed)."""
+def set_receiver_timeout(dsn: str, seconds: float, timeout: float) -> str | None:
+    """``ALTER SYSTEM SET wal_receiver_timeout`` and reload (no restart needed).
+
+    Returns why it cannot take effect instead of writing a setting that
+    would be ignored: a value given on the server's command line (``-c``)
+    or in its environment outranks ``postgresql.auto.conf``.
+    """
     with admin_connection(dsn, timeout) as conn:
+        row = conn.execute(
+            "SELECT source FROM pg_settings WHERE name = 'wal_receiver_timeout'"
+        ).fetchone()
+        source = row[0] if row else None
+        if source in ("command line", "environment variable", "override"):
+            return f"wal_receiver_timeout is set on the server's {source}: ALTER SYSTEM cannot win"
         conn.execute(
             pgsql.SQL("ALTER SYSTEM SET wal_receiver_timeout = {}").format(
                 pgsql.Literal(f"{max(1, round(seconds * 1000))}ms")
             )
         )
         conn.execute("SELECT pg_reload_conf()")
+    return None

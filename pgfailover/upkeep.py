@@ -224,9 +224,11 @@ class Upkeep:
             return
         target = self._config.wal_receiver_timeout
         try:
-            set_receiver_timeout(self._dsn_of(name), target, self._timeout)
+            refused = set_receiver_timeout(self._dsn_of(name), target, self._timeout)
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            refused = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if refused is not None:
+            reason = refused
             with self._lock:
                 first = name not in self._refused
                 self._refused[name] = reason
