@@ -30,15 +30,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, summarize
+from common import (
+    Record,
+    emit,
+    follow_new_primary,
+    machine,
+    most_advanced,
+    summarize,
+    writers,
+)
 
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
@@ -48,59 +54,17 @@ WARMUP = 1.0
 INSERT = "INSERT INTO bench (id) VALUES (%s) RETURNING inet_server_port()"
 
 
-@dataclass
-class Record:
-    """What the writer threads saw."""
-
-    acked: list[tuple[int, int, float]] = field(default_factory=list)  # id, port, time
-    failures: list[tuple[float, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def _writers(
-    write: Callable[[int], int], record: Record, stop: threading.Event
-) -> list[threading.Thread]:
-    def loop(base: int) -> None:
-        i = base
-        while not stop.is_set():
-            i += 1
-            try:
-                port = write(i)
-            except Exception as exc:  # noqa: BLE001 - every failed attempt is counted
-                with record.lock:
-                    record.failures.append((time.monotonic(), type(exc).__name__))
-                continue
-            with record.lock:
-                record.acked.append((i, port, time.monotonic()))
-
-    return [
-        threading.Thread(target=loop, args=(k * 100_000_000,), daemon=True) for k in range(THREADS)
-    ]
-
-
 def _promoter(lab: LocalLab, old: str, delay: float, at: float, out: dict[str, float]) -> None:
     """Promote the most advanced standby ``delay`` s after ``at``, then repoint the other."""
     time.sleep(max(0.0, at + delay - time.monotonic()))
     standbys = [n.name for n in lab.nodes if n.name != old]
-    positions = {}
-    for name in standbys:
-        try:
-            positions[name] = (
-                lab.run_sql(name, "SELECT (pg_last_wal_receive_lsn() - '0/0')::bigint")[0][0] or 0
-            )
-        except psycopg.Error:
-            continue
-    target = max(positions, key=lambda n: (positions[n], -standbys.index(n)))
+    target = most_advanced(lab, standbys)
+    if target is None:
+        return
     out["promote_started"] = time.monotonic()
     lab.run_sql(target, "SELECT pg_promote(true, 60)")
     out["promoted"] = time.monotonic()
-    # As an orchestrator would: no inherited sync wait, the other standby follows.
-    lab.run_sql(target, "ALTER SYSTEM SET synchronous_standby_names = ''")
-    lab.run_sql(target, "SELECT pg_reload_conf()")
-    for other in standbys:
-        if other != target:
-            with contextlib.suppress(Exception):  # the run measures writes, not repointing
-                lab.follow(other, target)
+    follow_new_primary(lab, target, standbys)
 
 
 Writer = Callable[[int], int]
@@ -186,7 +150,7 @@ def run_once(
         for name in ("node1", "node2"):
             lab.wait_streaming(name, "node0")
         write, closer = _contender(lab, contender)
-        threads = _writers(write, record, stop)
+        threads = writers(write, record, stop, THREADS)
         for t in threads:
             t.start()
         time.sleep(WARMUP)  # a steady workload before the crash

@@ -72,7 +72,6 @@ pgfailover, baseline, ...; ``--runs`` pairs per fault):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import logging
 import sys
@@ -83,11 +82,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, summarize
+from common import (
+    Record,
+    emit,
+    follow_new_primary,
+    machine,
+    most_advanced,
+    summarize,
+    writers,
+)
 
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab, netfault
@@ -118,20 +124,6 @@ METRICS: Final = (
 )
 
 
-@dataclass
-class Record:
-    """What the writer threads saw."""
-
-    acked: list[tuple[int, int, float]] = field(default_factory=list)  # id, port, time
-    failures: list[tuple[float, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def acks_elsewhere(self, ports: set[int], after: float) -> list[tuple[int, int, float]]:
-        """Acknowledgements from nodes not in ``ports``, later than ``after``."""
-        with self.lock:
-            return [a for a in self.acked if a[1] not in ports and a[2] > after]
-
-
 class PromotionLog(logging.Handler):
     """Monotonic times at which pgfailover started and finished a promotion.
 
@@ -156,28 +148,6 @@ class PromotionLog(logging.Handler):
             self.promoted.append(now)
 
 
-def _writers(
-    write: Callable[[int], int], record: Record, stop: threading.Event
-) -> list[threading.Thread]:
-    def loop(base: int) -> None:
-        i = base
-        while not stop.is_set():
-            i += 1
-            try:
-                port = write(i)
-            except Exception as exc:  # noqa: BLE001 - every failed attempt is counted
-                with record.lock:
-                    record.failures.append((time.monotonic(), type(exc).__name__))
-                continue
-            with record.lock:
-                record.acked.append((i, port, time.monotonic()))
-
-    return [
-        threading.Thread(target=loop, args=(k * 100_000_000,), name=f"writer-{k}", daemon=True)
-        for k in range(THREADS)
-    ]
-
-
 def _promoter(
     lab: LocalLab, candidates: list[str], delay: float, at: float, out: dict[str, Any]
 ) -> None:
@@ -187,17 +157,9 @@ def _promoter(
     poll (as pgfailover's own promotion) instead of ``pg_promote(true)``.
     """
     time.sleep(max(0.0, at + delay - time.monotonic()))
-    positions = {}
-    for name in candidates:
-        try:
-            positions[name] = (
-                lab.run_sql(name, "SELECT (pg_last_wal_receive_lsn() - '0/0')::bigint")[0][0] or 0
-            )
-        except psycopg.Error:
-            continue
-    if not positions:
+    target = most_advanced(lab, candidates)
+    if target is None:
         return
-    target = max(positions, key=lambda n: (positions[n], -candidates.index(n)))
     out["target"] = target
     out["promote_started"] = time.monotonic()
     with lab.connect(target) as conn:
@@ -208,13 +170,7 @@ def _promoter(
                 return
             time.sleep(0.005)
     out["promoted"] = time.monotonic()
-    # As an orchestrator would: no inherited sync wait, the other standby follows.
-    lab.run_sql(target, "ALTER SYSTEM SET synchronous_standby_names = ''")
-    lab.run_sql(target, "SELECT pg_reload_conf()")
-    for other in candidates:
-        if other != target:
-            with contextlib.suppress(Exception):  # the run measures writes, not repointing
-                lab.follow(other, target)
+    follow_new_primary(lab, target, candidates)
 
 
 def _start_promoter(
@@ -397,7 +353,7 @@ def run_once(
         write, closer, mgr = _open_contender(lab, contender)
         if mgr is not None:
             out["hang_failover_bound"] = _wait_tuned(lab, mgr)
-        threads = _writers(write, record, stop)
+        threads = writers(write, record, stop, THREADS)
         for t in threads:
             t.start()
         time.sleep(WARMUP)  # a steady workload before the fault, not synchronisation
