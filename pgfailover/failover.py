@@ -90,8 +90,10 @@ class FailoverActions:
     Locks, in the order they may be taken: ``_promote_lock`` (one promotion
     at a time, auto or manual; held across ``pg_promote``, the sync names
     and repointing) → the manager's round lock (a re-probe) → the
-    incident's lock → the event log's lock. ``_lock`` (fence times) and
-    ``_callbacks_lock`` (the callback queue) are leaves. No callback runs
+    incident's lock → the event log's lock. Upkeep runs only while no
+    promotion does, under its own ``_run_lock`` (never held with the
+    promotion lock). ``_lock`` (fence times) and ``_callbacks_lock`` (the
+    callback queue) are leaves. No callback runs
     while any of them is held.
 
     Thread safety: :meth:`after_round` runs on the monitor thread or on a

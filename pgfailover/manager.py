@@ -154,8 +154,11 @@ class FailoverManager:
             # The first round's decisions wait for the membership check: a
             # manager pointed at the wrong cluster must change nothing.
             decisions = self._probe_and_advance()
+            snap = self._snapshot
             foreign = [
-                n.error for n in self._snapshot.nodes if n.error and "another cluster" in n.error
+                n.error or n.name
+                for n in snap.nodes
+                if n.system_identifier not in (None, snap.system_identifier)
             ]
             if foreign:
                 raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
@@ -204,7 +207,7 @@ class FailoverManager:
     def close(self, timeout: float = 5.0) -> None:
         """Finish what is running, unblock every caller, close every pool; within ``timeout``.
 
-        A promotion in progress (the monitor's) is waited for, repointing
+        A promotion in progress (on any thread) is waited for, repointing
         included, so the cluster is never left with sync names nobody
         satisfies; nothing is lowered because the manager closes. Callers
         blocked on a hung server or waiting for a pooled connection get
