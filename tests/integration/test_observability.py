@@ -220,8 +220,14 @@ def _prometheus(tmp_path: Path, target_port: int) -> tuple[subprocess.Popen[byte
 
 
 def _api(base: str, path: str) -> Any:
-    with urllib.request.urlopen(base + path, timeout=5) as response:  # noqa: S310 - loopback
-        return json.loads(response.read())["data"]
+    try:
+        with urllib.request.urlopen(base + path, timeout=5) as response:  # noqa: S310 - loopback
+            return json.loads(response.read())["data"]
+    except urllib.error.HTTPError as exc:
+        # Prometheus answers 503 while it starts: close the response (an open
+        # one leaks its socket) and let the caller's polling try again.
+        exc.close()
+        raise RuntimeError(f"Prometheus answered HTTP {exc.code} to {path}") from None
 
 
 def _alerts(base: str) -> dict[str, str]:
