@@ -103,7 +103,10 @@ class FailoverManager:
         self._pools = NodePools(nodes, self.config, name, pool_kwargs)
         self._cond = threading.Condition()
         self._snapshot = initial_snapshot(nodes, time.time())  # replaced under self._cond
-        self._suspects: dict[str, float] = {}  # guarded by self._cond
+        # Copy-on-write: replaced (never mutated) under self._cond, so routing
+        # reads them without a lock; the frozenset is the dict's keys.
+        self._suspects: dict[str, float] = {}  # written under self._cond
+        self._suspect_names: frozenset[str] = frozenset()  # written under self._cond
         self._round_lock = threading.Lock()  # serialises probe rounds and failovers
         self._rounds: ProbeRound | None = None
         self._monitor: Monitor | None = None
@@ -307,9 +310,13 @@ class FailoverManager:
         snap, decisions = transition(self._snapshot, results, time.time(), self.config)
         with self._cond:
             self._snapshot = snap
-            for name, since in list(self._suspects.items()):
-                if since <= started and snap.node(name).up:
-                    del self._suspects[name]
+            if self._suspects:
+                kept = {
+                    name: since
+                    for name, since in self._suspects.items()
+                    if not (since <= started and snap.node(name).up)
+                }
+                self._suspects, self._suspect_names = kept, frozenset(kept)
             self._cond.notify_all()
         return decisions
 
@@ -322,13 +329,15 @@ class FailoverManager:
 
     def suspects(self) -> frozenset[str]:
         """Nodes a query found gone or read-only since the last probe round."""
-        return frozenset(self._suspects)
+        return self._suspect_names
 
     def suspect(self, node: str, reason: str) -> None:
         """A query found ``node`` gone or read-only: avoid it and probe now."""
         with self._cond:
             first = node not in self._suspects
-            self._suspects.setdefault(node, time.time())
+            if first:
+                suspects = {**self._suspects, node: time.time()}
+                self._suspects, self._suspect_names = suspects, frozenset(suspects)
         if first:
             logger.info("node %s suspect after a query error: %s", node, reason)
         self.wake()
@@ -345,7 +354,7 @@ class FailoverManager:
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable.
         """
-        target = write_target(self._snapshot, self._suspects)
+        target = write_target(self._snapshot, self._suspect_names)
         if target is not None and not self._closed:
             return target
         self.wake()
@@ -354,7 +363,7 @@ class FailoverManager:
                 if self._closed:
                     raise ManagerClosed(f"manager {self.name} is closed")
                 snap = self._snapshot
-                target = write_target(snap, self._suspects)
+                target = write_target(snap, self._suspect_names)
                 if target is not None:
                     return target
                 remaining = deadline - time.monotonic()
