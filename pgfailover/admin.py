@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgfailover.errors import PgFailoverError
+from pgfailover.errors import PromotionFailed
 
 __all__ = [
     "StandbyLink",
@@ -51,16 +51,16 @@ def promote_node(dsn: str, *, wait_seconds: float = 30.0) -> None:
     a tenth of a second sooner.
 
     Raises:
-        PgFailoverError: the node refused or did not finish promoting in time.
+        PromotionFailed: the node refused or did not finish promoting in time.
     """
     with admin_connection(dsn, wait_seconds + 5) as conn:
         row = conn.execute("SELECT pg_promote(false)").fetchone()
         if not row or not row[0]:
-            raise PgFailoverError("pg_promote() refused to promote")
+            raise PromotionFailed("pg_promote() refused to promote")
         deadline = time.monotonic() + wait_seconds
         while conn.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
             if time.monotonic() >= deadline:
-                raise PgFailoverError(f"still in recovery {wait_seconds:g}s after pg_promote()")
+                raise PromotionFailed(f"still in recovery {wait_seconds:g}s after pg_promote()")
             time.sleep(0.005)
 
 

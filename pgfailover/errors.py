@@ -11,6 +11,7 @@ keeps working; configuration mistakes also derive from :class:`ValueError`::
      │    ├── LabError                             the replication lab failed
      │    │    └── BinariesNotFound                no PostgreSQL server binaries
      │    ├── PromotionRefused                     a promotion guard said no
+     │    ├── PromotionFailed                      pg_promote() failed or timed out
      │    └── (+ psycopg.OperationalError)
      │         ├── NoPrimaryAvailable              no writable primary in time
      │         ├── NoStandbyAvailable              no standby fits a read
@@ -35,6 +36,7 @@ __all__ = [
     "NoPrimaryAvailable",
     "NoStandbyAvailable",
     "PgFailoverError",
+    "PromotionFailed",
     "PromotionRefused",
     "SplitBrainError",
     "WriteOutcomeUnknown",
@@ -70,6 +72,10 @@ class PromotionRefused(PgFailoverError):
     def __init__(self, message: str, *, guard: str) -> None:
         super().__init__(message)
         self.guard = guard
+
+
+class PromotionFailed(PgFailoverError):
+    """``pg_promote()`` refused, or the node did not leave recovery in time."""
 
 
 class NoPrimaryAvailable(PgFailoverError, psycopg.OperationalError):

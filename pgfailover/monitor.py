@@ -197,14 +197,12 @@ class Monitor:
         interval: float,
         fast_interval: float,
         name: str = "pgfailover-monitor",
-        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._owner = weakref.ref(owner)
         self._interval = interval
         self._fast_interval = fast_interval
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._on_error = on_error
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -239,10 +237,8 @@ class Monitor:
             in_doubt = True
             try:
                 in_doubt = owner._monitor_round()
-            except Exception as exc:
+            except Exception:
                 logger.exception("monitor round failed; continuing")
-                if self._on_error is not None:
-                    self._on_error(exc)
             del owner  # do not keep the manager alive while sleeping
             self._wake.wait(self._fast_interval if in_doubt else self._interval)
             self._wake.clear()
