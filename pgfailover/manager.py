@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pgfailover import execution
+from pgfailover.cluster import ClusterView
 from pgfailover.config import (
     FailoverConfig,
     Node,
@@ -101,12 +102,9 @@ class FailoverManager:
         self.stats = Stats()
         self.events = EventLog(self.config.history_size, self.config.history_file)
         self._pools = NodePools(nodes, self.config, name, pool_kwargs)
-        self._cond = threading.Condition()
-        self._snapshot = initial_snapshot(nodes, time.time())  # replaced under self._cond
-        # Copy-on-write: replaced (never mutated) under self._cond, so routing
-        # reads them without a lock; the frozenset is the dict's keys.
-        self._suspects: dict[str, float] = {}  # written under self._cond
-        self._suspect_names: frozenset[str] = frozenset()  # written under self._cond
+        self._view = ClusterView(
+            name, initial_snapshot(nodes, time.time()), self.config.failover_wait_timeout
+        )
         self._round_lock = threading.Lock()  # serialises probe rounds and failovers
         self._rounds: ProbeRound | None = None
         self._monitor: Monitor | None = None
@@ -157,7 +155,7 @@ class FailoverManager:
             # The first round's decisions wait for the membership check: a
             # manager pointed at the wrong cluster must change nothing.
             decisions = self._probe_and_advance()
-            snap = self._snapshot
+            snap = self._view.snapshot
             foreign = [
                 n.error or n.name
                 for n in snap.nodes
@@ -171,7 +169,7 @@ class FailoverManager:
         except BaseException:
             self.close(timeout=2.0)
             raise
-        snap = self._snapshot
+        snap = self._view.snapshot
         logger.info(
             "manager %s open: %d nodes, primary %s, state %s, promotion %s",
             self.name,
@@ -222,9 +220,8 @@ class FailoverManager:
         if self._closed:
             return
         deadline = time.monotonic() + timeout
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._view.close()
         # Callers blocked on a hung server are freed first (ManagerClosed next).
         for name in self._by_name:
             self._pools.abort(name)
@@ -264,7 +261,7 @@ class FailoverManager:
         patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
         decisions = self._probe_and_advance(patience)
         self._actions.after_round(decisions)
-        snap = self._snapshot
+        snap = self._view.snapshot
         # Fast rounds while the primary is in doubt, and right after a
         # failover until every standby up follows the new primary (a second
         # loss in that window must find them on the new timeline).
@@ -287,7 +284,7 @@ class FailoverManager:
         assert self._rounds is not None  # noqa: S101 - open() sets it
         with self._round_lock:
             started = time.time()
-            snap = self._snapshot
+            snap = self._view.snapshot
             # A standby promoted onto a new timeline while the old primary
             # hangs: act on it now rather than after the old one's timeout.
             # A writable node on a known timeline (a stale old primary) is not
@@ -307,17 +304,8 @@ class FailoverManager:
         for result in results.values():
             self.stats.probe(result.node, result.ok, result.response_time)
         self.stats.bump("probe_rounds")
-        snap, decisions = transition(self._snapshot, results, time.time(), self.config)
-        with self._cond:
-            self._snapshot = snap
-            if self._suspects:
-                kept = {
-                    name: since
-                    for name, since in self._suspects.items()
-                    if not (since <= started and snap.node(name).up)
-                }
-                self._suspects, self._suspect_names = kept, frozenset(kept)
-            self._cond.notify_all()
+        snap, decisions = transition(self._view.snapshot, results, time.time(), self.config)
+        self._view.publish(snap, started)
         return decisions
 
     # -- routing support -----------------------------------------------
@@ -325,20 +313,15 @@ class FailoverManager:
     @property
     def snapshot(self) -> Snapshot:
         """The latest immutable snapshot of the cluster."""
-        return self._snapshot
+        return self._view.snapshot
 
     def suspects(self) -> frozenset[str]:
         """Nodes a query found gone or read-only since the last probe round."""
-        return self._suspect_names
+        return self._view.suspects
 
     def suspect(self, node: str, reason: str) -> None:
         """A query found ``node`` gone or read-only: avoid it and probe now."""
-        with self._cond:
-            first = node not in self._suspects
-            if first:
-                suspects = {**self._suspects, node: time.time()}
-                self._suspects, self._suspect_names = suspects, frozenset(suspects)
-        if first:
+        if self._view.suspect(node):
             logger.info("node %s suspect after a query error: %s", node, reason)
         self.wake()
 
@@ -354,34 +337,21 @@ class FailoverManager:
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable.
         """
-        target = write_target(self._snapshot, self._suspect_names)
+        target = write_target(self._view.snapshot, self._view.suspects)
         if target is not None and not self._closed:
             return target
         self.wake()
-        while True:
-            with self._cond:
-                if self._closed:
-                    raise ManagerClosed(f"manager {self.name} is closed")
-                snap = self._snapshot
-                target = write_target(snap, self._suspect_names)
-                if target is not None:
-                    return target
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise NoPrimaryAvailable(
-                        f"no writable primary within {self.config.failover_wait_timeout:g}s "
-                        f"(cluster {self.name} is {snap.state.value}"
-                        + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
-                        + ")"
-                    )
-                self._cond.wait(min(remaining, self.config.fast_interval * 2))
-            if self._monitor is None or not self._monitor.running:
-                self._monitor_round()  # no monitor thread: this caller probes
+        return self._view.wait_for_primary(
+            deadline, self.config.fast_interval * 2, self._probe_if_no_monitor
+        )
+
+    def _probe_if_no_monitor(self) -> None:
+        if self._monitor is None or not self._monitor.running:
+            self._monitor_round()  # no monitor thread: the waiting caller probes
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until a new snapshot is published or ``timeout`` passes."""
-        with self._cond:
-            self._cond.wait(timeout)
+        self._view.wait_for_change(timeout)
 
     def checkout(self, node: str, deadline: float) -> psycopg.Connection[Any] | None:
         """A connection from ``node``'s pool, tracked until :meth:`checkin`.
@@ -471,7 +441,7 @@ class FailoverManager:
         """
         self._check_open()
         order = read_order(
-            self._snapshot, self.config, self.read_strategy, self.suspects(), min_lsn
+            self._view.snapshot, self.config, self.read_strategy, self.suspects(), min_lsn
         )
         if order:
             return order[0]
@@ -494,10 +464,10 @@ class FailoverManager:
             NoPrimaryAvailable: there is no primary right now.
         """
         self._check_open()
-        primary = write_target(self._snapshot, ())
+        primary = write_target(self._view.snapshot, ())
         if primary is None:
             raise NoPrimaryAvailable(
-                f"cluster {self.name} has no primary ({self._snapshot.state.value})"
+                f"cluster {self.name} has no primary ({self._view.snapshot.state.value})"
             )
         return self._pools.get(primary)
 
@@ -507,7 +477,7 @@ class FailoverManager:
         """Probe every node now, apply the result, and return the snapshot."""
         self._check_open()
         self._monitor_round(full=True)
-        return self._snapshot
+        return self._view.snapshot
 
     def check_primary_health(self) -> bool:
         """Probe now; True when a writable primary answered."""
@@ -523,7 +493,7 @@ class FailoverManager:
     def _standby_name(self, standby: int | str) -> str:
         if isinstance(standby, str):
             return self.node(standby).name
-        others = [n.name for n in self.nodes if n.name != self._snapshot.primary]
+        others = [n.name for n in self.nodes if n.name != self._view.snapshot.primary]
         if not 0 <= standby < len(others):
             raise ConfigurationError(
                 f"standby index {standby} out of range: "
@@ -594,7 +564,7 @@ class FailoverManager:
         run_callbacks(self._callbacks[kind], *args)
 
     def __repr__(self) -> str:
-        snap = self._snapshot
+        snap = self._view.snapshot
         return (
             f"<FailoverManager {self.name} nodes={[n.name for n in self.nodes]} "
             f"primary={snap.primary} state={snap.state.value}>"

@@ -1,0 +1,114 @@
+"""The published view of the cluster: the latest snapshot, suspects, waiting for a primary.
+
+The monitor publishes one immutable :class:`~pgfailover.model.Snapshot` per
+probe round; application threads route on it without a lock. A query that
+finds a node gone or read-only makes it a *suspect* until the next round
+has probed it again, so that writes stop going there at once. A write with
+no primary to go to waits here for one, up to a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from pgfailover.errors import ManagerClosed, NoPrimaryAvailable
+from pgfailover.model import Snapshot
+from pgfailover.routing import write_target
+
+__all__ = ["ClusterView"]
+
+
+class ClusterView:
+    """The snapshot and the suspects, published for routing.
+
+    Locks: ``_cond`` (a condition) serialises publishing and wakes threads
+    waiting for a change; it is a leaf. The snapshot and the suspects are
+    replaced, never mutated, under it, so readers take no lock.
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    def __init__(self, cluster: str, initial: Snapshot, wait_timeout: float) -> None:
+        self._cluster = cluster
+        self._wait_timeout = wait_timeout
+        self._cond = threading.Condition()
+        self._snapshot = initial  # replaced under self._cond
+        self._suspects: dict[str, float] = {}  # replaced under self._cond
+        self._suspect_names: frozenset[str] = frozenset()  # replaced under self._cond
+        self._closed = False  # set under self._cond
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest immutable snapshot."""
+        return self._snapshot
+
+    @property
+    def suspects(self) -> frozenset[str]:
+        """Nodes a query found gone or read-only since they were last probed."""
+        return self._suspect_names
+
+    def publish(self, snap: Snapshot, probed_since: float) -> None:
+        """Publish a round's snapshot; clear suspects it probed up (probes begun after them)."""
+        with self._cond:
+            self._snapshot = snap
+            if self._suspects:
+                kept = {
+                    name: since
+                    for name, since in self._suspects.items()
+                    if not (since <= probed_since and snap.node(name).up)
+                }
+                self._suspects, self._suspect_names = kept, frozenset(kept)
+            self._cond.notify_all()
+
+    def suspect(self, node: str) -> bool:
+        """Avoid ``node`` until it is probed again; True when it was not suspect yet."""
+        with self._cond:
+            if node in self._suspects:
+                return False
+            suspects = {**self._suspects, node: time.time()}
+            self._suspects, self._suspect_names = suspects, frozenset(suspects)
+            return True
+
+    def close(self) -> None:
+        """Wake every waiter; waiting from now on raises ``ManagerClosed``."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until a new snapshot is published or ``timeout`` passes."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def wait_for_primary(
+        self, deadline: float, poll: float, probe: Callable[[], None] | None = None
+    ) -> str:
+        """The node writes go to, waiting until ``deadline`` (monotonic) for one.
+
+        ``probe`` runs a round from this thread between waits (when no
+        monitor thread runs), outside the lock.
+
+        Raises:
+            ManagerClosed, SplitBrainError, NoPrimaryAvailable.
+        """
+        while True:
+            with self._cond:
+                if self._closed:
+                    raise ManagerClosed(f"manager {self._cluster} is closed")
+                snap = self._snapshot
+                target = write_target(snap, self._suspect_names)
+                if target is not None:
+                    return target
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoPrimaryAvailable(
+                        f"no writable primary within {self._wait_timeout:g}s "
+                        f"(cluster {self._cluster} is {snap.state.value}"
+                        + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
+                        + ")"
+                    )
+                self._cond.wait(min(remaining, poll))
+            if probe is not None:
+                probe()
