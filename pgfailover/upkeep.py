@@ -41,7 +41,14 @@ from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.syncrep import SyncSpec, parse_sync, plan_sync
 
-__all__ = ["Upkeep", "UpkeepStatus", "commits_blocked", "orphans", "receivers_to_tune"]
+__all__ = [
+    "Upkeep",
+    "UpkeepStatus",
+    "commits_blocked",
+    "orphans",
+    "receivers_to_tune",
+    "shared_app_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +87,20 @@ def orphans(snap: Snapshot, now: float, grace: float) -> list[str]:
         and n.not_following_since is not None
         and now - n.not_following_since >= grace
     ]
+
+
+def shared_app_names(snap: Snapshot) -> dict[str, list[str]]:
+    """Application names that several standbys stream under (name -> nodes).
+
+    ``pg_stat_replication`` and ``synchronous_standby_names`` tell standbys
+    apart only by that name (``walreceiver`` when none is set), so two of
+    them under one name make sync replication and "who follows" ambiguous.
+    """
+    seen: dict[str, list[str]] = {}
+    for node in snap.nodes:
+        if node.role is Role.STANDBY and node.up and node.app_name:
+            seen.setdefault(node.app_name.casefold(), []).append(node.name)
+    return {name: nodes for name, nodes in seen.items() if len(nodes) > 1}
 
 
 def receivers_to_tune(snap: Snapshot, target: float) -> list[str]:
@@ -136,6 +157,7 @@ class Upkeep:
         self._tried: dict[tuple[str, str], float] = {}  # guarded by self._lock
         self._refused: dict[str, str] = {}  # guarded by self._lock
         self._warned_slow = False  # only under _run_lock
+        self._warned_names = False  # only under _run_lock
 
     @property
     def _timeout(self) -> float:
@@ -178,6 +200,16 @@ class Upkeep:
                         self._tune(name, snap.node(name))
             else:
                 self._warn_if_slow(snap)
+            shared = shared_app_names(snap)
+            if shared and not self._warned_names:
+                self._warned_names = True
+                logger.warning(
+                    "cluster %s: standbys stream under one application_name (%s): set a "
+                    "distinct application_name in each primary_conninfo (or cluster_name); "
+                    "synchronous replication cannot tell them apart",
+                    self._cluster,
+                    "; ".join(f"{name}: {', '.join(nodes)}" for name, nodes in shared.items()),
+                )
             if snap.primary is None or snap.split_brain:
                 return
             primary = snap.node(snap.primary)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pgfailover.model import Snapshot
 from pgfailover.probe import ProbeResult
-from pgfailover.upkeep import commits_blocked, orphans, receivers_to_tune
+from pgfailover.upkeep import commits_blocked, orphans, receivers_to_tune, shared_app_names
 
 from .helpers import down, healthy_round, primary, run, standby
 
@@ -116,3 +118,18 @@ def test_a_node_that_is_down_is_not_tuned() -> None:
         [primary("node0"), standby("node1"), down("node2")],
     )
     assert receivers_to_tune(snap, 4.0) == []
+
+
+def test_standbys_sharing_an_application_name_are_named() -> None:
+    base = healthy_round()
+    same = [
+        base[0],
+        *(
+            dataclasses.replace(r, app_name="walreceiver")  # libpq's default
+            for r in base[1:]
+        ),
+    ]
+    snap, _ = run([same])
+    assert shared_app_names(snap) == {"walreceiver": ["node1", "node2"]}
+    distinct, _ = run([base])
+    assert shared_app_names(distinct) == {}
