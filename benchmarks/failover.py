@@ -133,7 +133,11 @@ def _result(
         "failure_kinds": sorted({k for _, k in failures}),
         "acked": len(acked),
         "lost": lost,
-        "old_primary_acks_after_t0": sum(1 for a in acked if a[1] == old_port and a[2] > t0),
+        # A reply read just after the kill was sent before it; an old-primary
+        # acknowledgement after the new primary's first one would be a split brain.
+        "old_primary_acks_after_failover": 0
+        if first_new is None
+        else sum(1 for a in acked if a[1] == old_port and a[2] > first_new),
     }
 
 

@@ -43,7 +43,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     run = next(r for r in failover if r.get("contender") == "auto")
     assert run["kill_to_first_write"] is not None, run  # writes resumed on a new primary
     assert run["lost"] == 0, run
-    assert run["old_primary_acks_after_t0"] == 0, run
+    assert run["old_primary_acks_after_failover"] == 0, run
 
     overhead = _run(
         "overhead.py",
