@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,12 +22,12 @@ def _pgfailover_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("pgfailover")}
 
 
-def _run_in_thread(fn: object) -> tuple[threading.Thread, list[object]]:
+def _run_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
     out: list[object] = []
 
     def body() -> None:
         try:
-            out.append(fn())  # type: ignore[operator]
+            out.append(fn())
         except BaseException as exc:  # noqa: BLE001 - the outcome is asserted on
             out.append(exc)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from pgfailover.config import FailoverConfig, Node
+from pgfailover.guards import Candidate, Refusal
 from pgfailover.model import Decision, Snapshot
 from pgfailover.probe import ProbeResult
 from pgfailover.state import initial_snapshot, transition
@@ -120,3 +121,14 @@ def run(
 
 def kinds(decisions: Iterable[Decision]) -> list[str]:
     return [type(d).__name__ for d in decisions]
+
+
+def assert_choice(choice: Candidate | Refusal, expected: str) -> Refusal | None:
+    """``expected`` is a node name (a Candidate) or a guard name (a Refusal, returned)."""
+    if expected.startswith("node"):
+        assert isinstance(choice, Candidate), choice
+        assert choice.node == expected
+        return None
+    assert isinstance(choice, Refusal), choice
+    assert choice.guard == expected
+    return choice

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pgfailover.config import FailoverConfig
-from pgfailover.guards import FORCEABLE, Candidate, Refusal, choose_candidate
+from pgfailover.guards import FORCEABLE, choose_candidate
 from pgfailover.model import Snapshot
 from pgfailover.probe import ProbeResult
 
-from .helpers import down, healthy_round, primary, run, standby
+from .helpers import assert_choice, down, healthy_round, primary, run, standby
 
 CFG = FailoverConfig(promotion="manual", max_promotion_lag_bytes=100, failover_cooldown=60)
 
@@ -143,15 +143,12 @@ CASES = [
     ("snap", "target", "force", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_candidate_choice(snap: Snapshot, target: str | None, force: bool, expected: str) -> None:
-    choice = choose_candidate(snap, CFG, now=10_000.0, target=target, force=force)
-    if expected.startswith("node"):
-        assert isinstance(choice, Candidate), choice
-        assert choice.node == expected
-    else:
-        assert isinstance(choice, Refusal), choice
-        assert choice.guard == expected
-        assert choice.forceable == (expected in FORCEABLE)
-        assert ("force=True" in choice.override) == choice.forceable
+    refusal = assert_choice(
+        choose_candidate(snap, CFG, now=10_000.0, target=target, force=force), expected
+    )
+    if refusal is not None:
+        assert refusal.forceable == (expected in FORCEABLE)
+        assert ("force=True" in refusal.override) == refusal.forceable
 
 
 def _second_loss(node0_back: bool, node0_lsn: int = 2000, node2_lsn: int = 2000) -> Snapshot:
@@ -239,10 +236,4 @@ def test_anti_flap_never_leaves_the_cluster_without_a_primary(
 ) -> None:
     assert snap.primary is None
     now = (snap.last_failover_at or 0.0) + after
-    choice = choose_candidate(snap, ANTIFLAP, now=now, target=target)
-    if expected.startswith("node"):
-        assert isinstance(choice, Candidate), choice
-        assert choice.node == expected
-    else:
-        assert isinstance(choice, Refusal), choice
-        assert choice.guard == expected
+    assert_choice(choose_candidate(snap, ANTIFLAP, now=now, target=target), expected)
