@@ -117,7 +117,7 @@ def cost(lab: LocalLab, seconds: float) -> dict[str, Any]:
         before = {n: (_commits(lab, n), _probe_backend_cpu(lab, n)) for n in names}
         time.sleep(seconds)  # the measured window: a duration, not a synchronisation
         after = {n: (_commits(lab, n), _probe_backend_cpu(lab, n)) for n in names}
-        rounds = mgr.stats.as_dict()["probe_rounds_total"]
+        rounds = mgr.counters.as_dict()["probe_rounds_total"]
     per_node = {}
     for n in names:
         (c0, (pid0, cpu0)), (c1, (pid1, cpu1)) = before[n], after[n]

@@ -32,7 +32,7 @@ __all__ = [
     "FailoverConfig",
     "Node",
     "Promotion",
-    "ReadStrategy",
+    "ReadStrategyName",
     "load_env",
     "load_toml",
     "nodes_from_dsn",
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 Promotion = Literal["external", "auto", "manual"]
-ReadStrategy = Literal["round_robin", "least_lag", "priority", "random"]
+ReadStrategyName = Literal["round_robin", "least_lag", "priority", "random"]
 
 MIB: Final = 1024 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
@@ -163,7 +163,7 @@ class FailoverConfig:
     wal_receiver_timeout: float = 4.0
     failover_wait_timeout: float = 15.0
     sync_standby_attach_timeout: float = 5.0
-    read_strategy: ReadStrategy = "round_robin"
+    read_strategy: ReadStrategyName = "round_robin"
     fence_stale_primary: bool = False
     repoint_standbys: bool = True
     pool_min_size: int = 1
@@ -179,9 +179,9 @@ class FailoverConfig:
                 f"promotion must be one of {', '.join(get_args(Promotion))}, "
                 f"got {self.promotion!r}"
             )
-        if self.read_strategy not in get_args(ReadStrategy):
+        if self.read_strategy not in get_args(ReadStrategyName):
             raise ConfigurationError(
-                f"read_strategy must be one of {', '.join(get_args(ReadStrategy))}, "
+                f"read_strategy must be one of {', '.join(get_args(ReadStrategyName))}, "
                 f"got {self.read_strategy!r}"
             )
         for name in (

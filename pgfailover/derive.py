@@ -1,6 +1,6 @@
 """Facts one probe round establishes about nodes, beyond what each probe says (pure).
 
-:func:`~pgfailover.state.transition` asks these: which cluster the nodes
+:func:`~pgfailover.transition.transition` asks these: which cluster the nodes
 belong to (``system_identifier``: a DSN that points at another cluster is
 refused, never used), whether a standby streams from the current primary
 (what read safety and upkeep act on), and how far the primary's WAL is known

@@ -81,7 +81,7 @@ def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
         node = mgr.wait_for_primary(deadline)
         conn = mgr.checkout(node, deadline)
         if conn is None:
-            mgr.stats.query(node, "write", "retry")
+            mgr.counters.query(node, "write", "retry")
             continue
         phase: Literal["statement", "commit"] = "statement"
         try:
@@ -93,20 +93,20 @@ def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
             verdict = classify(exc, phase)
             mgr.checkin(node, conn)
             if verdict == "raise":
-                mgr.stats.query(node, "write", "error")
+                mgr.counters.query(node, "write", "error")
                 raise
             mgr.suspect(node, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
             if verdict == "unknown":
-                mgr.stats.query(node, "write", "unknown")
+                mgr.counters.query(node, "write", "unknown")
                 raise WriteOutcomeUnknown(
                     f"connection to {node} lost during COMMIT: the write may or may not have "
                     "committed; it was not retried"
                 ) from exc
-            mgr.stats.query(node, "write", "retry")
+            mgr.counters.query(node, "write", "retry")
             last = exc
             continue
         mgr.checkin(node, conn)
-        mgr.stats.query(node, "write", "ok")
+        mgr.counters.query(node, "write", "ok")
         mgr._actions.wrote(node)
         return rows
     raise NoPrimaryAvailable(f"write failed after {_MAX_ATTEMPTS} attempts: {last}") from last
@@ -137,7 +137,7 @@ def run_read(
         conn = mgr.checkout(node, deadline)
         if conn is None:
             tried.add(node)
-            mgr.stats.query(node, route, "retry")
+            mgr.counters.query(node, route, "retry")
             continue
         try:
             cur = conn.execute(sql, params)
@@ -147,16 +147,16 @@ def run_read(
             mgr.checkin(node, conn)
             conflict = exc.sqlstate == "40001" and mgr.snapshot.primary != node
             if not (is_connection_error(exc) or conflict):
-                mgr.stats.query(node, route, "error")
+                mgr.counters.query(node, route, "error")
                 raise
             if not conflict:
                 mgr.suspect(node, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-            mgr.stats.query(node, route, "retry")
+            mgr.counters.query(node, route, "retry")
             tried.add(node)
             last = exc
             continue
         mgr.checkin(node, conn)
-        mgr.stats.query(node, route, "ok")
+        mgr.counters.query(node, route, "ok")
         return rows
     raise NoStandbyAvailable(
         f"no node could serve a read within {mgr.config.failover_wait_timeout:g}s"
@@ -198,13 +198,13 @@ def client(mgr: FailoverManager, readonly: bool) -> Iterator[psycopg.Connection[
                         f"connection to {node} lost during COMMIT: outcome unknown"
                     ) from exc
                 raise
-        mgr.stats.query(node, route, "ok")
+        mgr.counters.query(node, route, "ok")
         if not readonly:
             mgr._actions.wrote(node)
     except BaseException as exc:
         if isinstance(exc, psycopg.Error) and classify(exc, "statement") in ("retry", "readonly"):
             mgr.suspect(node, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-        mgr.stats.query(node, route, "error")
+        mgr.counters.query(node, route, "error")
         if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()

@@ -103,7 +103,7 @@ class FailoverActions:
     def __init__(self, manager: FailoverManager) -> None:
         self._mgr = manager
         self._lock = threading.Lock()
-        self.incident = Incident(manager.events, manager.stats, lambda: manager.snapshot)
+        self.incident = Incident(manager.events, manager.counters, lambda: manager.snapshot)
         self._fenced_at: dict[str, float] = {}  # guarded by self._lock
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
@@ -113,7 +113,7 @@ class FailoverActions:
             manager.config,
             lambda name: manager.node(name).dsn,
             manager.events,
-            lambda: manager.stats.bump("sync_lowered"),
+            lambda: manager.counters.bump("sync_lowered"),
             manager.name,
         )
 
@@ -150,7 +150,7 @@ class FailoverActions:
                 logger.warning("node %s unhealthy: %s", decision.node, decision.error)
             elif isinstance(decision, NodeRecovered):
                 logger.info("node %s healthy again", decision.node)
-                mgr.stats.bump("recoveries")
+                mgr.counters.bump("recoveries")
                 self._emit("recovery", decision.node)
             elif isinstance(decision, FailoverStarted):
                 self._open_event(decision.previous, decision.reason)
@@ -213,7 +213,7 @@ class FailoverActions:
         event = self.incident.complete(
             decision.node, decision.previous, decision.reason, decision.lost_lsn
         )
-        mgr.stats.bump("failovers")
+        mgr.counters.bump("failovers")
         logger.warning(
             "cluster %s: failover complete: writes go to %s (was %s) after %.3fs",
             mgr.name,
@@ -367,12 +367,12 @@ class FailoverActions:
         try:
             promote_node(mgr.node(target).dsn)
         except (PgFailoverError, psycopg.Error) as exc:
-            mgr.stats.bump("promotion_failures")
+            mgr.counters.bump("promotion_failures")
             failed = self.incident.fail(event.id, (*notes, f"pg_promote failed: {exc}"))
             if failed is not None:
                 self._emit("failover", failed)
             raise
-        mgr.stats.bump("promotions")
+        mgr.counters.bump("promotions")
         logger.warning("node %s promoted in %.3fs", target, time.monotonic() - started)
         self._sync_for(snap, target, [link.application_name for _, link in survivors], notes)
         if notes:
@@ -394,7 +394,7 @@ class FailoverActions:
         new_sync, note = rewrite_sync_names(original, survivors)
         if note:
             notes.append(note)
-            mgr.stats.bump("sync_lowered")
+            mgr.counters.bump("sync_lowered")
         current = snap.node(target).sync_standby_names or ""
         written = None
         if new_sync != current:

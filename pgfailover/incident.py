@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pgfailover.counters import Counters
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.model import Snapshot
-from pgfailover.stats import Stats
 
 __all__ = ["Incident"]
 
@@ -30,9 +30,11 @@ class Incident:
     Thread safety: every method may be called from any thread.
     """
 
-    def __init__(self, events: EventLog, stats: Stats, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self, events: EventLog, counters: Counters, snapshot: Callable[[], Snapshot]
+    ) -> None:
         self._events = events
-        self._stats = stats
+        self._stats = counters
         self._snapshot = snapshot
         self._lock = threading.Lock()
         self._event_id: str | None = None  # guarded by self._lock: the open event

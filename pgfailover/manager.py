@@ -30,6 +30,7 @@ from pgfailover.config import (
     nodes_from_dsn,
     nodes_from_primary,
 )
+from pgfailover.counters import Counters
 from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
 from pgfailover.events import EventLog, FailoverEvent, run_callbacks
 from pgfailover.failover import FailoverActions
@@ -37,10 +38,9 @@ from pgfailover.model import ClusterState, Decision, Snapshot
 from pgfailover.monitor import Monitor, ProbeRound
 from pgfailover.pools import NodePools
 from pgfailover.probe import ProbeResult
+from pgfailover.report import failover_status, metrics_dict
 from pgfailover.routing import STRATEGIES, ReadStrategy, read_order, write_target
-from pgfailover.state import initial_snapshot, transition
-from pgfailover.stats import Stats
-from pgfailover.status import failover_status, metrics_dict
+from pgfailover.transition import initial_snapshot, transition
 from pgfailover.upkeep import UpkeepStatus
 
 __all__ = ["FailoverManager"]
@@ -99,7 +99,7 @@ class FailoverManager:
         self.name = name
         self.read_strategy: ReadStrategy = read_strategy or STRATEGIES[self.config.read_strategy]()
         self._by_name = {n.name: n for n in nodes}
-        self.stats = Stats()
+        self.counters = Counters()
         self.events = EventLog(self.config.history_size, self.config.history_file)
         self._pools = NodePools(nodes, self.config, name, pool_kwargs)
         self._view = ClusterView(
@@ -302,8 +302,8 @@ class FailoverManager:
 
     def _advance(self, results: dict[str, ProbeResult], started: float) -> list[Decision]:
         for result in results.values():
-            self.stats.probe(result.node, result.ok, result.response_time)
-        self.stats.bump("probe_rounds")
+            self.counters.probe(result.node, result.ok, result.response_time)
+        self.counters.bump("probe_rounds")
         snap, decisions = transition(self._view.snapshot, results, time.time(), self.config)
         self._view.publish(snap, started)
         return decisions

@@ -1,7 +1,7 @@
 """Prometheus metrics: a collector that reads the managers' snapshots at scrape time.
 
 Nothing here runs on the query path. The manager keeps a few counters
-(:mod:`pgfailover.stats`) and an immutable snapshot of the cluster; a scrape
+(:mod:`pgfailover.counters`) and an immutable snapshot of the cluster; a scrape
 turns them into metric families. One :class:`ManagerCollector` can export
 several managers, told apart by the ``cluster`` label (the manager's
 ``name``)::
@@ -42,8 +42,8 @@ from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
     from pgfailover.config import FailoverConfig
+    from pgfailover.counters import Counters
     from pgfailover.manager import FailoverManager
-    from pgfailover.stats import Stats
 
 __all__ = ["METRIC_NAMES", "ManagerCollector", "register", "unregister"]
 
@@ -218,7 +218,7 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     """Add one manager's samples."""
     snap = mgr.snapshot
     _fill_snapshot(families, mgr.name, snap, mgr.config)
-    _fill_stats(families, mgr.name, snap, mgr.stats)
+    _fill_counters(families, mgr.name, snap, mgr.counters)
 
 
 def _fill_snapshot(
@@ -271,7 +271,7 @@ def _fill_snapshot(
         _add(families, "last_failover_timestamp_seconds", [c], snap.last_failover_at)
 
 
-def _fill_stats(families: dict[str, Metric], c: str, snap: Snapshot, stats: Stats) -> None:
+def _fill_counters(families: dict[str, Metric], c: str, snap: Snapshot, stats: Counters) -> None:
     """The counters and histograms of one manager (cluster ``c``)."""
     counters = stats.as_dict()
     for short in (

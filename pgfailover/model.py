@@ -1,7 +1,7 @@
 """The data the state machine works on: states, roles, snapshots, decisions.
 
 Everything here is immutable, so a snapshot can be handed to any number of
-reader threads without a lock. :mod:`pgfailover.state` computes them.
+reader threads without a lock. :mod:`pgfailover.transition` computes them.
 """
 
 from __future__ import annotations

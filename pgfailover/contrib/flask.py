@@ -34,7 +34,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, request
 from werkzeug.wrappers import Response as BaseResponse
 
-from pgfailover.contrib.routing import (
+from pgfailover.contrib.causality import (
     COOKIE_NAME,
     Causality,
     current,

@@ -15,7 +15,7 @@
 every Core ``insert``/``update``/``delete``, ``SELECT ... FOR UPDATE``, raw
 ``text()`` (it cannot tell), and everything after the session has written;
 plain reads go to a fitting standby (or the primary), following the
-read-your-writes unit of :mod:`pgfailover.contrib.routing` when one is
+read-your-writes unit of :mod:`pgfailover.contrib.causality` when one is
 active (a Flask or Django request). Each call asks the manager, so a new
 session after a failover lands on the new primary; ``pool_pre_ping``
 replaces connections to a node that went away.
@@ -37,7 +37,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 
-from pgfailover.contrib.routing import Source, manager_from, read_node, write_node
+from pgfailover.contrib.causality import Source, manager_from, read_node, write_node
 from pgfailover.manager import FailoverManager
 
 __all__ = ["FailoverEngines", "FailoverSession"]

@@ -144,7 +144,7 @@ def test_client_only_partition_promotes_nothing_and_heals_to_the_same_primary(
             while time.monotonic() - cut < 20:
                 assert chaos_lab.in_recovery("node1") is True
                 assert chaos_lab.in_recovery("node2") is True
-                assert mgr.stats.as_dict()["promotions_total"] == 0
+                assert mgr.counters.as_dict()["promotions_total"] == 0
                 time.sleep(0.5)
             assert "receiver_streaming" in (mgr.snapshot.promotion_blocked or "")
             during = len(load.failed)
@@ -177,7 +177,7 @@ def test_second_crash_right_after_a_failover_is_failed_over_at_once(
         assert took < 10, f"the second failover waited {took:.1f}s"
         assert not load.failed, load.failed[:3]
         _all_acked_present(chaos_lab, second_new, load)
-        assert mgr.stats.as_dict()["promotions_total"] == 2
+        assert mgr.counters.as_dict()["promotions_total"] == 2
 
 
 def test_three_failovers_with_rejoin_never_hang_commits_or_lose_writes(
@@ -205,7 +205,7 @@ def test_three_failovers_with_rejoin_never_hang_commits_or_lose_writes(
                 return mgr.snapshot.node(name).follows is True
 
             wait_until(follows, what=f"{old} to follow {new}")
-        assert mgr.stats.as_dict()["promotions_total"] == 3
+        assert mgr.counters.as_dict()["promotions_total"] == 3
 
 
 def test_orphaned_and_diverged_standbys_serve_no_read(fresh_lab: LocalLab) -> None:

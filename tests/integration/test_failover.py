@@ -94,7 +94,7 @@ def test_external_mode_follows_a_promotion_and_promotes_nothing(fresh_lab: Local
         elapsed = time.monotonic() - promoted
         assert rows[0][0] == fresh_lab.node("node2").port
         assert elapsed < 1.0, f"the write followed the promotion after {elapsed:.3f}s"
-        assert mgr.stats.as_dict()["promotions_total"] == 0
+        assert mgr.counters.as_dict()["promotions_total"] == 0
         event = mgr.history()[-1]
         assert (event.to_node, event.promoted_by, event.outcome) == ("node2", None, "completed")
 

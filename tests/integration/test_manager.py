@@ -56,7 +56,7 @@ def test_many_threads_query_while_the_monitor_runs(shared_lab: LocalLab) -> None
         for t in threads:
             t.join(60)
         assert not errors
-        assert mgr.stats.as_dict()["probe_rounds_total"] >= 1
+        assert mgr.counters.as_dict()["probe_rounds_total"] >= 1
 
 
 def test_status_is_json_and_never_shows_a_password(shared_lab: LocalLab) -> None:

@@ -8,7 +8,7 @@ from pgfailover.config import FailoverConfig, Node
 from pgfailover.guards import Candidate, Refusal
 from pgfailover.model import Decision, Snapshot
 from pgfailover.probe import ProbeResult
-from pgfailover.state import initial_snapshot, transition
+from pgfailover.transition import initial_snapshot, transition
 
 NODES = [
     Node("node0", "host=10.0.0.1 port=5432", priority=0),

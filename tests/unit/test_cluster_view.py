@@ -9,7 +9,7 @@ import pytest
 
 from pgfailover.cluster import ClusterView
 from pgfailover.errors import ManagerClosed, NoPrimaryAvailable, SplitBrainError
-from pgfailover.state import initial_snapshot
+from pgfailover.transition import initial_snapshot
 
 from .helpers import NODES, down, healthy_round, primary, run, standby
 

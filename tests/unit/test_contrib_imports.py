@@ -9,7 +9,7 @@ BLOCK = """
 import sys
 for name in ("django", "flask", "sqlalchemy", "flask_sqlalchemy"):
     sys.modules[name] = None  # importing it now raises ImportError
-import pgfailover, pgfailover.contrib, pgfailover.contrib.routing, pgfailover.server
+import pgfailover, pgfailover.contrib, pgfailover.contrib.causality, pgfailover.server
 import pgfailover.cli
 try:
     import pgfailover.contrib.flask

@@ -21,7 +21,7 @@ TYPE_ONLY_MANAGER = {
     "pgfailover.failover",
     "pgfailover.metrics",
     "pgfailover.server",
-    "pgfailover.status",
+    "pgfailover.report",
 }
 
 

@@ -136,4 +136,4 @@ def test_applying_decisions_never_promotes() -> None:
     with build({}, FailoverConfig(promotion="auto")) as mgr:
         returned = mgr._actions.apply([decision])
     assert returned == decision
-    assert mgr.stats.as_dict()["promotions_total"] == 0
+    assert mgr.counters.as_dict()["promotions_total"] == 0

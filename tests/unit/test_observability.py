@@ -84,7 +84,7 @@ def test_exposition_uses_only_declared_names_and_labels_every_series(
 def test_a_manager_that_never_probed_exports_no_reads_no_blocked_commits_and_no_hang_bound(
     manager: FailoverManager,
 ) -> None:
-    manager.stats.bump("sync_lowered")
+    manager.counters.bump("sync_lowered")
     registry = CollectorRegistry()
     register(manager, registry)
     values = {(s.name, s.labels.get("node")): s.value for s in _samples(registry)}

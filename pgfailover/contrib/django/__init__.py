@@ -16,7 +16,7 @@ and ``default``: every host in one libpq multi-host entry with
 unrouted reach the primary too. The router sends writes to the alias of
 the node that is primary now and reads to a fitting standby's alias; the
 middleware gives each request read-your-writes (see
-:mod:`pgfailover.contrib.routing`), optionally carried to the next request
+:mod:`pgfailover.contrib.causality`), optionally carried to the next request
 in a cookie, and closes this thread's connections to the cluster after a
 failover so that none is reused broken.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from pgfailover.contrib.routing import (
+from pgfailover.contrib.causality import (
     COOKIE_NAME,
     Source,
     load_source,

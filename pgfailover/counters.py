@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-__all__ = ["Stats"]
+__all__ = ["Counters"]
 
 # Buckets (seconds) for probe and failover durations.
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -35,7 +35,7 @@ class _Histogram:
         self.count += 1
 
 
-class Stats:
+class Counters:
     """The manager's counters and histograms, protected by one mutex.
 
     Thread safety: every method may be called from any thread.

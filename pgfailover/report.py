@@ -131,7 +131,7 @@ def metrics_dict(mgr: FailoverManager) -> dict[str, Any]:
     """Gauges from the snapshot and the manager's counters (``get_metrics()``)."""
     snap = mgr.snapshot
     primary = snap.node(snap.primary) if snap.primary else None
-    data = mgr.stats.as_dict()
+    data = mgr.counters.as_dict()
     data.update(
         {
             "cluster": mgr.name,
