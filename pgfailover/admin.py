@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgfailover.errors import PromotionFailed
 
 __all__ = [
+    "Admin",
     "StandbyLink",
     "admin_connection",
     "fence_node",
@@ -170,3 +171,33 @@ def set_receiver_timeout(dsn: str, seconds: float, timeout: float) -> str | None
         )
         conn.execute("SELECT pg_reload_conf()")
     return None
+
+
+class Admin:
+    """The admin SQL a promotion runs, one method per action.
+
+    :class:`~pgfailover.failover.FailoverActions` and
+    :class:`~pgfailover.promote.Promoter` call these instead of the module
+    functions, so their unit tests can stand in a recording fake for the
+    database (every method maps one to one onto a function above).
+    """
+
+    def promote(self, dsn: str) -> None:
+        """:func:`promote_node`."""
+        promote_node(dsn)
+
+    def fence(self, dsn: str, timeout: float) -> None:
+        """:func:`fence_node`."""
+        fence_node(dsn, timeout)
+
+    def set_sync_names(self, dsn: str, value: str, timeout: float) -> None:
+        """:func:`set_sync_standby_names`."""
+        set_sync_standby_names(dsn, value, timeout)
+
+    def read_link(self, dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
+        """:func:`read_standby_link`."""
+        return read_standby_link(dsn, fallback_name, timeout)
+
+    def repoint(self, dsn: str, link: StandbyLink, new_primary_dsn: str, timeout: float) -> None:
+        """:func:`repoint_standby`, the new primary's DSN serving as its admin DSN too."""
+        repoint_standby(dsn, link, new_primary_dsn, new_primary_dsn, timeout)

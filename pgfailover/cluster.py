@@ -31,7 +31,7 @@ class ClusterView:
     """
 
     def __init__(self, cluster: str, initial: Snapshot, wait_timeout: float) -> None:
-        self._cluster = cluster
+        self.name = cluster
         self._wait_timeout = wait_timeout
         self._cond = threading.Condition()
         self._snapshot = initial  # replaced under self._cond
@@ -43,6 +43,11 @@ class ClusterView:
     def snapshot(self) -> Snapshot:
         """The latest immutable snapshot."""
         return self._snapshot
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
 
     @property
     def suspects(self) -> frozenset[str]:
@@ -96,7 +101,7 @@ class ClusterView:
         while True:
             with self._cond:
                 if self._closed:
-                    raise ManagerClosed(f"manager {self._cluster} is closed")
+                    raise ManagerClosed(f"manager {self.name} is closed")
                 snap = self._snapshot
                 target = write_target(snap, self._suspect_names)
                 if target is not None:
@@ -105,7 +110,7 @@ class ClusterView:
                 if remaining <= 0:
                     raise NoPrimaryAvailable(
                         f"no writable primary within {self._wait_timeout:g}s "
-                        f"(cluster {self._cluster} is {snap.state.value}"
+                        f"(cluster {self.name} is {snap.state.value}"
                         + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
                         + ")"
                     )

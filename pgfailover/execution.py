@@ -13,40 +13,52 @@ That makes every failure classifiable:
   is raised as psycopg raised it.
 
 Reads are retried on the next fitting node on connection errors and on
-recovery conflicts. Every connection-type error makes the manager suspect
-the node and probe at once.
+recovery conflicts. Every connection-type error makes the node a suspect
+(writes and reads avoid it) and asks for a probe round at once.
+
+The happy path is what every application query pays, so it takes no lock of
+its own: it reads the published snapshot, takes a connection from the
+node's pool, runs the statement, gives the connection back and counts it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg import pq
+from psycopg_pool import PoolTimeout
 
+from pgfailover.cluster import ClusterView
+from pgfailover.counters import Counters
 from pgfailover.errors import (
+    ManagerClosed,
     NoPrimaryAvailable,
     NoStandbyAvailable,
     PgFailoverError,
     WriteOutcomeUnknown,
 )
-from pgfailover.routing import read_order
+from pgfailover.pools import NodePools
+from pgfailover.routing import ReadStrategy, read_order, write_target
 
-if TYPE_CHECKING:
-    from pgfailover.manager import FailoverManager
+__all__ = ["Executor", "classify", "is_connection_error"]
 
-__all__ = ["classify", "client", "run_read", "run_write"]
+logger = logging.getLogger(__name__)
 
 Verdict = Literal["retry", "readonly", "unknown", "raise"]
 Params = Sequence[Any] | dict[str, Any] | None
 Row = tuple[Any, ...]
+Connection = psycopg.Connection[Any]
 
 _GONE_STATES = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
 _MAX_ATTEMPTS = 100
+_INTRANS = pq.TransactionStatus.INTRANS
+_IDLE = pq.TransactionStatus.IDLE
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -73,141 +85,232 @@ def classify(exc: BaseException, phase: Literal["statement", "commit"]) -> Verdi
     return "raise"
 
 
-def run_write(mgr: FailoverManager, sql: Any, params: Params) -> list[Row]:
-    """Run a write on the primary (see the module docstring for retries)."""
-    deadline = time.monotonic() + mgr.config.failover_wait_timeout
-    last: BaseException | None = None
-    for _ in range(_MAX_ATTEMPTS):
-        node = mgr.wait_for_primary(deadline)
-        conn = mgr.checkout(node, deadline)
-        if conn is None:
-            mgr.counters.query(node, "write", "retry")
-            continue
-        phase: Literal["statement", "commit"] = "statement"
-        try:
-            cur = conn.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-            phase = "commit"
-            conn.commit()
-        except psycopg.Error as exc:
-            verdict = classify(exc, phase)
-            mgr.checkin(node, conn)
-            if verdict == "raise":
-                mgr.counters.query(node, "write", "error")
-                raise
-            mgr.suspect(node, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-            if verdict == "unknown":
-                mgr.counters.query(node, "write", "unknown")
-                raise WriteOutcomeUnknown(
-                    f"connection to {node} lost during COMMIT: the write may or may not have "
-                    "committed; it was not retried"
-                ) from exc
-            mgr.counters.query(node, "write", "retry")
-            last = exc
-            continue
-        mgr.checkin(node, conn)
-        mgr.counters.query(node, "write", "ok")
-        mgr._actions.wrote(node)
-        return rows
-    raise NoPrimaryAvailable(f"write failed after {_MAX_ATTEMPTS} attempts: {last}") from last
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[:200]}"
 
 
-def run_read(
-    mgr: FailoverManager, sql: Any, params: Params, min_lsn: int | None = None
-) -> list[Row]:
-    """Run a read on a fitting standby, else the primary, retrying elsewhere.
+class Executor:
+    """Routes and runs statements over the published view and the node pools.
 
-    ``min_lsn``: only standbys known to have replayed that far (read-your-writes).
+    ``wake`` asks for a probe round now; ``idle_probe`` runs one from the
+    calling thread when no monitor thread runs (a write waiting for a
+    primary must not wait forever); ``on_write`` hears of every write a node
+    acknowledged (the failover clock stops at the first on a new primary).
+
+    Thread safety: every method may be called from any thread; the class
+    owns no lock (the view, the pools and the counters have their own).
     """
-    deadline = time.monotonic() + mgr.config.failover_wait_timeout
-    tried: set[str] = set()
-    last: BaseException | None = None
-    for _ in range(_MAX_ATTEMPTS):
-        order = read_order(mgr.snapshot, mgr.config, mgr.read_strategy, mgr.suspects(), min_lsn)
-        order = [n for n in order if n not in tried]
-        if not order:
-            if time.monotonic() >= deadline:
-                break
-            tried.clear()
-            mgr.wake()
-            mgr.wait_for_change(min(0.1, max(0.0, deadline - time.monotonic())))
-            continue
-        node = order[0]
-        route = "read" if node != mgr.snapshot.primary else "read_primary"
-        conn = mgr.checkout(node, deadline)
-        if conn is None:
-            tried.add(node)
-            mgr.counters.query(node, route, "retry")
-            continue
+
+    def __init__(
+        self,
+        view: ClusterView,
+        pools: NodePools,
+        counters: Counters,
+        strategy: ReadStrategy,
+        *,
+        wait_timeout: float,
+        pool_timeout: float,
+        poll: float,
+        wake: Callable[[], None],
+        idle_probe: Callable[[], None],
+        on_write: Callable[[str], None],
+    ) -> None:
+        self.view = view
+        self.strategy = strategy
+        self._pools = pools
+        self._counters = counters
+        self._wait_timeout = wait_timeout
+        self._pool_timeout = pool_timeout
+        self._poll = poll
+        self._wake = wake
+        self._idle_probe = idle_probe
+        self._on_write = on_write
+
+    # -- where a statement goes ---------------------------------------------
+
+    def suspect(self, node: str, reason: str) -> None:
+        """A statement found ``node`` gone or read-only: avoid it and probe now."""
+        if self.view.suspect(node):
+            logger.info("node %s suspect after a query error: %s", node, reason)
+        self._wake()
+
+    def wait_for_primary(self, deadline: float) -> str:
+        """The primary's name, waiting until ``deadline`` (monotonic) for one.
+
+        Raises:
+            ManagerClosed, SplitBrainError, NoPrimaryAvailable.
+        """
+        view = self.view
+        target = write_target(view.snapshot, view.suspects)
+        if target is not None and not view.closed:
+            return target
+        self._wake()
+        return view.wait_for_primary(deadline, self._poll, self._idle_probe)
+
+    def read_order(self, min_lsn: int | None = None) -> list[str]:
+        """Nodes to try for a read now, best first (fitting standbys, then the primary)."""
+        return read_order(self.view.snapshot, self.strategy, self.view.suspects, min_lsn)
+
+    def read_target(self, min_lsn: int | None = None) -> str:
+        """The node a read should go to now; waits for a primary when none can serve."""
+        order = self.read_order(min_lsn)
+        if order:
+            return order[0]
+        return self.wait_for_primary(time.monotonic() + self._wait_timeout)
+
+    def _checkout(self, node: str, deadline: float) -> Connection | None:
+        """A connection from ``node``'s pool, or ``None`` (node suspected) before ``deadline``."""
+        timeout = max(0.05, min(self._pool_timeout, deadline - time.monotonic()))
         try:
-            cur = conn.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-            conn.commit()
-        except psycopg.Error as exc:
-            mgr.checkin(node, conn)
-            conflict = exc.sqlstate == "40001" and mgr.snapshot.primary != node
-            if not (is_connection_error(exc) or conflict):
-                mgr.counters.query(node, route, "error")
-                raise
-            if not conflict:
-                mgr.suspect(node, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-            mgr.counters.query(node, route, "retry")
-            tried.add(node)
-            last = exc
-            continue
-        mgr.checkin(node, conn)
-        mgr.counters.query(node, route, "ok")
-        return rows
-    raise NoStandbyAvailable(
-        f"no node could serve a read within {mgr.config.failover_wait_timeout:g}s"
-        + (f": {last}" if last else f" (cluster {mgr.name} is {mgr.snapshot.state.value})")
-    ) from last
+            return self._pools.checkout(node, timeout)
+        except PoolTimeout:
+            if self.view.closed:
+                raise ManagerClosed(f"manager {self.view.name} is closed") from None
+            self.suspect(node, f"no pooled connection within {timeout:.2f}s")
+            return None
 
+    def _wait_for_readers(self, deadline: float) -> bool:
+        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
+        if time.monotonic() >= deadline:
+            return False
+        self._wake()
+        self.view.wait_for_change(min(0.1, max(0.0, deadline - time.monotonic())))
+        return True
 
-@contextmanager
-def client(mgr: FailoverManager, readonly: bool) -> Iterator[psycopg.Connection[Row]]:
-    """A pooled connection for a block of work (``get_client``)."""
-    deadline = time.monotonic() + mgr.config.failover_wait_timeout
-    conn = None
-    node = ""
-    while conn is None:
-        if readonly:
-            order = read_order(mgr.snapshot, mgr.config, mgr.read_strategy, mgr.suspects())
-            if not order:
-                if time.monotonic() >= deadline:
-                    raise NoStandbyAvailable(f"no node can serve reads (cluster {mgr.name})")
-                mgr.wake()
-                mgr.wait_for_change(0.1)
+    # -- statements -----------------------------------------------------------
+
+    def run_write(self, sql: Any, params: Params) -> list[Row]:
+        """Run a write on the primary (see the module docstring for retries)."""
+        deadline = time.monotonic() + self._wait_timeout
+        count = self._counters.query
+        last: BaseException | None = None
+        for _ in range(_MAX_ATTEMPTS):
+            node = self.wait_for_primary(deadline)
+            conn = self._checkout(node, deadline)
+            if conn is None:
+                count(node, "write", "retry")
                 continue
-            node = order[0]
-        else:
-            node = mgr.wait_for_primary(deadline)
-        conn = mgr.checkout(node, deadline)
-        if conn is None and time.monotonic() >= deadline:
-            raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
-    route = "write" if not readonly else "read"
-    try:
-        yield conn
-        if conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+            phase: Literal["statement", "commit"] = "statement"
             try:
+                cur = conn.execute(sql, params)
+                rows = cur.fetchall() if cur.description else []
+                phase = "commit"
                 conn.commit()
             except psycopg.Error as exc:
-                if classify(exc, "commit") == "unknown":
-                    mgr.suspect(node, f"COMMIT lost: {exc}")
+                verdict = classify(exc, phase)
+                self._pools.checkin(node, conn)
+                if verdict == "raise":
+                    count(node, "write", "error")
+                    raise
+                self.suspect(node, _brief(exc))
+                if verdict == "unknown":
+                    count(node, "write", "unknown")
                     raise WriteOutcomeUnknown(
-                        f"connection to {node} lost during COMMIT: outcome unknown"
+                        f"connection to {node} lost during COMMIT: the write may or may not "
+                        "have committed; it was not retried"
                     ) from exc
-                raise
-        mgr.counters.query(node, route, "ok")
-        if not readonly:
-            mgr._actions.wrote(node)
-    except BaseException as exc:
-        if isinstance(exc, psycopg.Error) and classify(exc, "statement") in ("retry", "readonly"):
-            mgr.suspect(node, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-        mgr.counters.query(node, route, "error")
-        if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            with contextlib.suppress(psycopg.Error):
-                conn.rollback()
-        raise
-    finally:
-        mgr.checkin(node, conn)
+                count(node, "write", "retry")
+                last = exc
+                continue
+            self._pools.checkin(node, conn)
+            count(node, "write", "ok")
+            self._on_write(node)
+            return rows
+        raise NoPrimaryAvailable(f"write failed after {_MAX_ATTEMPTS} attempts: {last}") from last
+
+    def run_read(self, sql: Any, params: Params, min_lsn: int | None = None) -> list[Row]:
+        """Run a read on a fitting standby, else the primary, retrying elsewhere.
+
+        ``min_lsn``: only standbys known to have replayed that far (read-your-writes).
+        """
+        deadline = time.monotonic() + self._wait_timeout
+        count = self._counters.query
+        tried: set[str] = set()
+        last: BaseException | None = None
+        for _ in range(_MAX_ATTEMPTS):
+            order = [n for n in self.read_order(min_lsn) if n not in tried]
+            if not order:
+                if not self._wait_for_readers(deadline):
+                    break
+                tried.clear()
+                continue
+            node = order[0]
+            primary = self.view.snapshot.primary
+            route = "read" if node != primary else "read_primary"
+            conn = self._checkout(node, deadline)
+            if conn is None:
+                tried.add(node)
+                count(node, route, "retry")
+                continue
+            try:
+                cur = conn.execute(sql, params)
+                rows = cur.fetchall() if cur.description else []
+                conn.commit()
+            except psycopg.Error as exc:
+                self._pools.checkin(node, conn)
+                conflict = exc.sqlstate == "40001" and primary != node
+                if not (is_connection_error(exc) or conflict):
+                    count(node, route, "error")
+                    raise
+                if not conflict:
+                    self.suspect(node, _brief(exc))
+                count(node, route, "retry")
+                tried.add(node)
+                last = exc
+                continue
+            self._pools.checkin(node, conn)
+            count(node, route, "ok")
+            return rows
+        snap = self.view.snapshot
+        raise NoStandbyAvailable(
+            f"no node could serve a read within {self._wait_timeout:g}s"
+            + (f": {last}" if last else f" (cluster {self.view.name} is {snap.state.value})")
+        ) from last
+
+    @contextmanager
+    def client(self, readonly: bool) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection for a block of work (``get_client``)."""
+        deadline = time.monotonic() + self._wait_timeout
+        conn = None
+        node = ""
+        while conn is None:
+            if readonly:
+                order = self.read_order()
+                if not order:
+                    if not self._wait_for_readers(deadline):
+                        raise NoStandbyAvailable(
+                            f"no node can serve reads (cluster {self.view.name})"
+                        )
+                    continue
+                node = order[0]
+            else:
+                node = self.wait_for_primary(deadline)
+            conn = self._checkout(node, deadline)
+            if conn is None and time.monotonic() >= deadline:
+                raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
+        route = "read" if readonly else "write"
+        try:
+            yield conn
+            if conn.pgconn.transaction_status == _INTRANS:
+                try:
+                    conn.commit()
+                except psycopg.Error as exc:
+                    if classify(exc, "commit") == "unknown":
+                        self.suspect(node, f"COMMIT lost: {exc}")
+                        raise WriteOutcomeUnknown(
+                            f"connection to {node} lost during COMMIT: outcome unknown"
+                        ) from exc
+                    raise
+            self._counters.query(node, route, "ok")
+            if not readonly:
+                self._on_write(node)
+        except BaseException as exc:
+            if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
+                self.suspect(node, _brief(exc))
+            self._counters.query(node, route, "error")
+            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            raise
+        finally:
+            self._pools.checkin(node, conn)

@@ -1,16 +1,19 @@
 """FailoverManager: one pool per node, a monitor, failover, and routing.
 
-The manager wires the parts of DESIGN.md together: the monitor's probe
-rounds go through the pure state machine; the decisions are applied here
-(switch primary, promote, fence, record events, run callbacks) outside any
-lock that routing needs; routing reads the latest immutable snapshot.
-Query execution lives in :mod:`pgfailover.execution`.
+The manager builds the parts of DESIGN.md and wires them together; it holds
+no logic of its own beyond construction, lifecycle and callbacks:
+
+- :class:`~pgfailover.rounds.Rounds`: probe rounds → pure transition →
+  the snapshot published in a :class:`~pgfailover.cluster.ClusterView`;
+- :class:`~pgfailover.failover.FailoverActions`: each round's decisions
+  (events, promotion, fencing, upkeep), outside any lock routing needs;
+- :class:`~pgfailover.execution.Executor`: statements routed over the
+  view and the :class:`~pgfailover.pools.NodePools`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -18,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
-from pgfailover import execution
 from pgfailover.cluster import ClusterView
 from pgfailover.config import (
     FailoverConfig,
@@ -33,14 +35,15 @@ from pgfailover.config import (
 from pgfailover.counters import Counters
 from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
 from pgfailover.events import EventLog, FailoverEvent, run_callbacks
+from pgfailover.execution import Executor
 from pgfailover.failover import FailoverActions
-from pgfailover.model import ClusterState, Decision, Snapshot
-from pgfailover.monitor import Monitor, ProbeRound
+from pgfailover.model import ClusterState, Snapshot
+from pgfailover.monitor import Monitor
 from pgfailover.pools import NodePools
-from pgfailover.probe import ProbeResult
 from pgfailover.report import failover_status, metrics_dict
-from pgfailover.routing import STRATEGIES, ReadStrategy, read_order, write_target
-from pgfailover.transition import initial_snapshot, transition
+from pgfailover.rounds import Rounds
+from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
+from pgfailover.transition import initial_snapshot
 from pgfailover.upkeep import UpkeepStatus
 
 __all__ = ["FailoverManager"]
@@ -94,19 +97,16 @@ class FailoverManager:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigurationError(f"duplicate node name(s): {', '.join(duplicates)}")
-        self.config = config or FailoverConfig()
+        self.config = cfg = config or FailoverConfig()
         self.nodes: tuple[Node, ...] = tuple(nodes)
         self.name = name
-        self.read_strategy: ReadStrategy = read_strategy or STRATEGIES[self.config.read_strategy]()
         self._by_name = {n.name: n for n in nodes}
         self.counters = Counters()
-        self.events = EventLog(self.config.history_size, self.config.history_file)
-        self._pools = NodePools(nodes, self.config, name, pool_kwargs)
+        self.events = EventLog(cfg.history_size, cfg.history_file)
+        self._pools = NodePools(nodes, cfg, name, pool_kwargs)
         self._view = ClusterView(
-            name, initial_snapshot(nodes, time.time()), self.config.failover_wait_timeout
+            name, initial_snapshot(nodes, time.time()), cfg.failover_wait_timeout
         )
-        self._round_lock = threading.Lock()  # serialises probe rounds and failovers
-        self._rounds: ProbeRound | None = None
         self._monitor: Monitor | None = None
         self._opened = False
         self._closed = False
@@ -115,7 +115,35 @@ class FailoverManager:
             "state_change": [],
             "recovery": [],
         }
-        self._actions = FailoverActions(self)
+        self._actions = FailoverActions(
+            view=self._view,
+            config=cfg,
+            events=self.events,
+            counters=self.counters,
+            dsn=lambda node: self.node(node).dsn,
+            reprobe=lambda: self._rounds.advance(),  # noqa: PLW0108 - _rounds comes next
+            abort=self._pools.abort,
+            wake=self._wake,
+            emit=self._emit,
+        )
+        self._rounds = Rounds(nodes, cfg, self._view, self.counters, self._actions.after_round)
+        self._executor = Executor(
+            self._view,
+            self._pools,
+            self.counters,
+            read_strategy or STRATEGIES[cfg.read_strategy](),
+            wait_timeout=cfg.failover_wait_timeout,
+            pool_timeout=cfg.pool_timeout,
+            poll=cfg.fast_interval * 2,
+            wake=self._wake,
+            idle_probe=self._probe_if_no_monitor,
+            on_write=self._actions.incident.wrote,
+        )
+
+    @property
+    def read_strategy(self) -> ReadStrategy:
+        """The strategy that orders the standbys for reads."""
+        return self._executor.strategy
 
     # -- construction --------------------------------------------------
 
@@ -150,11 +178,11 @@ class FailoverManager:
             return self
         self._opened = True
         try:
-            self._rounds = ProbeRound(self.nodes, self.config.health_check_timeout)
+            self._rounds.open()
             self._pools.open()
             # The first round's decisions wait for the membership check: a
             # manager pointed at the wrong cluster must change nothing.
-            decisions = self._probe_and_advance()
+            decisions = self._rounds.advance()
             snap = self._view.snapshot
             foreign = [
                 n.error or n.name
@@ -192,7 +220,7 @@ class FailoverManager:
         if self._monitor is not None and self._monitor.running:
             return
         self._monitor = Monitor(
-            self,
+            self._rounds,
             interval=self.config.health_check_interval,
             fast_interval=self.config.fast_interval,
             name=f"pgfailover-monitor-{self.name}",
@@ -230,8 +258,7 @@ class FailoverManager:
         # trigger, check_health) is finished too, repointing included.
         if not self._actions.wait_repointed(max(0.1, deadline - time.monotonic())):
             logger.warning("manager %s: a promotion still runs after %.1fs", self.name, timeout)
-        if self._rounds is not None:
-            self._rounds.close()
+        self._rounds.close()
         if not self._pools.close(deadline):
             logger.warning("manager %s: pools did not close within %.1fs", self.name, timeout)
         logger.info("manager %s closed", self.name)
@@ -247,66 +274,16 @@ class FailoverManager:
         """True after :meth:`close`."""
         return self._closed
 
-    # -- the monitor's round -------------------------------------------
+    def _wake(self) -> None:
+        """Ask the monitor for a probe round now."""
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.wake()
 
-    def _monitor_round(self, *, full: bool = False) -> bool:
-        """One probe round, applied. Returns True while the primary is in doubt.
-
-        The monitor's rounds are patient with stragglers (see
-        :class:`ProbeRound`); a ``full`` round gives every node a verdict.
-        """
-        if self._closed or self._rounds is None:
-            return False
-        cfg = self.config
-        patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
-        decisions = self._probe_and_advance(patience)
-        self._actions.after_round(decisions)
-        snap = self._view.snapshot
-        # Fast rounds while the primary is in doubt, and right after a
-        # failover until every standby up follows the new primary (a second
-        # loss in that window must find them on the new timeline).
-        converging = snap.state is ClusterState.FAILOVER_COMPLETE and any(
-            n.follows is False for n in snap.nodes if n.up and n.name != snap.primary
-        )
-        return (
-            snap.in_doubt
-            or converging
-            or (snap.primary is not None and snap.primary in self._rounds.pending())
-        )
-
-    def _probe_and_advance(self, patience: float | None = None) -> list[Decision]:
-        """Probe every node and publish the next snapshot (under the round lock).
-
-        ``patience``: see :meth:`ProbeRound.run` (the monitor's rounds); without
-        it every node gets a fresh verdict (``check_health()``, the re-probe
-        before a promotion).
-        """
-        assert self._rounds is not None  # noqa: S101 - open() sets it
-        with self._round_lock:
-            started = time.time()
-            snap = self._view.snapshot
-            # A standby promoted onto a new timeline while the old primary
-            # hangs: act on it now rather than after the old one's timeout.
-            # A writable node on a known timeline (a stale old primary) is not
-            # decisive: it must never cut short the current primary's probe.
-            results = self._rounds.run(
-                patience=patience,
-                decisive=lambda r: (
-                    r.writable
-                    and r.node != snap.primary
-                    and snap.max_timeline > 0
-                    and (r.timeline or 0) > snap.max_timeline
-                ),
-            )
-            return self._advance(results, started)
-
-    def _advance(self, results: dict[str, ProbeResult], started: float) -> list[Decision]:
-        for result in results.values():
-            self.counters.probe(result.node, result.ok, result.response_time)
-        self.counters.bump("probe_rounds")
-        snap, decisions = transition(self._view.snapshot, results, time.time(), self.config)
-        self._view.publish(snap, started)
-        return decisions
+    def _probe_if_no_monitor(self) -> None:
+        """A writer waits for a primary and no monitor thread runs: probe from its thread."""
+        if self._monitor is None or not self._monitor.running:
+            self._rounds.monitor_round()
 
     # -- routing support -----------------------------------------------
 
@@ -315,21 +292,13 @@ class FailoverManager:
         """The latest immutable snapshot of the cluster."""
         return self._view.snapshot
 
-    def suspects(self) -> frozenset[str]:
-        """Nodes a query found gone or read-only since the last probe round."""
-        return self._view.suspects
-
     def suspect(self, node: str, reason: str) -> None:
-        """A query found ``node`` gone or read-only: avoid it and probe now."""
-        if self._view.suspect(node):
-            logger.info("node %s suspect after a query error: %s", node, reason)
-        self.wake()
+        """A query found ``node`` gone or read-only: avoid it and probe now.
 
-    def wake(self) -> None:
-        """Ask the monitor for a probe round now."""
-        monitor = self._monitor
-        if monitor is not None:
-            monitor.wake()
+        For integrations that run statements on their own connections
+        (Django, SQLAlchemy): the manager's own queries do it themselves.
+        """
+        self._executor.suspect(node, reason)
 
     def wait_for_primary(self, deadline: float) -> str:
         """The primary's name, waiting until ``deadline`` (monotonic) for one.
@@ -337,46 +306,7 @@ class FailoverManager:
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable.
         """
-        target = write_target(self._view.snapshot, self._view.suspects)
-        if target is not None and not self._closed:
-            return target
-        self.wake()
-        return self._view.wait_for_primary(
-            deadline, self.config.fast_interval * 2, self._probe_if_no_monitor
-        )
-
-    def _probe_if_no_monitor(self) -> None:
-        if self._monitor is None or not self._monitor.running:
-            self._monitor_round()  # no monitor thread: the waiting caller probes
-
-    def wait_for_change(self, timeout: float) -> None:
-        """Block until a new snapshot is published or ``timeout`` passes."""
-        self._view.wait_for_change(timeout)
-
-    def checkout(self, node: str, deadline: float) -> psycopg.Connection[Any] | None:
-        """A connection from ``node``'s pool, tracked until :meth:`checkin`.
-
-        ``None`` (and the node suspected) when none came before ``deadline``.
-
-        Raises:
-            ManagerClosed: the manager closed (also while waiting).
-        """
-        timeout = max(0.05, min(self.config.pool_timeout, deadline - time.monotonic()))
-        try:
-            return self._pools.checkout(node, timeout)
-        except PoolTimeout:
-            if self._closed:
-                raise ManagerClosed(f"manager {self.name} is closed") from None
-            self.suspect(node, f"no pooled connection within {timeout:.2f}s")
-            return None
-
-    def checkin(self, node: str, conn: psycopg.Connection[Any]) -> None:
-        """Give a connection from :meth:`checkout` back to its pool."""
-        self._pools.checkin(node, conn)
-
-    def abort_inflight(self, node: str) -> int:
-        """Unblock every caller waiting on ``node`` (a lost primary); see :class:`NodePools`."""
-        return self._pools.abort(node)
+        return self._executor.wait_for_primary(deadline)
 
     def pool(self, node: str) -> ConnectionPool:
         """The pool of one node."""
@@ -413,10 +343,11 @@ class FailoverManager:
         :meth:`write_position` after a write) only on a standby that has
         replayed that far, else the primary: read-your-writes.
         """
-        self._check_open()
+        if self._closed or not self._opened:
+            self._check_open()
         if readonly:
-            return execution.run_read(self, sql, params, min_lsn)
-        return execution.run_write(self, sql, params)
+            return self._executor.run_read(sql, params, min_lsn)
+        return self._executor.run_write(sql, params)
 
     def get_client(
         self, readonly: bool = False
@@ -428,8 +359,9 @@ class FailoverManager:
         error or a read-only refusal inside the block makes the manager
         re-probe at once; a lost COMMIT raises ``WriteOutcomeUnknown``.
         """
-        self._check_open()
-        return execution.client(self, readonly)
+        if self._closed or not self._opened:
+            self._check_open()
+        return self._executor.client(readonly)
 
     def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now: a fitting standby, else the primary.
@@ -440,12 +372,7 @@ class FailoverManager:
         node can serve.
         """
         self._check_open()
-        order = read_order(
-            self._view.snapshot, self.config, self.read_strategy, self.suspects(), min_lsn
-        )
-        if order:
-            return order[0]
-        return self.wait_for_primary(time.monotonic() + self.config.failover_wait_timeout)
+        return self._executor.read_target(min_lsn)
 
     def write_position(self) -> int:
         """The primary's current WAL position, as a read-your-writes token.
@@ -476,19 +403,17 @@ class FailoverManager:
     def check_health(self) -> Snapshot:
         """Probe every node now, apply the result, and return the snapshot."""
         self._check_open()
-        self._monitor_round(full=True)
+        self._rounds.monitor_round(full=True)
         return self._view.snapshot
 
     def check_primary_health(self) -> bool:
         """Probe now; True when a writable primary answered."""
-        snap = self.check_health()
-        return snap.primary is not None and snap.node(snap.primary).up
+        return self.check_health().writable_primary is not None
 
     def check_standby_health(self, standby: int | str) -> bool:
         """Probe now; True when the standby (index among non-primaries, or name) is healthy."""
         name = self._standby_name(standby)
-        node = self.check_health().node(name)
-        return node.up and node.healthy and node.role.value == "standby"
+        return self.check_health().node(name).healthy_standby
 
     def _standby_name(self, standby: int | str) -> str:
         if isinstance(standby, str):
@@ -529,7 +454,7 @@ class FailoverManager:
 
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
-        return failover_status(self)
+        return failover_status(self.name, self._view.snapshot, self.config, self.upkeep_status())
 
     def upkeep_status(self) -> UpkeepStatus:
         """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""
@@ -537,7 +462,7 @@ class FailoverManager:
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges as a JSON-ready dict."""
-        return metrics_dict(self)
+        return metrics_dict(self.name, self._view.snapshot, self.config, self.counters)
 
     def history(self) -> list[FailoverEvent]:
         """Failover events, oldest first (newest last)."""

@@ -228,8 +228,7 @@ def _fill_snapshot(
     _add(families, "info", [c, config.promotion], 1)
     for state in ClusterState:
         _add(families, "cluster_state", [c, state.value], int(snap.state is state))
-    primary = snap.node(snap.primary) if snap.primary else None
-    _add(families, "primary_healthy", [c], int(primary is not None and primary.up))
+    _add(families, "primary_healthy", [c], int(snap.writable_primary is not None))
     healthy_standbys = 0
     for node in snap.nodes:
         n = node.name
@@ -244,10 +243,9 @@ def _fill_snapshot(
             _add(families, "node_last_check_timestamp_seconds", [c, n], node.last_check)
         if n == snap.primary:
             continue
-        # routing.read_block decided it once for this round; status says the same.
-        serves_reads = node.serves_reads
-        _add(families, "node_serves_reads", [c, n], int(serves_reads))
-        ok = int(node.up and node.healthy and node.role is Role.STANDBY)
+        # The snapshot's predicates: routing and the status say the same.
+        _add(families, "node_serves_reads", [c, n], int(node.serves_reads))
+        ok = int(node.healthy_standby)
         healthy_standbys += ok
         _add(families, "standby_healthy", [c, n], ok)
         if node.lag_bytes is not None:

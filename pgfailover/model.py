@@ -98,8 +98,19 @@ class NodeState:
 
     @property
     def serves_reads(self) -> bool:
-        """A standby that may serve reads (``read_block`` says why not)."""
-        return self.role is Role.STANDBY and self.read_block is None
+        """A healthy standby that may serve reads (``read_block`` says why not).
+
+        The one predicate routing, status and both metrics endpoints use.
+        """
+        return self.role is Role.STANDBY and self.read_block is None and self.up and self.healthy
+
+    @property
+    def healthy_standby(self) -> bool:
+        """A standby that answered its last probe and counts as healthy (thresholds met).
+
+        Whether it may serve reads is :attr:`serves_reads` (lag, timeline, streaming).
+        """
+        return self.role is Role.STANDBY and self.up and self.healthy
 
     @property
     def recovering(self) -> bool:
@@ -147,6 +158,18 @@ class Snapshot:
     def standbys(self) -> tuple[NodeState, ...]:
         """Every node but the primary."""
         return tuple(n for n in self.nodes if n.name != self.primary)
+
+    @property
+    def writable_primary(self) -> NodeState | None:
+        """The primary when its last probe answered (it takes writes), else ``None``.
+
+        The one predicate status, ``check_primary_health`` and both metrics
+        endpoints use for "the primary is healthy".
+        """
+        if self.primary is None:
+            return None
+        node = self.node(self.primary)
+        return node if node.up else None
 
     @property
     def in_doubt(self) -> bool:

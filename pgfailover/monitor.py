@@ -9,9 +9,9 @@ busy the next round reports that node failed at once instead of queueing.
 :class:`Monitor` runs rounds on a timer: ``health_check_interval`` while the
 primary is fine, ``fast_interval`` while it is in doubt, and at once when
 :meth:`Monitor.wake` is called (a query failed with a connection error or
-hit a read-only node). It holds only a weak reference to its owner, so a
-manager that is garbage-collected stops its thread; the loop logs and
-survives any error.
+hit a read-only node). It holds only a weak reference to its owner (the
+manager's rounds), so a manager that is garbage-collected stops its thread;
+the loop logs and survives any error.
 """
 
 from __future__ import annotations
@@ -177,9 +177,9 @@ class ProbeRound:
 
 
 class RoundOwner(Protocol):
-    """What the monitor drives: the manager."""
+    """What the monitor drives (:class:`~pgfailover.rounds.Rounds`)."""
 
-    def _monitor_round(self) -> bool:
+    def monitor_round(self) -> bool:
         """Run one probe round and apply it; True while the primary is in doubt."""
         ...
 
@@ -236,7 +236,7 @@ class Monitor:
                 return
             in_doubt = True
             try:
-                in_doubt = owner._monitor_round()
+                in_doubt = owner.monitor_round()
             except Exception:
                 logger.exception("monitor round failed; continuing")
             del owner  # do not keep the manager alive while sleeping

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -32,6 +32,8 @@ class NodePools:
 
     ``pool_kwargs`` (the caller's) go to every pool and are never modified:
     ``kwargs`` are the connection's, the rest the pool's own options.
+    ``pool_class`` builds each pool (``psycopg_pool.ConnectionPool``; tests
+    pass a fake).
 
     Locks: ``_lock`` guards the checked-out sets and the closed flag; it is a
     leaf, and nothing but a socket ``shutdown(2)`` happens under it.
@@ -45,8 +47,11 @@ class NodePools:
         config: FailoverConfig,
         cluster: str,
         pool_kwargs: Mapping[str, Any] | None = None,
+        *,
+        pool_class: Callable[..., ConnectionPool] = ConnectionPool,
     ) -> None:
         self._cluster = cluster
+        self._pool_class = pool_class
         extra = dict(pool_kwargs or {})
         self._pools = {n.name: self._make(n, config, extra) for n in nodes}
         self._lock = threading.Lock()
@@ -59,7 +64,7 @@ class NodePools:
         kwargs = dict(extra.get("kwargs") or {})
         kwargs.setdefault("connect_timeout", max(1, round(cfg.connect_timeout)))
         options = {k: v for k, v in extra.items() if k != "kwargs"}
-        return ConnectionPool(
+        return self._pool_class(
             node.dsn,
             min_size=node.pool_min_size if node.pool_min_size is not None else cfg.pool_min_size,
             max_size=node.pool_max_size if node.pool_max_size is not None else cfg.pool_max_size,

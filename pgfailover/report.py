@@ -1,19 +1,21 @@
-"""The manager's status and metrics as plain JSON-ready dicts.
+"""The manager's status and metrics as plain JSON-ready dicts (pure).
 
-Built from the latest snapshot and counters at call time; DSNs are masked.
+Built from a snapshot, the config, the upkeep's status and the counters at
+call time; DSNs are masked. The predicates (a writable primary, a healthy
+standby, serves reads) are the snapshot's own, so the status, ``/metrics``
+and ``/failover/metrics`` never disagree about a node.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pgfailover.config import FailoverConfig
+from pgfailover.counters import Counters
 from pgfailover.guards import hang_failover_seconds
-from pgfailover.model import NodeState, Role
-from pgfailover.upkeep import SLOW_HANG_FAILOVER, commits_blocked
-
-if TYPE_CHECKING:
-    from pgfailover.manager import FailoverManager
+from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus, commits_blocked
 
 __all__ = ["failover_status", "iso", "metrics_dict", "node_dict"]
 
@@ -59,19 +61,20 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
     }
 
 
-def failover_status(mgr: FailoverManager) -> dict[str, Any]:
+def failover_status(
+    cluster: str, snap: Snapshot, cfg: FailoverConfig, keeper: UpkeepStatus
+) -> dict[str, Any]:
     """State, primary, every standby, counters (``get_failover_status()``)."""
-    snap = mgr.snapshot
     nodes = [node_dict(n, snap.primary) for n in snap.nodes]
     primary = next((n for n in nodes if n["is_primary"]), None)
     return {
-        "cluster": mgr.name,
+        "cluster": cluster,
         "state": snap.state.value,
         "current_primary": snap.primary,
         "primary": primary,
         "standbys": [n for n in nodes if not n["is_primary"]],
         "nodes": nodes,
-        "promotion": mgr.config.promotion,
+        "promotion": cfg.promotion,
         "promotion_blocked": snap.promotion_blocked,
         "split_brain": list(snap.split_brain),
         "failover_in_progress_since": iso(snap.failover_started_at),
@@ -81,17 +84,15 @@ def failover_status(mgr: FailoverManager) -> dict[str, Any]:
         "timeline": snap.max_timeline or None,
         "state_since": iso(snap.changed_at),
         "checked_at": iso(max((n.last_check or 0.0) for n in snap.nodes) or None),
-        "failure_detection": failure_detection(mgr),
-        "synchronous_replication": sync_status(mgr),
+        "failure_detection": failure_detection(snap, cfg, keeper),
+        "synchronous_replication": sync_status(snap, keeper),
     }
 
 
-def failure_detection(mgr: FailoverManager) -> dict[str, Any]:
+def failure_detection(snap: Snapshot, cfg: FailoverConfig, keeper: UpkeepStatus) -> dict[str, Any]:
     """How fast a hung or black-holed primary is failed over, and why not faster."""
-    snap = mgr.snapshot
-    cfg = mgr.config
     bound = hang_failover_seconds(snap, cfg)
-    refused = mgr.upkeep_status().refused
+    refused = keeper.refused
     warning = None
     if cfg.promotion == "auto" and (bound is None or bound > SLOW_HANG_FAILOVER):
         warning = (
@@ -112,11 +113,9 @@ def failure_detection(mgr: FailoverManager) -> dict[str, Any]:
     }
 
 
-def sync_status(mgr: FailoverManager) -> dict[str, Any]:
+def sync_status(snap: Snapshot, keeper: UpkeepStatus) -> dict[str, Any]:
     """The primary's synchronous replication: setting, who streams, can commits complete."""
-    snap = mgr.snapshot
     primary = snap.node(snap.primary) if snap.primary else None
-    keeper = mgr.upkeep_status()
     return {
         "synchronous_standby_names": None if primary is None else primary.sync_standby_names,
         "streaming": None
@@ -127,19 +126,19 @@ def sync_status(mgr: FailoverManager) -> dict[str, Any]:
     }
 
 
-def metrics_dict(mgr: FailoverManager) -> dict[str, Any]:
+def metrics_dict(
+    cluster: str, snap: Snapshot, cfg: FailoverConfig, counters: Counters
+) -> dict[str, Any]:
     """Gauges from the snapshot and the manager's counters (``get_metrics()``)."""
-    snap = mgr.snapshot
-    primary = snap.node(snap.primary) if snap.primary else None
-    data = mgr.counters.as_dict()
+    data = counters.as_dict()
     data.update(
         {
-            "cluster": mgr.name,
+            "cluster": cluster,
             "state": snap.state.value,
             "primary": snap.primary,
-            "primary_healthy": int(primary is not None and primary.up),
+            "primary_healthy": int(snap.writable_primary is not None),
             "standby_healthy": {
-                n.name: int(n.up and n.healthy) for n in snap.nodes if n.name != snap.primary
+                n.name: int(n.healthy_standby) for n in snap.nodes if n.name != snap.primary
             },
             "replication_lag_bytes": {
                 n.name: n.lag_bytes
@@ -148,7 +147,7 @@ def metrics_dict(mgr: FailoverManager) -> dict[str, Any]:
             },
             "split_brain": int(bool(snap.split_brain)),
             "commits_blocked": int(commits_blocked(snap)),
-            "hang_failover_seconds": hang_failover_seconds(snap, mgr.config),
+            "hang_failover_seconds": hang_failover_seconds(snap, cfg),
             "serves_reads": {
                 n.name: int(n.serves_reads) for n in snap.nodes if n.name != snap.primary
             },

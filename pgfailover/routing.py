@@ -133,7 +133,6 @@ def write_target(snap: Snapshot, suspects: Collection[str] = ()) -> str | None:
 
 def read_candidates(
     snap: Snapshot,
-    config: FailoverConfig,
     suspects: Collection[str] = (),
     min_lsn: int | None = None,
 ) -> list[NodeState]:
@@ -148,7 +147,7 @@ def read_candidates(
     for node in snap.nodes:
         if node.name in suspects or node.name == snap.primary:
             continue
-        if not (node.serves_reads and node.up and node.healthy):
+        if not node.serves_reads:
             continue
         if min_lsn is not None and (node.replay_lsn is None or node.replay_lsn < min_lsn):
             continue
@@ -223,13 +222,12 @@ STRATEGIES: dict[str, type[RoundRobin | LeastLag | PriorityOrder | RandomChoice]
 
 def read_order(
     snap: Snapshot,
-    config: FailoverConfig,
     strategy: ReadStrategy,
     suspects: Collection[str] = (),
     min_lsn: int | None = None,
 ) -> list[str]:
     """Nodes to try for a read, in order: fitting standbys, then the primary."""
-    candidates = read_candidates(snap, config, suspects, min_lsn)
+    candidates = read_candidates(snap, suspects, min_lsn)
     names = [n.name for n in strategy.order(candidates)]
     if snap.primary is not None and snap.primary not in suspects and not snap.split_brain:
         names.append(snap.primary)

@@ -21,6 +21,7 @@ from pgfailover.lab.proc import (
     RunAs,
     children_of,
     postmaster_pid,
+    process_letter,
     processes_in,
     signal_pids,
     wait_gone,
@@ -172,7 +173,9 @@ class LocalNode:
         children = children_of(pid)
         signal_pids(children, signal.SIGSTOP)
         if not wait_stopped([pid, *children], stopped=True):
-            raise LabError(f"{self.name}: processes did not stop after SIGSTOP")
+            states = {p: process_letter(p) for p in [pid, *children]}
+            running = {p: s for p, s in states.items() if s not in (None, "T", "t", "Z", "X")}
+            raise LabError(f"{self.name}: processes did not stop after SIGSTOP: {running}")
         logger.info("lab: %s paused", self.name)
 
     def resume(self) -> None:

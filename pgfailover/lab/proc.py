@@ -217,12 +217,17 @@ def wait_stopped(pids: Sequence[int], stopped: bool, timeout: float = 5.0) -> bo
     """Wait until every PID is (or is no longer) stopped by a signal.
 
     Signals are delivered asynchronously: right after ``kill(SIGSTOP)`` a
-    process may still be running for a moment.
+    process may still be running for a moment. A process that has exited
+    counts as done: a backend that ends just after its postmaster was
+    stopped stays a zombie (nobody reaps it until the postmaster resumes).
     """
     deadline = time.monotonic() + timeout
     while True:
         letters = [process_letter(pid) for pid in pids]
-        if all(letter is None or (letter in ("T", "t")) == stopped for letter in letters):
+        if all(
+            letter is None or letter in ("Z", "X") or (letter in ("T", "t")) == stopped
+            for letter in letters
+        ):
             return True
         if time.monotonic() >= deadline:
             return False

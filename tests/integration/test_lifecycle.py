@@ -124,7 +124,7 @@ def test_callbacks_run_with_no_lock_held_and_may_call_the_manager(fresh_lab: Loc
         actions = mgr._actions
 
         def on_failover(event: FailoverEvent) -> None:
-            locked = actions._promote_lock.locked()
+            locked = actions.promoting
             snap = mgr.check_health()  # re-enters the manager: must not deadlock
             seen.append((event.outcome, locked, snap.primary))
 

@@ -14,14 +14,11 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pgfailover"
 
-# Modules that name FailoverManager for the type checker only (to be passed
-# smaller collaborators instead).
+# Modules that name FailoverManager for the type checker only: the outer
+# layers that serve a manager's public API (the manager imports neither).
 TYPE_ONLY_MANAGER = {
-    "pgfailover.execution",
-    "pgfailover.failover",
     "pgfailover.metrics",
     "pgfailover.server",
-    "pgfailover.report",
 }
 
 

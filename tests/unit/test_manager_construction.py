@@ -14,7 +14,6 @@ import pytest
 
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.manager import FailoverManager
-from pgfailover.model import Promote
 from pgfailover.probe import parse_duration, receiver_app_name
 
 NODES = [
@@ -122,18 +121,3 @@ def test_parse_duration(text: str | None, seconds: float | None) -> None:
 )
 def test_receiver_app_name(conninfo: str | None, cluster_name: str | None, expected: str) -> None:
     assert receiver_app_name(conninfo, cluster_name) == expected
-
-
-def test_applying_decisions_never_promotes() -> None:
-    """Only a round's top level promotes: applying a Promote inside one returns it.
-
-    Before, ``apply`` ran the promotion itself, and a promotion applying the
-    re-probe that followed it could re-enter the promotion lock and hang the
-    monitor for good. Applying here touches no network (the manager is not
-    open), so the promotion must come back unexecuted.
-    """
-    decision = Promote("node1", "node0", "most advanced", 0)
-    with build({}, FailoverConfig(promotion="auto")) as mgr:
-        returned = mgr._actions.apply([decision])
-    assert returned == decision
-    assert mgr.counters.as_dict()["promotions_total"] == 0

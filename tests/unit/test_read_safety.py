@@ -161,7 +161,7 @@ def test_read_safety_through_the_state_machine(
 ) -> None:
     snap, _ = run(rounds, CFG, step=step)
     got = snap.node(node).read_block
-    candidates = [n.name for n in read_candidates(snap, CFG)]
+    candidates = [n.name for n in read_candidates(snap)]
     if block is None:
         assert got is None
         assert node in candidates
@@ -177,20 +177,20 @@ def test_standbys_keep_serving_reads_while_a_failover_waits_for_a_primary() -> N
     snap, _ = run([healthy_round(), *rounds_over(3.0, 0.05, CRASHED)], CFG)
     assert snap.primary is None
     assert snap.node("node1").timeline == snap.max_timeline
-    assert sorted(n.name for n in read_candidates(snap, CFG)) == ["node1", "node2"]
+    assert sorted(n.name for n in read_candidates(snap)) == ["node1", "node2"]
 
 
 def test_orphan_is_no_read_candidate_but_the_followers_are() -> None:
     round_ = [down("node0"), primary("node1", tl=2), standby("node2", tl=1, upstream=None)]
     snap: Snapshot = run([healthy_round(), round_], CFG)[0]
     assert snap.primary == "node1"
-    assert [n.name for n in read_candidates(snap, CFG)] == []
+    assert [n.name for n in read_candidates(snap)] == []
     snap = run(
         [[down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]],
         CFG,
         start=snap,
     )[0]
-    assert [n.name for n in read_candidates(snap, CFG)] == ["node2"]
+    assert [n.name for n in read_candidates(snap)] == ["node2"]
 
 
 # read_block on plain node states: the rules that need no history.

@@ -56,7 +56,7 @@ def test_writes_are_refused_in_split_brain() -> None:
     split = snap_of(primary("node0"), primary("node1"), standby("node2"))
     with pytest.raises(SplitBrainError, match="node0, node1"):
         write_target(split)
-    assert read_order(split, CFG, PriorityOrder()) == ["node2"]
+    assert read_order(split, PriorityOrder()) == ["node2"]
 
 
 READ_CASES = [
@@ -72,24 +72,24 @@ READ_CASES = [
     ("snap", "suspects", "expected"), [c[1:] for c in READ_CASES], ids=[c[0] for c in READ_CASES]
 )
 def test_read_order(snap: Snapshot, suspects: tuple[str, ...], expected: list[str]) -> None:
-    assert read_order(snap, CFG, PriorityOrder(), suspects) == expected
+    assert read_order(snap, PriorityOrder(), suspects) == expected
 
 
 def test_round_robin_spreads_reads() -> None:
     rr = RoundRobin()
-    firsts = [read_order(HEALTHY, CFG, rr)[0] for _ in range(4)]
+    firsts = [read_order(HEALTHY, rr)[0] for _ in range(4)]
     assert firsts == ["node1", "node2", "node1", "node2"]
 
 
 def test_least_lag_prefers_the_freshest_standby() -> None:
     snap = snap_of(primary("node0", lsn=100), standby("node1", lsn=50), standby("node2", lsn=90))
-    assert read_order(snap, CFG, LeastLag()) == ["node2", "node1", "node0"]
+    assert read_order(snap, LeastLag()) == ["node2", "node1", "node0"]
 
 
 def test_random_choice_is_repeatable_with_a_seed() -> None:
     def firsts(seed: int) -> list[str]:
         strategy = RandomChoice(random.Random(seed))  # noqa: S311 - load spreading
-        return [read_order(HEALTHY, CFG, strategy)[0] for _ in range(5)]
+        return [read_order(HEALTHY, strategy)[0] for _ in range(5)]
 
     assert firsts(7) == firsts(7)
     assert set(firsts(1) + firsts(2) + firsts(3)) == {"node1", "node2"}
@@ -114,4 +114,4 @@ READ_YOUR_WRITES_CASES = [
     ids=[c[0] for c in READ_YOUR_WRITES_CASES],
 )
 def test_read_your_writes_order(snap: Snapshot, min_lsn: int | None, expected: list[str]) -> None:
-    assert read_order(snap, CFG, PriorityOrder(), min_lsn=min_lsn) == expected
+    assert read_order(snap, PriorityOrder(), min_lsn=min_lsn) == expected

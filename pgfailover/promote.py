@@ -1,0 +1,180 @@
+"""One promotion, step by step: fence, ``pg_promote``, sync names, re-probe, repoint.
+
+:class:`Promoter` runs the SQL side of a promotion that
+:class:`~pgfailover.failover.FailoverActions` has decided on (under its
+promotion lock), and writes each step into the incident's event, so an
+operator reads in ``history`` what was done and what could not be.
+
+Order matters on PostgreSQL 15: reloading a standby's config just before
+``pg_promote`` was seen to stall the promotion by
+``wal_retrieve_retry_interval`` (5 s). So the candidate is promoted first,
+untouched; only then is the new primary's ``synchronous_standby_names``
+rewritten for the standbys that will follow it (the old primary's policy
+over the survivors), writes switch (a re-probe publishes the new primary),
+and the other standbys are repointed, all in the same call, so that
+``close()`` (which waits for it) never leaves half a promotion behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from pgfailover.admin import Admin, StandbyLink
+from pgfailover.config import FailoverConfig
+from pgfailover.counters import Counters
+from pgfailover.errors import PgFailoverError
+from pgfailover.events import EventLog, FailoverEvent
+from pgfailover.incident import Incident
+from pgfailover.model import Role, Snapshot
+from pgfailover.syncrep import rewrite_sync_names
+from pgfailover.upkeep import Upkeep
+
+__all__ = ["Promoter"]
+
+logger = logging.getLogger(__name__)
+
+
+class Promoter:
+    """Runs promotions for one cluster; the caller holds the promotion lock.
+
+    Thread safety: :meth:`promote` must not run twice at once (the caller's
+    promotion lock sees to it); the class owns no lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        config: FailoverConfig,
+        admin: Admin,
+        events: EventLog,
+        counters: Counters,
+        incident: Incident,
+        upkeep: Upkeep,
+        dsn: Callable[[str], str],
+    ) -> None:
+        self._cluster = cluster
+        self._config = config
+        self._admin = admin
+        self._events = events
+        self._counters = counters
+        self._incident = incident
+        self._upkeep = upkeep
+        self._dsn = dsn
+
+    @property
+    def _timeout(self) -> float:
+        return max(2.0, self._config.health_check_timeout * 2)
+
+    def promote(
+        self,
+        snap: Snapshot,
+        event: FailoverEvent,
+        target: str,
+        *,
+        fence: str | None,
+        settle: Callable[[], None],
+        failed: Callable[[FailoverEvent], None],
+    ) -> FailoverEvent:
+        """Promote ``target`` (fencing ``fence`` first), switch writes, repoint the standbys.
+
+        ``event`` is the incident's open event, already naming the target.
+        ``settle`` re-probes and applies the result (writes switch there);
+        ``failed`` hears of the event when ``pg_promote`` fails, before the
+        error is raised.
+
+        Raises:
+            PromotionFailed, psycopg.Error: the promotion itself failed.
+        """
+        timeout = self._timeout
+        notes: list[str] = []
+        if fence is not None:
+            try:
+                self._admin.fence(self._dsn(fence), timeout)
+                notes.append(f"old primary {fence} soft-fenced before promotion")
+            except psycopg.Error as exc:
+                notes.append(f"could not fence old primary {fence}: {exc}")
+        survivors = self._survivor_links(snap, target, notes)
+        logger.warning("cluster %s: promoting %s (%s)", self._cluster, target, event.reason)
+        started = time.monotonic()
+        try:
+            self._admin.promote(self._dsn(target))
+        except (PgFailoverError, psycopg.Error) as exc:
+            self._counters.bump("promotion_failures")
+            done = self._incident.fail(event.id, (*notes, f"pg_promote failed: {exc}"))
+            if done is not None:
+                failed(done)
+            raise
+        self._counters.bump("promotions")
+        logger.warning("node %s promoted in %.3fs", target, time.monotonic() - started)
+        self._sync_for(snap, target, [link.application_name for _, link in survivors], notes)
+        if notes:
+            self._events.append_notes(event.id, tuple(notes))
+        settle()  # probe now, so that writes switch without waiting for the interval
+        if survivors and self._config.repoint_standbys:
+            self._repoint(target, survivors, event.id)
+        return self._events.get(event.id) or event
+
+    def _sync_for(
+        self, snap: Snapshot, target: str, survivors: list[str], notes: list[str]
+    ) -> None:
+        """Give the new primary the old one's sync policy over the survivors."""
+        original = self._original_sync_names(snap, target)
+        self._upkeep.learn(original)
+        new_sync, note = rewrite_sync_names(original, survivors)
+        if note:
+            notes.append(note)
+            self._counters.bump("sync_lowered")
+        current = snap.node(target).sync_standby_names or ""
+        written = None
+        if new_sync != current:
+            try:
+                self._admin.set_sync_names(self._dsn(target), new_sync, self._timeout)
+                notes.append(f"synchronous_standby_names on {target}: {new_sync!r}")
+                written = new_sync
+            except psycopg.Error as exc:
+                notes.append(f"could not set synchronous_standby_names on {target}: {exc}")
+        self._upkeep.promoted(target, current if written is None else written, time.time())
+
+    def _survivor_links(
+        self, snap: Snapshot, target: str, notes: list[str]
+    ) -> list[tuple[str, StandbyLink]]:
+        """The standbys that should follow ``target``, and how they connect now."""
+        links = []
+        for node in snap.nodes:
+            if node.name == target or node.role is not Role.STANDBY or not node.up:
+                continue
+            try:
+                link = self._admin.read_link(self._dsn(node.name), node.name, self._timeout)
+            except psycopg.Error as exc:
+                notes.append(f"cannot read {node.name}'s primary_conninfo: {exc}")
+                continue
+            links.append((node.name, link))
+        return links
+
+    @staticmethod
+    def _original_sync_names(snap: Snapshot, target: str) -> str:
+        if snap.last_primary is not None:
+            seen = snap.node(snap.last_primary).sync_standby_names
+            if seen is not None:
+                return seen
+        return snap.node(target).sync_standby_names or ""
+
+    def _repoint(
+        self, target: str, survivors: list[tuple[str, StandbyLink]], event_id: str
+    ) -> None:
+        """Point the surviving standbys at the new primary (``ALTER SYSTEM`` + reload)."""
+        new_dsn = self._dsn(target)
+        notes: list[str] = []
+        for name, link in survivors:
+            try:
+                self._admin.repoint(self._dsn(name), link, new_dsn, self._timeout)
+                notes.append(f"{name} repointed to {target}")
+            except psycopg.Error as exc:
+                notes.append(f"could not repoint {name}: {exc}")
+                logger.error("node %s: repointing to %s failed: %s", name, target, exc)
+        self._events.append_notes(event_id, tuple(notes))

@@ -1,0 +1,126 @@
+"""One probe round, end to end: probe every node, transition, publish, act.
+
+The data path of the manager in one place: :class:`~pgfailover.monitor.ProbeRound`
+probes the nodes under one deadline, the pure
+:func:`~pgfailover.transition.transition` computes the next immutable
+snapshot and the decisions, :class:`~pgfailover.cluster.ClusterView`
+publishes the snapshot for routing, and the decisions go to ``act``
+(:meth:`FailoverActions.after_round <pgfailover.failover.FailoverActions.after_round>`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.counters import Counters
+from pgfailover.model import ClusterState, Decision, Snapshot
+from pgfailover.monitor import ProbeRound
+from pgfailover.transition import transition
+
+__all__ = ["Rounds"]
+
+
+class Rounds:
+    """Runs probe rounds for one cluster and publishes each one's snapshot.
+
+    Locks: ``_lock`` serialises rounds from probe to publish (two rounds
+    interleaved would publish their snapshots out of order). The view's
+    condition is taken inside it (a leaf). A caller may hold the promotion
+    lock of :class:`~pgfailover.failover.FailoverActions` while it runs a
+    round (the re-probe around a promotion); that lock is never taken
+    inside ``_lock``, and ``act`` runs after ``_lock`` is released.
+
+    Thread safety: rounds may be run from any thread (the monitor, a
+    ``check_health()`` caller, a writer waiting with no monitor).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        config: FailoverConfig,
+        view: ClusterView,
+        counters: Counters,
+        act: Callable[[list[Decision]], None],
+    ) -> None:
+        self._nodes = tuple(nodes)
+        self._config = config
+        self._view = view
+        self._counters = counters
+        self._act = act
+        self._lock = threading.Lock()
+        self._probes: ProbeRound | None = None
+
+    def open(self) -> None:
+        """Create the probers (one dedicated connection per node, made at first use)."""
+        if self._probes is None:
+            self._probes = ProbeRound(self._nodes, self._config.health_check_timeout)
+
+    def close(self) -> None:
+        """Abort running probes and close the probe connections."""
+        if self._probes is not None:
+            self._probes.close()
+
+    def advance(self, patience: float | None = None) -> list[Decision]:
+        """Probe every node and publish the next snapshot; the decisions, not yet acted on.
+
+        ``patience``: see :meth:`ProbeRound.run` (the monitor's rounds); without
+        it every node gets a fresh verdict (``check_health()``, the re-probe
+        around a promotion).
+        """
+        probes = self._probes
+        if probes is None:
+            raise RuntimeError("probe rounds are not open")
+        with self._lock:
+            started = time.time()
+            snap = self._view.snapshot
+            # A standby promoted onto a new timeline while the old primary
+            # hangs: act on it now rather than after the old one's timeout.
+            # A writable node on a known timeline (a stale old primary) is not
+            # decisive: it must never cut short the current primary's probe.
+            results = probes.run(
+                patience=patience,
+                decisive=lambda r: (
+                    r.writable
+                    and r.node != snap.primary
+                    and snap.max_timeline > 0
+                    and (r.timeline or 0) > snap.max_timeline
+                ),
+            )
+            for result in results.values():
+                self._counters.probe(result.node, result.ok, result.response_time)
+            self._counters.bump("probe_rounds")
+            snap, decisions = transition(snap, results, time.time(), self._config)
+            self._view.publish(snap, started)
+            return decisions
+
+    def monitor_round(self, *, full: bool = False) -> bool:
+        """One round, acted on. Returns True while the monitor should probe fast.
+
+        The monitor's rounds are patient with stragglers (see
+        :class:`ProbeRound`); a ``full`` round gives every node a verdict.
+        """
+        if self._view.closed or self._probes is None:
+            return False
+        cfg = self._config
+        patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
+        self._act(self.advance(patience))
+        return self.fast(self._view.snapshot)
+
+    def fast(self, snap: Snapshot) -> bool:
+        """Probe fast: the primary is in doubt (or its probe is still out), or standbys converge.
+
+        Right after a failover, until every standby up follows the new
+        primary, a second loss in that window must find them on the new
+        timeline.
+        """
+        converging = snap.state is ClusterState.FAILOVER_COMPLETE and any(
+            n.follows is False for n in snap.nodes if n.up and n.name != snap.primary
+        )
+        pending = self._probes.pending() if self._probes is not None else frozenset()
+        return (
+            snap.in_doubt or converging or (snap.primary is not None and snap.primary in pending)
+        )

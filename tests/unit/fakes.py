@@ -1,0 +1,170 @@
+"""Small fakes of the manager's collaborators, for tests without PostgreSQL.
+
+They stand in for the pools, a connection's behaviour, the admin SQL and the
+probe rounds; the pure parts (transition, guards, routing, the view, the
+event log, the counters) are the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import pq
+from psycopg_pool import PoolTimeout
+
+from pgfailover.admin import StandbyLink
+from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig
+from pgfailover.model import Decision
+from pgfailover.probe import ProbeResult
+from pgfailover.transition import transition
+
+from .helpers import NODES
+
+
+@dataclass
+class FakeCursor:
+    rows: list[tuple[Any, ...]]
+
+    @property
+    def description(self) -> object | None:
+        return object() if self.rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
+
+@dataclass
+class FakePgConn:
+    transaction_status: pq.TransactionStatus = pq.TransactionStatus.IDLE
+
+
+@dataclass
+class FakeConn:
+    """A connection that fails as told: ``fail_at`` is ``"statement"`` or ``"commit"``."""
+
+    node: str
+    error: BaseException | None = None
+    fail_at: str = "statement"
+    rows: list[tuple[Any, ...]] = field(default_factory=lambda: [(1,)])
+    closed: bool = False
+    pgconn: FakePgConn = field(default_factory=FakePgConn)
+    log: list[str] = field(default_factory=list)
+
+    def execute(self, sql: Any, params: Any = None) -> FakeCursor:
+        self.log.append(f"execute {sql}")
+        self.pgconn.transaction_status = pq.TransactionStatus.INTRANS
+        if self.error is not None and self.fail_at == "statement":
+            raise self.error
+        return FakeCursor(self.rows)
+
+    def commit(self) -> None:
+        self.log.append("commit")
+        if self.error is not None and self.fail_at == "commit":
+            self.pgconn.transaction_status = pq.TransactionStatus.UNKNOWN
+            raise self.error
+        self.pgconn.transaction_status = pq.TransactionStatus.IDLE
+
+    def rollback(self) -> None:
+        self.log.append("rollback")
+        self.pgconn.transaction_status = pq.TransactionStatus.IDLE
+
+
+class FakePools:
+    """Hands out scripted connections per node (``"timeout"``: no connection came)."""
+
+    def __init__(self, script: dict[str, list[FakeConn | str]] | None = None) -> None:
+        self.script = script or {}
+        self.out: list[FakeConn] = []
+        self.returned: list[FakeConn] = []
+        self.aborted: list[str] = []
+
+    def checkout(self, node: str, timeout: float) -> FakeConn:
+        queue = self.script.get(node)
+        item: FakeConn | str = queue.pop(0) if queue else FakeConn(node)
+        if item == "timeout":
+            raise PoolTimeout(f"no connection to {node} in {timeout}s")
+        assert isinstance(item, FakeConn)
+        self.out.append(item)
+        return item
+
+    def checkin(self, node: str, conn: FakeConn) -> None:
+        assert conn.node == node
+        self.returned.append(conn)
+
+    def abort(self, node: str) -> int:
+        self.aborted.append(node)
+        return 0
+
+
+class ScriptedRounds:
+    """Probe rounds from a script: each call feeds the next results through
+    the real transition and publishes the snapshot in ``view``.
+
+    Once the script is used up, the last round repeats.
+    """
+
+    def __init__(
+        self,
+        view: ClusterView,
+        config: FailoverConfig,
+        rounds: Iterable[Sequence[ProbeResult]],
+        *,
+        now: float,
+        step: float = 0.05,
+    ) -> None:
+        self.view = view
+        self.config = config
+        self.rounds = [list(r) for r in rounds]
+        self.now = now
+        self.step = step
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> list[Decision]:
+        with self.lock:
+            results = self.rounds[min(self.calls, len(self.rounds) - 1)]
+            self.calls += 1
+            self.now += self.step
+            snap, decisions = transition(
+                self.view.snapshot, {r.node: r for r in results}, self.now, self.config
+            )
+            self.view.publish(snap, time.time())  # probed now: clears older suspects
+            return decisions
+
+
+@dataclass
+class FakeAdmin:
+    """Records the admin SQL it was asked to run; ``fail`` maps an action to its error."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    hold: dict[str, threading.Event] = field(default_factory=dict)  # action waits for it
+
+    def _do(self, action: str, dsn: str) -> None:
+        node = next(n.name for n in NODES if n.dsn == dsn)
+        self.calls.append((action, node))
+        if action in self.hold:
+            self.hold[action].wait(5)
+        if action in self.fail:
+            raise self.fail[action]
+
+    def promote(self, dsn: str) -> None:
+        self._do("promote", dsn)
+
+    def fence(self, dsn: str, timeout: float) -> None:
+        self._do("fence", dsn)
+
+    def set_sync_names(self, dsn: str, value: str, timeout: float) -> None:
+        self._do(f"sync {value}", dsn)
+
+    def read_link(self, dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
+        self._do("read_link", dsn)
+        return StandbyLink({"host": "10.0.0.1"}, None, fallback_name)
+
+    def repoint(self, dsn: str, link: StandbyLink, new_primary_dsn: str, timeout: float) -> None:
+        self._do("repoint", dsn)
