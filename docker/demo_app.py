@@ -14,8 +14,8 @@ import threading
 import time
 
 from pgfailover import FailoverManager, PgFailoverError
-from pgfailover.config import load_toml
 from pgfailover.server import serve
+from pgfailover.sources import load_toml
 
 logger = logging.getLogger("demo-app")
 

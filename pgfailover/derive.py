@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from pgfailover.errors import ConfigurationError
 from pgfailover.guards import hears_upstream
 from pgfailover.model import NodeState, Role, Snapshot
 
@@ -53,6 +54,34 @@ def refuse_foreign(node: NodeState, cluster_id: str | None) -> NodeState:
             f"{node.system_identifier}, this cluster's is {cluster_id}): not used"
         ),
     )
+
+
+def foreign_nodes(snap: Snapshot) -> list[str]:
+    """Why each node from another cluster is refused (what ``open()`` fails with)."""
+    return [
+        n.error or n.name
+        for n in snap.nodes
+        if n.system_identifier not in (None, snap.system_identifier)
+    ]
+
+
+def standby_named(snap: Snapshot, standby: int | str) -> str:
+    """A node name from a name or an index among the non-primary nodes (API arguments).
+
+    Raises:
+        ConfigurationError: no such node, or the index is out of range.
+    """
+    names = [n.name for n in snap.nodes]
+    if isinstance(standby, str):
+        if standby not in names:
+            raise ConfigurationError(f"unknown node {standby!r} (known: {', '.join(names)})")
+        return standby
+    others = [name for name in names if name != snap.primary]
+    if not 0 <= standby < len(others):
+        raise ConfigurationError(
+            f"standby index {standby} out of range: {len(others)} standby(s) ({', '.join(others)})"
+        )
+    return others[standby]
 
 
 def follows(

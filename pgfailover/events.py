@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
+__all__ = ["Callbacks", "EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal[
-    "failover", "switchover", "promotion_failed", "split_brain", "fence", "replication"
-]
+EventKind = Literal["failover", "switchover", "split_brain", "fence", "replication"]
 Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
 
 
@@ -191,3 +189,25 @@ def run_callbacks(callbacks: list[Callable[..., object]], *args: object) -> None
         elapsed = time.monotonic() - started
         if elapsed > 1.0:
             logger.warning("callback %r took %.1fs: keep callbacks short", callback, elapsed)
+
+
+class Callbacks:
+    """The application's callbacks, by kind (``failover``, ``state_change``, ``recovery``).
+
+    Registering is expected at start-up; :meth:`emit` iterates over a copy,
+    so a callback registered while another kind runs is safe. The caller
+    runs :meth:`emit` with no lock held (see ``FailoverActions``).
+    """
+
+    KINDS = ("failover", "state_change", "recovery")
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, list[Callable[..., object]]] = {k: [] for k in self.KINDS}
+
+    def add(self, kind: str, callback: Callable[..., object]) -> None:
+        """Call ``callback`` on every event of ``kind``."""
+        self._by_kind[kind].append(callback)
+
+    def emit(self, kind: str, *args: object) -> None:
+        """Run every callback of ``kind`` (see :func:`run_callbacks`)."""
+        run_callbacks(self._by_kind[kind], *args)

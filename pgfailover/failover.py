@@ -68,7 +68,6 @@ _STATE_LEVEL = {
     ClusterState.UNKNOWN: logging.ERROR,
     ClusterState.SPLIT_BRAIN: logging.ERROR,
 }
-_FENCE_RETRY = 10.0
 
 
 class FailoverActions:
@@ -84,8 +83,8 @@ class FailoverActions:
     and repointing) → the round lock inside ``reprobe`` → the incident's
     lock → the event log's lock. Upkeep runs only while no promotion does,
     under its own ``_run_lock`` (never held with the promotion lock).
-    ``_lock`` (fence times) and ``_callbacks_lock`` (the callback queue) are
-    leaves. No callback runs while any of them is held.
+    ``_callbacks_lock`` (the callback queue) and the promoter's fence lock
+    are leaves. No callback runs while any of them is held.
 
     Thread safety: :meth:`after_round` runs on the monitor thread or on a
     thread calling ``check_health``; :meth:`manual_failover` on any thread.
@@ -130,8 +129,6 @@ class FailoverActions:
             upkeep=self.upkeep,
             dsn=dsn,
         )
-        self._lock = threading.Lock()
-        self._fenced_at: dict[str, float] = {}  # guarded by self._lock
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
         self._callbacks_lock = threading.Lock()
@@ -202,7 +199,7 @@ class FailoverActions:
                     )
                 )
             elif isinstance(decision, Fence):
-                self._fence(decision.node, decision.reason)
+                self._promoter.fence(decision.node, decision.reason)
             elif isinstance(decision, Promote):
                 promote = decision
         return promote
@@ -250,34 +247,6 @@ class FailoverActions:
             event.duration or 0.0,
         )
         self._emit("failover", event)
-
-    # -- fencing ---------------------------------------------------------------
-
-    def _fence(self, node: str, reason: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._fenced_at.get(node, -_FENCE_RETRY) < _FENCE_RETRY:
-                return
-            self._fenced_at[node] = now
-        try:
-            self._admin.fence(self._dsn(node), self._config.health_check_timeout * 2)
-        except psycopg.Error as exc:
-            logger.error("node %s: soft fence failed: %s", node, exc)
-            return
-        logger.warning(
-            "node %s soft-fenced (default_transaction_read_only = on): %s", node, reason
-        )
-        self._events.record(
-            FailoverEvent(
-                "fence",
-                node,
-                None,
-                reason,
-                time.time(),
-                completed=time.time(),
-                outcome="completed",
-            )
-        )
 
     # -- promotion -------------------------------------------------------------
 

@@ -1,14 +1,14 @@
-"""FailoverManager: one pool per node, a monitor, failover, and routing.
+"""FailoverManager: the public API over two halves, watching and serving.
 
-The manager builds the parts of DESIGN.md and wires them together; it holds
-no logic of its own beyond construction, lifecycle and callbacks:
+The manager validates its arguments, builds the parts of DESIGN.md and
+wires them together; it holds no logic of its own:
 
-- :class:`~pgfailover.rounds.Rounds`: probe rounds → pure transition →
-  the snapshot published in a :class:`~pgfailover.cluster.ClusterView`;
-- :class:`~pgfailover.failover.FailoverActions`: each round's decisions
-  (events, promotion, fencing, upkeep), outside any lock routing needs;
-- :class:`~pgfailover.execution.Executor`: statements routed over the
-  view and the :class:`~pgfailover.pools.NodePools`.
+- :class:`~pgfailover.supervisor.Supervisor` watches the cluster and acts:
+  probe rounds → pure transition → the snapshot published in a
+  :class:`~pgfailover.cluster.ClusterView`, each round's decisions applied
+  by :class:`~pgfailover.failover.FailoverActions`, the monitor thread;
+- :class:`~pgfailover.execution.Executor` serves the application:
+  statements routed over the view and the :class:`~pgfailover.pools.NodePools`.
 """
 
 from __future__ import annotations
@@ -23,27 +23,17 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from pgfailover.cluster import ClusterView
-from pgfailover.config import (
-    FailoverConfig,
-    Node,
-    load_env,
-    load_toml,
-    nodes_from_dsn,
-    nodes_from_primary,
-)
-from pgfailover.counters import Counters
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.derive import standby_named
 from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
-from pgfailover.events import EventLog, FailoverEvent, run_callbacks
+from pgfailover.events import FailoverEvent
 from pgfailover.execution import Executor
-from pgfailover.failover import FailoverActions
 from pgfailover.model import ClusterState, Snapshot
-from pgfailover.monitor import Monitor
 from pgfailover.pools import NodePools
 from pgfailover.report import failover_status, metrics_dict
-from pgfailover.rounds import Rounds
 from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
-from pgfailover.transition import initial_snapshot
+from pgfailover.sources import load_env, load_toml, nodes_from_dsn, resolve_nodes
+from pgfailover.supervisor import Supervisor
 from pgfailover.upkeep import UpkeepStatus
 
 __all__ = ["FailoverManager"]
@@ -84,60 +74,31 @@ class FailoverManager:
         read_strategy: ReadStrategy | None = None,
         pool_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if nodes is not None and (primary is not None or standbys):
-            raise ConfigurationError("give either nodes= or primary=/standbys=, not both")
-        if nodes is None:
-            if primary is None:
-                raise ConfigurationError("no nodes: give primary= (and standbys=) or nodes=")
-            nodes = nodes_from_primary(primary, standbys)
-        nodes = list(nodes)
-        if not nodes:
-            raise ConfigurationError("nodes must not be empty")
-        names = [n.name for n in nodes]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigurationError(f"duplicate node name(s): {', '.join(duplicates)}")
+        nodes = resolve_nodes(primary, standbys, nodes)
         self.config = cfg = config or FailoverConfig()
         self.nodes: tuple[Node, ...] = tuple(nodes)
         self.name = name
         self._by_name = {n.name: n for n in nodes}
-        self.counters = Counters()
-        self.events = EventLog(cfg.history_size, cfg.history_file)
-        self._pools = NodePools(nodes, cfg, name, pool_kwargs)
-        self._view = ClusterView(
-            name, initial_snapshot(nodes, time.time()), cfg.failover_wait_timeout
-        )
-        self._monitor: Monitor | None = None
         self._opened = False
         self._closed = False
-        self._callbacks: dict[str, list[Callable[..., object]]] = {
-            "failover": [],
-            "state_change": [],
-            "recovery": [],
-        }
-        self._actions = FailoverActions(
-            view=self._view,
-            config=cfg,
-            events=self.events,
-            counters=self.counters,
-            dsn=lambda node: self.node(node).dsn,
-            reprobe=lambda: self._rounds.advance(),  # noqa: PLW0108 - _rounds comes next
-            abort=self._pools.abort,
-            wake=self._wake,
-            emit=self._emit,
+        self._pools = NodePools(nodes, cfg, name, pool_kwargs)
+        self._sup = sup = Supervisor(
+            nodes, cfg, name, dsn=lambda node: self.node(node).dsn, abort=self._pools.abort
         )
-        self._rounds = Rounds(nodes, cfg, self._view, self.counters, self._actions.after_round)
+        self.counters = sup.counters
+        self.events = sup.events
+        self._view = sup.view
         self._executor = Executor(
-            self._view,
+            sup.view,
             self._pools,
-            self.counters,
+            sup.counters,
             read_strategy or STRATEGIES[cfg.read_strategy](),
             wait_timeout=cfg.failover_wait_timeout,
             pool_timeout=cfg.pool_timeout,
             poll=cfg.fast_interval * 2,
-            wake=self._wake,
-            idle_probe=self._probe_if_no_monitor,
-            on_write=self._actions.incident.wrote,
+            wake=sup.wake,
+            idle_probe=sup.probe_if_idle,
+            on_write=sup.actions.incident.wrote,
         )
 
     @property
@@ -156,7 +117,7 @@ class FailoverManager:
 
     @classmethod
     def from_config(cls, path: str | Path, **kwargs: Any) -> FailoverManager:
-        """Nodes and settings from a TOML file (see :func:`pgfailover.config.load_toml`)."""
+        """Nodes and settings from a TOML file (see :func:`pgfailover.sources.load_toml`)."""
         nodes, config = load_toml(path)
         return cls(nodes=nodes, config=config, **kwargs)
 
@@ -178,20 +139,8 @@ class FailoverManager:
             return self
         self._opened = True
         try:
-            self._rounds.open()
             self._pools.open()
-            # The first round's decisions wait for the membership check: a
-            # manager pointed at the wrong cluster must change nothing.
-            decisions = self._rounds.advance()
-            snap = self._view.snapshot
-            foreign = [
-                n.error or n.name
-                for n in snap.nodes
-                if n.system_identifier not in (None, snap.system_identifier)
-            ]
-            if foreign:
-                raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
-            self._actions.after_round(decisions)
+            self._sup.open()
             if start_health_checks:
                 self.start_health_checks()
         except BaseException:
@@ -217,21 +166,11 @@ class FailoverManager:
     def start_health_checks(self) -> None:
         """Start the ``pgfailover-monitor`` thread (``open`` does it by default)."""
         self._check_open()
-        if self._monitor is not None and self._monitor.running:
-            return
-        self._monitor = Monitor(
-            self._rounds,
-            interval=self.config.health_check_interval,
-            fast_interval=self.config.fast_interval,
-            name=f"pgfailover-monitor-{self.name}",
-        )
-        self._monitor.start()
+        self._sup.start_monitor()
 
     def stop_health_checks(self, timeout: float = 5.0) -> None:
         """Stop the monitor thread; routing keeps using the last snapshot."""
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.stop(timeout)
+        self._sup.stop_monitor(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish what is running, unblock every caller, close every pool; within ``timeout``.
@@ -253,12 +192,7 @@ class FailoverManager:
         # Callers blocked on a hung server are freed first (ManagerClosed next).
         for name in self._by_name:
             self._pools.abort(name)
-        self.stop_health_checks(max(0.1, 0.8 * timeout))
-        # A promotion started on another thread (perform_failover, the HTTP
-        # trigger, check_health) is finished too, repointing included.
-        if not self._actions.wait_repointed(max(0.1, deadline - time.monotonic())):
-            logger.warning("manager %s: a promotion still runs after %.1fs", self.name, timeout)
-        self._rounds.close()
+        self._sup.close(deadline)
         if not self._pools.close(deadline):
             logger.warning("manager %s: pools did not close within %.1fs", self.name, timeout)
         logger.info("manager %s closed", self.name)
@@ -273,17 +207,6 @@ class FailoverManager:
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
-
-    def _wake(self) -> None:
-        """Ask the monitor for a probe round now."""
-        monitor = self._monitor
-        if monitor is not None:
-            monitor.wake()
-
-    def _probe_if_no_monitor(self) -> None:
-        """A writer waits for a primary and no monitor thread runs: probe from its thread."""
-        if self._monitor is None or not self._monitor.running:
-            self._rounds.monitor_round()
 
     # -- routing support -----------------------------------------------
 
@@ -403,7 +326,7 @@ class FailoverManager:
     def check_health(self) -> Snapshot:
         """Probe every node now, apply the result, and return the snapshot."""
         self._check_open()
-        self._rounds.monitor_round(full=True)
+        self._sup.rounds.monitor_round(full=True)
         return self._view.snapshot
 
     def check_primary_health(self) -> bool:
@@ -412,19 +335,8 @@ class FailoverManager:
 
     def check_standby_health(self, standby: int | str) -> bool:
         """Probe now; True when the standby (index among non-primaries, or name) is healthy."""
-        name = self._standby_name(standby)
+        name = standby_named(self._view.snapshot, standby)
         return self.check_health().node(name).healthy_standby
-
-    def _standby_name(self, standby: int | str) -> str:
-        if isinstance(standby, str):
-            return self.node(standby).name
-        others = [n.name for n in self.nodes if n.name != self._view.snapshot.primary]
-        if not 0 <= standby < len(others):
-            raise ConfigurationError(
-                f"standby index {standby} out of range: "
-                f"{len(others)} standby(s) ({', '.join(others)})"
-            )
-        return others[standby]
 
     def perform_failover(
         self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
@@ -442,15 +354,15 @@ class FailoverManager:
             PromotionRefused: a guard refused; its ``guard`` attribute names it.
         """
         self._check_open()
-        name = self._standby_name(target) if target is not None else None
-        return self._actions.manual_failover(name, force=force, timeout=timeout)
+        name = standby_named(self._view.snapshot, target) if target is not None else None
+        return self._sup.actions.manual_failover(name, force=force, timeout=timeout)
 
     def wait_repointed(self, timeout: float = 30.0) -> bool:
         """Wait until a running promotion (which repoints the standbys) has ended.
 
         Returns False if repointing was still running after ``timeout``.
         """
-        return self._actions.wait_repointed(timeout)
+        return self._sup.actions.wait_repointed(timeout)
 
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
@@ -458,7 +370,7 @@ class FailoverManager:
 
     def upkeep_status(self) -> UpkeepStatus:
         """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""
-        return self._actions.upkeep.status()
+        return self._sup.actions.upkeep.status()
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges as a JSON-ready dict."""
@@ -472,21 +384,18 @@ class FailoverManager:
 
     def on_failover(self, callback: EventCallback) -> EventCallback:
         """Call ``callback(event)`` when a failover completes, fails or is refused."""
-        self._callbacks["failover"].append(callback)
+        self._sup.callbacks.add("failover", callback)
         return callback
 
     def on_state_change(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(old, new, snapshot)`` on every cluster state change."""
-        self._callbacks["state_change"].append(callback)
+        self._sup.callbacks.add("state_change", callback)
         return callback
 
     def on_recovery(self, callback: RecoveryCallback) -> RecoveryCallback:
         """Call ``callback(node_name)`` when an unhealthy node is healthy again."""
-        self._callbacks["recovery"].append(callback)
+        self._sup.callbacks.add("recovery", callback)
         return callback
-
-    def _emit(self, kind: str, *args: object) -> None:
-        run_callbacks(self._callbacks[kind], *args)
 
     def __repr__(self) -> str:
         snap = self._view.snapshot

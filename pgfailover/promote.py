@@ -1,5 +1,8 @@
 """One promotion, step by step: fence, ``pg_promote``, sync names, re-probe, repoint.
 
+Soft-fencing a stale old primary (``default_transaction_read_only``) is
+here too: the same admin SQL, recorded the same way.
+
 :class:`Promoter` runs the SQL side of a promotion that
 :class:`~pgfailover.failover.FailoverActions` has decided on (under its
 promotion lock), and writes each step into the incident's event, so an
@@ -18,6 +21,7 @@ and the other standbys are repointed, all in the same call, so that
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,11 +42,17 @@ __all__ = ["Promoter"]
 logger = logging.getLogger(__name__)
 
 
+_FENCE_RETRY = 10.0
+
+
 class Promoter:
-    """Runs promotions for one cluster; the caller holds the promotion lock.
+    """Runs promotions and fences for one cluster.
+
+    Locks: ``_lock`` guards the fence times; a leaf (the fence's SQL runs
+    after it is released).
 
     Thread safety: :meth:`promote` must not run twice at once (the caller's
-    promotion lock sees to it); the class owns no lock.
+    promotion lock sees to it); :meth:`fence` may be called from any thread.
     """
 
     def __init__(
@@ -65,6 +75,8 @@ class Promoter:
         self._incident = incident
         self._upkeep = upkeep
         self._dsn = dsn
+        self._lock = threading.Lock()
+        self._fenced_at: dict[str, float] = {}  # guarded by self._lock
 
     @property
     def _timeout(self) -> float:
@@ -178,3 +190,23 @@ class Promoter:
                 notes.append(f"could not repoint {name}: {exc}")
                 logger.error("node %s: repointing to %s failed: %s", name, target, exc)
         self._events.append_notes(event_id, tuple(notes))
+
+    def fence(self, node: str, reason: str) -> None:
+        """Soft-fence a stale old primary; at most once per ``_FENCE_RETRY`` seconds per node."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._fenced_at.get(node, -_FENCE_RETRY) < _FENCE_RETRY:
+                return
+            self._fenced_at[node] = now
+        try:
+            self._admin.fence(self._dsn(node), self._config.health_check_timeout * 2)
+        except psycopg.Error as exc:
+            logger.error("node %s: soft fence failed: %s", node, exc)
+            return
+        logger.warning(
+            "node %s soft-fenced (default_transaction_read_only = on): %s", node, reason
+        )
+        done = time.time()
+        self._events.record(
+            FailoverEvent("fence", node, None, reason, done, completed=done, outcome="completed")
+        )

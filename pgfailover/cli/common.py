@@ -24,16 +24,10 @@ from typing import Any, TypeVar
 
 import click
 
-from pgfailover.config import (
-    FailoverConfig,
-    Node,
-    load_env,
-    nodes_from_dsn,
-    parse_toml,
-    read_toml,
-)
+from pgfailover.config import FailoverConfig, Node
 from pgfailover.dsn import mask_dsn
 from pgfailover.errors import ConfigurationError, PgFailoverError
+from pgfailover.sources import load_env, nodes_from_dsn, parse_toml, read_toml
 
 __all__ = [
     "EXIT_DEGRADED",

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgfailover.config import FailoverConfig, Node, load_toml, nodes_from_dsn
+from pgfailover.config import FailoverConfig, Node
 from pgfailover.errors import ConfigurationError
 from pgfailover.execution import is_connection_error
 from pgfailover.manager import FailoverManager
+from pgfailover.sources import load_toml, nodes_from_dsn
 
 __all__ = [
     "COOKIE_NAME",

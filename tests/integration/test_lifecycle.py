@@ -121,7 +121,7 @@ def test_callbacks_run_with_no_lock_held_and_may_call_the_manager(fresh_lab: Loc
     prepare(fresh_lab)
     with manager_for(fresh_lab, FAST.replace(promotion="auto")) as mgr:
         seen: list[tuple[str, bool, str | None]] = []
-        actions = mgr._actions
+        actions = mgr._sup.actions
 
         def on_failover(event: FailoverEvent) -> None:
             locked = actions.promoting

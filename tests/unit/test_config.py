@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pgfailover import ConfigurationError, FailoverConfig, FailoverManager, Node
-from pgfailover.config import load_env, load_toml, nodes_from_dsn
 from pgfailover.dsn import mask_dsn, split_multihost
+from pgfailover.sources import load_env, load_toml, nodes_from_dsn
 
 
 @pytest.mark.parametrize(

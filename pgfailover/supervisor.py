@@ -1,0 +1,138 @@
+"""Watching one cluster and acting on it: probe rounds, the monitor thread, decisions.
+
+:class:`Supervisor` owns everything the manager does on its own initiative:
+the published :class:`~pgfailover.cluster.ClusterView`, the probe
+:class:`~pgfailover.rounds.Rounds` and the ``pgfailover-monitor`` thread
+that runs them, the :class:`~pgfailover.failover.FailoverActions` that apply
+each round's decisions, the event log, the counters and the application's
+callbacks. It knows nothing of the application's connection pools beyond
+``abort`` (unblock the statements in flight on a lost node), so the
+manager's query side (:class:`~pgfailover.execution.Executor` over
+:class:`~pgfailover.pools.NodePools`) is built beside it, not inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.counters import Counters
+from pgfailover.derive import foreign_nodes
+from pgfailover.errors import ConfigurationError
+from pgfailover.events import Callbacks, EventLog
+from pgfailover.failover import FailoverActions
+from pgfailover.model import Decision
+from pgfailover.monitor import Monitor
+from pgfailover.rounds import Rounds
+from pgfailover.transition import initial_snapshot
+
+__all__ = ["Supervisor"]
+
+logger = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Probes one cluster, publishes what it finds, and acts on it.
+
+    Thread safety: :meth:`wake` and :meth:`probe_if_idle` may be called from
+    any thread; :meth:`open`, :meth:`start_monitor`, :meth:`stop_monitor` and
+    :meth:`close` by the owner. The class owns no lock; its parts document
+    theirs (the promotion lock of ``FailoverActions`` → the round lock of
+    ``Rounds`` → the view's condition).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        config: FailoverConfig,
+        name: str,
+        *,
+        dsn: Callable[[str], str],
+        abort: Callable[[str], object],
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.counters = Counters()
+        self.events = EventLog(config.history_size, config.history_file)
+        self.callbacks = Callbacks()
+        self.view = ClusterView(
+            name, initial_snapshot(nodes, time.time()), config.failover_wait_timeout
+        )
+        self.actions = FailoverActions(
+            view=self.view,
+            config=config,
+            events=self.events,
+            counters=self.counters,
+            dsn=dsn,
+            reprobe=self._reprobe,
+            abort=abort,
+            wake=self.wake,
+            emit=self.callbacks.emit,
+        )
+        self.rounds = Rounds(nodes, config, self.view, self.counters, self.actions.after_round)
+        self._monitor: Monitor | None = None
+
+    def _reprobe(self) -> list[Decision]:
+        return self.rounds.advance()
+
+    def open(self) -> None:
+        """Probe every node once and act on it, unless a node belongs to another cluster.
+
+        Raises:
+            ConfigurationError: a node's system identifier is another
+                cluster's; nothing was changed anywhere.
+        """
+        self.rounds.open()
+        # The first round's decisions wait for the membership check: a
+        # manager pointed at the wrong cluster must change nothing.
+        decisions = self.rounds.advance()
+        foreign = foreign_nodes(self.view.snapshot)
+        if foreign:
+            raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
+        self.actions.after_round(decisions)
+
+    def start_monitor(self) -> None:
+        """Start the ``pgfailover-monitor`` thread (once)."""
+        if self._monitor is not None and self._monitor.running:
+            return
+        self._monitor = Monitor(
+            self.rounds,
+            interval=self.config.health_check_interval,
+            fast_interval=self.config.fast_interval,
+            name=f"pgfailover-monitor-{self.name}",
+        )
+        self._monitor.start()
+
+    def stop_monitor(self, timeout: float) -> None:
+        """Stop the monitor thread; the last snapshot stays published."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.stop(timeout)
+
+    def wake(self) -> None:
+        """Ask the monitor for a probe round now."""
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.wake()
+
+    def probe_if_idle(self) -> None:
+        """A writer waits for a primary and no monitor thread runs: probe from its thread."""
+        monitor = self._monitor
+        if monitor is None or not monitor.running:
+            self.rounds.monitor_round()
+
+    def close(self, deadline: float) -> None:
+        """Stop watching: the monitor, then any promotion in progress, then the probes.
+
+        The view is closed first by the owner (waiters get ``ManagerClosed``);
+        a promotion started on any thread is finished, repointing included,
+        so the cluster is never left with sync names nobody satisfies.
+        """
+        self.view.close()
+        self.stop_monitor(max(0.1, 0.8 * (deadline - time.monotonic())))
+        if not self.actions.wait_repointed(max(0.1, deadline - time.monotonic())):
+            logger.warning("manager %s: a promotion still runs at close", self.name)
+        self.rounds.close()

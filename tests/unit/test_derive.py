@@ -1,0 +1,52 @@
+"""The small derivations behind API arguments and open(), as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgfailover.derive import foreign_nodes, standby_named
+from pgfailover.errors import ConfigurationError
+from pgfailover.model import Snapshot
+
+from .helpers import down, healthy_round, primary, run, standby
+
+HEALTHY = run([healthy_round()] * 3)[0]
+NODE1_PRIMARY = run(
+    [[down("node0"), primary("node1", tl=2, lsn=2000), standby("node2", tl=2, lsn=2000)]] * 3
+)[0]
+
+
+@pytest.mark.parametrize(
+    ("snap", "standby", "expected"),
+    [
+        pytest.param(HEALTHY, "node2", "node2", id="a name"),
+        pytest.param(HEALTHY, 0, "node1", id="index 0: the first non-primary"),
+        pytest.param(HEALTHY, 1, "node2", id="index 1"),
+        pytest.param(NODE1_PRIMARY, 0, "node0", id="indexes skip the current primary"),
+        pytest.param(HEALTHY, 2, "index 2 out of range: 2 standby(s) (node1, node2)", id="range"),
+        pytest.param(HEALTHY, -1, "index -1 out of range", id="negative"),
+        pytest.param(HEALTHY, "node9", "unknown node 'node9' (known: node0, node1", id="unknown"),
+    ],
+)
+def test_standby_named(snap: object, standby: int | str, expected: str) -> None:
+
+    assert isinstance(snap, Snapshot)
+    if expected.startswith("node"):
+        assert standby_named(snap, standby) == expected
+    else:
+        with pytest.raises(
+            ConfigurationError, match=expected.replace("(", r"\(").replace(")", r"\)")
+        ):
+            standby_named(snap, standby)
+
+
+def test_foreign_nodes_names_the_intruder() -> None:
+    mixed = [
+        primary("node0", system_id="7000"),
+        standby("node1", system_id="7000"),
+        standby("node2", system_id="9999"),
+    ]
+    snap = run([mixed])[0]
+    (reason,) = foreign_nodes(snap)
+    assert "node2 belongs to another cluster" in reason
+    assert foreign_nodes(run([healthy_round()])[0]) == []
