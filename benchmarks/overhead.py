@@ -34,10 +34,14 @@ contenders' work, so a cost one of them adds is spread over all three. At
 one thread it also measures which backend the scheduler happens to wake
 where: two identical bare pools interleaved have shown 0.11 and 0.29 ms.
 
-The published numbers come from a machine with 2 CPUs: the client threads,
-the manager's monitor and the three PostgreSQL servers (the primary, two
-standbys replaying the INSERTs' WAL) share them, so whatever Python a
-contender adds per call competes with the servers' work.
+The published numbers come from a machine with 2 CPUs. The client process
+(every contender's threads, the manager's monitor) is pinned to one and the
+three PostgreSQL servers (the primary, two standbys replaying the INSERTs'
+WAL) to the other (``--no-pin`` leaves placement to the OS): unpinned, the
+same contender's throughput jumps between two levels about 1.6x apart from
+one slice to the next, depending on where the scheduler puts a client
+thread and the backend it waits on. Whatever Python a contender adds per
+call is paid on the client's CPU, which the GIL shares among its threads.
 
     python benchmarks/overhead.py [--threads 1 4 16] [--pairs 7] [--slice 1.5]
 """
@@ -63,6 +67,7 @@ from common import emit, machine, percentile
 
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
+from pgfailover.lab.proc import children_of
 
 STATEMENTS = {
     "select1": ("SELECT 1", False),
@@ -221,6 +226,28 @@ def run(
     return out
 
 
+def pin(lab: LocalLab) -> dict[str, list[int]] | None:
+    """Client threads on the first half of the CPUs, the PostgreSQL servers on the rest.
+
+    Unpinned on the 2-CPU machine, the same contender's throughput jumps
+    between two levels about 1.6x apart from one 0.5 s slice to the next
+    (where the scheduler happens to put a client thread and the backend it
+    waits on), which buries a few-percent difference; pinned, it varies by
+    about 2 %. Backends forked later inherit the postmaster's affinity.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    client, servers = cpus[: len(cpus) // 2], cpus[len(cpus) // 2 :]
+    for name in ("node0", "node1", "node2"):
+        pid = lab.local_node(name).pid()
+        if pid is not None:
+            for each in (pid, *children_of(pid)):
+                os.sched_setaffinity(each, servers)
+    os.sched_setaffinity(0, client)
+    return {"client": client, "servers": servers}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one JSON line per statement, thread count and contender, then a summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -230,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice", type=float, default=1.5, help="seconds per slice")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--no-interleaved", action="store_true", help="skip ratio_interleaved")
+    parser.add_argument("--no-pin", action="store_true", help="leave CPU placement to the OS")
     args = parser.parse_args(argv)
     statements = [s for value in args.statements for s in value.split(",") if s]
     thread_counts = [int(t) for value in args.threads for t in value.split(",") if t]
@@ -239,11 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pairs must be at least 1 and --slice positive")
     rounds = 0 if args.no_interleaved else args.rounds
     today = datetime.date.today().isoformat()
-    plan = {"pairs": args.pairs, "slice_s": args.slice, "interleaved_rounds": rounds}
-    emit({"benchmark": "overhead", "machine": machine(), "date": today, **plan})
+    plan: dict[str, Any] = {
+        "pairs": args.pairs,
+        "slice_s": args.slice,
+        "interleaved_rounds": rounds,
+    }
     lab = LocalLab.create(standbys=2)
     records = []
     try:
+        plan["cpu_pinning"] = None if args.no_pin else pin(lab)
+        emit({"benchmark": "overhead", "machine": machine(), "date": today, **plan})
         lab.run_sql("node0", "CREATE TABLE bench (id bigserial PRIMARY KEY, payload text)")
         for kind in statements:
             for threads in thread_counts:

@@ -116,13 +116,33 @@ def overhead_table(records: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "| statement | threads | contender | ops/s | p50 | p99 | ratio to bare pool |",
-        "|---|---|---|---|---|---|---|",
+        "| statement | threads | contender | ops/s | p50 | p99 | ratio to bare pool "
+        "| interleaved ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        ratio = f"{r['ratio_to_bare']:.3f}"
+        if r["contender"] != "bare" and "ratio_max" in r:
+            ratio += f" ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})"
+        mixed = r.get("ratio_interleaved")
         lines.append(
             f"| {r['statement']} | {r['threads']} | {r['contender']} | {r['ops_per_s']:.0f} "
-            f"| {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms | {r['ratio_to_bare']:.3f} |"
+            f"| {r['p50_ms']:.3f} ms | {r['p99_ms']:.3f} ms | {ratio} "
+            f"| {'n/a' if mixed is None else f'{mixed:.3f}'} |"
+        )
+    plan = next((r for r in records if "machine" in r and "pairs" in r), None)
+    if plan:
+        lines.append("")
+        lines.append(
+            f"Alternating slices: {plan['pairs']} pairs of {plan['slice_s']:g} s per contender"
+            f" and thread count, {plan['date']}, {plan['machine']['cpus']} CPUs; interleaved"
+            f" ratio from {plan['interleaved_rounds']} rounds (0: not run)"
+            + (
+                f"; client on CPU {plan['cpu_pinning']['client']}, servers on CPU"
+                f" {plan['cpu_pinning']['servers']}."
+                if plan.get("cpu_pinning")
+                else "; not pinned."
+            )
         )
     return lines
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import psycopg
@@ -43,10 +42,11 @@ from pgfailover.errors import (
     PgFailoverError,
     WriteOutcomeUnknown,
 )
+from pgfailover.model import NodeState, Snapshot
 from pgfailover.pools import NodePools
-from pgfailover.routing import ReadStrategy, read_order, write_target
+from pgfailover.routing import ReadStrategy, read_candidates, read_order, write_target
 
-__all__ = ["Executor", "classify", "is_connection_error"]
+__all__ = ["Executor", "Session", "classify", "is_connection_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,11 @@ class Executor:
         self._wake = wake
         self._idle_probe = idle_probe
         self._on_write = on_write
+        self._readers: tuple[Snapshot | None, frozenset[str], tuple[NodeState, ...]] = (
+            None,
+            frozenset(),
+            (),
+        )
 
     # -- where a statement goes ---------------------------------------------
 
@@ -148,8 +153,19 @@ class Executor:
         return view.wait_for_primary(deadline, self._poll, self._idle_probe)
 
     def read_order(self, min_lsn: int | None = None) -> list[str]:
-        """Nodes to try for a read now, best first (fitting standbys, then the primary)."""
-        return read_order(self.view.snapshot, self.strategy, self.view.suspects, min_lsn)
+        """Nodes to try for a read now, best first (fitting standbys, then the primary).
+
+        The standbys that may serve a plain read change only with the
+        snapshot or the suspects, so they are worked out once per change,
+        not once per read (a tuple swapped whole: no lock needed).
+        """
+        snap, suspects = self.view.snapshot, self.view.suspects
+        if min_lsn is not None:
+            return read_order(snap, self.strategy, suspects, min_lsn)
+        cached = self._readers
+        if cached[0] is not snap or cached[1] is not suspects:
+            cached = self._readers = (snap, suspects, tuple(read_candidates(snap, suspects)))
+        return read_order(snap, self.strategy, suspects, candidates=cached[2])
 
     def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now; waits for a primary when none can serve."""
@@ -267,13 +283,14 @@ class Executor:
             + (f": {last}" if last else f" (cluster {self.view.name} is {snap.state.value})")
         ) from last
 
-    @contextmanager
-    def client(self, readonly: bool) -> Iterator[psycopg.Connection[Row]]:
+    def client(self, readonly: bool) -> Session:
         """A pooled connection for a block of work (``get_client``)."""
+        return Session(self, readonly)
+
+    def acquire(self, readonly: bool) -> tuple[str, Connection]:
+        """A node and a connection from its pool, waiting up to ``failover_wait_timeout``."""
         deadline = time.monotonic() + self._wait_timeout
-        conn = None
-        node = ""
-        while conn is None:
+        while True:
             if readonly:
                 order = self.read_order()
                 if not order:
@@ -286,31 +303,76 @@ class Executor:
             else:
                 node = self.wait_for_primary(deadline)
             conn = self._checkout(node, deadline)
-            if conn is None and time.monotonic() >= deadline:
+            if conn is not None:
+                return node, conn
+            if time.monotonic() >= deadline:
                 raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
+
+    def release(
+        self, node: str, conn: Connection, readonly: bool, exc: BaseException | None
+    ) -> None:
+        """End a :class:`Session`: commit (or roll back after ``exc``), count, give it back."""
         route = "read" if readonly else "write"
         try:
-            yield conn
-            if conn.pgconn.transaction_status == _INTRANS:
-                try:
-                    conn.commit()
-                except psycopg.Error as exc:
-                    if classify(exc, "commit") == "unknown":
-                        self.suspect(node, f"COMMIT lost: {exc}")
-                        raise WriteOutcomeUnknown(
-                            f"connection to {node} lost during COMMIT: outcome unknown"
-                        ) from exc
-                    raise
+            if exc is not None:
+                self._fail(node, conn, route, exc)
+                return
+            try:
+                self._finish(node, conn)
+            except BaseException as failed:
+                self._fail(node, conn, route, failed)
+                raise
             self._counters.query(node, route, "ok")
             if not readonly:
                 self._on_write(node)
-        except BaseException as exc:
-            if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
-                self.suspect(node, _brief(exc))
-            self._counters.query(node, route, "error")
-            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-            raise
         finally:
             self._pools.checkin(node, conn)
+
+    def _finish(self, node: str, conn: Connection) -> None:
+        """Commit what the block left open; a lost COMMIT is ``WriteOutcomeUnknown``."""
+        if conn.pgconn.transaction_status != _INTRANS:
+            return
+        try:
+            conn.commit()
+        except psycopg.Error as exc:
+            if classify(exc, "commit") == "unknown":
+                self.suspect(node, f"COMMIT lost: {exc}")
+                raise WriteOutcomeUnknown(
+                    f"connection to {node} lost during COMMIT: outcome unknown"
+                ) from exc
+            raise
+
+    def _fail(self, node: str, conn: Connection, route: str, exc: BaseException) -> None:
+        """The block (or its COMMIT) raised ``exc``: suspect a lost node, roll back, count."""
+        if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
+            self.suspect(node, _brief(exc))
+        self._counters.query(node, route, "error")
+        if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+
+
+class Session:
+    """``with mgr.get_client() as conn:``: a pooled connection for one block of work.
+
+    A plain class rather than a generator-based context manager: it is on
+    every ``get_client()`` call, and this way costs a few calls less.
+    """
+
+    __slots__ = ("_conn", "_executor", "_node", "_readonly")
+
+    def __init__(self, executor: Executor, readonly: bool) -> None:
+        self._executor = executor
+        self._readonly = readonly
+        self._node = ""
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> psycopg.Connection[Row]:
+        self._node, conn = self._executor.acquire(self._readonly)
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._executor.release(self._node, conn, self._readonly, exc)

@@ -225,9 +225,16 @@ def read_order(
     strategy: ReadStrategy,
     suspects: Collection[str] = (),
     min_lsn: int | None = None,
+    *,
+    candidates: Sequence[NodeState] | None = None,
 ) -> list[str]:
-    """Nodes to try for a read, in order: fitting standbys, then the primary."""
-    candidates = read_candidates(snap, suspects, min_lsn)
+    """Nodes to try for a read, in order: fitting standbys, then the primary.
+
+    ``candidates``: :func:`read_candidates` for these arguments, when the
+    caller has them already (the executor keeps them per snapshot).
+    """
+    if candidates is None:
+        candidates = read_candidates(snap, suspects, min_lsn)
     names = [n.name for n in strategy.order(candidates)]
     if snap.primary is not None and snap.primary not in suspects and not snap.split_brain:
         names.append(snap.primary)

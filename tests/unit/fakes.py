@@ -94,6 +94,7 @@ class FakePools:
 
     def checkin(self, node: str, conn: FakeConn) -> None:
         assert conn.node == node
+        conn.log.append("checkin")  # after it, the connection is the pool's again
         self.returned.append(conn)
 
     def abort(self, node: str) -> int:

@@ -248,7 +248,7 @@ def test_client_commits_and_returns_the_connection() -> None:
     with h.executor.client(readonly=False) as conn:
         conn.execute("INSERT")
     (used,) = h.pools.out
-    assert used.log == ["execute INSERT", "commit"]
+    assert used.log == ["execute INSERT", "commit", "checkin"]
     assert h.pools.returned == [used]
     assert h.writes == ["node0"]
     assert h.counted() == [("node0", "write", "ok")]
@@ -265,7 +265,7 @@ def test_client_rolls_back_on_an_error_in_the_block() -> None:
     with pytest.raises(ValueError, match="application"):
         block()
     (used,) = h.pools.out
-    assert used.log == ["execute INSERT", "rollback"]
+    assert used.log == ["execute INSERT", "rollback", "checkin"]  # rolled back first
     assert h.pools.returned == [used]
     assert h.view.suspects == frozenset()
     assert h.counted() == [("node0", "write", "error")]
