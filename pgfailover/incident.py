@@ -47,7 +47,7 @@ class Incident:
                 current = self._events.get(self._event_id)
                 if current is not None and current.outcome == "in_progress":
                     return current, False
-            started = self._snapshot().failover_started_at or time.time()
+            started = self._snapshot().failover.started_at or time.time()
             event = FailoverEvent("failover", previous, None, reason, started)
             self._event_id = event.id
             return self._events.record(event), True

@@ -265,8 +265,8 @@ def _fill_snapshot(
     if any(n.role is Role.STANDBY and n.up for n in snap.nodes):
         bound = hang_failover_seconds(snap, config)
         _add(families, "hang_failover_seconds", [c], math.inf if bound is None else bound)
-    if snap.last_failover_at is not None:
-        _add(families, "last_failover_timestamp_seconds", [c], snap.last_failover_at)
+    if snap.failover.completed_at is not None:
+        _add(families, "last_failover_timestamp_seconds", [c], snap.failover.completed_at)
 
 
 def _fill_counters(families: dict[str, Metric], c: str, snap: Snapshot, stats: Counters) -> None:

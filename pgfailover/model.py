@@ -119,13 +119,34 @@ class NodeState:
 
 
 @dataclass(frozen=True)
+class FailoverClock:
+    """A cluster's failover bookkeeping, as of one round (immutable).
+
+    ``started_at`` and ``reason``: the primary was lost then, why (``None``
+    when no failover is in progress). ``count`` failovers have completed,
+    the last one at ``completed_at`` (writes switched to a new primary).
+    """
+
+    started_at: float | None = None
+    reason: str | None = None
+    count: int = 0
+    completed_at: float | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        """The primary was lost and no new one took over yet."""
+        return self.started_at is not None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The cluster as of one probe round. Immutable: readers never lock.
 
     ``primary`` is where writes go now (``None``: nowhere). ``last_primary``
     and ``last_primary_lsn`` remember the primary that was lost, for the
     promotion guards. ``max_timeline`` is the newest timeline a primary was
-    seen on: a node out of recovery below it is stale.
+    seen on: a node out of recovery below it is stale. ``failover`` is the
+    failover bookkeeping (:class:`FailoverClock`).
     """
 
     nodes: tuple[NodeState, ...]
@@ -135,11 +156,7 @@ class Snapshot:
     last_primary_lsn: int | None = None
     max_timeline: int = 0
     split_brain: tuple[str, ...] = ()
-    failover_started_at: float | None = None
-    failover_reason: str | None = None
-    completed_at: float | None = None
-    failover_count: int = 0
-    last_failover_at: float | None = None
+    failover: FailoverClock = FailoverClock()
     promotion_blocked: str | None = None
     rounds: int = 0
     changed_at: float = 0.0

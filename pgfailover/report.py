@@ -77,10 +77,10 @@ def failover_status(
         "promotion": cfg.promotion,
         "promotion_blocked": snap.promotion_blocked,
         "split_brain": list(snap.split_brain),
-        "failover_in_progress_since": iso(snap.failover_started_at),
-        "failover_reason": snap.failover_reason,
-        "failover_count": snap.failover_count,
-        "last_failover_time": iso(snap.last_failover_at),
+        "failover_in_progress_since": iso(snap.failover.started_at),
+        "failover_reason": snap.failover.reason,
+        "failover_count": snap.failover.count,
+        "last_failover_time": iso(snap.failover.completed_at),
         "timeline": snap.max_timeline or None,
         "state_since": iso(snap.changed_at),
         "checked_at": iso(max((n.last_check or 0.0) for n in snap.nodes) or None),
@@ -152,7 +152,7 @@ def metrics_dict(
                 n.name: int(n.serves_reads) for n in snap.nodes if n.name != snap.primary
             },
             "stale_nodes": sorted(n.name for n in snap.nodes if n.role is Role.STALE),
-            "failover_count": snap.failover_count,
+            "failover_count": snap.failover.count,
         }
     )
     return data

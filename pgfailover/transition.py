@@ -40,6 +40,7 @@ from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.model import (
     ClusterState,
     Decision,
+    FailoverClock,
     FailoverStarted,
     Fence,
     NodeLost,
@@ -231,8 +232,7 @@ def transition(
     if primary is not None:
         last_primary = primary
 
-    book = _bookkeeping(prev, by_name, primary, split, now=now, decisions=decisions)
-    failover_started_at, failover_reason, failover_count, last_failover_at, completed_at = book
+    clock = _bookkeeping(prev, by_name, primary, split, now=now, decisions=decisions)
 
     primary_node = by_name[primary] if primary is not None else None
     prev_by_name = {n.name: n for n in prev.nodes}
@@ -274,11 +274,10 @@ def transition(
     by_name = {n.name: n for n in updated}
 
     state = _cluster_state(
-        updated, primary=primary, split=split, completed_at=completed_at, now=now, cfg=cfg
+        updated, primary=primary, split=split, completed_at=clock.completed_at, now=now, cfg=cfg
     )
     if primary is not None and state is not ClusterState.FAILOVER_COMPLETE:
-        failover_started_at = None
-        failover_reason = None
+        clock = dataclasses.replace(clock, started_at=None, reason=None)
 
     snapshot = Snapshot(
         nodes=tuple(updated),
@@ -288,11 +287,7 @@ def transition(
         last_primary_lsn=last_primary_lsn,
         max_timeline=max_timeline,
         split_brain=split,
-        failover_started_at=failover_started_at,
-        failover_reason=failover_reason,
-        completed_at=completed_at,
-        failover_count=failover_count,
-        last_failover_at=last_failover_at,
+        failover=clock,
         promotion_blocked=None,
         rounds=prev.rounds + 1,
         changed_at=now if state is not prev.state else prev.changed_at,
@@ -331,19 +326,16 @@ def _bookkeeping(
     *,
     now: float,
     decisions: list[Decision],
-) -> tuple[float | None, str | None, int, float | None, float | None]:
-    """Failover start, reason, count, last failover and completion times."""
-    started = prev.failover_started_at
-    reason = prev.failover_reason
-    count = prev.failover_count
-    last_at = prev.last_failover_at
-    completed = prev.completed_at
+) -> FailoverClock:
+    """The failover clock after this round (and the decisions it implies)."""
+    started, reason = prev.failover.started_at, prev.failover.reason
+    count, completed = prev.failover.count, prev.failover.completed_at
     if prev.primary is not None and primary is None and not split:
         started = now
         reason = _lost_reason(prev, by_name)
         decisions.append(FailoverStarted(prev.primary, reason))
     if primary is None or primary == prev.primary:
-        return started, reason, count, last_at, completed
+        return FailoverClock(started, reason, count, completed)
     timeline = by_name[primary].timeline
     if prev.last_primary is None:
         why = "first primary seen"
@@ -351,7 +343,7 @@ def _bookkeeping(
         why = f"{primary} is primary again"
     else:
         count += 1
-        last_at = completed = now
+        completed = now
         if started is None:
             # Switched before the old primary crossed the unhealthy
             # threshold: the failover began when it first failed a probe.
@@ -363,7 +355,7 @@ def _bookkeeping(
     decisions.append(
         SwitchPrimary(primary, prev.last_primary, timeline, why, lost_lsn=prev.last_primary_lsn)
     )
-    return started, reason, count, last_at, completed
+    return FailoverClock(started, reason, count, completed)
 
 
 def _find_primary(

@@ -320,7 +320,7 @@ def trigger(
         event = mgr.perform_failover(target, force=force)
         if event.outcome == "completed":
             mgr.wait_repointed(mgr.config.sync_standby_attach_timeout + 30)
-            event = next((e for e in mgr.history() if e.id == event.id), event)
+            event = mgr.events.get(event.id) or event
         if as_json:
             click.echo(json.dumps(event.as_dict(), indent=2, default=str))
         else:

@@ -235,5 +235,5 @@ def test_anti_flap_never_leaves_the_cluster_without_a_primary(
     snap: Snapshot, after: float, target: str | None, expected: str
 ) -> None:
     assert snap.primary is None
-    now = (snap.last_failover_at or 0.0) + after
+    now = (snap.failover.completed_at or 0.0) + after
     assert_choice(choose_candidate(snap, ANTIFLAP, now=now, target=target), expected)

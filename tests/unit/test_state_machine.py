@@ -140,7 +140,7 @@ def test_state_and_primary(
 def test_first_round_discovers_the_primary_without_counting_a_failover() -> None:
     snap, decisions = run([healthy_round()])
     assert kinds(decisions[0]) == ["StateChanged", "SwitchPrimary"]
-    assert snap.failover_count == 0
+    assert snap.failover.count == 0
     assert {n.name: n.role for n in snap.nodes} == {
         "node0": Role.PRIMARY,
         "node1": Role.STANDBY,
@@ -168,9 +168,9 @@ def test_losing_the_primary_starts_a_failover_once() -> None:
     flat = [k for d in decisions for k in kinds(d)]
     assert flat.count("FailoverStarted") == 1
     assert flat.count("NodeLost") == 1
-    assert snap.failover_reason is not None
-    assert "node0 failed 3 probes" in snap.failover_reason
-    assert snap.failover_started_at is not None
+    assert snap.failover.reason is not None
+    assert "node0 failed 3 probes" in snap.failover.reason
+    assert snap.failover.started_at is not None
 
 
 def test_external_promotion_counts_one_failover_and_dates_it_from_the_first_miss() -> None:
@@ -178,9 +178,9 @@ def test_external_promotion_counts_one_failover_and_dates_it_from_the_first_miss
     snap, decisions = run([healthy_round(), LOST, promoted], step=1.0)
     switch = [d for d in decisions[2] if isinstance(d, SwitchPrimary)]
     assert switch == [SwitchPrimary("node1", "node0", 2, switch[0].reason, lost_lsn=1000)]
-    assert snap.failover_count == 1
-    assert snap.failover_started_at == 1002.0  # the round node0 first failed
-    assert snap.last_failover_at == 1003.0
+    assert snap.failover.count == 1
+    assert snap.failover.started_at == 1002.0  # the round node0 first failed
+    assert snap.failover.completed_at == 1003.0
 
 
 def test_failover_complete_gives_way_to_healthy_after_the_hold() -> None:
@@ -191,7 +191,7 @@ def test_failover_complete_gives_way_to_healthy_after_the_hold() -> None:
     gone = [down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]
     snap, _ = run([gone] * 5, cfg, start=snap, t0=1002.0, step=1.0)
     assert snap.state is S.DEGRADED  # node0 is still down
-    assert snap.failover_started_at is None
+    assert snap.failover.started_at is None
 
 
 def test_stale_old_primary_is_fenced_when_asked_and_never_primary() -> None:
