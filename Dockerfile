@@ -10,7 +10,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY pgfailover ./pgfailover
-RUN pip install ".[binary]" \
+RUN pip install ".[binary,cli]" \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin pgfailover
 COPY docker/demo_app.py ./demo_app.py
 

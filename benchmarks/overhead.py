@@ -49,6 +49,7 @@ call is paid on the client's CPU, which the GIL shares among its threads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import statistics
@@ -242,8 +243,10 @@ def pin(lab: LocalLab) -> dict[str, list[int]] | None:
     for name in ("node0", "node1", "node2"):
         pid = lab.local_node(name).pid()
         if pid is not None:
-            for each in (pid, *children_of(pid)):
-                os.sched_setaffinity(each, servers)
+            os.sched_setaffinity(pid, servers)
+            for child in children_of(pid):
+                with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                    os.sched_setaffinity(child, servers)
     os.sched_setaffinity(0, client)
     return {"client": client, "servers": servers}
 

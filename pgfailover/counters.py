@@ -36,7 +36,10 @@ class _Histogram:
 
 
 class Counters:
-    """The manager's counters and histograms, protected by one mutex.
+    """The manager's counters and histograms.
+
+    Locks: ``_lock`` guards every field; a leaf, held for a dict update or
+    a copy only (one uncontended acquire per counted query).
 
     Thread safety: every method may be called from any thread.
     """

@@ -140,6 +140,10 @@ METRIC_NAMES: frozenset[str] = _series_names()
 class ManagerCollector(Collector):
     """Exports any number of managers; register it on a ``CollectorRegistry``.
 
+    Locks: ``_lock`` guards the set of managers; a leaf (a scrape copies the
+    set under it and reads each manager's snapshot and counters after).
+    The module's ``_collectors_lock`` guards the collector per registry.
+
     Thread safety: :meth:`add`, :meth:`remove` and scrapes may run on any
     thread.
     """

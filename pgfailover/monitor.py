@@ -56,6 +56,11 @@ class ProbeRound:
     aborted after ``abort_after`` seconds, so that a connection lost in a
     black hole is replaced instead of waiting on TCP retransmissions.
 
+    Locks: ``_lock`` guards the in-flight probes, the failing set and the
+    closed flag; under it a straggler's prober may be aborted, which takes
+    that prober's own lock (``ProbeRound._lock`` → ``NodeProber._lock``,
+    never the other way). No probe is waited for under it.
+
     Thread safety: :meth:`run` may be called from several threads; rounds
     share the per-node probers, and a node still busy from an earlier round
     is never probed twice at once.

@@ -184,6 +184,9 @@ class NodeProber:
     stuck on a hung server by shutting the socket down, so that its thread
     returns; the monitor calls it when a probe outlives the round's deadline.
 
+    Locks: ``_lock`` guards the connection and the closed flag; a leaf (a
+    socket ``shutdown(2)`` is all that happens under it, never a query).
+
     Thread safety: :meth:`probe` runs in one thread at a time (the monitor
     never starts a second probe of a node while one runs); :meth:`abort` and
     :meth:`close` may be called from any thread.

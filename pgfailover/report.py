@@ -1,4 +1,4 @@
-"""The manager's status and metrics as plain JSON-ready dicts (pure).
+"""The manager's status and metrics as plain JSON-ready dicts, and the status as text (pure).
 
 Built from a snapshot, the config, the upkeep's status and the counters at
 call time; DSNs are masked. The predicates (a writable primary, a healthy
@@ -17,7 +17,25 @@ from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus, commits_blocked
 
-__all__ = ["failover_status", "iso", "metrics_dict", "node_dict"]
+__all__ = [
+    "EXIT_DEGRADED",
+    "EXIT_NO_PRIMARY",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "cell",
+    "exit_code_for",
+    "failover_status",
+    "iso",
+    "metrics_dict",
+    "node_dict",
+    "render",
+]
+
+# Exit codes of `pgfailover status` and `manage.py pgfailover_status`.
+EXIT_OK = 0
+EXIT_DEGRADED = 1
+EXIT_NO_PRIMARY = 2
+EXIT_USAGE = 3  # usage and configuration errors
 
 
 def iso(ts: float | None) -> str | None:
@@ -156,3 +174,99 @@ def metrics_dict(
         }
     )
     return data
+
+
+def exit_code_for(status: dict[str, Any]) -> int:
+    """0 healthy, 1 degraded or failing over, 2 no writable primary."""
+    primary = status.get("primary")
+    if not primary or not primary.get("up") or status.get("split_brain"):
+        return EXIT_NO_PRIMARY
+    return EXIT_OK if status.get("state") == "healthy" else EXIT_DEGRADED
+
+
+# ANSI SGR colours of the state in the header line.
+_STATE_COLOURS = {
+    "healthy": 32,
+    "degraded": 33,
+    "failover_in_progress": 31,
+    "failover_complete": 36,
+    "recovery_in_progress": 33,
+    "unknown": 31,
+    "split_brain": 31,
+}
+
+
+def _style(text: str, colour: int, enabled: bool, *, bold: bool = False) -> str:
+    if not enabled:
+        return text
+    return f"\x1b[{'1;' if bold else ''}{colour}m{text}\x1b[0m"
+
+
+def cell(value: Any, suffix: str = "") -> str:
+    """A table cell: ``-`` for nothing, floats to three places."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def render(status: dict[str, Any], *, colour: bool = False) -> str:
+    """The status as an aligned table with a header line (ANSI colour if ``colour``)."""
+    state = status["state"]
+    head = (
+        f"cluster {status.get('cluster', '-')}: "
+        + _style(state.upper(), _STATE_COLOURS.get(state, 37), colour, bold=True)
+        + f"   primary: {status.get('current_primary') or '-'}"
+        + f"   timeline: {status.get('timeline') or '-'}"
+        + f"   promotion: {status.get('promotion', '-')}"
+    )
+    columns = ["node", "address", "role", "healthy", "tl", "lag bytes", "lag s", "rt ms", "marks"]
+    rows = []
+    split = set(status.get("split_brain") or [])
+    for node in status["nodes"]:
+        marks = []
+        if node["is_primary"]:
+            marks.append("writes")
+        if node.get("stale"):
+            marks.append("STALE")
+        if node["name"] in split:
+            marks.append("SPLIT-BRAIN")
+        if not node["up"] and node.get("error"):
+            marks.append(node["error"][:60])
+        elif node["up"] and node.get("read_block") and node["role"] == "standby":
+            marks.append(f"no reads: {node['read_block'][:60]}")
+        rows.append(
+            [
+                node["name"],
+                node["address"],
+                node["role"],
+                "yes" if node["healthy"] else "NO",
+                cell(node.get("timeline")),
+                "-" if node["is_primary"] else cell(node.get("lag_bytes")),
+                "-" if node["is_primary"] else cell(node.get("lag_seconds")),
+                cell(node.get("response_time_ms")),
+                ", ".join(marks),
+            ]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = [head, "", "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for row in rows:
+        text = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        healthy = row[3] == "yes"
+        lines.append(text if healthy else _style(text, 31, colour))
+    extra = []
+    if status.get("promotion_blocked"):
+        extra.append(f"promotion blocked: {status['promotion_blocked']}")
+    if status.get("failover_reason"):
+        extra.append(f"failover: {status['failover_reason']}")
+    sync = status.get("synchronous_replication") or {}
+    if sync.get("commits_blocked"):
+        extra.append(
+            f"COMMITS BLOCKED: synchronous_standby_names {sync.get('synchronous_standby_names')!r}"
+            f" names no streaming standby (streaming: {', '.join(sync.get('streaming') or [])})"
+        )
+    warning = (status.get("failure_detection") or {}).get("warning")
+    if warning:
+        extra.append(f"warning: {warning}")
+    return "\n".join(lines + (["", *extra] if extra else []))

@@ -27,6 +27,7 @@ import click
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.dsn import mask_dsn
 from pgfailover.errors import ConfigurationError, PgFailoverError
+from pgfailover.report import EXIT_DEGRADED, EXIT_NO_PRIMARY, EXIT_OK, EXIT_USAGE
 from pgfailover.sources import load_env, nodes_from_dsn, parse_toml, read_toml
 
 __all__ = [
@@ -36,15 +37,10 @@ __all__ = [
     "EXIT_USAGE",
     "Cluster",
     "cluster_options",
-    "exit_code_for",
     "handle_errors",
     "http_call",
 ]
 
-EXIT_OK = 0
-EXIT_DEGRADED = 1
-EXIT_NO_PRIMARY = 2
-EXIT_USAGE = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -188,11 +184,3 @@ def http_call(
     except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UsageProblem(f"cannot reach pgfailover serve at {cluster.url}: {reason}") from None
-
-
-def exit_code_for(status: dict[str, Any]) -> int:
-    """0 healthy, 1 degraded or failing over, 2 no writable primary."""
-    primary = status.get("primary")
-    if not primary or not primary.get("up") or status.get("split_brain"):
-        return EXIT_NO_PRIMARY
-    return EXIT_OK if status.get("state") == "healthy" else EXIT_DEGRADED

@@ -26,13 +26,13 @@ from pgfailover.cli.common import (
     Cluster,
     UsageProblem,
     cluster_options,
-    exit_code_for,
     handle_errors,
     http_call,
 )
 from pgfailover.events import EventLog
 from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.manager import FailoverManager
+from pgfailover.report import cell, exit_code_for, render
 
 __all__ = ["check_health", "history", "status", "trigger", "watch"]
 
@@ -75,91 +75,11 @@ def _error(body: Any) -> str:
     return str(body.get("error")) if isinstance(body, dict) else str(body)
 
 
-_STATE_COLOURS = {
-    "healthy": "green",
-    "degraded": "yellow",
-    "failover_in_progress": "red",
-    "failover_complete": "cyan",
-    "recovery_in_progress": "yellow",
-    "unknown": "red",
-    "split_brain": "red",
-}
-
-
-def _cell(value: Any, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}{suffix}"
-    return f"{value}{suffix}"
-
-
-def render(status: dict[str, Any]) -> str:
-    """The status as an aligned table with a header line (ANSI colour, stripped in pipes)."""
-    state = status["state"]
-    head = (
-        f"cluster {status.get('cluster', '-')}: "
-        + click.style(state.upper(), fg=_STATE_COLOURS.get(state, "white"), bold=True)
-        + f"   primary: {status.get('current_primary') or '-'}"
-        + f"   timeline: {status.get('timeline') or '-'}"
-        + f"   promotion: {status.get('promotion', '-')}"
-    )
-    columns = ["node", "address", "role", "healthy", "tl", "lag bytes", "lag s", "rt ms", "marks"]
-    rows = []
-    split = set(status.get("split_brain") or [])
-    for node in status["nodes"]:
-        marks = []
-        if node["is_primary"]:
-            marks.append("writes")
-        if node.get("stale"):
-            marks.append("STALE")
-        if node["name"] in split:
-            marks.append("SPLIT-BRAIN")
-        if not node["up"] and node.get("error"):
-            marks.append(node["error"][:60])
-        elif node["up"] and node.get("read_block") and node["role"] == "standby":
-            marks.append(f"no reads: {node['read_block'][:60]}")
-        rows.append(
-            [
-                node["name"],
-                node["address"],
-                node["role"],
-                "yes" if node["healthy"] else "NO",
-                _cell(node.get("timeline")),
-                "-" if node["is_primary"] else _cell(node.get("lag_bytes")),
-                "-" if node["is_primary"] else _cell(node.get("lag_seconds")),
-                _cell(node.get("response_time_ms")),
-                ", ".join(marks),
-            ]
-        )
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    lines = [head, "", "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    for row in rows:
-        text = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-        healthy = row[3] == "yes"
-        lines.append(text if healthy else click.style(text, fg="red"))
-    extra = []
-    if status.get("promotion_blocked"):
-        extra.append(f"promotion blocked: {status['promotion_blocked']}")
-    if status.get("failover_reason"):
-        extra.append(f"failover: {status['failover_reason']}")
-    sync = status.get("synchronous_replication") or {}
-    if sync.get("commits_blocked"):
-        extra.append(
-            f"COMMITS BLOCKED: synchronous_standby_names {sync.get('synchronous_standby_names')!r}"
-            f" names no streaming standby (streaming: {', '.join(sync.get('streaming') or [])})"
-        )
-    warning = (status.get("failure_detection") or {}).get("warning")
-    if warning:
-        extra.append(f"warning: {warning}")
-    return "\n".join(lines + (["", *extra] if extra else []))
-
-
 def _show(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2, default=str))
     else:
-        click.echo(render(status))
+        click.echo(render(status, colour=True))
 
 
 @click.command()
@@ -218,7 +138,7 @@ def watch(cluster: Cluster, timeout: float | None, interval: float, count: int |
             stamp = datetime.now(tz=timezone.utc).strftime("%H:%M:%S")
             if tty:
                 click.clear()
-            click.echo(f"{stamp}  every {interval:g}s\n{render(result)}")
+            click.echo(f"{stamp}  every {interval:g}s\n{render(result, colour=True)}")
             if not tty:
                 click.echo("")
             shown += 1
@@ -253,7 +173,7 @@ def _preview(mgr: FailoverManager, target: str | None, force: bool) -> tuple[boo
         lines.append(
             f"standby      {node.name}: {'up' if node.up else 'DOWN'}, {receiver}"
             f"{f' from {node.upstream}' if node.upstream else ''}, "
-            f"lag {_cell(node.lag_bytes)} bytes, timeline {_cell(node.timeline)}"
+            f"lag {cell(node.lag_bytes)} bytes, timeline {cell(node.timeline)}"
         )
     choice = choose_candidate(snap, mgr.config, time.time(), target=target, force=force)
     if isinstance(choice, Candidate):

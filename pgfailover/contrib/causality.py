@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.errors import ConfigurationError
@@ -31,12 +31,14 @@ from pgfailover.sources import load_toml, nodes_from_dsn
 __all__ = [
     "COOKIE_NAME",
     "Causality",
+    "CookieResponse",
     "load_source",
     "manager_from",
     "parse_token",
     "read_node",
     "read_your_writes",
     "report_error",
+    "set_token_cookie",
     "write_node",
 ]
 
@@ -148,3 +150,30 @@ def parse_token(value: str | None) -> int | None:
     if not value or not value.isdigit() or len(value) > 20:
         return None
     return int(value)
+
+
+class CookieResponse(Protocol):
+    """What Django's and Flask's responses both offer for the token cookie."""
+
+    def set_cookie(
+        self, key: str, value: str, *, max_age: int, httponly: bool, samesite: str
+    ) -> Any:
+        """Set a cookie."""
+
+    def delete_cookie(self, key: str) -> Any:
+        """Delete a cookie."""
+
+
+def set_token_cookie(mgr: FailoverManager, response: CookieResponse, max_age: int) -> None:
+    """After a unit that wrote: the read-your-writes token for the next request.
+
+    The primary's WAL position, taken now that the writes have committed;
+    when it cannot be read, the cookie is dropped and the next request's
+    reads go to the primary.
+    """
+    try:
+        position = mgr.write_position()
+    except Exception:  # noqa: BLE001 - no token: the next request reads the primary
+        response.delete_cookie(COOKIE_NAME)
+        return
+    response.set_cookie(COOKIE_NAME, str(position), max_age=max_age, httponly=True, samesite="Lax")

@@ -43,6 +43,7 @@ from pgfailover.contrib.causality import (
     read_node,
     read_your_writes,
     report_error,
+    set_token_cookie,
     write_node,
 )
 from pgfailover.manager import FailoverManager
@@ -95,18 +96,7 @@ class PgFailover:
         def _leave(response: Response) -> Response:
             unit: Causality | None = g.get("pgfailover_unit")
             if unit is not None and unit.wrote and cookie:
-                try:
-                    position = mgr.write_position()
-                except Exception:  # noqa: BLE001 - no token: the next request reads the primary
-                    response.delete_cookie(COOKIE_NAME)
-                else:
-                    response.set_cookie(
-                        COOKIE_NAME,
-                        str(position),
-                        max_age=cookie_max_age,
-                        httponly=True,
-                        samesite="Lax",
-                    )
+                set_token_cookie(mgr, response, cookie_max_age)
             return response
 
         @app.teardown_request

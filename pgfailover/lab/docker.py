@@ -23,7 +23,7 @@ from typing import Any
 
 from pgfailover.errors import LabError
 from pgfailover.lab.base import NodeInfo, StopMode
-from pgfailover.lab.local import HOST, SERVER_SETTINGS, free_port
+from pgfailover.lab.local import HOST, SERVER_SETTINGS, node_infos
 from pgfailover.lab.node import upstream_conninfo
 from pgfailover.lab.topology import Topology
 
@@ -93,12 +93,7 @@ class DockerLab(Topology):
         client = docker.from_env()
         tag = f"pgfailover-lab-{uuid.uuid4().hex[:8]}"
         network = client.networks.create(tag, driver="bridge")
-        taken: set[int] = set()
-        infos = []
-        for index in range(standbys + 1):
-            port = free_port(taken)
-            taken.add(port)
-            infos.append(NodeInfo(f"node{index}", HOST, port))
+        infos = node_infos(standbys)
         lab = cls(
             client,
             network,

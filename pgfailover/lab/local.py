@@ -49,7 +49,7 @@ from pgfailover.lab.node import LocalNode
 from pgfailover.lab.proc import RunAs, resolve_run_as
 from pgfailover.lab.topology import Topology
 
-__all__ = ["CLIENT_HOST", "HOST", "LocalLab", "default_lab_dir", "free_port"]
+__all__ = ["CLIENT_HOST", "HOST", "LocalLab", "default_lab_dir", "free_port", "node_infos"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,17 @@ def free_port(taken: set[int] | None = None) -> int:
         if port not in taken and _port_free(port):
             return port
     raise LabError("no free TCP port found on 127.0.0.1 between 20000 and 32000")
+
+
+def node_infos(standbys: int, host: str = HOST) -> list[NodeInfo]:
+    """``node0`` (the primary) and ``standbys`` more, each on its own free port."""
+    taken: set[int] = set()
+    infos = []
+    for index in range(standbys + 1):
+        port = free_port(taken)
+        taken.add(port)
+        infos.append(NodeInfo(f"node{index}", host, port))
+    return infos
 
 
 class LocalLab(Topology):
@@ -188,13 +199,7 @@ class LocalLab(Topology):
                 f"lab directory {base} is not writable by OS user {run_as.name!r} "
                 "(under /root it cannot be reached): pick a directory under /tmp"
             )
-        taken: set[int] = set()
-        infos = []
-        for index in range(standbys + 1):
-            port = free_port(taken)
-            taken.add(port)
-            infos.append(NodeInfo(f"node{index}", HOST, port))
-        lab = cls(base, bins, run_as, infos, sync)
+        lab = cls(base, bins, run_as, node_infos(standbys), sync)
         lab._save()
         try:
             lab._build(progress)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pgfailover.cli import cli
+from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab
 
 from .helpers import wait_until

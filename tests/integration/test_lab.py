@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from pgfailover.cli import cli
+from pgfailover.cli.app import cli
 from pgfailover.errors import LabError
 from pgfailover.lab import LocalLab, netfault
 from pgfailover.lab.proc import processes_in

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pgfailover.cli.ops import render
+from pgfailover.report import render
 
 
 def _node(name: str, role: str, **extra: Any) -> dict[str, Any]:
@@ -80,3 +80,12 @@ def test_a_healthy_cluster_has_no_extra_lines() -> None:
     assert "no reads" not in out
     assert "COMMITS BLOCKED" not in out
     assert "warning" not in out
+
+
+def test_colour_only_when_asked() -> None:
+    status = _status(nodes=[_node("node1", "primary"), _node("node2", "standby", healthy=False)])
+    plain = render(status)
+    coloured = render(status, colour=True)
+    assert "\x1b[" not in plain
+    assert "\x1b[1;" in coloured  # the state in the header line
+    assert "\x1b[31m" in coloured  # the unhealthy node's row

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from pgfailover.cli import cli
+from pgfailover.cli.app import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[2] / "pgfailover"
 
 # Modules that name FailoverManager for the type checker only: the outer
@@ -111,3 +113,22 @@ def test_importing_pgfailover_loads_no_lab_cli_or_web_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("missing", ["click", "prometheus_client"])
+def test_the_command_line_without_its_extra_says_so_in_one_line(missing: str) -> None:
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['pgfailover', 'status']; "
+        "from pgfailover.cli import main; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 3
+    assert out.stderr.strip().splitlines() == [
+        f"pgfailover: the command line needs {missing}: pip install 'pgfailover[cli]'"
+    ]
+
+
+def test_the_django_status_command_needs_no_command_line_extra() -> None:
+    path = PACKAGE / "contrib" / "django" / "management" / "commands" / "pgfailover_status.py"
+    runtime, _ = _runtime_imports(path)
+    assert not {m for m in runtime if m.startswith(("click", "pgfailover.cli"))}

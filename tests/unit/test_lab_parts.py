@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pgfailover.cli import cli
+from pgfailover.cli.app import cli
 from pgfailover.errors import BinariesNotFound, LabError
 from pgfailover.lab import LocalLab, NodeInfo, free_port, multihost_url
 from pgfailover.lab.binaries import REQUIRED, find_binaries

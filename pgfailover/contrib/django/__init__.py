@@ -42,6 +42,7 @@ from pgfailover.contrib.causality import (
     read_node,
     read_your_writes,
     report_error,
+    set_token_cookie,
     write_node,
 )
 from pgfailover.errors import ConfigurationError
@@ -197,18 +198,7 @@ class FailoverMiddleware:
         with read_your_writes(min_lsn=token) as state:
             response = self.get_response(request)
             if state.wrote and self.cookie:
-                try:
-                    position = mgr.write_position()
-                except Exception:  # noqa: BLE001 - no token: the next request reads the primary
-                    response.delete_cookie(COOKIE_NAME)
-                else:
-                    response.set_cookie(
-                        COOKIE_NAME,
-                        str(position),
-                        max_age=self.cookie_max_age,
-                        httponly=True,
-                        samesite="Lax",
-                    )
+                set_token_cookie(mgr, response, self.cookie_max_age)
             return response
 
     def process_exception(self, request: Any, exception: Exception) -> None:

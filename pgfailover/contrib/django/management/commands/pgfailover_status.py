@@ -8,9 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from pgfailover.cli.common import exit_code_for
-from pgfailover.cli.ops import render
 from pgfailover.contrib.django import get_manager
+from pgfailover.report import exit_code_for, render
 
 
 class Command(BaseCommand):
@@ -30,7 +29,7 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2, default=str))
         else:
-            self.stdout.write(render(status))
+            self.stdout.write(render(status, colour=self.stdout.isatty()))
         code = exit_code_for(status)
         if code:
             sys.exit(code)
