@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from pgfailover.cli.common import handle_errors
-from pgfailover.lab.local import CLIENT_HOST, STATE_FILE, LocalLab, default_lab_dir
+from pgfailover.lab.base import CLIENT_HOST
+from pgfailover.lab.local import STATE_FILE, LocalLab, default_lab_dir
 
 __all__ = ["lab"]
 

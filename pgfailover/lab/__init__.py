@@ -19,10 +19,11 @@ from pgfailover.lab.base import (
     NodeStatus,
     StopMode,
     conninfo,
+    free_port,
     multihost_url,
 )
 from pgfailover.lab.binaries import PgBinaries, find_binaries
-from pgfailover.lab.local import LocalLab, default_lab_dir, free_port
+from pgfailover.lab.local import LocalLab, default_lab_dir
 
 __all__ = [
     "CLIENT_HOST",

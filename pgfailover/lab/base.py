@@ -7,17 +7,25 @@ benchmarks are written once against this interface.
 
 from __future__ import annotations
 
+import random
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal, Protocol
 
+from pgfailover.errors import LabError
+
 __all__ = [
     "CLIENT_HOST",
+    "HOST",
     "Lab",
     "NodeInfo",
     "NodeStatus",
     "StopMode",
     "conninfo",
+    "free_port",
     "multihost_url",
+    "node_infos",
+    "port_free",
 ]
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -30,6 +38,7 @@ DBNAME = "postgres"
 # replication keeps using the node's own host, so that a network fault can
 # cut the clients' path to a node and leave replication alone.
 CLIENT_HOST: Final = "127.0.0.2"
+HOST: Final = "127.0.0.1"  # where nodes listen and replicate
 
 
 @dataclass(frozen=True)
@@ -139,3 +148,39 @@ class Lab(Protocol):
 
     def destroy(self) -> None:
         """Stop every node, leave no process behind, and remove the lab."""
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` on both lab addresses."""
+    # SO_REUSEADDR: a port with only TIME_WAIT leftovers is free for a server
+    # (PostgreSQL sets it too), and must not look busy.
+    for host in (HOST, CLIENT_HOST):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A TCP port free on 127.0.0.1 and 127.0.0.2, below the ephemeral range."""
+    taken = taken or set()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if port not in taken and port_free(port):
+            return port
+    raise LabError("no free TCP port found on 127.0.0.1 between 20000 and 32000")
+
+
+def node_infos(standbys: int, host: str = HOST) -> list[NodeInfo]:
+    """``node0`` (the primary) and ``standbys`` more, each on its own free port."""
+    taken: set[int] = set()
+    infos = []
+    for index in range(standbys + 1):
+        port = free_port(taken)
+        taken.add(port)
+        infos.append(NodeInfo(f"node{index}", host, port))
+    return infos

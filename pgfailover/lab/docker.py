@@ -22,8 +22,8 @@ import uuid
 from typing import Any
 
 from pgfailover.errors import LabError
-from pgfailover.lab.base import NodeInfo, StopMode
-from pgfailover.lab.local import HOST, SERVER_SETTINGS, node_infos
+from pgfailover.lab.base import HOST, NodeInfo, StopMode, node_infos
+from pgfailover.lab.local import SERVER_SETTINGS
 from pgfailover.lab.node import upstream_conninfo
 from pgfailover.lab.topology import Topology
 

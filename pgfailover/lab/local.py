@@ -32,9 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,20 +40,19 @@ from typing import Any
 
 from pgfailover.errors import LabError
 from pgfailover.lab import netfault
-from pgfailover.lab.base import CLIENT_HOST, NodeInfo, StopMode
+from pgfailover.lab.base import CLIENT_HOST, HOST, NodeInfo, StopMode, node_infos, port_free
 from pgfailover.lab.binaries import PgBinaries, find_binaries
 from pgfailover.lab.netfault import NetFaults
 from pgfailover.lab.node import LocalNode
 from pgfailover.lab.proc import RunAs, resolve_run_as
 from pgfailover.lab.topology import Topology
 
-__all__ = ["CLIENT_HOST", "HOST", "LocalLab", "default_lab_dir", "free_port", "node_infos"]
+__all__ = ["LocalLab", "default_lab_dir"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "lab.json"
 _FORMAT = 1
-HOST = "127.0.0.1"
 
 SERVER_SETTINGS: dict[str, str] = {
     "unix_socket_directories": "''",
@@ -87,42 +84,6 @@ def default_lab_dir() -> Path:
     if env:
         return Path(env)
     return Path(tempfile.gettempdir()) / f"pgfailover-lab-{os.geteuid()}"
-
-
-def _port_free(port: int) -> bool:
-    """Whether a server could listen on ``port`` on both lab addresses."""
-    # SO_REUSEADDR: a port with only TIME_WAIT leftovers is free for a server
-    # (PostgreSQL sets it too), and must not look busy.
-    for host in (HOST, CLIENT_HOST):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port(taken: set[int] | None = None) -> int:
-    """A TCP port free on 127.0.0.1 and 127.0.0.2, below the ephemeral range."""
-    taken = taken or set()
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        if port not in taken and _port_free(port):
-            return port
-    raise LabError("no free TCP port found on 127.0.0.1 between 20000 and 32000")
-
-
-def node_infos(standbys: int, host: str = HOST) -> list[NodeInfo]:
-    """``node0`` (the primary) and ``standbys`` more, each on its own free port."""
-    taken: set[int] = set()
-    infos = []
-    for index in range(standbys + 1):
-        port = free_port(taken)
-        taken.add(port)
-        infos.append(NodeInfo(f"node{index}", host, port))
-    return infos
 
 
 class LocalLab(Topology):
@@ -318,7 +279,7 @@ class LocalLab(Topology):
         return self.local_node(name).pid()
 
     def _start_checked(self, node: LocalNode) -> None:
-        if node.process_state() == "stopped" and not _port_free(node.info.port):
+        if node.process_state() == "stopped" and not port_free(node.info.port):
             raise LabError(
                 f"{node.name}: port {node.info.port} on {HOST} or {CLIENT_HOST}"
                 " is taken by another process"

@@ -22,8 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgfailover import FailoverManager
-from pgfailover.lab import LocalLab
-from pgfailover.lab.local import free_port
+from pgfailover.lab import LocalLab, free_port
 from pgfailover.server import AdminServer, openapi, serve
 from tests.tools import require_tool
 
