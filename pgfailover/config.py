@@ -12,18 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on Python 3.10 only
-    pass
 
 __all__ = [
     "FailoverConfig",

@@ -356,23 +356,44 @@ class Session:
     """``with mgr.get_client() as conn:``: a pooled connection for one block of work.
 
     A plain class rather than a generator-based context manager: it is on
-    every ``get_client()`` call, and this way costs a few calls less.
+    every ``get_client()`` call, and this way costs a few calls less. It can
+    be entered once (a second ``with`` on the same object is an error, never
+    a second connection that the first one's exit would give back), and a
+    session dropped without its ``with`` ending is rolled back and returned
+    when it is garbage-collected.
     """
 
-    __slots__ = ("_conn", "_executor", "_node", "_readonly")
+    __slots__ = ("_conn", "_executor", "_node", "_readonly", "_used")
 
     def __init__(self, executor: Executor, readonly: bool) -> None:
         self._executor = executor
         self._readonly = readonly
         self._node = ""
         self._conn: Connection | None = None
+        self._used = False
 
     def __enter__(self) -> psycopg.Connection[Row]:
+        if self._used:
+            raise RuntimeError("a get_client() session can be entered only once")
+        self._used = True
         self._node, conn = self._executor.acquire(self._readonly)
         self._conn = conn
         return conn
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            self._executor.release(self._node, conn, self._readonly, exc)
+        if conn is None:
+            return
+        if exc is None and exc_type is not None:  # an exit called with the type only
+            exc = RuntimeError(f"the block raised {exc_type.__name__}")
+        self._executor.release(self._node, conn, self._readonly, exc)
+
+    def __del__(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:  # abandoned inside its block: roll back, give it back
+            with contextlib.suppress(Exception):
+                self._executor.release(
+                    self._node, conn, self._readonly, RuntimeError("session abandoned")
+                )

@@ -103,8 +103,12 @@ class FailoverManager:
 
     @property
     def read_strategy(self) -> ReadStrategy:
-        """The strategy that orders the standbys for reads."""
+        """The strategy that orders the standbys for reads (may be replaced at any time)."""
         return self._executor.strategy
+
+    @read_strategy.setter
+    def read_strategy(self, strategy: ReadStrategy) -> None:
+        self._executor.strategy = strategy
 
     # -- construction --------------------------------------------------
 

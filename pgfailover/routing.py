@@ -159,7 +159,11 @@ class ReadStrategy(Protocol):
     """Orders the standbys that may serve a read (most preferred first)."""
 
     def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
-        """The candidates in the order to try them."""
+        """The candidates in the order to try them, as a new list.
+
+        ``candidates`` is shared between calls (a tuple, worked out once per
+        snapshot): return a new list, never reorder it in place.
+        """
         ...
 
 

@@ -298,3 +298,33 @@ def test_a_closed_view_refuses_a_waiting_writer() -> None:
     h.pools.checkout = closed_checkout  # type: ignore[method-assign]
     with pytest.raises(ManagerClosed, match="test is closed"):
         h.executor.run_write("INSERT", None)
+
+
+def test_a_session_can_be_entered_only_once() -> None:
+    h = Harness({})
+    session = h.executor.client(readonly=False)
+    with session as conn:
+        conn.execute("INSERT")
+    with pytest.raises(RuntimeError, match="only once"), session:
+        pass
+    assert len(h.pools.out) == len(h.pools.returned) == 1
+
+
+def test_an_exit_with_only_the_exception_type_rolls_back() -> None:
+    h = Harness({})
+    session = h.executor.client(readonly=False)
+    conn = session.__enter__()
+    conn.execute("INSERT")
+    session.__exit__(ValueError, None, None)
+    (used,) = h.pools.out
+    assert used.log == ["execute INSERT", "rollback", "checkin"]
+    assert h.writes == []
+
+
+def test_an_abandoned_session_is_rolled_back_and_returned() -> None:
+    h = Harness({})
+    session = h.executor.client(readonly=False)
+    session.__enter__().execute("INSERT")
+    del session  # dropped inside its block
+    (used,) = h.pools.out
+    assert used.log == ["execute INSERT", "rollback", "checkin"]
