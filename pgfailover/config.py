@@ -41,7 +41,11 @@ class Node:
     ``priority`` breaks ties between equally advanced promotion candidates
     and orders the ``priority`` read strategy (lower is preferred).
     ``pool_min_size`` / ``pool_max_size`` override the config's pool sizes
-    for this node. The DSN may hold a password; ``repr`` masks it.
+    for this node. Tags: ``nofailover`` (never promoted, neither
+    automatically nor by a trigger or switchover without ``force``; it is
+    also left out when the guards compare how much WAL candidates hold) and
+    ``noloadbalance`` (never serves reads). The DSN may hold a password;
+    ``repr`` masks it.
     """
 
     name: str
@@ -49,6 +53,8 @@ class Node:
     priority: int = 100
     pool_min_size: int | None = None
     pool_max_size: int | None = None
+    nofailover: bool = False
+    noloadbalance: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -67,6 +73,11 @@ class Node:
             raise ConfigurationError(
                 f"node {self.name}: priority must be an int, got {self.priority!r}"
             )
+        for tag in ("nofailover", "noloadbalance"):
+            if not isinstance(getattr(self, tag), bool):
+                raise ConfigurationError(
+                    f"node {self.name}: {tag} must be true or false, got {getattr(self, tag)!r}"
+                )
         for attr in ("pool_min_size", "pool_max_size"):
             value = getattr(self, attr)
             if value is not None and (not isinstance(value, int) or value < 0):
@@ -79,8 +90,14 @@ class Node:
         """The DSN with its password masked, for display."""
         return mask_dsn(self.dsn)
 
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The tags set on this node (``nofailover``, ``noloadbalance``)."""
+        return tuple(t for t in ("nofailover", "noloadbalance") if getattr(self, t))
+
     def __repr__(self) -> str:
-        return f"Node(name={self.name!r}, dsn={self.safe_dsn!r}, priority={self.priority})"
+        tags = f", tags={list(self.tags)}" if self.tags else ""
+        return f"Node(name={self.name!r}, dsn={self.safe_dsn!r}, priority={self.priority}{tags})"
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:

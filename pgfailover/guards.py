@@ -47,7 +47,9 @@ The guards, in order (``force`` skips only those marked *forceable*):
    never forced (it would make a split brain).
 4. ``no_candidate`` / ``target_not_eligible``: no healthy standby on the
    newest timeline (an orphan or a diverged node is never a candidate), or
-   the asked-for node is not one.
+   the asked-for node is not one. ``nofailover``: the asked-for node is
+   tagged so (*forceable*); untagged, such a node is never chosen, nor
+   compared with the candidates for WAL.
 5. ``receiver_streaming``: a standby still hears the lost primary
    (*forceable*); ``witness_unreachable``: a standby that may still hear it
    cannot be asked (*forceable*); ``receiver_unknown``: the probe user
@@ -108,6 +110,7 @@ SILENCE_MARGIN: Final = 1.0
 FORCEABLE = frozenset(
     {
         "primary_reachable",
+        "nofailover",
         "witness_unreachable",
         "quorum_incomplete",
         "receiver_streaming",
@@ -251,21 +254,32 @@ def choose_candidate(
     ]
     if others:
         return Refusal("another_primary", f"{', '.join(others)} already reports itself primary")
-    candidates = sorted((n for n in snap.nodes if _eligible(n, snap.max_timeline)), key=rank)
-    if not candidates:
-        return Refusal("no_candidate", "no healthy standby to promote")
-    best = candidates[0]
+    eligible = sorted((n for n in snap.nodes if _eligible(n, snap.max_timeline)), key=rank)
+    candidates = [n for n in eligible if not n.nofailover]
     if target is not None:
         names = {n.name for n in snap.nodes}
         if target not in names:
             return Refusal("target_not_eligible", f"unknown node {target!r}")
-        matching = [n for n in candidates if n.name == target]
+        matching = [n for n in eligible if n.name == target]
         if not matching:
             node = snap.node(target)
             why = "is down" if not node.up else f"is {node.role.value}, not a healthy standby"
             return Refusal("target_not_eligible", f"{target} {why}")
         chosen = matching[0]
-    else:
+        if chosen.nofailover:
+            refusal = refuse("nofailover", f"{target} is tagged nofailover")
+            if refusal:
+                return refusal
+            candidates = [chosen, *candidates]
+    if not candidates:
+        tagged = sorted(n.name for n in eligible if n.nofailover)
+        return Refusal(
+            "no_candidate",
+            "no healthy standby to promote"
+            + (f" ({', '.join(tagged)} tagged nofailover)" if tagged else ""),
+        )
+    best = sorted(candidates, key=rank)[0]
+    if target is None:
         # Anti-flap: a node that itself just failed is passed over for a
         # steady one holding as much WAL (never for one that lacks WAL).
         steady = [

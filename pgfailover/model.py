@@ -54,6 +54,8 @@ class NodeState:
     name: str
     address: str
     priority: int
+    nofailover: bool = False  # tags from the Node (see pgfailover.config.Node)
+    noloadbalance: bool = False
     role: Role = Role.UNKNOWN
     up: bool = False  # the last probe succeeded
     healthy: bool = False  # up, counting the thresholds

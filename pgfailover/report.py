@@ -52,6 +52,7 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
         "address": node.address,
         "role": node.role.value,
         "is_primary": node.name == primary,
+        "tags": [t for t in ("nofailover", "noloadbalance") if getattr(node, t)],
         "healthy": node.healthy,
         "up": node.up,
         "last_check": iso(node.last_check),

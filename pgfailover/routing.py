@@ -77,6 +77,8 @@ def read_block(
         return f"not a standby ({node.role.value})"
     if not node.healthy:
         return "not healthy yet"
+    if node.noloadbalance:
+        return "tagged noloadbalance"
     timeline = node.timeline or 0
     if timeline < max_timeline:
         fork_timeline, fork_lsn = fork

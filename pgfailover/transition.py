@@ -64,7 +64,16 @@ COMPLETE_HOLD_INTERVALS: Final = 5
 def initial_snapshot(nodes: Sequence[Node], now: float = 0.0) -> Snapshot:
     """The snapshot before any probe: every node unknown, no primary."""
     return Snapshot(
-        nodes=tuple(NodeState(n.name, node_address(n.dsn), n.priority) for n in nodes),
+        nodes=tuple(
+            NodeState(
+                n.name,
+                node_address(n.dsn),
+                n.priority,
+                nofailover=n.nofailover,
+                noloadbalance=n.noloadbalance,
+            )
+            for n in nodes
+        ),
         changed_at=now,
     )
 
