@@ -29,7 +29,7 @@ __all__ = ["Callbacks", "EventKind", "EventLog", "FailoverEvent", "Outcome", "ru
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal["failover", "switchover", "split_brain", "fence", "replication"]
+EventKind = Literal["failover", "switchover", "split_brain", "fence", "replication", "maintenance"]
 Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
 
 

@@ -133,10 +133,56 @@ class FailoverActions:
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
         self._callbacks_lock = threading.Lock()
         self._pending: list[tuple[str, tuple[object, ...]]] = []  # guarded by _callbacks_lock
+        self._paused_at: float | None = None  # maintenance mode; a float swapped whole
+        self._pause_noted = False  # one log line per lost primary while paused
 
     @property
     def _name(self) -> str:
         return self._view.name
+
+    @property
+    def paused_since(self) -> float | None:
+        """When maintenance mode began (``None``: not paused)."""
+        return self._paused_at
+
+    def pause(self, reason: str = "maintenance") -> bool:
+        """Maintenance mode: no automatic promotion and no upkeep; False if already paused.
+
+        Detection, routing, status, metrics and alerts go on; a manual
+        trigger still promotes (the operator asked for it).
+        """
+        if self._paused_at is not None:
+            return False
+        self._paused_at = now = time.time()
+        self._pause_noted = False
+        logger.warning("cluster %s: maintenance mode: automatic promotion paused", self._name)
+        self._events.record(
+            FailoverEvent(
+                "maintenance",
+                None,
+                None,
+                f"paused: {reason}",
+                now,
+                completed=now,
+                outcome="completed",
+            )
+        )
+        return True
+
+    def resume(self) -> bool:
+        """Leave maintenance mode; the next round may promote. False if not paused."""
+        since, self._paused_at = self._paused_at, None
+        if since is None:
+            return False
+        now = time.time()
+        logger.warning("cluster %s: maintenance mode ended after %.0fs", self._name, now - since)
+        self._events.record(
+            FailoverEvent(
+                "maintenance", None, None, "resumed", now, completed=now, outcome="completed"
+            )
+        )
+        self._wake()
+        return True
 
     @property
     def promoting(self) -> bool:
@@ -148,10 +194,20 @@ class FailoverActions:
     def after_round(self, decisions: list[Decision]) -> None:
         """Apply a round's decisions, promote if ``auto`` says so, keep the cluster converged."""
         auto = self._config.promotion == "auto"
+        paused = self._paused_at is not None
         promote = self.apply(decisions)
         if promote is not None and auto and not self._view.closed:
-            self._auto_promote(promote)
-        if auto and not self._view.closed and not self.promoting:
+            if not paused:
+                self._auto_promote(promote)
+            elif not self._pause_noted:
+                self._pause_noted = True
+                logger.error(
+                    "cluster %s: %s would be promoted, but maintenance mode is on: "
+                    "resume (or trigger) to fail over",
+                    self._name,
+                    promote.node,
+                )
+        if auto and not paused and not self._view.closed and not self.promoting:
             # Not while a promotion runs: it sets the sync names and repoints itself.
             self.upkeep.run(self._view.snapshot, time.time(), lambda: self._view.closed)
         self.flush_callbacks()

@@ -361,6 +361,27 @@ class FailoverManager:
         name = standby_named(self._view.snapshot, target) if target is not None else None
         return self._sup.actions.manual_failover(name, force=force, timeout=timeout)
 
+    def pause(self, reason: str = "maintenance") -> bool:
+        """Maintenance mode: no automatic promotion (and no upkeep) until :meth:`resume`.
+
+        Probing, routing, status, metrics and alerts go on; writes during a
+        lost primary wait and then fail with ``NoPrimaryAvailable``; a manual
+        :meth:`perform_failover` still promotes. Recorded in the history.
+        Returns False when already paused. Lasts for this manager's life.
+        """
+        self._check_open()
+        return self._sup.actions.pause(reason)
+
+    def resume(self) -> bool:
+        """Leave maintenance mode (the next round may fail over); False if not paused."""
+        self._check_open()
+        return self._sup.actions.resume()
+
+    @property
+    def paused(self) -> bool:
+        """True in maintenance mode (see :meth:`pause`)."""
+        return self._sup.actions.paused_since is not None
+
     def wait_repointed(self, timeout: float = 30.0) -> bool:
         """Wait until a running promotion (which repoints the standbys) has ended.
 
@@ -370,7 +391,13 @@ class FailoverManager:
 
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
-        return failover_status(self.name, self._view.snapshot, self.config, self.upkeep_status())
+        return failover_status(
+            self.name,
+            self._view.snapshot,
+            self.config,
+            self.upkeep_status(),
+            paused_since=self._sup.actions.paused_since,
+        )
 
     def upkeep_status(self) -> UpkeepStatus:
         """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""
@@ -378,7 +405,9 @@ class FailoverManager:
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges as a JSON-ready dict."""
-        return metrics_dict(self.name, self._view.snapshot, self.config, self.counters)
+        data = metrics_dict(self.name, self._view.snapshot, self.config, self.counters)
+        data["maintenance_paused"] = int(self.paused)
+        return data
 
     def history(self) -> list[FailoverEvent]:
         """Failover events, oldest first (newest last)."""

@@ -54,6 +54,11 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "info": ("gauge", "Always 1; the manager's promotion mode as a label.", ("promotion",)),
     "cluster_state": ("gauge", "1 for the cluster's current state, 0 for the others.", ("state",)),
     "primary_healthy": ("gauge", "1 when a primary that takes writes answered.", ()),
+    "maintenance_paused": (
+        "gauge",
+        "1 in maintenance mode: no automatic promotion (pgfailover pause / resume).",
+        (),
+    ),
     "standby_healthy": ("gauge", "1 per standby that is up and healthy.", ("node",)),
     "healthy_standbys": ("gauge", "How many standbys are up and healthy.", ()),
     "node_up": ("gauge", "1 when the node answered its last probe.", ("node",)),
@@ -223,6 +228,7 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     snap = mgr.snapshot
     _fill_snapshot(families, mgr.name, snap, mgr.config)
     _fill_counters(families, mgr.name, snap, mgr.counters)
+    _add(families, "maintenance_paused", [mgr.name], int(mgr.paused))
 
 
 def _fill_snapshot(

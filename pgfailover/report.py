@@ -81,7 +81,12 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
 
 
 def failover_status(
-    cluster: str, snap: Snapshot, cfg: FailoverConfig, keeper: UpkeepStatus
+    cluster: str,
+    snap: Snapshot,
+    cfg: FailoverConfig,
+    keeper: UpkeepStatus,
+    *,
+    paused_since: float | None = None,
 ) -> dict[str, Any]:
     """State, primary, every standby, counters (``get_failover_status()``)."""
     nodes = [node_dict(n, snap.primary) for n in snap.nodes]
@@ -94,6 +99,7 @@ def failover_status(
         "standbys": [n for n in nodes if not n["is_primary"]],
         "nodes": nodes,
         "promotion": cfg.promotion,
+        "maintenance": {"paused": paused_since is not None, "since": iso(paused_since)},
         "promotion_blocked": snap.promotion_blocked,
         "split_brain": list(snap.split_brain),
         "failover_in_progress_since": iso(snap.failover.started_at),
@@ -221,6 +227,11 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
         + f"   primary: {status.get('current_primary') or '-'}"
         + f"   timeline: {status.get('timeline') or '-'}"
         + f"   promotion: {status.get('promotion', '-')}"
+        + (
+            "   " + _style("MAINTENANCE (paused)", 33, colour, bold=True)
+            if (status.get("maintenance") or {}).get("paused")
+            else ""
+        )
     )
     columns = ["node", "address", "role", "healthy", "tl", "lag bytes", "lag s", "rt ms", "marks"]
     rows = []

@@ -16,8 +16,10 @@ Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
   commits can complete, else 503 (``unavailable``, or ``commits_blocked``
   when its ``synchronous_standby_names`` names no streaming standby): a
   load-balancer check;
-- ``POST /failover/trigger`` (``{"target": "node1", "force": false}``) and
-  ``POST /failover/check-health``: admin endpoints, which need
+- ``POST /failover/trigger`` (``{"target": "node1", "force": false}``),
+  ``POST /failover/check-health``, ``POST /failover/pause``
+  (``{"reason": "..."}``, optional) and ``POST /failover/resume``: admin
+  endpoints, which need
   ``Authorization: Bearer <token>``. Without a configured token they answer
   403: disabled, never open. Tokens are compared in constant time;
 - ``GET /metrics``: Prometheus text format.
@@ -114,6 +116,8 @@ class AdminApp:
             ("GET", "/failover/history"): (self._history, False),
             ("POST", "/failover/trigger"): (self._trigger, True),
             ("POST", "/failover/check-health"): (self._check_health, True),
+            ("POST", "/failover/pause"): (self._pause, True),
+            ("POST", "/failover/resume"): (self._resume, True),
             ("GET", "/openapi.json"): (lambda _env: (200, openapi()), False),
         }
 
@@ -270,6 +274,23 @@ class AdminApp:
 
     def _check_health(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
         self.mgr.check_health()
+        return 200, self.mgr.get_failover_status()
+
+    def _pause(self, environ: WSGIEnvironment) -> tuple[int, Any]:
+        body = self._body(environ)
+        unknown = sorted(set(body) - {"reason"})
+        if unknown:
+            raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
+        reason = body.get("reason", "maintenance")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+            raise HTTPError(400, "reason must be a non-empty string of at most 200 characters")
+        self.mgr.pause(reason.strip())
+        return 200, self.mgr.get_failover_status()
+
+    def _resume(self, environ: WSGIEnvironment) -> tuple[int, Any]:
+        if self._body(environ):
+            raise HTTPError(400, "resume takes no fields")
+        self.mgr.resume()
         return 200, self.mgr.get_failover_status()
 
 

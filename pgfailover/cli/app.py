@@ -18,6 +18,7 @@ import click
 from pgfailover import __version__
 from pgfailover.cli.common import EXIT_USAGE
 from pgfailover.cli.lab import lab
+from pgfailover.cli.maint import pause, resume
 from pgfailover.cli.ops import check_health, history, status, trigger, watch
 from pgfailover.cli.serve import demo, serve
 
@@ -64,7 +65,7 @@ def cli(verbose: int) -> None:
         click.get_current_context().call_on_close(restore)
 
 
-for command in (status, check_health, watch, trigger, history, serve, demo, lab):
+for command in (status, check_health, watch, trigger, pause, resume, history, serve, demo, lab):
     cli.add_command(command)
 
 

@@ -218,3 +218,28 @@ def test_fencing_is_not_repeated_within_the_retry_window() -> None:
     assert h.admin.calls == [("fence", "node1")]
     (event,) = h.events.events()
     assert (event.kind, event.from_node, event.outcome) == ("fence", "node1", "completed")
+
+
+def test_maintenance_mode_holds_automatic_promotion_until_resumed() -> None:
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED])
+    assert h.actions.pause("kernel upgrade")
+    assert not h.actions.pause()  # already paused
+    h.actions.after_round(h.decisions)
+    assert h.admin.calls == []
+    assert h.rounds.calls == 0
+    assert h.upkeep.runs == 0  # no convergence either while paused
+    assert h.actions.paused_since is not None
+    assert h.actions.resume()
+    assert not h.actions.resume()
+    h.actions.after_round([Promote("node2", "node0", "still lost", 0)])
+    assert ("promote", "node2") in h.admin.calls
+    kinds = [(e.kind, e.reason) for e in h.events.events() if e.kind == "maintenance"]
+    assert kinds == [("maintenance", "paused: kernel upgrade"), ("maintenance", "resumed")]
+
+
+def test_a_manual_trigger_still_promotes_in_maintenance_mode() -> None:
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED])
+    h.actions.pause()
+    event = h.actions.manual_failover(None, force=False)
+    assert event.to_node == "node2"
+    assert ("promote", "node2") in h.admin.calls
