@@ -22,13 +22,17 @@ __all__ = [
     "Admin",
     "StandbyLink",
     "admin_connection",
+    "configure_new_primary",
     "fence_node",
+    "fence_sessions",
     "promote_node",
     "read_standby_link",
     "repoint_standby",
     "set_receiver_timeout",
     "set_sync_standby_names",
     "streaming_standbys",
+    "unfence_node",
+    "wait_replayed",
 ]
 
 
@@ -76,11 +80,77 @@ def set_sync_standby_names(dsn: str, value: str, timeout: float) -> None:
         conn.execute("SELECT pg_reload_conf()")
 
 
+def configure_new_primary(dsn: str, sync_names: str | None, timeout: float) -> None:
+    """Just after a promotion: lift any fence left from an earlier switchover and,
+    if given, set ``synchronous_standby_names``; one connection, one reload."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        if sync_names is not None:
+            conn.execute(
+                pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+                    pgsql.Literal(sync_names)
+                )
+            )
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def fence_node(dsn: str, timeout: float) -> None:
     """Soft fence: make every new transaction read-only (survives restarts)."""
     with admin_connection(dsn, timeout) as conn:
         conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         conn.execute("SELECT pg_reload_conf()")
+
+
+def fence_sessions(dsn: str, timeout: float) -> tuple[int, int]:
+    """Fence a primary for a switchover; (sessions ended, WAL flush position).
+
+    New transactions become read-only (:func:`fence_node`); once the
+    postmaster has taken the new setting (a fresh connection sees it),
+    every other client session is ended, so no transaction begun before
+    the fence can still commit. The flush position read after that is
+    the last WAL the old primary acknowledged: every commit it reported
+    lies at or before it.
+    """
+    fence_node(dsn, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        with admin_connection(dsn, timeout) as conn:
+            row = conn.execute(
+                "SELECT current_setting('default_transaction_read_only')"
+            ).fetchone()
+            if row == ("on",):
+                ended = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                lsn = conn.execute(
+                    "SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint"
+                ).fetchone()
+                return int(ended[0] if ended else 0), int(lsn[0] if lsn else 0)
+        if time.monotonic() >= deadline:
+            raise PromotionFailed("the fence did not take effect: reload not applied in time")
+        time.sleep(0.01)
+
+
+def unfence_node(dsn: str, timeout: float) -> None:
+    """Undo :func:`fence_node`: new transactions may write again."""
+    with admin_connection(dsn, timeout) as conn:
+        conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def wait_replayed(dsn: str, lsn: int, timeout: float) -> int | None:
+    """Poll a standby until it has replayed ``lsn``; its replay position, ``None`` on timeout."""
+    deadline = time.monotonic() + timeout
+    with admin_connection(dsn, max(1.0, timeout)) as conn:
+        while True:
+            row = conn.execute("SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint").fetchone()
+            replayed = None if row is None or row[0] is None else int(row[0])
+            if replayed is not None and replayed >= lsn:
+                return replayed
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
 
 
 @dataclass(frozen=True)
@@ -190,9 +260,21 @@ class Admin:
         """:func:`fence_node`."""
         fence_node(dsn, timeout)
 
-    def set_sync_names(self, dsn: str, value: str, timeout: float) -> None:
-        """:func:`set_sync_standby_names`."""
-        set_sync_standby_names(dsn, value, timeout)
+    def fence_sessions(self, dsn: str, timeout: float) -> tuple[int, int]:
+        """:func:`fence_sessions`."""
+        return fence_sessions(dsn, timeout)
+
+    def unfence(self, dsn: str, timeout: float) -> None:
+        """:func:`unfence_node`."""
+        unfence_node(dsn, timeout)
+
+    def wait_replayed(self, dsn: str, lsn: int, timeout: float) -> int | None:
+        """:func:`wait_replayed`."""
+        return wait_replayed(dsn, lsn, timeout)
+
+    def configure_new_primary(self, dsn: str, sync_names: str | None, timeout: float) -> None:
+        """:func:`configure_new_primary`."""
+        configure_new_primary(dsn, sync_names, timeout)
 
     def read_link(self, dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
         """:func:`read_standby_link`."""

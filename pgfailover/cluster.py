@@ -38,6 +38,7 @@ class ClusterView:
         self._suspects: dict[str, float] = {}  # replaced under self._cond
         self._suspect_names: frozenset[str] = frozenset()  # replaced under self._cond
         self._closed = False  # set under self._cond
+        self._held = False  # set under self._cond: writes wait (a switchover)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -48,6 +49,22 @@ class ClusterView:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
+
+    @property
+    def held(self) -> bool:
+        """True while writes are held (a switchover moves the primary)."""
+        return self._held
+
+    def hold_writes(self) -> None:
+        """New writes wait (as when there is no primary) until :meth:`release_writes`."""
+        with self._cond:
+            self._held = True
+
+    def release_writes(self) -> None:
+        """Let held writes go (to whatever primary the snapshot names now)."""
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
 
     @property
     def suspects(self) -> frozenset[str]:
@@ -104,7 +121,7 @@ class ClusterView:
                     raise ManagerClosed(f"manager {self.name} is closed")
                 snap = self._snapshot
                 target = write_target(snap, self._suspect_names)
-                if target is not None:
+                if target is not None and not self._held:
                     return target
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -112,6 +129,7 @@ class ClusterView:
                         f"no writable primary within {self._wait_timeout:g}s "
                         f"(cluster {self.name} is {snap.state.value}"
                         + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
+                        + ("; writes held for a switchover" if self._held else "")
                         + ")"
                     )
                 self._cond.wait(min(remaining, poll))

@@ -147,7 +147,7 @@ class Executor:
         """
         view = self.view
         target = write_target(view.snapshot, view.suspects)
-        if target is not None and not view.closed:
+        if target is not None and not view.closed and not view.held:
             return target
         self._wake()
         return view.wait_for_primary(deadline, self._poll, self._idle_probe)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
 
 import psycopg
 
@@ -37,9 +39,10 @@ from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
 from pgfailover.errors import ManagerClosed, PgFailoverError, PromotionRefused
-from pgfailover.events import EventLog, FailoverEvent
-from pgfailover.guards import Candidate, choose_candidate
+from pgfailover.events import EventKind, EventLog, FailoverEvent
+from pgfailover.guards import Candidate, Refusal, choose_candidate
 from pgfailover.incident import Incident
+from pgfailover.maintenance import Maintenance
 from pgfailover.model import (
     ClusterState,
     Decision,
@@ -48,11 +51,13 @@ from pgfailover.model import (
     NodeLost,
     NodeRecovered,
     Promote,
+    Snapshot,
     SplitBrainDetected,
     StateChanged,
     SwitchPrimary,
 )
 from pgfailover.promote import Promoter
+from pgfailover.switchover import Switchover, choose_switchover
 from pgfailover.upkeep import Upkeep
 
 __all__ = ["FailoverActions"]
@@ -100,6 +105,7 @@ class FailoverActions:
         dsn: Callable[[str], str],
         reprobe: Callable[[], list[Decision]],
         abort: Callable[[str], object],
+        busy: Callable[[str], int],
         wake: Callable[[], None],
         emit: Callable[..., None],
         admin: Admin | None = None,
@@ -116,10 +122,11 @@ class FailoverActions:
         self._run_callbacks = emit
         self._admin = admin or Admin()
         self.incident = Incident(events, counters, lambda: view.snapshot)
+        self.maintenance = Maintenance(events, view.name, wake)
         self.upkeep = upkeep or Upkeep(
             config, dsn, events, lambda: counters.bump("sync_lowered"), view.name
         )
-        self._promoter = Promoter(
+        self._promoter = promoter = Promoter(
             cluster=view.name,
             config=config,
             admin=self._admin,
@@ -129,60 +136,24 @@ class FailoverActions:
             upkeep=self.upkeep,
             dsn=dsn,
         )
+        self._switchover = Switchover(
+            view=view,
+            config=config,
+            admin=self._admin,
+            events=events,
+            promoter=promoter,
+            dsn=dsn,
+            busy=busy,
+            abort=abort,
+        )
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
         self._callbacks_lock = threading.Lock()
         self._pending: list[tuple[str, tuple[object, ...]]] = []  # guarded by _callbacks_lock
-        self._paused_at: float | None = None  # maintenance mode; a float swapped whole
-        self._pause_noted = False  # one log line per lost primary while paused
 
     @property
     def _name(self) -> str:
         return self._view.name
-
-    @property
-    def paused_since(self) -> float | None:
-        """When maintenance mode began (``None``: not paused)."""
-        return self._paused_at
-
-    def pause(self, reason: str = "maintenance") -> bool:
-        """Maintenance mode: no automatic promotion and no upkeep; False if already paused.
-
-        Detection, routing, status, metrics and alerts go on; a manual
-        trigger still promotes (the operator asked for it).
-        """
-        if self._paused_at is not None:
-            return False
-        self._paused_at = now = time.time()
-        self._pause_noted = False
-        logger.warning("cluster %s: maintenance mode: automatic promotion paused", self._name)
-        self._events.record(
-            FailoverEvent(
-                "maintenance",
-                None,
-                None,
-                f"paused: {reason}",
-                now,
-                completed=now,
-                outcome="completed",
-            )
-        )
-        return True
-
-    def resume(self) -> bool:
-        """Leave maintenance mode; the next round may promote. False if not paused."""
-        since, self._paused_at = self._paused_at, None
-        if since is None:
-            return False
-        now = time.time()
-        logger.warning("cluster %s: maintenance mode ended after %.0fs", self._name, now - since)
-        self._events.record(
-            FailoverEvent(
-                "maintenance", None, None, "resumed", now, completed=now, outcome="completed"
-            )
-        )
-        self._wake()
-        return True
 
     @property
     def promoting(self) -> bool:
@@ -194,19 +165,15 @@ class FailoverActions:
     def after_round(self, decisions: list[Decision]) -> None:
         """Apply a round's decisions, promote if ``auto`` says so, keep the cluster converged."""
         auto = self._config.promotion == "auto"
-        paused = self._paused_at is not None
+        paused = self.maintenance.paused_since is not None
         promote = self.apply(decisions)
-        if promote is not None and auto and not self._view.closed:
-            if not paused:
-                self._auto_promote(promote)
-            elif not self._pause_noted:
-                self._pause_noted = True
-                logger.error(
-                    "cluster %s: %s would be promoted, but maintenance mode is on: "
-                    "resume (or trigger) to fail over",
-                    self._name,
-                    promote.node,
-                )
+        if (
+            promote is not None
+            and auto
+            and not self._view.closed
+            and not self.maintenance.holds(promote.node)
+        ):
+            self._auto_promote(promote)
         if auto and not paused and not self._view.closed and not self.promoting:
             # Not while a promotion runs: it sets the sync names and repoints itself.
             self.upkeep.run(self._view.snapshot, time.time(), lambda: self._view.closed)
@@ -339,6 +306,40 @@ class FailoverActions:
         finally:
             self._promote_lock.release()
 
+    @contextmanager
+    def _exclusive(self, what: str, timeout: float) -> Iterator[Snapshot]:
+        """Hold the promotion lock for an operator's operation, on a fresh snapshot.
+
+        Raises ``PromotionRefused`` (guard ``busy``) when another promotion
+        or switchover still runs after ``timeout``, ``ManagerClosed`` once
+        closed. Callbacks queued meanwhile run after the lock is released.
+        """
+        if not self._promote_lock.acquire(timeout=timeout):
+            raise PromotionRefused(
+                f"{what} refused by guard busy: another promotion still runs after {timeout:g}s",
+                guard="busy",
+            )
+        try:
+            if self._view.closed:
+                raise ManagerClosed(f"manager {self._name} is closed")
+            self.apply(self._reprobe())
+            yield self._view.snapshot
+        finally:
+            self._promote_lock.release()
+            self.flush_callbacks()
+
+    def _refuse(
+        self, kind: EventKind, previous: str | None, target: str | None, choice: Refusal
+    ) -> NoReturn:
+        """Record and raise a guard's refusal of an operator's operation."""
+        message = f"{kind} refused by guard {choice.guard}: {choice.reason}; {choice.override}"
+        now = time.time()
+        event = self._events.record(
+            FailoverEvent(kind, previous, target, message, now, completed=now, outcome="refused")
+        )
+        self._emit("failover", event)
+        raise PromotionRefused(message, guard=choice.guard)
+
     def manual_failover(
         self, target: str | None, *, force: bool, timeout: float = 30.0
     ) -> FailoverEvent:
@@ -349,42 +350,53 @@ class FailoverActions:
                 promotion still ran after ``timeout``).
             ManagerClosed: the manager closed.
         """
-        if not self._promote_lock.acquire(timeout=timeout):
-            raise PromotionRefused(
-                f"failover refused by guard busy: another promotion still runs after {timeout:g}s",
-                guard="busy",
-            )
-        try:
-            if self._view.closed:
-                raise ManagerClosed(f"manager {self._name} is closed")
-            self.apply(self._reprobe())
-            snap = self._view.snapshot
+        with self._exclusive("failover", timeout) as snap:
             choice = choose_candidate(snap, self._config, time.time(), target=target, force=force)
             previous = snap.primary or snap.last_primary
             if not isinstance(choice, Candidate):
-                message = (
-                    f"failover refused by guard {choice.guard}: {choice.reason}; {choice.override}"
-                )
-                now = time.time()
-                event = self._events.record(
-                    FailoverEvent(
-                        "failover",
-                        previous,
-                        target,
-                        message,
-                        now,
-                        completed=now,
-                        outcome="refused",
-                    )
-                )
-                self._emit("failover", event)
-                raise PromotionRefused(message, guard=choice.guard)
+                self._refuse("failover", previous, target, choice)
             fence = snap.primary if snap.writable_primary is not None else None
             reason = f"manual trigger{' (forced)' if force else ''}: {choice.reason}"
             return self._promote(choice.node, previous, reason, choice.lag_bytes, fence)
-        finally:
-            self._promote_lock.release()
-            self.flush_callbacks()
+
+    def switchover(
+        self, target: str | None, *, force: bool = False, timeout: float = 30.0
+    ) -> FailoverEvent:
+        """A planned switchover that loses nothing (see :mod:`pgfailover.switchover`).
+
+        Raises:
+            PromotionRefused: a guard refused up front, or ``catchup_timeout``
+                (the target did not catch up; the old primary writes again).
+            ManagerClosed: the manager closed.
+        """
+        with self._exclusive("switchover", timeout) as snap:
+            choice = choose_switchover(snap, target=target, force=force)
+            old = snap.primary
+            if not isinstance(choice, Candidate) or old is None:
+                refusal = choice if isinstance(choice, Refusal) else Refusal("no_primary", "")
+                self._refuse("switchover", old, target, refusal)
+            event = self._open_event(old, choice.reason)
+            event = (
+                self._events.update(
+                    event.id,
+                    kind="switchover",
+                    to_node=choice.node,
+                    promoted_by="pgfailover",
+                    data_loss_bytes=0,
+                    reason=choice.reason,
+                )
+                or event
+            )
+            done = self._switchover.run(
+                event,
+                old,
+                choice.node,
+                timeout=timeout,
+                settle=self._settle,
+                failed=lambda failed: self._emit("failover", failed),
+            )
+            self._wake()
+            return done
 
     def _promote(
         self, target: str, previous: str | None, reason: str, lag: int | None, fence: str | None

@@ -30,7 +30,6 @@ from pgfailover.events import FailoverEvent
 from pgfailover.execution import Executor
 from pgfailover.model import ClusterState, Snapshot
 from pgfailover.pools import NodePools
-from pgfailover.report import failover_status, metrics_dict
 from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
 from pgfailover.sources import load_env, load_toml, nodes_from_dsn, resolve_nodes
 from pgfailover.supervisor import Supervisor
@@ -83,7 +82,12 @@ class FailoverManager:
         self._closed = False
         self._pools = NodePools(nodes, cfg, name, pool_kwargs)
         self._sup = sup = Supervisor(
-            nodes, cfg, name, dsn=lambda node: self.node(node).dsn, abort=self._pools.abort
+            nodes,
+            cfg,
+            name,
+            dsn=lambda node: self.node(node).dsn,
+            abort=self._pools.abort,
+            busy=self._pools.in_use,
         )
         self.counters = sup.counters
         self.events = sup.events
@@ -361,26 +365,41 @@ class FailoverManager:
         name = standby_named(self._view.snapshot, target) if target is not None else None
         return self._sup.actions.manual_failover(name, force=force, timeout=timeout)
 
-    def pause(self, reason: str = "maintenance") -> bool:
-        """Maintenance mode: no automatic promotion (and no upkeep) until :meth:`resume`.
+    def switchover(
+        self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
+    ) -> FailoverEvent:
+        """Move the primary to a standby on purpose, losing nothing (steps: :mod:`.switchover`).
 
-        Probing, routing, status, metrics and alerts go on; writes during a
-        lost primary wait and then fail with ``NoPrimaryAvailable``; a manual
-        :meth:`perform_failover` still promotes. Recorded in the history.
-        Returns False when already paused. Lasts for this manager's life.
+        ``target``: a node name, an index among the non-primary nodes, or
+        ``None`` for the most advanced streaming standby; ``force`` allows a
+        ``nofailover`` one. Writes wait meanwhile; ``timeout`` bounds the
+        target's catch-up. The old primary stays fenced until it is rejoined.
+
+        Raises:
+            PromotionRefused: ``guard`` names why (``catchup_timeout``: the
+                old primary takes writes again, nothing was promoted).
         """
         self._check_open()
-        return self._sup.actions.pause(reason)
+        name = standby_named(self._view.snapshot, target) if target is not None else None
+        return self._sup.actions.switchover(name, force=force, timeout=timeout)
+
+    def pause(self, reason: str = "maintenance") -> bool:
+        """Maintenance mode (see :mod:`.maintenance`): no automatic promotion until resumed.
+
+        Returns False when already paused.
+        """
+        self._check_open()
+        return self._sup.actions.maintenance.pause(reason)
 
     def resume(self) -> bool:
         """Leave maintenance mode (the next round may fail over); False if not paused."""
         self._check_open()
-        return self._sup.actions.resume()
+        return self._sup.actions.maintenance.resume()
 
     @property
     def paused(self) -> bool:
         """True in maintenance mode (see :meth:`pause`)."""
-        return self._sup.actions.paused_since is not None
+        return self._sup.actions.maintenance.paused_since is not None
 
     def wait_repointed(self, timeout: float = 30.0) -> bool:
         """Wait until a running promotion (which repoints the standbys) has ended.
@@ -391,13 +410,7 @@ class FailoverManager:
 
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
-        return failover_status(
-            self.name,
-            self._view.snapshot,
-            self.config,
-            self.upkeep_status(),
-            paused_since=self._sup.actions.paused_since,
-        )
+        return self._sup.status()
 
     def upkeep_status(self) -> UpkeepStatus:
         """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""
@@ -405,9 +418,7 @@ class FailoverManager:
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges as a JSON-ready dict."""
-        data = metrics_dict(self.name, self._view.snapshot, self.config, self.counters)
-        data["maintenance_paused"] = int(self.paused)
-        return data
+        return self._sup.metrics()
 
     def history(self) -> list[FailoverEvent]:
         """Failover events, oldest first (newest last)."""

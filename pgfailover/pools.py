@@ -117,6 +117,10 @@ class NodePools:
         except PoolClosed:
             conn.close()
 
+    def in_use(self, node: str) -> int:
+        """How many connections to ``node`` are checked out now."""
+        return len(self._checked_out[node])
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has begun."""

@@ -142,14 +142,16 @@ class Promoter:
             notes.append(note)
             self._counters.bump("sync_lowered")
         current = snap.node(target).sync_standby_names or ""
+        change = new_sync if new_sync != current else None
         written = None
-        if new_sync != current:
-            try:
-                self._admin.set_sync_names(self._dsn(target), new_sync, self._timeout)
+        try:
+            # Also lifts a fence an earlier switchover left on this node.
+            self._admin.configure_new_primary(self._dsn(target), change, self._timeout)
+            if change is not None:
                 notes.append(f"synchronous_standby_names on {target}: {new_sync!r}")
                 written = new_sync
-            except psycopg.Error as exc:
-                notes.append(f"could not set synchronous_standby_names on {target}: {exc}")
+        except psycopg.Error as exc:
+            notes.append(f"could not configure {target} as the new primary: {exc}")
         self._upkeep.promoted(target, current if written is None else written, time.time())
 
     def _survivor_links(

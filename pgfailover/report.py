@@ -70,6 +70,7 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
         "streaming": node.receiver_streaming,
         "read_only": node.read_only,
         "stale": node.role is Role.STALE,
+        "needs_rejoin": node.role is Role.STALE,
         "serves_reads": node.serves_reads,
         "read_block": node.read_block,
         "follows_primary": node.follows,

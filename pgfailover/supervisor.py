@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig, Node
@@ -26,6 +27,7 @@ from pgfailover.events import Callbacks, EventLog
 from pgfailover.failover import FailoverActions
 from pgfailover.model import Decision
 from pgfailover.monitor import Monitor
+from pgfailover.report import failover_status, metrics_dict
 from pgfailover.rounds import Rounds
 from pgfailover.transition import initial_snapshot
 
@@ -52,6 +54,7 @@ class Supervisor:
         *,
         dsn: Callable[[str], str],
         abort: Callable[[str], object],
+        busy: Callable[[str], int],
     ) -> None:
         self.name = name
         self.config = config
@@ -69,6 +72,7 @@ class Supervisor:
             dsn=dsn,
             reprobe=self._reprobe,
             abort=abort,
+            busy=busy,
             wake=self.wake,
             emit=self.callbacks.emit,
         )
@@ -123,6 +127,22 @@ class Supervisor:
         monitor = self._monitor
         if monitor is None or not monitor.running:
             self.rounds.monitor_round()
+
+    def status(self) -> dict[str, Any]:
+        """The status report (``get_failover_status()``)."""
+        return failover_status(
+            self.name,
+            self.view.snapshot,
+            self.config,
+            self.actions.upkeep.status(),
+            paused_since=self.actions.maintenance.paused_since,
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        """The counters and gauges (``get_metrics()``)."""
+        data = metrics_dict(self.name, self.view.snapshot, self.config, self.counters)
+        data["maintenance_paused"] = int(self.actions.maintenance.paused_since is not None)
+        return data
 
     def close(self, deadline: float) -> None:
         """Stop watching: the monitor, then any promotion in progress, then the probes.

@@ -145,6 +145,8 @@ class FakeAdmin:
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail: dict[str, BaseException] = field(default_factory=dict)
     hold: dict[str, threading.Event] = field(default_factory=dict)  # action waits for it
+    final_lsn: int = 5000
+    never_catches_up: bool = False
 
     def _do(self, action: str, dsn: str) -> None:
         node = next(n.name for n in NODES if n.dsn == dsn)
@@ -160,8 +162,19 @@ class FakeAdmin:
     def fence(self, dsn: str, timeout: float) -> None:
         self._do("fence", dsn)
 
-    def set_sync_names(self, dsn: str, value: str, timeout: float) -> None:
-        self._do(f"sync {value}", dsn)
+    def configure_new_primary(self, dsn: str, sync_names: str | None, timeout: float) -> None:
+        self._do("configure" if sync_names is None else f"configure sync {sync_names}", dsn)
+
+    def fence_sessions(self, dsn: str, timeout: float) -> tuple[int, int]:
+        self._do("fence_sessions", dsn)
+        return 3, self.final_lsn
+
+    def unfence(self, dsn: str, timeout: float) -> None:
+        self._do("unfence", dsn)
+
+    def wait_replayed(self, dsn: str, lsn: int, timeout: float) -> int | None:
+        self._do("wait_replayed", dsn)
+        return None if self.never_catches_up else lsn
 
     def read_link(self, dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
         self._do("read_link", dsn)

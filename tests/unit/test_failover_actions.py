@@ -82,6 +82,7 @@ class Harness:
             dsn=DSN.__getitem__,
             reprobe=self.rounds,
             abort=self.aborted.append,
+            busy=lambda node: 0,
             wake=self._wake,
             emit=self._emit,
             admin=cast(Admin, self.admin),
@@ -103,7 +104,12 @@ def test_auto_promotion_end_to_end() -> None:
     h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED])
     assert any(isinstance(d, Promote) for d in h.decisions)
     h.actions.after_round(h.decisions)
-    assert h.admin.calls == [("read_link", "node1"), ("promote", "node2"), ("repoint", "node1")]
+    assert h.admin.calls == [
+        ("read_link", "node1"),
+        ("promote", "node2"),
+        ("configure", "node2"),
+        ("repoint", "node1"),
+    ]
     assert h.view.snapshot.primary == "node2"
     (event,) = h.failover_events()
     assert (event.outcome, event.from_node, event.to_node) == ("completed", "node0", "node2")
@@ -222,15 +228,15 @@ def test_fencing_is_not_repeated_within_the_retry_window() -> None:
 
 def test_maintenance_mode_holds_automatic_promotion_until_resumed() -> None:
     h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED])
-    assert h.actions.pause("kernel upgrade")
-    assert not h.actions.pause()  # already paused
+    assert h.actions.maintenance.pause("kernel upgrade")
+    assert not h.actions.maintenance.pause()  # already paused
     h.actions.after_round(h.decisions)
     assert h.admin.calls == []
     assert h.rounds.calls == 0
     assert h.upkeep.runs == 0  # no convergence either while paused
-    assert h.actions.paused_since is not None
-    assert h.actions.resume()
-    assert not h.actions.resume()
+    assert h.actions.maintenance.paused_since is not None
+    assert h.actions.maintenance.resume()
+    assert not h.actions.maintenance.resume()
     h.actions.after_round([Promote("node2", "node0", "still lost", 0)])
     assert ("promote", "node2") in h.admin.calls
     kinds = [(e.kind, e.reason) for e in h.events.events() if e.kind == "maintenance"]
@@ -239,7 +245,7 @@ def test_maintenance_mode_holds_automatic_promotion_until_resumed() -> None:
 
 def test_a_manual_trigger_still_promotes_in_maintenance_mode() -> None:
     h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED])
-    h.actions.pause()
+    h.actions.maintenance.pause()
     event = h.actions.manual_failover(None, force=False)
     assert event.to_node == "node2"
     assert ("promote", "node2") in h.admin.calls

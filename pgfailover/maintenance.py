@@ -1,0 +1,85 @@
+"""Maintenance mode: automatic promotion (and upkeep) off until resumed.
+
+Operators pause a cluster for work that takes the primary down on purpose
+(a restart they will do themselves, a network change). Detection, routing,
+status, metrics and alerts go on; a manual trigger or switchover still
+promotes (the operator asked for it). Each pause and resume is recorded in
+the history. It lasts for the life of the process that holds it (the
+arbiter), and shows in status and as ``pgfailover_maintenance_paused``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from pgfailover.events import EventLog, FailoverEvent
+
+__all__ = ["Maintenance"]
+
+logger = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """Whether automatic promotion is paused, since when.
+
+    Thread safety: the state is one float swapped whole; pause and resume
+    from any thread (the last one wins, each is recorded).
+    """
+
+    def __init__(self, events: EventLog, cluster: str, wake: Callable[[], None]) -> None:
+        self._events = events
+        self._cluster = cluster
+        self._wake = wake
+        self._since: float | None = None
+        self._noted = False  # one log line per lost primary while paused
+
+    @property
+    def paused_since(self) -> float | None:
+        """When maintenance mode began (``None``: not paused)."""
+        return self._since
+
+    def pause(self, reason: str = "maintenance") -> bool:
+        """Pause automatic promotion; False if already paused."""
+        if self._since is not None:
+            return False
+        self._since = now = time.time()
+        self._noted = False
+        logger.warning("cluster %s: maintenance mode: automatic promotion paused", self._cluster)
+        self._record(f"paused: {reason}", now)
+        return True
+
+    def resume(self) -> bool:
+        """Leave maintenance mode (the next round may promote); False if not paused."""
+        since, self._since = self._since, None
+        if since is None:
+            return False
+        now = time.time()
+        logger.warning(
+            "cluster %s: maintenance mode ended after %.0fs", self._cluster, now - since
+        )
+        self._record("resumed", now)
+        self._wake()
+        return True
+
+    def holds(self, node: str) -> bool:
+        """True when paused: ``node`` would be promoted, and is not (logged once per pause)."""
+        if self._since is None:
+            return False
+        if not self._noted:
+            self._noted = True
+            logger.error(
+                "cluster %s: %s would be promoted, but maintenance mode is on: "
+                "resume (or trigger) to fail over",
+                self._cluster,
+                node,
+            )
+        return True
+
+    def _record(self, reason: str, now: float) -> None:
+        self._events.record(
+            FailoverEvent(
+                "maintenance", None, None, reason, now, completed=now, outcome="completed"
+            )
+        )

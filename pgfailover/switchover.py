@@ -1,0 +1,238 @@
+"""A planned switchover: move the primary to a standby without losing a write.
+
+:func:`choose_switchover` (pure) says which standby may take over, or which
+guard refuses. :class:`Switchover` then runs the steps, each written into
+the event's notes:
+
+1. hold new writes through the manager (they wait, as during a failover);
+2. let the writes in flight on the old primary finish (``drain``), then cut
+   the rest off (before COMMIT they are retried on the new primary);
+3. fence the old primary: new transactions read-only, every other client
+   session ended, and read the WAL flush position it stopped at;
+4. wait until the target has replayed that position: it then holds every
+   commit the old primary acknowledged, and no standby holds more (a
+   walsender only sends flushed WAL). Bounded by ``timeout``: past it the
+   fence is undone, writes go back to the old primary, and the switchover
+   is refused (guard ``catchup_timeout``);
+5. promote the target, give it the old primary's sync policy over the
+   standbys that will follow it, and repoint them
+   (:class:`~pgfailover.promote.Promoter`);
+6. release the held writes onto the target. The old primary stays fenced
+   and shows as stale (``needs_rejoin``) until ``pgfailover rejoin``.
+
+The caller (:class:`~pgfailover.failover.FailoverActions`) holds the
+promotion lock throughout, so no automatic promotion interleaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from pgfailover.admin import Admin
+from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig
+from pgfailover.errors import PgFailoverError, PromotionRefused
+from pgfailover.events import EventLog, FailoverEvent
+from pgfailover.guards import Candidate, Refusal, rank
+from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.promote import Promoter
+
+__all__ = ["Switchover", "choose_switchover"]
+
+logger = logging.getLogger(__name__)
+
+DRAIN_LIMIT = 5.0
+"""Seconds at most that writes in flight on the old primary get to finish."""
+
+
+def _fit(node: NodeState, snap: Snapshot) -> str | None:
+    """Why ``node`` cannot take over in a switchover, or ``None``."""
+    if not node.up:
+        return "is down"
+    if node.role is not Role.STANDBY or not node.healthy:
+        return f"is {node.role.value}, not a healthy standby"
+    if (node.timeline or 0) < snap.max_timeline:
+        return f"is on timeline {node.timeline}, behind {snap.max_timeline}"
+    if not node.receiver_streaming or node.follows is not True:
+        return f"does not stream from the primary {snap.primary}"
+    return None
+
+
+def choose_switchover(
+    snap: Snapshot, *, target: str | None = None, force: bool = False
+) -> Candidate | Refusal:
+    """The standby a switchover moves the primary to, or the guard that refuses.
+
+    Guards: ``split_brain``; ``no_primary`` (a switchover moves a running
+    primary: with none, that is a failover, ``trigger``);
+    ``target_not_streaming`` (not a healthy standby streaming from the
+    primary, so it cannot be caught up); ``nofailover`` (the target is
+    tagged so; *forceable*); ``no_candidate``. How far behind the target is
+    does not matter: the switchover waits until it has caught up.
+    """
+    if snap.split_brain:
+        return Refusal("split_brain", f"split brain between {', '.join(snap.split_brain)}")
+    primary = snap.writable_primary
+    if primary is None:
+        return Refusal(
+            "no_primary", "no running primary to switch over from: use trigger for a failover"
+        )
+    if target is not None:
+        names = [n.name for n in snap.nodes]
+        if target not in names:
+            return Refusal("target_not_eligible", f"unknown node {target!r}")
+        if target == primary.name:
+            return Refusal("target_not_eligible", f"{target} is the primary already")
+        node = snap.node(target)
+        why = _fit(node, snap)
+        if why is not None:
+            return Refusal("target_not_streaming", f"{target} {why}")
+        if node.nofailover and not force:
+            return Refusal("nofailover", f"{target} is tagged nofailover")
+        return Candidate(target, node.lag_bytes, f"switchover to {target} (asked for)")
+    fit = sorted(
+        (
+            n
+            for n in snap.nodes
+            if n.name != primary.name and not n.nofailover and not _fit(n, snap)
+        ),
+        key=rank,
+    )
+    if not fit:
+        return Refusal("no_candidate", "no healthy standby streams from the primary")
+    best = fit[0]
+    return Candidate(best.name, best.lag_bytes, f"switchover to {best.name} (most advanced)")
+
+
+class Switchover:
+    """Runs one switchover's steps; the caller holds the promotion lock.
+
+    ``settle`` re-probes and applies the result (writes switch there);
+    ``busy`` counts the manager's connections in flight on a node and
+    ``abort`` cuts them off; ``emit`` queues a callback.
+
+    Thread safety: one :meth:`run` at a time (the caller's lock); the class
+    owns no lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        view: ClusterView,
+        config: FailoverConfig,
+        admin: Admin,
+        events: EventLog,
+        promoter: Promoter,
+        dsn: Callable[[str], str],
+        busy: Callable[[str], int],
+        abort: Callable[[str], object],
+    ) -> None:
+        self._view = view
+        self._config = config
+        self._admin = admin
+        self._events = events
+        self._promoter = promoter
+        self._dsn = dsn
+        self._busy = busy
+        self._abort = abort
+
+    def run(
+        self,
+        event: FailoverEvent,
+        old: str,
+        target: str,
+        *,
+        timeout: float,
+        settle: Callable[[], None],
+        failed: Callable[[FailoverEvent], None],
+    ) -> FailoverEvent:
+        """Move the primary from ``old`` to ``target`` (see the module docstring).
+
+        Raises:
+            PromotionRefused: guard ``catchup_timeout``; the old primary
+                takes writes again and nothing was promoted.
+            PromotionFailed, psycopg.Error: fencing or promoting failed;
+                the fence is undone when nothing was promoted.
+        """
+        admin_timeout = max(2.0, self._config.health_check_timeout * 2)
+        started = time.monotonic()
+        deadline = started + timeout
+        notes: list[str] = []
+
+        def note(text: str) -> None:
+            notes.append(f"+{time.monotonic() - started:.3f}s {text}")
+
+        self._view.hold_writes()
+        promoted = False
+        try:
+            note("new writes held")
+            drained = self._drain(old, min(DRAIN_LIMIT, timeout / 4))
+            note(f"writes in flight on {old}: {drained}")
+            ended, final = self._admin.fence_sessions(self._dsn(old), admin_timeout)
+            note(f"{old} fenced (read-only), {ended} client session(s) ended")
+            note(f"{old}'s WAL flushed to {final}")
+            left = max(0.0, deadline - time.monotonic())
+            replayed = self._admin.wait_replayed(self._dsn(target), final, left)
+            if replayed is None:
+                note(f"{target} did not replay {final} within {timeout:g}s")
+                self._admin.unfence(self._dsn(old), admin_timeout)
+                note(f"fence on {old} undone: it takes writes again")
+                message = (
+                    f"switchover refused by guard catchup_timeout: {target} did not replay "
+                    f"{old}'s last WAL ({final}) within {timeout:g}s; {old} takes writes again"
+                )
+                self._finish(event, notes, "refused", message)
+                raise PromotionRefused(message, guard="catchup_timeout")
+            note(f"{target} replayed {replayed} (>= {final}): nothing can be lost")
+            self._events.append_notes(event.id, tuple(notes))
+            notes.clear()
+            done = self._promoter.promote(
+                self._view.snapshot, event, target, fence=None, settle=settle, failed=failed
+            )
+            promoted = True
+            return done
+        except (PgFailoverError, psycopg.Error) as exc:
+            if not promoted and not isinstance(exc, PromotionRefused):
+                self._undo(old, event, notes, exc, admin_timeout)
+            raise
+        finally:
+            self._view.release_writes()
+            if promoted:
+                self._events.append_notes(
+                    event.id, (f"+{time.monotonic() - started:.3f}s held writes released",)
+                )
+
+    def _drain(self, node: str, limit: float) -> int:
+        """Wait up to ``limit`` for the manager's statements on ``node``; cut off the rest."""
+        deadline = time.monotonic() + limit
+        while self._busy(node) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        left = self._busy(node)
+        if left:
+            self._abort(node)
+        return left
+
+    def _undo(
+        self, old: str, event: FailoverEvent, notes: list[str], exc: BaseException, timeout: float
+    ) -> None:
+        """Fencing or promoting failed before anything was promoted: give writes back."""
+        try:
+            self._admin.unfence(self._dsn(old), timeout)
+            notes.append(f"fence on {old} undone after: {exc}")
+        except psycopg.Error as undo_error:
+            notes.append(f"could not undo the fence on {old}: {undo_error}")
+            logger.error("node %s: undoing the fence failed: %s", old, undo_error)
+        self._finish(event, notes, "failed", f"switchover failed: {exc}")
+
+    def _finish(self, event: FailoverEvent, notes: list[str], outcome: str, reason: str) -> None:
+        current = self._events.get(event.id) or event
+        self._events.update(
+            event.id,
+            outcome=outcome,
+            completed=time.time(),
+            notes=(*current.notes, *notes, reason),
+        )

@@ -1,0 +1,90 @@
+"""Switchover on a real quorum-sync cluster under four writer threads: nothing fails,
+nothing is lost, nothing lands on the old primary after it; then back again after a
+rejoin, and a refusal when the target cannot catch up."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from pgfailover import FailoverManager, PromotionRefused
+from pgfailover.lab import LocalLab
+
+from .helpers import FAST, Workload, manager_for, prepare, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+CFG = FAST.replace(promotion="auto", failover_wait_timeout=15.0)
+
+
+def _port(lab: LocalLab, name: str) -> int:
+    return lab.node(name).port
+
+
+def _longest_pause(acked: list[tuple[int, int, float]]) -> float:
+    times = sorted(t for _, _, t in acked)
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def _more_writes(load: Workload, count: int) -> None:
+    """Wait until ``count`` more writes are acknowledged (writes resumed)."""
+    start = len(load.acked)
+    wait_until(lambda: len(load.acked) > start + count, what=f"{count} more writes")
+
+
+def _wait_serving(mgr: FailoverManager, name: str) -> None:
+    """Wait until a rejoined node serves reads again."""
+    wait_until(lambda: mgr.snapshot.node(name).serves_reads, timeout=30, what=f"{name} rejoined")
+
+
+def test_switchover_there_and_back_loses_nothing(sync_lab: LocalLab) -> None:
+    prepare(sync_lab)
+    with manager_for(sync_lab, CFG) as mgr:
+        for old, new in (("node0", "node1"), ("node1", "node0")):
+            assert mgr.snapshot.primary == old
+            with Workload(mgr) as load:
+                wait_until(lambda: len(load.acked) > 200, what="writes before the switchover")
+                event = mgr.switchover(new)
+                _more_writes(load, 200)
+            assert event.outcome == "completed", event
+            assert (event.kind, event.from_node, event.to_node) == ("switchover", old, new)
+            assert load.failed == [], load.failed[:3]
+            assert load.unknown == []
+            assert mgr.snapshot.primary == new
+            switched = next(t for _, p, t in load.acked if p == _port(sync_lab, new))
+            late = [i for i, p, t in load.acked if p == _port(sync_lab, old) and t > switched]
+            assert late == [], "writes acknowledged by the old primary after the switchover"
+            stored = {r[0] for r in mgr.query("SELECT id FROM w")}
+            missing = {i for i, _, _ in load.acked} - stored
+            assert not missing, f"{len(missing)} acknowledged writes lost"
+            assert _longest_pause(load.acked) < 5.0  # the 1.5 s target is the benchmark's
+            other = next(n for n in ("node0", "node1", "node2") if n not in (old, new))
+            sync_lab.wait_streaming(other, new, timeout=30)
+            assert mgr.snapshot.node(old).role.value == "stale"  # fenced, needs a rejoin
+            assert mgr.get_failover_status()["nodes"][int(old[-1])]["needs_rejoin"] is True
+            sync_lab.rejoin(old, new)
+            _wait_serving(mgr, old)
+
+
+def test_a_target_that_cannot_catch_up_is_refused_and_writes_go_on(fresh_lab: LocalLab) -> None:
+    prepare(fresh_lab)
+    with manager_for(fresh_lab, CFG) as mgr:
+        fresh_lab.run_sql("node1", "SELECT pg_wal_replay_pause()")
+        try:
+            with Workload(mgr) as load:
+                wait_until(lambda: len(load.acked) > 100, what="writes before")
+                started = time.monotonic()
+                with pytest.raises(PromotionRefused) as refused:
+                    mgr.switchover("node1", timeout=1.0)
+                assert time.monotonic() - started < 10
+                _more_writes(load, 100)
+        finally:
+            fresh_lab.run_sql("node1", "SELECT pg_wal_replay_resume()")
+        assert refused.value.guard == "catchup_timeout"
+        assert mgr.snapshot.primary == "node0"
+        assert load.failed == []
+        stored = {r[0] for r in mgr.query("SELECT id FROM w")}
+        assert {i for i, _, _ in load.acked} <= stored
+        assert mgr.counters.as_dict()["promotions_total"] == 0
