@@ -17,6 +17,7 @@ Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
   when its ``synchronous_standby_names`` names no streaming standby): a
   load-balancer check;
 - ``POST /failover/trigger`` (``{"target": "node1", "force": false}``),
+  ``POST /failover/switchover`` (``{"target": "node1", "timeout": 30}``),
   ``POST /failover/check-health``, ``POST /failover/pause``
   (``{"reason": "..."}``, optional) and ``POST /failover/resume``: admin
   endpoints, which need
@@ -116,6 +117,7 @@ class AdminApp:
             ("GET", "/failover/history"): (self._history, False),
             ("POST", "/failover/trigger"): (self._trigger, True),
             ("POST", "/failover/check-health"): (self._check_health, True),
+            ("POST", "/failover/switchover"): (self._switchover, True),
             ("POST", "/failover/pause"): (self._pause, True),
             ("POST", "/failover/resume"): (self._resume, True),
             ("GET", "/openapi.json"): (lambda _env: (200, openapi()), False),
@@ -271,6 +273,35 @@ class AdminApp:
             raise HTTPError(409, str(exc)) from None
         status = 200 if event.outcome == "completed" else 502
         return status, {"event": event.as_dict()}
+
+    def _switchover(self, environ: WSGIEnvironment) -> tuple[int, Any]:
+        body = self._body(environ)
+        unknown = sorted(set(body) - {"target", "force", "timeout"})
+        if unknown:
+            raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
+        target = body.get("target")
+        force = body.get("force", False)
+        timeout = body.get("timeout", 30.0)
+        if target is not None and not isinstance(target, str):
+            raise HTTPError(400, "target must be a node name (a string) or null")
+        if not isinstance(force, bool):
+            raise HTTPError(400, "force must be true or false")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= 600
+        ):
+            raise HTTPError(400, "timeout must be a number of seconds in (0, 600]")
+        names = [n.name for n in self.mgr.nodes]
+        if target is not None and target not in names:
+            raise HTTPError(404, f"unknown node {target!r}", nodes=names)
+        try:
+            event = self.mgr.switchover(target, force=force, timeout=float(timeout))
+        except PromotionRefused as exc:
+            raise HTTPError(409, str(exc), guard=exc.guard) from None
+        except PgFailoverError as exc:
+            raise HTTPError(502, str(exc)) from None
+        return 200 if event.outcome == "completed" else 502, {"event": event.as_dict()}
 
     def _check_health(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
         self.mgr.check_health()

@@ -21,6 +21,7 @@ from pgfailover.cli.lab import lab
 from pgfailover.cli.maint import pause, resume
 from pgfailover.cli.ops import check_health, history, status, trigger, watch
 from pgfailover.cli.serve import demo, serve
+from pgfailover.cli.switch import switchover
 
 __all__ = ["cli", "main"]
 
@@ -65,7 +66,19 @@ def cli(verbose: int) -> None:
         click.get_current_context().call_on_close(restore)
 
 
-for command in (status, check_health, watch, trigger, pause, resume, history, serve, demo, lab):
+for command in (
+    status,
+    check_health,
+    watch,
+    trigger,
+    switchover,
+    pause,
+    resume,
+    history,
+    serve,
+    demo,
+    lab,
+):
     cli.add_command(command)
 
 

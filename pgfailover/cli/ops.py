@@ -34,7 +34,15 @@ from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.manager import FailoverManager
 from pgfailover.report import cell, exit_code_for, render
 
-__all__ = ["check_health", "history", "status", "trigger", "watch"]
+__all__ = [
+    "check_health",
+    "echo_event",
+    "history",
+    "probing_manager",
+    "status",
+    "trigger",
+    "watch",
+]
 
 timeout_option = click.option(
     "--timeout",
@@ -216,7 +224,7 @@ def trigger(
         if as_json:
             click.echo(json.dumps(body, indent=2))
         elif code == 200:
-            _echo_event(body["event"])
+            echo_event(body["event"])
         if code == 200:
             ctx.exit(EXIT_OK)
         guard = body.get("guard") if isinstance(body, dict) else None
@@ -244,11 +252,11 @@ def trigger(
         if as_json:
             click.echo(json.dumps(event.as_dict(), indent=2, default=str))
         else:
-            _echo_event(event.as_dict())
+            echo_event(event.as_dict())
         ctx.exit(EXIT_OK if event.outcome == "completed" else EXIT_DEGRADED)
 
 
-def _echo_event(event: dict[str, Any]) -> None:
+def echo_event(event: dict[str, Any]) -> None:
     when = datetime.fromtimestamp(event["started"], tz=timezone.utc).isoformat(timespec="seconds")
     duration = "-" if event.get("duration") is None else f"{event['duration']:.3f}s"
     moved = f"{event.get('from') or '-':>8} -> {event.get('to') or '-':<8}"
@@ -297,4 +305,4 @@ def history(cluster: Cluster, history_file: Path | None, limit: int | None, as_j
     if not events:
         click.echo("no failover events")
     for event in events:
-        _echo_event(event)
+        echo_event(event)

@@ -4,13 +4,17 @@ rejoin, and a refusal when the target cannot catch up."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from pgfailover import FailoverManager, PromotionRefused
+from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab
+from pgfailover.server import serve
 
 from .helpers import FAST, Workload, manager_for, prepare, wait_until
 
@@ -88,3 +92,53 @@ def test_a_target_that_cannot_catch_up_is_refused_and_writes_go_on(fresh_lab: Lo
         stored = {r[0] for r in mgr.query("SELECT id FROM w")}
         assert {i for i, _, _ in load.acked} <= stored
         assert mgr.counters.as_dict()["promotions_total"] == 0
+
+
+TOKEN = "switchover-token-0123456789"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_the_command_line_switches_over_through_serve_and_refuses_clearly(
+    fresh_lab: LocalLab,
+) -> None:
+    prepare(fresh_lab)
+    with manager_for(fresh_lab, CFG) as mgr, serve(mgr, token=TOKEN) as server:
+        base = ("--url", server.url, "--token", TOKEN)
+        code, out = _cli("switchover", *base, "--to", "node0", "--yes")
+        assert code == 1, out
+        assert "guard target_not_eligible" in out
+        code, out = _cli("switchover", "--dsn", fresh_lab.url)
+        assert code == 3, out  # no terminal and no --yes: never a guess
+        assert "pass --yes" in out
+        assert mgr.snapshot.primary == "node0"
+        code, out = _cli("switchover", *base, "--to", "node2", "--yes", "--json")
+        assert code == 0, out
+        assert '"to": "node2"' in out
+        wait_until(lambda: mgr.snapshot.primary == "node2", what="the switchover")
+        mgr.query("INSERT INTO w VALUES (1)")
+
+
+def test_a_nofailover_standby_is_never_promoted(fresh_lab: LocalLab) -> None:
+    prepare(fresh_lab)
+    nodes = [
+        dataclasses.replace(n, nofailover=n.name == "node1") for n in fresh_lab.manager_nodes()
+    ]
+    with FailoverManager(nodes=nodes, config=CFG).open() as mgr:
+        mgr.query("INSERT INTO w VALUES (1)")
+        fresh_lab.run_sql("node2", "SELECT pg_wal_replay_pause()")  # node1 the most advanced
+        mgr.query("INSERT INTO w VALUES (2)")
+        with pytest.raises(PromotionRefused) as refused:
+            mgr.switchover("node1")
+        assert refused.value.guard == "nofailover"
+        fresh_lab.run_sql("node2", "SELECT pg_wal_replay_resume()")
+        fresh_lab.wait_streaming("node2", "node0")
+        fresh_lab.kill("node0")
+        wait_until(
+            lambda: mgr.snapshot.primary not in (None, "node0"), timeout=30, what="failover"
+        )
+        assert mgr.snapshot.primary == "node2"
+        assert mgr.get_failover_status()["nodes"][1]["tags"] == ["nofailover"]
