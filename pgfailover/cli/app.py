@@ -20,6 +20,7 @@ from pgfailover.cli.common import EXIT_USAGE
 from pgfailover.cli.lab import lab
 from pgfailover.cli.maint import pause, resume
 from pgfailover.cli.ops import check_health, history, status, trigger, watch
+from pgfailover.cli.rejoin import rejoin
 from pgfailover.cli.serve import demo, serve
 from pgfailover.cli.switch import switchover
 
@@ -72,6 +73,7 @@ for command in (
     watch,
     trigger,
     switchover,
+    rejoin,
     pause,
     resume,
     history,

@@ -43,9 +43,10 @@ from pgfailover.lab import netfault
 from pgfailover.lab.base import CLIENT_HOST, HOST, NodeInfo, StopMode, node_infos, port_free
 from pgfailover.lab.binaries import PgBinaries, find_binaries
 from pgfailover.lab.netfault import NetFaults
-from pgfailover.lab.node import LocalNode
+from pgfailover.lab.node import LocalNode, upstream_conninfo
 from pgfailover.lab.proc import RunAs, resolve_run_as
 from pgfailover.lab.topology import Topology
+from pgfailover.rejoin import rejoin as rejoin_node
 
 __all__ = ["LocalLab", "default_lab_dir"]
 
@@ -335,6 +336,38 @@ class LocalLab(Topology):
             ],
             timeout=300,
         )
+
+    def rejoin(self, name: str, upstream: str | None = None) -> None:
+        """Bring ``name`` back as a standby of ``upstream`` with :func:`pgfailover.rejoin.rejoin`.
+
+        The same code as ``pgfailover rejoin`` on a database host, run as the
+        lab's server user.
+        """
+        upstream = upstream or self.primary()
+        if upstream is None:
+            raise LabError("no single primary to rejoin to: promote one first")
+        if upstream == name:
+            raise LabError(f"{name} is the primary: nothing to rejoin")
+        node = self.local_node(name)
+
+        def stop() -> None:
+            if self.process_state(name) != "stopped":
+                self.stop(name, "fast")
+
+        rejoin_node(
+            node.datadir,
+            self.dsn(upstream),
+            name=name,
+            bindir=self.bins.bindir,
+            run=lambda argv: self.run_as.run(argv, timeout=300).stdout,
+            stop=stop,
+            start=lambda: self.start(name),
+            conninfo=upstream_conninfo(self.node(upstream), name),
+            progress=lambda line: logger.info("lab: rejoin %s: %s", name, line),
+            own=self.run_as.chown,
+        )
+        self._apply_sync(upstream)
+        logger.info("lab: %s rejoined as a standby of %s", name, upstream)
 
     def _configure_standby(self, name: str, upstream: str) -> None:
         self.local_node(name).make_standby(self.node(upstream))

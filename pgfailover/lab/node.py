@@ -10,7 +10,6 @@ never written to a file.
 from __future__ import annotations
 
 import logging
-import re
 import signal
 from pathlib import Path
 
@@ -27,17 +26,13 @@ from pgfailover.lab.proc import (
     wait_gone,
     wait_stopped,
 )
+from pgfailover.rejoin import set_auto_conf
 
-__all__ = ["LocalNode", "quote_conf"]
+__all__ = ["LocalNode"]
 
 logger = logging.getLogger(__name__)
 
 _START_TIMEOUT = 60
-
-
-def quote_conf(value: str) -> str:
-    """Quote a value for a PostgreSQL configuration file."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 class LocalNode:
@@ -216,19 +211,8 @@ class LocalNode:
         Only for a stopped server: a running one is changed with
         ``ALTER SYSTEM`` instead.
         """
-        path = self.datadir / "postgresql.auto.conf"
-        lines = path.read_text().splitlines() if path.exists() else []
-        kept = []
-        for line in lines:
-            match = re.match(r"\s*(\w+)\s*=", line)
-            if match and match.group(1) in settings:
-                continue
-            kept.append(line)
-        kept += [
-            f"{key} = {quote_conf(value)}" for key, value in settings.items() if value is not None
-        ]
-        path.write_text("\n".join(kept) + "\n")
-        self._run_as.chown(path)
+        set_auto_conf(self.datadir, **settings)
+        self._run_as.chown(self.datadir / "postgresql.auto.conf")
 
     def make_standby(self, upstream: NodeInfo) -> None:
         """Configure this (stopped) data directory to stream from ``upstream``."""

@@ -31,8 +31,9 @@ from pgfailover.lab.netfault import (
     rule_specs,
     tagged_rules,
 )
-from pgfailover.lab.node import LocalNode, quote_conf
+from pgfailover.lab.node import LocalNode
 from pgfailover.lab.proc import RunAs, postmaster_pid
+from pgfailover.rejoin import quote_conf
 
 
 def fake_bindir(path: Path, version: str) -> Path:
