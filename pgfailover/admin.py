@@ -8,6 +8,7 @@ library runs them only in ``auto`` mode and for the operator's commands.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "configure_new_primary",
     "fence_node",
     "fence_sessions",
+    "in_recovery",
     "promote_node",
     "read_standby_link",
     "repoint_standby",
@@ -84,7 +86,9 @@ def configure_new_primary(dsn: str, sync_names: str | None, timeout: float) -> N
     """Just after a promotion: lift any fence left from an earlier switchover and,
     if given, set ``synchronous_standby_names``; one connection, one reload."""
     with admin_connection(dsn, timeout) as conn:
-        conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        # Not granted: then it was never fenced by us either.
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
         if sync_names is not None:
             conn.execute(
                 pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
@@ -102,14 +106,15 @@ def fence_node(dsn: str, timeout: float) -> None:
 
 
 def fence_sessions(dsn: str, timeout: float) -> tuple[int, int]:
-    """Fence a primary for a switchover; (sessions ended, WAL flush position).
+    """Fence a primary for a switchover; (sessions ended, WAL position it stopped at).
 
     New transactions become read-only (:func:`fence_node`); once the
     postmaster has taken the new setting (a fresh connection sees it),
-    every other client session is ended, so no transaction begun before
-    the fence can still commit. The flush position read after that is
-    the last WAL the old primary acknowledged: every commit it reported
-    lies at or before it.
+    every other client session is ended and waited for, so no transaction
+    begun before the fence can still commit. The position returned is the
+    WAL insert position after that, once it is flushed too: every commit
+    the old primary acknowledged, ``synchronous_commit = off`` ones
+    included, lies at or before it.
     """
     fence_node(dsn, timeout)
     deadline = time.monotonic() + timeout
@@ -119,17 +124,35 @@ def fence_sessions(dsn: str, timeout: float) -> tuple[int, int]:
                 "SELECT current_setting('default_transaction_read_only')"
             ).fetchone()
             if row == ("on",):
-                ended = conn.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                ).fetchone()
-                lsn = conn.execute(
-                    "SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint"
-                ).fetchone()
-                return int(ended[0] if ended else 0), int(lsn[0] if lsn else 0)
+                return _end_sessions(conn, deadline)
         if time.monotonic() >= deadline:
             raise PromotionFailed("the fence did not take effect: reload not applied in time")
         time.sleep(0.01)
+
+
+def _end_sessions(conn: psycopg.Connection[tuple[Any, ...]], deadline: float) -> tuple[int, int]:
+    wait_ms = max(100, int((deadline - time.monotonic()) * 1000))
+    ended = conn.execute(
+        "SELECT count(pg_terminate_backend(pid, %s)) FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        (wait_ms,),
+    ).fetchone()
+    row = conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint").fetchone()
+    final = int(row[0]) if row else 0
+    while True:
+        flushed = conn.execute("SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint").fetchone()
+        if flushed is not None and int(flushed[0]) >= final:
+            return int(ended[0] if ended else 0), final
+        if time.monotonic() >= deadline:
+            raise PromotionFailed("the old primary did not flush its last WAL in time")
+        time.sleep(0.005)
+
+
+def in_recovery(dsn: str, timeout: float) -> bool:
+    """Whether a node is (still) in recovery."""
+    with admin_connection(dsn, timeout) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
 
 
 def unfence_node(dsn: str, timeout: float) -> None:
@@ -263,6 +286,10 @@ class Admin:
     def fence_sessions(self, dsn: str, timeout: float) -> tuple[int, int]:
         """:func:`fence_sessions`."""
         return fence_sessions(dsn, timeout)
+
+    def in_recovery(self, dsn: str, timeout: float) -> bool:
+        """:func:`in_recovery`."""
+        return in_recovery(dsn, timeout)
 
     def unfence(self, dsn: str, timeout: float) -> None:
         """:func:`unfence_node`."""

@@ -282,6 +282,8 @@ class FailoverActions:
             # Re-probe every node just before acting: a primary that came
             # back, or another manager's promotion, cancels ours.
             chosen = self.apply(self._reprobe())
+            if chosen is not None and self.maintenance.holds(chosen.node):
+                return  # paused while the re-probe ran
             if chosen is None:
                 snap = self._view.snapshot
                 logger.warning(

@@ -74,10 +74,11 @@ class Incident:
         )
 
     def fail(self, event_id: str, notes: tuple[str, ...]) -> FailoverEvent | None:
-        """The promotion of the open incident failed."""
+        """The promotion of the open incident failed; ``notes`` are added to the event's."""
         with self._lock:
             self._event_id = None
-        return self._events.update(event_id, outcome="failed", completed=time.time(), notes=notes)
+        self._events.append_notes(event_id, notes)
+        return self._events.update(event_id, outcome="failed", completed=time.time())
 
     def complete(
         self, node: str, previous: str, reason: str, lost_lsn: int | None

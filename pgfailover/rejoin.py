@@ -108,22 +108,40 @@ def _primary(dsn: str, timeout: float) -> tuple[str, int]:
 
 
 def _ensure_slot(dsn: str, slot: str, timeout: float) -> None:
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout))) as conn:
-        conn.execute(
-            "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
-            " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
-            (slot, slot),
-        )
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout))) as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
+                " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                (slot, slot),
+            )
+    except psycopg.Error as exc:
+        raise RejoinError(f"cannot create the replication slot {slot!r}: {exc}") from None
 
 
 def _streams(dsn: str, name: str) -> bool:
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_replication"
-            " WHERE application_name = %s AND state = 'streaming'",
-            (name,),
-        ).fetchone()
-        return bool(row and row[0])
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_replication"
+                " WHERE application_name = %s AND state = 'streaming'",
+                (name,),
+            ).fetchone()
+            return bool(row and row[0])
+    except psycopg.Error:
+        return False  # the primary blinked: ask again
+
+
+def _primary_datadir(dsn: str) -> str | None:
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+            return str(row[0]) if row else None
+    except psycopg.Error:
+        return None  # not allowed to read it: the identifier checks still apply
+
+
+_CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
 
 
 def rejoin(
@@ -155,7 +173,14 @@ def rejoin(
     """
     if not (datadir / "PG_VERSION").is_file() or not (datadir / "global" / "pg_control").is_file():
         raise RejoinError(f"{datadir} is not a PostgreSQL data directory (no PG_VERSION)")
+    if not re.fullmatch(r"[a-z0-9_]{1,63}", name):
+        raise RejoinError(
+            f"node name {name!r} cannot name its replication slot: use 1-63 lower-case "
+            "letters, digits or '_'"
+        )
     cluster_id, timeline = _primary(primary_dsn, 10.0)
+    if _primary_datadir(primary_dsn) == str(datadir.resolve()):
+        raise RejoinError(f"{datadir} is the primary's own data directory: nothing to rejoin")
     progress(f"primary {mask_dsn(primary_dsn)}: timeline {timeline}, system {cluster_id}")
     local = control_data(run, str(bindir / "pg_controldata"), datadir)
     if local.get("Database system identifier") != cluster_id:
@@ -175,15 +200,22 @@ def rejoin(
     stop()
     progress("server stopped")
     _ensure_slot(primary_dsn, name, 10.0)
-    out = run(
-        [
-            str(bindir / "pg_rewind"),
-            "--target-pgdata",
-            str(datadir),
-            "--source-server",
-            primary_dsn,
-        ]
-    )
+    # pg_rewind copies the primary's configuration files over the node's own:
+    # keep the node's (its port, its pg_hba.conf...).
+    saved = {f: (datadir / f).read_bytes() for f in _CONFIG_FILES if (datadir / f).is_file()}
+    try:
+        out = run(
+            [
+                str(bindir / "pg_rewind"),
+                "--target-pgdata",
+                str(datadir),
+                "--source-server",
+                primary_dsn,
+            ]
+        )
+    finally:
+        for filename, content in saved.items():
+            (datadir / filename).write_bytes(content)
     said = " ".join(out.split())
     progress("pg_rewind: " + ("no rewind required" if "no rewind required" in said else "done"))
     params = {k: str(v) for k, v in conninfo_to_dict(primary_dsn).items() if v is not None}

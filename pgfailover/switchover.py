@@ -35,7 +35,7 @@ import psycopg
 from pgfailover.admin import Admin
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig
-from pgfailover.errors import PgFailoverError, PromotionRefused
+from pgfailover.errors import PromotionRefused
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.guards import Candidate, Refusal, rank
 from pgfailover.model import NodeState, Role, Snapshot
@@ -51,8 +51,12 @@ def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-DRAIN_LIMIT = 5.0
-"""Seconds at most that writes in flight on the old primary get to finish."""
+DRAIN_LIMIT = 1.0
+"""Seconds at most that statements in flight on the old primary get to finish.
+
+Statements still running after it are cut off: a read is retried on another
+node, a write before its COMMIT on the new primary.
+"""
 
 
 def _fit(node: NodeState, snap: Snapshot) -> str | None:
@@ -166,49 +170,73 @@ class Switchover:
         """
         admin_timeout = max(2.0, self._config.health_check_timeout * 2)
         started = time.monotonic()
-        deadline = started + timeout
+        # Held writes wait failover_wait_timeout at most: decide before they give up.
+        held_limit = max(1.0, min(timeout, self._config.failover_wait_timeout - 1.0))
+        deadline = started + held_limit
         notes: list[str] = []
 
         def note(text: str) -> None:
             notes.append(f"+{time.monotonic() - started:.3f}s {text}")
 
         self._view.hold_writes()
-        promoted = False
+        fenced = promoting = promoted = False
         try:
             note("new writes held")
-            drained = self._drain(old, min(DRAIN_LIMIT, timeout / 4))
-            note(f"writes in flight on {old}: {drained}")
+            drained = self._drain(old, min(DRAIN_LIMIT, held_limit / 4))
+            note(f"statements in flight on {old} cut off: {drained}")
+            fenced = True  # from here on, an interruption must undo the fence
             ended, final = self._admin.fence_sessions(self._dsn(old), admin_timeout)
             note(f"{old} fenced (read-only), {ended} client session(s) ended")
-            note(f"{old}'s WAL flushed to {lsn_text(final)}")
-            left = max(0.0, deadline - time.monotonic())
-            replayed = self._admin.wait_replayed(self._dsn(target), final, left)
+            note(f"{old}'s WAL written and flushed to {lsn_text(final)}")
+            replayed = self._catch_up(target, final, deadline)
             if replayed is None:
-                note(f"{target} did not replay {lsn_text(final)} within {timeout:g}s")
+                note(f"{target} did not replay {lsn_text(final)} within {held_limit:g}s")
                 self._admin.unfence(self._dsn(old), admin_timeout)
+                fenced = False
                 note(f"fence on {old} undone: it takes writes again")
                 message = (
                     f"switchover refused by guard catchup_timeout: {target} did not replay "
-                    f"{old}'s last WAL ({lsn_text(final)}) within {timeout:g}s; "
+                    f"{old}'s last WAL ({lsn_text(final)}) within {held_limit:g}s; "
                     f"{old} takes writes again"
                 )
-                self._finish(event, notes, "refused", message)
+                failed(self._finish(event, notes, "refused", message))
                 raise PromotionRefused(message, guard="catchup_timeout")
             note(f"{target} replayed {lsn_text(replayed)}: it holds every commit {old} made")
             self._events.append_notes(event.id, tuple(notes))
             notes.clear()
+            promoting = True  # a failure from here on is reported by the promoter
             self._promoter.promote(
                 self._view.snapshot, event, target, fence=None, settle=settle, failed=failed
             )
             promoted = True
-        except (PgFailoverError, psycopg.Error) as exc:
-            if not promoted and not isinstance(exc, PromotionRefused):
-                self._undo(old, event, notes, exc, admin_timeout)
+        except BaseException as exc:
+            if fenced and not promoted and not isinstance(exc, PromotionRefused):
+                done = self._undo(
+                    old=old,
+                    target=target,
+                    event=event,
+                    notes=notes,
+                    exc=exc,
+                    timeout=admin_timeout,
+                )
+                if not promoting:
+                    failed(done)
             raise
         finally:
             self._view.release_writes()
         note("held writes released")
         return self._events.append_notes(event.id, tuple(notes)) or event
+
+    def _catch_up(self, target: str, lsn: int, deadline: float) -> int | None:
+        """Wait until ``target`` has replayed ``lsn``; ``None`` past the deadline or at close."""
+        while not self._view.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            replayed = self._admin.wait_replayed(self._dsn(target), lsn, min(left, 0.5))
+            if replayed is not None:
+                return replayed
+        return None
 
     def _drain(self, node: str, limit: float) -> int:
         """Wait up to ``limit`` for the manager's statements on ``node``; cut off the rest."""
@@ -221,22 +249,48 @@ class Switchover:
         return left
 
     def _undo(
-        self, old: str, event: FailoverEvent, notes: list[str], exc: BaseException, timeout: float
-    ) -> None:
-        """Fencing or promoting failed before anything was promoted: give writes back."""
-        try:
-            self._admin.unfence(self._dsn(old), timeout)
-            notes.append(f"fence on {old} undone after: {exc}")
-        except psycopg.Error as undo_error:
-            notes.append(f"could not undo the fence on {old}: {undo_error}")
-            logger.error("node %s: undoing the fence failed: %s", old, undo_error)
-        self._finish(event, notes, "failed", f"switchover failed: {exc}")
+        self,
+        *,
+        old: str,
+        target: str,
+        event: FailoverEvent,
+        notes: list[str],
+        exc: BaseException,
+        timeout: float,
+    ) -> FailoverEvent:
+        """A step failed (or was interrupted) after the fence: give writes back to ``old``.
 
-    def _finish(self, event: FailoverEvent, notes: list[str], outcome: str, reason: str) -> None:
+        Only when ``target`` is certainly still in recovery: ``pg_promote``
+        may have gone through before the error, and two writable nodes are
+        worse than none (the probes then see which one is primary).
+        """
+        try:
+            recovering = self._admin.in_recovery(self._dsn(target), timeout)
+        except psycopg.Error:
+            recovering = None
+        if recovering is not True:
+            notes.append(
+                f"fence on {old} kept after: {exc} ({target} may have been promoted; "
+                "the probes decide which node takes writes)"
+            )
+            logger.error("switchover to %s interrupted after the fence: %s", target, exc)
+        else:
+            try:
+                self._admin.unfence(self._dsn(old), timeout)
+                notes.append(f"fence on {old} undone after: {exc}")
+            except psycopg.Error as undo_error:
+                notes.append(f"could not undo the fence on {old}: {undo_error}")
+                logger.error("node %s: undoing the fence failed: %s", old, undo_error)
+        return self._finish(event, notes, "failed", f"switchover failed: {exc}")
+
+    def _finish(
+        self, event: FailoverEvent, notes: list[str], outcome: str, reason: str
+    ) -> FailoverEvent:
         current = self._events.get(event.id) or event
-        self._events.update(
+        done = self._events.update(
             event.id,
             outcome=outcome,
             completed=time.time(),
             notes=(*current.notes, *notes, reason),
         )
+        return done or current

@@ -159,7 +159,12 @@ def cluster_options(func: F) -> F:
 
 
 def http_call(
-    cluster: Cluster, method: str, path: str, body: dict[str, Any] | None = None
+    cluster: Cluster,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    timeout: float = 60.0,
 ) -> tuple[int, Any]:
     """Ask ``pgfailover serve``; (status, JSON body). Unreachable: exit 3."""
     assert cluster.url is not None  # noqa: S101 - callers check
@@ -173,7 +178,7 @@ def http_call(
     if cluster.token:
         request.add_header("Authorization", f"Bearer {cluster.token}")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         with exc:  # an error response holds the connection until closed

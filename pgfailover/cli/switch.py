@@ -77,7 +77,11 @@ def switchover(
             click.echo("\n".join(_plan_lines(status.get("current_primary"), target, timeout)))
         _confirm(yes)
         body: dict[str, Any] = {"target": target, "force": force, "timeout": timeout}
-        code, reply = http_call(cluster, "POST", "/failover/switchover", body)
+        # The server may wait `timeout` for another operation, then as long again
+        # for the catch-up, then promote: wait for its answer that long.
+        code, reply = http_call(
+            cluster, "POST", "/failover/switchover", body, timeout=2 * timeout + 60
+        )
         _finish(ctx, code == 200, reply, as_json)
         return
     with probing_manager(cluster, timeout=None) as mgr:
@@ -98,7 +102,7 @@ def switchover(
             ctx.exit(EXIT_DEGRADED)
         _confirm(yes)
         try:
-            event = mgr.switchover(target, force=force, timeout=timeout)
+            event = mgr.switchover(choice.node, force=force, timeout=timeout)
         except PromotionRefused as exc:
             _finish(ctx, False, {"error": str(exc), "guard": exc.guard}, as_json)
             return

@@ -19,13 +19,19 @@ from pgfailover.rejoin import RejoinError, rejoin
 pytestmark = pytest.mark.timeout(60)
 
 
-def _attempt(lab: LocalLab, node: str, primary_dsn: str, datadir: Path | None = None) -> None:
+def _attempt(
+    lab: LocalLab,
+    node: str,
+    primary_dsn: str,
+    datadir: Path | None = None,
+    name: str | None = None,
+) -> None:
     target = datadir or lab.local_node(node).datadir
     stopped: list[bool] = []
     rejoin(
         target,
         primary_dsn,
-        name=node,
+        name=name or node,
         bindir=lab.bins.bindir,
         run=lambda argv: lab.run_as.run(argv).stdout,
         stop=lambda: stopped.append(True),
@@ -47,6 +53,10 @@ def test_rejoin_refuses_and_changes_nothing(
         _attempt(fresh_lab, "node1", fresh_lab.dsn("node2"))
     with pytest.raises(RejoinError, match="belongs to another cluster"):
         _attempt(fresh_lab, "node1", shared_lab.dsn("node0"))
+    with pytest.raises(RejoinError, match="cannot name its replication slot"):
+        _attempt(fresh_lab, "node1", fresh_lab.dsn("node0"), name="Node-1")
+    with pytest.raises(RejoinError, match="the primary's own data directory"):
+        _attempt(fresh_lab, "node0", fresh_lab.dsn("node0"))
     assert [s.role for s in fresh_lab.status()] == [s.role for s in before]
     fresh_lab.wait_streaming("node1", "node0")
 

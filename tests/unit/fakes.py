@@ -147,9 +147,14 @@ class FakeAdmin:
     hold: dict[str, threading.Event] = field(default_factory=dict)  # action waits for it
     final_lsn: int = 5000
     never_catches_up: bool = False
+    target_recovering: bool = True
+
+    @staticmethod
+    def _name(dsn: str) -> str:
+        return next(n.name for n in NODES if n.dsn == dsn)
 
     def _do(self, action: str, dsn: str) -> None:
-        node = next(n.name for n in NODES if n.dsn == dsn)
+        node = self._name(dsn)
         self.calls.append((action, node))
         if action in self.hold:
             self.hold[action].wait(5)
@@ -172,9 +177,17 @@ class FakeAdmin:
     def unfence(self, dsn: str, timeout: float) -> None:
         self._do("unfence", dsn)
 
+    def in_recovery(self, dsn: str, timeout: float) -> bool:
+        self._do("in_recovery", dsn)
+        return self.target_recovering
+
     def wait_replayed(self, dsn: str, lsn: int, timeout: float) -> int | None:
-        self._do("wait_replayed", dsn)
-        return None if self.never_catches_up else lsn
+        if self.calls[-1:] != [("wait_replayed", self._name(dsn))]:
+            self._do("wait_replayed", dsn)  # polled in slices: recorded once per run of them
+        if self.never_catches_up:
+            time.sleep(min(timeout, 0.02))
+            return None
+        return lsn
 
     def read_link(self, dsn: str, fallback_name: str, timeout: float) -> StandbyLink:
         self._do("read_link", dsn)

@@ -191,3 +191,28 @@ def _wait(check: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)  # polling a condition another thread sets
     return False
+
+
+def test_a_failed_promotion_keeps_the_fence_unless_the_target_is_still_a_standby() -> None:
+    from pgfailover.errors import PromotionFailed
+
+    for recovering, undone in ((True, True), (False, False)):
+        h = Harness(CFG, HEALTHY, [healthy_round()])
+        h.admin.fail["promote"] = PromotionFailed("still in recovery 30s after pg_promote()")
+        h.admin.target_recovering = recovering
+        with pytest.raises(PromotionFailed):
+            h.actions.switchover("node1")
+        assert (("unfence", "node0") in h.admin.calls) is undone
+        assert not h.view.held
+        (event,) = [e for e in h.events.events() if e.kind == "switchover"]
+        assert event.outcome == "failed"
+        assert "fenced (read-only)" in "\n".join(event.notes)  # the steps' notes are kept
+
+
+def test_an_interrupted_switchover_undoes_the_fence() -> None:
+    h = Harness(CFG, HEALTHY, [healthy_round()])
+    h.admin.fail["wait_replayed"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        h.actions.switchover("node1")
+    assert ("unfence", "node0") in h.admin.calls
+    assert not h.view.held
