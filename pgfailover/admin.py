@@ -131,18 +131,35 @@ def fence_sessions(dsn: str, timeout: float) -> tuple[int, int]:
 
 
 def _end_sessions(conn: psycopg.Connection[tuple[Any, ...]], deadline: float) -> tuple[int, int]:
-    wait_ms = max(100, int((deadline - time.monotonic()) * 1000))
-    ended = conn.execute(
-        "SELECT count(pg_terminate_backend(pid, %s)) FROM pg_stat_activity"
-        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-        (wait_ms,),
-    ).fetchone()
+    """End every other client session and wait until they are gone; then the final position.
+
+    All are signalled at once and polled every 5 ms (``pg_terminate_backend``'s
+    own wait sleeps 100 ms per session).
+    """
+    # Two statements: in one, the planner may call pg_terminate_backend
+    # before the filter that spares this session.
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    ).fetchall()
+    pids = [int(r[0]) for r in rows]
+    if pids:
+        conn.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) AS p", (pids,))
+    while pids:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone()
+        if not left or not left[0]:
+            break
+        if time.monotonic() >= deadline:
+            raise PromotionFailed(f"{left[0]} ended session(s) still running on the old primary")
+        time.sleep(0.005)
     row = conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint").fetchone()
     final = int(row[0]) if row else 0
     while True:
         flushed = conn.execute("SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint").fetchone()
         if flushed is not None and int(flushed[0]) >= final:
-            return int(ended[0] if ended else 0), final
+            return len(pids), final
         if time.monotonic() >= deadline:
             raise PromotionFailed("the old primary did not flush its last WAL in time")
         time.sleep(0.005)
