@@ -373,10 +373,10 @@ class FailoverActions:
         """
         with self._exclusive("switchover", timeout) as snap:
             choice = choose_switchover(snap, target=target, force=force)
+            if isinstance(choice, Refusal):
+                self._refuse("switchover", snap.primary, target, choice)
             old = snap.primary
-            if not isinstance(choice, Candidate) or old is None:
-                refusal = choice if isinstance(choice, Refusal) else Refusal("no_primary", "")
-                self._refuse("switchover", old, target, refusal)
+            assert old is not None  # noqa: S101 - a candidate implies a running primary
             event = self._open_event(old, choice.reason)
             event = (
                 self._events.update(

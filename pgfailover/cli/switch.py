@@ -89,11 +89,10 @@ def switchover(
             mgr.node(target)  # an unknown name is a usage error, named with the known ones
         snap = mgr.check_health()
         choice = choose_switchover(snap, target=target, force=force)
+        shown = target if isinstance(choice, Refusal) else choice.node
+        lines = _plan_lines(snap.primary, shown, timeout)
         if isinstance(choice, Refusal):
-            lines = [*_plan_lines(snap.primary, target, timeout)]
             lines.append(f"refused      guard {choice.guard}: {choice.reason}")
-        else:
-            lines = _plan_lines(snap.primary, choice.node, timeout)
         if not as_json:
             click.echo("\n".join(lines))
         if isinstance(choice, Refusal):

@@ -229,11 +229,15 @@ class DockerLab(Topology):
         """Thaw a paused node."""
         self._containers[name].unpause()
 
-    def _rewind(self, name: str, source: NodeInfo) -> None:
-        src = f"host={source.name} port=5432 user=postgres dbname=postgres"
+    def _rejoin_node(self, name: str, upstream: str) -> None:
+        if self.process_state(name) != "stopped":
+            self.stop(name, "fast")
+        # A newly promoted source must checkpoint once, or pg_rewind reads
+        # its old timeline from the control file and finds nothing to do.
+        self.run_sql(upstream, "CHECKPOINT")
+        self._ensure_slot(upstream, name)
+        src = f"host={upstream} port=5432 user=postgres dbname=postgres"
         self._one_off(name, f"pg_rewind --target-pgdata=$PGDATA --source-server='{src}'")
-
-    def _configure_standby(self, name: str, upstream: str) -> None:
         conninfo = self._replication_conninfo(upstream, name)
         self._one_off(
             name,
@@ -242,6 +246,8 @@ class DockerLab(Topology):
             f"synchronous_standby_names = ''\\n\" '{conninfo}' '{name}' "
             f">> $PGDATA/postgresql.auto.conf",
         )
+        self.start(name)
+        self.wait_streaming(name, upstream, timeout=60)
 
     def destroy(self) -> None:
         """Remove every container, volume and the network."""

@@ -323,31 +323,8 @@ class LocalLab(Topology):
         """SIGCONT a paused node."""
         self.local_node(name).resume()
 
-    def _rewind(self, name: str, source: NodeInfo) -> None:
-        node = self.local_node(name)
-        self.run_as.run(
-            [
-                self.bins.path("pg_rewind"),
-                "--target-pgdata",
-                str(node.datadir),
-                "--source-server",
-                source.dsn,
-                "--no-sync",
-            ],
-            timeout=300,
-        )
-
-    def rejoin(self, name: str, upstream: str | None = None) -> None:
-        """Bring ``name`` back as a standby of ``upstream`` with :func:`pgfailover.rejoin.rejoin`.
-
-        The same code as ``pgfailover rejoin`` on a database host, run as the
-        lab's server user.
-        """
-        upstream = upstream or self.primary()
-        if upstream is None:
-            raise LabError("no single primary to rejoin to: promote one first")
-        if upstream == name:
-            raise LabError(f"{name} is the primary: nothing to rejoin")
+    def _rejoin_node(self, name: str, upstream: str) -> None:
+        """:func:`pgfailover.rejoin.rejoin` (``pgfailover rejoin``'s code), as the server user."""
         node = self.local_node(name)
 
         def stop() -> None:
@@ -366,11 +343,6 @@ class LocalLab(Topology):
             progress=lambda line: logger.info("lab: rejoin %s: %s", name, line),
             own=self.run_as.chown,
         )
-        self._apply_sync(upstream)
-        logger.info("lab: %s rejoined as a standby of %s", name, upstream)
-
-    def _configure_standby(self, name: str, upstream: str) -> None:
-        self.local_node(name).make_standby(self.node(upstream))
 
     # -- network faults (iptables, root only) ------------------------------
 

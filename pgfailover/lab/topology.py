@@ -93,12 +93,8 @@ class Topology(abc.ABC):
         """SIGCONT every process of a node."""
 
     @abc.abstractmethod
-    def _rewind(self, name: str, source: NodeInfo) -> None:
-        """Run pg_rewind on the stopped ``name`` from ``source``."""
-
-    @abc.abstractmethod
-    def _configure_standby(self, name: str, upstream: str) -> None:
-        """Make the stopped ``name`` a standby of ``upstream`` on its next start."""
+    def _rejoin_node(self, name: str, upstream: str) -> None:
+        """Stop ``name``, rewind it from ``upstream``, start it as its standby, wait."""
 
     def _replication_conninfo(self, upstream: str, name: str) -> str:
         """The ``primary_conninfo`` with which ``name`` streams from ``upstream``."""
@@ -279,16 +275,7 @@ class Topology(abc.ABC):
             raise LabError("no single primary to rejoin to: promote one first")
         if upstream == name:
             raise LabError(f"{name} is the primary: nothing to rejoin")
-        if self.process_state(name) != "stopped":
-            self.stop(name, "fast")
-        # A newly promoted source must checkpoint once, or pg_rewind reads
-        # its old timeline from the control file and finds nothing to do.
-        self.run_sql(upstream, "CHECKPOINT")
-        self._ensure_slot(upstream, name)
-        self._rewind(name, self.node(upstream))
-        self._configure_standby(name, upstream)
-        self.start(name)
-        self.wait_streaming(name, upstream, timeout=60)
+        self._rejoin_node(name, upstream)
         self._apply_sync(upstream)
         logger.info("lab: %s rejoined as a standby of %s", name, upstream)
 

@@ -33,6 +33,17 @@ def _run(script: str, *args: str, out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
+def _report(directory: Path) -> str:
+    """The tables ``benchmarks/report.py`` renders from ``directory``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+
+
 def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     failover = _run(
         "failover.py",
@@ -73,13 +84,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert (done["failed"], done["lost"], done["old_primary_acks_after"]) == (0, 0, 0), done
     assert done["longest_pause_s"] is not None
 
-    report = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    report = _report(tmp_path)
     for title in (
         "Failover downtime",
         "Switchover under load",
@@ -107,12 +112,6 @@ def test_faults_benchmark_loses_no_write_and_reports(tmp_path: Path) -> None:
         ("crash", "baseline"),
     }
 
-    report = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    report = _report(tmp_path)
     assert "### Fault to first write" in report
     assert "| crash |" in report
