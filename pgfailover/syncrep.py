@@ -10,7 +10,10 @@ what the setting should be:
 - **satisfied** (enough listed standbys stream, or async): leave it, unless
   quorum was lowered earlier and standbys stream again: then *restore* the
   policy's method and count over the streaming standbys (a standby that
-  rejoins later counts);
+  rejoins later counts); and when the manager wrote the setting, a member
+  that streams but is not listed (an old primary after its rejoin) is
+  *added*, so it counts towards the quorum again. A list the operator wrote
+  is theirs: a standby left out of it stays out;
 - **unsatisfied** for less than ``sync_standby_attach_timeout``: wait (a
   standby that was just repointed needs a moment to attach);
 - **unsatisfied** for longer: list the standbys that do stream, with the
@@ -130,13 +133,15 @@ def plan_sync(
     policy: SyncSpec | None,
     unsatisfied_for: float,
     attach_timeout: float,
+    managed: bool = False,
 ) -> SyncPlan:
     """The ``synchronous_standby_names`` a primary should have now (see the module doc).
 
     ``streaming``: application names streaming from the primary;
     ``members``: the names the cluster's standbys stream under (others, a
     ``pg_basebackup`` for one, never become synchronous); ``unsatisfied_for``:
-    seconds the current setting has not been satisfied (0 when it is).
+    seconds the current setting has not been satisfied (0 when it is);
+    ``managed``: the manager wrote ``current`` (not the operator).
     """
     spec = parse_sync(current)
     if spec is not None and spec.star:
@@ -153,10 +158,17 @@ def plan_sync(
             return SyncPlan(None)
         have = 0 if spec is None else spec.count
         want = min(policy.count, len(eligible))
-        if want <= have:
+        if want > have:
+            value = format_sync(policy.method, want, eligible)
+            return SyncPlan(
+                value, f"standbys stream again: synchronous replication back to {value!r}"
+            )
+        listed = {n.casefold() for n in spec.names} if spec is not None else set()
+        missing = [n for n in eligible if n.casefold() not in listed]
+        if spec is None or not managed or not missing:
             return SyncPlan(None)
-        value = format_sync(policy.method, want, eligible)
-        return SyncPlan(value, f"standbys stream again: synchronous replication back to {value!r}")
+        value = format_sync(spec.method, spec.count, [*spec.names, *missing])
+        return SyncPlan(value, f"{', '.join(missing)} streams again: now {value!r}")
     if unsatisfied_for < attach_timeout:
         return SyncPlan(None)
     rule = policy if policy is not None and not policy.star else spec

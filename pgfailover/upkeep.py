@@ -152,7 +152,8 @@ class Upkeep:
         self._run_lock = threading.Lock()
         self._lock = threading.Lock()
         self._policy: SyncSpec | None = None  # guarded by self._lock
-        self._written: dict[str, str] = {}  # guarded by self._lock: primary -> value we set
+        self._written: dict[str, str] = {}  # guarded by self._lock: primary -> value seen/set
+        self._ours: dict[str, str] = {}  # guarded by self._lock: primary -> value we chose
         self._unsatisfied: dict[str, float] = {}  # guarded by self._lock: primary -> since
         self._tried: dict[tuple[str, str], float] = {}  # guarded by self._lock
         self._refused: dict[str, str] = {}  # guarded by self._lock
@@ -175,6 +176,7 @@ class Upkeep:
         with self._lock:
             if value is not None:
                 self._written[node] = value
+                self._ours[node] = value
             self._unsatisfied[node] = now
 
     def status(self) -> UpkeepStatus:
@@ -305,6 +307,7 @@ class Upkeep:
             else:
                 since = self._unsatisfied.setdefault(primary.name, now)
             policy = self._policy
+            managed = self._ours.get(primary.name) == current
         plan = plan_sync(
             current,
             streaming,
@@ -312,6 +315,7 @@ class Upkeep:
             policy=policy,
             unsatisfied_for=now - since,
             attach_timeout=self._config.sync_standby_attach_timeout,
+            managed=managed,
         )
         if plan.value is None or plan.value == current or not self._due("sync", primary.name):
             return
@@ -322,6 +326,7 @@ class Upkeep:
             return
         with self._lock:
             self._written[primary.name] = plan.value
+            self._ours[primary.name] = plan.value
             self._unsatisfied.pop(primary.name, None)
         level = logging.ERROR if plan.lowered else logging.WARNING
         logger.log(level, "cluster %s: primary %s: %s", self._cluster, primary.name, plan.note)

@@ -2,9 +2,10 @@
 
 A :class:`LocalNode` starts, stops, kills, pauses and resumes one PostgreSQL
 server by PID, and edits its ``postgresql.auto.conf`` while it is down.
-Per-node settings that must survive ``pg_basebackup`` and ``pg_rewind`` (which
-copy configuration files from another node) are passed on the command line,
-never written to a file.
+Its own settings (port, listen addresses, cluster name) live in a marked block
+of its ``postgresql.conf``, rewritten before every start: ``pg_basebackup``
+copies the primary's file, and a plain ``pg_ctl start`` (what ``pgfailover
+rejoin`` runs, as on any host) must still start the node where it belongs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pgfailover.lab.proc import (
     wait_stopped,
 )
 from pgfailover.rejoin import set_auto_conf
+
+_OWN_START = "# pgfailover lab: this node's own settings (rewritten before each start)"
+_OWN_END = "# end of this node's own settings"
 
 __all__ = ["LocalNode"]
 
@@ -86,10 +90,7 @@ class LocalNode:
         if self.process_state() != "stopped":
             return
         self._clear_stale_lock()
-        options = (
-            f"-p {self.info.port} -c listen_addresses={self.listen_addresses}"
-            f" -c cluster_name={self.name}"
-        )
+        self.write_own_settings()
         self._run_as.run(
             [
                 self._bins.path("pg_ctl"),
@@ -101,8 +102,6 @@ class LocalNode:
                 "-w",
                 "-t",
                 str(_START_TIMEOUT),
-                "-o",
-                options,
             ],
             timeout=_START_TIMEOUT + 10,
         )
@@ -213,6 +212,27 @@ class LocalNode:
         """
         set_auto_conf(self.datadir, **settings)
         self._run_as.chown(self.datadir / "postgresql.auto.conf")
+
+    def write_own_settings(self) -> None:
+        """(Re)write this node's block of ``postgresql.conf``; idempotent.
+
+        Later lines win in PostgreSQL's configuration files, so the block at
+        the end overrides whatever a copy from another node brought along.
+        """
+        conf = self.datadir / "postgresql.conf"
+        lines = conf.read_text().splitlines()
+        if _OWN_START in lines:
+            start = lines.index(_OWN_START)
+            end = lines.index(_OWN_END, start) if _OWN_END in lines[start:] else start
+            del lines[start : end + 1]
+        lines += [
+            _OWN_START,
+            f"port = {self.info.port}",
+            f"listen_addresses = '{self.listen_addresses}'",
+            f"cluster_name = '{self.name}'",
+            _OWN_END,
+        ]
+        conf.write_text("\n".join(lines) + "\n")  # in place: owner and mode kept
 
     def make_standby(self, upstream: NodeInfo) -> None:
         """Configure this (stopped) data directory to stream from ``upstream``."""

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import itertools
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pgfailover
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.errors import WriteOutcomeUnknown
 from pgfailover.lab import LocalLab
@@ -105,3 +113,69 @@ def prepare(lab: LocalLab) -> None:
             return bool(lab.run_sql(name, "SELECT to_regclass('w') IS NOT NULL")[0][0])
 
         wait_until(replayed, what=f"{standby} to replay the table")
+
+
+# Distributions ``pgfailover rejoin`` imports (the ``cli`` extra's closure).
+_CLI_DISTRIBUTIONS = (
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "typing-extensions",
+    "click",
+    "prometheus-client",
+)
+
+
+@contextlib.contextmanager
+def as_lab_user_cli(lab: LocalLab) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """Run ``python -m pgfailover ...`` as the lab's server user, like an operator would.
+
+    The test environment's interpreter and packages may sit where that user
+    cannot read them (a root-owned home), so pgfailover and the distributions
+    the command imports are copied to a directory the user can read, and the
+    first interpreter of this Python version that the user can start runs
+    them. Skips, saying why, when no such interpreter exists.
+    """
+    root = Path(tempfile.mkdtemp(prefix="pgfl-cli-"))
+    try:
+        root.chmod(0o755)
+        shutil.copytree(Path(pgfailover.__file__).parent, root / "pgfailover")
+        for name in _CLI_DISTRIBUTIONS:
+            dist = importlib.metadata.distribution(name)
+            for file in dist.files or ():
+                if file.parts[0] == "..":  # console scripts outside site-packages
+                    continue
+                target = root / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(str(dist.locate_file(file))), target)
+        for path in root.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        env = {"PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+        check = "import sys, pgfailover.cli.app; print(sys.version_info[:2])"
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+
+        def runs(candidate: str | None) -> bool:
+            if candidate is None:
+                return False
+            try:
+                said = lab.run_as.run([candidate, "-c", check], env=env, check=False)
+            except OSError as exc:  # the user cannot even start it
+                tried.append(f"{candidate}: {exc.strerror}")
+                return False
+            tried.append(f"{candidate}: {(said.stderr.strip().splitlines() or [''])[-1]}")
+            return said.stdout.strip() == str(sys.version_info[:2])
+
+        tried: list[str] = []
+        candidates = [sys.executable, shutil.which(version), f"/usr/bin/{version}"]
+        python = next((c for c in candidates if c and runs(c)), None)
+        if python is None:
+            pytest.skip(f"no {version} that OS user {lab.run_as.name} can run: {tried}")
+
+        def run(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+            return lab.run_as.run(
+                [python, "-m", "pgfailover", *args], env=env, timeout=timeout, check=False
+            )
+
+        yield run
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

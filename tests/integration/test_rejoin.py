@@ -1,8 +1,12 @@
-"""Rejoin's refusals on real data directories: root, not a data directory, an
-unreachable primary, a primary of another cluster; nothing is changed by any.
+"""``pgfailover rejoin`` on real data directories.
 
-The happy path (stop, pg_rewind, standby, streaming) runs in the switchover
-and lab tests, through the lab's rejoin, which is the same code."""
+End to end as an operator runs it (the data directory's owner, after a
+switchover left the old primary fenced and running): the command stops it,
+makes it a standby of the new primary and starts it; the manager sees it
+recover and puts it back into the synchronous standbys. Then the refusals:
+root, not a data directory, an unreachable primary, a primary of another
+cluster; nothing is changed by any.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,69 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pgfailover import ClusterState, FailoverManager
 from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab, free_port
 from pgfailover.rejoin import RejoinError, rejoin
 
+from .helpers import FAST, as_lab_user_cli, manager_for, prepare, wait_until
+
 pytestmark = pytest.mark.timeout(60)
+
+
+def _sync_names(lab: LocalLab, node: str) -> str:
+    return str(lab.run_sql(node, "SHOW synchronous_standby_names")[0][0])
+
+
+def _needs_rejoin(mgr: FailoverManager, node: str) -> bool:
+    return any(n["name"] == node and n["needs_rejoin"] for n in mgr.get_failover_status()["nodes"])
+
+
+@pytest.mark.timeout(180)
+def test_the_command_brings_the_old_primary_back_as_a_synchronous_standby(
+    sync_lab: LocalLab,
+) -> None:
+    prepare(sync_lab)
+    states: list[ClusterState] = []
+    with manager_for(sync_lab, FAST.replace(promotion="auto")) as mgr:
+        mgr.on_state_change(lambda old, new, snap: states.append(new))
+        mgr.switchover("node1")
+        assert mgr.snapshot.primary == "node1"
+        wait_until(lambda: _needs_rejoin(mgr, "node0"), what="node0 marked needs_rejoin")
+        assert sync_lab.process_state("node0") == "running"  # fenced, still up
+        wait_until(lambda: "node0" not in _sync_names(sync_lab, "node1"), what="sync names")
+        mgr.query("INSERT INTO w VALUES (1)")
+        del states[:]
+
+        datadir = sync_lab.local_node("node0").datadir
+        with as_lab_user_cli(sync_lab) as pgfailover:
+            result = pgfailover(
+                "rejoin", "node0", "--pgdata", str(datadir), "--primary", sync_lab.dsn("node1")
+            )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "rejoin node0: server stopped" in result.stdout, result.stdout
+        assert "rejoin node0: node0 streams from the primary" in result.stdout, result.stdout
+
+        def healthy_again() -> bool:
+            snap = mgr.snapshot
+            return snap.state is ClusterState.HEALTHY and snap.node("node0").serves_reads
+
+        wait_until(healthy_again, timeout=30, what="node0 serving reads, cluster healthy")
+        assert ClusterState.RECOVERY_IN_PROGRESS in states, states
+        assert states.index(ClusterState.RECOVERY_IN_PROGRESS) < len(states) - 1
+        assert states[-1] is ClusterState.HEALTHY
+        assert not _needs_rejoin(mgr, "node0")
+        sync_lab.wait_streaming("node0", "node1")
+        wait_until(
+            lambda: "node0" in _sync_names(sync_lab, "node1"),
+            timeout=30,
+            what="node0 back in synchronous_standby_names",
+        )
+        mgr.query("INSERT INTO w VALUES (2)")
+        wait_until(
+            lambda: sync_lab.run_sql("node0", "SELECT count(*) FROM w")[0][0] == 2,
+            what="node0 to replay the writes made since",
+        )
 
 
 def _attempt(

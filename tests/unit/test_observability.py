@@ -177,8 +177,9 @@ def test_dashboard_queries_only_metrics_the_exporter_produces() -> None:
     assert len(used) >= 10
     assert used <= METRIC_NAMES, used - METRIC_NAMES
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    topics = ("cluster state", "primary", "health", "lag", "failover", "probe", "queries")
-    for topic in (*topics, "commits blocked", "synchronous", "hang", "reads"):
+    topics = ["cluster state", "primary", "health", "lag", "failover", "probe", "queries"]
+    topics += ["commits blocked", "synchronous", "hang", "reads", "maintenance", "rejoin"]
+    for topic in topics:
         assert topic in titles, topic
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))

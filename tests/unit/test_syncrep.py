@@ -127,6 +127,7 @@ class PlanCase(NamedTuple):
     unsatisfied_for: float
     expected: SyncSpec | str | None  # UNCHANGED, "" (async) or the setting to write
     lowered: bool = False
+    managed: bool = False  # the manager wrote ``current``
 
 
 PLAN_CASES = [
@@ -213,6 +214,50 @@ PLAN_CASES = [
         0.0,
         UNCHANGED,
     ),
+    PlanCase(
+        "the manager's list: a rejoined member that streams is added",
+        "ANY 1 (node2)",
+        ("node2", "node1"),
+        "ANY 1 (node1, node2)",
+        0.0,
+        SyncSpec("ANY", 1, ("node2", "node1")),
+        managed=True,
+    ),
+    PlanCase(
+        "the manager's FIRST list: a rejoined member goes last",
+        "FIRST 1 (node2)",
+        ("node1", "node2"),
+        "FIRST 1 (node1, node2)",
+        0.0,
+        SyncSpec("FIRST", 1, ("node2", "node1")),
+        managed=True,
+    ),
+    PlanCase(
+        "the operator's list: a member they left out stays out",
+        "ANY 1 (node2)",
+        ("node2", "node1"),
+        "ANY 1 (node2)",
+        0.0,
+        UNCHANGED,
+    ),
+    PlanCase(
+        "the manager's list: a stranger streaming is not added",
+        "ANY 1 (node2)",
+        ("node2", "pg_basebackup"),
+        "ANY 1 (node1, node2)",
+        0.0,
+        UNCHANGED,
+        managed=True,
+    ),
+    PlanCase(
+        "the manager's list, all members listed: no change",
+        "ANY 1 (node1, node2)",
+        ("node2", "node1"),
+        "ANY 1 (node1, node2)",
+        0.0,
+        UNCHANGED,
+        managed=True,
+    ),
     PlanCase("star is left alone", "*", (), "ANY 1 (node1)", 100.0, UNCHANGED),
     PlanCase("async without a policy stays async", "", ("node1",), None, 0.0, UNCHANGED),
 ]
@@ -227,6 +272,7 @@ def test_plan_sync(case: PlanCase) -> None:
         policy=parse_sync(case.policy) if case.policy is not None else None,
         unsatisfied_for=case.unsatisfied_for,
         attach_timeout=ATTACH,
+        managed=case.managed,
     )
     if case.expected is UNCHANGED:
         assert plan.value is None
