@@ -48,6 +48,7 @@ bench: $(STAMP) server-binaries
 	$(BIN)/python benchmarks/failover.py --runs 3 | tee $(BENCH_OUT)/failover.jsonl
 	$(BIN)/python benchmarks/faults.py --runs 5 | tee $(BENCH_OUT)/faults.jsonl
 	$(BIN)/python benchmarks/switchover.py --runs 5 | tee $(BENCH_OUT)/switchover.jsonl
+	$(BIN)/python benchmarks/http_flood.py --pairs 5 | tee $(BENCH_OUT)/http_flood.jsonl
 	$(BIN)/python benchmarks/overhead.py | tee $(BENCH_OUT)/overhead.jsonl
 	$(BIN)/python benchmarks/probes.py | tee $(BENCH_OUT)/probes.jsonl
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT)

@@ -211,6 +211,34 @@ def switchover_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def http_flood_table(records: list[dict[str, Any]]) -> list[str]:
+    """Kill-to-switch times with and without 500 connections on the HTTP port."""
+    rows = [r for r in records if "flooded" in r]
+    if not rows:
+        return []
+    lines = [
+        "| pair | HTTP port | kill to detection | kill to writes switched "
+        "| threads | descriptors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        port = f"{r['connections']} connections" if r["flooded"] else "quiet"
+        lines.append(
+            f"| {r['pair']} | {port} | {r['kill_to_detection_s']:.3f} s "
+            f"| {r['kill_to_switch_s']:.3f} s | {r['threads_before']} -> {r['threads_during']} "
+            f"| {r['fds_before']} -> {r['fds_during']} |"
+        )
+    summary = next((r["summary"] for r in records if "summary" in r), None)
+    if summary:
+        lines.append("")
+        lines.append(
+            f"Median kill to switch: quiet {summary['quiet_median_s']:.3f} s, flooded "
+            f"{summary['flooded_median_s']:.3f} s, difference "
+            f"{summary['difference_s'] * 1000:+.0f} ms (target: +100 ms or less)."
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the tables for the results directory given."""
     args = sys.argv[1:] if argv is None else argv
@@ -221,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Failover downtime", "failover.jsonl", failover_table),
         ("Fault to first write", "faults.jsonl", faults_table),
         ("Switchover under load", "switchover.jsonl", switchover_table),
+        ("Failover with a flooded HTTP port", "http_flood.jsonl", http_flood_table),
         ("Routing overhead", "overhead.jsonl", overhead_table),
         ("Probe cycles", "probes.jsonl", probes_table),
     ):

@@ -1,13 +1,19 @@
-"""The status/admin HTTP API: a WSGI application, and a small server to run it.
+"""The status/admin HTTP API: a WSGI application, and a server to run it.
 
 :class:`AdminApp` is a plain WSGI application, so it mounts in any WSGI
 stack (Django, Flask, gunicorn, a ``DispatcherMiddleware``) or runs on its
 own with :func:`serve`, which binds 127.0.0.1 unless told otherwise and
-serves each request on its own thread::
+serves it with waitress (:mod:`pgfailover.listener`: bounded workers,
+timeouts, size limits)::
 
     server = serve(mgr, port=8008, token=os.environ["PGFAILOVER_TOKEN"])
     ...
     server.close()
+
+With ``admin_port`` the admin endpoints move to a listener of their own
+(``admin_host``, 127.0.0.1 by default): the main address can then be open
+to load balancers and Prometheus while triggering a failover needs local
+access *and* the token.
 
 Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
 
@@ -25,9 +31,11 @@ Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
   403: disabled, never open. Tokens are compared in constant time;
 - ``GET /metrics``: Prometheus text format.
 
-Errors are JSON, ``{"error": "...", ...}``, with 400 (bad body), 401 (no or
-wrong token), 403 (admin disabled), 404 (unknown path or node), 405, 409
-(refused by a promotion guard; ``guard`` names it), 503 (no primary).
+Errors are JSON, ``{"error": "...", ...}``, with 400 (bad request or
+body), 401 (no or wrong token), 403 (admin disabled, or on another
+listener), 404 (unknown path or node), 405, 409 (refused by a promotion
+guard; ``guard`` names it), 411 (a chunked body the server did not
+de-chunk), 413 (body over 64 KiB), 503 (no primary).
 """
 
 from __future__ import annotations
@@ -36,19 +44,17 @@ import functools
 import hmac
 import json
 import logging
-import socket
-import socketserver
-import threading
+import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pgfailover.errors import NoPrimaryAvailable, PgFailoverError, PromotionRefused
+from pgfailover.listener import MAX_BODY, AdminServer, Limits
 from pgfailover.metrics import register
 from pgfailover.upkeep import commits_blocked
 
@@ -61,7 +67,25 @@ __all__ = ["AdminApp", "AdminServer", "HTTPError", "openapi", "serve"]
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
+_LIMIT_RE = re.compile(r"[0-9]{1,6}")
+_LENGTH_RE = re.compile(r"[0-9]{1,12}")
+
+
+def check_token(token: str | None) -> None:
+    """Refuse a token that cannot work, in one line (``ValueError``).
+
+    A header carries ASCII without surrounding whitespace, so a token with
+    either (a trailing newline from a file, say) could never match.
+    """
+    if token is None:
+        return
+    if token != token.strip() or not token.isascii() or not token.isprintable():
+        raise ValueError(
+            "the admin token must be printable ASCII without surrounding whitespace "
+            "(a token read from a file often ends with a newline)"
+        )
+    if len(token) < 16:
+        raise ValueError("the admin token must be at least 16 characters")
 
 
 class HTTPError(Exception):
@@ -92,7 +116,8 @@ class AdminApp:
 
     ``token``: the bearer token the admin endpoints require (``None``: they
     are disabled). ``registry``: where ``/metrics`` reads from (default: a
-    private registry exporting this manager only).
+    private registry exporting this manager only). ``admin=False``: the
+    admin endpoints are served elsewhere and answer 403 here.
     """
 
     def __init__(
@@ -101,15 +126,13 @@ class AdminApp:
         *,
         token: str | None = None,
         registry: CollectorRegistry | None = None,
+        admin: bool = True,
     ) -> None:
-        if token is not None and len(token) < 16:
-            raise ValueError("the admin token must be at least 16 characters")
+        check_token(token)
         self.mgr = mgr
+        self._admin = admin
         self._token = token.encode() if token is not None else None
-        if registry is None:
-            registry = CollectorRegistry(auto_describe=True)
-            register(mgr, registry)
-        self.registry = registry
+        self.registry = registry if registry is not None else _private_registry(mgr)
         self.routes: dict[tuple[str, str], tuple[Handler, bool]] = {
             ("GET", "/failover/status"): (self._status, False),
             ("GET", "/failover/metrics"): (self._metrics_json, False),
@@ -182,6 +205,8 @@ class AdminApp:
         raise HTTPError(404, f"no such endpoint: {path}")
 
     def _authorize(self, environ: WSGIEnvironment) -> None:
+        if not self._admin:
+            raise HTTPError(403, "admin endpoints are served on the admin address, not here")
         if self._token is None:
             raise HTTPError(
                 403, "admin endpoints are disabled: start the API with a token to enable them"
@@ -195,19 +220,27 @@ class AdminApp:
 
     @staticmethod
     def _body(environ: WSGIEnvironment) -> dict[str, Any]:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise HTTPError(400, "bad Content-Length") from None
+        declared = str(environ.get("CONTENT_LENGTH") or "").strip()
+        if not declared and environ.get("HTTP_TRANSFER_ENCODING"):
+            # A server that passes a chunked body on undecoded: reading
+            # nothing would act on an empty body (trigger without its target).
+            raise HTTPError(411, "send the body with a Content-Length")
+        if not _LENGTH_RE.fullmatch(declared or "0"):
+            raise HTTPError(400, "bad Content-Length")
+        length = int(declared or 0)
         if length > MAX_BODY:
             raise HTTPError(413, f"body larger than {MAX_BODY} bytes")
         raw = environ["wsgi.input"].read(length) if length else b""
+        if len(raw) != length:
+            raise HTTPError(400, "body shorter than its Content-Length")
         if not raw.strip():
             return {}
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HTTPError(400, "body is nested too deeply") from None
         if not isinstance(data, dict):
             raise HTTPError(400, "body must be a JSON object")
         return data
@@ -241,8 +274,10 @@ class AdminApp:
         limit = None
         if "limit" in query:
             value = query["limit"][-1]
-            if not value.isdigit() or int(value) < 1:
-                raise HTTPError(400, f"limit must be a positive integer, not {value!r}")
+            if not _LIMIT_RE.fullmatch(value) or int(value) < 1:
+                raise HTTPError(
+                    400, f"limit must be an integer from 1 to 999999, not {value[:20]!r}"
+                )
             limit = int(value)
         events = [e.as_dict() for e in self.mgr.history()]
         if limit is not None:
@@ -325,60 +360,6 @@ class AdminApp:
         return 200, self.mgr.get_failover_status()
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Request lines go to the ``pgfailover.server`` logger at DEBUG, not stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _ThreadingWSGIServer6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-class AdminServer:
-    """A running :class:`AdminApp` on its own thread; :meth:`close` stops it."""
-
-    def __init__(self, app: AdminApp, host: str, port: int) -> None:
-        self.app = app
-        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-        self._httpd = make_server(
-            host, port, app, server_class=server_class, handler_class=_QuietHandler
-        )
-        self.host = host
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="pgfailover-http",
-            daemon=True,
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8008``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop serving and release the port."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout)
-
-    def __enter__(self) -> AdminServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def serve(
     mgr: FailoverManager,
     *,
@@ -386,6 +367,36 @@ def serve(
     port: int = 0,
     token: str | None = None,
     registry: CollectorRegistry | None = None,
+    admin_host: str = "127.0.0.1",
+    admin_port: int | None = None,
+    limits: Limits | None = None,
 ) -> AdminServer:
-    """Serve ``mgr``'s API on ``host:port`` (port 0: a free one) in a thread."""
-    return AdminServer(AdminApp(mgr, token=token, registry=registry), host, port)
+    """Serve ``mgr``'s API on ``host:port`` (port 0: a free one) in a thread.
+
+    With ``admin_port`` (0: a free one) the admin endpoints are served only
+    on ``admin_host:admin_port``; ``host:port`` answers them with 403.
+
+    Raises:
+        ValueError: a token that cannot work (too short, whitespace, not ASCII).
+        OSError: an address that cannot be bound.
+    """
+    check_token(token)
+    if admin_port is None:
+        app = AdminApp(mgr, token=token, registry=registry)
+        return AdminServer(app, host, port, limits=limits)
+    registry = registry if registry is not None else _private_registry(mgr)
+    return AdminServer(
+        AdminApp(mgr, token=token, registry=registry, admin=False),
+        host,
+        port,
+        admin_app=AdminApp(mgr, token=token, registry=registry),
+        admin_host=admin_host,
+        admin_port=admin_port,
+        limits=limits,
+    )
+
+
+def _private_registry(mgr: FailoverManager) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    register(mgr, registry)
+    return registry

@@ -1,7 +1,8 @@
 """The ``pgfailover`` command line, behind the ``cli`` extra.
 
-``pip install 'pgfailover[cli]'`` brings click (the commands) and
-prometheus-client (``serve``'s ``/metrics``). The library itself needs
+``pip install 'pgfailover[cli]'`` brings click (the commands),
+prometheus-client (``serve``'s ``/metrics``) and waitress (``serve``'s HTTP
+server). The library itself needs
 neither: this module imports nothing until :func:`main` has checked that
 they are there, so a missing extra is one line and exit 3, not a traceback.
 The commands are in :mod:`pgfailover.cli.app`.
@@ -14,7 +15,7 @@ import sys
 
 __all__ = ["main"]
 
-_NEEDS = ("click", "prometheus_client")
+_NEEDS = ("click", "prometheus_client", "waitress")
 
 
 def main() -> None:

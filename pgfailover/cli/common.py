@@ -108,7 +108,16 @@ def _load(config: Path | None, dsn: str | None, url: str | None, token: str | No
     return Cluster(env_nodes, settings, None, token, {})
 
 
-SERVER_KEYS = {"host", "port", "token", "promotion", "log_format", "name"}
+SERVER_KEYS = {
+    "host",
+    "port",
+    "admin_host",
+    "admin_port",
+    "token",
+    "promotion",
+    "log_format",
+    "name",
+}
 
 
 def _server_table(data: dict[str, Any], path: Path) -> dict[str, Any]:

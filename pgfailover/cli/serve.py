@@ -68,6 +68,12 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 @click.option("--host", help="Address of the HTTP API (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port of the HTTP API (default 8008).")
 @click.option(
+    "--admin-port",
+    type=click.IntRange(0, 65535),
+    help="Serve the admin endpoints only on this port (the main port answers them 403).",
+)
+@click.option("--admin-host", help="Address of the admin port (default 127.0.0.1).")
+@click.option(
     "--promotion",
     type=click.Choice(["auto", "external", "manual"]),
     help="Promotion mode (default: auto; this process is the arbiter).",
@@ -85,6 +91,8 @@ def serve(
     cluster: Cluster,
     host: str | None,
     port: int | None,
+    admin_port: int | None,
+    admin_host: str | None,
     promotion: str | None,
     name: str | None,
     log_format: str | None,
@@ -114,6 +122,8 @@ def serve(
 
     listen_host = host or server.get("host", "127.0.0.1")
     listen_port = port if port is not None else int(server.get("port", 8008))
+    admin_listen_host = admin_host or server.get("admin_host", "127.0.0.1")
+    admin_listen_port = admin_port if admin_port is not None else server.get("admin_port")
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     api = None
     try:
@@ -124,9 +134,14 @@ def serve(
                 host=listen_host,
                 port=listen_port,
                 token=cluster.token,
+                admin_host=admin_listen_host,
+                admin_port=admin_listen_port,
             )
         except OSError as exc:
-            raise UsageProblem(f"cannot listen on {listen_host}:{listen_port}: {exc}") from None
+            where = f"{listen_host}:{listen_port}"
+            if admin_listen_port is not None:
+                where += f" and {admin_listen_host}:{admin_listen_port}"
+            raise UsageProblem(f"cannot listen on {where}: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
         snap = mgr.snapshot
@@ -135,12 +150,13 @@ def serve(
             mgr.name,
             api.url,
             mode,
-            "enabled" if cluster.token else "disabled",
+            f"on {api.admin_url}" if cluster.token else "disabled",
             snap.primary or "-",
             snap.state.value,
         )
         # Machine-readable readiness line on stdout (tests and scripts wait for it).
-        click.echo(json.dumps({"url": api.url, "cluster": mgr.name}), nl=True)
+        ready = {"url": api.url, "admin_url": api.admin_url, "cluster": mgr.name}
+        click.echo(json.dumps(ready), nl=True)
         sys.stdout.flush()
         stop.wait()
     finally:

@@ -105,6 +105,24 @@ class Workload:
         return sum(1 for _, p, _ in self.acked if p == port)
 
 
+def config_file(lab: LocalLab, tmp_path: Path, extra: str = "") -> Path:
+    """A ``pgfailover.toml`` for ``lab`` with fast probing and a history file."""
+    lines = []
+    for i, node in enumerate(lab.nodes):
+        lines += ["[[nodes]]", f'name = "{node.name}"', f'dsn = "{node.dsn}"', f"priority = {i}"]
+    lines += [
+        "[failover]",
+        "health_check_interval = 0.2",
+        "fast_interval = 0.05",
+        "failover_cooldown = 0",
+        f'history_file = "{tmp_path / "history.jsonl"}"',
+        extra,
+    ]
+    path = tmp_path / "pgfailover.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def prepare(lab: LocalLab) -> None:
     lab.run_sql("node0", "CREATE TABLE w (id bigint PRIMARY KEY)")
     for standby in ("node1", "node2"):

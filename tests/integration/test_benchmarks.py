@@ -84,10 +84,17 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert (done["failed"], done["lost"], done["old_primary_acks_after"]) == (0, 0, 0), done
     assert done["longest_pause_s"] is not None
 
+    flood = _run("http_flood.py", "--pairs", "1", out=tmp_path / "http_flood.jsonl")
+    runs = [r for r in flood if "flooded" in r]
+    assert sorted(r["flooded"] for r in runs) == [False, True]
+    assert all(r["kill_to_switch_s"] is not None for r in runs), runs
+    assert all(r["threads_during"] == r["threads_before"] for r in runs), runs
+
     report = _report(tmp_path)
     for title in (
         "Failover downtime",
         "Switchover under load",
+        "Failover with a flooded HTTP port",
         "Routing overhead",
         "Probe cycles",
     ):

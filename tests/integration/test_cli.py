@@ -22,26 +22,9 @@ from click.testing import CliRunner
 from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab
 
-from .helpers import wait_until
+from .helpers import config_file, wait_until
 
 TOKEN = "cli-admin-token-0123456789"
-
-
-def _config(lab: LocalLab, tmp_path: Path, extra: str = "") -> Path:
-    lines = []
-    for i, node in enumerate(lab.nodes):
-        lines += ["[[nodes]]", f'name = "{node.name}"', f'dsn = "{node.dsn}"', f"priority = {i}"]
-    lines += [
-        "[failover]",
-        "health_check_interval = 0.2",
-        "fast_interval = 0.05",
-        "failover_cooldown = 0",
-        f'history_file = "{tmp_path / "history.jsonl"}"',
-        extra,
-    ]
-    path = tmp_path / "pgfailover.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -51,7 +34,7 @@ def _run(*args: str) -> tuple[int, str]:
 
 
 def test_status_exit_codes_follow_the_cluster(fresh_lab: LocalLab, tmp_path: Path) -> None:
-    config = str(_config(fresh_lab, tmp_path))
+    config = str(config_file(fresh_lab, tmp_path))
     code, out = _run("status", "--config", config)
     assert code == 0, out
     assert "HEALTHY" in out
@@ -73,7 +56,7 @@ def test_status_exit_codes_follow_the_cluster(fresh_lab: LocalLab, tmp_path: Pat
 
 
 def test_trigger_refuses_then_promotes_with_force(fresh_lab: LocalLab, tmp_path: Path) -> None:
-    config = str(_config(fresh_lab, tmp_path))
+    config = str(config_file(fresh_lab, tmp_path))
     code, out = _run("trigger", "--config", config, "--to", "node9", "--yes")
     assert code == 3, out
     assert "unknown node 'node9'" in out
@@ -124,7 +107,7 @@ def test_user_mistakes_print_one_line_and_exit_3(tmp_path: Path) -> None:
 
 
 def test_serve_answers_and_stops_on_sigterm(fresh_lab: LocalLab, tmp_path: Path) -> None:
-    config = str(_config(fresh_lab, tmp_path))
+    config = str(config_file(fresh_lab, tmp_path))
     log_path = tmp_path / "serve.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
@@ -190,7 +173,7 @@ def test_serve_answers_and_stops_on_sigterm(fresh_lab: LocalLab, tmp_path: Path)
 
 
 def test_watch_refreshes_and_stops(fresh_lab: LocalLab, tmp_path: Path) -> None:
-    config = str(_config(fresh_lab, tmp_path))
+    config = str(config_file(fresh_lab, tmp_path))
     code, out = _run("watch", "--config", config, "--interval", "0.2", "--count", "2")
     assert code == 0, out
     assert out.count("HEALTHY") == 2

@@ -109,13 +109,13 @@ def test_importing_pgfailover_loads_no_lab_cli_or_web_server() -> None:
         "import sys, pgfailover; "
         "print(' '.join(sorted(m for m in sys.modules if m.startswith(('pgfailover.lab', "
         "'pgfailover.cli', 'pgfailover.server', 'pgfailover.metrics', 'pgfailover.demo', "
-        "'click', 'prometheus_client')))))"
+        "'pgfailover.listener', 'click', 'prometheus_client', 'waitress')))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("missing", ["click", "prometheus_client"])
+@pytest.mark.parametrize("missing", ["click", "prometheus_client", "waitress"])
 def test_the_command_line_without_its_extra_says_so_in_one_line(missing: str) -> None:
     code = (
         f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['pgfailover', 'status']; "
