@@ -10,12 +10,14 @@ masked. Reading them from a TOML file, a DSN or the environment is
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
 
+from msgspec import Meta
+
+from pgfailover import schema
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError
 
@@ -24,13 +26,37 @@ __all__ = [
     "Node",
     "Promotion",
     "ReadStrategyName",
+    "ServerSettings",
+    "check_token",
 ]
 
 Promotion = Literal["external", "auto", "manual"]
 ReadStrategyName = Literal["round_robin", "least_lag", "priority", "random"]
 
 MIB: Final = 1024 * 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+DAY: Final = 86400.0
+NAME_PATTERN: Final = r"^[A-Za-z0-9_.:/-]{1,100}$"
+
+# The schema (see pgfailover.schema): types and bounds, checked at construction.
+Seconds = Annotated[float, Meta(gt=0, le=DAY)]
+SecondsOrOff = Annotated[float, Meta(ge=0, le=DAY)]
+Threshold = Annotated[int, Meta(ge=1, le=1000)]
+ByteCount = Annotated[int, Meta(ge=0, le=2**53)]
+PoolSize = Annotated[int, Meta(ge=0, le=10_000)]
+Name = Annotated[
+    str,
+    Meta(pattern=NAME_PATTERN, description="1-100 letters, digits, '_', '.', ':', '/' or '-'"),
+]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Host = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\s/]+$",
+        description="a host name or IP address (no blanks or '/')",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -50,40 +76,33 @@ class Node:
 
     name: str
     dsn: str = field(repr=False)
-    priority: int = 100
-    pool_min_size: int | None = None
-    pool_max_size: int | None = None
+    priority: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)] = 100
+    pool_min_size: PoolSize | None = None
+    pool_max_size: PoolSize | None = None
     nofailover: bool = False
     noloadbalance: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not schema.matches(NAME_PATTERN, self.name):
             raise ConfigurationError(
                 f"node name {self.name!r}: use 1-100 letters, digits, '_', '.', ':', '/' or '-'"
             )
         if not isinstance(self.dsn, str) or not self.dsn.strip():
             raise ConfigurationError(f"node {self.name}: dsn must be a non-empty string")
+        schema.check(self, source=f"node {self.name}", secrets=("dsn",))
         params = parse_dsn(self.dsn, field=f"node {self.name}: dsn")
         if "," in params.get("host", "") or "," in params.get("hostaddr", ""):
             raise ConfigurationError(
                 f"node {self.name}: dsn {mask_dsn(self.dsn)!r} names several hosts; "
                 "give one node per host (FailoverManager.from_dsn splits a multi-host DSN)"
             )
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+        if self.pool_max_size == 0:
+            raise ConfigurationError(f"node {self.name}: pool_max_size must be at least 1")
+        low, high = self.pool_min_size, self.pool_max_size
+        if low is not None and high is not None and low > high:
             raise ConfigurationError(
-                f"node {self.name}: priority must be an int, got {self.priority!r}"
+                f"node {self.name}: pool_min_size ({low}) must not exceed pool_max_size ({high})"
             )
-        for tag in ("nofailover", "noloadbalance"):
-            if not isinstance(getattr(self, tag), bool):
-                raise ConfigurationError(
-                    f"node {self.name}: {tag} must be true or false, got {getattr(self, tag)!r}"
-                )
-        for attr in ("pool_min_size", "pool_max_size"):
-            value = getattr(self, attr)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigurationError(
-                    f"node {self.name}: {attr} must be an int >= 0, got {value!r}"
-                )
 
     @property
     def safe_dsn(self) -> str:
@@ -98,18 +117,6 @@ class Node:
     def __repr__(self) -> str:
         tags = f", tags={list(self.tags)}" if self.tags else ""
         return f"Node(name={self.name!r}, dsn={self.safe_dsn!r}, priority={self.priority}{tags})"
-
-
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be a number {bound}, got {value!r}")
-
-
-def _int_at_least(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -153,67 +160,35 @@ class FailoverConfig:
     """
 
     promotion: Promotion = "external"
-    health_check_interval: float = 1.0
-    health_check_timeout: float = 1.0
-    fast_interval: float = 0.05
-    unhealthy_threshold: int = 3
-    healthy_threshold: int = 2
-    max_promotion_lag_bytes: int = 16 * MIB
-    max_read_lag_bytes: int = 16 * MIB
-    max_read_lag_seconds: float = 10.0
-    failover_cooldown: float = 60.0
-    wal_receiver_timeout: float = 4.0
-    failover_wait_timeout: float = 15.0
-    sync_standby_attach_timeout: float = 5.0
+    health_check_interval: Seconds = 1.0
+    health_check_timeout: Seconds = 1.0
+    fast_interval: Seconds = 0.05
+    unhealthy_threshold: Threshold = 3
+    healthy_threshold: Threshold = 2
+    max_promotion_lag_bytes: ByteCount = 16 * MIB
+    max_read_lag_bytes: ByteCount = 16 * MIB
+    max_read_lag_seconds: Seconds = 10.0
+    failover_cooldown: SecondsOrOff = 60.0
+    wal_receiver_timeout: SecondsOrOff = 4.0
+    failover_wait_timeout: SecondsOrOff = 15.0
+    sync_standby_attach_timeout: SecondsOrOff = 5.0
     read_strategy: ReadStrategyName = "round_robin"
     fence_stale_primary: bool = False
     repoint_standbys: bool = True
-    pool_min_size: int = 1
-    pool_max_size: int = 10
-    pool_timeout: float = 5.0
-    connect_timeout: float = 2.0
-    history_size: int = 100
-    history_file: str | None = None
+    pool_min_size: PoolSize = 1
+    pool_max_size: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    pool_timeout: Seconds = 5.0
+    connect_timeout: Seconds = 2.0
+    history_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
+    history_file: Annotated[str, Meta(min_length=1, description="a file name")] | None = None
 
     def __post_init__(self) -> None:
-        if self.promotion not in get_args(Promotion):
-            raise ConfigurationError(
-                f"promotion must be one of {', '.join(get_args(Promotion))}, "
-                f"got {self.promotion!r}"
-            )
-        if self.read_strategy not in get_args(ReadStrategyName):
-            raise ConfigurationError(
-                f"read_strategy must be one of {', '.join(get_args(ReadStrategyName))}, "
-                f"got {self.read_strategy!r}"
-            )
-        for name in (
-            "health_check_interval",
-            "health_check_timeout",
-            "fast_interval",
-            "pool_timeout",
-            "connect_timeout",
-        ):
-            _positive(name, getattr(self, name))
-        for name in (
-            "failover_cooldown",
-            "failover_wait_timeout",
-            "sync_standby_attach_timeout",
-            "wal_receiver_timeout",
-        ):
-            _positive(name, getattr(self, name), allow_zero=True)
-        _positive("max_read_lag_seconds", self.max_read_lag_seconds)
+        schema.check(self)
         if 0 < self.wal_receiver_timeout < 1.0:
             raise ConfigurationError(
                 f"wal_receiver_timeout must be 0 (leave the servers alone) or >= 1 second, "
                 f"got {self.wal_receiver_timeout!r}"
             )
-        _int_at_least("unhealthy_threshold", self.unhealthy_threshold, 1)
-        _int_at_least("healthy_threshold", self.healthy_threshold, 1)
-        _int_at_least("max_promotion_lag_bytes", self.max_promotion_lag_bytes, 0)
-        _int_at_least("max_read_lag_bytes", self.max_read_lag_bytes, 0)
-        _int_at_least("pool_min_size", self.pool_min_size, 0)
-        _int_at_least("pool_max_size", self.pool_max_size, 1)
-        _int_at_least("history_size", self.history_size, 1)
         if self.pool_min_size > self.pool_max_size:
             raise ConfigurationError(
                 f"pool_min_size ({self.pool_min_size}) must not exceed "
@@ -224,11 +199,8 @@ class FailoverConfig:
                 f"fast_interval ({self.fast_interval}) must not exceed "
                 f"health_check_interval ({self.health_check_interval})"
             )
-        for name in ("fence_stale_primary", "repoint_standbys"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(
-                    f"{name} must be true or false, got {getattr(self, name)!r}"
-                )
+        if self.history_file is not None:
+            _check_file("history_file", self.history_file)
 
     def replace(self, **changes: Any) -> FailoverConfig:
         """A copy with ``changes`` applied (and validated)."""
@@ -237,11 +209,64 @@ class FailoverConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> FailoverConfig:
         """Build from a dict (a TOML table, env values), rejecting unknown keys."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigurationError(
-                f"{source}: unknown setting(s) {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        return cls(**dict(data))
+        return schema.from_mapping(cls, data, source=source)
+
+
+def _check_file(key: str, value: str) -> None:
+    """A file pgfailover writes: not a directory, in a directory that exists."""
+    if "\x00" in value:
+        raise ConfigurationError(f"{key} must be a file name, got one with a NUL character")
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigurationError(f"{key} must be a file, got the directory {value!r}")
+    if not path.parent.is_dir():
+        raise ConfigurationError(
+            f"{key} {value!r}: the directory {str(path.parent)!r} does not exist"
+        )
+
+
+def check_token(token: str | None) -> None:
+    """Refuse an admin token that cannot work, in one line (``ValueError``).
+
+    A header carries ASCII without surrounding whitespace, so a token with
+    either (a trailing newline from a file, say) could never match. The
+    token itself is never in the message.
+    """
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise ValueError(f"the admin token must be a string, got a {type(token).__name__}")
+    if token != token.strip() or not token.isascii() or not token.isprintable():
+        raise ValueError(
+            "the admin token must be printable ASCII without surrounding whitespace "
+            "(a token read from a file often ends with a newline)"
+        )
+    if len(token) < 16:
+        raise ValueError("the admin token must be at least 16 characters")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``pgfailover serve``'s ``[server]`` table: where the API listens, and how.
+
+    ``host``/``port`` serve everything (or, with ``admin_port``, everything
+    but the admin endpoints, which ``admin_host:admin_port`` serves);
+    ``token`` enables the admin endpoints; ``promotion`` is the arbiter's
+    mode; ``log_format`` its stderr lines; ``name`` the metrics' cluster label.
+    """
+
+    host: Host = "127.0.0.1"
+    port: Port = 8008
+    admin_host: Host = "127.0.0.1"
+    admin_port: Port | None = None
+    token: str | None = field(default=None, repr=False)
+    promotion: Promotion = "auto"
+    log_format: Literal["plain", "json"] = "plain"
+    name: Name = "default"
+
+    def __post_init__(self) -> None:
+        schema.check(self, secrets=("token",))
+        try:
+            check_token(self.token)
+        except ValueError as exc:
+            raise ConfigurationError(f"token: {exc}") from None

@@ -9,42 +9,161 @@ status, metric, exception) goes through :func:`mask_dsn` first.
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgfailover.errors import ConfigurationError
 
-__all__ = ["mask_dsn", "node_address", "split_multihost"]
+__all__ = ["mask_dsn", "node_address", "parse_dsn", "secrets_in", "split_multihost"]
 
-_SECRET_KEYS = ("password", "sslpassword")
-_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@]*:)([^@]*)(@)")
-_KV_PASSWORD = re.compile(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_SCHEME = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
+# key = value in libpq's key/value form: a quoted value, or everything up to
+# the next ``key=`` (a value with a space in it is broken, but must not show
+# either). In a URL query: up to the next '&'.
+_KV_PASSWORD = re.compile(
+    r"((?<![?&])\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:(?!\s+[A-Za-z_]+\s*=).)*)",
+    re.IGNORECASE | re.DOTALL,
+)
+_QUERY_PASSWORD = re.compile(r"((?<=[?&])(?:ssl)?password=)([^&#]*)", re.IGNORECASE)
+_QUOTED = re.compile(r'"[^"]*"?')
+
+
+def _userinfo_password(dsn: str, start: int, end: int) -> tuple[int, int] | None:
+    """Span of the password in the URL whose scheme ends at ``start``, or ``None``.
+
+    The user info ends at the *last* '@' before ``end``: a password holding
+    an unescaped '@', '/' or '?' is still masked whole (libpq would misparse
+    it; :func:`parse_dsn` refuses such a URL).
+    """
+    at = dsn.rfind("@", start, end)
+    if at < 0:
+        return None
+    colon = dsn.find(":", start, at)
+    return None if colon < 0 else (colon + 1, at)
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    spans = []
+    whole = bool(_SCHEME.match(text.strip()))
+    for match in _SCHEME.finditer(text):
+        end = len(text)
+        if not whole:  # a URL inside a message ends at a blank
+            stop = re.compile(r"\s").search(text, match.end())
+            end = stop.start() if stop else end
+        span = _userinfo_password(text, match.end(), end)
+        if span is not None and span[1] > span[0]:
+            spans.append(span)
+    for pattern in (_KV_PASSWORD, _QUERY_PASSWORD):
+        for match in pattern.finditer(text):
+            if match.end(2) > match.start(2):
+                spans.append((match.start(2), match.end(2)))
+    return spans
+
+
+def secrets_in(dsn: str) -> list[str]:
+    """The password-like values written in ``dsn`` (as written, and decoded).
+
+    Generous on purpose: whatever could be a password counts, so that a
+    message about a broken DSN can be checked against all of it.
+    """
+    found = []
+    for start, end in _secret_spans(dsn):
+        raw = dsn[start:end].strip("'")
+        found += [raw, urllib.parse.unquote(raw)]
+    return sorted({f for f in found if f}, key=len, reverse=True)
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with every password replaced by ``***``.
+    """The DSN (or a message quoting DSNs) with every password replaced by ``***``.
 
-    Works on strings libpq cannot parse too, so a malformed DSN can be
-    quoted in an error message without leaking what it holds.
+    Textual, so it works on strings libpq cannot parse, in any scheme case,
+    and keeps the form the user wrote: URL user info (up to the last '@'),
+    ``password=`` / ``sslpassword=`` in key/value strings and URL queries.
     """
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", dsn))
-    for key in _SECRET_KEYS:
-        if key in params:
-            params[key] = "***"
-    return make_conninfo("", **params)
+    spans = _secret_spans(dsn)
+    if not spans:
+        return dsn
+    out, last = [], 0
+    for start, end in sorted(spans):
+        out.append(dsn[last : max(start, last)] + "***")
+        last = max(last, end)
+    return "".join(out) + dsn[last:]
+
+
+def _is_port(text: str) -> bool:
+    return bool(re.fullmatch(r"[0-9]{1,5}", text)) and 0 < int(text) < 65536
+
+
+def _url_problem(dsn: str) -> str | None:
+    """What libpq would misread or refuse in a URL's scheme or user info, or ``None``."""
+    match = _SCHEME.match(dsn.strip())
+    if match is None:
+        return None
+    if not match.group(0).islower():
+        return "libpq reads only a lower-case postgresql:// or postgres:// scheme"
+    rest = dsn.strip()[match.end() :]
+    # libpq's user info runs to the first '@' before the first '/'.
+    authority_end = rest.find("/") if "/" in rest else len(rest)
+    query = rest.find("?", authority_end)
+    path = rest[authority_end : query if query >= 0 else len(rest)]
+    if "@" in path:
+        return "the user or password holds '/': percent-encode it as %2F"
+    if rest[:authority_end].count("@") > 1:
+        return "the user or password holds '@': percent-encode it as %40"
+    return None
+
+
+def _libpq_detail(exc: Exception, dsn: str) -> str:
+    """libpq's complaint, without any fragment of a password it may quote."""
+    text = str(exc).strip()
+    detail = re.split(r"[\r\n]", text)[0] if text else "cannot parse"
+    secrets = secrets_in(dsn)
+
+    def quote(match: re.Match[str]) -> str:
+        quoted = match.group(0)
+        fragment = quoted[1:-1] if len(quoted) > 1 and quoted.endswith('"') else quoted[1:]
+        return quoted if _harmless(fragment, secrets) else '"..."'
+
+    detail = _QUOTED.sub(quote, detail)
+    for secret in secrets:
+        detail = detail.replace(secret, "***")
+    return detail
+
+
+def _harmless(fragment: str, secrets: list[str]) -> bool:
+    """Nothing of a secret in ``fragment`` (no run of 3 characters in common)."""
+    if not fragment.strip() or (len(fragment) <= 2 and not fragment.isalnum()):
+        return True  # '=' and the like
+    windows = {fragment[i : i + 3] for i in range(max(1, len(fragment) - 2))}
+    return not any(fragment in s or any(w in s for w in windows) for s in secrets)
 
 
 def parse_dsn(dsn: str, *, field: str = "dsn") -> dict[str, str]:
-    """libpq's parse of ``dsn`` as a dict, or a ConfigurationError naming ``field``."""
+    """libpq's parse of ``dsn`` as a dict, or a ConfigurationError naming ``field``.
+
+    A URL whose user info libpq would split wrongly (an unescaped '/' or
+    '@' in the password, which would turn parts of it into the host, port
+    or database) is refused: percent-encode those characters.
+    """
+    problem = "contains a NUL character" if "\x00" in dsn else _url_problem(dsn)
+    if problem is not None:
+        raise ConfigurationError(f"{field}: invalid DSN {mask_dsn(dsn)!r}: {problem}")
     try:
-        return {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
     except psycopg.ProgrammingError as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "cannot parse"
-        raise ConfigurationError(f"{field}: invalid DSN {mask_dsn(dsn)!r}: {detail}") from None
+        raise ConfigurationError(
+            f"{field}: invalid DSN {mask_dsn(dsn)!r}: {_libpq_detail(exc, dsn)}"
+        ) from None
+    for port in params.get("port", "").split(","):
+        if port.strip() and not _is_port(port.strip()):
+            shown = repr(port) if _harmless(port, secrets_in(dsn)) else "'...'"
+            raise ConfigurationError(
+                f"{field}: port {shown} in {mask_dsn(dsn)!r} is not a port number "
+                "(1-65535, or empty for 5432)"
+            )
+    return params
 
 
 def split_multihost(dsn: str, *, field: str = "dsn") -> list[str]:
@@ -77,7 +196,7 @@ def split_multihost(dsn: str, *, field: str = "dsn") -> list[str]:
             "(give one port for all hosts, or one per host)"
         )
     for port in ports:
-        if port.strip() and (not port.strip().isdigit() or not 0 < int(port) < 65536):
+        if port.strip() and not _is_port(port.strip()):
             raise ConfigurationError(
                 f"{field}: port {port!r} in {mask_dsn(dsn)!r} is not a port number "
                 "(1-65535, or empty for 5432)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
 
 __all__ = ["Callbacks", "EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
 
@@ -74,14 +77,24 @@ class FailoverEvent:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FailoverEvent:
-        """Inverse of :meth:`as_dict` (unknown keys ignored)."""
+    def from_dict(cls, data: Any) -> FailoverEvent:
+        """Inverse of :meth:`as_dict` (unknown keys ignored), checked field by field.
+
+        Raises:
+            ValueError: not an object, or a field of the wrong type (the
+                message names it).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["from_node"] = data.get("from")
         values["to_node"] = data.get("to")
-        values["notes"] = tuple(data.get("notes") or ())
-        return cls(**values)
+        values["notes"] = data.get("notes") or []
+        try:
+            return msgspec.convert(values, type=cls, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class EventLog:
@@ -101,14 +114,21 @@ class EventLog:
             self._load(self._path)
 
     def _load(self, path: Path) -> None:
+        """Read the file; a line that is not an event is skipped with a warning."""
         latest: dict[str, FailoverEvent] = {}
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            logger.warning("history file %s not read: %s", path, exc)
+            return
+        for number, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
-                event = FailoverEvent.from_dict(json.loads(line))
-            except (ValueError, TypeError) as exc:
-                logger.warning("history file %s line %d skipped: %s", path, number, exc)
+                event = FailoverEvent.from_dict(json.loads(line.decode("utf-8")))
+            except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and schema errors
+                detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                logger.warning("history file %s line %d skipped: %s", path, number, detail)
                 continue
             latest.pop(event.id, None)
             latest[event.id] = event  # the last line of an event wins
@@ -133,11 +153,27 @@ class EventLog:
         else:
             self._events.append(event)
         if self._path is not None:
+            self._append(self._path, json.dumps(event.as_dict(), sort_keys=True) + "\n")
+
+    @staticmethod
+    def _append(path: Path, line: str) -> None:
+        """Append one line with one ``write(2)`` on an ``O_APPEND`` descriptor.
+
+        A process killed at any point leaves the line whole or absent, never
+        torn (a buffered file may split a long line over several writes); a
+        torn line from elsewhere is skipped when the file is read.
+        """
+        data = line.encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                with self._path.open("a") as fh:
-                    fh.write(json.dumps(event.as_dict(), sort_keys=True) + "\n")
-            except OSError as exc:
-                logger.error("cannot append to history file %s: %s", self._path, exc)
+                written = os.write(fd, data)
+                while written < len(data):  # only on a full disk or a signal
+                    written += os.write(fd, data[written:])
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.error("cannot append to history file %s: %s", path, exc)
 
     def update(self, event_id: str, **changes: Any) -> FailoverEvent | None:
         """Apply ``changes`` to the event with ``event_id`` and record it, atomically."""

@@ -53,7 +53,13 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from pgfailover.errors import NoPrimaryAvailable, PgFailoverError, PromotionRefused
+from pgfailover.config import check_token
+from pgfailover.errors import (
+    ManagerClosed,
+    NoPrimaryAvailable,
+    PgFailoverError,
+    PromotionRefused,
+)
 from pgfailover.listener import MAX_BODY, AdminServer, Limits
 from pgfailover.metrics import register
 from pgfailover.upkeep import commits_blocked
@@ -63,29 +69,12 @@ if TYPE_CHECKING:
 
     from pgfailover.manager import FailoverManager
 
-__all__ = ["AdminApp", "AdminServer", "HTTPError", "openapi", "serve"]
+__all__ = ["AdminApp", "AdminServer", "HTTPError", "check_token", "openapi", "serve"]
 
 logger = logging.getLogger(__name__)
 
 _LIMIT_RE = re.compile(r"[0-9]{1,6}")
 _LENGTH_RE = re.compile(r"[0-9]{1,12}")
-
-
-def check_token(token: str | None) -> None:
-    """Refuse a token that cannot work, in one line (``ValueError``).
-
-    A header carries ASCII without surrounding whitespace, so a token with
-    either (a trailing newline from a file, say) could never match.
-    """
-    if token is None:
-        return
-    if token != token.strip() or not token.isascii() or not token.isprintable():
-        raise ValueError(
-            "the admin token must be printable ASCII without surrounding whitespace "
-            "(a token read from a file often ends with a newline)"
-        )
-    if len(token) < 16:
-        raise ValueError("the admin token must be at least 16 characters")
 
 
 class HTTPError(Exception):
@@ -166,6 +155,8 @@ class AdminApp:
             status, data = handler(environ)
         except HTTPError as exc:
             status, data = exc.status, {"error": str(exc), **exc.extra}
+        except ManagerClosed as exc:  # mounted in an app whose manager is closed
+            status, data = 503, {"error": str(exc)}
         except Exception:
             logger.exception("admin API: %s %s failed", method, path)
             status, data = 500, {"error": "internal error (see the server log)"}

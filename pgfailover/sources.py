@@ -11,12 +11,14 @@ problem (DSNs masked).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pgfailover import schema
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.dsn import mask_dsn, parse_dsn, split_multihost
 from pgfailover.errors import ConfigurationError
@@ -85,6 +87,22 @@ def nodes_from_dsn(dsn: str) -> list[Node]:
     return nodes
 
 
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+# PGFAILOVER_ variables that are not settings (the lab's, the server's, the tests').
+_OTHER_VARIABLES = frozenset(
+    {
+        "PGFAILOVER_DSN",
+        "PGFAILOVER_ADMIN_TOKEN",
+        "PGFAILOVER_PG_BINDIR",
+        "PGFAILOVER_LAB_USER",
+        "PGFAILOVER_LAB_DIR",
+        "PGFAILOVER_LAB_IMAGE",
+        "PGFAILOVER_REQUIRE_TOOLS",
+    }
+)
+
+
 def _coerce(name: str, raw: str, source: str) -> Any:
     """Turn an environment string into the type of config field ``name``."""
     default = getattr(FailoverConfig(), name)
@@ -133,11 +151,17 @@ def load_env(
             ) from None
     names = {f.name for f in dataclasses.fields(FailoverConfig)}
     for key, raw in env.items():
-        if not key.startswith("PGFAILOVER_") or key in ("PGFAILOVER_DSN",):
+        if not key.startswith("PGFAILOVER_") or key in _OTHER_VARIABLES:
             continue
         name = key[len("PGFAILOVER_") :].lower()
         if name in names:
             settings[name] = _coerce(name, raw, key)
+            continue
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.85)
+        if close:  # a typo of a setting, not another program's variable
+            raise ConfigurationError(
+                f"{key} is not a setting (did you mean PGFAILOVER_{close[0].upper()}?)"
+            )
     config = FailoverConfig.from_mapping(settings, source="environment")
     if env.get("PGFAILOVER_DSN"):
         return nodes_from_dsn(env["PGFAILOVER_DSN"]), config
@@ -150,8 +174,15 @@ def load_env(
             "password": env.get("DB_PASSWORD"),
         }
         ssl = env.get("DB_SSL", "").strip().lower()
-        if ssl in ("1", "true", "yes", "on", "require"):
+        if ssl in ("1", "true", "yes", "on"):
             params["sslmode"] = "require"
+        elif ssl in _SSLMODES:
+            params["sslmode"] = ssl
+        elif ssl not in ("", "0", "false", "no", "off"):
+            raise ConfigurationError(
+                f"DB_SSL must be true or false or a libpq sslmode "
+                f"({', '.join(_SSLMODES)}), got {env['DB_SSL']!r}"
+            )
         from psycopg.conninfo import make_conninfo
 
         dsn = make_conninfo("", **{k: v for k, v in params.items() if v})
@@ -192,37 +223,32 @@ def load_toml(path: str | Path) -> tuple[list[Node], FailoverConfig]:
 def parse_toml(data: Mapping[str, Any], path: str | Path) -> tuple[list[Node], FailoverConfig]:
     """Nodes and settings from a TOML file already read (``path`` names it in errors)."""
     allowed = {"dsn", "primary", "standbys", "nodes", "failover", "server"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigurationError(
-            f"config file {path}: unknown key(s) {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(allowed))})"
-        )
+    schema.refuse_unknown(data, allowed, f"config file {path}")
     config = FailoverConfig.from_mapping(data.get("failover", {}), source=f"{path} [failover]")
     sources = [k for k in ("dsn", "primary", "nodes") if k in data]
     if len(sources) != 1:
         raise ConfigurationError(
             f"config file {path}: give exactly one of dsn, primary (+ standbys) or [[nodes]]"
         )
+    for key in ("dsn", "primary"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigurationError(f"config file {path}: {key} must be a string (a DSN)")
+    if "standbys" in data and "primary" not in data:
+        raise ConfigurationError(f"config file {path}: standbys needs primary")
     if "dsn" in data:
-        return nodes_from_dsn(str(data["dsn"])), config
+        return nodes_from_dsn(data["dsn"]), config
     if "primary" in data:
-        return nodes_from_primary(str(data["primary"]), list(data.get("standbys", []))), config
-    nodes = []
-    for index, entry in enumerate(data["nodes"]):
-        if not isinstance(entry, dict):
-            raise ConfigurationError(f"config file {path}: nodes[{index}] must be a table")
-        known = [f.name for f in dataclasses.fields(Node)]
-        unknown = sorted(set(entry) - set(known))
-        missing = [k for k in ("name", "dsn") if k not in entry]
-        if unknown or missing:
-            what = (
-                f"unknown key(s) {', '.join(unknown)}"
-                if unknown
-                else f"missing {', '.join(missing)}"
-            )
+        standbys = data.get("standbys", [])
+        if not isinstance(standbys, list) or not all(isinstance(d, str) for d in standbys):
             raise ConfigurationError(
-                f"config file {path}: nodes[{index}]: {what} (known: {', '.join(known)})"
+                f"config file {path}: standbys must be a list of DSNs (strings)"
             )
-        nodes.append(Node(**entry))
+        return nodes_from_primary(data["primary"], standbys), config
+    entries = data["nodes"]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigurationError(f"config file {path}: nodes must be [[nodes]] tables")
+    nodes = [
+        schema.from_mapping(Node, entry, source=f"config file {path}: nodes[{index}]")
+        for index, entry in enumerate(entries)
+    ]
     return nodes, config

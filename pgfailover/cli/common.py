@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ from typing import Any, TypeVar
 
 import click
 
-from pgfailover.config import FailoverConfig, Node
+from pgfailover import schema
+from pgfailover.config import FailoverConfig, Node, ServerSettings
 from pgfailover.dsn import mask_dsn
 from pgfailover.errors import ConfigurationError, PgFailoverError
 from pgfailover.report import EXIT_DEGRADED, EXIT_NO_PRIMARY, EXIT_OK, EXIT_USAGE
@@ -74,7 +77,7 @@ class Cluster:
     config: FailoverConfig
     url: str | None
     token: str | None
-    server: dict[str, Any]
+    server: ServerSettings
 
     def probe_config(self, timeout: float | None) -> FailoverConfig:
         """Settings for a one-shot manager: no idle pool connections."""
@@ -88,50 +91,46 @@ class Cluster:
 def _load(config: Path | None, dsn: str | None, url: str | None, token: str | None) -> Cluster:
     token = token or os.environ.get("PGFAILOVER_ADMIN_TOKEN") or None
     if url:
-        if not url.startswith(("http://", "https://")):
-            raise UsageProblem(f"--url must be an http:// or https:// URL, not {url!r}")
-        return Cluster(None, FailoverConfig(), url.rstrip("/"), token, {})
+        return Cluster(None, FailoverConfig(), _check_url(url), token, ServerSettings())
     if config is not None:
         data = read_toml(config)
         nodes, settings = parse_toml(data, config)
         server = _server_table(data, config)
-        return Cluster(nodes, settings, None, token or server.get("token"), server)
+        return Cluster(nodes, settings, None, token or server.token, server)
     if dsn:
         _, settings = load_env()
-        return Cluster(nodes_from_dsn(dsn), settings, None, token, {})
+        return Cluster(nodes_from_dsn(dsn), settings, None, token, ServerSettings())
     env_nodes, settings = load_env()
     if env_nodes is None:
         raise UsageProblem(
             "no cluster given: use --config FILE, --dsn DSN or --url URL, "
             "or set PGFAILOVER_DSN (or DB_HOST...)"
         )
-    return Cluster(env_nodes, settings, None, token, {})
+    return Cluster(env_nodes, settings, None, token, ServerSettings())
 
 
-SERVER_KEYS = {
-    "host",
-    "port",
-    "admin_host",
-    "admin_port",
-    "token",
-    "promotion",
-    "log_format",
-    "name",
-}
+def _check_url(url: str) -> str:
+    """``--url`` as a base URL, or a UsageProblem saying what is wrong with it."""
+    shown = re.sub(r"//[^/]*@", "//***@", url)  # never echo credentials
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageProblem(f"--url {shown!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageProblem(f"--url must be an http:// or https:// URL with a host, not {shown!r}")
+    if any(c.isspace() for c in url) or not url.isprintable():
+        raise UsageProblem(f"--url {shown!r}: blanks and control characters are not allowed")
+    if port == 0:
+        raise UsageProblem(f"--url {shown!r}: port 0 is not a port to connect to")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UsageProblem("--url takes the server's base URL only (no user, query or fragment)")
+    return url.rstrip("/")
 
 
-def _server_table(data: dict[str, Any], path: Path) -> dict[str, Any]:
+def _server_table(data: dict[str, Any], path: Path) -> ServerSettings:
     """The ``[server]`` table of a config file (what ``pgfailover serve`` reads)."""
-    table = data.get("server", {})
-    if not isinstance(table, dict):
-        raise ConfigurationError(f"config file {path}: [server] must be a table")
-    unknown = sorted(set(table) - SERVER_KEYS)
-    if unknown:
-        raise ConfigurationError(
-            f"config file {path} [server]: unknown key(s) {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(SERVER_KEYS))})"
-        )
-    return table
+    return schema.from_mapping(ServerSettings, data.get("server", {}), source=f"{path} [server]")
 
 
 def cluster_options(func: F) -> F:
@@ -175,7 +174,26 @@ def http_call(
     *,
     timeout: float = 60.0,
 ) -> tuple[int, Any]:
-    """Ask ``pgfailover serve``; (status, JSON body). Unreachable: exit 3."""
+    """Ask ``pgfailover serve``; (status, JSON body).
+
+    Exit 3 (as in local mode) when the server is unreachable or says the
+    request itself was wrong: an unknown node, a bad or missing token,
+    admin endpoints disabled, a malformed request. Other answers (a guard's
+    409, a failed promotion's 502, 503) are the caller's to report.
+    """
+    code, reply = _http(cluster, method, path, body, timeout)
+    if code in _USAGE_STATUSES:
+        error = reply.get("error") if isinstance(reply, dict) else reply
+        raise UsageProblem(f"{cluster.url}: HTTP {code}: {error}")
+    return code, reply
+
+
+_USAGE_STATUSES = frozenset({400, 401, 403, 404, 405, 411, 413, 431})
+
+
+def _http(
+    cluster: Cluster, method: str, path: str, body: dict[str, Any] | None, timeout: float
+) -> tuple[int, Any]:
     assert cluster.url is not None  # noqa: S101 - callers check
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(  # noqa: S310 - scheme checked in _load

@@ -106,24 +106,20 @@ def serve(
     if cluster.url or cluster.nodes is None:
         raise UsageProblem("serve probes the cluster itself: give --config, --dsn or the env")
     server = cluster.server
-    _setup_logging(
-        log_format or server.get("log_format", "plain"), ctx.find_root().params.get("verbose", 0)
-    )
-    mode = promotion or server.get("promotion", "auto")
+    _setup_logging(log_format or server.log_format, ctx.find_root().params.get("verbose", 0))
+    mode = promotion or server.promotion
     config = cluster.config.replace(promotion=mode)
-    mgr = FailoverManager(
-        nodes=cluster.nodes, config=config, name=name or server.get("name", "default")
-    )
+    mgr = FailoverManager(nodes=cluster.nodes, config=config, name=name or server.name)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: shutting down", signal.Signals(signum).name)
         stop.set()
 
-    listen_host = host or server.get("host", "127.0.0.1")
-    listen_port = port if port is not None else int(server.get("port", 8008))
-    admin_listen_host = admin_host or server.get("admin_host", "127.0.0.1")
-    admin_listen_port = admin_port if admin_port is not None else server.get("admin_port")
+    listen_host = host or server.host
+    listen_port = port if port is not None else server.port
+    admin_listen_host = admin_host or server.admin_host
+    admin_listen_port = admin_port if admin_port is not None else server.admin_port
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     api = None
     try:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import pgfailover
 from pgfailover import FailoverConfig, FailoverManager
@@ -133,15 +135,29 @@ def prepare(lab: LocalLab) -> None:
         wait_until(replayed, what=f"{standby} to replay the table")
 
 
-# Distributions ``pgfailover rejoin`` imports (the ``cli`` extra's closure).
-_CLI_DISTRIBUTIONS = (
-    "psycopg",
-    "psycopg-binary",
-    "psycopg-pool",
-    "typing-extensions",
-    "click",
-    "prometheus-client",
-)
+def _distributions(name: str, extras: frozenset[str]) -> set[str]:
+    """The installed distributions ``name[extras]`` needs, itself excluded."""
+    found: set[str] = set()
+    todo = [(name, extras)]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        dist, wanted = todo.pop()
+        key = (canonicalize_name(dist), wanted)
+        if key in seen:
+            continue
+        seen.add(key)
+        if key[0] != canonicalize_name(name):
+            found.add(key[0])
+        try:
+            requires = importlib.metadata.requires(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        environments = [{"extra": e} for e in wanted] or [{"extra": ""}]
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate(env) for env in environments):
+                todo.append((req.name, frozenset(req.extras)))
+    return found
 
 
 @contextlib.contextmanager
@@ -158,8 +174,11 @@ def as_lab_user_cli(lab: LocalLab) -> Iterator[Callable[..., subprocess.Complete
     try:
         root.chmod(0o755)
         shutil.copytree(Path(pgfailover.__file__).parent, root / "pgfailover")
-        for name in _CLI_DISTRIBUTIONS:
-            dist = importlib.metadata.distribution(name)
+        for name in sorted(_distributions("pgfailover", frozenset({"cli", "binary"}))):
+            try:
+                dist = importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
             for file in dist.files or ():
                 if file.parts[0] == "..":  # console scripts outside site-packages
                     continue

@@ -16,11 +16,36 @@ from pgfailover.sources import load_env, load_toml, nodes_from_dsn
     ("changes", "message"),
     [
         ({"promotion": "yolo"}, "promotion must be one of external, auto, manual, got 'yolo'"),
-        ({"health_check_interval": 0}, "health_check_interval must be a number > 0, got 0"),
-        ({"health_check_timeout": -1.0}, "health_check_timeout must be a number > 0, got -1.0"),
-        ({"fast_interval": float("nan")}, "fast_interval must be a number > 0, got nan"),
-        ({"unhealthy_threshold": 0}, "unhealthy_threshold must be an int >= 1, got 0"),
-        ({"healthy_threshold": 1.5}, "healthy_threshold must be an int >= 1, got 1.5"),
+        (
+            {"health_check_interval": 0},
+            "health_check_interval must be a number > 0 and <= 86400, got 0",
+        ),
+        (
+            {"health_check_timeout": -1.0},
+            "health_check_timeout must be a number > 0 and <= 86400, got -1.0",
+        ),
+        (
+            {"health_check_timeout": 1e10},
+            "health_check_timeout must be a number > 0 and <= 86400, got 10000000000.0",
+        ),
+        (
+            {"fast_interval": float("nan")},
+            "fast_interval must be a number > 0 and <= 86400, got nan",
+        ),
+        (
+            {"unhealthy_threshold": 0},
+            "unhealthy_threshold must be an integer >= 1 and <= 1000, got 0",
+        ),
+        (
+            {"healthy_threshold": 1.5},
+            "healthy_threshold must be an integer >= 1 and <= 1000, got 1.5",
+        ),
+        ({"history_file": 5}, "history_file must be a file name (or unset), got 5"),
+        ({"history_file": "/"}, "history_file must be a file, got the directory '/'"),
+        (
+            {"history_file": "/nonexistent-dir/h.jsonl"},
+            "the directory '/nonexistent-dir' does not exist",
+        ),
         (
             {"pool_min_size": 5, "pool_max_size": 2},
             "pool_min_size (5) must not exceed pool_max_size (2)",
@@ -31,7 +56,10 @@ from pgfailover.sources import load_env, load_toml, nodes_from_dsn
         ),
         ({"read_strategy": "fastest"}, "read_strategy must be one of"),
         ({"fence_stale_primary": "yes"}, "fence_stale_primary must be true or false, got 'yes'"),
-        ({"failover_cooldown": True}, "failover_cooldown must be a number >= 0, got True"),
+        (
+            {"failover_cooldown": True},
+            "failover_cooldown must be a number >= 0 and <= 86400, got True",
+        ),
     ],
 )
 def test_bad_settings_name_the_field_and_value(changes: dict[str, object], message: str) -> None:
@@ -146,11 +174,11 @@ def test_toml_with_nodes_and_settings(tmp_path: Path) -> None:
             "unknown setting(s) health_check_intervall",
         ),
         ('dsn = "host=a"\nprimary = "host=b"\n', "exactly one of dsn"),
-        ('dsn = "host=a"\nextra = 1\n', "unknown key(s) extra"),
+        ('dsn = "host=a"\nextra = 1\n', "unknown setting(s) extra"),
         ("dsn = \n", "config file"),
         (
             '[[nodes]]\nname = "x"\ndsn = "host=a"\ncolour = "red"\n',
-            "nodes[0]: unknown key(s) colour",
+            "nodes[0]: unknown setting(s) colour",
         ),
         ('[[nodes]]\nname = "x"\n', "nodes[0]: missing dsn"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -50,6 +51,60 @@ def test_a_corrupt_history_line_is_skipped_not_fatal(
         log = EventLog(path=path)
     assert [e.from_node for e in log.events()] == ["node3"]
     assert "line 1 skipped" in caplog.text
+
+
+GOOD = event(3).as_dict()
+BAD_LINES = [
+    pytest.param(b"5", "expected an object, got int", id="a number"),
+    pytest.param(b"null", "expected an object, got NoneType", id="null"),
+    pytest.param(b"[1, 2]", "expected an object, got list", id="a list"),
+    pytest.param(json.dumps({**GOOD, "id": [1]}).encode(), "$.id", id="id a list"),
+    pytest.param(json.dumps({**GOOD, "started": "now"}).encode(), "$.started", id="started text"),
+    pytest.param(json.dumps({**GOOD, "kind": "coup"}).encode(), "$.kind", id="unknown kind"),
+    pytest.param(json.dumps({**GOOD, "notes": [1]}).encode(), "$.notes[0]", id="notes not text"),
+    pytest.param(json.dumps({**GOOD, "outcome": 1}).encode(), "$.outcome", id="outcome a number"),
+    pytest.param(json.dumps({"kind": "failover"}).encode(), "missing", id="fields missing"),
+    pytest.param(b'{"kind": "failover", "fr', "line", id="torn line"),
+    pytest.param(b"\xff\xfe\x00binary", "utf-8", id="binary"),
+    pytest.param(b"[" * 50_000, "recursion", id="nested deep"),
+]
+
+
+@pytest.mark.parametrize(("line", "said"), BAD_LINES)
+def test_a_line_that_is_not_an_event_is_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, line: bytes, said: str
+) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(line + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    with caplog.at_level(logging.WARNING):
+        log = EventLog(path=path)
+    assert [e.from_node for e in log.events()] == ["node3"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"{path} line 1 skipped" in warnings[0].getMessage()
+    assert said in warnings[0].getMessage()
+    served = [e.as_dict() for e in log.events()]  # what /failover/history answers
+    assert json.loads(json.dumps(served)) == served
+
+
+def test_each_event_is_one_write_so_a_kill_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    path = tmp_path / "history.jsonl"
+    log = EventLog(path=path)
+    long_notes = tuple("n" * 1000 for _ in range(40))  # far over a file buffer
+    log.record(FailoverEvent("failover", "a", "b", "r", 1.0, notes=long_notes))
+    assert len(writes) == 1
+    assert writes[0].endswith(b"\n")
+    assert path.read_bytes() == writes[0]
 
 
 def test_a_raising_callback_is_logged_and_the_rest_still_run(
