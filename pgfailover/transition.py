@@ -16,8 +16,9 @@ States (:class:`~pgfailover.model.ClusterState`):
   standby: waiting for a promotion (the manager's own in ``auto`` mode).
 - ``FAILOVER_COMPLETE``: a new primary took over within the last
   ``COMPLETE_HOLD_INTERVALS`` health-check intervals.
-- ``RECOVERY_IN_PROGRESS``: a node that was unhealthy answers again but has
-  not yet passed ``healthy_threshold`` probes in a row.
+- ``RECOVERY_IN_PROGRESS``: a node that was unhealthy answers again, or an
+  old primary answers as a standby (rejoined), but has not yet passed
+  ``healthy_threshold`` probes in a row.
 - ``UNKNOWN``: no healthy node at all.
 - ``SPLIT_BRAIN``: two writable nodes on the newest timeline: writes refused.
 
@@ -111,8 +112,14 @@ def _probed(
             not_following_since=None,
             streaming_names=None,
         )
-    successes = prev.consecutive_successes + 1
-    healthy = (not prev.checked) or prev.healthy or successes >= cfg.healthy_threshold
+    # An old primary answering as a standby was rejoined (pg_rewind, new
+    # configuration): it proves itself over healthy_threshold probes like a
+    # node that was down, however short its restart was.
+    rejoined = prev.role is Role.STALE and result.in_recovery
+    successes = 1 if rejoined else prev.consecutive_successes + 1
+    healthy = (
+        (not prev.checked) or (prev.healthy and not rejoined) or successes >= cfg.healthy_threshold
+    )
     streaming = result.receiver_status == "streaming" if result.receiver_visible else None
     upstream = None
     if streaming and result.sender_host:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from pgfailover import schema
-from pgfailover.config import FailoverConfig, Node, ServerSettings
+from pgfailover.config import FailoverConfig, Node, ServerSettings, check_token
 from pgfailover.dsn import mask_dsn
 from pgfailover.errors import ConfigurationError, PgFailoverError
 from pgfailover.report import EXIT_DEGRADED, EXIT_NO_PRIMARY, EXIT_OK, EXIT_USAGE
@@ -90,6 +90,11 @@ class Cluster:
 
 def _load(config: Path | None, dsn: str | None, url: str | None, token: str | None) -> Cluster:
     token = token or os.environ.get("PGFAILOVER_ADMIN_TOKEN") or None
+    if token is not None:
+        try:
+            check_token(token)
+        except ValueError as exc:
+            raise UsageProblem(f"--token / PGFAILOVER_ADMIN_TOKEN: {exc}") from None
     if url:
         return Cluster(None, FailoverConfig(), _check_url(url), token, ServerSettings())
     if config is not None:

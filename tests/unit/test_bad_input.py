@@ -154,6 +154,20 @@ CLI_CASES = [
         {},
         "prot (did you mean port?)",
     ),
+    CliCase(
+        "token with a newline",
+        None,
+        ("--url", "http://127.0.0.1:1", "--token", "S3cretZZpw-0123456789\n"),
+        {},
+        "printable ASCII without surrounding whitespace",
+    ),
+    CliCase(
+        "token in the environment too short",
+        None,
+        ("--url", "http://127.0.0.1:1"),
+        {"PGFAILOVER_ADMIN_TOKEN": "S3cretZZpw"},
+        "at least 16 characters",
+    ),
     CliCase("url bad port", None, ("--url", "http://127.0.0.1:99999"), {}, "Port out of range"),
     CliCase("url bad IPv6", None, ("--url", "http://[::1"), {}, "Invalid IPv6 URL"),
     CliCase("url with a blank", None, ("--url", "http://127.0.0.1 :8008"), {}, "--url"),
@@ -378,3 +392,23 @@ def test_any_http_request_gets_a_documented_status_and_promotes_nothing(
     assert all(e.kind != "failover" or e.outcome != "completed" for e in mgr.history())
     if mgr.paused:
         mgr.resume()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("trigger", "--to", "node9", "--yes"), "HTTP 404: unknown node 'node9'"),
+        (("switchover", "--to", "node9", "--yes"), "HTTP 404: unknown node 'node9'"),
+        (("pause",), "HTTP 401: wrong token"),
+        (("check-health",), "HTTP 401: wrong token"),
+    ],
+)
+def test_through_url_a_wrong_request_exits_3_as_in_local_mode(
+    live: tuple[FailoverManager, AdminServer], args: tuple[str, ...], says: str
+) -> None:
+    _, srv = live
+    token = TOKEN if "node9" in args else "wrong-token-0123456789"
+    result = CliRunner().invoke(cli, [*args[:1], "--url", srv.url, "--token", token, *args[1:]])
+    assert result.exit_code == 3, result.output
+    assert says in result.output
+    assert "Traceback" not in result.output

@@ -216,6 +216,31 @@ def test_stale_old_primary_is_fenced_when_asked_and_never_primary() -> None:
     assert not [d for d in later[0] if isinstance(d, Fence)]
 
 
+def test_a_rejoined_old_primary_recovers_before_it_is_healthy_however_fast() -> None:
+    promoted = [down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]
+    stale = [
+        primary("node0", tl=1),
+        primary("node1", tl=2),
+        standby("node2", tl=2, upstream="node1"),
+    ]
+    rejoined = [
+        standby("node0", tl=2, upstream="node1"),
+        primary("node1", tl=2),
+        standby("node2", tl=2, upstream="node1"),
+    ]
+    cfg = FailoverConfig(healthy_threshold=2)
+    snap, _ = run([healthy_round(), promoted, *[stale] * 8], cfg, step=1.0)
+    assert snap.node("node0").role is Role.STALE
+    assert snap.state is S.DEGRADED
+    snap, _ = run([rejoined], cfg, start=snap, t0=1100.0)  # restarted between two probes
+    assert snap.node("node0").role is Role.STANDBY
+    assert not snap.node("node0").healthy
+    assert snap.state is S.RECOVERY_IN_PROGRESS
+    snap, _ = run([rejoined], cfg, start=snap, t0=1101.0)
+    assert snap.node("node0").healthy
+    assert snap.state is S.HEALTHY
+
+
 def test_stale_node_stays_stale_while_the_new_primary_is_unreachable() -> None:
     promoted = [down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]
     only_old = [primary("node0", tl=1), down("node1"), standby("node2", tl=2, upstream=None)]
