@@ -251,8 +251,10 @@ class ServerSettings:
 
     ``host``/``port`` serve everything (or, with ``admin_port``, everything
     but the admin endpoints, which ``admin_host:admin_port`` serves);
-    ``token`` enables the admin endpoints; ``promotion`` is the arbiter's
-    mode; ``log_format`` its stderr lines; ``name`` the metrics' cluster label.
+    ``token`` enables the admin endpoints; ``haproxy_agent_port`` (and
+    ``haproxy_agent_host``, default ``host``) answers HAProxy's agent checks
+    (:mod:`pgfailover.haproxy`); ``promotion`` is the arbiter's mode;
+    ``log_format`` its stderr lines; ``name`` the metrics' cluster label.
     """
 
     host: Host = "127.0.0.1"
@@ -260,6 +262,8 @@ class ServerSettings:
     admin_host: Host = "127.0.0.1"
     admin_port: Port | None = None
     token: str | None = field(default=None, repr=False)
+    haproxy_agent_host: Host | None = None
+    haproxy_agent_port: Port | None = None
     promotion: Promotion = "auto"
     log_format: Literal["plain", "json"] = "plain"
     name: Name = "default"

@@ -10,6 +10,7 @@ first, then the manager, within about a second.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -22,6 +23,9 @@ from typing import Any
 import click
 
 from pgfailover.cli.common import Cluster, UsageProblem, cluster_options, handle_errors
+from pgfailover.config import ServerSettings
+from pgfailover.haproxy import AgentServer
+from pgfailover.listener import AdminServer
 from pgfailover.manager import FailoverManager
 from pgfailover.server import serve as serve_api
 
@@ -74,6 +78,12 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 )
 @click.option("--admin-host", help="Address of the admin port (default 127.0.0.1).")
 @click.option(
+    "--haproxy-agent-port",
+    type=click.IntRange(0, 65535),
+    help="Answer HAProxy agent checks on this port (examples/haproxy/haproxy.cfg).",
+)
+@click.option("--haproxy-agent-host", help="Address of the agent port (default: --host).")
+@click.option(
     "--promotion",
     type=click.Choice(["auto", "external", "manual"]),
     help="Promotion mode (default: auto; this process is the arbiter).",
@@ -93,6 +103,8 @@ def serve(
     port: int | None,
     admin_port: int | None,
     admin_host: str | None,
+    haproxy_agent_port: int | None,
+    haproxy_agent_host: str | None,
     promotion: str | None,
     name: str | None,
     log_format: str | None,
@@ -105,65 +117,100 @@ def serve(
     """
     if cluster.url or cluster.nodes is None:
         raise UsageProblem("serve probes the cluster itself: give --config, --dsn or the env")
-    server = cluster.server
-    _setup_logging(log_format or server.log_format, ctx.find_root().params.get("verbose", 0))
-    mode = promotion or server.promotion
-    config = cluster.config.replace(promotion=mode)
-    mgr = FailoverManager(nodes=cluster.nodes, config=config, name=name or server.name)
+    given: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "admin_host": admin_host,
+        "admin_port": admin_port,
+        "haproxy_agent_host": haproxy_agent_host,
+        "haproxy_agent_port": haproxy_agent_port,
+        "promotion": promotion,
+        "name": name,
+        "log_format": log_format,
+    }
+    # Options override the [server] table, and pass the same schema check.
+    server = dataclasses.replace(
+        cluster.server, **{k: v for k, v in given.items() if v is not None}
+    )
+    _setup_logging(server.log_format, ctx.find_root().params.get("verbose", 0))
+    config = cluster.config.replace(promotion=server.promotion)
+    mgr = FailoverManager(nodes=cluster.nodes, config=config, name=server.name)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: shutting down", signal.Signals(signum).name)
         stop.set()
 
-    listen_host = host or server.host
-    listen_port = port if port is not None else server.port
-    admin_listen_host = admin_host or server.admin_host
-    admin_listen_port = admin_port if admin_port is not None else server.admin_port
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    api = None
+    listeners: list[AdminServer | AgentServer] = []
     try:
         mgr.open()
-        try:
-            api = serve_api(
-                mgr,
-                host=listen_host,
-                port=listen_port,
-                token=cluster.token,
-                admin_host=admin_listen_host,
-                admin_port=admin_listen_port,
-            )
-        except OSError as exc:
-            where = f"{listen_host}:{listen_port}"
-            if admin_listen_port is not None:
-                where += f" and {admin_listen_host}:{admin_listen_port}"
-            raise UsageProblem(f"cannot listen on {where}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise UsageProblem(str(exc)) from None
+        api, agent = _listen(mgr, server, cluster.token, listeners)
         snap = mgr.snapshot
         logger.info(
             "serving cluster %s on %s (promotion %s, admin %s); primary %s, state %s",
             mgr.name,
             api.url,
-            mode,
+            server.promotion,
             f"on {api.admin_url}" if cluster.token else "disabled",
             snap.primary or "-",
             snap.state.value,
         )
         # Machine-readable readiness line on stdout (tests and scripts wait for it).
-        ready = {"url": api.url, "admin_url": api.admin_url, "cluster": mgr.name}
+        ready: dict[str, Any] = {"url": api.url, "admin_url": api.admin_url, "cluster": mgr.name}
+        if agent is not None:
+            ready["haproxy_agent"] = f"{agent.host}:{agent.port}"
         click.echo(json.dumps(ready), nl=True)
         sys.stdout.flush()
         stop.wait()
     finally:
-        if api is not None:
-            api.close(timeout=1)
+        for listener in reversed(listeners):
+            listener.close(timeout=1)
         # A promotion in progress is finished (repointing included) before
         # the process exits; with nothing running this takes milliseconds.
         mgr.close(timeout=10)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("stopped")
+
+
+def _listen(
+    mgr: FailoverManager,
+    server: ServerSettings,
+    token: str | None,
+    listeners: list[AdminServer | AgentServer],
+) -> tuple[AdminServer, AgentServer | None]:
+    """Start the HTTP API and, if asked, the HAProxy agent (added to ``listeners``)."""
+    try:
+        api = serve_api(
+            mgr,
+            host=server.host,
+            port=server.port,
+            token=token,
+            admin_host=server.admin_host,
+            admin_port=server.admin_port,
+        )
+    except OSError as exc:
+        where = f"{server.host}:{server.port}"
+        if server.admin_port is not None:
+            where += f" and {server.admin_host}:{server.admin_port}"
+        raise UsageProblem(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    listeners.append(api)
+    if server.haproxy_agent_port is None:
+        return api, None
+    host = server.haproxy_agent_host or server.host
+    try:
+        agent = AgentServer(lambda: mgr.snapshot, host, server.haproxy_agent_port)
+    except OSError as exc:
+        raise UsageProblem(
+            f"cannot listen on {host}:{server.haproxy_agent_port} (HAProxy agent): "
+            f"{exc.strerror or exc}"
+        ) from None
+    listeners.append(agent)
+    logger.info("answering HAProxy agent checks on %s:%d", agent.host, agent.port)
+    return api, agent
 
 
 @click.command()
