@@ -35,7 +35,7 @@ ReadStrategyName = Literal["round_robin", "least_lag", "priority", "random"]
 
 MIB: Final = 1024 * 1024
 DAY: Final = 86400.0
-NAME_PATTERN: Final = r"^[A-Za-z0-9_.:/-]{1,100}$"
+NAME_PATTERN: Final = r"\A[A-Za-z0-9_.:/-]{1,100}\Z"  # \Z: no trailing newline
 
 # The schema (see pgfailover.schema): types and bounds, checked at construction.
 Seconds = Annotated[float, Meta(gt=0, le=DAY)]
@@ -53,7 +53,7 @@ Host = Annotated[
     Meta(
         min_length=1,
         max_length=255,
-        pattern=r"^[^\s/]+$",
+        pattern=r"\A[^\s/]+\Z",
         description="a host name or IP address (no blanks or '/')",
     ),
 ]
@@ -85,13 +85,14 @@ class Node:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not schema.matches(NAME_PATTERN, self.name):
             raise ConfigurationError(
-                f"node name {self.name!r}: use 1-100 letters, digits, '_', '.', ':', '/' or '-'"
+                f"node name {mask_dsn(repr(self.name))[:60]}: use 1-100 letters, digits, "
+                "'_', '.', ':', '/' or '-'"
             )
         if not isinstance(self.dsn, str) or not self.dsn.strip():
             raise ConfigurationError(f"node {self.name}: dsn must be a non-empty string")
         schema.check(self, source=f"node {self.name}", secrets=("dsn",))
         params = parse_dsn(self.dsn, field=f"node {self.name}: dsn")
-        if "," in params.get("host", "") or "," in params.get("hostaddr", ""):
+        if any("," in params.get(key, "") for key in ("host", "hostaddr", "port")):
             raise ConfigurationError(
                 f"node {self.name}: dsn {mask_dsn(self.dsn)!r} names several hosts; "
                 "give one node per host (FailoverManager.from_dsn splits a multi-host DSN)"
@@ -203,7 +204,8 @@ class FailoverConfig:
             _check_file("history_file", self.history_file)
 
     def replace(self, **changes: Any) -> FailoverConfig:
-        """A copy with ``changes`` applied (and validated)."""
+        """A copy with ``changes`` applied (and validated; unknown names refused)."""
+        schema.refuse_unknown(changes, [f.name for f in dataclasses.fields(self)], "replace()")
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -214,15 +216,17 @@ class FailoverConfig:
 
 def _check_file(key: str, value: str) -> None:
     """A file pgfailover writes: not a directory, in a directory that exists."""
+    shown = mask_dsn(repr(value))[:80]
     if "\x00" in value:
         raise ConfigurationError(f"{key} must be a file name, got one with a NUL character")
     path = Path(value)
-    if path.is_dir():
-        raise ConfigurationError(f"{key} must be a file, got the directory {value!r}")
-    if not path.parent.is_dir():
-        raise ConfigurationError(
-            f"{key} {value!r}: the directory {str(path.parent)!r} does not exist"
-        )
+    try:
+        if path.is_dir():
+            raise ConfigurationError(f"{key} must be a file, got the directory {shown}")
+        if not path.parent.is_dir():
+            raise ConfigurationError(f"{key} {shown}: its directory does not exist")
+    except OSError as exc:  # a name too long, a directory we may not look into
+        raise ConfigurationError(f"{key} {shown}: {exc.strerror or exc}") from None
 
 
 def check_token(token: str | None) -> None:

@@ -8,6 +8,7 @@ status, metric, exception) goes through :func:`mask_dsn` first.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
 
@@ -19,15 +20,31 @@ from pgfailover.errors import ConfigurationError
 __all__ = ["mask_dsn", "node_address", "parse_dsn", "secrets_in", "split_multihost"]
 
 _SCHEME = re.compile(r"postgres(?:ql)?://", re.IGNORECASE)
-# key = value in libpq's key/value form: a quoted value, or everything up to
-# the next ``key=`` (a value with a space in it is broken, but must not show
-# either). In a URL query: up to the next '&'.
+# key = value in libpq's key/value form, for keys that are or look like a
+# password (misspelt ones too: the DSN is then broken, and echoed): a quoted
+# value, an already masked one, or everything up to the next ``key=`` (a
+# value with a space in it is broken, but must not show either).
+_SECRET_KEY = r"[A-Za-z_]*(?:pass|pwd|pasw)[A-Za-z_]*"  # noqa: S105 - a key pattern
 _KV_PASSWORD = re.compile(
-    r"((?<![?&])\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:(?!\s+[A-Za-z_]+\s*=).)*)",
+    rf"((?<![?&%\w]){_SECRET_KEY}\s*=\s*)"
+    r"(\*\*\*(?=[\s'\"]|$)|'(?:[^'\\]|\\.)*'?|(?:(?!\s+[A-Za-z_]+\s*=).)*)",
     re.IGNORECASE | re.DOTALL,
 )
-_QUERY_PASSWORD = re.compile(r"((?<=[?&])(?:ssl)?password=)([^&#]*)", re.IGNORECASE)
+# URL query parameters: the key as libpq reads it (percent-decoded).
+_QUERY_PARAM = re.compile(r"(?<=[?&])([^=&#\s]*)=([^&#]*)")
 _QUOTED = re.compile(r'"[^"]*"?')
+# Values libpq checks only when it connects: checked when the DSN is given.
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+}
 
 
 def _userinfo_password(dsn: str, start: int, end: int) -> tuple[int, int] | None:
@@ -55,10 +72,13 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
         span = _userinfo_password(text, match.end(), end)
         if span is not None and span[1] > span[0]:
             spans.append(span)
-    for pattern in (_KV_PASSWORD, _QUERY_PASSWORD):
-        for match in pattern.finditer(text):
-            if match.end(2) > match.start(2):
-                spans.append((match.start(2), match.end(2)))
+    for match in _KV_PASSWORD.finditer(text):
+        if match.end(2) > match.start(2) and match.group(2) != "***":
+            spans.append((match.start(2), match.end(2)))
+    for match in _QUERY_PARAM.finditer(text):
+        key = urllib.parse.unquote(match.group(1)).lower()
+        if re.fullmatch(_SECRET_KEY, key, re.IGNORECASE) and match.end(2) > match.start(2):
+            spans.append((match.start(2), match.end(2)))
     return spans
 
 
@@ -115,21 +135,32 @@ def _url_problem(dsn: str) -> str | None:
     return None
 
 
+def _suspicious(dsn: str) -> bool:
+    """Could ``dsn`` hold a password, in any form, even a broken one?"""
+    return bool(secrets_in(dsn)) or re.search(r"pass|pwd|pasw", dsn, re.IGNORECASE) is not None
+
+
 def _libpq_detail(exc: Exception, dsn: str) -> str:
-    """libpq's complaint, without any fragment of a password it may quote."""
+    """libpq's complaint, without any fragment of a password it may quote.
+
+    In a DSN that could hold a password, libpq's quoted fragments are cut
+    (but for one or two characters, like ``"="``): a broken DSN is exactly
+    where a password is split in ways no pattern foresees.
+    """
     text = str(exc).strip()
     detail = re.split(r"[\r\n]", text)[0] if text else "cannot parse"
     secrets = secrets_in(dsn)
+    suspicious = _suspicious(dsn)
+    for secret in secrets:  # first, while libpq's quoting is still intact
+        detail = detail.replace(secret, "***")
 
     def quote(match: re.Match[str]) -> str:
         quoted = match.group(0)
         fragment = quoted[1:-1] if len(quoted) > 1 and quoted.endswith('"') else quoted[1:]
-        return quoted if _harmless(fragment, secrets) else '"..."'
+        keep = len(fragment) <= 2 if suspicious else _harmless(fragment, secrets)
+        return quoted if keep else '"..."'
 
-    detail = _QUOTED.sub(quote, detail)
-    for secret in secrets:
-        detail = detail.replace(secret, "***")
-    return detail
+    return _QUOTED.sub(quote, detail)
 
 
 def _harmless(fragment: str, secrets: list[str]) -> bool:
@@ -153,9 +184,25 @@ def parse_dsn(dsn: str, *, field: str = "dsn") -> dict[str, str]:
     try:
         params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
     except psycopg.ProgrammingError as exc:
+        # A DSN libpq cannot read may hold a password where no mask finds it.
+        shown = "(not shown: it may hold a password)" if _suspicious(dsn) else repr(dsn)
         raise ConfigurationError(
-            f"{field}: invalid DSN {mask_dsn(dsn)!r}: {_libpq_detail(exc, dsn)}"
+            f"{field}: invalid DSN {shown}: {_libpq_detail(exc, dsn)}"
         ) from None
+    for key, allowed in _CHOICES.items():
+        if key in params and params[key] not in allowed:
+            raise ConfigurationError(
+                f"{field}: {key} {params[key]!r} in {mask_dsn(dsn)!r} is not one of "
+                f"{', '.join(allowed)}"
+            )
+    for address in params.get("hostaddr", "").split(","):
+        if address.strip():
+            try:
+                ipaddress.ip_address(address.strip())
+            except ValueError:
+                raise ConfigurationError(
+                    f"{field}: hostaddr {address!r} in {mask_dsn(dsn)!r} is not an IP address"
+                ) from None
     for port in params.get("port", "").split(","):
         if port.strip() and not _is_port(port.strip()):
             shown = repr(port) if _harmless(port, secrets_in(dsn)) else "'...'"

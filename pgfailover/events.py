@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -92,9 +93,26 @@ class FailoverEvent:
         values["to_node"] = data.get("to")
         values["notes"] = data.get("notes") or []
         try:
-            return msgspec.convert(values, type=cls, strict=True)
+            event = msgspec.convert(values, type=cls, strict=True)
         except msgspec.ValidationError as exc:
             raise ValueError(str(exc)) from None
+        for name in ("started", "completed", "first_write_after"):
+            value = getattr(event, name)
+            if value is not None and not (math.isfinite(value) and abs(value) < 1e11):
+                raise ValueError(f"{name} is not a time: {value!r}")
+        texts = [
+            event.reason,
+            event.id,
+            *(event.notes),
+            event.from_node or "",
+            event.to_node or "",
+        ]
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("text that UTF-8 cannot carry (a lone surrogate)") from None
+        return event
 
 
 class EventLog:
@@ -110,6 +128,7 @@ class EventLog:
         self._lock = threading.Lock()
         self._events: deque[FailoverEvent] = deque(maxlen=size)  # guarded by self._lock
         self._path = Path(path) if path else None
+        self.skipped = 0  # lines of the file that were not events (set once, at load)
         if self._path is not None and self._path.exists():
             self._load(self._path)
 
@@ -129,6 +148,7 @@ class EventLog:
             except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and schema errors
                 detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 logger.warning("history file %s line %d skipped: %s", path, number, detail)
+                self.skipped += 1
                 continue
             latest.pop(event.id, None)
             latest[event.id] = event  # the last line of an event wins

@@ -37,8 +37,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgfailover.dsn import mask_dsn
-from pgfailover.errors import PgFailoverError
+from pgfailover.dsn import mask_dsn, parse_dsn
+from pgfailover.errors import ConfigurationError, PgFailoverError
 
 __all__ = [
     "RejoinError",
@@ -171,6 +171,10 @@ def rejoin(
         RejoinError: with what to do; nothing was changed when it is raised
             before the server was stopped.
     """
+    try:
+        parse_dsn(primary_dsn, field="the primary's DSN")
+    except ConfigurationError as exc:
+        raise RejoinError(str(exc)) from None
     if not (datadir / "PG_VERSION").is_file() or not (datadir / "global" / "pg_control").is_file():
         raise RejoinError(f"{datadir} is not a PostgreSQL data directory (no PG_VERSION)")
     if not re.fullmatch(r"[a-z0-9_]{1,63}", name):

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from pgfailover.dsn import mask_dsn
 from pgfailover.errors import ConfigurationError
 
 __all__ = ["check", "from_mapping", "matches", "refuse_unknown"]
@@ -96,9 +97,10 @@ def _described(hint: Any) -> str | None:
 
 
 def _shown(value: Any, secret: bool) -> str:
+    """The value for a message: masked as a DSN (a DSN pasted in the wrong key), cut."""
     if secret:
         return "***"
-    text = repr(value)
+    text = mask_dsn(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -163,6 +165,8 @@ def from_mapping(cls: type[T], data: Any, *, source: str) -> T:
         raise ConfigurationError(f"{source} must be a table, got {_shown(data, False)}")
     assert dataclasses.is_dataclass(cls)  # noqa: S101 - callers pass dataclasses
     refuse_unknown(data, [f.name for f in dataclasses.fields(cls)], source)
+    if not all(isinstance(k, str) for k in data):
+        raise ConfigurationError(f"{source}: keys must be names")
     missing = [
         f.name
         for f in dataclasses.fields(cls)

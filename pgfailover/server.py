@@ -91,6 +91,15 @@ def _openapi_text() -> str:
     return resources.files("pgfailover").joinpath("openapi.json").read_text(encoding="utf-8")
 
 
+def _encodable(text: str) -> bool:
+    """UTF-8 can carry it (no lone surrogates from a JSON ``\\ud800`` escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the API (``pgfailover/openapi.json``), a fresh copy."""
     doc: dict[str, Any] = json.loads(_openapi_text())
@@ -138,7 +147,11 @@ class AdminApp:
     # -- WSGI ----------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Answer one request."""
+        """Answer one request (HEAD: the headers of the GET, no body)."""
+        answer = self._answer(environ, start_response)
+        return [] if environ.get("REQUEST_METHOD", "GET").upper() == "HEAD" else answer
+
+    def _answer(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = environ.get("PATH_INFO", "") or "/"
         if len(path) > 1:
@@ -210,7 +223,13 @@ class AdminApp:
             raise HTTPError(401, "wrong token")
 
     @staticmethod
-    def _body(environ: WSGIEnvironment) -> dict[str, Any]:
+    def _body(environ: WSGIEnvironment, *, required: bool = False) -> dict[str, Any]:
+        """The request's JSON object; ``required``: an empty body is refused.
+
+        Trigger and switchover act on their defaults (the best candidate)
+        when given ``{}``; a body that went missing on the way (sent without
+        a Content-Length, say) must not mean the same.
+        """
         declared = str(environ.get("CONTENT_LENGTH") or "").strip()
         if not declared and environ.get("HTTP_TRANSFER_ENCODING"):
             # A server that passes a chunked body on undecoded: reading
@@ -225,11 +244,13 @@ class AdminApp:
         if len(raw) != length:
             raise HTTPError(400, "body shorter than its Content-Length")
         if not raw.strip():
+            if required:
+                raise HTTPError(400, "send a JSON object as the body ({} for the defaults)")
             return {}
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"body is not valid JSON: {exc}") from None
+        except ValueError as exc:  # not JSON, not UTF-8, an integer over Python's limit
+            raise HTTPError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
         except RecursionError:
             raise HTTPError(400, "body is nested too deeply") from None
         if not isinstance(data, dict):
@@ -276,7 +297,7 @@ class AdminApp:
         return 200, {"cluster": self.mgr.name, "events": events}
 
     def _trigger(self, environ: WSGIEnvironment) -> tuple[int, Any]:
-        body = self._body(environ)
+        body = self._body(environ, required=True)
         unknown = sorted(set(body) - {"target", "force"})
         if unknown:
             raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
@@ -301,7 +322,7 @@ class AdminApp:
         return status, {"event": event.as_dict()}
 
     def _switchover(self, environ: WSGIEnvironment) -> tuple[int, Any]:
-        body = self._body(environ)
+        body = self._body(environ, required=True)
         unknown = sorted(set(body) - {"target", "force", "timeout"})
         if unknown:
             raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
@@ -339,8 +360,16 @@ class AdminApp:
         if unknown:
             raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
         reason = body.get("reason", "maintenance")
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
-            raise HTTPError(400, "reason must be a non-empty string of at most 200 characters")
+        if (
+            not isinstance(reason, str)
+            or not reason.strip()
+            or len(reason) > 200
+            or not reason.isprintable()
+            or not _encodable(reason)
+        ):
+            raise HTTPError(
+                400, "reason must be printable text of at most 200 characters, on one line"
+            )
         self.mgr.pause(reason.strip())
         return 200, self.mgr.get_failover_status()
 

@@ -13,6 +13,7 @@ cannot be asked).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.error
@@ -39,6 +40,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Cluster",
+    "Seconds",
     "cluster_options",
     "handle_errors",
     "http_call",
@@ -46,6 +48,18 @@ __all__ = [
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds: a float range that refuses ``nan`` and ``inf``."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return converted
 
 
 class UsageProblem(click.ClickException):
@@ -95,6 +109,11 @@ def _load(config: Path | None, dsn: str | None, url: str | None, token: str | No
             check_token(token)
         except ValueError as exc:
             raise UsageProblem(f"--token / PGFAILOVER_ADMIN_TOKEN: {exc}") from None
+    given = [
+        name for name, value in (("--config", config), ("--dsn", dsn), ("--url", url)) if value
+    ]
+    if len(given) > 1:
+        raise UsageProblem(f"give one of --config, --dsn or --url, not {' and '.join(given)}")
     if url:
         return Cluster(None, FailoverConfig(), _check_url(url), token, ServerSettings())
     if config is not None:
@@ -116,12 +135,15 @@ def _load(config: Path | None, dsn: str | None, url: str | None, token: str | No
 
 def _check_url(url: str) -> str:
     """``--url`` as a base URL, or a UsageProblem saying what is wrong with it."""
-    shown = re.sub(r"//[^/]*@", "//***@", url)  # never echo credentials
+    # Never echo credentials (up to the last '@') or a query (a token in it).
+    shown = re.sub(r"//.*@", "//***@", re.split(r"[?#]", url, maxsplit=1)[0])
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UsageProblem(f"--url {shown!r}: {exc}") from None
+        # Python's message may quote a piece of the user info (a password).
+        detail = "not a valid URL" if "@" in url or "?" in url else str(exc)
+        raise UsageProblem(f"--url {shown!r}: {detail}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageProblem(f"--url must be an http:// or https:// URL with a host, not {shown!r}")
     if any(c.isspace() for c in url) or not url.isprintable():
@@ -187,9 +209,12 @@ def http_call(
     409, a failed promotion's 502, 503) are the caller's to report.
     """
     code, reply = _http(cluster, method, path, body, timeout)
+    if not isinstance(reply, dict):
+        raise UsageProblem(
+            f"{cluster.url} did not answer like pgfailover serve (HTTP {code}, not a JSON object)"
+        )
     if code in _USAGE_STATUSES:
-        error = reply.get("error") if isinstance(reply, dict) else reply
-        raise UsageProblem(f"{cluster.url}: HTTP {code}: {error}")
+        raise UsageProblem(f"{cluster.url}: HTTP {code}: {reply.get('error')}")
     return code, reply
 
 

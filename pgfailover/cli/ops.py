@@ -24,6 +24,7 @@ from pgfailover.cli.common import (
     EXIT_DEGRADED,
     EXIT_OK,
     Cluster,
+    Seconds,
     UsageProblem,
     cluster_options,
     handle_errors,
@@ -46,7 +47,7 @@ __all__ = [
 
 timeout_option = click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1),
     help="Probe timeout in seconds (default: the configured health_check_timeout).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -74,6 +75,8 @@ def _status(cluster: Cluster, timeout: float | None, *, fresh: bool = False) -> 
             code, body = http_call(cluster, "GET", "/failover/status")
         if code != 200:
             raise click.ClickException(f"{cluster.url}: HTTP {code}: {_error(body)}")
+        if not isinstance(body.get("nodes"), list) or "state" not in body:
+            raise UsageProblem(f"{cluster.url} did not answer like pgfailover serve")
         return dict(body)
     with probing_manager(cluster, timeout) as mgr:
         return mgr.get_failover_status()
@@ -125,9 +128,7 @@ def check_health(
 @click.command()
 @cluster_options
 @timeout_option
-@click.option(
-    "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds."
-)
+@click.option("--interval", type=Seconds(min=0.1), default=2.0, show_default=True, help="Seconds.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many refreshes.")
 @handle_errors
 def watch(cluster: Cluster, timeout: float | None, interval: float, count: int | None) -> None:
@@ -221,6 +222,8 @@ def trigger(
         code, body = http_call(
             cluster, "POST", "/failover/trigger", {"target": target, "force": force}
         )
+        if code == 200 and not isinstance(body.get("event"), dict):
+            raise UsageProblem(f"{cluster.url} did not answer like pgfailover serve")
         if as_json:
             click.echo(json.dumps(body, indent=2))
         elif code == 200:
@@ -287,7 +290,9 @@ def history(cluster: Cluster, history_file: Path | None, limit: int | None, as_j
         )
         if code != 200:
             raise click.ClickException(f"{cluster.url}: HTTP {code}: {_error(body)}")
-        events = list(body["events"])
+        if not isinstance(body.get("events"), list):
+            raise UsageProblem(f"{cluster.url} did not answer like pgfailover serve")
+        events = [e for e in body["events"] if isinstance(e, dict)]
     else:
         path = history_file or cluster.config.history_file
         if path is None:
@@ -295,7 +300,14 @@ def history(cluster: Cluster, history_file: Path | None, limit: int | None, as_j
                 "no history here: give --file, set history_file in the config, or ask "
                 "a running `pgfailover serve` with --url"
             )
+        if not Path(path).is_file():
+            raise UsageProblem(f"history file {path} does not exist")
         log = EventLog(10_000, Path(path))
+        if log.skipped:
+            click.echo(
+                f"note: {log.skipped} line(s) of {path} skipped: not events (-v shows each)",
+                err=True,
+            )
         events = [e.as_dict() for e in log.events()]
     if limit:
         events = events[-limit:]

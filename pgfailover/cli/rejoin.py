@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from pgfailover.cli.common import UsageProblem, handle_errors
+from pgfailover.cli.common import Seconds, UsageProblem, handle_errors
+from pgfailover.dsn import parse_dsn
 from pgfailover.rejoin import rejoin as rejoin_node
 from pgfailover.rejoin import subprocess_runner
 
@@ -53,7 +54,7 @@ def _running(pg_ctl: str, datadir: Path) -> bool:
     "--bindir", type=click.Path(file_okay=False, path_type=Path), help="PostgreSQL binaries."
 )
 @click.option("--no-start", is_flag=True, help="Leave starting it to your service manager.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option("--timeout", type=Seconds(min=1), default=60.0, show_default=True)
 @handle_errors
 def rejoin(
     node: str,
@@ -69,6 +70,7 @@ def rejoin(
             "run as the data directory's owner (sudo -u postgres pgfailover rejoin ...), "
             "not as root: PostgreSQL refuses to run as root"
         )
+    parse_dsn(primary_dsn, field="--primary")  # a bad DSN is a usage mistake (exit 3)
     datadir = pgdata.resolve()
     if not datadir.is_dir():
         raise UsageProblem(f"--pgdata {pgdata}: no such directory")

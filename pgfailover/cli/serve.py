@@ -144,8 +144,9 @@ def serve(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     listeners: list[AdminServer | AgentServer] = []
     try:
-        mgr.open()
+        # Bind first: a port that is taken fails before the manager touches the cluster.
         api, agent = _listen(mgr, server, cluster.token, listeners)
+        mgr.open()
         snap = mgr.snapshot
         logger.info(
             "serving cluster %s on %s (promotion %s, admin %s); primary %s, state %s",

@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from pgfailover.cli.common import Cluster, UsageProblem, cluster_options, handle_errors, http_call
+from pgfailover.cli.common import (
+    Cluster,
+    Seconds,
+    UsageProblem,
+    cluster_options,
+    handle_errors,
+    http_call,
+)
 from pgfailover.cli.ops import echo_event, probing_manager
 from pgfailover.errors import PromotionRefused
 from pgfailover.guards import Refusal
@@ -50,7 +57,7 @@ def _confirm(yes: bool) -> None:
 @click.option("--force", is_flag=True, help="Allow a nofailover target.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True, max=600),
+    type=Seconds(min=0, min_open=True, max=600),
     default=30.0,
     show_default=True,
     help="Seconds the target gets to catch up before the switchover is called off.",

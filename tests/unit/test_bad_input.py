@@ -201,6 +201,70 @@ CLI_CASES = [
         "percent-encode it as %2F",
     ),
     CliCase(
+        "dsn with a percent-encoded password key",
+        None,
+        ("--dsn", "postgresql://app@127.0.0.1:1/db?pass%77ord=S3cretZZpw&bogus=1"),
+        {},
+        "invalid DSN",
+    ),
+    CliCase(
+        "dsn with a misspelt password key",
+        None,
+        ("--dsn", "host=127.0.0.1 passwd=S3cretZZpw"),
+        {},
+        "invalid connection option",
+    ),
+    CliCase(
+        "dsn with a password and no '='",
+        None,
+        ("--dsn", "host=127.0.0.1 password:S3cretZZpw"),
+        {},
+        "invalid DSN (not shown: it may hold a password)",
+    ),
+    CliCase(
+        "dsn with a bad port and the password last",
+        None,
+        ("--dsn", "host=127.0.0.1 port=abc password=S3cretZZpw"),
+        {},
+        "is not a port number (1-65535, or empty for 5432)",
+    ),
+    CliCase(
+        "dsn with a bad sslmode",
+        None,
+        ("--dsn", "host=127.0.0.1 sslmode=bogus password=S3cretZZpw"),
+        {},
+        "sslmode 'bogus'",
+    ),
+    CliCase(
+        "url with a '/' in its password",
+        None,
+        ("--url", "http://admin:S3cret/ZZpw@127.0.0.1:1"),
+        {},
+        "--url",
+    ),
+    CliCase(
+        "url with a bad port and a token in its query",
+        None,
+        ("--url", "http://127.0.0.1:abc/?token=S3cretZZpw"),
+        {},
+        "--url",
+    ),
+    CliCase(
+        "a DSN pasted as promotion",
+        DSN + '[failover]\npromotion = "postgresql://administrator_account:S3cretZZpw@db1/app"\n',
+        (),
+        {},
+        "promotion must be one of external, auto, manual",
+    ),
+    CliCase(
+        "a DSN pasted as history_file",
+        DSN + '[failover]\nhistory_file = "postgresql://app:S3cretZZpw@db1/app"\n',
+        (),
+        {},
+        "its directory does not exist",
+    ),
+    CliCase("config and dsn together", DSN, ("--dsn", "host=h"), {}, "give one of --config"),
+    CliCase(
         "DB_SSL typo",
         None,
         (),
@@ -392,6 +456,26 @@ def test_any_http_request_gets_a_documented_status_and_promotes_nothing(
     assert all(e.kind != "failover" or e.outcome != "completed" for e in mgr.history())
     if mgr.paused:
         mgr.resume()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("switchover", "--url", "http://127.0.0.1:1", "--timeout", "nan"), "not a number of"),
+        (("status", "--url", "http://127.0.0.1:1", "--timeout", "inf"), "not a number of"),
+        (("history", "--file", "/nonexistent/h.jsonl", "--dsn", "host=h"), "does not exist"),
+        (("rejoin", "n", "--pgdata", "/", "--primary", "postgresql://u:S3cretZZpw%ZZ@h/db"), ""),
+    ],
+)
+@pytest.mark.usefixtures("clean_env")
+def test_other_commands_say_what_is_wrong_in_one_line(args: tuple[str, ...], says: str) -> None:
+    result = CliRunner().invoke(cli, list(args))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 3, result.output
+    assert says in lines[-1]
+    assert "Traceback" not in result.output
+    assert "S3cret" not in result.output
+    assert "ZZpw" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from pgfailover.sources import load_env, load_toml, nodes_from_dsn
         ({"history_file": "/"}, "history_file must be a file, got the directory '/'"),
         (
             {"history_file": "/nonexistent-dir/h.jsonl"},
-            "the directory '/nonexistent-dir' does not exist",
+            "its directory does not exist",
         ),
         (
             {"pool_min_size": 5, "pool_max_size": 2},

@@ -64,6 +64,14 @@ BAD_LINES = [
     pytest.param(json.dumps({**GOOD, "notes": [1]}).encode(), "$.notes[0]", id="notes not text"),
     pytest.param(json.dumps({**GOOD, "outcome": 1}).encode(), "$.outcome", id="outcome a number"),
     pytest.param(json.dumps({"kind": "failover"}).encode(), "missing", id="fields missing"),
+    pytest.param(json.dumps({**GOOD, "started": 1e20}).encode(), "not a time", id="far future"),
+    pytest.param(json.dumps({**GOOD, "started": float("nan")}).encode(), "not a time", id="NaN"),
+    pytest.param(
+        json.dumps({**GOOD, "completed": float("-inf")}).encode(), "not a time", id="-Infinity"
+    ),
+    pytest.param(
+        json.dumps({**GOOD, "reason": "\ud800"}).encode(), "lone surrogate", id="lone surrogate"
+    ),
     pytest.param(b'{"kind": "failover", "fr', "line", id="torn line"),
     pytest.param(b"\xff\xfe\x00binary", "utf-8", id="binary"),
     pytest.param(b"[" * 50_000, "recursion", id="nested deep"),

@@ -138,6 +138,36 @@ CASES = [
         "limit must be an integer",
     ),
     Case(
+        "a trigger whose body went missing (no Content-Length)",
+        b"POST /failover/trigger HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n",
+        400,
+        "send a JSON object as the body",
+    ),
+    Case(
+        "a switchover whose body went missing (HTTP/1.0)",
+        b"POST /failover/switchover HTTP/1.0\r\n" + AUTH + b"\r\n",
+        400,
+        "send a JSON object as the body",
+    ),
+    Case(
+        "an integer longer than Python parses",
+        _post("/failover/trigger", b'{"target": ' + b"9" * 5000 + b"}"),
+        400,
+        "not valid JSON",
+    ),
+    Case(
+        "a pause reason with a lone surrogate",
+        _post("/failover/pause", b'{"reason": "\\ud800"}'),
+        400,
+        "printable text",
+    ),
+    Case(
+        "a pause reason on two lines",
+        _post("/failover/pause", b'{"reason": "a\\nb"}'),
+        400,
+        "printable text",
+    ),
+    Case(
         "wrong token",
         b"POST /failover/trigger HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
         + b"x" * 26
@@ -158,6 +188,20 @@ def test_bad_requests_get_one_json_error_and_change_nothing(
     assert case.error in body["error"], body
     assert "\n" not in body["error"]
     assert manager.history() == []
+
+
+def test_head_answers_headers_without_a_body(server: AdminServer) -> None:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"HEAD /failover/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert b"Content-Length: " in head
+    assert body == b""
 
 
 def test_the_main_address_refuses_admin_endpoints_when_they_have_their_own(
