@@ -8,7 +8,8 @@ line. waitress fits that: one I/O thread reads every request completely
 reaches one of a fixed number of worker threads, so slow or idle clients
 hold a socket, never a thread; connections beyond ``connection_limit``
 wait in the kernel's backlog, so they cost no descriptor either; idle ones
-are closed after ``channel_timeout``. It is pure Python, has no
+are closed after ``channel_timeout``, and a request still incomplete
+``request_timeout`` after its first byte (a slow sender) is cut. It is pure Python, has no
 dependencies, is maintained by the Pylons project and runs embedded in a
 thread, which ``serve()`` inside an application needs. (An asyncio server
 such as uvicorn would need an event loop per process of a WSGI app.)
@@ -28,7 +29,9 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from waitress import wasyncore
@@ -44,13 +47,21 @@ __all__ = ["AdminServer", "Limits", "Listener"]
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class Limits:
-    """What one listener allows; the defaults suit a status and admin API."""
+    """What one listener allows; the defaults suit a status and admin API.
+
+    ``channel_timeout`` closes a connection idle that long; ``request_timeout``
+    one whose request is not complete that long after its first byte, however
+    slowly it trickles in (waitress itself only knows the idle timeout).
+    Both are enforced every ``cleanup_interval``.
+    """
 
     threads: int = 4
-    connection_limit: int = 100
+    connection_limit: int = 1000
     channel_timeout: float = 10.0
-    cleanup_interval: float = 2.0
+    request_timeout: float = 10.0
+    cleanup_interval: float = 1.0
     max_request_header_size: int = 16 * 1024
     max_request_body_size: int = 64 * 1024
 
@@ -76,7 +87,32 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
 
 
 class _JsonErrorChannel(HTTPChannel):  # type: ignore[misc]
+    """waitress's channel, answering its errors as JSON and dating each request."""
+
     error_task_class = _JsonErrorTask
+    request_began: float | None = None  # when the request being read began
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_began = time.time()
+        result: bool = super().received(data)
+        if self.request is None:  # complete and queued, or nothing pending
+            self.request_began = None
+        return result
+
+
+def _with_request_deadline(server: Any, timeout: float) -> None:
+    """Make ``server.maintenance`` also close channels whose request is too slow."""
+    idle_only = server.maintenance
+
+    def maintenance(now: float) -> None:
+        idle_only(now)
+        for channel in list(server.active_channels.values()):
+            began = getattr(channel, "request_began", None)
+            if began is not None and now - began > timeout:
+                channel.will_close = True
+
+    server.maintenance = maintenance
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -132,6 +168,7 @@ class Listener:
             sock.close()
             raise
         self._server.channel_class = _JsonErrorChannel
+        _with_request_deadline(self._server, lim.request_timeout)
         self.host = host
         self.port = int(sock.getsockname()[1])
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

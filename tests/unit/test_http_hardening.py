@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import pytest
 
 from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover.listener import Limits
 from pgfailover.server import AdminApp, AdminServer, check_token, serve
 
 pytestmark = pytest.mark.timeout(60)
@@ -266,4 +268,35 @@ def test_idle_and_half_sent_connections_hold_no_thread(manager: FailoverManager)
             assert threading.active_count() <= before
         finally:
             for sock in socks:
+                sock.close()
+
+
+def test_a_slow_sender_is_cut_and_a_crowd_of_them_blocks_nothing(
+    manager: FailoverManager,
+) -> None:
+    limits = Limits(request_timeout=1.0, cleanup_interval=0.2)
+    with serve(manager, limits=limits) as srv:
+        host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+        crowd = [socket.create_connection((host, int(port)), timeout=5) for _ in range(150)]
+        try:
+            for sock in crowd:
+                sock.sendall(b"GET /failover/status HTTP/1.1\r\nHost: x\r\n")  # never ends
+            status, _, body = _exchange(srv.url, b"GET /failover/status HTTP/1.1\r\n\r\n")
+            assert (status, body["cluster"]) == (200, "app")
+            slow = crowd[0]
+            started = time.monotonic()
+            slow.settimeout(0.1)
+            closed = False
+            while time.monotonic() - started < 5 and not closed:
+                try:
+                    slow.sendall(b"X")  # a byte at a time: never idle, never done
+                    closed = slow.recv(1) == b""
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+            assert closed, "a request trickling in for 5 s was not cut"
+            assert time.monotonic() - started < 1.0 + 0.2 + 1.5
+        finally:
+            for sock in crowd:
                 sock.close()
