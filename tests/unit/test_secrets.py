@@ -4,8 +4,9 @@ Hypothesis writes passwords of arbitrary characters (quotes, '%', '/', '@',
 '?', blanks, control characters, any script) into the DSN shapes users
 write: URLs with the password percent-encoded or raw, any scheme case,
 key/value strings quoted or not, URL query parameters. Whatever pgfailover
-makes of the DSN (a node, its repr and address, a manager's status, or a
-``ConfigurationError``), and whatever it logs on the way, must hold neither
+makes of the DSN (a node, its repr and address, a manager's status and
+metrics, Prometheus text, or a ``ConfigurationError``), and whatever it
+logs on the way, must hold neither
 the password nor any part of it around a marker placed inside it. A table
 of the cases once reported follows.
 """
@@ -19,10 +20,12 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from pgfailover import FailoverConfig, FailoverManager, Node
 from pgfailover.dsn import mask_dsn, node_address, parse_dsn
 from pgfailover.errors import ConfigurationError
+from pgfailover.metrics import register
 from pgfailover.sources import nodes_from_dsn
 
 MARK = "Qz7Mk"
@@ -86,7 +89,14 @@ def _everything_shown(dsn: str) -> list[str]:
             node = Node("n1", dsn)
             shown += [repr(node), node.safe_dsn, node_address(dsn)]
             mgr = FailoverManager(nodes=[node], config=FailoverConfig(), name="c")
-            shown += [json.dumps(mgr.get_failover_status()), repr(mgr)]
+            registry = CollectorRegistry()
+            register(mgr, registry)
+            shown += [
+                json.dumps(mgr.get_failover_status()),
+                json.dumps(mgr.get_metrics()),
+                generate_latest(registry).decode(),
+                repr(mgr),
+            ]
         except ConfigurationError as exc:
             shown.append(str(exc))
         try:
