@@ -18,7 +18,9 @@ plain reads go to a fitting standby (or the primary), following the
 read-your-writes unit of :mod:`pgfailover.contrib.causality` when one is
 active (a Flask or Django request). Each call asks the manager, so a new
 session after a failover lands on the new primary; ``pool_pre_ping``
-replaces connections to a node that went away.
+replaces connections to a node that went away. Every statement an engine
+runs is counted in the manager's ``pgfailover_queries_total`` (node, route,
+outcome), so the dashboard's traffic panels show ORM traffic too.
 
 With Flask-SQLAlchemy::
 
@@ -31,7 +33,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
@@ -66,6 +68,8 @@ class FailoverEngines:
             )
             for node in self.manager.nodes
         }
+        for node_name, engine in self.engines.items():
+            _count_statements(self.manager, node_name, engine)
 
     def writer(self) -> Engine:
         """The current primary's engine (waits during a failover)."""
@@ -84,6 +88,31 @@ class FailoverEngines:
         for engine in self.engines.values():
             engine.dispose()
         self.manager.close()
+
+
+def _count_statements(mgr: FailoverManager, node: str, engine: Engine) -> None:
+    """Count every statement ``engine`` runs in ``pgfailover_queries_total``.
+
+    The route is what the statement was to its node: ``write`` on the
+    primary unless it is a plain read (then ``read_primary``), ``read`` on
+    a standby; the outcome ``ok`` or ``error``, as for ``mgr.query()``.
+    """
+
+    def route(context: Any) -> str:
+        if node != mgr.snapshot.primary:
+            return "read"
+        statement = getattr(getattr(context, "compiled", None), "statement", None)
+        plain_read = isinstance(statement, Select) and statement._for_update_arg is None
+        return "read_primary" if plain_read else "write"
+
+    @event.listens_for(engine, "after_cursor_execute", named=True)
+    def counted(**kw: Any) -> None:
+        mgr.counters.query(node, route(kw["context"]), "ok")
+
+    @event.listens_for(engine, "handle_error")
+    def failed(exception_context: Any) -> None:
+        context = exception_context.execution_context
+        mgr.counters.query(node, route(context) if context is not None else "write", "error")
 
 
 class FailoverSession(Session):

@@ -77,6 +77,15 @@ def test_writes_go_to_the_primary_and_reads_after_a_write_stay_there(site: Local
     assert result["write_db"] == "node0"
     assert result["read_db"] == "node0"  # this request wrote: its reads stay on the primary
     assert result["seen"]
+    _get(Client(), "/read?id=0")
+    counted = {
+        (q["node"], q["route"])
+        for q in get_manager().get_metrics()["queries"]
+        if q["outcome"] == "ok" and q["count"] > 0
+    }
+    assert ("node0", "write") in counted  # the ORM's INSERT, counted for the dashboard
+    assert ("node0", "read_primary") in counted  # the read after it
+    assert {("node1", "read"), ("node2", "read")} & counted  # the stranger's read
 
 
 def test_reads_go_to_standbys_and_the_cookie_gives_read_your_writes(site: LocalLab) -> None:

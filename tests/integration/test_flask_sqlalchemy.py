@@ -76,6 +76,14 @@ def test_session_sends_writes_to_the_primary_and_reads_to_standbys(
         assert session.scalar(select(func.count()).select_from(Item)) == 1
     with Session() as session:
         assert session.get_bind(clause=select(Item).with_for_update()) is engines.engines["node0"]
+    counted = {
+        (q["node"], q["route"]): q["count"]
+        for q in engines.manager.get_metrics()["queries"]
+        if q["outcome"] == "ok"
+    }
+    assert counted.get(("node0", "write"), 0) >= 1  # the INSERT of the flush
+    assert counted.get(("node0", "read_primary"), 0) >= 2  # the session's reads after it
+    assert sum(c for (n, r), c in counted.items() if r == "read") >= 1  # the first read
 
 
 def test_flask_sqlalchemy_uses_the_failover_session(

@@ -48,7 +48,15 @@ from pgfailover.contrib.causality import (
 from pgfailover.errors import ConfigurationError
 from pgfailover.manager import FailoverManager
 
-__all__ = ["FailoverMiddleware", "FailoverRouter", "databases", "get_manager", "reset_manager"]
+__all__ = [
+    "FailoverMiddleware",
+    "FailoverRouter",
+    "count_statement",
+    "databases",
+    "get_manager",
+    "install_counting",
+    "reset_manager",
+]
 
 _FIELDS = {
     "dbname": "NAME",
@@ -179,6 +187,41 @@ def _close_after_failover(aliases: Iterable[str]) -> None:
     for alias in aliases:
         connections[alias].close()
     _local.generation = generation
+
+
+def count_statement(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    """A Django ``execute_wrapper``: run the statement, count it like ``mgr.query()``.
+
+    The node is the alias (``default`` counts as the primary it reached);
+    the route ``write`` on the primary unless the statement is a plain
+    ``SELECT`` (then ``read_primary``), ``read`` on a standby.
+    """
+    mgr = get_manager()
+    alias = context["connection"].alias
+    primary = mgr.snapshot.primary
+    node = (primary or alias) if alias == "default" else alias
+    head = sql.lstrip()[:6].upper()
+    plain_read = head == "SELECT" and "FOR UPDATE" not in sql.upper()
+    route = "read" if node != primary else "read_primary" if plain_read else "write"
+    try:
+        result = execute(sql, params, many, context)
+    except Exception:
+        mgr.counters.query(node, route, "error")
+        raise
+    mgr.counters.query(node, route, "ok")
+    return result
+
+
+def install_counting(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created`` receiver: add :func:`count_statement` to a cluster alias once."""
+    if connection.alias != "default" and connection.alias not in {
+        n.name for n in get_manager().nodes
+    }:
+        return
+    if count_statement not in connection.execute_wrappers:
+        connection.execute_wrappers.append(count_statement)
 
 
 class FailoverMiddleware:
