@@ -13,7 +13,8 @@
 
 Configuration (``app.config``): ``PGFAILOVER_SOURCE`` (a TOML path, a DSN,
 or Nodes), ``PGFAILOVER_NAME``, ``PGFAILOVER_SETTINGS`` (FailoverConfig
-overrides), ``PGFAILOVER_ADMIN_TOKEN`` (enables the admin endpoints),
+overrides), ``PGFAILOVER_ENGINE_OPTIONS`` (for :meth:`PgFailover.engines`),
+``PGFAILOVER_ADMIN_TOKEN`` (enables the admin endpoints),
 ``PGFAILOVER_API`` (mount the status/admin API and ``/metrics``; default
 True), ``PGFAILOVER_COOKIE`` (carry the read-your-writes token to the next
 request; default True) and ``PGFAILOVER_COOKIE_MAX_AGE`` (seconds, default 60).
@@ -23,6 +24,11 @@ Each request runs in a read-your-writes unit: :meth:`PgFailover.query` with
 client wrote (and within the request, after a write, the primary); the
 :mod:`pgfailover.contrib.sqlalchemy` session follows the same unit. The
 manager is closed by :meth:`PgFailover.close` or at interpreter exit.
+
+With Flask-SQLAlchemy, one manager serves both::
+
+    failover = PgFailover(app)   # sets SQLALCHEMY_DATABASE_URI (the cluster) if unset
+    db = SQLAlchemy(app, session_options={"class_": FailoverSession})
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from pgfailover.contrib.causality import (
     set_token_cookie,
     write_node,
 )
+from pgfailover.contrib.urls import sqlalchemy_url
 from pgfailover.manager import FailoverManager
 from pgfailover.server import AdminApp
 
@@ -59,6 +66,8 @@ class PgFailover:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._manager: FailoverManager | None = None
+        self._engines: Any = None  # FailoverEngines, built on first use (needs SQLAlchemy)
+        self._engine_options: dict[str, Any] = {}
         if app is not None:
             self.init_app(app)
 
@@ -82,6 +91,9 @@ class PgFailover:
         self._manager = mgr.open()
         atexit.register(mgr.close)
         app.extensions[EXTENSION] = self
+        # Flask-SQLAlchemy needs a URL; this one reaches the primary (see contrib.urls).
+        app.config.setdefault("SQLALCHEMY_DATABASE_URI", sqlalchemy_url(mgr.nodes))
+        self._engine_options = dict(app.config.get("PGFAILOVER_ENGINE_OPTIONS") or {})
         cookie = bool(app.config.get("PGFAILOVER_COOKIE", True))
         cookie_max_age = int(app.config.get("PGFAILOVER_COOKIE_MAX_AGE", 60))
 
@@ -129,8 +141,23 @@ class PgFailover:
         """The node this request's next read goes to."""
         return read_node(self.manager)
 
+    def engines(self) -> Any:
+        """The app's :class:`~pgfailover.contrib.sqlalchemy.FailoverEngines`, on its manager.
+
+        One manager per app: the engines share this extension's, so the
+        cluster is probed once. ``FailoverSession`` without ``engines=``
+        uses these. Options: ``app.config["PGFAILOVER_ENGINE_OPTIONS"]``.
+        """
+        if self._engines is None:
+            from pgfailover.contrib.sqlalchemy import FailoverEngines
+
+            self._engines = FailoverEngines(self.manager, engine_options=self._engine_options)
+        return self._engines
+
     def close(self) -> None:
-        """Close the manager."""
+        """Dispose of the engines (if any) and close the manager."""
+        if self._engines is not None:
+            self._engines.close()
         if self._manager is not None:
             self._manager.close()
 

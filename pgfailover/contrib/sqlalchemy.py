@@ -59,6 +59,8 @@ class FailoverEngines:
         settings: dict[str, Any] | None = None,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
+        # A manager given is shared (a Flask app's): opened if need be, never closed here.
+        self._owns_manager = not isinstance(source, FailoverManager)
         self.manager: FailoverManager = manager_from(source, name=name, settings=settings)
         self.manager.open()
         options = {"pool_pre_ping": True, **(engine_options or {})}
@@ -84,10 +86,11 @@ class FailoverEngines:
         return sessionmaker(class_=FailoverSession, engines=self, **kwargs)
 
     def close(self) -> None:
-        """Dispose of every engine and close the manager."""
+        """Dispose of every engine, and close the manager if these engines made it."""
         for engine in self.engines.values():
             engine.dispose()
-        self.manager.close()
+        if self._owns_manager:
+            self.manager.close()
 
 
 def _count_statements(mgr: FailoverManager, node: str, engine: Engine) -> None:
@@ -119,12 +122,27 @@ class FailoverSession(Session):
     """A ``Session`` whose ``get_bind`` routes writes to the primary, reads to a standby."""
 
     def __init__(
-        self, *args: Any, engines: FailoverEngines, db: Any = None, **kwargs: Any
+        self, *args: Any, engines: FailoverEngines | None = None, db: Any = None, **kwargs: Any
     ) -> None:
         # ``db``: what Flask-SQLAlchemy passes to its session class; not needed here.
+        # Without ``engines``, the Flask app's PgFailover gives them (its manager).
         super().__init__(*args, **kwargs)
-        self.failover_engines = engines
+        self._engines = engines
         self.wrote = False
+
+    @property
+    def failover_engines(self) -> FailoverEngines:
+        """The engines this session routes over (the Flask app's when none were given)."""
+        if self._engines is None:
+            from flask import current_app
+
+            extension = current_app.extensions.get("pgfailover")
+            if extension is None:
+                raise RuntimeError(
+                    "FailoverSession without engines= needs a Flask app with PgFailover"
+                )
+            self._engines = extension.engines()
+        return self._engines
 
     def get_bind(
         self,

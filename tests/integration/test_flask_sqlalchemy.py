@@ -198,3 +198,38 @@ def test_flask_requests_survive_a_primary_kill(
     after = [r for t, r in outcomes if t > killed]
     assert sum(1 for r in after if r.startswith("error")) <= 1, after  # in flight at the crash
     assert failover.manager.snapshot.primary in ("node1", "node2")
+
+
+def test_a_flask_app_written_from_the_readme_uses_one_manager(fresh_lab: LocalLab) -> None:
+    """Exactly the README's Flask-SQLAlchemy lines, with the lab's multi-host URL."""
+    flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
+    app = Flask(__name__)
+    app.config["PGFAILOVER_SOURCE"] = fresh_lab.url  # postgresql://...@h:p1,h:p2,h:p3/...
+    app.config["PGFAILOVER_SETTINGS"] = SETTINGS
+    failover = PgFailover(app)
+    db = flask_sqlalchemy.SQLAlchemy(app, session_options={"class_": FailoverSession})
+
+    class Note(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+        text: Mapped[str] = mapped_column(String(50))
+
+    try:
+        with app.app_context():
+            db.create_all()  # through SQLALCHEMY_DATABASE_URI: the primary, chosen by libpq
+            with db.session() as reader:
+                port = reader.scalar(select(func.inet_server_port()))
+                assert _port_of(fresh_lab, port) in ("node1", "node2")
+            db.session.add(Note(id=1, text="hello"))
+            db.session.commit()
+            assert failover.engines().manager is failover.manager  # one manager per app
+            assert isinstance(db.session(), FailoverSession)
+        assert fresh_lab.run_sql("node0", "SELECT text FROM notes") == [("hello",)]
+        queries = failover.manager.get_metrics()["queries"]
+        node0 = fresh_lab.node("node0")
+        primary = f"{node0.host}:{node0.port}"  # nodes from a URL are named host:port
+        assert any(q["node"] == primary and q["route"] == "write" for q in queries), queries
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+        failover.close()
