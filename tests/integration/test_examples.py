@@ -72,3 +72,24 @@ def test_django_example_migrates_and_reports_status(fresh_lab: LocalLab, tmp_pat
     assert "primary: node0" in proc.stdout
     tables = fresh_lab.run_sql("node0", "SELECT count(*) FROM notes_note")
     assert tables == [(0,)]
+
+
+def test_django_test_runner_passes_a_write_then_read_test_case(fresh_lab: LocalLab) -> None:
+    """``manage.py test`` with the README's router: one test database, dropped cleanly."""
+    pytest.importorskip("django")
+    env = {**os.environ, "PGFAILOVER_SOURCE": fresh_lab.url}
+    manage = str(ROOT / "examples/django_project/manage.py")
+    proc = subprocess.run(
+        [sys.executable, manage, "test", "notes", "--noinput", "-v", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "Ran 2 tests" in proc.stderr
+    assert "test_a_write_is_read_back_in_the_same_test" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-3:-1] == ["", "OK"]
+    databases = {r[0] for r in fresh_lab.run_sql("node0", "SELECT datname FROM pg_database")}
+    assert not {d for d in databases if d.startswith("test_")}, databases

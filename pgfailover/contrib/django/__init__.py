@@ -150,15 +150,36 @@ def _count_failover(event: Any) -> None:
             _generation += 1
 
 
+def _under_test() -> bool:
+    """Django's test environment is set up (``manage.py test``, pytest-django).
+
+    ``setup_test_environment()`` gives ``django.core.mail`` its ``outbox``.
+    """
+    from django.core import mail
+
+    return getattr(mail, "outbox", None) is not None
+
+
 class FailoverRouter:
-    """A ``DATABASE_ROUTERS`` entry: writes to the primary's alias, reads to a standby's."""
+    """A ``DATABASE_ROUTERS`` entry: writes to the primary's alias, reads to a standby's.
+
+    Under Django's test runner everything goes to ``default``: the test
+    database is built there only, a ``TestCase`` wraps each test in one
+    transaction on one connection (a read on another alias would not see
+    the test's writes), and no other alias keeps a session open on the
+    test database when it is dropped.
+    """
 
     def db_for_write(self, model: type[Any], **hints: Any) -> str:
         """The alias of the node that is primary now (waits during a failover)."""
+        if _under_test():
+            return "default"
         return write_node(get_manager())
 
     def db_for_read(self, model: type[Any], **hints: Any) -> str:
         """A fitting standby's alias, or the primary's (after a write in this request)."""
+        if _under_test():
+            return "default"
         return read_node(get_manager())
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
@@ -170,6 +191,8 @@ class FailoverRouter:
 
     def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
         """Only on ``default`` (the primary through libpq) or the current primary's alias."""
+        if _under_test():
+            return db == "default"
         return db in ("default", get_manager().snapshot.primary)
 
 
