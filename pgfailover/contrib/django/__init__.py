@@ -33,6 +33,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
+from pgfailover.config import FailoverConfig
 from pgfailover.contrib.causality import (
     COOKIE_NAME,
     Source,
@@ -77,18 +78,46 @@ def _entry(dsn: str, options: dict[str, Any], extra: dict[str, Any]) -> dict[str
     return entry
 
 
+def _pool_options(given: Any, config: FailoverConfig) -> dict[str, Any]:
+    """Django's ``pool`` option made to survive failovers.
+
+    ``timeout``: a request waits for a connection at most a little longer
+    than it takes to open one (psycopg_pool's default is 30 s, which a
+    request routed to a node that just died would spend in full), and never
+    longer than ``failover_wait_timeout``. The check of a pooled connection
+    as it is handed out (one broken by a failover or a node restart is
+    replaced, not used) is Django's own with ``CONN_HEALTH_CHECKS``, on by
+    default here.
+    """
+    pool = {} if given is True else dict(given)
+    wait = max(2.0, 2 * config.connect_timeout)
+    if config.failover_wait_timeout > 0:
+        wait = min(wait, config.failover_wait_timeout)
+    pool.setdefault("timeout", wait)
+    return pool
+
+
 def databases(
     source: Source, *, options: dict[str, Any] | None = None, **extra: Any
 ) -> dict[str, dict[str, Any]]:
     """``DATABASES`` for every node of ``source``, plus a multi-host ``default``.
 
     ``options`` go into every entry's ``OPTIONS`` (e.g. ``{"pool": True}`` for
-    Django's psycopg pool); other keyword arguments (``CONN_MAX_AGE``,
-    ``CONN_HEALTH_CHECKS``...) into every entry. The node aliases mirror
+    Django's psycopg pool, which gets a connection check on checkout and a
+    short wait, see :func:`_pool_options`); other keyword arguments
+    (``CONN_MAX_AGE``...) into every entry. ``CONN_HEALTH_CHECKS`` is on
+    unless given: a persistent connection broken by a failover is replaced
+    at the start of the next request instead of failing it. The node aliases mirror
     ``default`` in tests, so Django's test runner builds one test database.
     """
-    nodes = source.nodes if isinstance(source, FailoverManager) else load_source(source)[0]
+    if isinstance(source, FailoverManager):
+        nodes, config = list(source.nodes), source.config
+    else:
+        nodes, config = load_source(source)
     opts = dict(options or {})
+    if opts.get("pool"):
+        opts["pool"] = _pool_options(opts["pool"], config)
+    extra = {"CONN_HEALTH_CHECKS": True, **extra}
     entries = {n.name: _entry(n.dsn, opts, extra) for n in nodes}
     first = next(iter(entries.values()))
     hosts = [e["HOST"] for e in entries.values()]
