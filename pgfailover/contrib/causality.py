@@ -32,6 +32,8 @@ __all__ = [
     "COOKIE_NAME",
     "Causality",
     "CookieResponse",
+    "causes",
+    "current",
     "load_source",
     "manager_from",
     "parse_token",
@@ -128,13 +130,13 @@ def read_node(mgr: FailoverManager) -> str:
 def report_error(mgr: FailoverManager, exc: BaseException) -> None:
     """A connection error in this unit: suspect the nodes it used, so the next units avoid them."""
     state = _state.get()
-    if state is None or not any(is_connection_error(e) for e in _causes(exc)):
+    if state is None or not any(is_connection_error(e) for e in causes(exc)):
         return
     for node in state.used:
         mgr.suspect(node, f"{type(exc).__name__} in a framework request: {exc}")
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
     """The error and what it wraps (Django's ``__cause__``, SQLAlchemy's ``orig``)."""
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -123,6 +123,26 @@ def test_status_command(site: LocalLab) -> None:
     assert "primary: node0" in out.getvalue()
 
 
+def test_a_read_sent_to_a_standby_that_just_died_is_run_again_elsewhere(site: LocalLab) -> None:
+    note = _get(Client(), "/write?text=r")["id"]
+    site.kill("node1")
+    try:
+        served = [_get(Client(), f"/read?id={note}")["read_db"] for _ in range(20)]
+        assert "node1" not in served
+        retried = sum(
+            q["count"]
+            for q in get_manager().get_metrics()["queries"]
+            if (q["node"], q["route"], q["outcome"]) == ("node1", "read", "retry")
+        )
+        assert retried >= 1  # the request routed to node1 was run again, not failed
+    finally:
+        site.start("node1")
+        site.wait_streaming("node1", "node0", timeout=30)
+        wait_until(
+            lambda: get_manager().snapshot.node("node1").serves_reads, timeout=30, what="node1"
+        )
+
+
 def test_a_primary_kill_fails_only_the_requests_in_flight(site: LocalLab) -> None:
     outcomes: list[tuple[float, str]] = []  # (time, write_db or "error: ...")
     stop = threading.Event()

@@ -37,6 +37,8 @@ from pgfailover.config import FailoverConfig
 from pgfailover.contrib.causality import (
     COOKIE_NAME,
     Source,
+    causes,
+    current,
     load_source,
     manager_from,
     parse_token,
@@ -47,6 +49,7 @@ from pgfailover.contrib.causality import (
     write_node,
 )
 from pgfailover.errors import ConfigurationError
+from pgfailover.execution import is_connection_error
 from pgfailover.manager import FailoverManager
 
 __all__ = [
@@ -296,6 +299,32 @@ class FailoverMiddleware:
                 set_token_cookie(mgr, response, self.cookie_max_age)
             return response
 
-    def process_exception(self, request: Any, exception: Exception) -> None:
-        """A connection error: suspect the nodes this request used, so the next avoid them."""
-        report_error(get_manager(), exception)
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """A connection error: suspect the nodes this request used, so the next avoid them.
+
+        A read-only request (GET, HEAD, OPTIONS) that has written nothing is
+        then run once more: its view again, routed away from the suspects,
+        on fresh connections. A request that wrote, or failed twice, fails.
+        """
+        mgr = get_manager()
+        report_error(mgr, exception)
+        unit = current()
+        if (
+            request.method not in ("GET", "HEAD", "OPTIONS")
+            or unit is None
+            or unit.wrote
+            or getattr(request, "_pgfailover_retried", False)
+            or not any(is_connection_error(e) for e in causes(exception))
+        ):
+            return None
+        request._pgfailover_retried = True
+        from django.db import connections
+        from django.urls import resolve
+
+        for alias in unit.used:
+            connections[alias].close()
+        for node in unit.used:
+            mgr.counters.query(node, "read", "retry")
+        unit.used.clear()
+        match = resolve(request.path_info)
+        return match.func(request, *match.args, **match.kwargs)
