@@ -38,7 +38,7 @@ from typing import Final
 
 from pgfailover.model import Snapshot
 
-__all__ = ["AgentServer", "agent_answer", "serve_agent"]
+__all__ = ["AgentServer", "agent_answer"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,3 @@ class AgentServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def serve_agent(mgr_snapshot: Callable[[], Snapshot], host: str, port: int) -> AgentServer:
-    """Answer HAProxy's agent checks from ``mgr_snapshot()`` (e.g. ``lambda: mgr.snapshot``)."""
-    return AgentServer(mgr_snapshot, host, port)

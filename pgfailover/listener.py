@@ -186,11 +186,6 @@ class Listener:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    @property
-    def threads(self) -> int:
-        """Worker threads serving requests (bounded by :attr:`Limits.threads`)."""
-        return len(self._server.task_dispatcher.threads)
-
     def close(self, timeout: float = 2.0) -> None:
         """Close every connection and the port, stop the workers; idempotent."""
         if not self._thread.is_alive():

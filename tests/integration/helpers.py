@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import itertools
+import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,59 @@ def config_file(lab: LocalLab, tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "pgfailover.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """GET ``url`` (a local ``pgfailover serve``) and decode its JSON."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process the test started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+_ANY_PORT = ("--port", "0")  # serve picks a free port and prints it
+
+
+@contextlib.contextmanager
+def serve_process(config: Path, log: Path, *options: str) -> Iterator[dict[str, Any]]:
+    """``pgfailover serve --config CONFIG --port 0 OPTIONS`` as a process, stderr to ``log``.
+
+    Yields its readiness line (``url``, ``admin_url``...) with its ``pid``;
+    stopped by that PID when the block ends.
+    """
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgfailover",
+                "serve",
+                "--config",
+                str(config),
+                *_ANY_PORT,
+                *options,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            ready: dict[str, Any] = json.loads(proc.stdout.readline())
+            yield {**ready, "pid": proc.pid}
+        finally:
+            stop_process(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def prepare(lab: LocalLab) -> None:

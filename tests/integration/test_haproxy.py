@@ -13,16 +13,11 @@ paused past the lag limit. HAProxy and serve are stopped by their PIDs.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -30,7 +25,7 @@ import pytest
 from pgfailover.lab import LocalLab, free_port
 from tests.tools import require_tool
 
-from .helpers import config_file, prepare, wait_until
+from .helpers import config_file, get_json, prepare, serve_process, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,46 +34,16 @@ CONFIG = ROOT / "examples" / "haproxy" / "haproxy.cfg"
 CHECK_INTERVAL = 0.5  # inter / agent-inter in the shipped config
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-        return json.loads(response.read())
-
-
 @pytest.fixture
 def arbiter(fresh_lab: LocalLab, tmp_path: Path) -> Iterator[tuple[str, int]]:
     """``pgfailover serve`` with the agent; yields (its URL, the agent's port)."""
     prepare(fresh_lab)
     config = config_file(fresh_lab, tmp_path, "promotion = 'auto'\nmax_read_lag_bytes = 1048576")
     agent = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "pgfailover", "serve", "--config", str(config)),
-            *("--port", "0", "--haproxy-agent-port", str(agent)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready = json.loads(proc.stdout.readline())
+    with serve_process(
+        config, tmp_path / "serve.log", "--haproxy-agent-port", str(agent)
+    ) as ready:
         yield ready["url"], agent
-    finally:
-        _stop(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        log.close()
 
 
 @pytest.fixture
@@ -102,7 +67,7 @@ def haproxy(
     try:
         yield rw, ro
     finally:
-        _stop(proc)
+        stop_process(proc)
         log.close()
 
 
@@ -144,7 +109,7 @@ def test_haproxy_follows_the_arbiter_for_writes_and_reads(
             next_id += 1
         except psycopg.Error:
             time.sleep(0.02)  # pacing a retry loop, not synchronisation
-    events = _get(url + "/failover/history")["events"]
+    events = get_json(url + "/failover/history")["events"]
     done = [e for e in events if e["kind"] == "failover" and e["outcome"] == "completed"]
     assert done, events
     new_primary = done[-1]["to"]
@@ -174,7 +139,8 @@ def test_haproxy_follows_the_arbiter_for_writes_and_reads(
         )
         wait_until(
             lambda: (
-                _get(url + "/failover/status")["nodes"][int(other[-1])]["serves_reads"] is False
+                get_json(url + "/failover/status")["nodes"][int(other[-1])]["serves_reads"]
+                is False
             ),
             what="the manager to stop reading from the lagging standby",
         )

@@ -139,7 +139,7 @@ def databases(
 
 
 _lock = threading.Lock()
-_manager: FailoverManager | None = None  # guarded by _lock
+_manager: FailoverManager | None = None  # written under _lock; read without it (one reference)
 _generation = 0  # failovers seen; guarded by _lock
 
 
@@ -155,6 +155,9 @@ def _settings() -> dict[str, Any]:
 def get_manager() -> FailoverManager:
     """The process's manager, built from ``settings.PGFAILOVER`` and opened on first use."""
     global _manager  # noqa: PLW0603 - one manager per process, like Django's connections
+    mgr = _manager  # the hot path (every routed and counted statement): no lock
+    if mgr is not None and not mgr.closed:
+        return mgr
     with _lock:
         if _manager is None or _manager.closed:
             conf = _settings()
