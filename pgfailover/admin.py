@@ -130,6 +130,19 @@ def fence_sessions(dsn: str, timeout: float) -> tuple[int, int]:
         time.sleep(0.01)
 
 
+# Where the last WAL record ends. pg_current_wal_insert_lsn() reports the
+# next record's start: past the page header when that is at a page boundary
+# (24 bytes, 40 at a segment's first page), which no flush reaches until
+# more WAL is written. An idle primary right after a WAL segment switch
+# says 0/4000028 while everything is flushed to 0/4000000.
+_LAST_RECORD_END = """
+    SELECT CASE WHEN pos % seg = 40 THEN pos - 40 WHEN pos % page = 24 THEN pos - 24 ELSE pos END
+    FROM (SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint AS pos,
+                 current_setting('wal_block_size')::bigint AS page,
+                 pg_size_bytes(current_setting('wal_segment_size')) AS seg) AS p
+"""
+
+
 def _end_sessions(conn: psycopg.Connection[tuple[Any, ...]], deadline: float) -> tuple[int, int]:
     """End every other client session and wait until they are gone; then the final position.
 
@@ -154,7 +167,7 @@ def _end_sessions(conn: psycopg.Connection[tuple[Any, ...]], deadline: float) ->
         if time.monotonic() >= deadline:
             raise PromotionFailed(f"{left[0]} ended session(s) still running on the old primary")
         time.sleep(0.005)
-    row = conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint").fetchone()
+    row = conn.execute(_LAST_RECORD_END).fetchone()
     final = int(row[0]) if row else 0
     while True:
         flushed = conn.execute("SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint").fetchone()

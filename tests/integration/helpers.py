@@ -128,6 +128,15 @@ def config_file(lab: LocalLab, tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
+def lab_config(lab: LocalLab, path: Path) -> Path:
+    """``pgfailover lab config > PATH``, as the README says."""
+    cli = [sys.executable, "-m", "pgfailover", "lab", "config", "--dir", str(lab.directory)]
+    result = subprocess.run(cli, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    path.write_text(result.stdout)
+    return path
+
+
 def get_json(url: str, timeout: float = 5.0) -> Any:
     """GET ``url`` (a local ``pgfailover serve``) and decode its JSON."""
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback

@@ -75,7 +75,7 @@ def test_session_sends_writes_to_the_primary_and_reads_to_standbys(
         assert _port_of(fresh_lab, session.scalar(select(port))) == "node0"
         assert session.scalar(select(func.count()).select_from(Item)) == 1
     with Session() as session:
-        assert session.get_bind(clause=select(Item).with_for_update()) is engines.engines["node0"]
+        assert session.get_bind(clause=select(Item).with_for_update()) is engines.primary
     counted = {
         (q["node"], q["route"]): q["count"]
         for q in engines.manager.get_metrics()["queries"]

@@ -142,3 +142,22 @@ def test_a_nofailover_standby_is_never_promoted(fresh_lab: LocalLab) -> None:
         )
         assert mgr.snapshot.primary == "node2"
         assert mgr.get_failover_status()["nodes"][1]["tags"] == ["nofailover"]
+
+
+def test_an_idle_primary_right_after_a_wal_segment_switch_switches_over(
+    sync_lab: LocalLab,
+) -> None:
+    """Its insert position sits past the new segment's page header, which no flush reaches.
+
+    A new lab is in exactly that state (``pg_basebackup`` switched segments
+    and nothing was written since); the catch-up must wait for the end of the
+    last record, not for the header.
+    """
+    insert, flush = sync_lab.run_sql(
+        "node0", "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text"
+    )[0]
+    assert insert != flush  # the state under test (0/4000028 against 0/4000000)
+    with manager_for(sync_lab, CFG) as mgr:
+        event = mgr.switchover("node1", timeout=5)
+    assert event.outcome == "completed", event
+    assert sync_lab.primary() == "node1"

@@ -209,13 +209,13 @@ class FailoverRouter:
         """The alias of the node that is primary now (waits during a failover)."""
         if _under_test():
             return "default"
-        return write_node(get_manager())
+        return _connected(get_manager(), write_node)
 
     def db_for_read(self, model: type[Any], **hints: Any) -> str:
         """A fitting standby's alias, or the primary's (after a write in this request)."""
         if _under_test():
             return "default"
-        return read_node(get_manager())
+        return _connected(get_manager(), read_node)
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         """Objects on any node of the cluster may relate: it is one database."""
@@ -229,6 +229,40 @@ class FailoverRouter:
         if _under_test():
             return db == "default"
         return db in ("default", get_manager().snapshot.primary)
+
+
+def _connected(mgr: FailoverManager, pick: Callable[[FailoverManager], str]) -> str:
+    """The alias ``pick`` chooses, with its connection made now, while another may be chosen.
+
+    Django connects when the first statement needs it, after routing: a
+    node that died since the manager last heard from it would fail that
+    statement. Here the connection is checked and made first (Django's own
+    health check and ``ensure_connection``, so nothing is done twice); one
+    that cannot be made sent nothing, so its node is suspected (the manager
+    probes it now and routes around it) and ``pick`` chooses again: a write
+    waits for the new primary, a read goes to another node. This is what
+    keeps a request that starts just after a primary crash, in a process
+    that has not yet heard of it, from failing.
+    """
+    from django.db import connections
+    from django.db.utils import OperationalError
+
+    for _ in range(len(mgr.nodes)):
+        alias = pick(mgr)
+        conn = connections[alias]
+        if conn.in_atomic_block:
+            return alias
+        try:
+            conn.close_if_health_check_failed()
+            conn.ensure_connection()
+        except OperationalError as exc:
+            if not any(is_connection_error(e) for e in causes(exc)):
+                raise
+            conn.close()
+            mgr.suspect(alias, f"cannot connect: {exc}")
+            continue
+        return alias
+    return pick(mgr)  # every node refused: the statement fails with its own error
 
 
 _local = threading.local()
