@@ -110,22 +110,22 @@ class FailoverEngines:
         _count_statements(self.manager, _recorded_node, self.primary)
 
     def _connect_to_primary(self) -> psycopg.Connection[Any]:
+        """The write engine's ``creator``: a connection to whichever node is primary now."""
         mgr = self.manager
         deadline = time.monotonic() + mgr.config.failover_wait_timeout
-        for _ in range(len(self._dsns) + 1):
+        attempts = len(self._dsns) + 1  # a refusal per node, then the error stands
+        while True:
             node = mgr.wait_for_primary(deadline)
+            attempts -= 1
             try:
                 conn = psycopg.connect(self._dsns[node])
             except psycopg.OperationalError as exc:
-                if not is_connection_error(exc):
+                if not is_connection_error(exc) or not attempts:
                     raise
                 mgr.suspect(node, f"cannot connect: {exc}")
                 continue
             self._local.node = node
             return conn
-        node = mgr.wait_for_primary(deadline)
-        self._local.node = node
-        return psycopg.connect(self._dsns[node])
 
     def _record_node(self, dbapi_connection: Any, record: Any) -> None:
         record.info[_NODE] = getattr(self._local, "node", None)
