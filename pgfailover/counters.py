@@ -78,7 +78,7 @@ class Counters:
             setattr(self, name, getattr(self, name) + 1)
 
     def failover_took(self, seconds: float) -> None:
-        """Observe one failover's detection-to-first-write time."""
+        """Observe one completed failover: from detection to the new primary taking writes."""
         with self._lock:
             self.failover_durations.observe(seconds)
 

@@ -3,10 +3,12 @@
 Builds a lab cluster with quorum sync (ANY 1 of 2 standbys), opens a manager
 in ``auto`` mode, runs a steady write workload from several threads, kills
 the primary, and shows what happens as it happens: state changes, which node
-is primary, writes per second, errors. It ends with a report (time from the
-kill to the first write on the new primary; failed, unknown-outcome and lost
-writes, every acknowledged write being looked up on the new primary) and
-tears the cluster down.
+is primary, writes per second, errors (each state change once: the
+manager's own log line, with its reason). It ends with a report (the
+failover event's detection-to-promoted time and, what the application saw,
+the kill to the first write on the new primary; failed, unknown-outcome
+and lost writes, every acknowledged write being looked up on the new
+primary) and tears the cluster down.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -23,7 +26,6 @@ from pgfailover.config import FailoverConfig
 from pgfailover.errors import WriteOutcomeUnknown
 from pgfailover.lab import LocalLab
 from pgfailover.manager import FailoverManager
-from pgfailover.model import ClusterState, Snapshot
 
 __all__ = ["DemoReport", "run_demo"]
 
@@ -41,7 +43,35 @@ class DemoReport:
     old_primary: str = "node0"
     new_primary: str | None = None
     first_write_after_kill: float | None = None
+    detection_to_writable: float | None = None  # the failover event: detection to promoted
     lost: int = 0
+
+
+class _Say(logging.Handler):
+    """The manager's own log lines (each state change once, with its reason), timestamped."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(record.getMessage())
+
+
+@contextmanager
+def _manager_lines(say: Callable[[str], None]) -> Iterator[None]:
+    """Print pgfailover's log lines through ``say`` (and only there) while the demo runs."""
+    logger = logging.getLogger("pgfailover")
+    handler, propagate, level = _Say(say), logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
 
 
 def _workload(mgr: FailoverManager, report: DemoReport, stop: threading.Event, base: int) -> None:
@@ -78,14 +108,7 @@ def run_demo(out: TextIO = sys.stdout, *, seconds_after_kill: float = 4.0) -> De
         config = FailoverConfig(promotion="auto", health_check_interval=0.5, failover_cooldown=0)
         mgr = FailoverManager(nodes=nodes, config=config, name="demo")
 
-        def on_state(old: ClusterState, new: ClusterState, snap: Snapshot) -> None:
-            say(f"state {old.value} -> {new.value}; primary {snap.primary or '-'}")
-
-        mgr.on_state_change(on_state)  # the manager's own log lines say more (stderr)
-        mgr.on_failover(
-            lambda e: say(f"failover event: {e.from_node} -> {e.to_node}: {e.outcome}")
-        )
-        with mgr:
+        with _manager_lines(say), mgr:
             say(f"manager open in auto mode; primary {mgr.snapshot.primary}")
             stop = threading.Event()
             workers = [
@@ -105,6 +128,9 @@ def run_demo(out: TextIO = sys.stdout, *, seconds_after_kill: float = 4.0) -> De
             for w in workers:
                 w.join(10)
             report.new_primary = mgr.snapshot.primary
+            done = mgr.events.latest("failover")
+            if done is not None and done.outcome == "completed" and done.completed is not None:
+                report.detection_to_writable = done.completed - done.started
             after = [a for a in report.acked if a[1] != "node0" and a[2] > report.kill_at]
             if after:
                 report.first_write_after_kill = min(a[2] for a in after) - report.kill_at
@@ -140,6 +166,10 @@ def _ticker(
         )
 
 
+def _seconds(value: float | None) -> str:
+    return f"{value:.3f} s" if value is not None else "never"
+
+
 def _print_report(report: DemoReport, out: TextIO) -> None:
     first = report.first_write_after_kill
     lines = [
@@ -148,7 +178,10 @@ def _print_report(report: DemoReport, out: TextIO) -> None:
         "------",
         f"old primary                  {report.old_primary} (killed)",
         f"new primary                  {report.new_primary or 'none'}",
-        f"kill -> first write on new   {f'{first:.3f} s' if first is not None else 'never'}",
+        f"detection -> promoted        {_seconds(report.detection_to_writable)}"
+        "  (the failover event: the manager saw node0 fail, promoted, repointed)",
+        f"kill -> first write on new   {_seconds(first)}"
+        "  (what the application saw: SIGKILL to its next acknowledged write)",
         f"acknowledged writes          {len(report.acked)}",
         f"failed writes                {len(report.failed)}",
         f"outcome unknown (in flight)  {report.unknown}  (COMMITs cut by the kill, <= {THREADS})",

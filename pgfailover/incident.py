@@ -83,7 +83,8 @@ class Incident:
     def complete(
         self, node: str, previous: str, reason: str, lost_lsn: int | None
     ) -> FailoverEvent:
-        """Writes switched to ``node``: complete the event and start the first-write clock.
+        """Writes switched to ``node``: complete the event, observe its duration, start the
+        first-write clock.
 
         ``lost_lsn`` is the furthest WAL the previous primary was known to
         hold; what ``node`` held when it took over is subtracted from it.
@@ -102,6 +103,9 @@ class Incident:
         with self._lock:
             self._event_id = None
             self._first_write = (event.id, node, event.started)
+        # Every completed failover is observed (an arbiter without writes too);
+        # the first write, when this process makes one, is on the event.
+        self._stats.failover_took(changes["completed"] - event.started)
         return event
 
     @staticmethod
@@ -121,6 +125,4 @@ class Incident:
                 return
             self._first_write = None
         event_id, _, started = pending
-        elapsed = time.time() - started
-        self._stats.failover_took(elapsed)
-        self._events.update(event_id, first_write_after=elapsed)
+        self._events.update(event_id, first_write_after=time.time() - started)

@@ -8,12 +8,14 @@ and ``/failover/metrics`` never disagree about a node.
 
 from __future__ import annotations
 
+import textwrap
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
-from pgfailover.guards import hang_failover_seconds
+from pgfailover.guards import Candidate, choose_candidate, hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus, commits_blocked
 
@@ -50,7 +52,10 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
     return {
         "name": node.name,
         "address": node.address,
-        "role": node.role.value,
+        # A node that does not answer is "down", whatever it was: a dead old
+        # primary must never read as a second "primary" (last_role says what it was).
+        "role": node.role.value if node.up else "down",
+        "last_role": node.role.value,
         "is_primary": node.name == primary,
         "tags": [t for t in ("nofailover", "noloadbalance") if getattr(node, t)],
         "healthy": node.healthy,
@@ -219,6 +224,9 @@ def cell(value: Any, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+MARKS_WIDTH = 60  # the marks column wraps here: an error is shown whole, on more lines
+
+
 def render(status: dict[str, Any], *, colour: bool = False) -> str:
     """The status as an aligned table with a header line (ANSI colour if ``colour``)."""
     state = status["state"]
@@ -246,9 +254,9 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
         if node["name"] in split:
             marks.append("SPLIT-BRAIN")
         if not node["up"] and node.get("error"):
-            marks.append(node["error"][:60])
+            marks.append(node["error"])
         elif node["up"] and node.get("read_block") and node["role"] == "standby":
-            marks.append(f"no reads: {node['read_block'][:60]}")
+            marks.append(f"no reads: {node['read_block']}")
         rows.append(
             [
                 node["name"],
@@ -262,10 +270,22 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
                 ", ".join(marks),
             ]
         )
+    # The marks (an error, why no reads) are shown whole, wrapped in their column.
+    wrapped = [textwrap.wrap(row[-1], MARKS_WIDTH, break_on_hyphens=False) or [""] for row in rows]
+    for row, marks_lines in zip(rows, wrapped, strict=True):
+        row[-1] = marks_lines[0]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    lines = [head, "", "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    for row in rows:
-        text = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+    lines = [
+        head,
+        "",
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
+    ]
+    indent = " " * (sum(widths[:-1]) + 2 * (len(widths) - 1))
+    for row, marks_lines in zip(rows, wrapped, strict=True):
+        text = "\n".join(
+            ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()]
+            + [indent + more for more in marks_lines[1:]]
+        )
         healthy = row[3] == "yes"
         lines.append(text if healthy else _style(text, 31, colour))
     extra = []
@@ -283,3 +303,51 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
     if warning:
         extra.append(f"warning: {warning}")
     return "\n".join(lines + (["", *extra] if extra else []))
+
+
+@dataclass(frozen=True)
+class TriggerPlan:
+    """What a manual trigger found and would do: shown before the operator confirms."""
+
+    allowed: bool
+    lines: list[str]
+    guard: str | None  # the refusing guard
+
+
+def trigger_plan(
+    snap: Snapshot, config: FailoverConfig, now: float, target: str | None, force: bool
+) -> TriggerPlan:
+    """The primary and every standby as the trigger sees them, then the plan or the refusal."""
+    lines = []
+    primary = snap.node(snap.primary) if snap.primary else None
+    if primary is not None:
+        reach = "reachable" if primary.up else f"NOT reachable ({primary.error})"
+        lines.append(f"primary      {primary.name}: {reach}, timeline {primary.timeline}")
+    else:
+        lines.append(f"primary      none (last: {snap.last_primary or '-'})")
+    for node in snap.standbys:
+        receiver = (
+            "streaming"
+            if node.receiver_streaming
+            else "not streaming"
+            if node.receiver_streaming is False
+            else "receiver not visible"
+        )
+        lines.append(
+            f"standby      {node.name}: {'up' if node.up else 'DOWN'}, {receiver}"
+            f"{f' from {node.upstream}' if node.upstream else ''}, "
+            f"lag {cell(node.lag_bytes)} bytes, timeline {cell(node.timeline)}"
+        )
+    choice = choose_candidate(snap, config, now, target=target, force=force)
+    if isinstance(choice, Candidate):
+        fence = primary.name if primary is not None and primary.up else None
+        plan = f"promote {choice.node} ({choice.reason})"
+        if fence:
+            plan = f"soft-fence {fence} (read-only), then " + plan
+        if config.repoint_standbys:
+            plan += ", then repoint the other standbys to it"
+        lines.append(f"plan         {plan}")
+        return TriggerPlan(True, lines, None)
+    lines.append(f"refused      guard {choice.guard}: {choice.reason}")
+    lines.append(f"override     {choice.override}")
+    return TriggerPlan(False, lines, choice.guard)

@@ -22,7 +22,8 @@ Endpoints (described by :func:`openapi`, also served at ``/openapi.json``):
   commits can complete, else 503 (``unavailable``, or ``commits_blocked``
   when its ``synchronous_standby_names`` names no streaming standby): a
   load-balancer check;
-- ``POST /failover/trigger`` (``{"target": "node1", "force": false}``),
+- ``POST /failover/trigger`` (``{"target": "node1", "force": false}``; with
+  ``"dry_run": true`` only a probe round and the plan, for a confirmation),
   ``POST /failover/switchover`` (``{"target": "node1", "timeout": 30}``),
   ``POST /failover/check-health``, ``POST /failover/pause``
   (``{"reason": "..."}``, optional) and ``POST /failover/resume``: admin
@@ -45,6 +46,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from importlib import resources
@@ -62,6 +64,7 @@ from pgfailover.errors import (
 )
 from pgfailover.listener import MAX_BODY, AdminServer, Limits
 from pgfailover.metrics import register
+from pgfailover.report import trigger_plan
 from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
@@ -298,18 +301,26 @@ class AdminApp:
 
     def _trigger(self, environ: WSGIEnvironment) -> tuple[int, Any]:
         body = self._body(environ, required=True)
-        unknown = sorted(set(body) - {"target", "force"})
+        unknown = sorted(set(body) - {"target", "force", "dry_run"})
         if unknown:
             raise HTTPError(400, f"unknown field(s): {', '.join(unknown)}")
         target = body.get("target")
         force = body.get("force", False)
+        dry_run = body.get("dry_run", False)
         if target is not None and not isinstance(target, str):
             raise HTTPError(400, "target must be a node name (a string) or null")
         if not isinstance(force, bool):
             raise HTTPError(400, "force must be true or false")
+        if not isinstance(dry_run, bool):
+            raise HTTPError(400, "dry_run must be true or false")
         names = [n.name for n in self.mgr.nodes]
         if target is not None and target not in names:
             raise HTTPError(404, f"unknown node {target!r}", nodes=names)
+        if dry_run:  # what the trigger would find and do, for the operator to confirm
+            plan = trigger_plan(
+                self.mgr.check_health(), self.mgr.config, time.time(), target, force
+            )
+            return 200, {"allowed": plan.allowed, "plan": plan.lines, "guard": plan.guard}
         try:
             event = self.mgr.perform_failover(target, force=force)
         except PromotionRefused as exc:

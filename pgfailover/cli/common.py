@@ -44,6 +44,7 @@ __all__ = [
     "cluster_options",
     "handle_errors",
     "http_call",
+    "optional_cluster_options",
 ]
 
 
@@ -102,7 +103,9 @@ class Cluster:
         return self.config.replace(**changes)
 
 
-def _load(config: Path | None, dsn: str | None, url: str | None, token: str | None) -> Cluster:
+def _load(
+    config: Path | None, dsn: str | None, url: str | None, token: str | None, optional: bool
+) -> Cluster:
     token = token or os.environ.get("PGFAILOVER_ADMIN_TOKEN") or None
     if token is not None:
         try:
@@ -125,7 +128,7 @@ def _load(config: Path | None, dsn: str | None, url: str | None, token: str | No
         _, settings = load_env()
         return Cluster(nodes_from_dsn(dsn), settings, None, token, ServerSettings())
     env_nodes, settings = load_env()
-    if env_nodes is None:
+    if env_nodes is None and not optional:
         raise UsageProblem(
             "no cluster given: use --config FILE, --dsn DSN or --url URL, "
             "or set PGFAILOVER_DSN (or DB_HOST...)"
@@ -162,6 +165,15 @@ def _server_table(data: dict[str, Any], path: Path) -> ServerSettings:
 
 def cluster_options(func: F) -> F:
     """``--config``, ``--dsn``, ``--url``, ``--token``; passes ``cluster``."""
+    return _cluster_options(func, optional=False)
+
+
+def optional_cluster_options(func: F) -> F:
+    """As :func:`cluster_options`, but none given is no error (``cluster.nodes`` is None)."""
+    return _cluster_options(func, optional=True)
+
+
+def _cluster_options(func: F, *, optional: bool) -> F:
 
     @click.option(
         "--config",
@@ -185,7 +197,7 @@ def cluster_options(func: F) -> F:
         **kwargs: Any,
     ) -> Any:
         try:
-            cluster = _load(config_path, dsn, url, token)
+            cluster = _load(config_path, dsn, url, token, optional)
         except ConfigurationError as exc:
             raise UsageProblem(mask_dsn(str(exc))) from None
         return func(*args, cluster=cluster, **kwargs)

@@ -29,11 +29,11 @@ from pgfailover.cli.common import (
     cluster_options,
     handle_errors,
     http_call,
+    optional_cluster_options,
 )
 from pgfailover.events import EventLog
-from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.manager import FailoverManager
-from pgfailover.report import cell, exit_code_for, render
+from pgfailover.report import TriggerPlan, exit_code_for, render, trigger_plan
 
 __all__ = [
     "check_health",
@@ -161,42 +161,9 @@ def watch(cluster: Cluster, timeout: float | None, interval: float, count: int |
             mgr.close(timeout=2)
 
 
-def _preview(mgr: FailoverManager, target: str | None, force: bool) -> tuple[bool, list[str]]:
-    """What the trigger checked and what it would do; (allowed, lines)."""
-    snap = mgr.check_health()
-    lines = []
-    primary = snap.node(snap.primary) if snap.primary else None
-    if primary is not None:
-        reach = "reachable" if primary.up else f"NOT reachable ({primary.error})"
-        lines.append(f"primary      {primary.name}: {reach}, timeline {primary.timeline}")
-    else:
-        lines.append(f"primary      none (last: {snap.last_primary or '-'})")
-    for node in snap.standbys:
-        receiver = (
-            "streaming"
-            if node.receiver_streaming
-            else "not streaming"
-            if node.receiver_streaming is False
-            else "receiver not visible"
-        )
-        lines.append(
-            f"standby      {node.name}: {'up' if node.up else 'DOWN'}, {receiver}"
-            f"{f' from {node.upstream}' if node.upstream else ''}, "
-            f"lag {cell(node.lag_bytes)} bytes, timeline {cell(node.timeline)}"
-        )
-    choice = choose_candidate(snap, mgr.config, time.time(), target=target, force=force)
-    if isinstance(choice, Candidate):
-        fence = primary.name if primary is not None and primary.up else None
-        plan = f"promote {choice.node} ({choice.reason})"
-        if fence:
-            plan = f"soft-fence {fence} (read-only), then " + plan
-        if mgr.config.repoint_standbys:
-            plan += ", then repoint the other standbys to it"
-        lines.append(f"plan         {plan}")
-        return True, lines
-    lines.append(f"refused      guard {choice.guard}: {choice.reason}")
-    lines.append(f"override     {choice.override}")
-    return False, lines
+def _preview(mgr: FailoverManager, target: str | None, force: bool) -> TriggerPlan:
+    """What the trigger checked (a probe round now) and what it would do."""
+    return trigger_plan(mgr.check_health(), mgr.config, time.time(), target, force)
 
 
 @click.command()
@@ -219,35 +186,27 @@ def trigger(
 ) -> None:
     """A guarded manual failover: check, show the plan, confirm, promote, report."""
     if cluster.url:
-        code, body = http_call(
-            cluster, "POST", "/failover/trigger", {"target": target, "force": force}
-        )
-        if code == 200 and not isinstance(body.get("event"), dict):
-            raise UsageProblem(f"{cluster.url} did not answer like pgfailover serve")
+        request = {"target": target, "force": force}
+        code, body = http_call(cluster, "POST", "/failover/trigger", {**request, "dry_run": True})
+        if code != 200 or not isinstance(body, dict) or not isinstance(body.get("plan"), list):
+            _http_failure(cluster, code, body)
+        plan = TriggerPlan(bool(body.get("allowed")), [str(x) for x in body["plan"]], None)
+        _show_or_refuse(ctx, plan, as_json)
+        _confirm_failover(yes)
+        code, body = http_call(cluster, "POST", "/failover/trigger", request)
+        done = code == 200 and isinstance(body, dict) and isinstance(body.get("event"), dict)
         if as_json:
             click.echo(json.dumps(body, indent=2))
-        elif code == 200:
+        elif done:
             echo_event(body["event"])
-        if code == 200:
+        if done:
             ctx.exit(EXIT_OK)
-        guard = body.get("guard") if isinstance(body, dict) else None
-        raise click.ClickException(
-            f"HTTP {code}: {_error(body)}" + (f" (guard {guard})" if guard else "")
-        )
+        _http_failure(cluster, code, body)
     with probing_manager(cluster, timeout) as mgr:
         if target is not None:
             mgr.node(target)  # an unknown name is a usage error (exit 3), named with the known
-        allowed, lines = _preview(mgr, target, force)
-        if not as_json:
-            click.echo("\n".join(lines))
-        if not allowed:
-            if as_json:
-                click.echo(json.dumps({"refused": lines}, indent=2))
-            ctx.exit(EXIT_DEGRADED)
-        if not yes:
-            if not sys.stdin.isatty():
-                raise UsageProblem("not a terminal: pass --yes to confirm the failover")
-            click.confirm("Go ahead?", abort=True)
+        _show_or_refuse(ctx, _preview(mgr, target, force), as_json)
+        _confirm_failover(yes)
         event = mgr.perform_failover(target, force=force)
         if event.outcome == "completed":
             mgr.wait_repointed(mgr.config.sync_standby_attach_timeout + 30)
@@ -257,6 +216,34 @@ def trigger(
         else:
             echo_event(event.as_dict())
         ctx.exit(EXIT_OK if event.outcome == "completed" else EXIT_DEGRADED)
+
+
+def _show_or_refuse(ctx: click.Context, plan: TriggerPlan, as_json: bool) -> None:
+    """Print what was checked and the plan; a refused plan ends here (exit 1)."""
+    if not as_json:
+        click.echo("\n".join(plan.lines))
+    if not plan.allowed:
+        if as_json:
+            click.echo(json.dumps({"refused": plan.lines}, indent=2))
+        ctx.exit(EXIT_DEGRADED)
+
+
+def _confirm_failover(yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageProblem("not a terminal: pass --yes to confirm the failover")
+    click.confirm("Go ahead?", abort=True)
+
+
+def _http_failure(cluster: Cluster, code: int, body: Any) -> None:
+    """A trigger the server did not carry out: one line naming why (and the guard)."""
+    if code == 200:
+        raise UsageProblem(f"{cluster.url} did not answer like pgfailover serve")
+    guard = body.get("guard") if isinstance(body, dict) else None
+    raise click.ClickException(
+        f"HTTP {code}: {_error(body)}" + (f" (guard {guard})" if guard else "")
+    )
 
 
 def echo_event(event: dict[str, Any]) -> None:
@@ -272,7 +259,7 @@ def echo_event(event: dict[str, Any]) -> None:
 
 
 @click.command()
-@cluster_options
+@optional_cluster_options
 @click.option(
     "--file",
     "history_file",

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 
 from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab
+from pgfailover.server import serve
 
-from .helpers import config_file, wait_until
+from .helpers import FAST, config_file, manager_for, wait_until
 
 TOKEN = "cli-admin-token-0123456789"
 
@@ -75,6 +76,27 @@ def test_trigger_refuses_then_promotes_with_force(fresh_lab: LocalLab, tmp_path:
     assert code == 0
     assert "node0 -> node1" in " ".join(out.split())
     assert "soft-fenced" in out
+
+
+def test_trigger_through_url_shows_the_plan_and_asks_before_acting(fresh_lab: LocalLab) -> None:
+    """Through ``--url`` as locally: the server's plan first, no failover without a yes."""
+    config = FAST.replace(promotion="manual")
+    with manager_for(fresh_lab, config) as mgr, serve(mgr, token=TOKEN) as server:
+        base = ("--url", server.url, "--token", TOKEN)
+        code, out = _run("trigger", *base, "--to", "node1")
+        assert code == 1, out  # refused before asking: the primary answers
+        assert "refused      guard primary_reachable" in out
+        code, out = _run("trigger", *base, "--to", "node1", "--force")
+        assert code == 3, out  # no terminal and no --yes: never a guess
+        assert "plan         soft-fence node0 (read-only), then promote node1" in out
+        assert "pass --yes" in out
+        assert mgr.history() == []
+        assert fresh_lab.run_sql("node1", "SELECT pg_is_in_recovery()") == [(True,)]
+        code, out = _run("trigger", *base, "--to", "node1", "--force", "--yes")
+        assert code == 0, out
+        assert "plan         soft-fence node0" in out
+        assert "node0 -> node1" in " ".join(out.split())
+        assert fresh_lab.run_sql("node1", "SELECT pg_is_in_recovery()") == [(False,)]
 
 
 def test_user_mistakes_print_one_line_and_exit_3(tmp_path: Path) -> None:

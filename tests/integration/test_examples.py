@@ -70,6 +70,7 @@ def test_django_example_migrates_and_reports_status(fresh_lab: LocalLab, tmp_pat
         )
         assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
     assert "primary: node0" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # piped: no colour codes
     tables = fresh_lab.run_sql("node0", "SELECT count(*) FROM notes_note")
     assert tables == [(0,)]
 

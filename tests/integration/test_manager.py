@@ -150,3 +150,8 @@ def test_demo_fails_over_without_losing_a_write() -> None:
     assert report.first_write_after_kill is not None
     assert "KILL node0" in text
     assert "acknowledged but lost        0" in text
+    # each state change once (the manager's line, timestamped), both times labelled
+    assert text.count("healthy -> degraded") == 1, text
+    assert text.count("failover_in_progress -> failover_complete") == 1, text
+    assert "detection -> promoted" in text
+    assert "(what the application saw" in text

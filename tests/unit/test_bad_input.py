@@ -33,6 +33,7 @@ from pgfailover import FailoverConfig, FailoverManager, Node
 from pgfailover.cli.app import cli
 from pgfailover.config import ServerSettings
 from pgfailover.errors import ConfigurationError
+from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.schema import from_mapping
 from pgfailover.server import AdminServer, serve
 from pgfailover.sources import parse_toml
@@ -496,3 +497,16 @@ def test_through_url_a_wrong_request_exits_3_as_in_local_mode(
     assert result.exit_code == 3, result.output
     assert says in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_history_reads_a_file_without_any_cluster(tmp_path: Path) -> None:
+    """``pgfailover history --file F`` alone, as the README shows it."""
+    path = tmp_path / "history.jsonl"
+    EventLog(path=path).record(FailoverEvent("failover", "node0", "node1", "crash", 1000.0))
+    result = CliRunner().invoke(cli, ["history", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "node0 -> node1" in " ".join(result.output.split())
+    result = CliRunner().invoke(cli, ["history"])
+    assert result.exit_code == 3, result.output  # no file and no cluster: say where to look
+    assert "no history here: give --file" in result.output

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from pgfailover.report import render
+from pgfailover.model import NodeState, Role
+from pgfailover.report import node_dict, render
 
 
 def _node(name: str, role: str, **extra: Any) -> dict[str, Any]:
@@ -89,3 +90,21 @@ def test_colour_only_when_asked() -> None:
     assert "\x1b[" not in plain
     assert "\x1b[1;" in coloured  # the state in the header line
     assert "\x1b[31m" in coloured  # the unhealthy node's row
+
+
+REFUSED = (
+    'connection failed: connection to server at "127.0.0.1", port 20282 failed: Connection refused'
+)
+
+
+def test_a_dead_old_primary_reads_down_and_its_whole_error_is_wrapped_in() -> None:
+    old = NodeState(
+        "node0", "127.0.0.1:20282", 0, role=Role.PRIMARY, up=False, checked=True, error=REFUSED
+    )
+    row = node_dict(old, primary="node1")
+    assert (row["role"], row["last_role"], row["error"]) == ("down", "primary", REFUSED)
+    out = render(_status(nodes=[row, _node("node1", "primary")]))
+    rows = [line.split() for line in out.splitlines() if line.startswith(("node0", "node1"))]
+    assert [(r[0], r[2]) for r in rows] == [("node0", "down"), ("node1", "primary")]
+    assert "Connection refused" in out  # past the first 60 characters, on a continuation line
+    assert max(len(line) for line in out.splitlines()) < 160

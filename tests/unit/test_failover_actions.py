@@ -120,6 +120,8 @@ def test_auto_promotion_end_to_end() -> None:
     assert stored.promoted_by == "pgfailover"
     counts = h.counters.as_dict()
     assert (counts["promotions_total"], counts["failovers_total"]) == (1, 1)
+    # observed although nothing was written through this manager (an arbiter)
+    assert counts["failover_duration_seconds"]["count"] == 1
     assert "node0" in h.aborted  # statements stuck on the lost primary were unblocked
     assert h.woken >= 1
     assert h.upkeep.runs == 1  # after the promotion, not during it
