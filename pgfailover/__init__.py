@@ -16,6 +16,7 @@ from pgfailover.errors import (
     PgFailoverError,
     PromotionFailed,
     PromotionRefused,
+    ReadOnlyMode,
     SplitBrainError,
     WriteOutcomeUnknown,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "PgFailoverError",
     "PromotionFailed",
     "PromotionRefused",
+    "ReadOnlyMode",
     "Role",
     "Snapshot",
     "SplitBrainError",

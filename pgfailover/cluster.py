@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pgfailover.errors import ManagerClosed, NoPrimaryAvailable
+from pgfailover.errors import ManagerClosed, NoPrimaryAvailable, ReadOnlyMode
 from pgfailover.model import Snapshot
 from pgfailover.routing import write_target
 
@@ -30,9 +30,16 @@ class ClusterView:
     Thread safety: every method may be called from any thread.
     """
 
-    def __init__(self, cluster: str, initial: Snapshot, wait_timeout: float) -> None:
+    def __init__(
+        self,
+        cluster: str,
+        initial: Snapshot,
+        wait_timeout: float,
+        read_only: Callable[[Snapshot], str | None] = lambda _snap: None,
+    ) -> None:
         self.name = cluster
         self._wait_timeout = wait_timeout
+        self._read_only = read_only  # why a snapshot means no primary is coming (pure)
         self._cond = threading.Condition()
         self._snapshot = initial  # replaced under self._cond
         self._suspects: dict[str, float] = {}  # replaced under self._cond
@@ -65,6 +72,10 @@ class ClusterView:
         with self._cond:
             self._held = False
             self._cond.notify_all()
+
+    def read_only_reason(self) -> str | None:
+        """Why the cluster is read-only now (no primary and none coming), or ``None``."""
+        return self._read_only(self._snapshot)
 
     @property
     def suspects(self) -> frozenset[str]:
@@ -113,7 +124,8 @@ class ClusterView:
         monitor thread runs), outside the lock.
 
         Raises:
-            ManagerClosed, SplitBrainError, NoPrimaryAvailable.
+            ManagerClosed, SplitBrainError, NoPrimaryAvailable, ReadOnlyMode
+            (at once: no primary is coming).
         """
         while True:
             with self._cond:
@@ -123,6 +135,9 @@ class ClusterView:
                 target = write_target(snap, self._suspect_names)
                 if target is not None and not self._held:
                     return target
+                reason = None if self._held else self._read_only(snap)
+                if reason is not None:
+                    raise ReadOnlyMode(f"cluster {self.name} is read-only: {reason}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise NoPrimaryAvailable(

@@ -82,6 +82,16 @@ class NoPrimaryAvailable(PgFailoverError, psycopg.OperationalError):
     """No writable primary was available within ``failover_wait_timeout``."""
 
 
+class ReadOnlyMode(NoPrimaryAvailable):
+    """No primary, and none is coming: the cluster is read-only until an operator acts.
+
+    Raised at once, without waiting ``failover_wait_timeout``: the primary is
+    lost and nothing will promote a standby by itself (``manual`` promotion,
+    maintenance mode, a guard that refuses until something changes, no
+    candidate). ``FailoverManager.writable`` says the same before a write.
+    """
+
+
 class NoStandbyAvailable(PgFailoverError, psycopg.OperationalError):
     """No node can serve a read (no standby and no primary)."""
 

@@ -25,13 +25,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 __all__ = ["Callbacks", "EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
 
 logger = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=Callable[..., object])
 
 EventKind = Literal["failover", "switchover", "split_brain", "fence", "replication", "maintenance"]
 Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
@@ -255,14 +257,15 @@ class Callbacks:
     runs :meth:`emit` with no lock held (see ``FailoverActions``).
     """
 
-    KINDS = ("failover", "state_change", "recovery")
+    KINDS = ("failover", "state_change", "recovery", "writable_change")
 
     def __init__(self) -> None:
         self._by_kind: dict[str, list[Callable[..., object]]] = {k: [] for k in self.KINDS}
 
-    def add(self, kind: str, callback: Callable[..., object]) -> None:
-        """Call ``callback`` on every event of ``kind``."""
+    def add(self, kind: str, callback: C) -> C:
+        """Call ``callback`` on every event of ``kind``; returns it (decorator use)."""
         self._by_kind[kind].append(callback)
+        return callback
 
     def emit(self, kind: str, *args: object) -> None:
         """Run every callback of ``kind`` (see :func:`run_callbacks`)."""

@@ -150,6 +150,7 @@ class FailoverActions:
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
         self._callbacks_lock = threading.Lock()
         self._pending: list[tuple[str, tuple[object, ...]]] = []  # guarded by _callbacks_lock
+        self._writable = True  # guarded by _callbacks_lock: last reported (on_writable_change)
 
     @property
     def _name(self) -> str:
@@ -177,6 +178,17 @@ class FailoverActions:
         if auto and not paused and not self._view.closed and not self.promoting:
             # Not while a promotion runs: it sets the sync names and repoints itself.
             self.upkeep.run(self._view.snapshot, time.time(), lambda: self._view.closed)
+        reason = self._view.read_only_reason()
+        with self._callbacks_lock:
+            changed, self._writable = self._writable != (reason is None), reason is None
+            if changed:
+                self._pending.append(("writable_change", (reason is None, reason)))
+        if changed:
+            logger.warning(
+                "cluster %s: %s",
+                self._name,
+                f"read-only: {reason}" if reason else "writable again",
+            )
         self.flush_callbacks()
 
     def apply(self, decisions: list[Decision]) -> Promote | None:

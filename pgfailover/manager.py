@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 StateCallback = Callable[[ClusterState, ClusterState, Snapshot], object]
 EventCallback = Callable[[FailoverEvent], object]
 RecoveryCallback = Callable[[str], object]
+WritableCallback = Callable[[bool, str | None], object]
 
 
 class FailoverManager:
@@ -223,6 +224,13 @@ class FailoverManager:
         """The latest immutable snapshot of the cluster."""
         return self._view.snapshot
 
+    @property
+    def writable(self) -> bool:
+        """False in read-only mode: the primary is lost and none is coming (see
+        :func:`~pgfailover.routing.read_only_reason`); writes raise ``ReadOnlyMode`` at once.
+        True while a primary takes writes or a promotion is expected (writes wait)."""
+        return self._view.read_only_reason() is None
+
     def suspect(self, node: str, reason: str) -> None:
         """A query found ``node`` gone or read-only: avoid it and probe now.
 
@@ -235,7 +243,7 @@ class FailoverManager:
         """The primary's name, waiting until ``deadline`` (monotonic) for one.
 
         Raises:
-            ManagerClosed, SplitBrainError, NoPrimaryAvailable.
+            ManagerClosed, SplitBrainError, NoPrimaryAvailable, ReadOnlyMode (at once).
         """
         return self._executor.wait_for_primary(deadline)
 
@@ -428,18 +436,19 @@ class FailoverManager:
 
     def on_failover(self, callback: EventCallback) -> EventCallback:
         """Call ``callback(event)`` when a failover completes, fails or is refused."""
-        self._sup.callbacks.add("failover", callback)
-        return callback
+        return self._sup.callbacks.add("failover", callback)
 
     def on_state_change(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(old, new, snapshot)`` on every cluster state change."""
-        self._sup.callbacks.add("state_change", callback)
-        return callback
+        return self._sup.callbacks.add("state_change", callback)
+
+    def on_writable_change(self, callback: WritableCallback) -> WritableCallback:
+        """Call ``callback(writable, reason)`` when read-only mode begins or ends."""
+        return self._sup.callbacks.add("writable_change", callback)
 
     def on_recovery(self, callback: RecoveryCallback) -> RecoveryCallback:
         """Call ``callback(node_name)`` when an unhealthy node is healthy again."""
-        self._sup.callbacks.add("recovery", callback)
-        return callback
+        return self._sup.callbacks.add("recovery", callback)
 
     def __repr__(self) -> str:
         snap = self._view.snapshot

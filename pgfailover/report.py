@@ -93,8 +93,12 @@ def failover_status(
     keeper: UpkeepStatus,
     *,
     paused_since: float | None = None,
+    read_only: str | None = None,
 ) -> dict[str, Any]:
-    """State, primary, every standby, counters (``get_failover_status()``)."""
+    """State, primary, every standby, counters (``get_failover_status()``).
+
+    ``read_only``: why no primary is coming (read-only mode), if so.
+    """
     nodes = [node_dict(n, snap.primary) for n in snap.nodes]
     primary = next((n for n in nodes if n["is_primary"]), None)
     return {
@@ -107,6 +111,8 @@ def failover_status(
         "promotion": cfg.promotion,
         "maintenance": {"paused": paused_since is not None, "since": iso(paused_since)},
         "promotion_blocked": snap.promotion_blocked,
+        "writable": read_only is None,
+        "read_only_reason": read_only,
         "split_brain": list(snap.split_brain),
         "failover_in_progress_since": iso(snap.failover.started_at),
         "failover_reason": snap.failover.reason,
@@ -289,6 +295,8 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
         healthy = row[3] == "yes"
         lines.append(text if healthy else _style(text, 31, colour))
     extra = []
+    if status.get("read_only_reason"):
+        extra.append(f"READ-ONLY: writes fail at once: {status['read_only_reason']}")
     if status.get("promotion_blocked"):
         extra.append(f"promotion blocked: {status['promotion_blocked']}")
     if status.get("failover_reason"):

@@ -26,7 +26,7 @@ from typing import Final, Protocol
 
 from pgfailover.config import FailoverConfig
 from pgfailover.errors import SplitBrainError
-from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.model import ClusterState, NodeState, Role, Snapshot
 
 __all__ = [
     "RECEIVER_GRACE",
@@ -38,6 +38,7 @@ __all__ = [
     "RoundRobin",
     "read_block",
     "read_candidates",
+    "read_only_reason",
     "read_order",
     "write_target",
 ]
@@ -245,3 +246,36 @@ def read_order(
     if snap.primary is not None and snap.primary not in suspects and not snap.split_brain:
         names.append(snap.primary)
     return names
+
+
+HOLDING_GUARDS: Final = frozenset(
+    {"no_candidate", "witness_unreachable", "quorum_incomplete", "receiver_unknown", "lag"}
+)
+"""Guards that hold a promotion back until something changes (a node comes back, an
+operator forces it). Others lift by themselves (a standby's silence proof, a cold
+start's rounds, a fenced or freshly promoted node that says it is primary): while one
+of those holds, writes keep waiting."""
+
+
+def read_only_reason(snap: Snapshot, promotion: str, paused: bool) -> str | None:
+    """Why the cluster is read-only now, or ``None`` while writes may expect a primary.
+
+    Only once the primary is lost (``FAILOVER_IN_PROGRESS``, not while it is
+    in doubt) and nothing will promote by itself: ``manual`` promotion,
+    maintenance mode in an ``auto`` manager, or one of the
+    :data:`HOLDING_GUARDS` (no candidate, a witness or quorum member
+    missing...). An orchestrator (``external``) may promote at any moment,
+    and other guards lift by themselves: writes wait as before.
+    """
+    if snap.state is not ClusterState.FAILOVER_IN_PROGRESS or snap.split_brain:
+        return None
+    if promotion == "manual":
+        return "the primary is lost and promotion is manual: waiting for an operator's trigger"
+    if promotion != "auto":
+        return None
+    if paused:
+        return "the primary is lost and maintenance mode holds automatic promotion"
+    blocked = snap.promotion_blocked
+    if blocked is not None and blocked.split(":", 1)[0] in HOLDING_GUARDS:
+        return f"the primary is lost and promotion is refused: {blocked}"
+    return None

@@ -29,6 +29,7 @@ from pgfailover.model import Decision
 from pgfailover.monitor import Monitor
 from pgfailover.report import failover_status, metrics_dict
 from pgfailover.rounds import Rounds
+from pgfailover.routing import read_only_reason
 from pgfailover.transition import initial_snapshot
 
 __all__ = ["Supervisor"]
@@ -62,7 +63,12 @@ class Supervisor:
         self.events = EventLog(config.history_size, config.history_file)
         self.callbacks = Callbacks()
         self.view = ClusterView(
-            name, initial_snapshot(nodes, time.time()), config.failover_wait_timeout
+            name,
+            initial_snapshot(nodes, time.time()),
+            config.failover_wait_timeout,
+            read_only=lambda snap: read_only_reason(
+                snap, config.promotion, self.actions.maintenance.paused_since is not None
+            ),
         )
         self.actions = FailoverActions(
             view=self.view,
@@ -136,6 +142,7 @@ class Supervisor:
             self.config,
             self.actions.upkeep.status(),
             paused_since=self.actions.maintenance.paused_since,
+            read_only=self.view.read_only_reason(),
         )
 
     def metrics(self) -> dict[str, Any]:

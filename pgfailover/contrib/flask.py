@@ -24,6 +24,9 @@ Each request runs in a read-your-writes unit: :meth:`PgFailover.query` with
 client wrote (and within the request, after a write, the primary); the
 :mod:`pgfailover.contrib.sqlalchemy` session follows the same unit. The
 manager is closed by :meth:`PgFailover.close` or at interpreter exit.
+``g.pgfailover_writable`` and the template variable ``pgfailover_writable``
+are False in read-only mode (no primary and none coming: writes raise
+``ReadOnlyMode`` at once), for a banner instead of an error page.
 
 With Flask-SQLAlchemy, one manager serves both::
 
@@ -97,8 +100,13 @@ class PgFailover:
         cookie = bool(app.config.get("PGFAILOVER_COOKIE", True))
         cookie_max_age = int(app.config.get("PGFAILOVER_COOKIE_MAX_AGE", 60))
 
+        @app.context_processor
+        def _writable() -> dict[str, Any]:
+            return {"pgfailover_writable": mgr.writable}  # read-only banner in templates
+
         @app.before_request
         def _enter() -> None:
+            g.pgfailover_writable = mgr.writable  # False: writes raise ReadOnlyMode at once
             token = parse_token(request.cookies.get(COOKIE_NAME)) if cookie else None
             stack = ExitStack()
             g.pgfailover_unit = stack.enter_context(read_your_writes(min_lsn=token))

@@ -286,6 +286,20 @@ class FailoverSession(Session):
                     engine = engines.writer()
         return super()._connection_for_bind(engine, execution_options, **kw)
 
+    def close(self) -> None:
+        """``Session.close``: a connection lost since the last statement has nothing to roll back.
+
+        Its node went away (a standby restarting ends its sessions) after
+        the work was done; SQLAlchemy has invalidated it, so closing again
+        finishes the rest instead of failing the request at its teardown.
+        """
+        try:
+            super().close()
+        except DBAPIError as exc:
+            if not any(is_connection_error(e) for e in causes(exc)):
+                raise
+            super().close()
+
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         """``Session.execute``, with a read that lost its node run once more elsewhere."""
         return self._read_retried(super().execute, args, kwargs)

@@ -1,7 +1,7 @@
 """The Django router and middleware with Django's test client, against one lab cluster.
 
 Django's settings can be configured once per process, so every test here
-shares one cluster; the test that kills the primary runs last.
+shares one cluster; the tests that kill primaries run last, in order.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.test import Client
 
+from pgfailover import ReadOnlyMode
 from pgfailover.contrib.django import databases, get_manager, reset_manager
 from pgfailover.lab import LocalLab
 
@@ -50,6 +51,14 @@ def site() -> Iterator[LocalLab]:
             DATABASE_ROUTERS=["pgfailover.contrib.django.FailoverRouter"],
             MIDDLEWARE=["pgfailover.contrib.django.FailoverMiddleware"],
             ROOT_URLCONF="tests.integration.djangoapp.urls",
+            TEMPLATES=[
+                {
+                    "BACKEND": "django.template.backends.django.DjangoTemplates",
+                    "OPTIONS": {
+                        "context_processors": ["pgfailover.contrib.django.context_processor"]
+                    },
+                }
+            ],
             DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
             USE_TZ=True,
             PGFAILOVER={"source": nodes, "settings": SETTINGS, "cookie_max_age": 30},
@@ -181,3 +190,20 @@ def test_a_primary_kill_fails_only_the_requests_in_flight(site: LocalLab) -> Non
     first_new = next(i for i, r in enumerate(after) if r in ("node1", "node2"))
     assert all(r == after[first_new] for r in after[first_new:]), after
     assert get_manager().snapshot.primary == after[first_new]
+
+
+def test_a_read_only_cluster_shows_a_banner_and_writes_fail_at_once(site: LocalLab) -> None:
+    """After the kill test: maintenance mode, then the new primary killed too."""
+    client = Client()
+    assert client.get("/banner").content == b"writable True"
+    mgr = get_manager()
+    primary = mgr.snapshot.primary
+    assert primary is not None
+    mgr.pause("test: nobody promotes")
+    site.kill(primary)
+    wait_until(lambda: not mgr.writable, timeout=15, what="read-only mode")
+    assert client.get("/banner").content == b"read-only False"
+    started = time.monotonic()
+    with pytest.raises(ReadOnlyMode):
+        client.get("/write?text=r")
+    assert time.monotonic() - started < 1.0  # not failover_wait_timeout

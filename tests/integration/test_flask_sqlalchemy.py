@@ -12,11 +12,12 @@ import pytest
 pytest.importorskip("flask")
 pytest.importorskip("sqlalchemy")
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, render_template_string
 from flask.testing import FlaskClient
 from sqlalchemy import BigInteger, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pgfailover import ReadOnlyMode
 from pgfailover.contrib.flask import PgFailover
 from pgfailover.contrib.sqlalchemy import FailoverEngines, FailoverSession
 from pgfailover.lab import LocalLab
@@ -233,3 +234,62 @@ def test_a_flask_app_written_from_the_readme_uses_one_manager(fresh_lab: LocalLa
         with app.app_context():
             db.engine.dispose()
         failover.close()
+
+
+def test_a_read_only_cluster_shows_a_banner_and_writes_fail_at_once(
+    fresh_lab: LocalLab,
+) -> None:
+    """Manual promotion: the primary killed, nobody promotes; the page says so."""
+    app = Flask(__name__)
+    app.config.update(
+        PGFAILOVER_SOURCE=fresh_lab.manager_nodes(),
+        PGFAILOVER_SETTINGS={**SETTINGS, "promotion": "manual"},
+    )
+    failover = PgFailover(app)
+
+    @app.get("/banner")
+    def banner() -> Any:
+        page = render_template_string(
+            "{% if pgfailover_writable %}writable{% else %}read-only{% endif %}"
+        )
+        return f"{page} {g.pgfailover_writable}"
+
+    @app.post("/orders")
+    def order() -> Any:
+        try:
+            failover.query("SELECT 1")  # not readonly: routed to the primary
+        except ReadOnlyMode:
+            return "read-only: try again later", 503
+        return "ok"
+
+    try:
+        client = app.test_client()
+        assert client.get("/banner").data == b"writable True"
+        fresh_lab.kill("node0")
+        wait_until(lambda: not failover.manager.writable, timeout=15, what="read-only mode")
+        assert client.get("/banner").data == b"read-only False"
+        started = time.monotonic()
+        assert client.post("/orders").status_code == 503
+        assert time.monotonic() - started < 1.0  # not failover_wait_timeout
+    finally:
+        failover.close()
+
+
+def test_a_session_whose_connection_died_after_its_read_closes_cleanly(
+    fresh_lab: LocalLab, engines: FailoverEngines
+) -> None:
+    """A standby restart ends the session's backend between its read and its close."""
+    session = engines.sessionmaker()()
+    pid, port = session.execute(select(func.pg_backend_pid(), func.inet_server_port())).one()
+    node = _port_of(fresh_lab, port)
+    fresh_lab.run_sql(node, "SELECT pg_terminate_backend(%s)", (pid,))
+    wait_until(
+        lambda: (
+            fresh_lab.run_sql(node, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+            == [(0,)]
+        ),
+        what="the backend gone",
+    )
+    session.close()  # the request's teardown: no error
+    with engines.sessionmaker()() as again:
+        assert again.scalar(select(func.count()).select_from(Item)) == 0

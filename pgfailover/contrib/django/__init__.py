@@ -18,7 +18,10 @@ the node that is primary now and reads to a fitting standby's alias; the
 middleware gives each request read-your-writes (see
 :mod:`pgfailover.contrib.causality`), optionally carried to the next request
 in a cookie, and closes this thread's connections to the cluster after a
-failover so that none is reused broken.
+failover so that none is reused broken. ``request.pgfailover.writable``
+and the ``context_processor`` (``pgfailover_writable`` in templates) say
+when the cluster is read-only (no primary and none coming: writes raise
+``ReadOnlyMode`` at once), for a banner instead of an error page.
 
 ``PGFAILOVER`` keys: ``source`` (required), ``name``, ``settings`` (a dict
 of FailoverConfig overrides), ``cookie`` (bool, default True),
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
@@ -55,6 +59,8 @@ from pgfailover.manager import FailoverManager
 __all__ = [
     "FailoverMiddleware",
     "FailoverRouter",
+    "RequestInfo",
+    "context_processor",
     "count_statement",
     "databases",
     "get_manager",
@@ -316,6 +322,19 @@ def install_counting(sender: Any, connection: Any, **kwargs: Any) -> None:
         connection.execute_wrappers.append(count_statement)
 
 
+@dataclass(frozen=True)
+class RequestInfo:
+    """``request.pgfailover``: what the cluster allows, as of the request's start."""
+
+    writable: bool  # False in read-only mode: writes fail at once with ReadOnlyMode
+
+
+def context_processor(request: Any) -> dict[str, Any]:
+    """A ``TEMPLATES`` context processor: ``pgfailover_writable`` for a read-only banner."""
+    info = getattr(request, "pgfailover", None)
+    return {"pgfailover_writable": info.writable if info else get_manager().writable}
+
+
 class FailoverMiddleware:
     """Per-request read-your-writes and connection hygiene (add it first in MIDDLEWARE)."""
 
@@ -329,6 +348,7 @@ class FailoverMiddleware:
         """Route the request with read-your-writes; after a write, set the token cookie."""
         mgr = get_manager()
         _close_after_failover(["default", *(n.name for n in mgr.nodes)])
+        request.pgfailover = RequestInfo(writable=mgr.writable)
         token = parse_token(request.COOKIES.get(COOKIE_NAME)) if self.cookie else None
         with read_your_writes(min_lsn=token) as state:
             response = self.get_response(request)

@@ -6,4 +6,8 @@ from django.urls import path
 
 from . import views
 
-urlpatterns = [path("write", views.write), path("read", views.read)]
+urlpatterns = [
+    path("write", views.write),
+    path("read", views.read),
+    path("banner", views.banner),
+]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
+from django.template import engines
 
 from .models import Note
 
@@ -24,3 +25,12 @@ def read(request: Any) -> JsonResponse:
     alias = Note.objects.all().db
     seen = Note.objects.using(alias).filter(pk=int(request.GET["id"])).exists()
     return JsonResponse({"read_db": alias, "seen": seen})
+
+
+BANNER = "{% if pgfailover_writable %}writable{% else %}read-only{% endif %}"
+
+
+def banner(request: Any) -> HttpResponse:
+    """A page that shows a read-only banner from the template flag and the request's."""
+    page = engines["django"].from_string(BANNER).render({}, request)
+    return HttpResponse(f"{page} {request.pgfailover.writable}")
