@@ -250,7 +250,8 @@ def run_callbacks(callbacks: list[Callable[..., object]], *args: object) -> None
 
 
 class Callbacks:
-    """The application's callbacks, by kind (``failover``, ``state_change``, ``recovery``).
+    """The application's callbacks, by kind (``failover``, ``state_change``, ``recovery``,
+    ``writable_change``).
 
     Registering is expected at start-up; :meth:`emit` iterates over a copy,
     so a callback registered while another kind runs is safe. The caller

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+import urllib.parse
 from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
@@ -27,6 +28,7 @@ from pgfailover.config import ServerSettings
 from pgfailover.haproxy import AgentServer
 from pgfailover.listener import AdminServer
 from pgfailover.manager import FailoverManager
+from pgfailover.notify import Webhooks, shown
 from pgfailover.server import serve as serve_api
 
 __all__ = ["demo", "serve"]
@@ -90,6 +92,12 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 )
 @click.option("--name", help="Cluster name: the `cluster` label of the metrics.")
 @click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    help="POST each event (state changes, failovers) as JSON to this URL; repeatable.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["plain", "json"]),
     help="Log line format on stderr (default plain).",
@@ -107,6 +115,7 @@ def serve(
     haproxy_agent_host: str | None,
     promotion: str | None,
     name: str | None,
+    webhooks: tuple[str, ...],
     log_format: str | None,
 ) -> None:
     """Run the arbiter: a manager with the HTTP API and /metrics, until SIGTERM.
@@ -135,6 +144,9 @@ def serve(
     _setup_logging(server.log_format, ctx.find_root().params.get("verbose", 0))
     config = cluster.config.replace(promotion=server.promotion)
     mgr = FailoverManager(nodes=cluster.nodes, config=config, name=server.name)
+    for url in webhooks:
+        _check_webhook(url)
+    notifier = Webhooks(webhooks, cluster=mgr.name).attach(mgr) if webhooks else None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -170,9 +182,21 @@ def serve(
         # A promotion in progress is finished (repointing included) before
         # the process exits; with nothing running this takes milliseconds.
         mgr.close(timeout=10)
+        if notifier is not None:
+            notifier.close(timeout=2)  # the last events, if the receivers answer
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("stopped")
+
+
+def _check_webhook(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageProblem(f"--webhook must be an http:// or https:// URL, not {shown(url)!r}")
 
 
 def _listen(

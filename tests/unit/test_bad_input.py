@@ -465,6 +465,8 @@ def test_any_http_request_gets_a_documented_status_and_promotes_nothing(
         (("switchover", "--url", "http://127.0.0.1:1", "--timeout", "nan"), "not a number of"),
         (("status", "--url", "http://127.0.0.1:1", "--timeout", "inf"), "not a number of"),
         (("history", "--file", "/nonexistent/h.jsonl", "--dsn", "host=h"), "does not exist"),
+        (("serve", "--dsn", "host=h", "--webhook", "ftp://x/S3cret"), "--webhook must be an http"),
+        (("serve", "--dsn", "host=h", "--webhook", "http://h:0/S3cret"), "--webhook must be"),
         (("rejoin", "n", "--pgdata", "/", "--primary", "postgresql://u:S3cretZZpw%ZZ@h/db"), ""),
     ],
 )
