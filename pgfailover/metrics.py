@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import ClusterState, Role, Snapshot
+from pgfailover.report import REDUNDANCY_LEVELS, redundancy
 from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
@@ -57,6 +58,27 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "maintenance_paused": (
         "gauge",
         "1 in maintenance mode: no automatic promotion (pgfailover pause / resume).",
+        (),
+    ),
+    "redundancy_copies": (
+        "gauge",
+        "Copies that can take over: the writable primary and its healthy streaming standbys.",
+        (),
+    ),
+    "redundancy_level": (
+        "gauge",
+        "1 for the redundancy level (none, single, dual, multi), 0 for the others.",
+        ("level",),
+    ),
+    "sync_quorum_ok": (
+        "gauge",
+        "1 while the configured synchronous replication holds, 0 while commits wait or are "
+        "acknowledged by fewer standbys (absent without synchronous replication).",
+        (),
+    ),
+    "read_only": (
+        "gauge",
+        "1 in read-only mode: the primary is lost and no promotion is coming.",
         (),
     ),
     "standby_healthy": ("gauge", "1 per standby that is up and healthy.", ("node",)),
@@ -229,6 +251,13 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
     _fill_snapshot(families, mgr.name, snap, mgr.config)
     _fill_counters(families, mgr.name, snap, mgr.counters)
     _add(families, "maintenance_paused", [mgr.name], int(mgr.paused))
+    _add(families, "read_only", [mgr.name], int(not mgr.writable))
+    held = redundancy(snap, mgr.upkeep_status())
+    _add(families, "redundancy_copies", [mgr.name], held["copies"])
+    for level in REDUNDANCY_LEVELS:
+        _add(families, "redundancy_level", [mgr.name, level], int(held["level"] == level))
+    if held["sync_quorum_ok"] is not None:
+        _add(families, "sync_quorum_ok", [mgr.name], int(held["sync_quorum_ok"]))
 
 
 def _fill_snapshot(

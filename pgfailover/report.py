@@ -17,6 +17,7 @@ from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
 from pgfailover.guards import Candidate, choose_candidate, hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.syncrep import parse_sync
 from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus, commits_blocked
 
 __all__ = [
@@ -123,6 +124,7 @@ def failover_status(
         "checked_at": iso(max((n.last_check or 0.0) for n in snap.nodes) or None),
         "failure_detection": failure_detection(snap, cfg, keeper),
         "synchronous_replication": sync_status(snap, keeper),
+        "redundancy": redundancy(snap, keeper),
     }
 
 
@@ -160,6 +162,47 @@ def sync_status(snap: Snapshot, keeper: UpkeepStatus) -> dict[str, Any]:
         else list(primary.streaming_names),
         "commits_blocked": commits_blocked(snap),
         "policy": keeper.policy,
+    }
+
+
+REDUNDANCY_LEVELS = ("none", "single", "dual", "multi")
+
+
+def redundancy(snap: Snapshot, keeper: UpkeepStatus) -> dict[str, Any]:
+    """How many copies of the data can take over, and whether synchronous replication holds.
+
+    ``copies``: the writable primary and the healthy standbys streaming
+    from it; ``level``: ``none`` (no writable primary), ``single`` (the
+    primary alone), ``dual`` (one standby), ``multi`` (two or more).
+    ``sync_quorum_ok``: the configured synchronous policy (``auto`` mode's,
+    else the primary's setting) is in force and enough listed standbys
+    stream; ``False`` while commits wait or are acknowledged by fewer
+    standbys than configured (lowered, or async); ``None`` without
+    synchronous replication or a primary.
+    """
+    primary = snap.writable_primary
+    streaming = sorted(
+        n.name
+        for n in snap.nodes
+        if primary is not None
+        and n.name != primary.name
+        and n.healthy_standby
+        and n.receiver_streaming
+    )
+    copies = 0 if primary is None else 1 + len(streaming)
+    quorum_ok: bool | None = None
+    if primary is not None:
+        current = parse_sync(primary.sync_standby_names)
+        wanted = parse_sync(keeper.policy) if keeper.policy else current
+        if wanted is not None:
+            quorum_ok = (
+                current is not None and current.count >= wanted.count and not commits_blocked(snap)
+            )
+    return {
+        "level": REDUNDANCY_LEVELS[min(copies, 3)],
+        "copies": copies,
+        "streaming_standbys": streaming,
+        "sync_quorum_ok": quorum_ok,
     }
 
 

@@ -266,3 +266,30 @@ def test_prometheus_sees_the_failover_alerts(fresh_lab: LocalLab, tmp_path: Path
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_redundancy_and_read_only_mode_in_a_live_scrape(sync_lab: LocalLab) -> None:
+    """Quorum sync, two standbys: multi; one stopped: dual, the quorum (ANY 1) still holds."""
+    with manager_for(sync_lab, FAST.replace(promotion="auto")) as mgr, serve(mgr) as server:
+
+        def scraped() -> dict[str, float]:
+            with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:  # noqa: S310 - loopback
+                text = response.read().decode()
+            return {
+                s.name + "".join(f"{{{v}}}" for k, v in s.labels.items() if k == "level"): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        wait_until(lambda: scraped()["pgfailover_redundancy_copies"] == 3, what="3 copies")
+        samples = scraped()
+        assert samples["pgfailover_redundancy_level{multi}"] == 1
+        assert samples["pgfailover_sync_quorum_ok"] == 1
+        assert samples["pgfailover_read_only"] == 0
+        sync_lab.stop("node2")
+        wait_until(lambda: scraped()["pgfailover_redundancy_copies"] == 2, what="2 copies")
+        samples = scraped()
+        assert samples["pgfailover_redundancy_level{dual}"] == 1
+        assert samples["pgfailover_sync_quorum_ok"] == 1  # ANY 1 of node1, node2: node1 streams
+        held = mgr.get_failover_status()["redundancy"]
+        assert (held["level"], held["streaming_standbys"]) == ("dual", ["node1"])
