@@ -176,6 +176,33 @@ def failed(node: str, started: float, error: str) -> ProbeResult:
     return ProbeResult(node, False, started, time.monotonic() - started, error=error)
 
 
+# The newest timeline among the WAL segments in pg_wal: a standby receives
+# (and recycles segments under) the timeline it replays, and never a newer
+# one it has not switched to. pg_ls_waldir() needs pg_monitor.
+SEGMENT_TIMELINE_SQL = """
+SELECT max(('x' || substr(name, 1, 8))::bit(32)::int)
+FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'
+"""
+
+
+def _replay_timeline(
+    conn: psycopg.Connection[tuple[Any, ...]], checkpoint: int | None
+) -> int | None:
+    """A standby's timeline while its WAL receiver is down.
+
+    PostgreSQL then only reports its last restartpoint's timeline, which
+    lags behind a timeline switch until the next restartpoint (a standby
+    on timeline 5 read as 4); the WAL segments it holds say which it is on.
+    A role without pg_monitor keeps the restartpoint's.
+    """
+    try:
+        row = conn.execute(SEGMENT_TIMELINE_SQL).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return checkpoint
+    known = [t for t in (checkpoint, row[0] if row else None) if t is not None]
+    return max(known, default=None)
+
+
 class NodeProber:
     """Probes one node over a dedicated, persistent connection.
 
@@ -228,6 +255,8 @@ class NodeProber:
                         return failed(self.name, started, "prober closed")
                     self._conn = conn
             row = conn.execute(PROBE_SQL).fetchone()
+            if row is not None and row[0] and row[7] is None and row[6]:
+                row = (row[0], _replay_timeline(conn, row[1]), *row[2:])
         except (psycopg.Error, OSError) as exc:
             self._drop()
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -249,3 +249,16 @@ def test_no_primary_at_all_fails_writes_after_the_wait_and_reads_go_on(
         assert time.monotonic() - started < 3
         port = mgr.query("SELECT inet_server_port()", readonly=True)[0][0]
         assert port in (fresh_lab.node("node1").port, fresh_lab.node("node2").port)
+
+
+def test_a_standby_whose_receiver_is_down_shows_the_timeline_it_is_on(fresh_lab: LocalLab) -> None:
+    """node2 follows node1 onto timeline 2, then node1 dies: a new manager must not say 1."""
+    fresh_lab.kill("node0")
+    fresh_lab.promote("node1")
+    fresh_lab.follow("node2", "node1")
+    fresh_lab.kill("node1")
+    checkpoint = fresh_lab.run_sql("node2", "SELECT timeline_id FROM pg_control_checkpoint()")
+    assert checkpoint == [(1,)]  # what PostgreSQL alone says until its next restartpoint
+    with manager_for(fresh_lab, FAST.replace(promotion="manual")) as mgr:
+        assert mgr.snapshot.node("node2").timeline == 2
+        assert mgr.get_failover_status()["nodes"][2]["timeline"] == 2
