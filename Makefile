@@ -50,6 +50,7 @@ bench: $(STAMP) server-binaries
 	$(BIN)/python benchmarks/switchover.py --runs 5 | tee $(BENCH_OUT)/switchover.jsonl
 	$(BIN)/python benchmarks/http_flood.py --pairs 5 | tee $(BENCH_OUT)/http_flood.jsonl
 	$(BIN)/python benchmarks/overhead.py | tee $(BENCH_OUT)/overhead.jsonl
+	$(BIN)/python benchmarks/reads.py | tee $(BENCH_OUT)/reads.jsonl
 	$(BIN)/python benchmarks/probes.py | tee $(BENCH_OUT)/probes.jsonl
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT)
 

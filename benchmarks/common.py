@@ -18,12 +18,15 @@ if TYPE_CHECKING:
     from pgfailover.lab import LocalLab
 
 __all__ = [
+    "Op",
     "Record",
+    "Slice",
     "emit",
     "follow_new_primary",
     "machine",
     "most_advanced",
     "percentile",
+    "run_slice",
     "summarize",
     "writers",
 ]
@@ -65,6 +68,72 @@ def writers(
         threading.Thread(target=loop, args=(k * 100_000_000,), name=f"writer-{k}", daemon=True)
         for k in range(threads)
     ]
+
+
+@dataclass
+class Slice:
+    """One contender's share of a slice: completed operations and their latencies."""
+
+    ops: int  # completed before the stop moment
+    seconds: float  # barrier release to the stop moment
+    latencies: list[float]  # every operation, the ones finishing after the stop too
+
+    @property
+    def rate(self) -> float:
+        """Operations per second."""
+        return self.ops / self.seconds
+
+
+Op = Callable[[], None]
+
+
+def run_slice(ops: Mapping[str, Op], threads: int, seconds: float) -> dict[str, Slice]:
+    """``threads`` threads run ``ops`` in turn (thread k from the k-th) for ``seconds``.
+
+    With one op, that contender runs alone. A thread's exception is raised here.
+    """
+    names = list(ops)
+    done: list[list[tuple[str, float, float]]] = [[] for _ in range(threads)]  # name, end, lat
+    errors: list[Exception] = []
+    released: list[float] = []
+    start = threading.Barrier(threads + 1, action=lambda: released.append(time.perf_counter()))
+    stop = threading.Event()
+
+    def loop(turn: int, out: list[tuple[str, float, float]]) -> None:
+        start.wait()
+        clock = time.perf_counter
+        try:
+            while not stop.is_set():
+                name = names[turn % len(names)]
+                turn += 1
+                t = clock()
+                ops[name]()
+                end = clock()
+                out.append((name, end, end - t))
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            stop.set()
+
+    workers = [threading.Thread(target=loop, args=(i, out)) for i, out in enumerate(done)]
+    for w in workers:
+        w.start()
+    start.wait()
+    stop.wait(seconds)  # the measured slice: a duration, not a synchronisation
+    stopped = time.perf_counter()
+    stop.set()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    rows = [row for out in done for row in out]
+    return {
+        n: Slice(
+            ops=sum(1 for name, end, _ in rows if name == n and end <= stopped),
+            seconds=stopped - released[0],
+            latencies=[lat for name, _, lat in rows if name == n],
+        )
+        for n in names
+    }
 
 
 def emit(record: Mapping[str, Any]) -> None:

@@ -54,17 +54,13 @@ import datetime
 import os
 import statistics
 import sys
-import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, percentile
+from common import Op, Slice, emit, machine, percentile, run_slice
 
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
@@ -75,22 +71,6 @@ STATEMENTS = {
     "insert": ("INSERT INTO bench (payload) VALUES (%s)", True),
 }
 PAYLOAD = "x" * 64
-
-Op = Callable[[], None]
-
-
-@dataclass
-class Slice:
-    """One contender's share of a slice: completed operations and their latencies."""
-
-    ops: int  # completed before the stop moment
-    seconds: float  # barrier release to the stop moment
-    latencies: list[float]  # every operation, the ones finishing after the stop too
-
-    @property
-    def rate(self) -> float:
-        """Operations per second."""
-        return self.ops / self.seconds
 
 
 def _ops(kind: str, pool: ConnectionPool, mgr: FailoverManager) -> dict[str, Op]:
@@ -115,55 +95,6 @@ def _ops(kind: str, pool: ConnectionPool, mgr: FailoverManager) -> dict[str, Op]
     return {"bare": bare, "query": query, "get_client": get_client}
 
 
-def _slice(ops: Mapping[str, Op], threads: int, seconds: float) -> dict[str, Slice]:
-    """``threads`` threads run ``ops`` in turn (thread k from the k-th) for ``seconds``.
-
-    With one op, that contender runs alone. A thread's exception is raised here.
-    """
-    names = list(ops)
-    done: list[list[tuple[str, float, float]]] = [[] for _ in range(threads)]  # name, end, lat
-    errors: list[Exception] = []
-    released: list[float] = []
-    start = threading.Barrier(threads + 1, action=lambda: released.append(time.perf_counter()))
-    stop = threading.Event()
-
-    def loop(turn: int, out: list[tuple[str, float, float]]) -> None:
-        start.wait()
-        clock = time.perf_counter
-        try:
-            while not stop.is_set():
-                name = names[turn % len(names)]
-                turn += 1
-                t = clock()
-                ops[name]()
-                end = clock()
-                out.append((name, end, end - t))
-        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
-            stop.set()
-
-    workers = [threading.Thread(target=loop, args=(i, out)) for i, out in enumerate(done)]
-    for w in workers:
-        w.start()
-    start.wait()
-    stop.wait(seconds)  # the measured slice: a duration, not a synchronisation
-    stopped = time.perf_counter()
-    stop.set()
-    for w in workers:
-        w.join()
-    if errors:
-        raise errors[0]
-    rows = [row for out in done for row in out]
-    return {
-        n: Slice(
-            ops=sum(1 for name, end, _ in rows if name == n and end <= stopped),
-            seconds=stopped - released[0],
-            latencies=[lat for name, _, lat in rows if name == n],
-        )
-        for n in names
-    }
-
-
 def run(
     lab: LocalLab, kind: str, threads: int, *, pairs: int, seconds: float, rounds: int
 ) -> list[dict[str, Any]]:
@@ -180,18 +111,19 @@ def run(
     mixed: dict[str, list[float]] = {name: [] for name in ops}
     try:
         for name, op in ops.items():  # warm every connection of every pool, untimed
-            _slice({name: op}, threads, min(0.5, seconds))
+            run_slice({name: op}, threads, min(0.5, seconds))
         for name in (n for n in ops if n != "bare"):
             ratios[name] = []
             for pair in range(pairs):
                 order = ("bare", name) if pair % 2 == 0 else (name, "bare")
-                got = {n: _slice({n: ops[n]}, threads, seconds)[n] for n in order}
+                got = {n: run_slice({n: ops[n]}, threads, seconds)[n] for n in order}
                 for n, s in got.items():
                     slices[n].append(s)
                 ratios[name].append(got[name].rate / got["bare"].rate)
         for _ in range(rounds):
             means = {
-                n: statistics.fmean(s.latencies) for n, s in _slice(ops, threads, seconds).items()
+                n: statistics.fmean(s.latencies)
+                for n, s in run_slice(ops, threads, seconds).items()
             }
             for name, mean in means.items():
                 mixed[name].append(means["bare"] / mean)

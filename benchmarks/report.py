@@ -2,9 +2,8 @@
 
     python benchmarks/report.py bench-results
 
-reads ``failover.jsonl``, ``faults.jsonl``, ``overhead.jsonl`` and
-``probes.jsonl`` from the directory (those present) and prints one table per
-benchmark.
+reads the benchmarks' ``.jsonl`` files from the directory (those present)
+and prints one table per benchmark.
 """
 
 from __future__ import annotations
@@ -239,6 +238,33 @@ def http_flood_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def reads_table(records: list[dict[str, Any]]) -> list[str]:
+    """Read strategies per scenario: throughput, latency, where the reads went."""
+    rows = [r for r in records if "contender" in r]
+    if not rows:
+        return []
+    lines = [
+        "| scenario | strategy | reads/s | p50 | p99 | ratio to round_robin | share of reads |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        share = ", ".join(f"{n} {v:.0%}" for n, v in r["share"].items())
+        lines.append(
+            f"| {r['scenario']} | {r['contender']} | {r['ops_per_s']:.0f} | {r['p50_ms']:.3f} ms "
+            f"| {r['p99_ms']:.3f} ms | {r['ratio_to_round_robin']:.3f} | {share} |"
+        )
+    plan = next((r for r in records if "machine" in r), None)
+    if plan:
+        lines.append("")
+        lines.append(
+            f"{plan['threads']} client threads; {plan['rounds']} rounds of one"
+            f" {plan['slice_s']:g} s slice per strategy, order rotated each round; node2_stalls:"
+            f" node2's backends stopped {plan['stall_ms']:g} ms of every {plan['period_ms']:g} ms;"
+            f" {plan['date']}, {plan['machine']['cpus']} CPUs shared by client and servers."
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the tables for the results directory given."""
     args = sys.argv[1:] if argv is None else argv
@@ -251,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Switchover under load", "switchover.jsonl", switchover_table),
         ("Failover with a flooded HTTP port", "http_flood.jsonl", http_flood_table),
         ("Routing overhead", "overhead.jsonl", overhead_table),
+        ("Read strategies", "reads.jsonl", reads_table),
         ("Probe cycles", "probes.jsonl", probes_table),
     ):
         records = _records(directory / name)

@@ -10,7 +10,7 @@ masked. Reading them from a TOML file, a DSN or the environment is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -31,7 +31,9 @@ __all__ = [
 ]
 
 Promotion = Literal["external", "auto", "manual"]
-ReadStrategyName = Literal["round_robin", "least_lag", "priority", "random"]
+ReadStrategyName = Literal[
+    "round_robin", "least_lag", "priority", "random", "least_connections", "latency"
+]
 
 MIB: Final = 1024 * 1024
 DAY: Final = 86400.0
@@ -43,6 +45,7 @@ SecondsOrOff = Annotated[float, Meta(ge=0, le=DAY)]
 Threshold = Annotated[int, Meta(ge=1, le=1000)]
 ByteCount = Annotated[int, Meta(ge=0, le=2**53)]
 PoolSize = Annotated[int, Meta(ge=0, le=10_000)]
+Weight = Annotated[float, Meta(ge=0, le=1_000_000)]
 Name = Annotated[
     str,
     Meta(pattern=NAME_PATTERN, description="1-100 letters, digits, '_', '.', ':', '/' or '-'"),
@@ -152,8 +155,16 @@ class FailoverConfig:
     reads go to standbys on the primary's timeline whose WAL receiver
     streams, within ``max_read_lag_bytes`` and ``max_read_lag_seconds``
     (replay age while the standby is behind), chosen by
-    ``read_strategy``. ``fence_stale_primary`` soft-fences an old primary that
+    ``read_strategy`` (see :mod:`pgfailover.strategies`) and ``read_weights``
+    (``{"node1": 3}``: a node's share of reads, default 1, 0 for "only when
+    no other can"). ``fence_stale_primary`` soft-fences an old primary that
     comes back (``default_transaction_read_only = on``).
+
+    Circuit breakers (:mod:`pgfailover.breaker`): ``breaker_failures`` read
+    connection failures in a row on a node whose probe passes hold it out of
+    reads for ``breaker_cooldown`` seconds, doubled at each reopening up to
+    ``breaker_max_cooldown``; ``breaker_successes`` trial reads in a row let
+    it back. ``breaker_failures = 0`` turns breakers off.
 
     Pools: one psycopg_pool ``ConnectionPool`` per node, ``pool_min_size`` to
     ``pool_max_size`` connections, ``pool_timeout`` to get one,
@@ -174,6 +185,11 @@ class FailoverConfig:
     failover_wait_timeout: SecondsOrOff = 15.0
     sync_standby_attach_timeout: SecondsOrOff = 5.0
     read_strategy: ReadStrategyName = "round_robin"
+    read_weights: dict[Name, Weight] | None = None
+    breaker_failures: Annotated[int, Meta(ge=0, le=1000)] = 5
+    breaker_successes: Threshold = 2
+    breaker_cooldown: Seconds = 5.0
+    breaker_max_cooldown: Seconds = 60.0
     fence_stale_primary: bool = False
     repoint_standbys: bool = True
     pool_min_size: PoolSize = 1
@@ -202,6 +218,20 @@ class FailoverConfig:
             )
         if self.history_file is not None:
             _check_file("history_file", self.history_file)
+        if self.breaker_max_cooldown < self.breaker_cooldown:
+            raise ConfigurationError(
+                f"breaker_max_cooldown ({self.breaker_max_cooldown:g}) must not be shorter "
+                f"than breaker_cooldown ({self.breaker_cooldown:g})"
+            )
+
+    def check_nodes(self, names: Collection[str]) -> None:
+        """Refuse settings that name a node the cluster does not have (``read_weights``)."""
+        unknown = sorted(set(self.read_weights or {}) - set(names))
+        if unknown:
+            raise ConfigurationError(
+                f"read_weights names {', '.join(unknown)}, not a node of this cluster "
+                f"({', '.join(names)})"
+            )
 
     def replace(self, **changes: Any) -> FailoverConfig:
         """A copy with ``changes`` applied (and validated; unknown names refused)."""

@@ -5,7 +5,9 @@ primary that takes writes: who was lost, who took over, why, when, how long
 it took, how it ended and how much WAL the new primary may lack. The
 :class:`EventLog` keeps the newest ``history_size`` events in memory and,
 when given a file, appends each finished or updated event to it as one JSON
-line, so history survives restarts.
+line, so history survives restarts. The same file may hold the records of
+:mod:`pgfailover.availability` (kinds in :data:`LEDGER_KINDS`); they are not
+events and the log passes over them silently.
 
 Callbacks run on the thread that produced the event, never under a lock; one
 that raises is logged and never stops the monitor.
@@ -29,7 +31,16 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-__all__ = ["Callbacks", "EventKind", "EventLog", "FailoverEvent", "Outcome", "run_callbacks"]
+__all__ = [
+    "LEDGER_KINDS",
+    "Callbacks",
+    "EventKind",
+    "EventLog",
+    "FailoverEvent",
+    "Outcome",
+    "append_line",
+    "run_callbacks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +48,32 @@ C = TypeVar("C", bound=Callable[..., object])
 
 EventKind = Literal["failover", "switchover", "split_brain", "fence", "replication", "maintenance"]
 Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
+
+# Kinds of the availability ledger's lines (pgfailover.availability), which
+# share the history file with events: not events, and not bad lines either.
+LEDGER_KINDS: frozenset[str] = frozenset({"watch", "outage"})
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line with one ``write(2)`` on an ``O_APPEND`` descriptor.
+
+    A process killed at any point leaves the line whole or absent, never
+    torn (a buffered file may split a long line over several writes); a
+    torn line from elsewhere is skipped when the file is read. Several
+    writers (threads, processes) may share the file: each line lands whole.
+
+    Raises:
+        OSError: the file cannot be opened or written; the caller decides
+            how loudly to say so.
+    """
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # only on a full disk or a signal
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -135,7 +172,11 @@ class EventLog:
             self._load(self._path)
 
     def _load(self, path: Path) -> None:
-        """Read the file; a line that is not an event is skipped with a warning."""
+        """Read the file; a line that is not an event is skipped with a warning.
+
+        Lines of the availability ledger (:data:`LEDGER_KINDS`) are passed
+        over silently: they belong in the file, so they are not ``skipped``.
+        """
         latest: dict[str, FailoverEvent] = {}
         try:
             raw = path.read_bytes()
@@ -146,7 +187,10 @@ class EventLog:
             if not line.strip():
                 continue
             try:
-                event = FailoverEvent.from_dict(json.loads(line.decode("utf-8")))
+                data = json.loads(line.decode("utf-8"))
+                if isinstance(data, dict) and _is_ledger_kind(data.get("kind")):
+                    continue
+                event = FailoverEvent.from_dict(data)
             except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and schema errors
                 detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 logger.warning("history file %s line %d skipped: %s", path, number, detail)
@@ -175,27 +219,10 @@ class EventLog:
         else:
             self._events.append(event)
         if self._path is not None:
-            self._append(self._path, json.dumps(event.as_dict(), sort_keys=True) + "\n")
-
-    @staticmethod
-    def _append(path: Path, line: str) -> None:
-        """Append one line with one ``write(2)`` on an ``O_APPEND`` descriptor.
-
-        A process killed at any point leaves the line whole or absent, never
-        torn (a buffered file may split a long line over several writes); a
-        torn line from elsewhere is skipped when the file is read.
-        """
-        data = line.encode()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                written = os.write(fd, data)
-                while written < len(data):  # only on a full disk or a signal
-                    written += os.write(fd, data[written:])
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            logger.error("cannot append to history file %s: %s", path, exc)
+                append_line(self._path, json.dumps(event.as_dict(), sort_keys=True) + "\n")
+            except OSError as exc:
+                logger.error("cannot append to history file %s: %s", self._path, exc)
 
     def update(self, event_id: str, **changes: Any) -> FailoverEvent | None:
         """Apply ``changes`` to the event with ``event_id`` and record it, atomically."""
@@ -234,6 +261,11 @@ class EventLog:
                 if kind is None or event.kind == kind:
                     return event
         return None
+
+
+def _is_ledger_kind(kind: object) -> bool:
+    """Whether a line's ``kind`` is one of the ledger's (an unhashable kind is not)."""
+    return isinstance(kind, str) and kind in LEDGER_KINDS
 
 
 def run_callbacks(callbacks: list[Callable[..., object]], *args: object) -> None:

@@ -14,7 +14,10 @@ That makes every failure classifiable:
 
 Reads are retried on the next fitting node on connection errors and on
 recovery conflicts. Every connection-type error makes the node a suspect
-(writes and reads avoid it) and asks for a probe round at once.
+(writes and reads avoid it) and asks for a probe round at once. Reads also
+feed each node's circuit breaker (:mod:`pgfailover.breaker`), which holds
+out of reads a node whose queries keep failing while its probes pass; when
+every node that could serve a read is held out, the read fails at once.
 
 The happy path is what every application query pays, so it takes no lock of
 its own: it reads the published snapshot, takes a connection from the
@@ -33,6 +36,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 
+from pgfailover.breaker import Breakers
 from pgfailover.cluster import ClusterView
 from pgfailover.counters import Counters
 from pgfailover.errors import (
@@ -95,7 +99,8 @@ class Executor:
     ``wake`` asks for a probe round now; ``idle_probe`` runs one from the
     calling thread when no monitor thread runs (a write waiting for a
     primary must not wait forever); ``on_write`` hears of every write a node
-    acknowledged (the failover clock stops at the first on a new primary).
+    acknowledged (the failover clock stops at the first on a new primary);
+    ``breakers`` are the nodes' read circuit breakers.
 
     Thread safety: every method may be called from any thread; the class
     owns no lock (the view, the pools and the counters have their own).
@@ -114,8 +119,10 @@ class Executor:
         wake: Callable[[], None],
         idle_probe: Callable[[], None],
         on_write: Callable[[str], None],
+        breakers: Breakers,
     ) -> None:
         self.view = view
+        self.breakers = breakers
         self.strategy = strategy
         self._pools = pools
         self._counters = counters
@@ -161,11 +168,35 @@ class Executor:
         """
         snap, suspects = self.view.snapshot, self.view.suspects
         if min_lsn is not None:
-            return read_order(snap, self.strategy, suspects, min_lsn)
-        cached = self._readers
-        if cached[0] is not snap or cached[1] is not suspects:
-            cached = self._readers = (snap, suspects, tuple(read_candidates(snap, suspects)))
-        return read_order(snap, self.strategy, suspects, candidates=cached[2])
+            order = read_order(snap, self.strategy, suspects, min_lsn)
+        else:
+            cached = self._readers
+            if cached[0] is not snap or cached[1] is not suspects:
+                self.breakers.sync(snap)  # a node whose probe failed: health takes over
+                cached = self._readers = (snap, suspects, tuple(read_candidates(snap, suspects)))
+            order = read_order(snap, self.strategy, suspects, candidates=cached[2])
+        if not self.breakers.tripped:
+            return order
+        return self.breakers.arrange(order, time.monotonic())
+
+    def _held_out(self, min_lsn: int | None, tried: set[str]) -> str | None:
+        """Why no read can go anywhere: every untried node that could serve it is held out."""
+        tripped = self.breakers.tripped
+        if not tripped:
+            return None
+        snap, suspects = self.view.snapshot, self.view.suspects
+        fits = [n for n in read_order(snap, self.strategy, suspects, min_lsn) if n not in tried]
+        if not fits or not all(n in tripped for n in fits):
+            return None
+        return self.breakers.describe(fits, time.monotonic())
+
+    def _read_failed(self, node: str, error: str) -> None:
+        """A read on ``node`` failed with a connection error: tell its breaker."""
+        try:
+            up = self.view.snapshot.node(node).up
+        except KeyError:
+            return
+        self.breakers.failure(node, error, up=up, now=time.monotonic())
 
     def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now; waits for a primary when none can serve."""
@@ -185,8 +216,22 @@ class Executor:
             self.suspect(node, f"no pooled connection within {timeout:.2f}s")
             return None
 
-    def _wait_for_readers(self, deadline: float) -> bool:
-        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
+    def _wait_for_readers(
+        self,
+        deadline: float,
+        min_lsn: int | None = None,
+        tried: set[str] | None = None,
+        last: BaseException | None = None,
+    ) -> bool:
+        """No node can serve a read: probe and wait a little; False once past ``deadline``.
+
+        Raises:
+            NoStandbyAvailable: at once when circuit breakers hold out every
+                node that could serve it (waiting would not help).
+        """
+        held = self._held_out(min_lsn, tried or set())
+        if held is not None:
+            raise NoStandbyAvailable(f"no node can serve a read now: {held}") from last
         if time.monotonic() >= deadline:
             return False
         self._wake()
@@ -243,18 +288,23 @@ class Executor:
         count = self._counters.query
         tried: set[str] = set()
         last: BaseException | None = None
+        breakers = self.breakers
         for _ in range(_MAX_ATTEMPTS):
             order = [n for n in self.read_order(min_lsn) if n not in tried]
             if not order:
-                if not self._wait_for_readers(deadline):
+                if not self._wait_for_readers(deadline, min_lsn, tried, last):
                     break
                 tried.clear()
                 continue
             node = order[0]
+            if not breakers.admit(node, time.monotonic()):
+                tried.add(node)  # another request is the half-open trial
+                continue
             primary = self.view.snapshot.primary
             route = "read" if node != primary else "read_primary"
             conn = self._checkout(node, deadline)
             if conn is None:
+                self._read_failed(node, "no pooled connection in time")
                 tried.add(node)
                 count(node, route, "retry")
                 continue
@@ -265,16 +315,20 @@ class Executor:
             except psycopg.Error as exc:
                 self._pools.checkin(node, conn)
                 conflict = exc.sqlstate == "40001" and primary != node
+                if not is_connection_error(exc):
+                    breakers.success(node, time.monotonic())  # the node answered
                 if not (is_connection_error(exc) or conflict):
                     count(node, route, "error")
                     raise
                 if not conflict:
                     self.suspect(node, _brief(exc))
+                    self._read_failed(node, _brief(exc))
                 count(node, route, "retry")
                 tried.add(node)
                 last = exc
                 continue
             self._pools.checkin(node, conn)
+            breakers.success(node, time.monotonic())
             count(node, route, "ok")
             return rows
         snap = self.view.snapshot
@@ -300,11 +354,16 @@ class Executor:
                         )
                     continue
                 node = order[0]
+                if not self.breakers.admit(node, time.monotonic()):
+                    self.view.wait_for_change(0.01)  # another request is the half-open trial
+                    continue
             else:
                 node = self.wait_for_primary(deadline)
             conn = self._checkout(node, deadline)
             if conn is not None:
                 return node, conn
+            if readonly:
+                self._read_failed(node, "no pooled connection in time")
             if time.monotonic() >= deadline:
                 raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
 
@@ -323,7 +382,9 @@ class Executor:
                 self._fail(node, conn, route, failed)
                 raise
             self._counters.query(node, route, "ok")
-            if not readonly:
+            if readonly:
+                self.breakers.success(node, time.monotonic())
+            else:
                 self._on_write(node)
         finally:
             self._pools.checkin(node, conn)
@@ -346,6 +407,10 @@ class Executor:
         """The block (or its COMMIT) raised ``exc``: suspect a lost node, roll back, count."""
         if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
             self.suspect(node, _brief(exc))
+            if route == "read" and is_connection_error(exc):
+                self._read_failed(node, _brief(exc))
+        elif route == "read":  # the node answered: the block's own error
+            self.breakers.success(node, time.monotonic())
         self._counters.query(node, route, "error")
         if not conn.closed and conn.pgconn.transaction_status != _IDLE:
             with contextlib.suppress(psycopg.Error):

@@ -17,12 +17,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from pgfailover.availability import WindowStats
+from pgfailover.breaker import BreakerPolicy, Breakers
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.derive import standby_named
 from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
@@ -30,8 +31,9 @@ from pgfailover.events import FailoverEvent
 from pgfailover.execution import Executor
 from pgfailover.model import ClusterState, Snapshot
 from pgfailover.pools import NodePools
-from pgfailover.routing import STRATEGIES, ReadStrategy, write_target
-from pgfailover.sources import load_env, load_toml, nodes_from_dsn, resolve_nodes
+from pgfailover.routing import ReadStrategy, make_strategy, write_target
+from pgfailover.sources import FromSources, resolve_nodes
+from pgfailover.strategies import describe
 from pgfailover.supervisor import Supervisor
 from pgfailover.upkeep import UpkeepStatus
 
@@ -45,11 +47,11 @@ RecoveryCallback = Callable[[str], object]
 WritableCallback = Callable[[bool, str | None], object]
 
 
-class FailoverManager:
+class FailoverManager(FromSources):
     """Keeps writes on the real primary and reads on healthy standbys.
 
     Build it from DSNs (``primary=`` and ``standbys=``), from ``nodes=``, or
-    with :meth:`from_dsn`, :meth:`from_config`, :meth:`from_env`; then
+    with ``from_dsn``, ``from_config``, ``from_env`` (:class:`FromSources`); then
     :meth:`open` it (or use it as a context manager). ``open`` probes every
     node once, so the first query already knows the primary, and starts the
     ``pgfailover-monitor`` thread.
@@ -79,6 +81,7 @@ class FailoverManager:
         self.nodes: tuple[Node, ...] = tuple(nodes)
         self.name = name
         self._by_name = {n.name: n for n in nodes}
+        cfg.check_nodes(self._by_name)
         self._opened = False
         self._closed = False
         self._pools = NodePools(nodes, cfg, name, pool_kwargs)
@@ -97,46 +100,30 @@ class FailoverManager:
             sup.view,
             self._pools,
             sup.counters,
-            read_strategy or STRATEGIES[cfg.read_strategy](),
+            read_strategy or self._make_strategy(cfg.read_strategy),
             wait_timeout=cfg.failover_wait_timeout,
             pool_timeout=cfg.pool_timeout,
             poll=cfg.fast_interval * 2,
             wake=sup.wake,
             idle_probe=sup.probe_if_idle,
             on_write=sup.actions.incident.wrote,
+            breakers=Breakers(self._by_name, BreakerPolicy.from_config(cfg), cluster=name),
         )
 
     @property
     def read_strategy(self) -> ReadStrategy:
-        """The strategy that orders the standbys for reads (may be replaced at any time)."""
+        """The strategy that orders the standbys for reads (may be replaced at any time:
+        a :class:`ReadStrategy`, or a built-in's name, with the config's ``read_weights``)."""
         return self._executor.strategy
 
     @read_strategy.setter
-    def read_strategy(self, strategy: ReadStrategy) -> None:
+    def read_strategy(self, strategy: ReadStrategy | str) -> None:
+        if isinstance(strategy, str):
+            strategy = self._make_strategy(strategy)
         self._executor.strategy = strategy
 
-    # -- construction --------------------------------------------------
-
-    @classmethod
-    def from_dsn(
-        cls, dsn: str, *, config: FailoverConfig | None = None, **kwargs: Any
-    ) -> FailoverManager:
-        """One node per host of a libpq multi-host URL or key/value DSN."""
-        return cls(nodes=nodes_from_dsn(dsn), config=config, **kwargs)
-
-    @classmethod
-    def from_config(cls, path: str | Path, **kwargs: Any) -> FailoverManager:
-        """Nodes and settings from a TOML file (see :func:`pgfailover.sources.load_toml`)."""
-        nodes, config = load_toml(path)
-        return cls(nodes=nodes, config=config, **kwargs)
-
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> FailoverManager:
-        """Nodes and settings from ``PGFAILOVER_*`` / ``DB_*`` environment variables."""
-        nodes, config = load_env()
-        if nodes is None:
-            raise ConfigurationError("no nodes in the environment: set PGFAILOVER_DSN or DB_HOST")
-        return cls(nodes=nodes, config=config, **kwargs)
+    def _make_strategy(self, name: str) -> ReadStrategy:
+        return make_strategy(name, weights=self.config.read_weights, busy=self._pools.in_use)
 
     # -- lifecycle -----------------------------------------------------
 
@@ -418,7 +405,18 @@ class FailoverManager:
 
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
-        return self._sup.status()
+        status = self._sup.status(self._executor.breakers.report(time.monotonic()))
+        status["read_strategy"] = describe(self._executor.strategy)
+        return status
+
+    @property
+    def breakers(self) -> Breakers:
+        """The nodes' read circuit breakers (:mod:`pgfailover.breaker`)."""
+        return self._executor.breakers
+
+    def availability(self) -> dict[str, WindowStats] | None:
+        """Fraction of observed time writes were taken, over 1 h, 24 h, 7 d (once open)."""
+        return self._sup.availability_report()
 
     def upkeep_status(self) -> UpkeepStatus:
         """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""

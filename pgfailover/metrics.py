@@ -36,9 +36,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from pgfailover.breaker import BreakerPhase
 from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import ClusterState, Role, Snapshot
 from pgfailover.report import REDUNDANCY_LEVELS, redundancy
+from pgfailover.strategies import describe
 from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
@@ -92,6 +94,39 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "node_serves_reads": (
         "gauge",
         "1 per standby that may serve reads now, 0 for one that must not (status: read_block).",
+        ("node",),
+    ),
+    "availability_ratio": (
+        "gauge",
+        "Fraction of the observed time the cluster took writes, over the window (1h, 24h, "
+        "7d; kept in the history file across restarts). Absent before anything was observed.",
+        ("window",),
+    ),
+    "availability_observed_seconds": (
+        "gauge",
+        "Seconds of the window this manager (or an earlier run on the same history file) "
+        "observed the cluster.",
+        ("window",),
+    ),
+    "read_strategy": (
+        "gauge",
+        "Always 1; the read strategy as a label (a custom one by its class name).",
+        ("strategy",),
+    ),
+    "read_weight": (
+        "gauge",
+        "Each node's read weight (read_weights; 1 when not set; absent for a custom strategy).",
+        ("node",),
+    ),
+    "breaker_state": (
+        "gauge",
+        "1 for the state of the node's read circuit breaker (closed, open, half_open), "
+        "0 for the others.",
+        ("node", "state"),
+    ),
+    "breaker_opens": (
+        "counter",
+        "Times the node's read circuit breaker opened (reads failing while probes pass).",
         ("node",),
     ),
     "replication_lag_bytes": (
@@ -258,6 +293,22 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
         _add(families, "redundancy_level", [mgr.name, level], int(held["level"] == level))
     if held["sync_quorum_ok"] is not None:
         _add(families, "sync_quorum_ok", [mgr.name], int(held["sync_quorum_ok"]))
+    strategy = describe(mgr.read_strategy)
+    _add(families, "read_strategy", [mgr.name, strategy["name"]], 1)
+    if hasattr(mgr.read_strategy, "name"):  # a built-in: weights are known
+        weights = strategy["weights"] or {}
+        for member in snap.nodes:
+            _add(families, "read_weight", [mgr.name, member.name], weights.get(member.name, 1.0))
+    for window, figures in (mgr.availability() or {}).items():
+        if figures["ratio"] is not None:
+            _add(families, "availability_ratio", [mgr.name, window], figures["ratio"])
+        observed = figures["observed_seconds"] or 0.0
+        _add(families, "availability_observed_seconds", [mgr.name, window], observed)
+    for node, breaker in sorted(mgr.breakers.states().items()):
+        for phase in BreakerPhase:
+            is_now = int(breaker.phase is phase)
+            _add(families, "breaker_state", [mgr.name, node, phase.value], is_now)
+        _add(families, "breaker_opens", [mgr.name, node], breaker.opened_total)
 
 
 def _fill_snapshot(

@@ -64,6 +64,7 @@ class NodeState:
     consecutive_successes: int = 0
     last_check: float | None = None
     response_time: float | None = None
+    response_time_avg: float | None = None  # smoothed (EWMA) over the probes that answered
     down_since: float | None = None
     error: str | None = None
     timeline: int | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from pgfailover.availability import WindowStats
 from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
 from pgfailover.guards import Candidate, choose_candidate, hang_failover_seconds
@@ -95,12 +96,19 @@ def failover_status(
     *,
     paused_since: float | None = None,
     read_only: str | None = None,
+    breakers: dict[str, dict[str, Any]] | None = None,
+    availability: dict[str, WindowStats] | None = None,
 ) -> dict[str, Any]:
     """State, primary, every standby, counters (``get_failover_status()``).
 
-    ``read_only``: why no primary is coming (read-only mode), if so.
+    ``read_only``: why no primary is coming (read-only mode), if so;
+    ``breakers``: each node's circuit breaker (``Breaker.as_dict``);
+    ``availability``: the fraction of observed time writes were taken, per
+    window (:meth:`Availability.report <pgfailover.availability.Availability.report>`).
     """
     nodes = [node_dict(n, snap.primary) for n in snap.nodes]
+    for node in nodes:
+        node["breaker"] = (breakers or {}).get(node["name"])
     primary = next((n for n in nodes if n["is_primary"]), None)
     return {
         "cluster": cluster,
@@ -125,6 +133,7 @@ def failover_status(
         "failure_detection": failure_detection(snap, cfg, keeper),
         "synchronous_replication": sync_status(snap, keeper),
         "redundancy": redundancy(snap, keeper),
+        "availability": availability,
     }
 
 
@@ -306,6 +315,11 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
             marks.append(node["error"])
         elif node["up"] and node.get("read_block") and node["role"] == "standby":
             marks.append(f"no reads: {node['read_block']}")
+        breaker = node.get("breaker") or {}
+        if breaker.get("state") == "open":
+            marks.append(f"BREAKER OPEN (retry in {cell(breaker.get('retry_in_seconds'), 's')})")
+        elif breaker.get("state") == "half_open":
+            marks.append("breaker half-open (trial reads)")
         rows.append(
             [
                 node["name"],

@@ -5,8 +5,8 @@ or read-only (a *suspect*, until the next probe round clears it); there is
 no fallback for writes, only waiting. Reads go to a standby that
 :func:`read_block` clears, chosen by a read strategy, then to the primary;
 with no primary at all, standbys on the newest timeline keep serving reads
-(read-only degraded mode). Strategies are pluggable through
-:class:`ReadStrategy`.
+(read-only degraded mode). Strategies (:mod:`pgfailover.strategies`,
+re-exported here) are pluggable through :class:`ReadStrategy`.
 
 Whether a standby serves reads is decided once per probe round, by
 :func:`read_block`, and stored on the node (``NodeState.read_block``):
@@ -20,22 +20,35 @@ it is behind, ``max_read_lag_seconds`` of replay age.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Collection, Sequence
-from typing import Final, Protocol
+from typing import Final
 
 from pgfailover.config import FailoverConfig
 from pgfailover.errors import SplitBrainError
 from pgfailover.model import ClusterState, NodeState, Role, Snapshot
+from pgfailover.strategies import (
+    STRATEGIES,
+    LeastConnections,
+    LeastLag,
+    LowestLatency,
+    PriorityOrder,
+    RandomChoice,
+    ReadStrategy,
+    RoundRobin,
+    make_strategy,
+)
 
 __all__ = [
     "RECEIVER_GRACE",
     "STRATEGIES",
+    "LeastConnections",
     "LeastLag",
+    "LowestLatency",
     "PriorityOrder",
     "RandomChoice",
     "ReadStrategy",
     "RoundRobin",
+    "make_strategy",
     "read_block",
     "read_candidates",
     "read_only_reason",
@@ -156,75 +169,6 @@ def read_candidates(
             continue
         found.append(node)
     return found
-
-
-class ReadStrategy(Protocol):
-    """Orders the standbys that may serve a read (most preferred first)."""
-
-    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
-        """The candidates in the order to try them, as a new list.
-
-        ``candidates`` is shared between calls (a tuple, worked out once per
-        snapshot): return a new list, never reorder it in place.
-        """
-        ...
-
-
-class RoundRobin:
-    """Spread reads evenly over the standbys.
-
-    Thread safety: the counter is advanced without a lock; a lost update
-    only skews the spread, never correctness.
-    """
-
-    def __init__(self) -> None:
-        self._next = 0
-
-    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
-        """Rotate the candidates by one on every call."""
-        if not candidates:
-            return []
-        start = self._next % len(candidates)
-        self._next += 1
-        ordered = sorted(candidates, key=lambda n: n.name)
-        return ordered[start:] + ordered[:start]
-
-
-class LeastLag:
-    """Prefer the standby with the least replay lag."""
-
-    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
-        """Least lag first, then priority and name."""
-        return sorted(candidates, key=lambda n: (n.lag_bytes or 0, n.priority, n.name))
-
-
-class PriorityOrder:
-    """Prefer the standby with the lowest ``priority``, then the fastest probe."""
-
-    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
-        """Priority first, then probe response time, then name."""
-        return sorted(candidates, key=lambda n: (n.priority, n.response_time or 0.0, n.name))
-
-
-class RandomChoice:
-    """Pick standbys at random (a seeded ``random.Random`` makes tests repeatable)."""
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not security
-
-    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
-        """A random permutation."""
-        shuffled = list(candidates)
-        self._rng.shuffle(shuffled)
-        return shuffled
-
-
-STRATEGIES: dict[str, type[RoundRobin | LeastLag | PriorityOrder | RandomChoice]] = {
-    "round_robin": RoundRobin,
-    "least_lag": LeastLag,
-    "priority": PriorityOrder,
-    "random": RandomChoice,
-}
 
 
 def read_order(

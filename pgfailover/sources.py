@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pgfailover import schema
 from pgfailover.config import FailoverConfig, Node
@@ -29,6 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "FromSources",
     "load_env",
     "load_toml",
     "nodes_from_dsn",
@@ -105,6 +106,8 @@ _OTHER_VARIABLES = frozenset(
 
 def _coerce(name: str, raw: str, source: str) -> Any:
     """Turn an environment string into the type of config field ``name``."""
+    if name == "read_weights":
+        return _weights(raw, source)
     default = getattr(FailoverConfig(), name)
     try:
         if isinstance(default, bool):
@@ -125,6 +128,25 @@ def _coerce(name: str, raw: str, source: str) -> Any:
     if default is None:
         return raw or None
     return raw
+
+
+def _weights(raw: str, source: str) -> dict[str, float] | None:
+    """``node1=3,node2=1`` (the environment's form of ``read_weights``)."""
+    weights: dict[str, float] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError(item)
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"{source}: cannot read {item.strip()[:60]!r} as node=weight "
+                "(for example node1=3,node2=1)"
+            ) from None
+    return weights or None
 
 
 def load_env(
@@ -252,3 +274,38 @@ def parse_toml(data: Mapping[str, Any], path: str | Path) -> tuple[list[Node], F
         for index, entry in enumerate(entries)
     ]
     return nodes, config
+
+
+M = TypeVar("M", bound="FromSources")
+
+
+class FromSources:
+    """The manager's constructors from a DSN, a TOML file or the environment.
+
+    A mixin: the class using it takes ``nodes=`` and ``config=`` keywords
+    (``FailoverManager``), so every way in ends in one constructor.
+    """
+
+    def __init__(self, *, nodes: Sequence[Node], config: FailoverConfig | None, **kw: Any) -> None:
+        raise NotImplementedError  # pragma: no cover - the class using the mixin defines it
+
+    @classmethod
+    def from_dsn(
+        cls: type[M], dsn: str, *, config: FailoverConfig | None = None, **kwargs: Any
+    ) -> M:
+        """One node per host of a libpq multi-host URL or key/value DSN."""
+        return cls(nodes=nodes_from_dsn(dsn), config=config, **kwargs)
+
+    @classmethod
+    def from_config(cls: type[M], path: str | Path, **kwargs: Any) -> M:
+        """Nodes and settings from a TOML file (see :func:`load_toml`)."""
+        nodes, config = load_toml(path)
+        return cls(nodes=nodes, config=config, **kwargs)
+
+    @classmethod
+    def from_env(cls: type[M], **kwargs: Any) -> M:
+        """Nodes and settings from ``PGFAILOVER_*`` / ``DB_*`` environment variables."""
+        nodes, config = load_env()
+        if nodes is None:
+            raise ConfigurationError("no nodes in the environment: set PGFAILOVER_DSN or DB_HOST")
+        return cls(nodes=nodes, config=config, **kwargs)

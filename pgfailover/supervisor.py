@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pgfailover.availability import Availability, WindowStats
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.counters import Counters
@@ -82,11 +83,21 @@ class Supervisor:
             wake=self.wake,
             emit=self.callbacks.emit,
         )
-        self.rounds = Rounds(nodes, config, self.view, self.counters, self.actions.after_round)
+        self.rounds = Rounds(nodes, config, self.view, self.counters, self._after_round)
+        self.availability: Availability | None = None  # set once by open()
         self._monitor: Monitor | None = None
 
     def _reprobe(self) -> list[Decision]:
         return self.rounds.advance()
+
+    def _after_round(self, decisions: list[Decision]) -> None:
+        """Act on a round's decisions, then note whether the cluster took writes."""
+        self.actions.after_round(decisions)
+        ledger = self.availability
+        if ledger is not None:
+            snap = self.view.snapshot
+            writable = snap.writable_primary is not None and not snap.split_brain
+            ledger.observe(writable, time.time(), None if writable else snap.state.value)
 
     def open(self) -> None:
         """Probe every node once and act on it, unless a node belongs to another cluster.
@@ -102,7 +113,9 @@ class Supervisor:
         foreign = foreign_nodes(self.view.snapshot)
         if foreign:
             raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
-        self.actions.after_round(decisions)
+        # From the first round on: before it, nothing was observed.
+        self.availability = Availability(self.config.history_file, now=time.time())
+        self._after_round(decisions)
 
     def start_monitor(self) -> None:
         """Start the ``pgfailover-monitor`` thread (once)."""
@@ -134,8 +147,8 @@ class Supervisor:
         if monitor is None or not monitor.running:
             self.rounds.monitor_round()
 
-    def status(self) -> dict[str, Any]:
-        """The status report (``get_failover_status()``)."""
+    def status(self, breakers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The status report (``get_failover_status()``); ``breakers``: the read breakers."""
         return failover_status(
             self.name,
             self.view.snapshot,
@@ -143,7 +156,14 @@ class Supervisor:
             self.actions.upkeep.status(),
             paused_since=self.actions.maintenance.paused_since,
             read_only=self.view.read_only_reason(),
+            breakers=breakers,
+            availability=self.availability_report(),
         )
+
+    def availability_report(self) -> dict[str, WindowStats] | None:
+        """Availability over 1 h, 24 h and 7 d (``None`` before the first round)."""
+        ledger = self.availability
+        return None if ledger is None else ledger.report(time.time())
 
     def metrics(self) -> dict[str, Any]:
         """The counters and gauges (``get_metrics()``)."""
@@ -163,3 +183,5 @@ class Supervisor:
         if not self.actions.wait_repointed(max(0.1, deadline - time.monotonic())):
             logger.warning("manager %s: a promotion still runs at close", self.name)
         self.rounds.close()
+        if self.availability is not None:
+            self.availability.close(time.time())

@@ -59,6 +59,9 @@ from pgfailover.routing import read_block
 
 __all__ = ["COMPLETE_HOLD_INTERVALS", "initial_snapshot", "transition"]
 
+RT_SMOOTHING: Final = 0.3
+"""Weight of the newest probe in ``NodeState.response_time_avg`` (the ``latency`` strategy)."""
+
 COMPLETE_HOLD_INTERVALS: Final = 5
 
 
@@ -134,6 +137,7 @@ def _probed(
         consecutive_successes=successes,
         last_check=now,
         response_time=result.response_time,
+        response_time_avg=_smoothed(prev.response_time_avg, result.response_time),
         down_since=None if healthy else prev.down_since,
         error=None,
         timeline=_timeline(prev, result),
@@ -153,6 +157,13 @@ def _probed(
         streaming_names=result.streaming_names,
         system_identifier=result.system_identifier,
     )
+
+
+def _smoothed(previous: float | None, sample: float) -> float:
+    """The probe response time smoothed over rounds (an EWMA, weight ``RT_SMOOTHING``)."""
+    if previous is None:
+        return sample
+    return previous + RT_SMOOTHING * (sample - previous)
 
 
 def _timeline(prev: NodeState, result: ProbeResult) -> int | None:

@@ -65,6 +65,18 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert set(contenders) == {"bare", "query", "get_client"}
     assert all(r["ops"] > 0 for r in contenders.values())
 
+    reads = _run(
+        "reads.py",
+        *("--threads", "2", "--rounds", "1", "--slice", "0.3"),
+        out=tmp_path / "reads.jsonl",
+    )
+    strategies = {(r["scenario"], r["contender"]): r for r in reads if "contender" in r}
+    assert len(strategies) == 2 * 7
+    assert all(r["ops"] > 0 for r in strategies.values())
+    assert strategies[("equal", "priority")]["share"] == {"node1": 1.0}  # lab priority order
+    spread = strategies[("equal", "round_robin")]["share"]
+    assert spread == pytest.approx({"node1": 0.5, "node2": 0.5}, abs=0.02)
+
     probes = _run(
         "probes.py",
         *("--sizes", "2", "--cycles", "3", "--cost-seconds", "2"),
@@ -96,6 +108,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         "Switchover under load",
         "Failover with a flooded HTTP port",
         "Routing overhead",
+        "Read strategies",
         "Probe cycles",
     ):
         assert f"### {title}" in report

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgfailover import FailoverManager
+from pgfailover.availability import WindowStats
 from pgfailover.lab import LocalLab, free_port
 from pgfailover.server import AdminServer, openapi, serve
 from tests.tools import require_tool
@@ -293,3 +294,48 @@ def test_redundancy_and_read_only_mode_in_a_live_scrape(sync_lab: LocalLab) -> N
         assert samples["pgfailover_sync_quorum_ok"] == 1  # ANY 1 of node1, node2: node1 streams
         held = mgr.get_failover_status()["redundancy"]
         assert (held["level"], held["streaming_standbys"]) == ("dual", ["node1"])
+
+
+def _hour(mgr: FailoverManager) -> WindowStats:
+    report = mgr.availability()
+    assert report is not None
+    return report["1h"]
+
+
+def test_availability_survives_a_restart_through_the_history_file(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    """An outage (the primary killed, an orchestrator promotes 0.4 s later) counts against
+    availability; a new manager on the same history file (a restart of ``serve``) starts
+    from those figures, not from 100 %."""
+    config = FAST.replace(history_file=str(tmp_path / "history.jsonl"))
+    with manager_for(fresh_lab, config, name="app") as mgr, serve(mgr) as server:
+        wait_until(lambda: _hour(mgr)["observed_seconds"] > 0.5, what="observed")
+        assert _hour(mgr)["ratio"] == 1.0
+        fresh_lab.kill("node0")
+        wait_until(lambda: _hour(mgr)["down_seconds"] >= 0.4, what="an outage of 0.4s")
+        fresh_lab.promote("node1")
+        wait_until(lambda: mgr.snapshot.primary == "node1", timeout=30, what="writes on node1")
+        before = _hour(mgr)
+        assert before["ratio"] is not None
+        assert before["ratio"] < 1.0
+        assert before["down_seconds"] >= 0.4  # at least the orchestrator's delay
+        assert before["down_seconds"] < before["observed_seconds"]
+        status = _call(server, "GET", "/failover/status")[1]  # schema-checked
+        assert status["availability"]["24h"]["down_seconds"] == pytest.approx(
+            status["availability"]["1h"]["down_seconds"]
+        )
+        scraped = {
+            (s.name, s.labels.get("window")): s.value
+            for family in text_string_to_metric_families(_call(server, "GET", "/metrics")[2])
+            for s in family.samples
+        }
+        assert scraped[("pgfailover_availability_ratio", "1h")] < 1.0
+        assert scraped[("pgfailover_availability_observed_seconds", "7d")] > 0
+    with manager_for(fresh_lab, config, name="app") as again:
+        after = _hour(again)
+        assert after["down_seconds"] == pytest.approx(before["down_seconds"], abs=0.01)
+        assert after["observed_seconds"] >= before["observed_seconds"]
+        assert after["ratio"] is not None
+        assert after["ratio"] < 1.0
+        assert [e.kind for e in again.history()] == ["failover"]  # ledger lines are not events

@@ -61,6 +61,7 @@ BAD_LINES = [
     pytest.param(json.dumps({**GOOD, "id": [1]}).encode(), "$.id", id="id a list"),
     pytest.param(json.dumps({**GOOD, "started": "now"}).encode(), "$.started", id="started text"),
     pytest.param(json.dumps({**GOOD, "kind": "coup"}).encode(), "$.kind", id="unknown kind"),
+    pytest.param(json.dumps({**GOOD, "kind": ["watch"]}).encode(), "$.kind", id="kind a list"),
     pytest.param(json.dumps({**GOOD, "notes": [1]}).encode(), "$.notes[0]", id="notes not text"),
     pytest.param(json.dumps({**GOOD, "outcome": 1}).encode(), "$.outcome", id="outcome a number"),
     pytest.param(json.dumps({"kind": "failover"}).encode(), "missing", id="fields missing"),
@@ -93,6 +94,26 @@ def test_a_line_that_is_not_an_event_is_skipped_with_one_warning(
     assert said in warnings[0].getMessage()
     served = [e.as_dict() for e in log.events()]  # what /failover/history answers
     assert json.loads(json.dumps(served)) == served
+
+
+LEDGER_LINES = [
+    {"kind": "watch", "id": "r1", "run": "r1", "started": 1.0, "until": 2.0, "reason": None},
+    {"kind": "outage", "id": "o1", "run": "r1", "started": 1.5, "until": None, "reason": "x"},
+    {"kind": "watch", "id": "r2"},  # malformed: pgfailover.availability says so, not EventLog
+]
+
+
+def test_availability_lines_are_passed_over_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "history.jsonl"
+    body = [json.dumps(line) for line in LEDGER_LINES]
+    path.write_text("\n".join([body[0], json.dumps(GOOD), *body[1:]]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        log = EventLog(path=path)
+    assert [e.from_node for e in log.events()] == ["node3"]
+    assert log.skipped == 0
+    assert caplog.records == []
 
 
 def test_each_event_is_one_write_so_a_kill_leaves_no_torn_line(

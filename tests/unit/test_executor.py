@@ -8,6 +8,7 @@ went to, what the caller sees, which nodes became suspect, what was counted.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ import pytest
 from psycopg import errors as pgerrors
 
 from pgfailover import FailoverConfig
+from pgfailover.breaker import BreakerPolicy, Breakers
 from pgfailover.cluster import ClusterView
 from pgfailover.counters import Counters
 from pgfailover.errors import (
@@ -40,7 +42,13 @@ PROMOTED = [down("node0"), primary("node1", tl=2, lsn=2000), standby("node2", tl
 
 
 class Harness:
-    def __init__(self, script: dict[str, list[FakeConn | str]], *, wait: float = 1.0) -> None:
+    def __init__(
+        self,
+        script: dict[str, list[FakeConn | str]],
+        *,
+        wait: float = 1.0,
+        breaker: BreakerPolicy | None = None,
+    ) -> None:
         self.view = ClusterView("test", HEALTHY, wait)
         self.pools = FakePools(script)
         self.counters = Counters()
@@ -58,6 +66,11 @@ class Harness:
             wake=self._wake,
             idle_probe=self._probe,
             on_write=self.writes.append,
+            breakers=Breakers(
+                [n.name for n in HEALTHY.nodes],
+                breaker or BreakerPolicy(),
+                rng=random.Random(1),  # noqa: S311
+            ),
         )
 
     def _wake(self) -> None:

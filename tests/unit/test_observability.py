@@ -179,7 +179,8 @@ def test_dashboard_queries_only_metrics_the_exporter_produces() -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     topics = ["cluster state", "primary", "health", "lag", "failover", "probe", "queries"]
     topics += ["commits blocked", "synchronous", "hang", "reads", "maintenance", "rejoin"]
-    topics += ["redundancy", "quorum", "read-only"]
+    topics += ["redundancy", "quorum", "read-only", "availability", "circuit breakers"]
+    topics += ["read strategy"]
     for topic in topics:
         assert topic in titles, topic
     ids = [p["id"] for p in dashboard["panels"]]

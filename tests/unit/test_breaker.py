@@ -1,0 +1,214 @@
+"""Circuit breakers as tables: each step's phase, counts and cooldown; then the executor.
+
+A case is a sequence of steps on one breaker, each with the phase (and
+details) it must leave: ``fail`` (a read connection failure), ``ok`` (a read
+succeeded), ``admit`` / ``refuse`` (a request let through or not), at a
+given time. The jitter draw is fixed, so cooldowns are exact.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import cast
+
+import psycopg
+import pytest
+
+from pgfailover.breaker import (
+    JITTER,
+    Breaker,
+    BreakerPhase,
+    BreakerPolicy,
+    Breakers,
+    admit,
+    failed,
+    routable,
+    succeeded,
+)
+from pgfailover.errors import NoStandbyAvailable
+from pgfailover.model import NodeState
+
+from .fakes import FakeConn
+from .test_executor import Harness
+
+pytestmark = pytest.mark.timeout(10)
+
+POLICY = BreakerPolicy(failures=3, successes=2, cooldown=1.0, max_cooldown=4.0, trial_timeout=10.0)
+SLOW = BreakerPolicy(failures=3, successes=2, cooldown=600.0, max_cooldown=600.0)
+DRAW = 0.5  # jitter: a cooldown is (1 - 0.2 * 0.5) = 0.9 of its base
+C, OP, H = BreakerPhase.CLOSED, BreakerPhase.OPEN, BreakerPhase.HALF_OPEN
+
+Step = tuple[str, float, BreakerPhase]
+
+
+def play(steps: list[Step], policy: BreakerPolicy = POLICY) -> list[Breaker]:
+    """Run the steps; the breaker after each one (``admit``/``refuse`` check the answer)."""
+    b = Breaker()
+    seen = []
+    for action, now, _phase in steps:
+        if action == "fail":
+            b = failed(b, policy, now, f"error at {now}", DRAW)
+        elif action == "ok":
+            b = succeeded(b, policy, now)
+        else:
+            allowed, b = admit(b, policy, now)
+            assert allowed is (action == "admit"), f"{action} at {now}"
+        seen.append(b)
+    return seen
+
+
+CASES: list[tuple[str, list[Step]]] = [
+    (
+        "fewer failures than the threshold stay closed; a success resets the count",
+        [("fail", 0, C), ("fail", 1, C), ("ok", 2, C), ("fail", 3, C), ("fail", 4, C)],
+    ),
+    (
+        "N failures in a row open it; no request goes through before the cooldown",
+        [
+            ("fail", 0, C),
+            ("fail", 0, C),
+            ("fail", 0, OP),
+            ("refuse", 0.5, OP),
+            ("refuse", 0.89, OP),
+        ],
+    ),
+    (
+        "after the cooldown one trial goes, a second waits; M successes close it",
+        [
+            *[("fail", 0, C)] * 2,
+            ("fail", 0, OP),
+            ("admit", 0.9, H),
+            ("refuse", 0.95, H),
+            ("ok", 1.0, H),
+            ("admit", 1.1, H),
+            ("ok", 1.2, C),
+            ("admit", 1.3, C),
+        ],
+    ),
+    (
+        "a failed trial reopens with the cooldown doubled, then capped",
+        [
+            *[("fail", 0, C)] * 2,
+            ("fail", 0, OP),  # cooldown 1 * 0.9
+            ("admit", 0.9, H),
+            ("fail", 1.0, OP),  # 2 * 0.9 -> retry at 2.8
+            ("refuse", 2.7, OP),
+            ("admit", 2.8, H),
+            ("fail", 3.0, OP),  # 4 * 0.9 -> 6.6
+            ("admit", 6.6, H),
+            ("fail", 7.0, OP),  # capped: 4 * 0.9 -> 10.6
+            ("refuse", 10.5, OP),
+            ("admit", 10.6, H),
+        ],
+    ),
+    (
+        "a trial that never reports back frees the slot after trial_timeout",
+        [
+            *[("fail", 0, C)] * 2,
+            ("fail", 0, OP),
+            ("admit", 1, H),
+            ("refuse", 10.9, H),
+            ("admit", 11, H),
+        ],
+    ),
+    (
+        "results of requests in flight when it opened change nothing",
+        [
+            *[("fail", 0, C)] * 2,
+            ("fail", 0, OP),
+            ("ok", 0.1, OP),
+            ("fail", 0.2, OP),
+            ("refuse", 0.5, OP),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("steps", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_breaker_steps(steps: list[Step]) -> None:
+    seen = play(steps)
+    assert [b.phase for b in seen] == [phase for _, _, phase in steps]
+
+
+def test_cooldowns_and_counts() -> None:
+    seen = play(CASES[3][1])
+    opened = [b for b in seen if b.phase is OP and b.retry_at is not None]
+    assert sorted({round(cast(float, b.retry_at), 6) for b in opened}) == [0.9, 2.8, 6.6, 10.6]
+    assert seen[-1].opened_total == 4
+    assert seen[-1].opens == 4
+    closed = play(CASES[2][1])[-1]
+    assert closed.opens == 0
+    assert closed.failures == 0
+    assert closed.opened_total == 1
+
+
+@pytest.mark.parametrize(
+    ("opens", "draw", "expected"),
+    [(1, 0.0, 1.0), (1, 0.999, 1.0 - JITTER * 0.999), (2, 0.0, 2.0), (3, 0.0, 4.0), (9, 0.0, 4.0)],
+)
+def test_cooldown_backoff_and_jitter(opens: int, draw: float, expected: float) -> None:
+    assert POLICY.cooldown_for(opens, draw) == pytest.approx(expected)
+
+
+def test_zero_failures_turns_breakers_off() -> None:
+    off = BreakerPolicy(failures=0)
+    b = Breaker()
+    for now in range(50):
+        b = failed(b, off, now, "x", 0.0)
+    assert b.phase is C
+    assert b.failures == 0
+    assert routable(b, off, 100)
+
+
+def test_breakers_track_only_what_is_not_clean() -> None:
+    breakers = Breakers(["a", "b"], POLICY, rng=random.Random(3))  # noqa: S311 - jitter
+    breakers.failure("a", "refused", up=False, now=0)  # probe failing: not the breaker's
+    assert breakers.state("a").failures == 0
+    for _ in range(3):
+        breakers.failure("a", "too many clients", up=True, now=0)
+    assert breakers.tripped == {"a"}
+    assert breakers.arrange(["a", "b"], 0.1) == ["b"]
+    retry = cast(float, breakers.state("a").retry_at)
+    assert 1.0 - JITTER <= retry <= 1.0
+    assert breakers.arrange(["b", "a"], retry) == ["a", "b"]  # a trial is due: it goes first
+    assert breakers.admit("a", retry) is True
+    assert breakers.admit("a", retry) is False
+    assert breakers.state("a").phase is H
+    breakers.success("a", retry + 0.1)
+    breakers.success("a", retry + 0.2)  # not admitted, but a success all the same
+    assert breakers.tripped == frozenset()
+    assert breakers.state("a").phase is C
+    report = breakers.report(retry)
+    assert report["a"]["state"] == "closed"
+    assert report["a"]["opened_total"] == 1
+
+
+class ByName:
+    def order(self, candidates: Sequence[NodeState]) -> list[NodeState]:
+        return sorted(candidates, key=lambda n: n.name)
+
+
+def test_failing_reads_open_the_breaker_and_reads_go_elsewhere() -> None:
+    """node1's connections fail while its probe passes: after 3 failed reads it is held
+    out, reads go to node2 without touching node1, and when every node is held out a read
+    fails at once."""
+    lost = psycopg.OperationalError("consuming input failed: server closed the connection")
+    h = Harness({"node1": [FakeConn("node1", lost) for _ in range(3)]}, breaker=SLOW)
+    h.executor.strategy = ByName()
+    for _ in range(3):
+        assert h.executor.run_read("SELECT 1", None) == [(1,)]
+        h.view.publish(h.view.snapshot, probed_since=2e9)  # the probe clears the suspect
+    assert h.executor.breakers.state("node1").phase is OP
+    assert h.attempts() == ["node1", "node2"] * 3
+    before = len(h.attempts())
+    assert h.executor.run_read("SELECT 1", None) == [(1,)]
+    assert h.attempts()[before:] == ["node2"]
+    status = h.executor.breakers.report(0.0)["node1"]
+    assert status["state"] == "open"
+    assert "server closed" in status["last_error"]
+    for node in ("node0", "node2"):
+        for _ in range(3):
+            h.executor.breakers.failure(node, "x", up=True, now=1e12)
+    with pytest.raises(NoStandbyAvailable, match="circuit breaker open on"):
+        h.executor.run_read("SELECT 1", None)
