@@ -41,9 +41,11 @@ from typing import Any, Final, Literal, TypedDict
 
 import msgspec
 
-from pgfailover.events import LEDGER_KINDS, append_line
+from pgfailover.historyfile import LEDGER_KINDS, append_line
+from pgfailover.model import Snapshot
 
 __all__ = [
+    "KEPT",
     "WINDOWS",
     "Availability",
     "Record",
@@ -53,6 +55,7 @@ __all__ = [
     "read_records",
     "spans",
     "window_stats",
+    "writes_taken",
 ]
 
 logger = logging.getLogger(__name__)
@@ -226,6 +229,21 @@ def window_stats(
     return {"ratio": ratio, "observed_seconds": seen, "down_seconds": down}
 
 
+def writes_taken(snap: Snapshot) -> tuple[bool, str | None, float | None]:
+    """Does the cluster take writes, as of ``snap``; if not, why and since when.
+
+    Writes are taken while there is a primary that is healthy (thresholds
+    counted: one missed probe is not an outage) and no split brain. An
+    outage is dated from the lost primary's first failed probe.
+    """
+    name = snap.primary or snap.last_primary
+    node = snap.node(name) if name is not None else None
+    if snap.primary is not None and node is not None and node.healthy and not snap.split_brain:
+        return True, None, None
+    since = node.down_since if node is not None and not snap.split_brain else None
+    return False, snap.state.value, since
+
+
 class Availability:
     """The ledger of one run: its watch, its outages, and past runs' spans.
 
@@ -267,12 +285,16 @@ class Availability:
         with self._lock:
             self._write(self._watch)
 
-    def observe(self, writable: bool, now: float, reason: str | None = None) -> None:
+    def observe(
+        self, writable: bool, now: float, reason: str | None = None, since: float | None = None
+    ) -> None:
         """Note one probe round's writability at ``now``; cheap when nothing changed.
 
         A change writes the watch (up to ``now``) then the outage's line; a
         due checkpoint writes the watch. ``reason`` names an outage that
-        begins here (it is ignored otherwise). After :meth:`close`, nothing.
+        begins here, ``since`` when it began if that was before ``now`` (the
+        primary's first failed probe; both are ignored otherwise). After
+        :meth:`close`, nothing.
         """
         with self._lock:
             if self._closed:
@@ -284,7 +306,8 @@ class Availability:
             if not changed:
                 return
             if self._down is None:
-                self._down = Record("outage", uuid.uuid4().hex[:12], self.run, now, None, reason)
+                began = now if since is None else min(since, now)
+                self._down = Record("outage", uuid.uuid4().hex[:12], self.run, began, None, reason)
                 self._write(self._down)
             else:
                 self._end_outage(self._down, now)

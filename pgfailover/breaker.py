@@ -16,15 +16,21 @@ reads as the fallback):
   of jitter so that many processes do not come back in step;
 - **half-open**: once the cooldown is over, one request at a time goes
   through (it is put first, so recovery does not wait for the read strategy
-  to pick the node); ``breaker_successes`` successes in a row close the
-  breaker, one failure opens it again with the longer cooldown.
+  to pick the node); only that trial's result counts, ``breaker_successes``
+  successes in a row close the breaker, one failure opens it again with the
+  longer cooldown.
 
-Writes are never held out by a breaker: the primary is the only place a
-write can go, so an open breaker would only turn a short spike into an
-outage that lasts a cooldown; losing the primary is the probes' and the
-failover's business. A node whose probe fails is not the breaker's
-business either: its breaker is reset, and the health thresholds decide
-when it is back.
+A breaker moves reads elsewhere; it never makes a read fail that would
+otherwise have been tried: when every node a read could go to is held out,
+it goes to them anyway, in the usual order. Writes are never held out: the
+primary is the only place a write can go, and losing it is the probes' and
+the failover's business. A node that turns unhealthy (its probes fail past
+the threshold) is not the breaker's business either: its breaker is reset,
+and the health thresholds decide when it is back. A pool that merely has
+every connection checked out (the application's own load) is not a failure
+of the node. And evidence goes stale: a breaker that saw no request for
+``breaker_max_cooldown`` after its trial fell due (an idle application, a
+node kept from reads for lag) closes again.
 
 The transitions are pure functions of a frozen :class:`Breaker` (tested as a
 table); :class:`Breakers` keeps one per node for the executor.
@@ -33,6 +39,7 @@ table); :class:`Breakers` keeps one per node for the executor.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import threading
@@ -51,7 +58,9 @@ __all__ = [
     "Breakers",
     "admit",
     "failed",
+    "released",
     "routable",
+    "stale",
     "succeeded",
 ]
 
@@ -108,8 +117,10 @@ class Breaker:
     ``failures``: query connection failures in a row; ``successes``: trial
     successes in a row while half-open; ``opens``: openings since it was
     last closed (the backoff exponent); ``opened_total``: openings ever;
-    ``retry_at``: when an open breaker lets a trial through; ``trial_since``:
-    when the half-open trial in flight was let through.
+    ``retry_at``: when an open breaker lets a trial through; ``trial`` and
+    ``trial_since``: the token of the half-open trial in flight (0: none)
+    and when it was let through; ``changed_at``: the last transition or
+    trial.
     """
 
     phase: BreakerPhase = BreakerPhase.CLOSED
@@ -118,6 +129,7 @@ class Breaker:
     opens: int = 0
     opened_total: int = 0
     retry_at: float | None = None
+    trial: int = 0
     trial_since: float | None = None
     last_error: str | None = None
     changed_at: float | None = None
@@ -127,13 +139,19 @@ class Breaker:
         """Closed with no failure counted: nothing to track."""
         return self.phase is BreakerPhase.CLOSED and self.failures == 0
 
+    def shown(self, now: float) -> BreakerPhase:
+        """The phase as reported: an open breaker whose trial is due is half-open."""
+        if self.phase is BreakerPhase.OPEN and self.retry_at is not None and now >= self.retry_at:
+            return BreakerPhase.HALF_OPEN
+        return self.phase
+
     def as_dict(self, now: float) -> dict[str, Any]:
         """For the status report."""
         retry = None
         if self.phase is BreakerPhase.OPEN and self.retry_at is not None:
             retry = round(max(0.0, self.retry_at - now), 3)
         return {
-            "state": self.phase.value,
+            "state": self.shown(now).value,
             "failures": self.failures,
             "successes": self.successes,
             "opened_total": self.opened_total,
@@ -173,16 +191,27 @@ def failed(
     return counted
 
 
-def succeeded(b: Breaker, policy: BreakerPolicy, now: float) -> Breaker:
-    """A request on the node succeeded."""
+def succeeded(b: Breaker, policy: BreakerPolicy, now: float, token: int = 0) -> Breaker:
+    """A request on the node succeeded; ``token``: the trial it was, if one.
+
+    While half-open only the trial's own result counts: a request that
+    began before the breaker opened proves nothing about the node now.
+    """
     if b.phase is BreakerPhase.CLOSED:
         return b if b.failures == 0 else dataclasses.replace(b, failures=0)
-    if b.phase is BreakerPhase.OPEN:  # in flight before it opened: proves nothing now
+    if b.phase is BreakerPhase.OPEN or token == 0 or token != b.trial:
         return b
     successes = b.successes + 1
     if successes >= policy.successes:
         return Breaker(opened_total=b.opened_total, last_error=b.last_error, changed_at=now)
-    return dataclasses.replace(b, successes=successes, trial_since=None)
+    return dataclasses.replace(b, successes=successes, trial=0, trial_since=None, changed_at=now)
+
+
+def released(b: Breaker, token: int) -> Breaker:
+    """The trial ``token`` ended without saying anything of the node: let another try."""
+    if token == 0 or b.phase is not BreakerPhase.HALF_OPEN or b.trial != token:
+        return b
+    return dataclasses.replace(b, trial=0, trial_since=None)
 
 
 def routable(b: Breaker, policy: BreakerPolicy, now: float) -> bool:
@@ -194,17 +223,41 @@ def routable(b: Breaker, policy: BreakerPolicy, now: float) -> bool:
     return b.trial_since is None or now - b.trial_since >= policy.trial_timeout
 
 
-def admit(b: Breaker, policy: BreakerPolicy, now: float) -> tuple[bool, Breaker]:
-    """Let one request through, claiming the trial when the breaker is not closed."""
+def admit(b: Breaker, policy: BreakerPolicy, now: float, token: int) -> tuple[bool, Breaker]:
+    """Let one request through; when the breaker is not closed it becomes trial ``token``."""
     if b.phase is BreakerPhase.CLOSED:
         return True, b
     if not routable(b, policy, now):
         return False, b
+    return True, dataclasses.replace(
+        b,
+        phase=BreakerPhase.HALF_OPEN,
+        successes=b.successes if b.phase is BreakerPhase.HALF_OPEN else 0,
+        trial=token,
+        trial_since=now,
+        changed_at=now,
+    )
+
+
+def stale(b: Breaker, policy: BreakerPolicy, now: float) -> bool:
+    """No request came for ``max_cooldown`` after the trial fell due: the evidence is old."""
+    if b.phase is BreakerPhase.CLOSED:
+        return False
     if b.phase is BreakerPhase.OPEN:
-        return True, dataclasses.replace(
-            b, phase=BreakerPhase.HALF_OPEN, successes=0, trial_since=now, changed_at=now
-        )
-    return True, dataclasses.replace(b, trial_since=now)
+        due = b.retry_at if b.retry_at is not None else now
+    else:
+        due = b.changed_at if b.changed_at is not None else now
+        if b.trial:  # a trial in flight: stale once it has timed out too
+            due += policy.trial_timeout
+    return now >= due + policy.max_cooldown
+
+
+def _healthy(snap: Snapshot, name: str) -> bool:
+    """The node's probes pass, thresholds counted (a single missed probe does not count)."""
+    try:
+        return snap.node(name).healthy
+    except KeyError:
+        return False
 
 
 class Breakers:
@@ -233,6 +286,7 @@ class Breakers:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._lock = threading.Lock()
         self._states = {name: Breaker() for name in nodes}  # guarded by self._lock
+        self._tokens = itertools.count(1)  # trial tokens; next() is atomic under the GIL
         self._dirty: frozenset[str] = frozenset()  # not clean; replaced under self._lock
         self._tripped: frozenset[str] = frozenset()  # not closed; replaced under self._lock
 
@@ -252,9 +306,9 @@ class Breakers:
             self._tripped = self._tripped | {node} if now else self._tripped - {node}
         return old
 
-    def failure(self, node: str, error: str, *, up: bool, now: float) -> None:
-        """A read on ``node`` failed with a connection error; ``up``: its last probe passed."""
-        if self.policy.failures == 0 or not up:
+    def failure(self, node: str, error: str, *, healthy: bool, now: float) -> None:
+        """A read on ``node`` failed with a connection error; ``healthy``: its probes pass."""
+        if self.policy.failures == 0 or not healthy:
             return
         with self._lock:
             old = self._set(
@@ -272,53 +326,59 @@ class Breakers:
                 error,
             )
 
-    def success(self, node: str, now: float) -> None:
-        """A read on ``node`` succeeded."""
+    def success(self, node: str, now: float, token: int = 0) -> None:
+        """A read on ``node`` succeeded (``token``: the trial it was, from :meth:`admit`)."""
         if node not in self._dirty:
             return
         with self._lock:
-            old = self._set(node, succeeded(self._states[node], self.policy, now))
+            old = self._set(node, succeeded(self._states[node], self.policy, now, token))
             closed = self._states[node].phase is BreakerPhase.CLOSED
         if closed and old.phase is not BreakerPhase.CLOSED:
             logger.info("cluster %s: circuit breaker of node %s closed", self._cluster, node)
 
-    def admit(self, node: str, now: float) -> bool:
-        """May this request go to ``node``? Claims the half-open trial when it is free."""
+    def admit(self, node: str, now: float) -> tuple[bool, int]:
+        """May this request go to ``node``, and as which trial (0: not a trial)?
+
+        Pass the token to :meth:`success` and :meth:`release`.
+        """
         if node not in self._tripped:
-            return True
+            return True, 0
+        token = next(self._tokens)
         with self._lock:
-            allowed, new = admit(self._states[node], self.policy, now)
+            allowed, new = admit(self._states[node], self.policy, now, token)
             self._set(node, new)
-            return allowed
+        return allowed, token if allowed else 0
+
+    def release(self, node: str, token: int) -> None:
+        """The request ``token`` ended saying nothing of the node (not a connection error,
+        not an answer): another may be the trial."""
+        if token == 0:
+            return
+        with self._lock:
+            self._set(node, released(self._states[node], token))
 
     def arrange(self, names: Sequence[str], now: float) -> list[str]:
-        """``names`` without nodes held out; nodes due a trial first."""
+        """``names`` without nodes held out, nodes due a trial first; all of them, in
+        order, when every one is held out (a breaker never leaves a read nowhere to go)."""
         tripped = self._tripped
         if not tripped or tripped.isdisjoint(names):
             return list(names)
         states = self._states
         trials = [n for n in names if n in tripped and routable(states[n], self.policy, now)]
-        return trials + [n for n in names if n not in tripped]
+        kept = trials + [n for n in names if n not in tripped]
+        return kept or list(names)
 
-    def sync(self, snap: Snapshot) -> None:
-        """After a probe round: a node whose probe failed goes back to a clean breaker."""
+    def sync(self, snap: Snapshot, now: float) -> None:
+        """After each probe round: reset the breaker of a node that turned unhealthy (the
+        health thresholds take over) and of one whose evidence went stale."""
         dirty = self._dirty
         if not dirty:
             return
-        down = [n.name for n in snap.nodes if n.name in dirty and not n.up]
-        if not down:
-            return
         with self._lock:
-            for name in down:
-                self._set(name, Breaker(opened_total=self._states[name].opened_total))
-
-    def describe(self, names: Iterable[str], now: float) -> str:
-        """``circuit breaker open on node1 (retry in 3.2s)``: why reads have nowhere to go."""
-        shown = []
-        for name in names:
-            retry = self._states[name].as_dict(now)["retry_in_seconds"]
-            shown.append(f"{name} (retry in {retry:.1f}s)" if retry is not None else name)
-        return "circuit breaker open on " + ", ".join(shown)
+            for name in dirty:
+                b = self._states[name]
+                if not _healthy(snap, name) or stale(b, self.policy, now):
+                    self._set(name, Breaker(opened_total=b.opened_total))
 
     def state(self, node: str) -> Breaker:
         """The breaker of ``node`` now."""

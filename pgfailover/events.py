@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+
+from pgfailover.historyfile import LEDGER_KINDS, append_line
 
 __all__ = [
     "LEDGER_KINDS",
@@ -48,32 +49,6 @@ C = TypeVar("C", bound=Callable[..., object])
 
 EventKind = Literal["failover", "switchover", "split_brain", "fence", "replication", "maintenance"]
 Outcome = Literal["in_progress", "completed", "failed", "refused", "detected"]
-
-# Kinds of the availability ledger's lines (pgfailover.availability), which
-# share the history file with events: not events, and not bad lines either.
-LEDGER_KINDS: frozenset[str] = frozenset({"watch", "outage"})
-
-
-def append_line(path: str | Path, line: str) -> None:
-    """Append one line with one ``write(2)`` on an ``O_APPEND`` descriptor.
-
-    A process killed at any point leaves the line whole or absent, never
-    torn (a buffered file may split a long line over several writes); a
-    torn line from elsewhere is skipped when the file is read. Several
-    writers (threads, processes) may share the file: each line lands whole.
-
-    Raises:
-        OSError: the file cannot be opened or written; the caller decides
-            how loudly to say so.
-    """
-    data = line.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        written = os.write(fd, data)
-        while written < len(data):  # only on a full disk or a signal
-            written += os.write(fd, data[written:])
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -172,31 +172,45 @@ class Executor:
         else:
             cached = self._readers
             if cached[0] is not snap or cached[1] is not suspects:
-                self.breakers.sync(snap)  # a node whose probe failed: health takes over
                 cached = self._readers = (snap, suspects, tuple(read_candidates(snap, suspects)))
             order = read_order(snap, self.strategy, suspects, candidates=cached[2])
         if not self.breakers.tripped:
             return order
         return self.breakers.arrange(order, time.monotonic())
 
-    def _held_out(self, min_lsn: int | None, tried: set[str]) -> str | None:
-        """Why no read can go anywhere: every untried node that could serve it is held out."""
-        tripped = self.breakers.tripped
-        if not tripped:
-            return None
-        snap, suspects = self.view.snapshot, self.view.suspects
-        fits = [n for n in read_order(snap, self.strategy, suspects, min_lsn) if n not in tried]
-        if not fits or not all(n in tripped for n in fits):
-            return None
-        return self.breakers.describe(fits, time.monotonic())
+    def _report(self, node: str, token: int, exc: BaseException | None = None) -> None:
+        """Tell ``node``'s breaker how a read ended (``token``: the trial it was, or 0).
 
-    def _read_failed(self, node: str, error: str) -> None:
-        """A read on ``node`` failed with a connection error: tell its breaker."""
-        try:
-            up = self.view.snapshot.node(node).up
-        except KeyError:
-            return
-        self.breakers.failure(node, error, up=up, now=time.monotonic())
+        Success, or a server error (the node answered): a success. A lost
+        connection: a failure, counted while the node's probes pass. Anything
+        else (the application's own exception) says nothing of the node.
+        """
+        now = time.monotonic()
+        if exc is not None and (is_connection_error(exc) or isinstance(exc, WriteOutcomeUnknown)):
+            snap = self.view.snapshot
+            healthy = any(n.name == node and n.healthy for n in snap.nodes)
+            self.breakers.failure(node, _brief(exc), healthy=healthy, now=now)
+        elif exc is None or isinstance(exc, psycopg.Error):
+            self.breakers.success(node, now, token)
+        self.breakers.release(node, token)
+
+    def _admitted(self, order: list[str]) -> tuple[str, int]:
+        """The first node of ``order`` its breaker lets through, and the trial it is (0: not
+        a trial); the first node when none does (their trials are taken: go all the same)."""
+        now = time.monotonic()
+        for node in order:
+            allowed, token = self.breakers.admit(node, now)
+            if allowed:
+                return node, token
+        return order[0], 0
+
+    def _no_connection(self, node: str, token: int) -> None:
+        """No pooled connection in time: a failure of the node unless the application has
+        every connection of the pool checked out (its own load)."""
+        if self._pools.saturated(node):
+            self.breakers.release(node, token)
+        else:
+            self._report(node, token, psycopg.OperationalError("no pooled connection in time"))
 
     def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now; waits for a primary when none can serve."""
@@ -216,22 +230,8 @@ class Executor:
             self.suspect(node, f"no pooled connection within {timeout:.2f}s")
             return None
 
-    def _wait_for_readers(
-        self,
-        deadline: float,
-        min_lsn: int | None = None,
-        tried: set[str] | None = None,
-        last: BaseException | None = None,
-    ) -> bool:
-        """No node can serve a read: probe and wait a little; False once past ``deadline``.
-
-        Raises:
-            NoStandbyAvailable: at once when circuit breakers hold out every
-                node that could serve it (waiting would not help).
-        """
-        held = self._held_out(min_lsn, tried or set())
-        if held is not None:
-            raise NoStandbyAvailable(f"no node can serve a read now: {held}") from last
+    def _wait_for_readers(self, deadline: float) -> bool:
+        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
         if time.monotonic() >= deadline:
             return False
         self._wake()
@@ -288,23 +288,19 @@ class Executor:
         count = self._counters.query
         tried: set[str] = set()
         last: BaseException | None = None
-        breakers = self.breakers
         for _ in range(_MAX_ATTEMPTS):
             order = [n for n in self.read_order(min_lsn) if n not in tried]
             if not order:
-                if not self._wait_for_readers(deadline, min_lsn, tried, last):
+                if not self._wait_for_readers(deadline):
                     break
                 tried.clear()
                 continue
-            node = order[0]
-            if not breakers.admit(node, time.monotonic()):
-                tried.add(node)  # another request is the half-open trial
-                continue
+            node, token = self._admitted(order)
             primary = self.view.snapshot.primary
             route = "read" if node != primary else "read_primary"
             conn = self._checkout(node, deadline)
             if conn is None:
-                self._read_failed(node, "no pooled connection in time")
+                self._no_connection(node, token)
                 tried.add(node)
                 count(node, route, "retry")
                 continue
@@ -312,23 +308,22 @@ class Executor:
                 cur = conn.execute(sql, params)
                 rows = cur.fetchall() if cur.description else []
                 conn.commit()
-            except psycopg.Error as exc:
+            except BaseException as exc:
                 self._pools.checkin(node, conn)
-                conflict = exc.sqlstate == "40001" and primary != node
-                if not is_connection_error(exc):
-                    breakers.success(node, time.monotonic())  # the node answered
-                if not (is_connection_error(exc) or conflict):
-                    count(node, route, "error")
+                self._report(node, token, exc)
+                conflict = isinstance(exc, psycopg.Error) and exc.sqlstate == "40001"
+                if not (is_connection_error(exc) or (conflict and primary != node)):
+                    if isinstance(exc, psycopg.Error):
+                        count(node, route, "error")
                     raise
                 if not conflict:
                     self.suspect(node, _brief(exc))
-                    self._read_failed(node, _brief(exc))
                 count(node, route, "retry")
                 tried.add(node)
                 last = exc
                 continue
             self._pools.checkin(node, conn)
-            breakers.success(node, time.monotonic())
+            self._report(node, token)
             count(node, route, "ok")
             return rows
         snap = self.view.snapshot
@@ -341,9 +336,11 @@ class Executor:
         """A pooled connection for a block of work (``get_client``)."""
         return Session(self, readonly)
 
-    def acquire(self, readonly: bool) -> tuple[str, Connection]:
-        """A node and a connection from its pool, waiting up to ``failover_wait_timeout``."""
+    def acquire(self, readonly: bool) -> tuple[str, Connection, int]:
+        """A node, a connection from its pool and the breaker trial it is (0: none),
+        waiting up to ``failover_wait_timeout``."""
         deadline = time.monotonic() + self._wait_timeout
+        token = 0
         while True:
             if readonly:
                 order = self.read_order()
@@ -353,41 +350,49 @@ class Executor:
                             f"no node can serve reads (cluster {self.view.name})"
                         )
                     continue
-                node = order[0]
-                if not self.breakers.admit(node, time.monotonic()):
-                    self.view.wait_for_change(0.01)  # another request is the half-open trial
-                    continue
+                node, token = self._admitted(order)
             else:
                 node = self.wait_for_primary(deadline)
             conn = self._checkout(node, deadline)
             if conn is not None:
-                return node, conn
+                return node, conn, token
             if readonly:
-                self._read_failed(node, "no pooled connection in time")
+                self._no_connection(node, token)
             if time.monotonic() >= deadline:
                 raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
 
     def release(
-        self, node: str, conn: Connection, readonly: bool, exc: BaseException | None
+        self,
+        node: str,
+        conn: Connection,
+        readonly: bool,
+        exc: BaseException | None,
+        token: int = 0,
     ) -> None:
-        """End a :class:`Session`: commit (or roll back after ``exc``), count, give it back."""
+        """End a :class:`Session`: commit (or roll back after ``exc``), count, give it back.
+
+        ``token``: the breaker trial the session was (:meth:`acquire`).
+        """
         route = "read" if readonly else "write"
+        outcome: BaseException | None = None
         try:
             if exc is not None:
+                outcome = exc
                 self._fail(node, conn, route, exc)
                 return
             try:
                 self._finish(node, conn)
             except BaseException as failed:
+                outcome = failed
                 self._fail(node, conn, route, failed)
                 raise
             self._counters.query(node, route, "ok")
-            if readonly:
-                self.breakers.success(node, time.monotonic())
-            else:
+            if not readonly:
                 self._on_write(node)
         finally:
             self._pools.checkin(node, conn)
+            if readonly:
+                self._report(node, token, outcome)
 
     def _finish(self, node: str, conn: Connection) -> None:
         """Commit what the block left open; a lost COMMIT is ``WriteOutcomeUnknown``."""
@@ -407,10 +412,6 @@ class Executor:
         """The block (or its COMMIT) raised ``exc``: suspect a lost node, roll back, count."""
         if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
             self.suspect(node, _brief(exc))
-            if route == "read" and is_connection_error(exc):
-                self._read_failed(node, _brief(exc))
-        elif route == "read":  # the node answered: the block's own error
-            self.breakers.success(node, time.monotonic())
         self._counters.query(node, route, "error")
         if not conn.closed and conn.pgconn.transaction_status != _IDLE:
             with contextlib.suppress(psycopg.Error):
@@ -428,12 +429,13 @@ class Session:
     when it is garbage-collected.
     """
 
-    __slots__ = ("_conn", "_executor", "_node", "_readonly", "_used")
+    __slots__ = ("_conn", "_executor", "_node", "_readonly", "_token", "_used")
 
     def __init__(self, executor: Executor, readonly: bool) -> None:
         self._executor = executor
         self._readonly = readonly
         self._node = ""
+        self._token = 0  # the breaker trial this session is (0: none)
         self._conn: Connection | None = None
         self._used = False
 
@@ -441,7 +443,7 @@ class Session:
         if self._used:
             raise RuntimeError("a get_client() session can be entered only once")
         self._used = True
-        self._node, conn = self._executor.acquire(self._readonly)
+        self._node, conn, self._token = self._executor.acquire(self._readonly)
         self._conn = conn
         return conn
 
@@ -453,12 +455,11 @@ class Session:
             return
         if exc is None and exc_type is not None:  # an exit called with the type only
             exc = RuntimeError(f"the block raised {exc_type.__name__}")
-        self._executor.release(self._node, conn, self._readonly, exc)
+        self._executor.release(self._node, conn, self._readonly, exc, self._token)
 
     def __del__(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:  # abandoned inside its block: roll back, give it back
+            abandoned = RuntimeError("session abandoned")
             with contextlib.suppress(Exception):
-                self._executor.release(
-                    self._node, conn, self._readonly, RuntimeError("session abandoned")
-                )
+                self._executor.release(self._node, conn, self._readonly, abandoned, self._token)

@@ -85,6 +85,7 @@ class FailoverManager(FromSources):
         self._opened = False
         self._closed = False
         self._pools = NodePools(nodes, cfg, name, pool_kwargs)
+        breakers = Breakers(self._by_name, BreakerPolicy.from_config(cfg), cluster=name)
         self._sup = sup = Supervisor(
             nodes,
             cfg,
@@ -92,6 +93,7 @@ class FailoverManager(FromSources):
             dsn=lambda node: self.node(node).dsn,
             abort=self._pools.abort,
             busy=self._pools.in_use,
+            on_round=lambda snap: breakers.sync(snap, time.monotonic()),
         )
         self.counters = sup.counters
         self.events = sup.events
@@ -107,7 +109,7 @@ class FailoverManager(FromSources):
             wake=sup.wake,
             idle_probe=sup.probe_if_idle,
             on_write=sup.actions.incident.wrote,
-            breakers=Breakers(self._by_name, BreakerPolicy.from_config(cfg), cluster=name),
+            breakers=breakers,
         )
 
     @property

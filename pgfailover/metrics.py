@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -304,9 +305,11 @@ def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
             _add(families, "availability_ratio", [mgr.name, window], figures["ratio"])
         observed = figures["observed_seconds"] or 0.0
         _add(families, "availability_observed_seconds", [mgr.name, window], observed)
+    now = time.monotonic()
     for node, breaker in sorted(mgr.breakers.states().items()):
+        shown = breaker.shown(now)  # open with its trial due: half-open
         for phase in BreakerPhase:
-            is_now = int(breaker.phase is phase)
+            is_now = int(shown is phase)
             _add(families, "breaker_state", [mgr.name, node, phase.value], is_now)
         _add(families, "breaker_opens", [mgr.name, node], breaker.opened_total)
 

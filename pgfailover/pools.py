@@ -121,6 +121,10 @@ class NodePools:
         """How many connections to ``node`` are checked out now."""
         return len(self._checked_out[node])
 
+    def saturated(self, node: str) -> bool:
+        """Every connection the pool of ``node`` may hold is checked out (the caller's load)."""
+        return len(self._checked_out[node]) >= self._pools[node].max_size
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has begun."""

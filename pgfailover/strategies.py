@@ -82,14 +82,21 @@ class _Shares:
     def weight(self, name: str) -> float:
         return self.weights.get(name, 1.0)
 
+    def usable(self, nodes: Sequence[NodeState]) -> Callable[[str], float]:
+        """The weight function for ``nodes``: all of weight 0 share evenly (none is preferred)."""
+        if any(self.weight(n.name) > 0 for n in nodes):
+            return self.weight
+        return lambda _name: 1.0
+
     def order(self, nodes: Sequence[NodeState]) -> list[NodeState]:
         if len(nodes) < 2:
             return list(nodes)
         credit = self._credit
         total = 0.0
         best: NodeState | None = None
+        weigh = self.usable(nodes)
         for node in sorted(nodes, key=lambda n: n.name):
-            weight = self.weight(node.name)
+            weight = weigh(node.name)
             if weight <= 0:
                 continue
             total += weight
@@ -100,12 +107,7 @@ class _Shares:
             credit[best.name] -= total
         return sorted(
             nodes,
-            key=lambda n: (
-                n is not best,
-                self.weight(n.name) <= 0,
-                -credit.get(n.name, 0.0),
-                n.name,
-            ),
+            key=lambda n: (n is not best, weigh(n.name) <= 0, -credit.get(n.name, 0.0), n.name),
         )
 
 
@@ -264,15 +266,16 @@ def describe(strategy: ReadStrategy) -> dict[str, Any]:
     }
 
 
-STRATEGIES: Final = (
-    "round_robin",
-    "least_lag",
-    "priority",
-    "random",
-    "least_connections",
-    "latency",
-)
-"""The names ``read_strategy`` accepts."""
+STRATEGIES: Final[dict[str, type[ReadStrategy]]] = {
+    "round_robin": RoundRobin,
+    "least_lag": LeastLag,
+    "priority": PriorityOrder,
+    "random": RandomChoice,
+    "least_connections": LeastConnections,
+    "latency": LowestLatency,
+}
+"""The built-in strategies by the name ``read_strategy`` takes (build one with
+:func:`make_strategy`: ``least_connections`` needs the pools' counts)."""
 
 
 def make_strategy(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pgfailover.availability import Availability, WindowStats
+from pgfailover.availability import KEPT, Availability, WindowStats, writes_taken
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.counters import Counters
@@ -26,7 +26,8 @@ from pgfailover.derive import foreign_nodes
 from pgfailover.errors import ConfigurationError
 from pgfailover.events import Callbacks, EventLog
 from pgfailover.failover import FailoverActions
-from pgfailover.model import Decision
+from pgfailover.historyfile import compact
+from pgfailover.model import Decision, Snapshot
 from pgfailover.monitor import Monitor
 from pgfailover.report import failover_status, metrics_dict
 from pgfailover.rounds import Rounds
@@ -57,10 +58,16 @@ class Supervisor:
         dsn: Callable[[str], str],
         abort: Callable[[str], object],
         busy: Callable[[str], int],
+        on_round: Callable[[Snapshot], None] = lambda _snap: None,
     ) -> None:
         self.name = name
+        self._on_round = on_round  # the query side's per-round upkeep (circuit breakers)
         self.config = config
         self.counters = Counters()
+        if config.history_file is not None:  # before reading it: a week of lines at most
+            compact(
+                config.history_file, keep_events=config.history_size, keep_since=time.time() - KEPT
+            )
         self.events = EventLog(config.history_size, config.history_file)
         self.callbacks = Callbacks()
         self.view = ClusterView(
@@ -93,11 +100,11 @@ class Supervisor:
     def _after_round(self, decisions: list[Decision]) -> None:
         """Act on a round's decisions, then note whether the cluster took writes."""
         self.actions.after_round(decisions)
+        self._on_round(self.view.snapshot)
         ledger = self.availability
         if ledger is not None:
-            snap = self.view.snapshot
-            writable = snap.writable_primary is not None and not snap.split_brain
-            ledger.observe(writable, time.time(), None if writable else snap.state.value)
+            writable, reason, since = writes_taken(self.view.snapshot)
+            ledger.observe(writable, time.time(), reason, since)
 
     def open(self) -> None:
         """Probe every node once and act on it, unless a node belongs to another cluster.

@@ -10,6 +10,7 @@ Prometheus's own API while the primary is killed and a standby promoted.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -269,6 +270,13 @@ def test_prometheus_sees_the_failover_alerts(fresh_lab: LocalLab, tmp_path: Path
                 proc.wait(10)
 
 
+def _dashboard_metrics() -> set[str]:
+    """The series names the Grafana dashboard's queries use."""
+    dashboard = json.loads((ROOT / "grafana/dashboards/pgfailover.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return {m for e in exprs for m in re.findall(r"\bpgfailover_[a-z_]+\b", e)}
+
+
 def test_redundancy_and_read_only_mode_in_a_live_scrape(sync_lab: LocalLab) -> None:
     """Quorum sync, two standbys: multi; one stopped: dual, the quorum (ANY 1) still holds."""
     with manager_for(sync_lab, FAST.replace(promotion="auto")) as mgr, serve(mgr) as server:
@@ -284,6 +292,11 @@ def test_redundancy_and_read_only_mode_in_a_live_scrape(sync_lab: LocalLab) -> N
 
         wait_until(lambda: scraped()["pgfailover_redundancy_copies"] == 3, what="3 copies")
         samples = scraped()
+        # Every series the dashboard draws is in a live scrape (the failover
+        # timestamp only once a failover happened; queries once one ran).
+        mgr.query("SELECT 1", readonly=True)
+        live = {name.split("{")[0] for name in scraped()}
+        assert _dashboard_metrics() - live == {"pgfailover_last_failover_timestamp_seconds"}
         assert samples["pgfailover_redundancy_level{multi}"] == 1
         assert samples["pgfailover_sync_quorum_ok"] == 1
         assert samples["pgfailover_read_only"] == 0

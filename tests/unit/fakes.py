@@ -101,6 +101,9 @@ class FakePools:
         self.aborted.append(node)
         return 0
 
+    def saturated(self, node: str) -> bool:
+        return False
+
 
 class ScriptedRounds:
     """Probe rounds from a script: each call feeds the next results through

@@ -19,8 +19,11 @@ from pgfailover.availability import (
     read_records,
     spans,
     window_stats,
+    writes_taken,
 )
 from pgfailover.events import EventLog, FailoverEvent
+
+from .helpers import down, healthy_round, primary, run, standby
 
 T = 1_700_000_000.0  # a plausible epoch time
 HOUR = 3600.0
@@ -464,3 +467,46 @@ def test_observe_and_report_from_several_threads(tmp_path: Path) -> None:
     }
     reopened = Availability(path, now=T + 2000)
     assert reopened.report(T + 2000)["1h"] == stats
+
+
+def test_an_outage_is_dated_from_when_it_began() -> None:
+    ledger = Availability(None, now=T)
+    ledger.observe(True, T + 10)
+    ledger.observe(False, T + 20, "failover_in_progress", since=T + 19.5)
+    ledger.observe(True, T + 21)
+    assert ledger.report(T + 100)["1h"]["down_seconds"] == pytest.approx(1.5)
+
+
+ROUNDS_HEALTHY = [healthy_round()] * 3
+ONE_MISSED = [*ROUNDS_HEALTHY, [down("node0"), standby("node1"), standby("node2")]]
+LOST = [*ROUNDS_HEALTHY, *[[down("node0"), standby("node1"), standby("node2")]] * 3]
+SPLIT = [*ROUNDS_HEALTHY, [primary("node0"), primary("node1"), standby("node2")]]
+
+
+@pytest.mark.parametrize(
+    ("rounds", "writable", "dated_back"),
+    [
+        (ROUNDS_HEALTHY, True, False),
+        (ONE_MISSED, True, False),  # one missed probe is not an outage (thresholds)
+        (LOST, False, True),  # from the lost primary's first failed probe
+        (SPLIT, False, False),
+    ],
+    ids=["healthy", "one missed probe", "primary lost", "split brain"],
+)
+def test_what_the_supervisor_counts_as_taking_writes(
+    rounds: list[list[Any]], writable: bool, dated_back: bool
+) -> None:
+    now = T + 1000
+    snap = run(rounds, t0=now - 10)[0]  # the rounds happened in the last 10 s
+    ledger = Availability(None, now=T)
+    takes, reason, since = writes_taken(snap)
+    assert takes is writable
+    ledger.observe(takes, now, reason, since)
+    down = ledger.report(now + 1)["1h"]["down_seconds"]
+    if writable:
+        assert down == 0.0
+        return
+    lost = snap.node("node0").down_since
+    began = lost if dated_back and lost is not None else now
+    assert down == pytest.approx(now + 1 - began)
+    assert (began < now) is dated_back

@@ -8,12 +8,15 @@ given time. The jitter draw is fixed, so cooldowns are exact.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
 from collections.abc import Sequence
 from typing import cast
 
 import psycopg
 import pytest
+from psycopg import errors as pgerrors
 
 from pgfailover.breaker import (
     JITTER,
@@ -23,13 +26,15 @@ from pgfailover.breaker import (
     Breakers,
     admit,
     failed,
+    released,
     routable,
+    stale,
     succeeded,
 )
-from pgfailover.errors import NoStandbyAvailable
 from pgfailover.model import NodeState
 
 from .fakes import FakeConn
+from .helpers import down, healthy_round, primary, run, standby
 from .test_executor import Harness
 
 pytestmark = pytest.mark.timeout(10)
@@ -43,17 +48,29 @@ Step = tuple[str, float, BreakerPhase]
 
 
 def play(steps: list[Step], policy: BreakerPolicy = POLICY) -> list[Breaker]:
-    """Run the steps; the breaker after each one (``admit``/``refuse`` check the answer)."""
+    """Run the steps; the breaker after each one.
+
+    ``admit``/``refuse``: a request asks (and must be let through or not);
+    ``ok``: the last request let through succeeded; ``ok-other``: a request
+    that is not the trial succeeded (it began before the breaker opened);
+    ``release``: the last request let through ended saying nothing.
+    """
     b = Breaker()
     seen = []
-    for action, now, _phase in steps:
+    token = 0
+    for number, (action, now, _phase) in enumerate(steps, 1):
         if action == "fail":
             b = failed(b, policy, now, f"error at {now}", DRAW)
         elif action == "ok":
-            b = succeeded(b, policy, now)
+            b = succeeded(b, policy, now, token)
+        elif action == "ok-other":
+            b = succeeded(b, policy, now, 0)
+        elif action == "release":
+            b = released(b, token)
         else:
-            allowed, b = admit(b, policy, now)
+            allowed, b = admit(b, policy, now, number)
             assert allowed is (action == "admit"), f"{action} at {now}"
+            token = number if allowed else token
         seen.append(b)
     return seen
 
@@ -113,6 +130,30 @@ CASES: list[tuple[str, list[Step]]] = [
         ],
     ),
     (
+        "while half-open only the trial's success counts",
+        [
+            *[("fail", 0, C)] * 2,
+            ("fail", 0, OP),
+            ("admit", 1, H),
+            ("ok-other", 1.1, H),
+            ("ok-other", 1.2, H),
+            ("refuse", 1.3, H),
+            ("ok", 1.4, H),
+            ("admit", 1.5, H),
+            ("ok", 1.6, C),
+        ],
+    ),
+    (
+        "a trial that ends saying nothing lets the next one try",
+        [
+            *[("fail", 0, C)] * 2,
+            ("fail", 0, OP),
+            ("admit", 1, H),
+            ("release", 1.1, H),
+            ("admit", 1.2, H),
+        ],
+    ),
+    (
         "results of requests in flight when it opened change nothing",
         [
             *[("fail", 0, C)] * 2,
@@ -163,20 +204,27 @@ def test_zero_failures_turns_breakers_off() -> None:
 
 def test_breakers_track_only_what_is_not_clean() -> None:
     breakers = Breakers(["a", "b"], POLICY, rng=random.Random(3))  # noqa: S311 - jitter
-    breakers.failure("a", "refused", up=False, now=0)  # probe failing: not the breaker's
+    breakers.failure("a", "refused", healthy=False, now=0)  # probe failing: not the breaker's
     assert breakers.state("a").failures == 0
     for _ in range(3):
-        breakers.failure("a", "too many clients", up=True, now=0)
+        breakers.failure("a", "too many clients", healthy=True, now=0)
     assert breakers.tripped == {"a"}
     assert breakers.arrange(["a", "b"], 0.1) == ["b"]
     retry = cast(float, breakers.state("a").retry_at)
     assert 1.0 - JITTER <= retry <= 1.0
     assert breakers.arrange(["b", "a"], retry) == ["a", "b"]  # a trial is due: it goes first
-    assert breakers.admit("a", retry) is True
-    assert breakers.admit("a", retry) is False
+    assert breakers.report(retry)["a"]["state"] == "half_open"  # due: shown half-open
+    allowed, token = breakers.admit("a", retry)
+    assert allowed
+    assert token > 0
+    assert breakers.admit("a", retry) == (False, 0)
+    assert breakers.arrange(["a"], retry) == ["a"]  # held out, but the only node: kept
     assert breakers.state("a").phase is H
-    breakers.success("a", retry + 0.1)
-    breakers.success("a", retry + 0.2)  # not admitted, but a success all the same
+    breakers.success("a", retry + 0.1, token)
+    _, second = breakers.admit("a", retry + 0.2)
+    breakers.success("a", retry + 0.2, 0)  # not the trial: does not count
+    assert breakers.state("a").phase is H
+    breakers.success("a", retry + 0.3, second)
     assert breakers.tripped == frozenset()
     assert breakers.state("a").phase is C
     report = breakers.report(retry)
@@ -191,8 +239,8 @@ class ByName:
 
 def test_failing_reads_open_the_breaker_and_reads_go_elsewhere() -> None:
     """node1's connections fail while its probe passes: after 3 failed reads it is held
-    out, reads go to node2 without touching node1, and when every node is held out a read
-    fails at once."""
+    out and reads go to node2 without touching node1; when every node is held out, reads
+    still go somewhere (in order) rather than fail."""
     lost = psycopg.OperationalError("consuming input failed: server closed the connection")
     h = Harness({"node1": [FakeConn("node1", lost) for _ in range(3)]}, breaker=SLOW)
     h.executor.strategy = ByName()
@@ -209,6 +257,90 @@ def test_failing_reads_open_the_breaker_and_reads_go_elsewhere() -> None:
     assert "server closed" in status["last_error"]
     for node in ("node0", "node2"):
         for _ in range(3):
-            h.executor.breakers.failure(node, "x", up=True, now=1e12)
-    with pytest.raises(NoStandbyAvailable, match="circuit breaker open on"):
-        h.executor.run_read("SELECT 1", None)
+            h.executor.breakers.failure(node, "x", healthy=True, now=time.monotonic())
+    before = len(h.attempts())
+    assert h.executor.run_read("SELECT 1", None) == [(1,)]  # all held out: tried anyway
+    assert h.attempts()[before:] == ["node1"]
+    assert h.executor.breakers.state("node1").phase is OP  # a success outside a trial
+
+
+def test_a_pool_full_of_the_applications_own_connections_is_not_a_node_failure() -> None:
+    h = Harness({"node1": ["timeout"] * 5}, breaker=SLOW)
+    h.executor.strategy = ByName()
+    h.pools.saturated = lambda node: node == "node1"  # type: ignore[method-assign]
+    for _ in range(5):
+        assert h.executor.run_read("SELECT 1", None) == [(1,)]
+        h.view.publish(h.view.snapshot, probed_since=2e9)
+    assert h.executor.breakers.state("node1").failures == 0
+
+
+@pytest.mark.parametrize(
+    ("raised", "closes"),
+    [
+        (None, True),  # the trial succeeded
+        (
+            pgerrors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),
+            True,
+        ),
+        (ValueError("the application's own"), False),  # says nothing: released, not counted
+    ],
+    ids=["ok", "server error: the node answered", "application exception"],
+)
+def test_a_get_client_trial_reports_back_however_it_ends(
+    raised: BaseException | None, closes: bool
+) -> None:
+    h = Harness({}, breaker=BreakerPolicy(failures=1, successes=1, cooldown=0.001))
+    h.executor.strategy = ByName()
+    breakers = h.executor.breakers
+    breakers.failure("node1", "x", healthy=True, now=time.monotonic() - 1)
+    assert breakers.state("node1").phase is OP  # due a trial already
+    expected: list[type[BaseException]] = [] if raised is None else [type(raised)]
+    with contextlib.suppress(*expected), h.executor.client(True) as conn:
+        assert conn.node == "node1"  # type: ignore[attr-defined]
+        if raised is not None:
+            raise raised
+    state = breakers.state("node1")
+    assert (state.phase is C) is closes
+    if not closes:
+        assert state.phase is H
+        assert state.trial == 0  # released: the next request may be the trial
+
+
+def test_sync_resets_unhealthy_and_stale_breakers() -> None:
+    snap = run([healthy_round()] * 3)[0]
+    breakers = Breakers([n.name for n in snap.nodes], POLICY, rng=random.Random(2))  # noqa: S311
+    for node in ("node1", "node2"):
+        for _ in range(3):
+            breakers.failure(node, "x", healthy=True, now=0.0)
+    retry = cast(float, breakers.state("node2").retry_at)
+    assert not stale(breakers.state("node2"), POLICY, retry + POLICY.max_cooldown - 0.01)
+    breakers.sync(snap, retry + 1.0)
+    assert breakers.tripped == {"node1", "node2"}
+    lost = run([healthy_round(), *[[primary("node0"), down("node1"), standby("node2")]] * 3])[0]
+    breakers.sync(lost, retry + 1.0)  # node1 unhealthy: the thresholds take over
+    assert breakers.tripped == {"node2"}
+    breakers.sync(lost, retry + POLICY.max_cooldown + 0.01)  # no request since: stale
+    assert breakers.tripped == frozenset()
+    assert breakers.state("node2").opened_total == 1
+
+
+def test_status_shows_the_breaker_per_node() -> None:
+    from pgfailover import FailoverConfig
+    from pgfailover.report import failover_status, render
+    from pgfailover.upkeep import UpkeepStatus
+
+    snap = run([healthy_round()] * 3)[0]
+    breakers = Breakers([n.name for n in snap.nodes], POLICY, rng=random.Random(1))  # noqa: S311
+    for _ in range(3):
+        breakers.failure("node2", "FATAL: sorry, too many clients already", healthy=True, now=10.0)
+    status = failover_status(
+        "app", snap, FailoverConfig(), UpkeepStatus(), breakers=breakers.report(10.5)
+    )
+    node2 = next(n for n in status["nodes"] if n["name"] == "node2")
+    assert node2["breaker"]["state"] == "open"
+    assert 0.0 < node2["breaker"]["retry_in_seconds"] <= 0.5
+    assert "too many clients" in node2["breaker"]["last_error"]
+    table = render(status)
+    row = next(line for line in table.splitlines() if line.startswith("node2"))
+    assert "BREAKER OPEN (retry in 0." in row
+    assert "BREAKER" not in next(line for line in table.splitlines() if line.startswith("node1"))

@@ -181,7 +181,9 @@ def test_a_node_that_leaves_and_comes_back_is_not_owed_a_burst() -> None:
 
 def test_weight_zero_only_when_nothing_else() -> None:
     strategy = build("least_connections", THREE, {"a": 0, "b": 0, "c": 0})
-    assert len(firsts(strategy, THREE, reads=3)) == 3  # all zero: still an order
+    assert sorted(firsts(strategy, THREE, reads=3)) == ["a", "b", "c"]  # all zero: all share
+    rr = build("round_robin", THREE, {"a": 0, "b": 0, "c": 0})
+    assert sorted(firsts(rr, THREE, reads=3)) == ["a", "b", "c"]
     alone = build("latency", [node("a")], {"a": 0})
     assert firsts(alone, [node("a")], reads=1) == ["a"]
 

@@ -1,0 +1,152 @@
+"""The history file on disk: appending whole lines, and compacting it now and then.
+
+The file (``FailoverConfig.history_file``) holds JSON lines: failover
+events (:mod:`pgfailover.events`) and the availability ledger's ``watch``
+and ``outage`` records (:mod:`pgfailover.availability`), each identified by
+an ``id`` whose last line wins. Every update appends a line, and several
+processes (gunicorn workers, a restarted ``serve``) may share the file, so
+it only grows: a week of one process's 5-minute checkpoints is about 2,000
+lines. :func:`compact` rewrites it, once it is over ``COMPACT_BYTES``, with
+the last line of each id it still needs.
+
+Appends and the rewrite exclude each other with ``flock(2)`` on the file
+(shared for an append, exclusive for the rewrite), and an append that
+finds it opened the file just before a rewrite replaced it opens the new
+one: no line is lost. Without ``fcntl`` (Windows) there is no locking and
+no compaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["COMPACT_BYTES", "LEDGER_KINDS", "append_line", "compact"]
+
+logger = logging.getLogger(__name__)
+
+LEDGER_KINDS: Final = frozenset({"watch", "outage"})
+"""Kinds of the availability ledger's lines: not events, and not bad lines either."""
+
+COMPACT_BYTES: Final = 1024 * 1024
+"""A history file larger than this is compacted when a manager opens it."""
+
+_ATTEMPTS: Final = 100  # a rewrite happens once per process start: this is plenty
+
+
+def _same_file(fd: int, path: str | Path) -> bool:
+    """``fd`` is still the file at ``path`` (no rewrite replaced it since it was opened)."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line with one ``write(2)`` on an ``O_APPEND`` descriptor.
+
+    A process killed at any point leaves the line whole or absent, never
+    torn (a buffered file may split a long line over several writes); a
+    torn line from elsewhere is skipped when the file is read. Several
+    writers (threads, processes) may share the file: each line lands whole,
+    and none is lost to a concurrent :func:`compact`.
+
+    Raises:
+        OSError: the file cannot be opened or written; the caller decides
+            how loudly to say so.
+    """
+    data = line.encode()
+    for _ in range(_ATTEMPTS):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if not _same_file(fd, path):
+                    continue  # compacted meanwhile: append to the new file
+            written = os.write(fd, data)
+            while written < len(data):  # only on a full disk or a signal
+                written += os.write(fd, data[written:])
+            return
+        finally:
+            os.close(fd)  # releases the lock
+    raise OSError(f"{path}: replaced {_ATTEMPTS} times while appending")
+
+
+def _end(record: dict[str, Any]) -> float:
+    """The last moment a ledger record covers (``until``, else ``started``)."""
+    for key in ("until", "started"):
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return float("-inf")
+
+
+def compact(
+    path: str | Path, *, keep_events: int, keep_since: float, limit: int = COMPACT_BYTES
+) -> bool:
+    """Rewrite the file at ``path`` if it is over ``limit`` bytes; True when rewritten.
+
+    Kept: the last line of each id, for the newest ``keep_events`` events
+    and the ledger records that end at ``keep_since`` or later (epoch
+    seconds); lines that are not records (torn, foreign) go. The new file
+    replaces the old one atomically (``os.replace``) under an exclusive
+    lock, with the old one's permissions. Never raises: a failure is logged
+    and the file is left as it was.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        return False
+    try:
+        if os.stat(path).st_size <= limit:
+            return False
+        with open(path, "rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            if not _same_file(handle.fileno(), path):
+                return False  # another process compacted it first
+            kept = _kept(handle.read(), keep_events, keep_since)
+            mode = os.fstat(handle.fileno()).st_mode & 0o777
+            temporary = Path(f"{path}.compact-{os.getpid()}")
+            try:
+                with open(temporary, "wb") as out:
+                    os.fchmod(out.fileno(), mode)
+                    out.write(b"".join(line + b"\n" for line in kept))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+    except OSError as exc:
+        logger.error("history file %s not compacted: %s", path, exc)
+        return False
+    logger.info("history file %s compacted to %d lines", path, len(kept))
+    return True
+
+
+def _kept(raw: bytes, keep_events: int, keep_since: float) -> list[bytes]:
+    """The lines :func:`compact` keeps, in the order of their last occurrence."""
+    latest: dict[str, tuple[dict[str, Any], bytes]] = {}
+    for line in raw.split(b"\n"):
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            continue
+        latest.pop(data["id"], None)
+        latest[data["id"]] = (data, line.strip())
+    events = [i for i, (d, _) in latest.items() if d.get("kind") not in LEDGER_KINDS]
+    wanted = set(events[-keep_events:]) if keep_events > 0 else set()
+    return [
+        line
+        for i, (data, line) in latest.items()
+        if i in wanted or (data.get("kind") in LEDGER_KINDS and _end(data) >= keep_since)
+    ]
