@@ -98,9 +98,14 @@ class Supervisor:
         return self.rounds.advance()
 
     def _after_round(self, decisions: list[Decision]) -> None:
-        """Act on a round's decisions, then note whether the cluster took writes."""
+        """Act on a round's decisions; note whether the cluster took writes before and after
+        (a promotion within the round, ``auto`` mode's, would hide the outage otherwise)."""
+        self._observe()
         self.actions.after_round(decisions)
         self._on_round(self.view.snapshot)
+        self._observe()
+
+    def _observe(self) -> None:
         ledger = self.availability
         if ledger is not None:
             writable, reason, since = writes_taken(self.view.snapshot)

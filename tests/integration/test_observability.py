@@ -10,7 +10,9 @@ Prometheus's own API while the primary is killed and a standby promoted.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -28,7 +30,7 @@ from pgfailover.lab import LocalLab, free_port
 from pgfailover.server import AdminServer, openapi, serve
 from tests.tools import require_tool
 
-from .helpers import FAST, manager_for, wait_until
+from .helpers import FAST, config_file, get_json, manager_for, serve_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-admin-token-for-tests"
@@ -352,3 +354,32 @@ def test_availability_survives_a_restart_through_the_history_file(
         assert after["ratio"] is not None
         assert after["ratio"] < 1.0
         assert [e.kind for e in again.history()] == ["failover"]  # ledger lines are not events
+
+
+def test_availability_survives_a_kill_9_of_serve(fresh_lab: LocalLab, tmp_path: Path) -> None:
+    """``pgfailover serve`` (auto mode) fails the primary over, is killed with SIGKILL, and
+    the next ``serve`` on the same config reports the same outage from the history file."""
+    config = config_file(fresh_lab, tmp_path)
+
+    def hour(url: str) -> WindowStats:
+        figures: WindowStats = get_json(url + "/failover/status")["availability"]["1h"]
+        return figures
+
+    with serve_process(config, tmp_path / "first.log") as first:
+        wait_until(lambda: hour(first["url"])["observed_seconds"] > 0.5, what="observed")
+        fresh_lab.kill("node0")
+        wait_until(
+            lambda: get_json(first["url"] + "/failover/status")["current_primary"] == "node1",
+            timeout=30,
+            what="node1 promoted",
+        )
+        before = hour(first["url"])
+        assert before["down_seconds"] > 0
+        os.kill(first["pid"], signal.SIGKILL)  # no close(): what the file holds is all
+    with serve_process(config, tmp_path / "second.log") as second:
+        after = hour(second["url"])
+        assert after["down_seconds"] == pytest.approx(before["down_seconds"], abs=0.01)
+        assert after["ratio"] is not None
+        assert after["ratio"] < 1.0
+        history = get_json(second["url"] + "/failover/history")
+        assert [e["kind"] for e in history["events"]] == ["failover"]
