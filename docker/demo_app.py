@@ -13,6 +13,8 @@ import signal
 import threading
 import time
 
+import psycopg
+
 from pgfailover import FailoverManager, PgFailoverError
 from pgfailover.server import serve
 from pgfailover.sources import load_toml
@@ -32,16 +34,23 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     mgr.query("CREATE TABLE IF NOT EXISTS demo (id bigserial PRIMARY KEY, at timestamptz)")
+    log_acks = bool(os.environ.get("DEMO_LOG_ACKS"))  # one line per acknowledged id (tests)
     written = failed = 0
     last_log = time.monotonic()
     while not stop.is_set():
         try:
-            mgr.query("INSERT INTO demo (at) VALUES (now())")
-            mgr.query("SELECT count(*) FROM demo", readonly=True)
+            ident, node = mgr.query(
+                "INSERT INTO demo (at) VALUES (now())"
+                " RETURNING id, current_setting('cluster_name')"
+            )[0]
             written += 1
-        except PgFailoverError as exc:
+            if log_acks:
+                logger.info("acked %d on %s", ident, node or "?")
+            # Read it back from a standby that has replayed it (read-your-writes).
+            mgr.query("SELECT count(*) FROM demo", readonly=True, min_lsn=mgr.write_position())
+        except (PgFailoverError, psycopg.Error) as exc:
             failed += 1
-            logger.warning("write failed: %s", exc)
+            logger.warning("statement failed: %s", str(exc).strip().splitlines()[0])
         if time.monotonic() - last_log >= 1:
             snap = mgr.snapshot
             logger.info(

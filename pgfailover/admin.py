@@ -46,6 +46,7 @@ def admin_connection(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, 
         autocommit=True,
         connect_timeout=max(1, round(timeout)),
         application_name="pgfailover-admin",
+        client_encoding="UTF8",  # text as str even from a SQL_ASCII database
         options=f"-c statement_timeout={ms}",
     )
 

@@ -234,6 +234,8 @@ class NodeProber:
             autocommit=True,
             connect_timeout=max(1, round(self._timeout)),
             application_name="pgfailover-probe",
+            # Text as str even from a SQL_ASCII database (psycopg gives bytes there).
+            client_encoding="UTF8",
             options=f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}",
         )
         conn.prepare_threshold = 0
@@ -264,8 +266,24 @@ class NodeProber:
             return failed(self.name, started, message)
         if row is None:  # the statement always returns one row
             return failed(self.name, started, "probe returned no row")
+        try:
+            result = self._result(row, started)
+        except (TypeError, ValueError, IndexError) as exc:  # never raise: report it
+            logger.warning("probe %s: unexpected answer: %s", self.name, exc)
+            return failed(self.name, started, f"unexpected probe answer: {exc}")
+        logger.debug(
+            "probe %s: %s tl=%s in %.1f ms",
+            self.name,
+            "standby" if result.in_recovery else "primary",
+            result.timeline,
+            result.response_time * 1000,
+        )
+        return result
+
+    def _result(self, row: tuple[Any, ...], started: float) -> ProbeResult:
+        """The probe's row as a :class:`ProbeResult`."""
         elapsed = time.monotonic() - started
-        result = ProbeResult(
+        return ProbeResult(
             node=self.name,
             ok=True,
             started=started,
@@ -289,14 +307,6 @@ class NodeProber:
             app_name=receiver_app_name(row[16], row[17]),
             streaming_names=None if row[18] is None else tuple(row[18]),
         )
-        logger.debug(
-            "probe %s: %s tl=%s in %.1f ms",
-            self.name,
-            "standby" if result.in_recovery else "primary",
-            result.timeline,
-            elapsed * 1000,
-        )
-        return result
 
     def _drop(self) -> None:
         with self._lock:

@@ -91,7 +91,9 @@ def control_data(run: Runner, pg_controldata: str, datadir: Path) -> dict[str, s
 def _primary(dsn: str, timeout: float) -> tuple[str, int]:
     """The primary's system identifier and timeline; refuses a standby or no answer."""
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout))) as conn:
+        with psycopg.connect(
+            dsn, autocommit=True, client_encoding="UTF8", connect_timeout=max(1, round(timeout))
+        ) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(), (SELECT system_identifier::text"
                 " FROM pg_control_system()), (SELECT timeline_id FROM pg_control_checkpoint())"
@@ -109,7 +111,9 @@ def _primary(dsn: str, timeout: float) -> tuple[str, int]:
 
 def _ensure_slot(dsn: str, slot: str, timeout: float) -> None:
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout))) as conn:
+        with psycopg.connect(
+            dsn, autocommit=True, client_encoding="UTF8", connect_timeout=max(1, round(timeout))
+        ) as conn:
             conn.execute(
                 "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
                 " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
@@ -121,7 +125,9 @@ def _ensure_slot(dsn: str, slot: str, timeout: float) -> None:
 
 def _streams(dsn: str, name: str) -> bool:
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
+        with psycopg.connect(
+            dsn, autocommit=True, client_encoding="UTF8", connect_timeout=2
+        ) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_replication"
                 " WHERE application_name = %s AND state = 'streaming'",
@@ -134,7 +140,9 @@ def _streams(dsn: str, name: str) -> bool:
 
 def _primary_datadir(dsn: str) -> str | None:
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(
+            dsn, autocommit=True, client_encoding="UTF8", connect_timeout=5
+        ) as conn:
             row = conn.execute("SELECT current_setting('data_directory')").fetchone()
             return str(row[0]) if row else None
     except psycopg.Error:

@@ -10,11 +10,14 @@ starts, and any left by this one when it ends.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from pgfailover.lab import LocalLab, netfault
+
+from .docker_engine import Engine, engine, why_not
 
 _created: list[LocalLab] = []
 
@@ -87,3 +90,15 @@ def _no_stale_fault_rules() -> Iterator[None]:
     yield
     if usable:
         netfault.remove_stale_rules()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """A Docker engine for the session (started here when none answers; see docker_engine)."""
+    reason = why_not()
+    if reason is not None:
+        if os.environ.get("PGFAILOVER_REQUIRE_TOOLS"):
+            pytest.fail(f"no Docker engine for the compose lab: {reason}")
+        pytest.skip(reason)
+    with engine() as eng:
+        yield eng

@@ -9,8 +9,9 @@ import time
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
-from pgfailover import ClusterState, FailoverManager, ManagerClosed, PromotionRefused
+from pgfailover import ClusterState, FailoverManager, ManagerClosed, Node, PromotionRefused
 from pgfailover.demo import run_demo
 from pgfailover.lab import LocalLab
 
@@ -155,3 +156,31 @@ def test_demo_fails_over_without_losing_a_write() -> None:
     assert text.count("failover_in_progress -> failover_complete") == 1, text
     assert "detection -> promoted" in text
     assert "(what the application saw" in text
+
+
+def test_a_sql_ascii_database_is_probed_and_used(fresh_lab: LocalLab) -> None:
+    """psycopg returns bytes for text from a SQL_ASCII database (an initdb without a
+    locale, as in a bare container): the probe must still read its answers."""
+    fresh_lab.run_sql(
+        "node0",
+        "CREATE DATABASE ascii_db ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+        "TEMPLATE template0",
+    )
+    nodes = [
+        Node(n.name, make_conninfo(n.dsn, dbname="ascii_db"), priority=n.priority)
+        for n in fresh_lab.manager_nodes()
+    ]
+    wait_until(
+        lambda: (
+            fresh_lab.run_sql(
+                "node2", "SELECT count(*) FROM pg_database WHERE datname = 'ascii_db'"
+            )[0][0]
+            == 1
+        ),
+        what="the database on the standbys",
+    )
+    with FailoverManager(nodes=nodes, config=FAST) as mgr:
+        assert mgr.snapshot.primary == "node0"
+        assert {n.name for n in mgr.snapshot.nodes if n.serves_reads} == {"node1", "node2"}
+        assert mgr.snapshot.node("node1").receiver_timeout is not None  # a text setting, read
+        assert mgr.query("SELECT 1", readonly=True) == [(1,)]

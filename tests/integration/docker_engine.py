@@ -1,0 +1,228 @@
+"""A Docker engine for the tests, the local base image, and cleaning up after both.
+
+No image registry is needed: the base image is Debian 12 built from Debian's
+packages with ``debootstrap`` and ``docker import``, cached by tag in the
+engine this module starts (its data root survives the session), and every
+image the compose lab builds starts from it. Python packages for the
+pgfailover image come from a wheelhouse that pip fills on the host.
+
+When no engine answers, the session starts ``dockerd`` (root only) on a
+socket of its own, records its PID and stops it by that PID at the end. The
+engine's environment (``DOCKER_HOST``) goes to the commands the tests run,
+never into the test process's own environment, so tests that look for the
+default engine are not redirected to this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "pgfailover-base:bookworm-slim"
+LABEL = "org.pgfailover.lab"
+RUN_DIR = Path("/run/pgfailover-docker")
+DATA_ROOT = Path("/var/lib/pgfailover-docker")  # kept: the cached base image lives here
+WHEELS = ROOT / "docker" / "wheels"
+
+
+@dataclass
+class Engine:
+    """A Docker engine the tests may use: its environment and compose command."""
+
+    env: dict[str, str]
+    compose: list[str]
+    pid: int | None = None  # dockerd started by this session
+    log: Path | None = None
+    built: list[str] = field(default_factory=list)
+
+    def run(
+        self, *args: str, timeout: float = 120, check: bool = True, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a command (``docker ...``) against this engine."""
+        return subprocess.run(
+            list(args),
+            env=self.env,
+            capture_output=True,
+            timeout=timeout,
+            check=check,
+            input=input,
+        )
+
+
+def _answers(env: dict[str, str]) -> bool:
+    try:
+        proc = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            env=env,
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def _compose_command(env: dict[str, str]) -> list[str] | None:
+    """``docker compose`` where the plugin exists, else ``docker-compose``."""
+    plugin = subprocess.run(
+        ["docker", "compose", "version"], env=env, capture_output=True, timeout=30, check=False
+    )
+    if plugin.returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def why_not() -> str | None:
+    """Why this machine cannot give the tests an engine, or ``None``."""
+    if shutil.which("docker") is None:
+        return "no docker CLI (make server-binaries installs docker.io as root)"
+    if _answers(dict(os.environ)):
+        return None
+    if os.geteuid() != 0:
+        return "no Docker engine answers, and starting dockerd needs root"
+    if shutil.which("dockerd") is None:
+        return "no dockerd (make server-binaries installs docker.io as root)"
+    if shutil.which("debootstrap") is None:
+        return "no debootstrap to build the base image (make server-binaries installs it)"
+    return None
+
+
+@contextlib.contextmanager
+def engine() -> Iterator[Engine]:
+    """An engine for the session: the one that answers, else a dockerd started here."""
+    env = dict(os.environ)
+    pid = None
+    log = None
+    proc: subprocess.Popen[bytes] | None = None
+    if not _answers(env):
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        DATA_ROOT.mkdir(parents=True, exist_ok=True)
+        socket = RUN_DIR / "docker.sock"
+        log = RUN_DIR / "dockerd.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    "dockerd",
+                    "--host",
+                    f"unix://{socket}",
+                    "--data-root",
+                    str(DATA_ROOT),
+                    "--exec-root",
+                    str(RUN_DIR / "exec"),
+                    "--pidfile",
+                    str(RUN_DIR / "dockerd.pid"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        pid = proc.pid
+        env["DOCKER_HOST"] = f"unix://{socket}"
+        deadline = time.monotonic() + 60
+        while not _answers(env):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                raise RuntimeError(f"dockerd did not start: see {log}")
+            time.sleep(0.2)  # polling the engine's readiness, with a deadline
+    compose = _compose_command(env)
+    if compose is None:
+        if proc is not None:
+            _stop(proc)
+        raise RuntimeError("neither the docker compose plugin nor docker-compose is installed")
+    try:
+        yield Engine(env=env, compose=compose, pid=pid, log=log)
+    finally:
+        if proc is not None:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the dockerd this session started, by its PID (it stops its containerd)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def base_image(eng: Engine) -> str:
+    """The Debian 12 base image, built with debootstrap when the engine lacks it."""
+    if eng.run("docker", "image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return BASE_IMAGE
+    with tempfile.TemporaryDirectory(prefix="pgfailover-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
+            capture_output=True,
+            timeout=600,
+            check=True,
+        )
+        tar = subprocess.run(
+            ["tar", "-C", str(rootfs), "-c", "."], capture_output=True, timeout=300, check=True
+        )
+        eng.run(
+            "docker",
+            "import",
+            "--change",
+            f"LABEL {LABEL}=base",
+            "-",
+            BASE_IMAGE,
+            input=tar.stdout,
+            timeout=300,
+        )
+    return BASE_IMAGE
+
+
+def wheelhouse() -> None:
+    """Fill docker/wheels with what the pgfailover image installs (pip on the host).
+
+    The image then builds with ``--no-index``: no container needs to reach PyPI.
+    """
+    WHEELS.mkdir(exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run(
+        [*pip, "wheel", "-q", "--wheel-dir", str(WHEELS), f"{ROOT}[binary,cli]"],
+        capture_output=True,
+        timeout=600,
+        check=True,
+    )
+    subprocess.run(
+        [*pip, "download", "-q", "--dest", str(WHEELS), "setuptools>=69"],
+        capture_output=True,
+        timeout=600,
+        check=True,
+    )
+    for own in WHEELS.glob("pgfailover-*.whl"):  # the image builds the source it copies
+        own.unlink()
+
+
+def sweep(eng: Engine, value: str) -> None:
+    """Remove what carries ``LABEL=value``: containers, volumes, networks (a crashed run's too)."""
+    selector = f"label={LABEL}={value}"
+    containers = eng.run("docker", "ps", "-aq", "--filter", selector).stdout.split()
+    if containers:
+        eng.run("docker", "rm", "-f", "-v", *(c.decode() for c in containers), check=False)
+    for kind in ("volume", "network"):
+        names = eng.run("docker", kind, "ls", "-q", "--filter", selector).stdout.split()
+        if names:
+            eng.run("docker", kind, "rm", *(n.decode() for n in names), check=False)
+
+
+def remove_images(eng: Engine, tag: str) -> None:
+    """Remove the images the compose lab built with ``tag``, and their dangling layers."""
+    images = [f"pgfailover-lab-{name}:{tag}" for name in ("postgres", "prometheus", "app")]
+    eng.run("docker", "rmi", "-f", *images, check=False)
+    eng.run("docker", "image", "prune", "-f", "--filter", f"label={LABEL}=image", check=False)
