@@ -129,7 +129,9 @@ def stack(docker_engine: Engine) -> Iterator[Stack]:
         remove_images(docker_engine, RUN)
 
 
-def test_compose_lab_fails_over_and_loses_nothing(stack: Stack) -> None:
+def test_compose_lab_fails_over_and_loses_nothing(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
     services = ("pg-primary", "pg-standby1", "pg-standby2", "arbiter", "demo-app", "prometheus")
     wait_until(
         lambda: all(stack.healthy(s) for s in services), timeout=300, what="a healthy stack"
@@ -166,5 +168,9 @@ def test_compose_lab_fails_over_and_loses_nothing(stack: Stack) -> None:
     acked = {ident for _, ident, _ in stack.acked()}
     missing = acked - stack.ids_on(new)
     assert not missing, f"acknowledged writes missing on {new}: {sorted(missing)[:10]}"
-    print(f"writes resumed {resumed:.2f}s after docker kill; {len(acked)} acknowledged, 0 lost")
+    with capsys.disabled():  # the figure the issue asks the test to report
+        print(
+            f"\ncompose lab: writes resumed {resumed:.2f}s after docker kill of the primary;"
+            f" {len(acked)} writes acknowledged, none lost"
+        )
     assert resumed < 2.0
