@@ -16,8 +16,8 @@ Reads are retried on the next fitting node on connection errors and on
 recovery conflicts. Every connection-type error makes the node a suspect
 (writes and reads avoid it) and asks for a probe round at once. Reads also
 feed each node's circuit breaker (:mod:`pgfailover.breaker`), which holds
-out of reads a node whose queries keep failing while its probes pass; when
-every node that could serve a read is held out, the read fails at once.
+out of reads a node whose queries keep failing while its probes pass (and,
+when every node a read could go to is held out, lets it go to them anyway).
 
 The happy path is what every application query pays, so it takes no lock of
 its own: it reads the published snapshot, takes a connection from the
