@@ -7,7 +7,10 @@ image the compose lab builds starts from it. Python packages for the
 pgfailover image come from a wheelhouse that pip fills on the host.
 
 When no engine answers, the session starts ``dockerd`` (root only) on a
-socket of its own, records its PID and stops it by that PID at the end. The
+socket of its own, records its PID and stops it by that PID at the end;
+then it undoes what dockerd did to the host's network (its iptables chains
+and rules, the FORWARD policy it set to DROP, the docker0 bridge, IP
+forwarding), which dockerd leaves behind when it stops. The
 engine's environment (``DOCKER_HOST``) goes to the commands the tests run,
 never into the test process's own environment, so tests that look for the
 default engine are not redirected to this one.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,6 +36,76 @@ LABEL = "org.pgfailover.lab"
 RUN_DIR = Path("/run/pgfailover-docker")
 DATA_ROOT = Path("/var/lib/pgfailover-docker")  # kept: the cached base image lives here
 WHEELS = ROOT / "docker" / "wheels"
+
+
+IPTABLES = shutil.which("iptables", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
+    assert IPTABLES is not None  # only called when dockerd runs, which needs it
+    return subprocess.run(
+        [IPTABLES, "-w", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def _docker_lines(table: str) -> tuple[list[str], list[str]]:
+    """dockerd's chains and its rules in other chains, in ``table`` (iptables-save form)."""
+    saved = _iptables("-t", table, "-S").stdout.splitlines()
+    chains = [line.split()[1] for line in saved if line.startswith("-N DOCKER")]
+    rules = [
+        line
+        for line in saved
+        if line.startswith("-A ")
+        and not line.split()[1].startswith("DOCKER")
+        and ("DOCKER" in line or "docker0" in line)
+    ]
+    return chains, rules
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """What dockerd changes on the host, as it was before dockerd started."""
+
+    forward_policy: str
+    ip_forward: str
+    bridge: bool
+
+    @classmethod
+    def snapshot(cls) -> HostNetwork:
+        """The state now; dockerd leftovers of a crashed run count as not there."""
+        leftover = bool(_docker_lines("filter")[0])
+        policy = "ACCEPT"
+        for line in _iptables("-S", "FORWARD").stdout.splitlines():
+            if line.startswith("-P FORWARD ") and not leftover:
+                policy = line.split()[2]
+        bridge = Path("/sys/class/net/docker0").exists() and not leftover
+        return cls(policy, IP_FORWARD.read_text().strip(), bridge)
+
+    def restore(self) -> None:
+        """Remove dockerd's chains and rules, and put the rest back as it was.
+
+        Raises:
+            RuntimeError: a chain or rule of dockerd's could not be removed.
+        """
+        for table in ("filter", "nat"):
+            chains, rules = _docker_lines(table)
+            for rule in rules:
+                _iptables("-t", table, "-D", *shlex.split(rule)[1:])
+            for chain in chains:
+                _iptables("-t", table, "-F", chain)
+            for chain in chains:
+                _iptables("-t", table, "-X", chain)
+        _iptables("-P", "FORWARD", self.forward_policy)
+        if not self.bridge and Path("/sys/class/net/docker0").exists():
+            subprocess.run(["ip", "link", "delete", "docker0"], timeout=30, check=False)
+        IP_FORWARD.write_text(self.ip_forward + "\n")
+        left = []
+        for table in ("filter", "nat"):
+            chains, rules = _docker_lines(table)
+            left += [*chains, *rules]
+        if left:
+            raise RuntimeError(f"dockerd's iptables entries left behind: {left}")
 
 
 @dataclass
@@ -94,6 +168,8 @@ def why_not() -> str | None:
         return "no Docker engine answers, and starting dockerd needs root"
     if shutil.which("dockerd") is None:
         return "no dockerd (make server-binaries installs docker.io as root)"
+    if IPTABLES is None:
+        return "no iptables (dockerd needs it; make server-binaries installs it)"
     if shutil.which("debootstrap") is None:
         return "no debootstrap to build the base image (make server-binaries installs it)"
     return None
@@ -106,7 +182,9 @@ def engine() -> Iterator[Engine]:
     pid = None
     log = None
     proc: subprocess.Popen[bytes] | None = None
+    network: HostNetwork | None = None
     if not _answers(env):
+        network = HostNetwork.snapshot()
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
         socket = RUN_DIR / "docker.sock"
@@ -133,18 +211,21 @@ def engine() -> Iterator[Engine]:
         while not _answers(env):
             if proc.poll() is not None or time.monotonic() > deadline:
                 _stop(proc)
+                network.restore()
                 raise RuntimeError(f"dockerd did not start: see {log}")
             time.sleep(0.2)  # polling the engine's readiness, with a deadline
     compose = _compose_command(env)
     if compose is None:
-        if proc is not None:
+        if proc is not None and network is not None:
             _stop(proc)
+            network.restore()
         raise RuntimeError("neither the docker compose plugin nor docker-compose is installed")
     try:
         yield Engine(env=env, compose=compose, pid=pid, log=log)
     finally:
-        if proc is not None:
+        if proc is not None and network is not None:
             _stop(proc)
+            network.restore()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
