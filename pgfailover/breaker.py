@@ -295,6 +295,10 @@ class Breakers:
         """Nodes whose breaker is open or half-open."""
         return self._tripped
 
+    def clean(self, node: str) -> bool:
+        """The breaker of ``node`` is closed with no failure counted (no lock taken)."""
+        return node not in self._dirty
+
     def _set(self, node: str, new: Breaker) -> Breaker:
         """Store ``new`` and refresh the sets (caller holds ``_lock``); the old breaker."""
         old = self._states[node]

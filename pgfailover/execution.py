@@ -185,6 +185,8 @@ class Executor:
         connection: a failure, counted while the node's probes pass. Anything
         else (the application's own exception) says nothing of the node.
         """
+        if exc is None and token == 0 and self.breakers.clean(node):
+            return  # the happy path: nothing to tell
         now = time.monotonic()
         if exc is not None and (is_connection_error(exc) or isinstance(exc, WriteOutcomeUnknown)):
             snap = self.view.snapshot

@@ -271,15 +271,8 @@ def test_this_runs_open_outage_counts_up_to_now() -> None:
     assert ledger.report(T + 2000)["1h"]["down_seconds"] == 400.0
 
 
-def test_checkpoint_lines_only_when_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writes: list[bytes] = []
-    real_write = os.write
-
-    def counting_write(fd: int, data: bytes) -> int:
-        writes.append(bytes(data))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", counting_write)
+def test_checkpoint_lines_only_when_due(tmp_path: Path, os_writes: list[bytes]) -> None:
+    writes = os_writes
     path = tmp_path / "history.jsonl"
     ledger = Availability(path, now=T, checkpoint=300)
     assert len(writes) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -117,16 +116,9 @@ def test_availability_lines_are_passed_over_silently(
 
 
 def test_each_event_is_one_write_so_a_kill_leaves_no_torn_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, os_writes: list[bytes]
 ) -> None:
-    writes: list[bytes] = []
-    real_write = os.write
-
-    def counting_write(fd: int, data: bytes) -> int:
-        writes.append(bytes(data))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", counting_write)
+    writes = os_writes
     path = tmp_path / "history.jsonl"
     log = EventLog(path=path)
     long_notes = tuple("n" * 1000 for _ in range(40))  # far over a file buffer
