@@ -107,6 +107,12 @@ def compact(
     try:
         if os.stat(path).st_size <= limit:
             return False
+    except FileNotFoundError:
+        return False  # nothing recorded yet
+    except OSError as exc:
+        logger.error("history file %s not compacted: %s", path, exc)
+        return False
+    try:
         with open(path, "rb") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             if not _same_file(handle.fileno(), path):

@@ -197,7 +197,19 @@ class Listener:
             done.set()
 
         pull: Callable[[Callable[[], None]], None] = self._server.trigger.pull_trigger
-        pull(shut)
+        try:
+            pull(shut)
+        except OSError as exc:
+            # The loop's wake-up pipe is gone (closed under the loop): the loop
+            # still wakes every ``asyncore_loop_timeout`` and stops once its map
+            # is empty, so empty it from here.
+            logger.warning(
+                "HTTP listener on %s:%d: closing without its trigger (%s)",
+                self.host,
+                self.port,
+                exc,
+            )
+            shut()
         done.wait(timeout)
         self._thread.join(timeout)
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)

@@ -94,3 +94,14 @@ def test_no_append_is_lost_to_a_concurrent_compaction(tmp_path: Path) -> None:
     assert rewrites >= 2
     ids = {json.loads(x)["id"] for x in path.read_text().splitlines()}
     assert set(written) <= ids
+
+
+def test_a_history_file_not_written_yet_is_left_alone_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first start has no file yet: nothing to compact, and nothing to complain about."""
+    path = tmp_path / "history.jsonl"
+    with caplog.at_level("DEBUG", logger="pgfailover.historyfile"):
+        assert compact(path, keep_events=10, keep_since=T, limit=0) is False
+    assert not path.exists()
+    assert caplog.records == []

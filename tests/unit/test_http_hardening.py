@@ -300,3 +300,18 @@ def test_a_slow_sender_is_cut_and_a_crowd_of_them_blocks_nothing(
         finally:
             for sock in crowd:
                 sock.close()
+
+
+def test_a_listener_whose_wakeup_pipe_was_closed_still_stops(manager: FailoverManager) -> None:
+    """close() wakes waitress's loop through its trigger; with the trigger gone (closed
+    under the loop), it still empties the loop, frees the port and returns."""
+    srv = serve(manager)
+    listener = srv._main
+    listener._server.trigger.close()
+    started = time.monotonic()
+    srv.close(timeout=3)
+    assert not listener._thread.is_alive()
+    assert time.monotonic() - started < 3
+    host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2).close()
