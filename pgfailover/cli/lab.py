@@ -1,22 +1,31 @@
-"""``pgfailover lab ...``: drive the local replication lab from a shell.
+"""``pgfailover lab ...``: drive a replication lab from a shell.
 
 The lab lives in a directory (``--dir``, ``PGFAILOVER_LAB_DIR``, or a default
 under the system temp dir), so each command is a separate process that
-reopens it from its state file. Network faults (``blackhole``, ``partition``,
-``heal``) live in the firewall, tagged with the lab, and need root.
+reopens it from its state file, on the backend that made it: the local one
+(this machine's PostgreSQL binaries) or ``--backend docker`` (containers).
+Network faults (``blackhole``, ``partition``, ``heal``) live in the
+firewall, tagged with the lab, need root and the local backend.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pgfailover.cli.common import handle_errors
+from pgfailover.errors import LabError
+from pgfailover.lab import open_lab
 from pgfailover.lab.base import CLIENT_HOST
 from pgfailover.lab.local import STATE_FILE, LocalLab, default_lab_dir
+
+if TYPE_CHECKING:
+    from pgfailover.lab.docker import DockerLab
 
 __all__ = ["lab"]
 
@@ -31,12 +40,13 @@ dir_option = click.option(
 )
 
 
-def _print_nodes(the_lab: LocalLab) -> None:
-    click.echo(f"lab in {the_lab.directory} (PostgreSQL {the_lab.bins.version})")
+def _print_nodes(the_lab: LocalLab | DockerLab) -> None:
+    click.echo(f"lab in {the_lab.directory} ({the_lab.describe()})")
     for info in the_lab.nodes:
         click.echo(f"  {info.name}  {info.dsn}")
     click.echo(f"multi-host URL: {the_lab.url}")
-    click.echo(f"client address: {CLIENT_HOST} (same ports; 'lab partition' cuts it)")
+    if the_lab.client_host:
+        click.echo(f"client address: {the_lab.client_host} (same ports; 'lab partition' cuts it)")
 
 
 @click.group()
@@ -54,19 +64,52 @@ def lab() -> None:
     type=click.IntRange(1, 8),
     help="With --sync: how many standbys must acknowledge (ANY K).",
 )
-@click.option("--pg-version", type=int, default=None, help="PostgreSQL major version to use.")
+@click.option(
+    "--pg-version",
+    type=int,
+    default=None,
+    help="PostgreSQL major version to use (local backend; docker runs 15).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "docker"]),
+    default=lambda: os.environ.get("PGFAILOVER_LAB") or "local",
+    show_default="$PGFAILOVER_LAB or local",
+    help="This machine's PostgreSQL binaries, or containers on a Docker engine "
+    "(image built from Debian's packages on $PGFAILOVER_BASE_IMAGE).",
+)
 @dir_option
 @handle_errors
-def up(standbys: int, sync: bool, quorum: int, pg_version: int | None, directory: Path) -> None:
+def up(
+    standbys: int,
+    sync: bool,
+    quorum: int,
+    pg_version: int | None,
+    backend: str,
+    directory: Path,
+) -> None:
     """Create a cluster (or restart the one already in --dir)."""
 
     def progress(message: str) -> None:
         click.echo(f"  {message}", err=True)
 
+    the_lab: LocalLab | DockerLab
     if (directory / STATE_FILE).exists():
         click.echo(f"restarting the lab in {directory}", err=True)
-        the_lab = LocalLab.open(directory)
+        the_lab = open_lab(directory)
         the_lab.start_all(progress)
+    elif backend == "docker":
+        if pg_version not in (None, 15):
+            raise LabError(f"the docker lab runs PostgreSQL 15, not {pg_version}")
+        from pgfailover.lab.docker import DockerLab
+
+        click.echo(f"creating a docker lab of {standbys + 1} nodes in {directory}", err=True)
+        the_lab = DockerLab.create(
+            directory,
+            standbys=standbys,
+            sync=min(quorum, standbys) if sync else 0,
+            progress=progress,
+        )
     else:
         click.echo(f"creating a lab of {standbys + 1} nodes in {directory}", err=True)
         the_lab = LocalLab.create(
@@ -83,8 +126,8 @@ def up(standbys: int, sync: bool, quorum: int, pg_version: int | None, directory
 @dir_option
 @handle_errors
 def down(directory: Path) -> None:
-    """Stop every node and remove the lab directory."""
-    LocalLab.open(directory).destroy()
+    """Stop every node and remove the lab (its directory; a docker lab's containers too)."""
+    open_lab(directory).destroy()
     click.echo(f"lab in {directory} removed")
 
 
@@ -94,7 +137,7 @@ def down(directory: Path) -> None:
 @handle_errors
 def status(as_json: bool, directory: Path) -> None:
     """Each node's process, role, timeline, upstream and LSN."""
-    the_lab = LocalLab.open(directory)
+    the_lab = open_lab(directory)
     rows = the_lab.status()
     if as_json:
         json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
@@ -123,7 +166,7 @@ def status(as_json: bool, directory: Path) -> None:
 def config(client_address: bool, directory: Path) -> None:
     """Print a pgfailover.toml for the lab (nodes named as in the lab)."""
     lines = []
-    for node in LocalLab.open(directory).manager_nodes(client_address=client_address):
+    for node in open_lab(directory).manager_nodes(client_address=client_address):
         lines += ["[[nodes]]", f"name = {json.dumps(node.name)}", f"dsn = {json.dumps(node.dsn)}"]
         lines += [f"priority = {node.priority}", ""]
     click.echo("\n".join(lines), nl=False)
@@ -135,7 +178,7 @@ def _node_action(name: str, verb: str, help_text: str) -> None:
     @dir_option
     @handle_errors
     def command(node: str, directory: Path) -> None:
-        the_lab = LocalLab.open(directory)
+        the_lab = open_lab(directory)
         getattr(the_lab, name)(node)
         click.echo(f"{node} {verb}")
 
@@ -163,7 +206,7 @@ _node_action(
 @handle_errors
 def heal(node: str | None, directory: Path) -> None:
     """Remove NODE's network fault, or every fault of the lab (root)."""
-    LocalLab.open(directory).heal(node)
+    open_lab(directory).heal(node)
     click.echo(f"{node or 'every node'} healed")
 
 
@@ -176,7 +219,7 @@ def heal(node: str | None, directory: Path) -> None:
 @handle_errors
 def stop(node: str, mode: str, directory: Path) -> None:
     """Stop a node cleanly."""
-    LocalLab.open(directory).stop(node, mode)  # type: ignore[arg-type]
+    open_lab(directory).stop(node, mode)  # type: ignore[arg-type]
     click.echo(f"{node} stopped ({mode})")
 
 
@@ -187,7 +230,7 @@ def stop(node: str, mode: str, directory: Path) -> None:
 @handle_errors
 def follow(node: str, upstream: str, directory: Path) -> None:
     """Repoint a running standby at UPSTREAM."""
-    LocalLab.open(directory).follow(node, upstream)
+    open_lab(directory).follow(node, upstream)
     click.echo(f"{node} streams from {upstream}")
 
 
@@ -198,6 +241,6 @@ def follow(node: str, upstream: str, directory: Path) -> None:
 @handle_errors
 def rejoin(node: str, upstream: str | None, directory: Path) -> None:
     """pg_rewind an old primary and start it as a standby."""
-    the_lab = LocalLab.open(directory)
+    the_lab = open_lab(directory)
     the_lab.rejoin(node, upstream)
     click.echo(f"{node} rejoined as a standby of {upstream or the_lab.primary()}")

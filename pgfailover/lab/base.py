@@ -7,9 +7,11 @@ benchmarks are written once against this interface.
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 from pgfailover.errors import LabError
@@ -26,6 +28,7 @@ __all__ = [
     "multihost_url",
     "node_infos",
     "port_free",
+    "read_state",
 ]
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -184,3 +187,21 @@ def node_infos(standbys: int, host: str = HOST) -> list[NodeInfo]:
         taken.add(port)
         infos.append(NodeInfo(f"node{index}", host, port))
     return infos
+
+
+def read_state(directory: Path, name: str) -> dict[str, Any]:
+    """The JSON state file ``name`` of the lab in ``directory``.
+
+    Raises:
+        LabError: no such file (no lab there), or not a JSON object.
+    """
+    path = directory / name
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"no lab in {directory} (no {name}): run 'pgfailover lab up'") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(state, dict):
+        raise LabError(f"{path} is not a lab's state (not a JSON object)")
+    return state

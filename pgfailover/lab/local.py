@@ -36,11 +36,18 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pgfailover.errors import LabError
 from pgfailover.lab import netfault
-from pgfailover.lab.base import CLIENT_HOST, HOST, NodeInfo, StopMode, node_infos, port_free
+from pgfailover.lab.base import (
+    CLIENT_HOST,
+    HOST,
+    NodeInfo,
+    StopMode,
+    node_infos,
+    port_free,
+    read_state,
+)
 from pgfailover.lab.binaries import PgBinaries, find_binaries
 from pgfailover.lab.netfault import NetFaults
 from pgfailover.lab.node import LocalNode, upstream_conninfo
@@ -174,14 +181,9 @@ class LocalLab(Topology):
     def open(cls, directory: Path | str) -> LocalLab:
         """Reopen the lab whose state file is in ``directory``."""
         base = Path(directory).absolute()
-        try:
-            state: dict[str, Any] = json.loads((base / STATE_FILE).read_text())
-        except FileNotFoundError:
-            raise LabError(
-                f"no lab in {base} (no {STATE_FILE}): run 'pgfailover lab up'"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise LabError(f"{base / STATE_FILE} is not valid JSON: {exc}") from None
+        state = read_state(base, STATE_FILE)
+        if state.get("backend", "local") != "local":
+            raise LabError(f"{base} holds a {state['backend']} lab, not a local one")
         if state.get("format") != _FORMAT:
             raise LabError(f"{base / STATE_FILE} has unknown format {state.get('format')!r}")
         bins = PgBinaries(Path(state["bindir"]), int(state["version"]))
@@ -191,6 +193,7 @@ class LocalLab(Topology):
     def _save(self) -> None:
         state = {
             "format": _FORMAT,
+            "backend": "local",
             "bindir": str(self.bins.bindir),
             "version": self.bins.version,
             "sync": self.sync,
@@ -265,6 +268,10 @@ class LocalLab(Topology):
     def nodes(self) -> list[NodeInfo]:
         """Every node, in creation order."""
         return [node.info for node in self._nodes.values()]
+
+    def describe(self) -> str:
+        """What runs the lab, for ``pgfailover lab`` to print."""
+        return f"PostgreSQL {self.bins.version}"
 
     def local_node(self, name: str) -> LocalNode:
         """The :class:`LocalNode` (data directory, PIDs) of one node."""

@@ -17,7 +17,7 @@ import pytest
 
 from pgfailover.lab import LocalLab, netfault
 
-from .docker_engine import Engine, engine, why_not
+from .docker_engine import Engine, engine, lab_image, why_not
 
 _created: list[LocalLab] = []
 
@@ -102,3 +102,10 @@ def docker_engine() -> Iterator[Engine]:
         pytest.skip(reason)
     with engine() as eng:
         yield eng
+
+
+@pytest.fixture(scope="session")
+def docker_lab_image(docker_engine: Engine) -> Iterator[str]:
+    """The docker lab's node image, built once for the session (also what the compose
+    lab's PostgreSQL image builds from, so that build finds its layers cached)."""
+    yield from lab_image(docker_engine)

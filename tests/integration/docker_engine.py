@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "pgfailover-base:bookworm-slim"
 LABEL = "org.pgfailover.lab"
@@ -307,3 +309,41 @@ def remove_images(eng: Engine, tag: str) -> None:
     images = [f"pgfailover-lab-{name}:{tag}" for name in ("postgres", "prometheus", "app")]
     eng.run("docker", "rmi", "-f", *images, check=False)
     eng.run("docker", "image", "prune", "-f", "--filter", f"label={LABEL}=image", check=False)
+
+
+@contextlib.contextmanager
+def lab_environment(eng: Engine) -> Iterator[None]:
+    """This process's environment pointed at ``eng`` and its base image, for the docker lab.
+
+    The lab (testcontainers, the docker SDK) reads ``DOCKER_HOST`` and
+    ``PGFAILOVER_BASE_IMAGE`` from the environment; both are put back as
+    they were at the end.
+    """
+    wanted = {"PGFAILOVER_BASE_IMAGE": base_image(eng), "PGFAILOVER_LAB_IMAGE": None}
+    if "DOCKER_HOST" in eng.env:
+        wanted["DOCKER_HOST"] = eng.env["DOCKER_HOST"]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in wanted.items():
+            if value is None:
+                patch.delenv(key, raising=False)
+            else:
+                patch.setenv(key, value)
+        yield
+
+
+def lab_image(eng: Engine) -> Iterator[str]:
+    """The docker lab's node image, built on the base image unless it exists; removed at
+    the end if built here. A generator for a session fixture."""
+    from pgfailover.lab.dockerengine import ensure_image, image_tag
+
+    tag = image_tag(base_image(eng))
+    existed = eng.run("docker", "image", "inspect", tag, check=False).returncode == 0
+    with lab_environment(eng):
+        assert ensure_image() == tag
+    try:
+        yield tag
+    finally:
+        if not existed:
+            eng.run("docker", "rmi", "-f", tag, check=False)
+            prune = ("docker", "image", "prune", "-f", "--filter", f"label={LABEL}=image")
+            eng.run(*prune, check=False)

@@ -26,6 +26,7 @@ import pgfailover
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.errors import WriteOutcomeUnknown
 from pgfailover.lab import LocalLab
+from pgfailover.lab.topology import Topology
 
 FAST = FailoverConfig(
     health_check_interval=0.2,
@@ -54,7 +55,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
     )
 
 
-def manager_for(lab: LocalLab, config: FailoverConfig = FAST, **kwargs: Any) -> FailoverManager:
+def manager_for(lab: Topology, config: FailoverConfig = FAST, **kwargs: Any) -> FailoverManager:
     """An open manager over every node of ``lab``."""
     nodes = lab.manager_nodes()
     return FailoverManager(nodes=nodes, config=config, **kwargs).open()
@@ -190,7 +191,7 @@ def serve_process(config: Path, log: Path, *options: str) -> Iterator[dict[str, 
                 proc.stdout.close()
 
 
-def prepare(lab: LocalLab) -> None:
+def prepare(lab: Topology) -> None:
     lab.run_sql("node0", "CREATE TABLE w (id bigint PRIMARY KEY)")
     for standby in ("node1", "node2"):
 

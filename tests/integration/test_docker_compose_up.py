@@ -115,7 +115,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(docker_engine: Engine) -> Iterator[Stack]:
+def stack(docker_engine: Engine, docker_lab_image: str) -> Iterator[Stack]:
+    """The stack; ``docker_lab_image`` first, so its PostgreSQL image builds from cache."""
     sweep(docker_engine, RUN)  # what a crashed run left
     wheelhouse()
     lab = Stack(docker_engine)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -27,13 +26,13 @@ from pathlib import Path
 import pytest
 
 from pgfailover.lab import LocalLab
-from tests.readme import block, normalise, session
+from tests.readme import block
 
 from .conftest import make_lab
+from .console import run_console
 from .helpers import lab_config
 
 pytestmark = pytest.mark.timeout(300)
-BIN = Path(sys.executable).parent  # pgfailover and python, as a user's venv has them
 
 
 def _free_port() -> int:
@@ -175,85 +174,6 @@ def test_the_lab_python_block(tmp_path: Path) -> None:
 # -- console sessions -----------------------------------------------------------
 
 
-def _console(text: str, directory: Path, lab_dir: Path) -> None:
-    """Run a console block in one bash session and check it as the module docstring says."""
-    steps = session(text)
-    script = ["set -u", f'export PATH="{BIN}:$PATH"', f'export PGFAILOVER_LAB_DIR="{lab_dir}"']
-    for i, step in enumerate(steps):
-        script += [f"echo '@@step {i}'", step.command, "__rc=$?", 'echo "@@rc $__rc"']
-        if step.command.rstrip().endswith("&"):
-            url = re.search(r"--port (\d+)", step.command)
-            assert url is not None, "a server started in the background names its port"
-            script += [
-                'echo "$!" >> background.pids',
-                # wait (with a deadline) for the server's readiness: a user sees its first line
-                f'"{sys.executable}" -c "{_WAIT_READY}" {url.group(1)}',
-            ]
-        script.append("(exit $__rc)")
-    # what the session left in the background stops by its PID (it holds our stdout)
-    script.append("[ -f background.pids ] && kill $(cat background.pids) && wait")
-    result = subprocess.run(
-        ["bash", "-c", "\n".join(script)],
-        cwd=directory,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # as a terminal shows them
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    printed = _by_step(result.stdout, len(steps))
-    for i, step in enumerate(steps):
-        output, rc = printed[i]
-        if step.command == "echo $?":
-            continue
-        shown_rc = (
-            steps[i + 1].output[0]
-            if i + 1 < len(steps) and steps[i + 1].command == "echo $?"
-            else "0"
-        )
-        assert rc == shown_rc, (
-            f"$ {step.command}\nexit {rc}, README shows {shown_rc}\n" + "\n".join(output)
-        )
-        actual = [normalise(line) for line in output]
-        position = 0
-        for line in step.output:
-            if not line.strip():
-                continue
-            want = normalise(line)
-            try:
-                position = actual.index(want, position) + 1
-            except ValueError:
-                pytest.fail(
-                    f"$ {step.command}\nREADME shows {line!r}; printed:\n" + "\n".join(output)
-                )
-
-
-_WAIT_READY = (
-    "import socket, sys, time, urllib.request\n"
-    "deadline = time.monotonic() + 30\n"
-    "while time.monotonic() < deadline:\n"
-    "    try:\n"
-    "        url = f'http://127.0.0.1:{sys.argv[1]}/failover/status'\n"
-    "        urllib.request.urlopen(url, timeout=2)\n"
-    "        break\n"
-    "    except Exception:\n"
-    "        time.sleep(0.05)\n"
-)
-
-
-def _by_step(stdout: str, count: int) -> list[tuple[list[str], str]]:
-    found: list[tuple[list[str], str]] = [([], "?") for _ in range(count)]
-    current = -1
-    for line in stdout.splitlines():
-        if line.startswith("@@step "):
-            current = int(line.split()[1])
-        elif line.startswith("@@rc ") and current >= 0:
-            found[current] = (found[current][0], line.split()[1])
-        elif current >= 0:
-            found[current][0].append(line)
-    return found
-
-
 @pytest.fixture
 def lab_dir() -> Iterator[Path]:
     """Where a console session's ``pgfailover lab up`` builds; destroyed afterwards."""
@@ -274,18 +194,18 @@ def _stop_background(directory: Path) -> None:
 
 
 def test_the_lab_session(tmp_path: Path, lab_dir: Path) -> None:
-    _console(block("lab-session"), tmp_path, lab_dir)
+    run_console(block("lab-session"), tmp_path, lab_dir)
     assert not lab_dir.exists()  # lab down removed it
 
 
 def test_the_operations_session(tmp_path: Path, lab_dir: Path) -> None:
     port = str(_free_port())
     try:
-        _console(block("operations").replace("8008", port), tmp_path, lab_dir)
+        run_console(block("operations").replace("8008", port), tmp_path, lab_dir)
     finally:
         _stop_background(tmp_path)
 
 
 def test_the_cli_session(tmp_path: Path, lab_dir: Path) -> None:
     setup = "$ pgfailover lab up --standbys 2\n$ pgfailover lab config > pgfailover.toml\n"
-    _console(setup + block("cli-session"), tmp_path, lab_dir)
+    run_console(setup + block("cli-session"), tmp_path, lab_dir)

@@ -42,8 +42,16 @@ def test_the_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path) -> None:
     (sdist,) = dist.glob("*.tar.gz")
     _run(sys.executable, "-m", "twine", "check", "--strict", wheel, sdist)
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("pgfailover/py.typed", "pgfailover/openapi.json", "pgfailover/cli/app.py"):
+    for needed in (
+        "pgfailover/py.typed",
+        "pgfailover/openapi.json",
+        "pgfailover/cli/app.py",
+        "pgfailover/lab/image/Dockerfile",  # the docker lab builds its image from these
+        "pgfailover/lab/image/entrypoint.sh",
+    ):
         assert needed in names
+    entrypoint = zipfile.ZipFile(wheel).getinfo("pgfailover/lab/image/entrypoint.sh")
+    assert (entrypoint.external_attr >> 16) & 0o111, "the entrypoint must stay executable"
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/"))]
 
     venv = tmp_path / "venv"
