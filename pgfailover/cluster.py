@@ -24,8 +24,9 @@ class ClusterView:
     """The snapshot and the suspects, published for routing.
 
     Locks: ``_cond`` (a condition) serialises publishing and wakes threads
-    waiting for a change; it is a leaf. The snapshot and the suspects are
-    replaced, never mutated, under it, so readers take no lock.
+    waiting for a change; it is a leaf. The snapshot, the suspects and the
+    listeners are replaced, never mutated, under it, so readers take no
+    lock; listeners are called after it is released.
 
     Thread safety: every method may be called from any thread.
     """
@@ -46,6 +47,7 @@ class ClusterView:
         self._suspect_names: frozenset[str] = frozenset()  # replaced under self._cond
         self._closed = False  # set under self._cond
         self._held = False  # set under self._cond: writes wait (a switchover)
+        self._listeners: tuple[Callable[[], None], ...] = ()  # replaced under self._cond
 
     @property
     def snapshot(self) -> Snapshot:
@@ -72,6 +74,7 @@ class ClusterView:
         with self._cond:
             self._held = False
             self._cond.notify_all()
+        self._notify()
 
     def read_only_reason(self) -> str | None:
         """Why the cluster is read-only now (no primary and none coming), or ``None``."""
@@ -94,6 +97,7 @@ class ClusterView:
                 }
                 self._suspects, self._suspect_names = kept, frozenset(kept)
             self._cond.notify_all()
+        self._notify()
 
     def suspect(self, node: str) -> bool:
         """Avoid ``node`` until it is probed again; True when it was not suspect yet."""
@@ -109,11 +113,61 @@ class ClusterView:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._notify()
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until a new snapshot is published or ``timeout`` passes."""
         with self._cond:
             self._cond.wait(timeout)
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every change a waiter may care about (a snapshot,
+        writes released, closing), on the thread that made it, with no lock held.
+
+        For waiters that cannot block on the condition (asyncio tasks: the
+        callback hands the news to their event loop). Returns ``callback``.
+        """
+        with self._cond:
+            self._listeners = (*self._listeners, callback)
+        return callback
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback`` (see :meth:`listen`)."""
+        with self._cond:
+            self._listeners = tuple(c for c in self._listeners if c is not callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    def primary_now(self, deadline: float) -> tuple[str | None, float]:
+        """The node writes go to now, or ``(None, seconds left to wait)``; never blocks.
+
+        One step of :meth:`wait_for_primary`, for waiters that wait their own way.
+
+        Raises:
+            ManagerClosed, SplitBrainError, ReadOnlyMode (no primary is
+            coming), NoPrimaryAvailable (past ``deadline``, monotonic).
+        """
+        if self._closed:
+            raise ManagerClosed(f"manager {self.name} is closed")
+        snap, held = self._snapshot, self._held
+        target = write_target(snap, self._suspect_names)
+        if target is not None and not held:
+            return target, 0.0
+        reason = None if held else self._read_only(snap)
+        if reason is not None:
+            raise ReadOnlyMode(f"cluster {self.name} is read-only: {reason}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise NoPrimaryAvailable(
+                f"no writable primary within {self._wait_timeout:g}s "
+                f"(cluster {self.name} is {snap.state.value}"
+                + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
+                + ("; writes held for a switchover" if held else "")
+                + ")"
+            )
+        return None, remaining
 
     def wait_for_primary(
         self, deadline: float, poll: float, probe: Callable[[], None] | None = None
@@ -129,24 +183,9 @@ class ClusterView:
         """
         while True:
             with self._cond:
-                if self._closed:
-                    raise ManagerClosed(f"manager {self.name} is closed")
-                snap = self._snapshot
-                target = write_target(snap, self._suspect_names)
-                if target is not None and not self._held:
+                target, remaining = self.primary_now(deadline)
+                if target is not None:
                     return target
-                reason = None if self._held else self._read_only(snap)
-                if reason is not None:
-                    raise ReadOnlyMode(f"cluster {self.name} is read-only: {reason}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise NoPrimaryAvailable(
-                        f"no writable primary within {self._wait_timeout:g}s "
-                        f"(cluster {self.name} is {snap.state.value}"
-                        + (f"; {snap.promotion_blocked}" if snap.promotion_blocked else "")
-                        + ("; writes held for a switchover" if self._held else "")
-                        + ")"
-                    )
                 self._cond.wait(min(remaining, poll))
             if probe is not None:
                 probe()

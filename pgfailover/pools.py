@@ -22,18 +22,37 @@ from pgfailover.config import FailoverConfig, Node
 from pgfailover.errors import ManagerClosed
 from pgfailover.probe import shutdown_connection
 
-__all__ = ["NodePools"]
+__all__ = ["NodePools", "TrackedPools", "pool_options"]
 
 logger = logging.getLogger(__name__)
 
 
-class NodePools:
-    """One pool per node; checked-out connections tracked until they come back.
+def pool_options(
+    node: Node, cfg: FailoverConfig, cluster: str, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of ``node``'s pool (sync or async): sizes, timeout, name,
+    the connection's ``kwargs`` (``connect_timeout`` by default), the caller's options."""
+    kwargs = dict(extra.get("kwargs") or {})
+    kwargs.setdefault("connect_timeout", max(1, round(cfg.connect_timeout)))
+    options = {k: v for k, v in extra.items() if k != "kwargs"}
+    return {
+        "min_size": node.pool_min_size if node.pool_min_size is not None else cfg.pool_min_size,
+        "max_size": node.pool_max_size if node.pool_max_size is not None else cfg.pool_max_size,
+        "timeout": cfg.pool_timeout,
+        "name": f"pgfailover-{cluster}-{node.name}",
+        "kwargs": kwargs,
+        "open": False,
+        **options,
+    }
 
-    ``pool_kwargs`` (the caller's) go to every pool and are never modified:
-    ``kwargs`` are the connection's, the rest the pool's own options.
-    ``pool_class`` builds each pool (``psycopg_pool.ConnectionPool``; tests
-    pass a fake).
+
+class TrackedPools:
+    """Which connections are checked out of each node's pool, and aborting them.
+
+    The part of :class:`NodePools` and its asyncio twin
+    (:class:`pgfailover.aio.pools.AsyncNodePools`) that does no I/O: the
+    monitor thread calls :meth:`abort` on a lost node whichever kind of
+    connection the application holds (a socket ``shutdown(2)`` works on both).
 
     Locks: ``_lock`` guards the checked-out sets and the closed flag; it is a
     leaf, and nothing but a socket ``shutdown(2)`` happens under it.
@@ -41,81 +60,27 @@ class NodePools:
     Thread safety: every method may be called from any thread.
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[Node],
-        config: FailoverConfig,
-        cluster: str,
-        pool_kwargs: Mapping[str, Any] | None = None,
-        *,
-        pool_class: Callable[..., ConnectionPool] = ConnectionPool,
-    ) -> None:
+    def __init__(self, cluster: str, names: Sequence[str], max_sizes: Mapping[str, int]) -> None:
         self._cluster = cluster
-        self._pool_class = pool_class
-        extra = dict(pool_kwargs or {})
-        self._pools = {n.name: self._make(n, config, extra) for n in nodes}
+        self._max_sizes = dict(max_sizes)
         self._lock = threading.Lock()
-        self._checked_out: dict[str, set[psycopg.Connection[Any]]] = {
-            n.name: set() for n in nodes
-        }  # guarded by self._lock
+        self._checked_out: dict[str, set[Any]] = {n: set() for n in names}  # under self._lock
         self._closed = False  # guarded by self._lock
-
-    def _make(self, node: Node, cfg: FailoverConfig, extra: dict[str, Any]) -> ConnectionPool:
-        kwargs = dict(extra.get("kwargs") or {})
-        kwargs.setdefault("connect_timeout", max(1, round(cfg.connect_timeout)))
-        options = {k: v for k, v in extra.items() if k != "kwargs"}
-        return self._pool_class(
-            node.dsn,
-            min_size=node.pool_min_size if node.pool_min_size is not None else cfg.pool_min_size,
-            max_size=node.pool_max_size if node.pool_max_size is not None else cfg.pool_max_size,
-            timeout=cfg.pool_timeout,
-            name=f"pgfailover-{self._cluster}-{node.name}",
-            kwargs=kwargs,
-            open=False,
-            **options,
-        )
-
-    def open(self) -> None:
-        """Open every pool (connections are made in the background)."""
-        for pool in self._pools.values():
-            pool.open(wait=False)
-
-    def get(self, node: str) -> ConnectionPool:
-        """The pool of one node."""
-        return self._pools[node]
 
     def _refuse(self) -> ManagerClosed:
         return ManagerClosed(f"manager {self._cluster} is closed")
 
-    def checkout(self, node: str, timeout: float) -> psycopg.Connection[Any]:
-        """A connection from ``node``'s pool, tracked until :meth:`checkin`.
-
-        Raises:
-            psycopg_pool.PoolTimeout: none came within ``timeout``.
-            ManagerClosed: the pools are closed (also for callers who were
-                waiting when they closed).
-        """
-        if self._closed:
-            raise self._refuse()
-        try:
-            conn = self._pools[node].getconn(timeout=timeout)
-        except PoolClosed:
-            raise self._refuse() from None
+    def _track(self, node: str, conn: Any) -> bool:
+        """Record ``conn`` as checked out; False once closed (give it back and refuse)."""
         with self._lock:
             if not self._closed:
                 self._checked_out[node].add(conn)
-                return conn
-        self.checkin(node, conn)
-        raise self._refuse()
+                return True
+        return False
 
-    def checkin(self, node: str, conn: psycopg.Connection[Any]) -> None:
-        """Give a connection from :meth:`checkout` back to its pool."""
+    def _untrack(self, node: str, conn: Any) -> None:
         with self._lock:
             self._checked_out[node].discard(conn)
-        try:
-            self._pools[node].putconn(conn)
-        except PoolClosed:
-            conn.close()
 
     def in_use(self, node: str) -> int:
         """How many connections to ``node`` are checked out now."""
@@ -123,12 +88,16 @@ class NodePools:
 
     def saturated(self, node: str) -> bool:
         """Every connection the pool of ``node`` may hold is checked out (the caller's load)."""
-        return len(self._checked_out[node]) >= self._pools[node].max_size
+        return len(self._checked_out[node]) >= self._max_sizes[node]
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` has begun."""
+        """True once closing has begun."""
         return self._closed
+
+    def _close_begin(self) -> None:
+        with self._lock:
+            self._closed = True
 
     def abort(self, node: str) -> int:
         """Unblock every caller using ``node`` (a lost primary): shut their sockets down.
@@ -145,14 +114,76 @@ class NodePools:
             logger.warning("node %s: %d in-flight connection(s) aborted", node, len(conns))
         return len(conns)
 
+
+class NodePools(TrackedPools):
+    """One ``psycopg_pool.ConnectionPool`` per node; checked-out connections tracked
+    until they come back (:class:`TrackedPools`).
+
+    ``pool_kwargs`` (the caller's) go to every pool and are never modified:
+    ``kwargs`` are the connection's, the rest the pool's own options.
+    ``pool_class`` builds each pool (``psycopg_pool.ConnectionPool``; tests
+    pass a fake).
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        config: FailoverConfig,
+        cluster: str,
+        pool_kwargs: Mapping[str, Any] | None = None,
+        *,
+        pool_class: Callable[..., ConnectionPool] = ConnectionPool,
+    ) -> None:
+        extra = dict(pool_kwargs or {})
+        options = {n.name: pool_options(n, config, cluster, extra) for n in nodes}
+        super().__init__(cluster, list(options), {k: v["max_size"] for k, v in options.items()})
+        self._pools = {n.name: pool_class(n.dsn, **options[n.name]) for n in nodes}
+
+    def open(self) -> None:
+        """Open every pool (connections are made in the background)."""
+        for pool in self._pools.values():
+            pool.open(wait=False)
+
+    def get(self, node: str) -> ConnectionPool:
+        """The pool of one node."""
+        return self._pools[node]
+
+    def checkout(self, node: str, timeout: float) -> psycopg.Connection[Any]:
+        """A connection from ``node``'s pool, tracked until :meth:`checkin`.
+
+        Raises:
+            psycopg_pool.PoolTimeout: none came within ``timeout``.
+            ManagerClosed: the pools are closed (also for callers who were
+                waiting when they closed).
+        """
+        if self._closed:
+            raise self._refuse()
+        try:
+            conn = self._pools[node].getconn(timeout=timeout)
+        except PoolClosed:
+            raise self._refuse() from None
+        if self._track(node, conn):
+            return conn
+        self.checkin(node, conn)
+        raise self._refuse()
+
+    def checkin(self, node: str, conn: psycopg.Connection[Any]) -> None:
+        """Give a connection from :meth:`checkout` back to its pool."""
+        self._untrack(node, conn)
+        try:
+            self._pools[node].putconn(conn)
+        except PoolClosed:
+            conn.close()
+
     def close(self, deadline: float) -> bool:
         """Refuse new checkouts, unblock every caller, close the pools in parallel.
 
         Returns False when a pool was still closing at ``deadline``
         (monotonic): a hung node cannot hold the caller up.
         """
-        with self._lock:
-            self._closed = True
+        self._close_begin()
         for name in self._pools:
             self.abort(name)
         closers = [

@@ -1,0 +1,287 @@
+"""What the sync and the asyncio executors share: routing, error verdicts, bookkeeping.
+
+A write runs in its own explicit transaction: the statement, then COMMIT.
+That makes every failure classifiable:
+
+- the connection failed before COMMIT was sent (at BEGIN or during the
+  statement), or the node refused the write as read-only (SQLSTATE 25006):
+  nothing committed, so the write is retried on the primary once there is
+  one, waiting up to ``failover_wait_timeout``;
+- the connection failed during COMMIT: the outcome is unknown, and
+  :class:`~pgfailover.errors.WriteOutcomeUnknown` is raised, never a retry;
+- any other server error (a constraint, a syntax error) is the caller's and
+  is raised as psycopg raised it.
+
+Reads are retried on the next fitting node on connection errors and on
+recovery conflicts. Every connection-type error makes the node a suspect
+(writes and reads avoid it) and asks for a probe round at once. Reads also
+feed each node's circuit breaker (:mod:`pgfailover.breaker`), which holds
+out of reads a node whose queries keep failing while its probes pass (and,
+when every node a read could go to is held out, lets it go to them anyway).
+
+:class:`Dispatcher` holds every decision of that: where a statement goes and
+what an error means. It does no I/O and never blocks, so that
+:class:`~pgfailover.execution.Executor` (threads) and
+:class:`~pgfailover.aio.execution.AsyncExecutor` (asyncio) only add the
+waiting and the statements themselves, each in its own way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
+
+import psycopg
+
+from pgfailover.breaker import Breakers
+from pgfailover.cluster import ClusterView
+from pgfailover.counters import Counters
+from pgfailover.errors import (
+    NoPrimaryAvailable,
+    NoStandbyAvailable,
+    PgFailoverError,
+    WriteOutcomeUnknown,
+)
+from pgfailover.model import NodeState, Snapshot
+from pgfailover.pools import TrackedPools
+from pgfailover.routing import ReadStrategy, read_candidates, read_order
+
+__all__ = ["MAX_ATTEMPTS", "Dispatcher", "Verdict", "classify", "is_connection_error"]
+
+logger = logging.getLogger(__name__)
+
+Verdict = Literal["retry", "readonly", "unknown", "raise"]
+Phase = Literal["statement", "commit"]
+
+_GONE_STATES = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
+MAX_ATTEMPTS = 100
+P = TypeVar("P", bound=TrackedPools)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for errors that mean "this node is gone", not "this statement is wrong".
+
+    pgfailover's own errors (``NoPrimaryAvailable``, ``ManagerClosed``...)
+    subclass ``psycopg.OperationalError`` for callers' sake but say nothing
+    about a node: they are never taken for a lost connection.
+    """
+    if not isinstance(exc, psycopg.Error) or isinstance(exc, PgFailoverError):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state.startswith("08") or state in _GONE_STATES
+
+
+def classify(exc: BaseException, phase: Phase) -> Verdict:
+    """What to do after ``exc`` was raised in ``phase`` of a write."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate == "25006":
+        return "readonly"
+    if is_connection_error(exc):
+        return "retry" if phase == "statement" else "unknown"
+    return "raise"
+
+
+def brief(exc: BaseException) -> str:
+    """An error in one line, for logs and suspicions."""
+    return f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+
+
+class Dispatcher(Generic[P]):
+    """Where statements go and what their errors mean, over the view and the pools.
+
+    ``wake`` asks for a probe round now; ``idle_probe`` runs one from the
+    caller when no monitor thread runs (a write waiting for a primary must
+    not wait forever); ``on_write`` hears of every write a node acknowledged
+    (the failover clock stops at the first on a new primary); ``breakers``
+    are the nodes' read circuit breakers. ``P``: the kind of pools (sync or
+    asyncio) the executor built on it takes connections from.
+
+    Thread safety: every method may be called from any thread; the class
+    owns no lock (the view, the pools and the counters have their own).
+    """
+
+    def __init__(
+        self,
+        view: ClusterView,
+        pools: P,
+        counters: Counters,
+        strategy: ReadStrategy,
+        *,
+        wait_timeout: float,
+        pool_timeout: float,
+        poll: float,
+        wake: Callable[[], None],
+        idle_probe: Callable[[], None],
+        on_write: Callable[[str], None],
+        breakers: Breakers,
+    ) -> None:
+        self.view = view
+        self.breakers = breakers
+        self.strategy = strategy
+        self._pools = pools
+        self._counters = counters
+        self._wait_timeout = wait_timeout
+        self._pool_timeout = pool_timeout
+        self._poll = poll
+        self._wake = wake
+        self._idle_probe = idle_probe
+        self._on_write = on_write
+        self._readers: tuple[Snapshot | None, frozenset[str], tuple[NodeState, ...]] = (
+            None,
+            frozenset(),
+            (),
+        )
+
+    # -- where a statement goes ---------------------------------------------
+
+    def suspect(self, node: str, reason: str) -> None:
+        """A statement found ``node`` gone or read-only: avoid it and probe now."""
+        if self.view.suspect(node):
+            logger.info("node %s suspect after a query error: %s", node, reason)
+        self._wake()
+
+    def read_order(self, min_lsn: int | None = None) -> list[str]:
+        """Nodes to try for a read now, best first (fitting standbys, then the primary).
+
+        The standbys that may serve a plain read change only with the
+        snapshot or the suspects, so they are worked out once per change,
+        not once per read (a tuple swapped whole: no lock needed).
+        """
+        snap, suspects = self.view.snapshot, self.view.suspects
+        if min_lsn is not None:
+            order = read_order(snap, self.strategy, suspects, min_lsn)
+        else:
+            cached = self._readers
+            if cached[0] is not snap or cached[1] is not suspects:
+                cached = self._readers = (snap, suspects, tuple(read_candidates(snap, suspects)))
+            order = read_order(snap, self.strategy, suspects, candidates=cached[2])
+        if not self.breakers.tripped:
+            return order
+        return self.breakers.arrange(order, time.monotonic())
+
+    def admitted(self, order: list[str]) -> tuple[str, int]:
+        """The first node of ``order`` its breaker lets through, and the trial it is (0: not
+        a trial); the first node when none does (their trials are taken: go all the same)."""
+        now = time.monotonic()
+        for node in order:
+            allowed, token = self.breakers.admit(node, now)
+            if allowed:
+                return node, token
+        return order[0], 0
+
+    def read_route(self, node: str) -> str:
+        """The counters' route of a read on ``node``."""
+        return "read" if node != self.view.snapshot.primary else "read_primary"
+
+    # -- what happened ------------------------------------------------------
+
+    def report(self, node: str, token: int, exc: BaseException | None = None) -> None:
+        """Tell ``node``'s breaker how a read ended (``token``: the trial it was, or 0).
+
+        Success, or a server error (the node answered): a success. A lost
+        connection: a failure, counted while the node's probes pass. Anything
+        else (the application's own exception) says nothing of the node.
+        """
+        if exc is None and token == 0 and self.breakers.clean(node):
+            return  # the happy path: nothing to tell
+        now = time.monotonic()
+        if exc is not None and (is_connection_error(exc) or isinstance(exc, WriteOutcomeUnknown)):
+            snap = self.view.snapshot
+            healthy = any(n.name == node and n.healthy for n in snap.nodes)
+            self.breakers.failure(node, brief(exc), healthy=healthy, now=now)
+        elif exc is None or isinstance(exc, psycopg.Error):
+            self.breakers.success(node, now, token)
+        self.breakers.release(node, token)
+
+    def no_connection(self, node: str, token: int, timeout: float, readonly: bool) -> None:
+        """No pooled connection within ``timeout``: avoid the node, and for a read tell its
+        breaker, unless the application has every connection of the pool checked out."""
+        self.suspect(node, f"no pooled connection within {timeout:.2f}s")
+        if not readonly:
+            return
+        if self._pools.saturated(node):
+            self.breakers.release(node, token)
+        else:
+            self.report(node, token, psycopg.OperationalError("no pooled connection in time"))
+
+    def write_failed(self, node: str, exc: psycopg.Error, phase: Phase) -> bool:
+        """A write's ``exc`` in ``phase``: True to retry it on the primary; else raise.
+
+        Raises:
+            WriteOutcomeUnknown: the connection was lost during COMMIT.
+        """
+        verdict = classify(exc, phase)
+        if verdict == "raise":
+            self._counters.query(node, "write", "error")
+            return False
+        self.suspect(node, brief(exc))
+        if verdict == "unknown":
+            self._counters.query(node, "write", "unknown")
+            raise WriteOutcomeUnknown(
+                f"connection to {node} lost during COMMIT: the write may or may not "
+                "have committed; it was not retried"
+            ) from exc
+        self._counters.query(node, "write", "retry")
+        return True
+
+    def write_done(self, node: str) -> None:
+        """A write committed on ``node``."""
+        self._counters.query(node, "write", "ok")
+        self._on_write(node)
+
+    def read_failed(self, node: str, token: int, route: str, exc: BaseException) -> bool:
+        """A read's ``exc``: True to retry it on another node; else raise."""
+        self.report(node, token, exc)
+        conflict = isinstance(exc, psycopg.Error) and exc.sqlstate == "40001"
+        if not (is_connection_error(exc) or (conflict and self.view.snapshot.primary != node)):
+            if isinstance(exc, psycopg.Error):
+                self._counters.query(node, route, "error")
+            return False
+        if not conflict:
+            self.suspect(node, brief(exc))
+        self._counters.query(node, route, "retry")
+        return True
+
+    def read_done(self, node: str, token: int, route: str) -> None:
+        """A read succeeded on ``node``."""
+        self.report(node, token)
+        self._counters.query(node, route, "ok")
+
+    def no_reader(self, last: BaseException | None) -> NoStandbyAvailable:
+        """The error of a read that found no node within the failover wait."""
+        snap = self.view.snapshot
+        return NoStandbyAvailable(
+            f"no node could serve a read within {self._wait_timeout:g}s"
+            + (f": {last}" if last else f" (cluster {self.view.name} is {snap.state.value})")
+        )
+
+    def too_many(self, last: BaseException | None) -> NoPrimaryAvailable:
+        """The error of a write retried :data:`MAX_ATTEMPTS` times."""
+        return NoPrimaryAvailable(f"write failed after {MAX_ATTEMPTS} attempts: {last}")
+
+    def commit_failed(self, node: str, exc: psycopg.Error) -> None:
+        """A session's COMMIT raised ``exc``.
+
+        Raises:
+            WriteOutcomeUnknown: the connection was lost during COMMIT.
+        """
+        if classify(exc, "commit") == "unknown":
+            self.suspect(node, f"COMMIT lost: {exc}")
+            raise WriteOutcomeUnknown(
+                f"connection to {node} lost during COMMIT: outcome unknown"
+            ) from exc
+
+    def session_failed(self, node: str, route: str, exc: BaseException) -> None:
+        """A session's block (or its COMMIT) raised ``exc``: suspect a lost node, count."""
+        if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
+            self.suspect(node, brief(exc))
+        self._counters.query(node, route, "error")
+
+    def session_done(self, node: str, readonly: bool) -> None:
+        """A session's block committed on ``node``."""
+        self._counters.query(node, "read" if readonly else "write", "ok")
+        if not readonly:
+            self._on_write(node)

@@ -1,0 +1,269 @@
+"""What FailoverManager and AsyncFailoverManager share: the parts, status, callbacks.
+
+Both managers are the same two halves (see :mod:`pgfailover.manager`): a
+:class:`~pgfailover.supervisor.Supervisor` that watches the cluster and acts
+on it, and an executor that serves the application. They differ only in the
+serving half: threads over psycopg_pool's ``ConnectionPool`` for one,
+asyncio over ``AsyncConnectionPool`` for the other. Everything that does not
+wait (construction, routing state, status, metrics, history, maintenance,
+callbacks) lives here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from pgfailover.availability import WindowStats
+from pgfailover.breaker import BreakerPolicy, Breakers
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.dispatch import Dispatcher
+from pgfailover.errors import ConfigurationError, ManagerClosed
+from pgfailover.events import FailoverEvent
+from pgfailover.model import ClusterState, Snapshot
+from pgfailover.pools import TrackedPools
+from pgfailover.routing import ReadStrategy, make_strategy
+from pgfailover.sources import FromSources, resolve_nodes
+from pgfailover.strategies import describe
+from pgfailover.supervisor import Supervisor
+from pgfailover.upkeep import UpkeepStatus
+
+__all__ = [
+    "EventCallback",
+    "ManagerBase",
+    "RecoveryCallback",
+    "StateCallback",
+    "WritableCallback",
+]
+
+logger = logging.getLogger(__name__)
+
+StateCallback = Callable[[ClusterState, ClusterState, Snapshot], object]
+EventCallback = Callable[[FailoverEvent], object]
+RecoveryCallback = Callable[[str], object]
+WritableCallback = Callable[[bool, str | None], object]
+
+P = TypeVar("P", bound=TrackedPools)
+X = TypeVar("X", bound=Dispatcher[Any])
+
+
+class ManagerBase(FromSources, Generic[P, X]):
+    """The manager's parts and its non-blocking API; subclasses add the waiting half.
+
+    A subclass provides :meth:`_make_pools` (its kind of pools) and
+    :meth:`_make_executor` (its executor over them, from the keyword
+    arguments this class prepares).
+
+    Thread safety: every method here may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        primary: str | None = None,
+        standbys: Sequence[str] = (),
+        *,
+        nodes: Sequence[Node] | None = None,
+        config: FailoverConfig | None = None,
+        name: str = "default",
+        read_strategy: ReadStrategy | None = None,
+        pool_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        nodes = resolve_nodes(primary, standbys, nodes)
+        self.config = cfg = config or FailoverConfig()
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.name = name
+        self._by_name = {n.name: n for n in nodes}
+        cfg.check_nodes(self._by_name)
+        self._opened = False
+        self._closed = False
+        self._pools: P = self._make_pools(nodes, cfg, name, pool_kwargs or {})
+        breakers = Breakers(self._by_name, BreakerPolicy.from_config(cfg), cluster=name)
+        self._sup = sup = Supervisor(
+            nodes,
+            cfg,
+            name,
+            dsn=lambda node: self.node(node).dsn,
+            abort=self._pools.abort,
+            busy=self._pools.in_use,
+            on_round=lambda snap: breakers.sync(snap, time.monotonic()),
+        )
+        self.counters = sup.counters
+        self.events = sup.events
+        self._view = sup.view
+        self._executor: X = self._make_executor(
+            {
+                "view": sup.view,
+                "pools": self._pools,
+                "counters": sup.counters,
+                "strategy": read_strategy or self._make_strategy(cfg.read_strategy),
+                "wait_timeout": cfg.failover_wait_timeout,
+                "pool_timeout": cfg.pool_timeout,
+                "poll": cfg.fast_interval * 2,
+                "wake": sup.wake,
+                "idle_probe": sup.probe_if_idle,
+                "on_write": sup.actions.incident.wrote,
+                "breakers": breakers,
+            }
+        )
+
+    def _make_pools(
+        self, nodes: Sequence[Node], config: FailoverConfig, name: str, extra: Mapping[str, Any]
+    ) -> P:
+        raise NotImplementedError  # pragma: no cover - each manager builds its own
+
+    def _make_executor(self, parts: dict[str, Any]) -> X:
+        raise NotImplementedError  # pragma: no cover - each manager builds its own
+
+    # -- read strategy ---------------------------------------------------
+
+    @property
+    def read_strategy(self) -> ReadStrategy:
+        """The strategy that orders the standbys for reads (may be replaced at any time:
+        a :class:`ReadStrategy`, or a built-in's name, with the config's ``read_weights``)."""
+        return self._executor.strategy
+
+    @read_strategy.setter
+    def read_strategy(self, strategy: ReadStrategy | str) -> None:
+        if isinstance(strategy, str):
+            strategy = self._make_strategy(strategy)
+        self._executor.strategy = strategy
+
+    def _make_strategy(self, name: str) -> ReadStrategy:
+        return make_strategy(name, weights=self.config.read_weights, busy=self._pools.in_use)
+
+    # -- lifecycle state -----------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosed(f"manager {self.name} is closed")
+        if not self._opened:
+            raise ManagerClosed(f"manager {self.name} is not open: call open() or use 'with'")
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._closed
+
+    def _log_open(self) -> None:
+        snap = self._view.snapshot
+        logger.info(
+            "manager %s open: %d nodes, primary %s, state %s, promotion %s",
+            self.name,
+            len(self.nodes),
+            snap.primary,
+            snap.state.value,
+            self.config.promotion,
+        )
+
+    # -- routing support -----------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest immutable snapshot of the cluster."""
+        return self._view.snapshot
+
+    @property
+    def writable(self) -> bool:
+        """False in read-only mode: the primary is lost and none is coming (see
+        :func:`~pgfailover.routing.read_only_reason`); writes raise ``ReadOnlyMode`` at once.
+        True while a primary takes writes or a promotion is expected (writes wait)."""
+        return self._view.read_only_reason() is None
+
+    def suspect(self, node: str, reason: str) -> None:
+        """A query found ``node`` gone or read-only: avoid it and probe now.
+
+        For integrations that run statements on their own connections
+        (Django, SQLAlchemy): the manager's own queries do it themselves.
+        """
+        self._executor.suspect(node, reason)
+
+    def node(self, name: str) -> Node:
+        """The configured :class:`Node` called ``name``."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown node {name!r} (known: {', '.join(self._by_name)})"
+            ) from None
+
+    # -- maintenance, status, history ------------------------------------
+
+    def pause(self, reason: str = "maintenance") -> bool:
+        """Maintenance mode (see :mod:`.maintenance`): no automatic promotion until resumed.
+
+        Returns False when already paused.
+        """
+        self._check_open()
+        return self._sup.actions.maintenance.pause(reason)
+
+    def resume(self) -> bool:
+        """Leave maintenance mode (the next round may fail over); False if not paused."""
+        self._check_open()
+        return self._sup.actions.maintenance.resume()
+
+    @property
+    def paused(self) -> bool:
+        """True in maintenance mode (see :meth:`pause`)."""
+        return self._sup.actions.maintenance.paused_since is not None
+
+    def get_failover_status(self) -> dict[str, Any]:
+        """The cluster, every node and the failover counters, as a JSON-ready dict."""
+        status = self._sup.status(self._executor.breakers.report(time.monotonic()))
+        status["read_strategy"] = describe(self._executor.strategy)
+        return status
+
+    @property
+    def breakers(self) -> Breakers:
+        """The nodes' read circuit breakers (:mod:`pgfailover.breaker`)."""
+        return self._executor.breakers
+
+    def availability(self) -> dict[str, WindowStats] | None:
+        """Fraction of observed time writes were taken, over 1 h, 24 h, 7 d (once open)."""
+        return self._sup.availability_report()
+
+    def upkeep_status(self) -> UpkeepStatus:
+        """What ``auto`` mode's upkeep knows: sync policy, settings it could not apply."""
+        return self._sup.actions.upkeep.status()
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Counters and gauges as a JSON-ready dict."""
+        return self._sup.metrics()
+
+    def history(self) -> list[FailoverEvent]:
+        """Failover events, oldest first (newest last)."""
+        return self.events.events()
+
+    # -- callbacks -----------------------------------------------------
+
+    def on_failover(self, callback: EventCallback) -> EventCallback:
+        """Call ``callback(event)`` when a failover completes, fails or is refused."""
+        self._sup.callbacks.add("failover", self._callback(callback))
+        return callback
+
+    def on_state_change(self, callback: StateCallback) -> StateCallback:
+        """Call ``callback(old, new, snapshot)`` on every cluster state change."""
+        self._sup.callbacks.add("state_change", self._callback(callback))
+        return callback
+
+    def on_writable_change(self, callback: WritableCallback) -> WritableCallback:
+        """Call ``callback(writable, reason)`` when read-only mode begins or ends."""
+        self._sup.callbacks.add("writable_change", self._callback(callback))
+        return callback
+
+    def on_recovery(self, callback: RecoveryCallback) -> RecoveryCallback:
+        """Call ``callback(node_name)`` when an unhealthy node is healthy again."""
+        self._sup.callbacks.add("recovery", self._callback(callback))
+        return callback
+
+    def _callback(self, callback: Any) -> Any:
+        """How a callback is called from the monitor thread (as it is, here)."""
+        return callback
+
+    def __repr__(self) -> str:
+        snap = self._view.snapshot
+        return (
+            f"<{type(self).__name__} {self.name} nodes={[n.name for n in self.nodes]} "
+            f"primary={snap.primary} state={snap.state.value}>"
+        )
