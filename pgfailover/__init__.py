@@ -1,11 +1,13 @@
 """pgfailover: a PostgreSQL high-availability connection manager.
 
 Writes go to the real primary and reads to healthy standbys, through
-crashes, hangs, promotions and returning old primaries.
+crashes, hangs, promotions and returning old primaries:
+:class:`FailoverManager` for threads, :class:`AsyncFailoverManager` for asyncio.
 """
 
 from __future__ import annotations
 
+from pgfailover.aio import AsyncFailoverManager
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.errors import (
     ConfigurationError,
@@ -27,6 +29,7 @@ from pgfailover.model import ClusterState, Role, Snapshot
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AsyncFailoverManager",
     "ClusterState",
     "ConfigurationError",
     "FailoverConfig",

@@ -172,6 +172,15 @@ class Dispatcher(Generic[P]):
                 return node, token
         return order[0], 0
 
+    def pick_reader(self, min_lsn: int | None, tried: set[str]) -> tuple[str, int, str] | None:
+        """The next node a read tries (not in ``tried``), its breaker trial (0: none) and
+        its counters' route; ``None`` when no node is left to try now."""
+        order = [n for n in self.read_order(min_lsn) if n not in tried]
+        if not order:
+            return None
+        node, token = self.admitted(order)
+        return node, token, self.read_route(node)
+
     def read_route(self, node: str) -> str:
         """The counters' route of a read on ``node``."""
         return "read" if node != self.view.snapshot.primary else "read_primary"

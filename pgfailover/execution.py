@@ -122,14 +122,13 @@ class Executor(Dispatcher[NodePools]):
         tried: set[str] = set()
         last: BaseException | None = None
         for _ in range(MAX_ATTEMPTS):
-            order = [n for n in self.read_order(min_lsn) if n not in tried]
-            if not order:
+            picked = self.pick_reader(min_lsn, tried)
+            if picked is None:
                 if not self._wait_for_readers(deadline):
                     break
                 tried.clear()
                 continue
-            node, token = self.admitted(order)
-            route = self.read_route(node)
+            node, token, route = picked
             conn = self._checkout(node, deadline, token, True)
             if conn is None:
                 tried.add(node)

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.derive import standby_named
-from pgfailover.errors import ManagerClosed, NoPrimaryAvailable
+from pgfailover.errors import ManagerClosed
 from pgfailover.events import FailoverEvent
 from pgfailover.execution import Executor
 from pgfailover.manager_base import (
@@ -36,7 +36,6 @@ from pgfailover.manager_base import (
 )
 from pgfailover.model import Snapshot
 from pgfailover.pools import NodePools
-from pgfailover.routing import write_target
 
 __all__ = [
     "EventCallback",
@@ -218,21 +217,13 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         Raises:
             NoPrimaryAvailable: there is no primary right now.
         """
-        self._check_open()
-        primary = write_target(self._view.snapshot, ())
-        if primary is None:
-            raise NoPrimaryAvailable(
-                f"cluster {self.name} has no primary ({self._view.snapshot.state.value})"
-            )
-        return self._pools.get(primary)
+        return self._pools.get(self._active_primary())
 
     # -- health, failover, status --------------------------------------
 
     def check_health(self) -> Snapshot:
         """Probe every node now, apply the result, and return the snapshot."""
-        self._check_open()
-        self._sup.rounds.monitor_round(full=True)
-        return self._view.snapshot
+        return self.check_health_blocking()
 
     def check_primary_health(self) -> bool:
         """Probe now; True when a writable primary answered."""
@@ -258,9 +249,7 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         Raises:
             PromotionRefused: a guard refused; its ``guard`` attribute names it.
         """
-        self._check_open()
-        name = standby_named(self._view.snapshot, target) if target is not None else None
-        return self._sup.actions.manual_failover(name, force=force, timeout=timeout)
+        return self.perform_failover_blocking(target, force=force, timeout=timeout)
 
     def switchover(
         self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
@@ -276,9 +265,7 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
             PromotionRefused: ``guard`` names why (``catchup_timeout``: the
                 old primary takes writes again, nothing was promoted).
         """
-        self._check_open()
-        name = standby_named(self._view.snapshot, target) if target is not None else None
-        return self._sup.actions.switchover(name, force=force, timeout=timeout)
+        return self.switchover_blocking(target, force=force, timeout=timeout)
 
     def wait_repointed(self, timeout: float = 30.0) -> bool:
         """Wait until a running promotion (which repoints the standbys) has ended.

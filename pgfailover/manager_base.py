@@ -19,12 +19,13 @@ from typing import Any, Generic, TypeVar
 from pgfailover.availability import WindowStats
 from pgfailover.breaker import BreakerPolicy, Breakers
 from pgfailover.config import FailoverConfig, Node
+from pgfailover.derive import standby_named
 from pgfailover.dispatch import Dispatcher
-from pgfailover.errors import ConfigurationError, ManagerClosed
+from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
 from pgfailover.events import FailoverEvent
 from pgfailover.model import ClusterState, Snapshot
 from pgfailover.pools import TrackedPools
-from pgfailover.routing import ReadStrategy, make_strategy
+from pgfailover.routing import ReadStrategy, make_strategy, write_target
 from pgfailover.sources import FromSources, resolve_nodes
 from pgfailover.strategies import describe
 from pgfailover.supervisor import Supervisor
@@ -187,6 +188,53 @@ class ManagerBase(FromSources, Generic[P, X]):
             raise ConfigurationError(
                 f"unknown node {name!r} (known: {', '.join(self._by_name)})"
             ) from None
+
+    def _active_primary(self) -> str:
+        """The node writes go to now (``get_active_pool``), without waiting.
+
+        Raises:
+            NoPrimaryAvailable: there is no primary right now.
+        """
+        self._check_open()
+        primary = write_target(self._view.snapshot, ())
+        if primary is None:
+            raise NoPrimaryAvailable(
+                f"cluster {self.name} has no primary ({self._view.snapshot.state.value})"
+            )
+        return primary
+
+    # -- blocking admin operations, for threads --------------------------
+
+    def check_health_blocking(self) -> Snapshot:
+        """Probe every node now, apply the result, return the snapshot; blocks the calling
+        thread (the HTTP API's workers; the managers' ``check_health`` use it)."""
+        self._check_open()
+        self._sup.rounds.monitor_round(full=True)
+        return self._view.snapshot
+
+    def perform_failover_blocking(
+        self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
+    ) -> FailoverEvent:
+        """A manual, guarded promotion (``perform_failover``), blocking the calling thread.
+
+        Raises:
+            PromotionRefused: a guard refused; its ``guard`` attribute names it.
+        """
+        self._check_open()
+        name = standby_named(self._view.snapshot, target) if target is not None else None
+        return self._sup.actions.manual_failover(name, force=force, timeout=timeout)
+
+    def switchover_blocking(
+        self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
+    ) -> FailoverEvent:
+        """A planned switchover (``switchover``), blocking the calling thread.
+
+        Raises:
+            PromotionRefused: ``guard`` names why.
+        """
+        self._check_open()
+        name = standby_named(self._view.snapshot, target) if target is not None else None
+        return self._sup.actions.switchover(name, force=force, timeout=timeout)
 
     # -- maintenance, status, history ------------------------------------
 

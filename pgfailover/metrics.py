@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import (
@@ -47,7 +47,9 @@ from pgfailover.upkeep import commits_blocked
 if TYPE_CHECKING:
     from pgfailover.config import FailoverConfig
     from pgfailover.counters import Counters
-    from pgfailover.manager import FailoverManager
+    from pgfailover.manager_base import ManagerBase
+
+    AnyManager = ManagerBase[Any, Any]  # FailoverManager or AsyncFailoverManager
 
 __all__ = ["METRIC_NAMES", "ManagerCollector", "register", "unregister"]
 
@@ -211,13 +213,13 @@ class ManagerCollector(Collector):
     thread.
     """
 
-    def __init__(self, managers: Iterable[FailoverManager] = ()) -> None:
+    def __init__(self, managers: Iterable[AnyManager] = ()) -> None:
         self._lock = threading.Lock()
-        self._managers: dict[str, weakref.ref[FailoverManager]] = {}  # guarded by self._lock
+        self._managers: dict[str, weakref.ref[AnyManager]] = {}  # guarded by self._lock
         for mgr in managers:
             self.add(mgr)
 
-    def add(self, mgr: FailoverManager) -> None:
+    def add(self, mgr: AnyManager) -> None:
         """Export ``mgr`` under ``cluster=mgr.name``.
 
         Raises:
@@ -233,14 +235,14 @@ class ManagerCollector(Collector):
                 )
             self._managers[mgr.name] = weakref.ref(mgr)
 
-    def remove(self, mgr: FailoverManager) -> None:
+    def remove(self, mgr: AnyManager) -> None:
         """Stop exporting ``mgr``."""
         with self._lock:
             ref = self._managers.get(mgr.name)
             if ref is not None and ref() in (mgr, None):
                 del self._managers[mgr.name]
 
-    def managers(self) -> list[FailoverManager]:
+    def managers(self) -> list[AnyManager]:
         """The live, open managers exported now."""
         with self._lock:
             live = [(name, ref()) for name, ref in self._managers.items()]
@@ -281,7 +283,7 @@ def _add(families: dict[str, Metric], short: str, labels: list[str], value: floa
     family.add_metric(labels, value)
 
 
-def _fill(families: dict[str, Metric], mgr: FailoverManager) -> None:
+def _fill(families: dict[str, Metric], mgr: AnyManager) -> None:
     """Add one manager's samples."""
     snap = mgr.snapshot
     _fill_snapshot(families, mgr.name, snap, mgr.config)
@@ -404,7 +406,7 @@ _collectors: weakref.WeakKeyDictionary[CollectorRegistry, ManagerCollector] = (
 _collectors_lock = threading.Lock()
 
 
-def register(mgr: FailoverManager, registry: CollectorRegistry | None = None) -> ManagerCollector:
+def register(mgr: AnyManager, registry: CollectorRegistry | None = None) -> ManagerCollector:
     """Export ``mgr`` on ``registry`` (default: prometheus_client's global one).
 
     Every manager registered on one registry shares one collector, so the
@@ -421,7 +423,7 @@ def register(mgr: FailoverManager, registry: CollectorRegistry | None = None) ->
     return collector
 
 
-def unregister(mgr: FailoverManager, registry: CollectorRegistry | None = None) -> None:
+def unregister(mgr: AnyManager, registry: CollectorRegistry | None = None) -> None:
     """Stop exporting ``mgr`` on ``registry``."""
     target = REGISTRY if registry is None else registry
     with _collectors_lock:

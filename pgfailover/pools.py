@@ -60,11 +60,19 @@ class TrackedPools:
     Thread safety: every method may be called from any thread.
     """
 
-    def __init__(self, cluster: str, names: Sequence[str], max_sizes: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        config: FailoverConfig,
+        cluster: str,
+        pool_kwargs: Mapping[str, Any] | None,
+    ) -> None:
+        extra = dict(pool_kwargs or {})
         self._cluster = cluster
-        self._max_sizes = dict(max_sizes)
+        # What each node's pool is built with (the subclass builds it).
+        self._options = {n.name: pool_options(n, config, cluster, extra) for n in nodes}
         self._lock = threading.Lock()
-        self._checked_out: dict[str, set[Any]] = {n: set() for n in names}  # under self._lock
+        self._checked_out: dict[str, set[Any]] = {n.name: set() for n in nodes}  # under _lock
         self._closed = False  # guarded by self._lock
 
     def _refuse(self) -> ManagerClosed:
@@ -88,7 +96,7 @@ class TrackedPools:
 
     def saturated(self, node: str) -> bool:
         """Every connection the pool of ``node`` may hold is checked out (the caller's load)."""
-        return len(self._checked_out[node]) >= self._max_sizes[node]
+        return len(self._checked_out[node]) >= int(self._options[node]["max_size"])
 
     @property
     def closed(self) -> bool:
@@ -136,10 +144,8 @@ class NodePools(TrackedPools):
         *,
         pool_class: Callable[..., ConnectionPool] = ConnectionPool,
     ) -> None:
-        extra = dict(pool_kwargs or {})
-        options = {n.name: pool_options(n, config, cluster, extra) for n in nodes}
-        super().__init__(cluster, list(options), {k: v["max_size"] for k, v in options.items()})
-        self._pools = {n.name: pool_class(n.dsn, **options[n.name]) for n in nodes}
+        super().__init__(nodes, config, cluster, pool_kwargs)
+        self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
 
     def open(self) -> None:
         """Open every pool (connections are made in the background)."""

@@ -70,7 +70,9 @@ from pgfailover.upkeep import commits_blocked
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from pgfailover.manager import FailoverManager
+    from pgfailover.manager_base import ManagerBase
+
+    AnyManager = ManagerBase[Any, Any]  # FailoverManager or AsyncFailoverManager
 
 __all__ = ["AdminApp", "AdminServer", "HTTPError", "check_token", "openapi", "serve"]
 
@@ -123,7 +125,7 @@ class AdminApp:
 
     def __init__(
         self,
-        mgr: FailoverManager,
+        mgr: AnyManager,
         *,
         token: str | None = None,
         registry: CollectorRegistry | None = None,
@@ -318,11 +320,11 @@ class AdminApp:
             raise HTTPError(404, f"unknown node {target!r}", nodes=names)
         if dry_run:  # what the trigger would find and do, for the operator to confirm
             plan = trigger_plan(
-                self.mgr.check_health(), self.mgr.config, time.time(), target, force
+                self.mgr.check_health_blocking(), self.mgr.config, time.time(), target, force
             )
             return 200, {"allowed": plan.allowed, "plan": plan.lines, "guard": plan.guard}
         try:
-            event = self.mgr.perform_failover(target, force=force)
+            event = self.mgr.perform_failover_blocking(target, force=force)
         except PromotionRefused as exc:
             raise HTTPError(409, str(exc), guard=exc.guard) from None
         except NoPrimaryAvailable as exc:
@@ -354,7 +356,7 @@ class AdminApp:
         if target is not None and target not in names:
             raise HTTPError(404, f"unknown node {target!r}", nodes=names)
         try:
-            event = self.mgr.switchover(target, force=force, timeout=float(timeout))
+            event = self.mgr.switchover_blocking(target, force=force, timeout=float(timeout))
         except PromotionRefused as exc:
             raise HTTPError(409, str(exc), guard=exc.guard) from None
         except PgFailoverError as exc:
@@ -362,7 +364,7 @@ class AdminApp:
         return 200 if event.outcome == "completed" else 502, {"event": event.as_dict()}
 
     def _check_health(self, _environ: WSGIEnvironment) -> tuple[int, Any]:
-        self.mgr.check_health()
+        self.mgr.check_health_blocking()
         return 200, self.mgr.get_failover_status()
 
     def _pause(self, environ: WSGIEnvironment) -> tuple[int, Any]:
@@ -392,7 +394,7 @@ class AdminApp:
 
 
 def serve(
-    mgr: FailoverManager,
+    mgr: AnyManager,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -427,7 +429,7 @@ def serve(
     )
 
 
-def _private_registry(mgr: FailoverManager) -> CollectorRegistry:
+def _private_registry(mgr: AnyManager) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     register(mgr, registry)
     return registry

@@ -66,17 +66,40 @@ def port_of(lab: LocalLab, port: int) -> str:
     return next(n.name for n in lab.nodes if n.port == port)
 
 
-class Workload:
+INSERT_SQL = "INSERT INTO w VALUES (%s) RETURNING inet_server_port()"
+
+
+class Ledger:
+    """What a workload's writes came to: acknowledged (id, server port, time), unknown,
+    failed. Shared by the thread workload here and the asyncio one of the async tests."""
+
+    def __init__(self) -> None:
+        self.acked: list[tuple[int, int, float]] = []
+        self.unknown: list[int] = []
+        self.failed: list[tuple[int, str]] = []
+
+    def ok(self, i: int, rows: list[tuple[Any, ...]]) -> None:
+        self.acked.append((i, rows[0][0], time.monotonic()))
+
+    def failure(self, i: int, exc: Exception) -> None:
+        if isinstance(exc, WriteOutcomeUnknown):
+            self.unknown.append(i)
+        else:
+            self.failed.append((i, repr(exc)))
+
+    def acked_on(self, port: int) -> int:
+        return sum(1 for _, p, _ in self.acked if p == port)
+
+
+class Workload(Ledger):
     """Threads committing INSERTs with unique ids, recording what was acknowledged."""
 
     _runs = itertools.count()  # each workload of a session writes its own ids
 
     def __init__(self, mgr: FailoverManager, threads: int = 4) -> None:
+        super().__init__()
         self.mgr = mgr
         run = next(Workload._runs) * 100_000_000
-        self.acked: list[tuple[int, int, float]] = []  # (id, server port, time)
-        self.unknown: list[int] = []
-        self.failed: list[tuple[int, str]] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(run + k * 10_000_000,), daemon=True)
@@ -88,14 +111,9 @@ class Workload:
         while not self._stop.is_set():
             i += 1
             try:
-                rows = self.mgr.query(
-                    "INSERT INTO w VALUES (%s) RETURNING inet_server_port()", (i,)
-                )
-                self.acked.append((i, rows[0][0], time.monotonic()))
-            except WriteOutcomeUnknown:
-                self.unknown.append(i)
+                self.ok(i, self.mgr.query(INSERT_SQL, (i,)))
             except Exception as exc:  # noqa: BLE001 - recorded and asserted on
-                self.failed.append((i, repr(exc)))
+                self.failure(i, exc)
 
     def __enter__(self) -> Workload:
         for t in self._threads:
@@ -106,9 +124,6 @@ class Workload:
         self._stop.set()
         for t in self._threads:
             t.join(30)
-
-    def acked_on(self, port: int) -> int:
-        return sum(1 for _, p, _ in self.acked if p == port)
 
 
 def config_file(lab: LocalLab, tmp_path: Path, extra: str = "") -> Path:
