@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -144,6 +145,16 @@ def test_the_metrics_block(site: tuple[LocalLab, Path]) -> None:
     text = _replace(block("metrics"), "9187", str(port))
     out = _python(directory, prelude + text + epilogue)
     assert 'pgfailover_primary_healthy{cluster="default"} 1.0' in out
+
+
+def test_the_asyncio_block(site: tuple[LocalLab, Path]) -> None:
+    lab, directory = site
+    stock = lab.run_sql("node0", "SELECT n FROM stock WHERE id = 7")[0][0]
+    out = _python(directory, block("asyncio"))
+    # The count comes from a standby (without min_lsn it may not have the new row yet).
+    assert re.fullmatch(r"\[\(\d+,\)\] healthy", out.strip()), out
+    assert lab.run_sql("node0", "SELECT count(*) FROM orders WHERE id = 43") == [(1,)]
+    assert lab.run_sql("node0", "SELECT n FROM stock WHERE id = 7") == [(stock - 1,)]
 
 
 def test_the_admin_server_block(site: tuple[LocalLab, Path]) -> None:
