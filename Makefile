@@ -46,10 +46,14 @@ BENCH_OUT ?= bench-results
 bench: $(STAMP) server-binaries
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python benchmarks/failover.py --runs 3 | tee $(BENCH_OUT)/failover.jsonl
+	$(BIN)/python benchmarks/failover.py --runs 5 --variants kill --delays 0 \
+		--contenders auto,async_auto,external,async_external,baseline,async_baseline \
+		| tee $(BENCH_OUT)/async_failover.jsonl
 	$(BIN)/python benchmarks/faults.py --runs 5 | tee $(BENCH_OUT)/faults.jsonl
 	$(BIN)/python benchmarks/switchover.py --runs 5 | tee $(BENCH_OUT)/switchover.jsonl
 	$(BIN)/python benchmarks/http_flood.py --pairs 5 | tee $(BENCH_OUT)/http_flood.jsonl
 	$(BIN)/python benchmarks/overhead.py | tee $(BENCH_OUT)/overhead.jsonl
+	$(BIN)/python benchmarks/async_overhead.py | tee $(BENCH_OUT)/async_overhead.jsonl
 	$(BIN)/python benchmarks/reads.py | tee $(BENCH_OUT)/reads.jsonl
 	$(BIN)/python benchmarks/probes.py | tee $(BENCH_OUT)/probes.jsonl
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT)

@@ -17,7 +17,11 @@ Contenders: ``auto`` (pgfailover promotes), ``external`` (pgfailover follows a
 promoter that runs pg_promote on the most advanced standby D seconds after
 t0), and ``baseline`` (psycopg_pool on the multi-host conninfo with
 ``target_session_attrs=read-write`` and ``check=ConnectionPool.check_connection``,
-the same promoter, the workload retrying failed attempts).
+the same promoter, the workload retrying failed attempts). With
+``--contenders`` naming them, the asyncio twins run too (see ``aio.py``):
+``async_auto`` and ``async_external`` (AsyncFailoverManager), and
+``async_baseline`` (AsyncConnectionPool on the multi-host conninfo), as four
+writer tasks on one event loop.
 
     python benchmarks/failover.py --runs 3
 """
@@ -36,6 +40,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aio import ASYNC_CONTENDERS, async_writers
 from common import (
     Record,
     emit,
@@ -68,6 +73,10 @@ def _promoter(lab: LocalLab, old: str, delay: float, at: float, out: dict[str, f
 
 
 Writer = Callable[[int], int]
+
+
+def _nothing() -> None:
+    return None
 
 
 def _contender(lab: LocalLab, contender: str) -> tuple[Writer, Callable[[], None]]:
@@ -153,8 +162,12 @@ def run_once(
         lab.run_sql("node0", "CREATE TABLE bench (id bigint PRIMARY KEY)")
         for name in ("node1", "node2"):
             lab.wait_streaming(name, "node0")
-        write, closer = _contender(lab, contender)
-        threads = writers(write, record, stop, THREADS)
+        closer: Callable[[], None] = _nothing  # an asyncio contender's loop closes its own
+        if contender in ASYNC_CONTENDERS:
+            threads = async_writers(lab, contender, INSERT, record, stop, tasks=THREADS)
+        else:
+            write, closer = _contender(lab, contender)
+            threads = writers(write, record, stop, THREADS)
         for t in threads:
             t.start()
         time.sleep(WARMUP)  # a steady workload before the crash
@@ -167,7 +180,7 @@ def run_once(
         promoter = threading.Thread(
             target=_promoter, args=(lab, "node0", delay, t0, promo), daemon=True
         )
-        if contender != "auto":
+        if contender not in ("auto", "async_auto"):
             promoter.start()
         deadline = t0 + observe
         while time.monotonic() < deadline:
@@ -178,11 +191,11 @@ def run_once(
             time.sleep(0.05)
         stop.set()
         for t in threads:
-            t.join(2)
+            t.join(10)
         if promoter.is_alive():
             promoter.join(30)
         closer()
-        label = contender if contender == "auto" else f"{contender} D={delay:g}"
+        label = contender if contender.endswith("auto") else f"{contender} D={delay:g}"
         return {
             "benchmark": "failover",
             "contender": label,
@@ -218,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             for contender in args.contenders.split(","):
                 delays = (
-                    [0.0] if contender == "auto" else [float(d) for d in args.delays.split(",")]
+                    [0.0]
+                    if contender.endswith("auto")
+                    else [float(d) for d in args.delays.split(",")]
                 )
                 if variant == "pause":
                     delays = delays[:1]  # the hung variant: one delay is enough

@@ -147,6 +147,39 @@ def overhead_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def async_overhead_table(records: list[dict[str, Any]]) -> list[str]:
+    """Throughput and latency per task count and contender, on one event loop."""
+    rows = [r for r in records if "contender" in r]
+    if not rows:
+        return []
+    lines = [
+        "| tasks | contender | ops/s | p50 | p99 | ratio to bare AsyncConnectionPool |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio_to_bare']:.3f}"
+        if r["contender"] != "bare":
+            ratio += f" ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})"
+        lines.append(
+            f"| {r['tasks']} | {r['contender']} | {r['ops_per_s']:.0f} | {r['p50_ms']:.3f} ms "
+            f"| {r['p99_ms']:.3f} ms | {ratio} |"
+        )
+    plan = next((r for r in records if "machine" in r and "pairs" in r), None)
+    if plan:
+        pinned = plan.get("cpu_pinning")
+        lines.append("")
+        lines.append(
+            f"SELECT 1, alternating slices: {plan['pairs']} pairs of {plan['slice_s']:g} s per"
+            f" contender and task count, {plan['date']}, {plan['machine']['cpus']} CPUs"
+            + (
+                f"; client on CPU {pinned['client']}, servers on CPU {pinned['servers']}."
+                if pinned
+                else "; not pinned."
+            )
+        )
+    return lines
+
+
 def probes_table(records: list[dict[str, Any]]) -> list[str]:
     """Cycle durations per size and variant, and the server-side cost."""
     rows = [r for r in records if "cycle" in r]
@@ -277,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Switchover under load", "switchover.jsonl", switchover_table),
         ("Failover with a flooded HTTP port", "http_flood.jsonl", http_flood_table),
         ("Routing overhead", "overhead.jsonl", overhead_table),
+        ("Routing overhead under asyncio", "async_overhead.jsonl", async_overhead_table),
         ("Read strategies", "reads.jsonl", reads_table),
         ("Probe cycles", "probes.jsonl", probes_table),
     ):

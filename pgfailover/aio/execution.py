@@ -155,7 +155,9 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
         deadline = time.monotonic() + self._wait_timeout
         last: BaseException | None = None
         for _ in range(MAX_ATTEMPTS):
-            node = await self.wait_for_primary(deadline)
+            node, _ = self.view.primary_now(deadline)  # the happy path: no coroutine to wait
+            if node is None:
+                node = await self.wait_for_primary(deadline)
             conn = await self._checkout(node, deadline, 0, False)
             if conn is None:
                 self._counters.query(node, "write", "retry")

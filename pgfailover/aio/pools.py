@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from pgfailover.config import FailoverConfig, Node
@@ -26,6 +27,7 @@ __all__ = ["AsyncNodePools"]
 logger = logging.getLogger(__name__)
 
 AsyncConnection = psycopg.AsyncConnection[Any]
+_IDLE = pq.TransactionStatus.IDLE
 
 
 class AsyncNodePools(TrackedPools):
@@ -81,8 +83,19 @@ class AsyncNodePools(TrackedPools):
 
     async def checkin(self, node: str, conn: AsyncConnection) -> None:
         """Give a connection from :meth:`checkout` back to its pool, even if the task that
-        gives it back is cancelled meanwhile (the pool finishes taking it back)."""
+        gives it back is cancelled meanwhile (the pool finishes taking it back).
+
+        An idle connection (the happy path: committed) goes back at once, no I/O
+        involved; one the pool must roll back or close goes back in a task of its
+        own, which a cancellation of this one does not interrupt.
+        """
         self._untrack(node, conn)
+        if conn.pgconn.transaction_status == _IDLE:
+            try:
+                await self._pools[node].putconn(conn)
+            except PoolClosed:
+                await conn.close()
+            return
         give_back = asyncio.ensure_future(self._putconn(node, conn))
         try:
             await asyncio.shield(give_back)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 def _run(script: str, *args: str, out: Path) -> list[dict[str, Any]]:
@@ -65,6 +65,27 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert set(contenders) == {"bare", "query", "get_client"}
     assert all(r["ops"] > 0 for r in contenders.values())
 
+    async_overhead = _run(
+        "async_overhead.py",
+        *("--tasks", "4", "--pairs", "1", "--slice", "0.3"),
+        out=tmp_path / "async_overhead.jsonl",
+    )
+    contenders = {r["contender"]: r for r in async_overhead if "contender" in r}
+    assert set(contenders) == {"bare", "query", "get_client"}
+    assert all(r["ops"] > 0 for r in contenders.values())
+
+    async_failover = _run(
+        "failover.py",
+        *("--runs", "1", "--contenders", "async_auto,async_baseline", "--modes", "sync"),
+        *("--variants", "kill", "--delays", "0", "--observe", "10"),
+        out=tmp_path / "async_failover.jsonl",
+    )
+    for label in ("async_auto", "async_baseline D=0"):
+        run = next(r for r in async_failover if r.get("contender") == label)
+        assert run["kill_to_first_write"] is not None, run
+        assert run["lost"] == 0, run
+        assert run["old_primary_acks_after_failover"] == 0, run
+
     reads = _run(
         "reads.py",
         *("--threads", "2", "--rounds", "1", "--slice", "0.3"),
@@ -108,6 +129,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         "Switchover under load",
         "Failover with a flooded HTTP port",
         "Routing overhead",
+        "Routing overhead under asyncio",
         "Read strategies",
         "Probe cycles",
     ):
