@@ -127,7 +127,10 @@ class ProbeRound:
                 self._busy[name] = (future, started)
                 futures[name] = future
                 inflight[name] = (future, started)
-        self._wait([f for n, f in futures.items() if n not in failing], wait_end, decisive)
+        # A probe still running from an earlier round is waited for like a new one: a
+        # slow answer is an answer (a full round reporting it failed at once made a
+        # standby busy for 0.1 s an unreachable witness).
+        self._wait([f for n, (f, _) in inflight.items() if n not in failing], wait_end, decisive)
         rest = [f for name, f in futures.items() if name in failing]
         if rest:
             grace_end = min(wait_end, time.monotonic() + self.grace)

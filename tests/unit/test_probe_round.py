@@ -95,3 +95,28 @@ def test_an_answer_that_arrives_between_rounds_is_reported(
         assert "node0" not in third  # that answer is not reported twice
     finally:
         later_answers.set()
+
+
+def test_a_full_round_waits_for_a_probe_still_running_from_an_earlier_round(
+    probe_round: ProbeRound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-probe before a promotion must not call a standby that is merely slow
+    (its probe begun a round earlier, answering 0.15 s later) unreachable."""
+    answer = threading.Event()
+
+    def slow_probe() -> ProbeResult:
+        answer.wait(10)
+        return standby("node1")
+
+    monkeypatch.setattr(probe_round._probers["node0"], "probe", lambda: primary("node0"))
+    monkeypatch.setattr(probe_round._probers["node1"], "probe", slow_probe)
+    try:
+        first = probe_round.run(patience=0.05)
+        assert "node1" not in first  # still running: no news
+        timer = threading.Timer(0.15, answer.set)
+        timer.start()
+        full = probe_round.run()  # no patience: every node gets a result
+        timer.join()
+        assert full["node1"].ok, full["node1"]
+    finally:
+        answer.set()
