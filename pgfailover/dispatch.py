@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import psycopg
 
@@ -46,7 +46,7 @@ from pgfailover.errors import (
 )
 from pgfailover.model import NodeState, Snapshot
 from pgfailover.pools import TrackedPools
-from pgfailover.routing import ReadStrategy, read_candidates, read_order
+from pgfailover.routing import ReadStrategy, read_candidates, read_order, write_target
 
 __all__ = ["MAX_ATTEMPTS", "Dispatcher", "Verdict", "classify", "is_connection_error"]
 
@@ -57,7 +57,7 @@ Phase = Literal["statement", "commit"]
 
 _GONE_STATES = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
 MAX_ATTEMPTS = 100
-P = TypeVar("P", bound=TrackedPools)
+P = TypeVar("P", bound=TrackedPools[Any])
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -93,9 +93,10 @@ class Dispatcher(Generic[P]):
     """Where statements go and what their errors mean, over the view and the pools.
 
     ``wake`` asks for a probe round now; ``idle_probe`` runs one from the
-    caller when no monitor thread runs (a write waiting for a primary must
-    not wait forever); ``on_write`` hears of every write a node acknowledged
-    (the failover clock stops at the first on a new primary); ``breakers``
+    caller when no monitor thread runs (``monitoring()`` is False: a write
+    waiting for a primary must not wait forever); ``on_write`` hears of
+    every write a node acknowledged (the failover clock stops at the first
+    on a new primary); ``breakers``
     are the nodes' read circuit breakers. ``P``: the kind of pools (sync or
     asyncio) the executor built on it takes connections from.
 
@@ -117,6 +118,7 @@ class Dispatcher(Generic[P]):
         idle_probe: Callable[[], None],
         on_write: Callable[[str], None],
         breakers: Breakers,
+        monitoring: Callable[[], bool] = lambda: True,
     ) -> None:
         self.view = view
         self.breakers = breakers
@@ -128,6 +130,7 @@ class Dispatcher(Generic[P]):
         self._poll = poll
         self._wake = wake
         self._idle_probe = idle_probe
+        self._monitoring = monitoring  # whether a monitor thread runs (else: idle_probe)
         self._on_write = on_write
         self._readers: tuple[Snapshot | None, frozenset[str], tuple[NodeState, ...]] = (
             None,
@@ -142,6 +145,15 @@ class Dispatcher(Generic[P]):
         if self.view.suspect(node):
             logger.info("node %s suspect after a query error: %s", node, reason)
         self._wake()
+
+    def ready_primary(self) -> str | None:
+        """The node writes go to now, when nothing makes a write wait (no suspect primary,
+        no switchover holding writes, not closed); ``None`` otherwise. Never raises."""
+        view = self.view
+        target = write_target(view.snapshot, view.suspects)
+        if target is not None and not view.closed and not view.held:
+            return target
+        return None
 
     def read_order(self, min_lsn: int | None = None) -> list[str]:
         """Nodes to try for a read now, best first (fitting standbys, then the primary).

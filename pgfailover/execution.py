@@ -49,12 +49,11 @@ class Executor(Dispatcher[NodePools]):
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable, ReadOnlyMode.
         """
-        view = self.view
-        target, _ = view.primary_now(deadline)
+        target = self.ready_primary()
         if target is not None:
             return target
         self._wake()
-        return view.wait_for_primary(deadline, self._poll, self._idle_probe)
+        return self.view.wait_for_primary(deadline, self._poll, self._idle_probe)
 
     def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now; waits for a primary when none can serve."""

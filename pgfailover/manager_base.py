@@ -46,7 +46,7 @@ EventCallback = Callable[[FailoverEvent], object]
 RecoveryCallback = Callable[[str], object]
 WritableCallback = Callable[[bool, str | None], object]
 
-P = TypeVar("P", bound=TrackedPools)
+P = TypeVar("P", bound=TrackedPools[Any])
 X = TypeVar("X", bound=Dispatcher[Any])
 
 
@@ -104,6 +104,7 @@ class ManagerBase(FromSources, Generic[P, X]):
                 "poll": cfg.fast_interval * 2,
                 "wake": sup.wake,
                 "idle_probe": sup.probe_if_idle,
+                "monitoring": sup.monitoring,
                 "on_write": sup.actions.incident.wrote,
                 "breakers": breakers,
             }

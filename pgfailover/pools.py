@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
@@ -46,7 +46,17 @@ def pool_options(
     }
 
 
-class TrackedPools:
+class _Pool(Protocol):
+    """What tracking reads of a pool, sync or async."""
+
+    @property
+    def max_size(self) -> int: ...
+
+
+PoolT = TypeVar("PoolT", bound=_Pool)
+
+
+class TrackedPools(Generic[PoolT]):
     """Which connections are checked out of each node's pool, and aborting them.
 
     The part of :class:`NodePools` and its asyncio twin
@@ -74,6 +84,7 @@ class TrackedPools:
         self._lock = threading.Lock()
         self._checked_out: dict[str, set[Any]] = {n.name: set() for n in nodes}  # under _lock
         self._closed = False  # guarded by self._lock
+        self._pools: dict[str, PoolT] = {}  # each node's pool, built by the subclass
 
     def _refuse(self) -> ManagerClosed:
         return ManagerClosed(f"manager {self._cluster} is closed")
@@ -96,7 +107,7 @@ class TrackedPools:
 
     def saturated(self, node: str) -> bool:
         """Every connection the pool of ``node`` may hold is checked out (the caller's load)."""
-        return len(self._checked_out[node]) >= int(self._options[node]["max_size"])
+        return len(self._checked_out[node]) >= int(self._pools[node].max_size)
 
     @property
     def closed(self) -> bool:
@@ -123,7 +134,7 @@ class TrackedPools:
         return len(conns)
 
 
-class NodePools(TrackedPools):
+class NodePools(TrackedPools[ConnectionPool]):
     """One ``psycopg_pool.ConnectionPool`` per node; checked-out connections tracked
     until they come back (:class:`TrackedPools`).
 

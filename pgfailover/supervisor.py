@@ -153,6 +153,11 @@ class Supervisor:
         if monitor is not None:
             monitor.wake()
 
+    def monitoring(self) -> bool:
+        """True while the monitor thread runs (no caller needs to probe for it)."""
+        monitor = self._monitor
+        return monitor is not None and monitor.running
+
     def probe_if_idle(self) -> None:
         """A writer waits for a primary and no monitor thread runs: probe from its thread."""
         monitor = self._monitor

@@ -96,7 +96,7 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable, ReadOnlyMode.
         """
-        target, _ = self.view.primary_now(deadline)
+        target = self.ready_primary()
         if target is not None:
             return target
         self._wake()
@@ -114,9 +114,10 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
             await self._probe_if_idle()
 
     async def _probe_if_idle(self) -> None:
-        """No monitor thread runs: a probe round, on a worker thread (it may take
-        ``health_check_timeout`` on a hung node)."""
-        await asyncio.to_thread(self._idle_probe)
+        """When no monitor thread runs: a probe round, on a worker thread (it may take
+        ``health_check_timeout`` on a hung node). Otherwise nothing: the monitor probes."""
+        if not self._monitoring():
+            await asyncio.to_thread(self._idle_probe)
 
     async def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now; waits for a primary when none can serve."""
@@ -128,15 +129,23 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
     async def _checkout(
         self, node: str, deadline: float, token: int, readonly: bool
     ) -> AsyncConnection | None:
-        """A connection from ``node``'s pool, or ``None`` (node suspected) before ``deadline``."""
+        """A connection from ``node``'s pool, or ``None`` (node suspected) before ``deadline``.
+
+        A read's breaker trial (``token``) is released if the task is
+        cancelled (or the manager closes) while it waits.
+        """
         timeout = max(0.05, min(self._pool_timeout, deadline - time.monotonic()))
         try:
             return await self._pools.checkout(node, timeout)
         except PoolTimeout:
             if self.view.closed:
+                self.breakers.release(node, token)
                 raise ManagerClosed(f"manager {self.view.name} is closed") from None
             self.no_connection(node, token, timeout, readonly)
             return None
+        except BaseException:
+            self.breakers.release(node, token)
+            raise
 
     async def _wait_for_readers(self, deadline: float) -> bool:
         """No node can serve a read: probe and wait a little; False once past ``deadline``."""
@@ -155,7 +164,7 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
         deadline = time.monotonic() + self._wait_timeout
         last: BaseException | None = None
         for _ in range(MAX_ATTEMPTS):
-            node, _ = self.view.primary_now(deadline)  # the happy path: no coroutine to wait
+            node = self.ready_primary()  # the happy path: no coroutine to wait in
             if node is None:
                 node = await self.wait_for_primary(deadline)
             conn = await self._checkout(node, deadline, 0, False)
@@ -169,8 +178,11 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
                 phase = "commit"
                 await conn.commit()
             except psycopg.Error as exc:
-                await self._pools.checkin(node, conn)
-                if not self.write_failed(node, exc, phase):
+                try:  # decided and counted before any await a cancellation could cut
+                    retry = self.write_failed(node, exc, phase)
+                finally:
+                    await self._pools.checkin(node, conn)
+                if not retry:
                     raise
                 last = exc
                 continue
@@ -216,8 +228,9 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
                 rows = await cur.fetchall() if cur.description else []
                 await conn.commit()
             except BaseException as exc:
+                retry = self.read_failed(node, token, route, exc)  # before any await
                 await self._pools.checkin(node, conn)
-                if not self.read_failed(node, token, route, exc):
+                if not retry:
                     raise
                 tried.add(node)
                 last = exc
@@ -289,9 +302,9 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
                 raise
             self.session_done(node, readonly)
         finally:
-            await self._pools.checkin(node, conn)
-            if readonly:
+            if readonly:  # before the await below, which a cancellation could cut
                 self.report(node, token, outcome)
+            await self._pools.checkin(node, conn)
 
     async def _fail(
         self, node: str, conn: AsyncConnection, route: str, exc: BaseException

@@ -66,6 +66,7 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
     """
 
     _loop: asyncio.AbstractEventLoop | None = None
+    _closing: asyncio.Future[None] | None = None
 
     def _make_pools(
         self, nodes: Sequence[Node], config: FailoverConfig, name: str, extra: Mapping[str, Any]
@@ -88,7 +89,14 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
         self._executor.bind(self._loop)
         try:
             await self._pools.open()
-            await asyncio.to_thread(self._sup.open)
+            # The first round runs on a worker thread; a cancellation of this task
+            # waits for it to end, so that close() never races a round still acting.
+            first = asyncio.ensure_future(asyncio.to_thread(self._sup.open))
+            try:
+                await asyncio.shield(first)
+            except asyncio.CancelledError:
+                await asyncio.wait((first,))
+                raise
             if start_health_checks:
                 self.start_health_checks()
         except BaseException:
@@ -115,18 +123,37 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
     async def close(self, timeout: float = 5.0) -> None:
         """As :meth:`FailoverManager.close <pgfailover.manager.FailoverManager.close>`:
         finish a promotion in progress, unblock every task, close every pool; within
-        ``timeout``, without blocking the loop."""
-        if self._closed:
-            return
+        ``timeout``, without blocking the loop.
+
+        Closing runs to its end in a task of its own: a ``close()`` that is
+        cancelled (or a second one meanwhile) waits for the same closing,
+        never leaves it half done.
+
+        Raises:
+            RuntimeError: called from another event loop than the one the manager
+                was opened on (its pools belong to that loop); nothing is changed.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            raise RuntimeError(
+                f"manager {self.name} was opened on another event loop: close it there"
+            )
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(timeout))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._closed = True
         self._view.close()  # waiting tasks wake up to ManagerClosed
-        for name in self._by_name:
-            self._pools.abort(name)
-        await asyncio.to_thread(self._sup.close, deadline)
-        if not await self._pools.close(deadline):
-            logger.warning("manager %s: pools did not close within %.1fs", self.name, timeout)
-        self._executor.unbind()
+        try:
+            for name in self._by_name:
+                self._pools.abort(name)
+            await asyncio.to_thread(self._sup.close, deadline)
+            if not await self._pools.close(deadline):
+                logger.warning("manager %s: pools did not close within %.1fs", self.name, timeout)
+        finally:
+            self._executor.unbind()
         logger.info("manager %s closed", self.name)
 
     # -- routing support -----------------------------------------------
@@ -137,6 +164,7 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable, ReadOnlyMode (at once).
         """
+        self._check_open()
         return await self._executor.wait_for_primary(deadline)
 
     def pool(self, node: str) -> AsyncConnectionPool[Any]:
@@ -239,20 +267,28 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
     # -- callbacks -----------------------------------------------------
 
     def _callback(self, callback: Any) -> Any:
-        """A coroutine function runs as a task on the manager's loop; a plain one is
-        called on the monitor thread."""
-        if not inspect.iscoroutinefunction(callback):
-            return callback
+        """Called on the monitor thread; what it returns, if awaitable (a coroutine
+        function's call, an object with an async ``__call__``), runs on the manager's
+        loop."""
 
-        def schedule(*args: Any) -> None:
+        def call(*args: Any) -> None:
+            result = callback(*args)
+            if not inspect.isawaitable(result):
+                return
             loop = self._loop
             if loop is None or loop.is_closed():
-                logger.warning("callback %r dropped: the manager's loop is gone", callback)
+                logger.warning("callback %r not run: the manager's loop is gone", callback)
+                if inspect.iscoroutine(result):
+                    result.close()
                 return
-            future = asyncio.run_coroutine_threadsafe(callback(*args), loop)
+            future = asyncio.run_coroutine_threadsafe(_awaited(result), loop)
             future.add_done_callback(_log_callback_error)
 
-        return schedule
+        return call
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _log_callback_error(future: Any) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from pgfailover.config import FailoverConfig, Node
@@ -27,10 +26,9 @@ __all__ = ["AsyncNodePools"]
 logger = logging.getLogger(__name__)
 
 AsyncConnection = psycopg.AsyncConnection[Any]
-_IDLE = pq.TransactionStatus.IDLE
 
 
-class AsyncNodePools(TrackedPools):
+class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
     """One ``AsyncConnectionPool`` per node; checked-out connections tracked until they
     come back.
 
@@ -53,6 +51,8 @@ class AsyncNodePools(TrackedPools):
     ) -> None:
         super().__init__(nodes, config, cluster, pool_kwargs)
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
+        # Tasks giving connections back (asyncio keeps only weak references to tasks).
+        self._returning: set[asyncio.Future[None]] = set()
 
     async def open(self) -> None:
         """Open every pool (connections are made in the background)."""
@@ -83,26 +83,22 @@ class AsyncNodePools(TrackedPools):
 
     async def checkin(self, node: str, conn: AsyncConnection) -> None:
         """Give a connection from :meth:`checkout` back to its pool, even if the task that
-        gives it back is cancelled meanwhile (the pool finishes taking it back).
+        gives it back is cancelled meanwhile.
 
-        An idle connection (the happy path: committed) goes back at once, no I/O
-        involved; one the pool must roll back or close goes back in a task of its
-        own, which a cancellation of this one does not interrupt.
+        The pool takes it back in a task of its own, which a cancellation of
+        this one does not interrupt: psycopg_pool may await (its lock, a
+        rollback) between taking the connection and placing it, and a
+        connection dropped there would be a slot the pool never gets back.
         """
         self._untrack(node, conn)
-        if conn.pgconn.transaction_status == _IDLE:
-            try:
-                await self._pools[node].putconn(conn)
-            except PoolClosed:
-                await conn.close()
-            return
         give_back = asyncio.ensure_future(self._putconn(node, conn))
-        try:
-            await asyncio.shield(give_back)
-        except asyncio.CancelledError:
-            if not give_back.done():
-                give_back.add_done_callback(_log_failure)
-            raise
+        self._returning.add(give_back)
+        give_back.add_done_callback(self._returned)
+        await asyncio.shield(give_back)
+
+    def _returned(self, task: asyncio.Future[None]) -> None:
+        self._returning.discard(task)
+        _log_failure(task)
 
     async def _putconn(self, node: str, conn: AsyncConnection) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,8 @@ from pgfailover import (
     AsyncFailoverManager,
     ClusterState,
     FailoverConfig,
+    FailoverEvent,
+    ManagerClosed,
     SplitBrainError,
 )
 from pgfailover.lab import LocalLab
@@ -213,6 +216,13 @@ def test_a_restarted_old_primary_receives_no_write(fresh_lab: LocalLab) -> None:
     async def scenario() -> None:
         config = FAST.replace(promotion="auto", fence_stale_primary=True)
         async with manager(fresh_lab, config) as mgr:
+            heard: list[tuple[str | None, bool]] = []
+            loop_thread = threading.get_ident()
+
+            @mgr.on_failover
+            async def record(event: FailoverEvent) -> None:  # runs on the manager's loop
+                heard.append((event.to_node, threading.get_ident() == loop_thread))
+
             fresh_lab.kill("node0")
             new = await until(
                 lambda: mgr.snapshot.primary not in (None, "node0") and mgr.snapshot.primary,
@@ -226,6 +236,8 @@ def test_a_restarted_old_primary_receives_no_write(fresh_lab: LocalLab) -> None:
                     "INSERT INTO w VALUES (%s) RETURNING inet_server_port()", (i,)
                 )
                 assert rows[0][0] == fresh_lab.node(new).port
+            await until(lambda: heard, what="the coroutine callback")
+            assert heard[0] == (new, True)
         assert fresh_lab.run_sql("node0", "SELECT count(*) FROM w WHERE id >= 100") == [(0,)]
 
     run(scenario())
@@ -355,5 +367,21 @@ def test_closing_unblocks_waiting_tasks_within_its_timeout(fresh_lab: LocalLab) 
         assert time.monotonic() - started < 3.5
         with pytest.raises(psycopg.OperationalError, match="closed"):
             await waiting
+
+    run(scenario())
+
+
+def test_a_cancelled_close_still_closes_and_a_second_close_waits_for_it(
+    shared_lab: LocalLab,
+) -> None:
+    async def scenario() -> None:
+        mgr = await AsyncFailoverManager(nodes=shared_lab.manager_nodes(), config=FAST).open()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(mgr.close(), 0.001)
+        await mgr.close()  # waits for the same closing to end
+        assert all(mgr.pool(n.name).closed for n in mgr.nodes)
+        assert mgr.closed
+        with pytest.raises(ManagerClosed):
+            await mgr.query("SELECT 1")
 
     run(scenario())
