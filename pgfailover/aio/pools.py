@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from pgfailover.config import FailoverConfig, Node
@@ -26,6 +27,8 @@ __all__ = ["AsyncNodePools"]
 logger = logging.getLogger(__name__)
 
 AsyncConnection = psycopg.AsyncConnection[Any]
+_IDLE = pq.TransactionStatus.IDLE
+_WAITING = "requests_waiting"  # psycopg_pool's statistic: clients waiting for a connection
 
 
 class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
@@ -85,12 +88,22 @@ class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
         """Give a connection from :meth:`checkout` back to its pool, even if the task that
         gives it back is cancelled meanwhile.
 
-        The pool takes it back in a task of its own, which a cancellation of
-        this one does not interrupt: psycopg_pool may await (its lock, a
-        rollback) between taking the connection and placing it, and a
+        Whenever psycopg_pool may await while taking it back (a rollback, a
+        client waiting to be handed it, its lock), it does so in a task of its
+        own, which a cancellation of this one does not interrupt: a
         connection dropped there would be a slot the pool never gets back.
         """
         self._untrack(node, conn)
+        pool = self._pools[node]
+        if conn.pgconn.transaction_status == _IDLE and not pool.get_stats().get(_WAITING):
+            # Nothing to roll back and no client to hand it to: psycopg_pool puts it
+            # back without suspending, so no cancellation can fall in between (and a
+            # task of its own would cost the happy path a loop iteration).
+            try:
+                await pool.putconn(conn)
+            except PoolClosed:
+                await conn.close()
+            return
         give_back = asyncio.ensure_future(self._putconn(node, conn))
         self._returning.add(give_back)
         give_back.add_done_callback(self._returned)
