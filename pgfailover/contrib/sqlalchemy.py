@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from sqlalchemy import Engine, create_engine, event
@@ -53,10 +53,37 @@ from sqlalchemy.sql.elements import TextClause
 from pgfailover.contrib.causality import Source, causes, manager_from, read_node, write_node
 from pgfailover.execution import is_connection_error
 from pgfailover.manager import FailoverManager
+from pgfailover.manager_base import ManagerBase
 
-__all__ = ["FailoverEngines", "FailoverSession"]
+__all__ = [
+    "NODE_KEY",
+    "FailoverEngines",
+    "FailoverSession",
+    "RoutedEngines",
+    "always",
+    "count_statements",
+    "recorded_node",
+]
 
 T = TypeVar("T")
+
+
+class RoutedEngines(Protocol):
+    """What :class:`FailoverSession` routes over: :class:`FailoverEngines`, or the asyncio
+    :class:`~pgfailover.contrib.sqlalchemy_async.AsyncFailoverEngines` (their sync
+    engines)."""
+
+    engines: dict[str, Engine]
+
+    @property
+    def manager(self) -> ManagerBase[Any, Any]:
+        """The manager that knows the cluster."""
+
+    def writer(self) -> Engine:
+        """The write engine."""
+
+    def read_node(self) -> str:
+        """The node a read goes to now."""
 
 
 class FailoverEngines:
@@ -101,13 +128,13 @@ class FailoverEngines:
             for node, dsn in self._dsns.items()
         }
         for node_name, engine in self.engines.items():
-            _count_statements(self.manager, _always(node_name), engine)
+            count_statements(self.manager, always(node_name), engine)
         self.primary: Engine = create_engine(
             "postgresql+psycopg://", creator=self._connect_to_primary, **options
         )
         event.listen(self.primary, "connect", self._record_node)
         event.listen(self.primary, "checkout", self._still_primary)
-        _count_statements(self.manager, _recorded_node, self.primary)
+        count_statements(self.manager, recorded_node, self.primary)
 
     def _connect_to_primary(self) -> psycopg.Connection[Any]:
         """The write engine's ``creator``: a connection to whichever node is primary now."""
@@ -128,13 +155,13 @@ class FailoverEngines:
             return conn
 
     def _record_node(self, dbapi_connection: Any, record: Any) -> None:
-        record.info[_NODE] = getattr(self._local, "node", None)
+        record.info[NODE_KEY] = getattr(self._local, "node", None)
 
     def _still_primary(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         mgr = self.manager
         primary = mgr.wait_for_primary(time.monotonic() + mgr.config.failover_wait_timeout)
-        if record.info.get(_NODE) != primary:
-            raise DisconnectionError(f"{record.info.get(_NODE)} is no longer the primary")
+        if record.info.get(NODE_KEY) != primary:
+            raise DisconnectionError(f"{record.info.get(NODE_KEY)} is no longer the primary")
 
     def writer(self) -> Engine:
         """The write engine (its connections go to the primary; waits during a failover)."""
@@ -161,23 +188,23 @@ class FailoverEngines:
             self.manager.close()
 
 
-_NODE = "pgfailover_node"  # key of a write-engine connection's node in its record's info
+NODE_KEY = "pgfailover_node"  # key of a write-engine connection's node in its record's info
 
 
-def _always(node: str) -> Callable[[Any], str | None]:
+def always(node: str) -> Callable[[Any], str | None]:
     return lambda _connection: node
 
 
-def _recorded_node(connection: Any) -> str | None:
+def recorded_node(connection: Any) -> str | None:
     """The node of a write-engine ``Connection`` (``None``: it was never made)."""
     if connection is None:
         return None
-    node: str | None = connection.info.get(_NODE)
+    node: str | None = connection.info.get(NODE_KEY)
     return node
 
 
-def _count_statements(
-    mgr: FailoverManager, node_of: Callable[[Any], str | None], engine: Engine
+def count_statements(
+    mgr: ManagerBase[Any, Any], node_of: Callable[[Any], str | None], engine: Engine
 ) -> None:
     """Count every statement ``engine`` runs in ``pgfailover_queries_total``.
 
@@ -214,7 +241,7 @@ class FailoverSession(Session):
     """A ``Session`` whose ``get_bind`` routes writes to the primary, reads to a standby."""
 
     def __init__(
-        self, *args: Any, engines: FailoverEngines | None = None, db: Any = None, **kwargs: Any
+        self, *args: Any, engines: RoutedEngines | None = None, db: Any = None, **kwargs: Any
     ) -> None:
         # ``db``: what Flask-SQLAlchemy passes to its session class; not needed here.
         # Without ``engines``, the Flask app's PgFailover gives them (its manager).
@@ -224,7 +251,7 @@ class FailoverSession(Session):
         self._read_from: str | None = None  # the node of the last read get_bind routed
 
     @property
-    def failover_engines(self) -> FailoverEngines:
+    def failover_engines(self) -> RoutedEngines:
         """The engines this session routes over (the Flask app's when none were given)."""
         if self._engines is None:
             from flask import current_app
@@ -234,7 +261,9 @@ class FailoverSession(Session):
                 raise RuntimeError(
                     "FailoverSession without engines= needs a Flask app with PgFailover"
                 )
-            self._engines = extension.engines()
+            engines: FailoverEngines = extension.engines()
+            self._engines = engines
+            return engines
         return self._engines
 
     def get_bind(
