@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import datetime
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +36,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Slice, emit, machine, percentile
+from common import Slice, emit, machine, slice_figures
 from overhead import pin
 
 from pgfailover import AsyncFailoverManager, FailoverConfig
@@ -118,7 +117,6 @@ async def run(lab: LocalLab, tasks: int, *, pairs: int, seconds: float) -> list[
         await pool.close()
     out = []
     for name in ops:
-        lat = sorted(x for s in slices[name] for x in s.latencies)
         out.append(
             {
                 "benchmark": "async_overhead",
@@ -128,13 +126,7 @@ async def run(lab: LocalLab, tasks: int, *, pairs: int, seconds: float) -> list[
                 "method": "alternating_slices",
                 "pairs": pairs,
                 "slice_s": seconds,
-                "ops": sum(s.ops for s in slices[name]),
-                "ops_per_s": round(statistics.median(s.rate for s in slices[name]), 1),
-                "p50_ms": round(statistics.median(lat) * 1000, 4),
-                "p99_ms": round(percentile(lat, 0.99) * 1000, 4),
-                "ratio_to_bare": round(statistics.median(ratios[name]), 4),
-                "ratio_min": round(min(ratios[name]), 4),
-                "ratio_max": round(max(ratios[name]), 4),
+                **slice_figures(slices[name], ratios[name]),
                 "cpus": os.cpu_count(),
             }
         )

@@ -27,6 +27,7 @@ __all__ = [
     "most_advanced",
     "percentile",
     "run_slice",
+    "slice_figures",
     "summarize",
     "writers",
 ]
@@ -190,6 +191,20 @@ def percentile(ordered: Sequence[float], q: float) -> float:
         raise ValueError("percentile of no values")
     rank = max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))
     return ordered[rank]
+
+
+def slice_figures(slices: Sequence[Slice], ratios: Sequence[float]) -> dict[str, Any]:
+    """A contender's figures over its timed slices and its pairs' throughput ratios."""
+    lat = sorted(x for s in slices for x in s.latencies)
+    return {
+        "ops": sum(s.ops for s in slices),
+        "ops_per_s": round(statistics.median(s.rate for s in slices), 1),
+        "p50_ms": round(statistics.median(lat) * 1000, 4),
+        "p99_ms": round(percentile(lat, 0.99) * 1000, 4),
+        "ratio_to_bare": round(statistics.median(ratios), 4),
+        "ratio_min": round(min(ratios), 4),
+        "ratio_max": round(max(ratios), 4),
+    }
 
 
 def most_advanced(lab: LocalLab, candidates: Sequence[str]) -> str | None:

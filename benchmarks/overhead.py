@@ -60,7 +60,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Op, Slice, emit, machine, percentile, run_slice
+from common import Op, Slice, emit, machine, run_slice, slice_figures
 
 from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
@@ -132,7 +132,6 @@ def run(
         pool.close()
     out = []
     for name in ops:
-        lat = sorted(x for s in slices[name] for x in s.latencies)
         out.append(
             {
                 "benchmark": "overhead",
@@ -143,13 +142,7 @@ def run(
                 "pairs": pairs,
                 "slices": len(slices[name]),
                 "slice_s": seconds,
-                "ops": sum(s.ops for s in slices[name]),
-                "ops_per_s": round(statistics.median(s.rate for s in slices[name]), 1),
-                "p50_ms": round(statistics.median(lat) * 1000, 4),
-                "p99_ms": round(percentile(lat, 0.99) * 1000, 4),
-                "ratio_to_bare": round(statistics.median(ratios[name]), 4),
-                "ratio_min": round(min(ratios[name]), 4),
-                "ratio_max": round(max(ratios[name]), 4),
+                **slice_figures(slices[name], ratios[name]),
                 "ratio_interleaved": (
                     round(statistics.median(mixed[name]), 4) if mixed[name] else None
                 ),
