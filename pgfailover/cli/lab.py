@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pgfailover.cli.common import handle_errors
-from pgfailover.errors import LabError
+from pgfailover.cli.common import UsageProblem, handle_errors
 from pgfailover.lab import open_lab
 from pgfailover.lab.base import CLIENT_HOST
 from pgfailover.lab.local import STATE_FILE, LocalLab, default_lab_dir
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
     from pgfailover.lab.docker import DockerLab
 
 __all__ = ["lab"]
+
+BACKENDS = ("local", "docker")
 
 
 dir_option = click.option(
@@ -72,11 +73,10 @@ def lab() -> None:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["local", "docker"]),
     default=lambda: os.environ.get("PGFAILOVER_LAB") or "local",
     show_default="$PGFAILOVER_LAB or local",
-    help="This machine's PostgreSQL binaries, or containers on a Docker engine "
-    "(image built from Debian's packages on $PGFAILOVER_BASE_IMAGE).",
+    help="local (this machine's PostgreSQL binaries) or docker (containers on a Docker "
+    "engine, the image built from Debian's packages on $PGFAILOVER_BASE_IMAGE).",
 )
 @dir_option
 @handle_errors
@@ -93,14 +93,18 @@ def up(
     def progress(message: str) -> None:
         click.echo(f"  {message}", err=True)
 
+    if backend not in BACKENDS:
+        raise UsageProblem(
+            f"--backend / PGFAILOVER_LAB: {backend!r} is not a lab backend ({', '.join(BACKENDS)})"
+        )
+    if backend == "docker" and pg_version not in (None, 15):
+        raise UsageProblem(f"--pg-version {pg_version}: the docker lab runs PostgreSQL 15")
     the_lab: LocalLab | DockerLab
     if (directory / STATE_FILE).exists():
         click.echo(f"restarting the lab in {directory}", err=True)
         the_lab = open_lab(directory)
         the_lab.start_all(progress)
     elif backend == "docker":
-        if pg_version not in (None, 15):
-            raise LabError(f"the docker lab runs PostgreSQL 15, not {pg_version}")
         from pgfailover.lab.docker import DockerLab
 
         click.echo(f"creating a docker lab of {standbys + 1} nodes in {directory}", err=True)

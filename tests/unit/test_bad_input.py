@@ -468,6 +468,8 @@ def test_any_http_request_gets_a_documented_status_and_promotes_nothing(
         (("serve", "--dsn", "host=h", "--webhook", "ftp://x/S3cret"), "--webhook must be an http"),
         (("serve", "--dsn", "host=h", "--webhook", "http://h:0/S3cret"), "--webhook must be"),
         (("rejoin", "n", "--pgdata", "/", "--primary", "postgresql://u:S3cretZZpw%ZZ@h/db"), ""),
+        (("lab", "up", "--backend", "kubernetes", "--dir", "/nonexistent"), "not a lab backend"),
+        (("lab", "up", "--backend", "docker", "--pg-version", "16", "--dir", "/x"), "runs Postgr"),
     ],
 )
 @pytest.mark.usefixtures("clean_env")
