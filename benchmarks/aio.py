@@ -18,7 +18,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from common import Record
 from psycopg_pool import AsyncConnectionPool
@@ -102,13 +101,11 @@ def async_writers(
 ) -> list[threading.Thread]:
     """One thread running ``tasks`` writer tasks of ``contender`` until ``stop``; it closes
     its manager or pool before it ends."""
-    failed: list[Any] = []
 
     def main() -> None:
         try:
             asyncio.run(_run(lab, contender, sql, record, stop, tasks=tasks))
         except Exception as exc:  # noqa: BLE001 - reported in the record
-            failed.append(exc)
             with record.lock:
                 record.failures.append((time.monotonic(), f"setup: {type(exc).__name__}"))
 

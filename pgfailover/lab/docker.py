@@ -33,13 +33,20 @@ import json
 import logging
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pgfailover.errors import LabError
 from pgfailover.lab.base import HOST, NodeInfo, StopMode, node_infos, read_state
-from pgfailover.lab.dockerengine import LABEL, client, ensure_image, no_reaper, sweep
+from pgfailover.lab.dockerengine import (
+    LABEL,
+    Progress,
+    client,
+    ensure_image,
+    no_reaper,
+    quiet,
+    sweep,
+)
 from pgfailover.lab.local import SERVER_SETTINGS, STATE_FILE
 from pgfailover.lab.node import upstream_conninfo
 from pgfailover.lab.topology import Topology
@@ -59,12 +66,6 @@ _SETTINGS = "\n".join(
     [f"{k} = {v}" for k, v in SERVER_SETTINGS.items() if k not in _HOST_ONLY]
     + ["wal_receiver_timeout = '60s'"]
 )
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 class DockerLab(Topology):
@@ -98,7 +99,7 @@ class DockerLab(Topology):
         standbys: int = 2,
         sync: int = 0,
         image: str | None = None,
-        progress: Progress = _quiet,
+        progress: Progress = quiet,
     ) -> DockerLab:
         """Start a primary (``node0``) and ``standbys`` standbys in containers.
 
@@ -265,7 +266,7 @@ class DockerLab(Topology):
             self._containers[name].start()
         self._wait_ready(name)
 
-    def start_all(self, progress: Progress = _quiet) -> None:
+    def start_all(self, progress: Progress = quiet) -> None:
         """Start every node that is not running (``pgfailover lab up`` on an existing lab)."""
         for info in self._infos:
             progress(f"starting {info.name}")

@@ -22,11 +22,13 @@ __all__ = [
     "DEFAULT_BASE",
     "IMAGE_DIR",
     "LABEL",
+    "Progress",
     "client",
     "docker_available",
     "ensure_image",
     "image_tag",
     "no_reaper",
+    "quiet",
     "sweep",
 ]
 
@@ -37,8 +39,9 @@ DEFAULT_BASE = "debian:bookworm-slim"
 Progress = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
-    return None
+def quiet(_: str) -> None:
+    """A progress callback that says nothing."""
+    return
 
 
 def docker_available() -> str | None:
@@ -98,7 +101,7 @@ def image_tag(base: str) -> str:
     return f"pgfailover-lab-postgres:{digest.hexdigest()[:12]}"
 
 
-def ensure_image(base: str | None = None, progress: Progress = _quiet) -> str:
+def ensure_image(base: str | None = None, progress: Progress = quiet) -> str:
     """The node image: ``PGFAILOVER_LAB_IMAGE``, else built on ``base`` unless it exists.
 
     ``base`` defaults to ``PGFAILOVER_BASE_IMAGE``, else ``debian:bookworm-slim``.

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import psycopg
@@ -116,8 +116,8 @@ class Writers(Ledger):
         return [a for a in self.acked if a[2] > moment]
 
 
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coro)
 
 
 def test_auto_mode_promotes_on_a_kill_without_stalling_the_loop(sync_lab: LocalLab) -> None:
@@ -305,7 +305,12 @@ def test_cancelled_tasks_give_their_connections_back(sync_lab: LocalLab) -> None
                     await conn.execute("SELECT pg_sleep(30)")
 
             sleepers.append(asyncio.create_task(session()))
-            await asyncio.sleep(0.5)
+
+            def sleeping() -> int:  # the 7 statements running on their servers
+                sql = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
+                return sum(sync_lab.run_sql(n, sql)[0][0] for n in ("node0", "node1", "node2"))
+
+            await until(lambda: sleeping() == 7, what="7 statements running")
             for task in sleepers:
                 task.cancel()
             results = await asyncio.gather(*sleepers, return_exceptions=True)
@@ -361,7 +366,8 @@ def test_closing_unblocks_waiting_tasks_within_its_timeout(fresh_lab: LocalLab) 
         ).open()
         fresh_lab.kill("node0")
         waiting = asyncio.create_task(mgr.query("SELECT 1"))
-        await asyncio.sleep(0.5)
+        await until(lambda: mgr.snapshot.primary is None, what="the primary seen lost")
+        assert not waiting.done()  # waiting for a primary
         started = time.monotonic()
         await mgr.close(timeout=3.0)
         assert time.monotonic() - started < 3.5
