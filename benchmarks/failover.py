@@ -13,6 +13,9 @@ contender, kills (or SIGSTOPs) the primary at t0, and measures:
   ``WriteOutcomeUnknown`` for COMMITs in flight at the crash);
 - ``lost``: acknowledged ids missing on the new primary.
 
+The contenders take turns run by run (one run of each, then the next round),
+so that whatever drifts on the machine during the benchmark falls on each.
+
 Contenders: ``auto`` (pgfailover promotes), ``external`` (pgfailover follows a
 promoter that runs pg_promote on the most advanced standby D seconds after
 t0), and ``baseline`` (psycopg_pool on the multi-host conninfo with
@@ -229,16 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     emit({"benchmark": "failover", "machine": machine()})
     for variant in args.variants.split(","):
         for mode in args.modes.split(","):
-            for contender in args.contenders.split(","):
-                delays = (
-                    [0.0]
-                    if contender.endswith("auto")
-                    else [float(d) for d in args.delays.split(",")]
-                )
-                if variant == "pause":
-                    delays = delays[:1]  # the hung variant: one delay is enough
-                for delay in delays:
-                    for _ in range(args.runs if variant == "kill" else 1):
+            # Contenders take turns, run by run, so that a drift of the machine
+            # (another process, a warm cache) falls on all of them alike.
+            for _ in range(args.runs if variant == "kill" else 1):
+                for contender in args.contenders.split(","):
+                    delays = (
+                        [0.0]
+                        if contender.endswith("auto")
+                        else [float(d) for d in args.delays.split(",")]
+                    )
+                    if variant == "pause":
+                        delays = delays[:1]  # the hung variant: one delay is enough
+                    for delay in delays:
                         result = run_once(
                             contender,
                             mode,

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 import psycopg
+from psycopg import pq
 
 from pgfailover.breaker import Breakers
 from pgfailover.cluster import ClusterView
@@ -48,7 +49,14 @@ from pgfailover.model import NodeState, Snapshot
 from pgfailover.pools import TrackedPools
 from pgfailover.routing import ReadStrategy, read_candidates, read_order, write_target
 
-__all__ = ["MAX_ATTEMPTS", "Dispatcher", "Verdict", "classify", "is_connection_error"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "Dispatcher",
+    "Verdict",
+    "classify",
+    "is_connection_error",
+    "returns_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +90,22 @@ def classify(exc: BaseException, phase: Phase) -> Verdict:
     if is_connection_error(exc):
         return "retry" if phase == "statement" else "unknown"
     return "raise"
+
+
+_ROW_STATES = frozenset(
+    {pq.ExecStatus.TUPLES_OK, pq.ExecStatus.SINGLE_TUPLE, pq.ExecStatus.TUPLES_CHUNK}
+)
+
+
+def returns_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the cursor's last statement produced rows to fetch.
+
+    The same answer as ``cur.description is not None``, without building
+    the column descriptions, which costs several microseconds on every
+    ``query()`` (measured: 4 % of a ``SELECT 1`` round trip under asyncio).
+    """
+    res = cur.pgresult
+    return res is not None and (res.nfields > 0 or res.status in _ROW_STATES)
 
 
 def brief(exc: BaseException) -> str:

@@ -1,9 +1,11 @@
 """Running statements for the manager on threads: waiting, retrying, sessions.
 
 Every decision (where a statement goes, what an error means, the circuit
-breakers, the counters) is :class:`~pgfailover.dispatch.Dispatcher`'s, shared
-with the asyncio executor; this module adds blocking waits and the
-statements themselves (see :mod:`pgfailover.dispatch` for the rules).
+breakers, the counters) and every retry loop is shared with the asyncio
+executor: the decisions are :class:`~pgfailover.dispatch.Dispatcher`'s (see
+it for the rules), the loops are the generators of :mod:`pgfailover.plans`.
+This module performs the operations a plan yields, blocking the calling
+thread.
 
 The happy path is what every application query pays, so it takes no lock of
 its own: it reads the published snapshot, takes a connection from the
@@ -15,14 +17,21 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq
-from psycopg_pool import PoolTimeout
 
-from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher, Verdict, classify, is_connection_error
-from pgfailover.errors import ManagerClosed, NoPrimaryAvailable, NoStandbyAvailable
+from pgfailover.dispatch import Verdict, classify, is_connection_error, returns_rows
+from pgfailover.plans import (
+    CHECKIN,
+    CHECKOUT,
+    COMMIT,
+    EXECUTE,
+    PRIMARY,
+    ROLLBACK,
+    Plan,
+    Planner,
+)
 from pgfailover.pools import NodePools
 
 __all__ = ["Executor", "Session", "Verdict", "classify", "is_connection_error"]
@@ -31,13 +40,13 @@ Params = Sequence[Any] | dict[str, Any] | None
 Row = tuple[Any, ...]
 Connection = psycopg.Connection[Any]
 
-_INTRANS = pq.TransactionStatus.INTRANS
-_IDLE = pq.TransactionStatus.IDLE
+T = TypeVar("T")
 
 
-class Executor(Dispatcher[NodePools]):
+class Executor(Planner[NodePools]):
     """Routes and runs statements over the published view and the node pools, blocking
-    the calling thread while it waits (constructor: :class:`Dispatcher`).
+    the calling thread while it waits: it performs the operations of the
+    :mod:`~pgfailover.plans` (constructor: :class:`~pgfailover.dispatch.Dispatcher`).
 
     Thread safety: every method may be called from any thread; the class
     owns no lock (the view, the pools and the counters have their own).
@@ -62,92 +71,18 @@ class Executor(Dispatcher[NodePools]):
             return order[0]
         return self.wait_for_primary(time.monotonic() + self._wait_timeout)
 
-    def _checkout(
-        self, node: str, deadline: float, token: int, readonly: bool
-    ) -> Connection | None:
-        """A connection from ``node``'s pool, or ``None`` (node suspected) before ``deadline``."""
-        timeout = max(0.05, min(self._pool_timeout, deadline - time.monotonic()))
-        try:
-            return self._pools.checkout(node, timeout)
-        except PoolTimeout:
-            if self.view.closed:
-                raise ManagerClosed(f"manager {self.view.name} is closed") from None
-            self.no_connection(node, token, timeout, readonly)
-            return None
-
-    def _wait_for_readers(self, deadline: float) -> bool:
-        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
-        if time.monotonic() >= deadline:
-            return False
-        self._wake()
-        self.view.wait_for_change(min(0.1, max(0.0, deadline - time.monotonic())))
-        return True
-
     # -- statements -----------------------------------------------------------
 
     def run_write(self, sql: Any, params: Params) -> list[Row]:
         """Run a write on the primary (see :mod:`pgfailover.dispatch` for retries)."""
-        deadline = time.monotonic() + self._wait_timeout
-        last: BaseException | None = None
-        for _ in range(MAX_ATTEMPTS):
-            node = self.wait_for_primary(deadline)
-            conn = self._checkout(node, deadline, 0, False)
-            if conn is None:
-                self._counters.query(node, "write", "retry")
-                continue
-            phase: Literal["statement", "commit"] = "statement"
-            try:
-                cur = conn.execute(sql, params)
-                rows = cur.fetchall() if cur.description else []
-                phase = "commit"
-                conn.commit()
-            except psycopg.Error as exc:
-                self._pools.checkin(node, conn)
-                if not self.write_failed(node, exc, phase):
-                    raise
-                last = exc
-                continue
-            self._pools.checkin(node, conn)
-            self.write_done(node)
-            return rows
-        raise self.too_many(last) from last
+        return self._drive(self.plan_write(sql, params))
 
     def run_read(self, sql: Any, params: Params, min_lsn: int | None = None) -> list[Row]:
         """Run a read on a fitting standby, else the primary, retrying elsewhere.
 
         ``min_lsn``: only standbys known to have replayed that far (read-your-writes).
         """
-        deadline = time.monotonic() + self._wait_timeout
-        tried: set[str] = set()
-        last: BaseException | None = None
-        for _ in range(MAX_ATTEMPTS):
-            picked = self.pick_reader(min_lsn, tried)
-            if picked is None:
-                if not self._wait_for_readers(deadline):
-                    break
-                tried.clear()
-                continue
-            node, token, route = picked
-            conn = self._checkout(node, deadline, token, True)
-            if conn is None:
-                tried.add(node)
-                self._counters.query(node, route, "retry")
-                continue
-            try:
-                cur = conn.execute(sql, params)
-                rows = cur.fetchall() if cur.description else []
-                conn.commit()
-            except BaseException as exc:
-                self._pools.checkin(node, conn)
-                if not self.read_failed(node, token, route, exc):
-                    raise
-                tried.add(node)
-                last = exc
-                continue
-            self._pools.checkin(node, conn)
-            self.read_done(node, token, route)
-            return rows
-        raise self.no_reader(last) from last
+        return self._drive(self.plan_read(sql, params, min_lsn))
 
     def client(self, readonly: bool) -> Session:
         """A pooled connection for a block of work (``get_client``)."""
@@ -156,25 +91,7 @@ class Executor(Dispatcher[NodePools]):
     def acquire(self, readonly: bool) -> tuple[str, Connection, int]:
         """A node, a connection from its pool and the breaker trial it is (0: none),
         waiting up to ``failover_wait_timeout``."""
-        deadline = time.monotonic() + self._wait_timeout
-        token = 0
-        while True:
-            if readonly:
-                order = self.read_order()
-                if not order:
-                    if not self._wait_for_readers(deadline):
-                        raise NoStandbyAvailable(
-                            f"no node can serve reads (cluster {self.view.name})"
-                        )
-                    continue
-                node, token = self.admitted(order)
-            else:
-                node = self.wait_for_primary(deadline)
-            conn = self._checkout(node, deadline, token, readonly)
-            if conn is not None:
-                return node, conn, token
-            if time.monotonic() >= deadline:
-                raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
+        return self._drive(self.plan_acquire(readonly))
 
     def release(
         self,
@@ -188,36 +105,41 @@ class Executor(Dispatcher[NodePools]):
 
         ``token``: the breaker trial the session was (:meth:`acquire`).
         """
-        route = "read" if readonly else "write"
-        outcome: BaseException | None = None
-        try:
-            if exc is not None:
-                outcome = exc
-                self._fail(node, conn, route, exc)
-                return
-            try:
-                if conn.pgconn.transaction_status == _INTRANS:
-                    try:
-                        conn.commit()
-                    except psycopg.Error as failed:
-                        self.commit_failed(node, failed)
-                        raise
-            except BaseException as failed:
-                outcome = failed
-                self._fail(node, conn, route, failed)
-                raise
-            self.session_done(node, readonly)
-        finally:
-            self._pools.checkin(node, conn)
-            if readonly:
-                self.report(node, token, outcome)
+        self._drive(self.plan_release(node, conn, readonly, exc, token))
 
-    def _fail(self, node: str, conn: Connection, route: str, exc: BaseException) -> None:
-        """The block (or its COMMIT) raised ``exc``: suspect a lost node, count, roll back."""
-        self.session_failed(node, route, exc)
-        if not conn.closed and conn.pgconn.transaction_status != _IDLE:
-            with contextlib.suppress(psycopg.Error):
-                conn.rollback()
+    def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan`` to its end, performing each operation it yields by blocking."""
+        sent: Any = None
+        error: BaseException | None = None
+        pools = self._pools
+        while True:
+            try:
+                op = plan.send(sent) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            except BaseException:
+                error = sent = None  # no cycle through this frame's traceback
+                raise
+            error = sent = None
+            kind = op[0]
+            try:
+                if kind == EXECUTE:
+                    cur = op[1].execute(op[2], op[3])
+                    sent = cur.fetchall() if returns_rows(cur) else []
+                elif kind == CHECKOUT:
+                    sent = pools.checkout(op[1], op[2])
+                elif kind == COMMIT:
+                    op[1].commit()
+                elif kind == CHECKIN:
+                    pools.checkin(op[1], op[2])
+                elif kind == PRIMARY:
+                    sent = self.wait_for_primary(op[1])
+                elif kind == ROLLBACK:
+                    op[1].rollback()
+                else:  # WAIT
+                    self.view.wait_for_change(op[1])
+            except BaseException as exc:  # noqa: BLE001 - thrown into the plan, which decides
+                error = exc
 
 
 class Session:

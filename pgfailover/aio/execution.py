@@ -1,11 +1,12 @@
 """Running statements for the asyncio manager: waiting without blocking the loop.
 
 Every decision (where a statement goes, what an error means, the circuit
-breakers, the counters) is :class:`~pgfailover.dispatch.Dispatcher`'s, the
-same as the sync executor's; this module adds the awaiting: statements on
-psycopg's ``AsyncConnection``, and waiting for a primary on futures that the
-view's change listener resolves from the monitor thread
-(``call_soon_threadsafe``), never on a lock.
+breakers, the counters) and every retry loop is the sync executor's: the
+decisions are :class:`~pgfailover.dispatch.Dispatcher`'s, the loops the
+generators of :mod:`pgfailover.plans`. This module performs what a plan
+yields by awaiting: statements on psycopg's ``AsyncConnection``, and
+waiting for a primary on futures that the view's change listener resolves
+from the monitor thread (``call_soon_threadsafe``), never on a lock.
 
 Cancellation (a client gone, a timeout) propagates as ``CancelledError``
 and is never taken for a node failure. The connection always goes back to
@@ -18,32 +19,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq
-from psycopg_pool import PoolTimeout
 
 from pgfailover.aio.pools import AsyncConnection, AsyncNodePools
-from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher
-from pgfailover.errors import ManagerClosed, NoPrimaryAvailable, NoStandbyAvailable
+from pgfailover.dispatch import returns_rows
+from pgfailover.plans import (
+    CHECKIN,
+    CHECKOUT,
+    COMMIT,
+    EXECUTE,
+    PRIMARY,
+    ROLLBACK,
+    Plan,
+    Planner,
+)
 
 __all__ = ["AsyncExecutor", "AsyncSession"]
 
-logger = logging.getLogger(__name__)
-
 Params = Sequence[Any] | dict[str, Any] | None
 Row = tuple[Any, ...]
-
-_INTRANS = pq.TransactionStatus.INTRANS
-_IDLE = pq.TransactionStatus.IDLE
+T = TypeVar("T")
 
 
-class AsyncExecutor(Dispatcher[AsyncNodePools]):
-    """Routes and runs statements as coroutines (constructor: :class:`Dispatcher`).
+class AsyncExecutor(Planner[AsyncNodePools]):
+    """Routes and runs statements as coroutines: it performs the operations of the
+    :mod:`~pgfailover.plans` by awaiting (constructor: :class:`~pgfailover.dispatch.Dispatcher`).
 
     :meth:`bind` ties it to the event loop the manager was opened on; from
     then on every coroutine runs there.
@@ -126,194 +130,86 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
             return order[0]
         return await self.wait_for_primary(time.monotonic() + self._wait_timeout)
 
-    async def _checkout(
-        self, node: str, deadline: float, token: int, readonly: bool
-    ) -> AsyncConnection | None:
-        """A connection from ``node``'s pool, or ``None`` (node suspected) before ``deadline``.
-
-        A read's breaker trial (``token``) is released if the task is
-        cancelled (or the manager closes) while it waits.
-        """
-        timeout = max(0.05, min(self._pool_timeout, deadline - time.monotonic()))
-        try:
-            return await self._pools.checkout(node, timeout)
-        except PoolTimeout:
-            if self.view.closed:
-                self.breakers.release(node, token)
-                raise ManagerClosed(f"manager {self.view.name} is closed") from None
-            self.no_connection(node, token, timeout, readonly)
-            return None
-        except BaseException:
-            self.breakers.release(node, token)
-            raise
-
-    async def _wait_for_readers(self, deadline: float) -> bool:
-        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
-        if time.monotonic() >= deadline:
-            return False
-        self._wake()
-        await self._wait_for_change(
-            self._new_waiter(), min(0.1, max(0.0, deadline - time.monotonic()))
-        )
-        return True
-
     # -- statements -----------------------------------------------------------
 
-    async def run_write(self, sql: Any, params: Params) -> list[Row]:
+    # run_write, run_read, acquire and release return their plan's driving coroutine
+    # rather than being coroutines themselves: one level less in the await chain,
+    # which every resumption of the task goes through.
+
+    def run_write(self, sql: Any, params: Params) -> Coroutine[Any, Any, list[Row]]:
         """Run a write on the primary (see :mod:`pgfailover.dispatch` for retries)."""
-        deadline = time.monotonic() + self._wait_timeout
-        last: BaseException | None = None
-        for _ in range(MAX_ATTEMPTS):
-            node = self.ready_primary()  # the happy path: no coroutine to wait in
-            if node is None:
-                node = await self.wait_for_primary(deadline)
-            conn = await self._checkout(node, deadline, 0, False)
-            if conn is None:
-                self._counters.query(node, "write", "retry")
-                continue
-            phase: Literal["statement", "commit"] = "statement"
-            try:
-                cur = await conn.execute(sql, params)
-                rows = await cur.fetchall() if cur.description else []
-                phase = "commit"
-                await conn.commit()
-            except psycopg.Error as exc:
-                try:  # decided and counted before any await a cancellation could cut
-                    retry = self.write_failed(node, exc, phase)
-                finally:
-                    await self._pools.checkin(node, conn)
-                if not retry:
-                    raise
-                last = exc
-                continue
-            except BaseException:
-                if phase == "commit":
-                    self._cancelled_commit(node)
-                await self._pools.checkin(node, conn)
-                raise
-            await self._pools.checkin(node, conn)
-            self.write_done(node)
-            return rows
-        raise self.too_many(last) from last
+        return self._drive(self.plan_write(sql, params))
 
-    def _cancelled_commit(self, node: str) -> None:
-        self._counters.query(node, "write", "unknown")
-        logger.warning(
-            "a write on %s was cancelled during COMMIT: it may or may not have committed", node
-        )
-
-    async def run_read(self, sql: Any, params: Params, min_lsn: int | None = None) -> list[Row]:
+    def run_read(
+        self, sql: Any, params: Params, min_lsn: int | None = None
+    ) -> Coroutine[Any, Any, list[Row]]:
         """Run a read on a fitting standby, else the primary, retrying elsewhere.
 
         ``min_lsn``: only standbys known to have replayed that far (read-your-writes).
         """
-        deadline = time.monotonic() + self._wait_timeout
-        tried: set[str] = set()
-        last: BaseException | None = None
-        for _ in range(MAX_ATTEMPTS):
-            picked = self.pick_reader(min_lsn, tried)
-            if picked is None:
-                if not await self._wait_for_readers(deadline):
-                    break
-                tried.clear()
-                continue
-            node, token, route = picked
-            conn = await self._checkout(node, deadline, token, True)
-            if conn is None:
-                tried.add(node)
-                self._counters.query(node, route, "retry")
-                continue
-            try:
-                cur = await conn.execute(sql, params)
-                rows = await cur.fetchall() if cur.description else []
-                await conn.commit()
-            except BaseException as exc:
-                retry = self.read_failed(node, token, route, exc)  # before any await
-                await self._pools.checkin(node, conn)
-                if not retry:
-                    raise
-                tried.add(node)
-                last = exc
-                continue
-            await self._pools.checkin(node, conn)
-            self.read_done(node, token, route)
-            return rows
-        raise self.no_reader(last) from last
+        return self._drive(self.plan_read(sql, params, min_lsn))
 
     def client(self, readonly: bool) -> AsyncSession:
         """A pooled connection for a block of work (``get_client``)."""
         return AsyncSession(self, readonly)
 
-    async def acquire(self, readonly: bool) -> tuple[str, AsyncConnection, int]:
+    def acquire(self, readonly: bool) -> Coroutine[Any, Any, tuple[str, AsyncConnection, int]]:
         """A node, a connection from its pool and the breaker trial it is (0: none),
         waiting up to ``failover_wait_timeout``."""
-        deadline = time.monotonic() + self._wait_timeout
-        token = 0
-        while True:
-            if readonly:
-                order = self.read_order()
-                if not order:
-                    if not await self._wait_for_readers(deadline):
-                        raise NoStandbyAvailable(
-                            f"no node can serve reads (cluster {self.view.name})"
-                        )
-                    continue
-                node, token = self.admitted(order)
-            else:
-                node = await self.wait_for_primary(deadline)
-            conn = await self._checkout(node, deadline, token, readonly)
-            if conn is not None:
-                return node, conn, token
-            if time.monotonic() >= deadline:
-                raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
+        return self._drive(self.plan_acquire(readonly))
 
-    async def release(
+    def release(
         self,
         node: str,
         conn: AsyncConnection,
         readonly: bool,
         exc: BaseException | None,
         token: int = 0,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """End an :class:`AsyncSession`: commit (or roll back after ``exc``), count, give
         it back. ``token``: the breaker trial the session was (:meth:`acquire`)."""
-        route = "read" if readonly else "write"
-        outcome: BaseException | None = None
-        committing = False
-        try:
-            if exc is not None:
-                outcome = exc
-                await self._fail(node, conn, route, exc)
-                return
-            try:
-                if conn.pgconn.transaction_status == _INTRANS:
-                    committing = True
-                    try:
-                        await conn.commit()
-                    except psycopg.Error as failed:
-                        self.commit_failed(node, failed)
-                        raise
-            except BaseException as failed:
-                outcome = failed
-                if committing and not readonly and isinstance(failed, asyncio.CancelledError):
-                    self._cancelled_commit(node)  # psycopg let the COMMIT end on the server
-                else:
-                    await self._fail(node, conn, route, failed)
-                raise
-            self.session_done(node, readonly)
-        finally:
-            if readonly:  # before the await below, which a cancellation could cut
-                self.report(node, token, outcome)
-            await self._pools.checkin(node, conn)
+        return self._drive(self.plan_release(node, conn, readonly, exc, token))
 
-    async def _fail(
-        self, node: str, conn: AsyncConnection, route: str, exc: BaseException
-    ) -> None:
-        """The block (or its COMMIT) raised ``exc``: suspect a lost node, count, roll back."""
-        self.session_failed(node, route, exc)
-        if not conn.closed and conn.pgconn.transaction_status != _IDLE:
-            with contextlib.suppress(psycopg.Error):  # the pool discards what it cannot reset
-                await conn.rollback()
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan`` to its end, awaiting each operation it yields.
+
+        A cancellation arriving in an await is thrown into the plan like
+        any other exception: the plan counts what it must and gives the
+        connection back (:meth:`AsyncNodePools.checkin
+        <pgfailover.aio.pools.AsyncNodePools.checkin>` finishes even if
+        cancelled) before the ``CancelledError`` propagates.
+        """
+        sent: Any = None
+        error: BaseException | None = None
+        pools = self._pools
+        while True:
+            try:
+                op = plan.send(sent) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            except BaseException:
+                error = sent = None  # no cycle through this frame's traceback
+                raise
+            error = sent = None
+            kind = op[0]
+            try:
+                if kind == EXECUTE:
+                    cur = await op[1].execute(op[2], op[3])
+                    sent = await cur.fetchall() if returns_rows(cur) else []
+                elif kind == CHECKOUT:
+                    sent = await pools.checkout(op[1], op[2])
+                elif kind == COMMIT:
+                    await op[1].commit()
+                elif kind == CHECKIN:
+                    await pools.checkin(op[1], op[2])
+                elif kind == PRIMARY:
+                    sent = await self.wait_for_primary(op[1])
+                elif kind == ROLLBACK:
+                    await op[1].rollback()
+                else:  # WAIT
+                    await self._wait_for_change(self._new_waiter(), op[1])
+            except BaseException as exc:  # noqa: BLE001 - thrown into the plan, which decides
+                error = exc
 
 
 class AsyncSession:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -67,6 +68,27 @@ def port_of(lab: LocalLab, port: int) -> str:
 
 
 INSERT_SQL = "INSERT INTO w VALUES (%s) RETURNING inet_server_port()"
+
+# Statements whose results query() must return as psycopg gives them (rows, no
+# rows, zero columns, a command with no result set); read-only, so that a
+# standby runs them too.
+RESULT_SHAPES = (
+    "SELECT 1, 'a'",
+    "SELECT",
+    "SELECT 1 WHERE false",
+    "VALUES (1), (2)",
+    "SHOW server_version_num",
+    "DO $$ BEGIN END $$",
+    "SET LOCAL statement_timeout = 1000",
+    "WITH t(x) AS (VALUES (1)) SELECT x FROM t",
+)
+
+
+def expected_rows(conn: psycopg.Connection[Any], sql: str) -> list[tuple[Any, ...]]:
+    """What ``sql`` returns on a plain psycopg connection (rows when it has a result set)."""
+    with conn.transaction():
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description is not None else []
 
 
 class Ledger:

@@ -31,7 +31,7 @@ from pgfailover import (
 from pgfailover.lab import LocalLab
 from pgfailover.server import serve
 
-from .helpers import FAST, INSERT_SQL, Ledger, prepare
+from .helpers import FAST, INSERT_SQL, RESULT_SHAPES, Ledger, expected_rows, prepare
 
 pytestmark = pytest.mark.timeout(180)
 T = TypeVar("T")
@@ -282,6 +282,21 @@ def test_reads_go_to_standbys_and_read_your_writes_by_lsn(fresh_lab: LocalLab) -
             async with mgr.get_client(readonly=True) as conn:
                 cur = await conn.execute("SELECT pg_is_in_recovery()")
                 assert await cur.fetchone() == (True,)
+
+    run(scenario())
+
+
+def test_query_returns_what_psycopg_returns_for_every_result_shape(
+    shared_lab: LocalLab,
+) -> None:
+    with psycopg.connect(shared_lab.url) as conn:
+        expected = {sql: expected_rows(conn, sql) for sql in RESULT_SHAPES}
+
+    async def scenario() -> None:
+        async with manager(shared_lab) as mgr:
+            for sql, rows in expected.items():
+                assert await mgr.query(sql) == rows, sql
+                assert await mgr.query(sql, readonly=True) == rows, sql
 
     run(scenario())
 

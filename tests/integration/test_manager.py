@@ -13,9 +13,10 @@ from psycopg.conninfo import make_conninfo
 
 from pgfailover import ClusterState, FailoverManager, ManagerClosed, Node, PromotionRefused
 from pgfailover.demo import run_demo
+from pgfailover.dispatch import returns_rows
 from pgfailover.lab import LocalLab
 
-from .helpers import FAST, manager_for, wait_until
+from .helpers import FAST, RESULT_SHAPES, expected_rows, manager_for, wait_until
 
 
 def test_writes_go_to_the_primary_and_reads_to_standbys(shared_lab: LocalLab) -> None:
@@ -37,6 +38,22 @@ def test_writes_go_to_the_primary_and_reads_to_standbys(shared_lab: LocalLab) ->
         metrics = mgr.get_metrics()
         assert metrics["primary_healthy"] == 1
         assert metrics["standby_healthy"] == {"node1": 1, "node2": 1}
+
+
+def test_query_returns_what_psycopg_returns_for_every_result_shape(
+    shared_lab: LocalLab,
+) -> None:
+    """query() fetches rows exactly when psycopg's cursor describes a result set."""
+    with psycopg.connect(shared_lab.url) as conn, manager_for(shared_lab) as mgr:
+        for sql in RESULT_SHAPES:
+            with conn.transaction():
+                cur = conn.execute(sql)
+                assert returns_rows(cur) == (cur.description is not None), sql
+            expected = expected_rows(conn, sql)
+            assert mgr.query(sql) == expected, sql
+            assert mgr.query(sql, readonly=True) == expected, sql
+        assert expected_rows(conn, "SELECT") == [()]  # a result set with no column
+        assert expected_rows(conn, "DO $$ BEGIN END $$") == []  # no result set
 
 
 def test_many_threads_query_while_the_monitor_runs(shared_lab: LocalLab) -> None:

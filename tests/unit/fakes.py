@@ -7,12 +7,14 @@ event log, the counters) are the real ones.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 
@@ -27,14 +29,24 @@ from .helpers import NODES
 
 
 @dataclass
+class FakeResult:
+    nfields: int
+    status: int
+
+
+@dataclass
 class FakeCursor:
     rows: list[tuple[Any, ...]]
 
     @property
-    def description(self) -> object | None:
-        return object() if self.rows else None
+    def pgresult(self) -> FakeResult:
+        if self.rows:
+            return FakeResult(len(self.rows[0]), pq.ExecStatus.TUPLES_OK)
+        return FakeResult(0, pq.ExecStatus.COMMAND_OK)
 
     def fetchall(self) -> list[tuple[Any, ...]]:
+        if not self.rows:  # as psycopg: no result set, nothing to fetch
+            raise psycopg.ProgrammingError("the last operation didn't produce a result")
         return self.rows
 
 
@@ -54,6 +66,7 @@ class FakeConn:
     closed: bool = False
     pgconn: FakePgConn = field(default_factory=FakePgConn)
     log: list[str] = field(default_factory=list)
+    stall_at: str | None = None  # the asyncio fake waits there until cancelled
 
     def execute(self, sql: Any, params: Any = None) -> FakeCursor:
         self.log.append(f"execute {sql}")
@@ -103,6 +116,75 @@ class FakePools:
 
     def saturated(self, node: str) -> bool:
         return False
+
+
+class AsyncFakeCursor:
+    """A :class:`FakeCursor` whose fetch is awaited."""
+
+    def __init__(self, cursor: FakeCursor) -> None:
+        self._cursor = cursor
+
+    @property
+    def pgresult(self) -> FakeResult:
+        return self._cursor.pgresult
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        await asyncio.sleep(0)  # a real fetch may suspend: let other tasks run
+        return self._cursor.fetchall()
+
+
+class AsyncFakeConn:
+    """A :class:`FakeConn` as an ``AsyncConnection``: the same script, awaited."""
+
+    def __init__(self, conn: FakeConn) -> None:
+        self.sync = conn
+
+    @property
+    def pgconn(self) -> FakePgConn:
+        return self.sync.pgconn
+
+    @property
+    def closed(self) -> bool:
+        return self.sync.closed
+
+    async def _stall(self, stage: str) -> None:
+        await asyncio.sleep(0)
+        if self.sync.stall_at == stage:
+            self.sync.log.append(f"{stage} stalled")
+            await asyncio.Event().wait()  # until cancelled
+
+    async def execute(self, sql: Any, params: Any = None) -> AsyncFakeCursor:
+        await self._stall("statement")
+        return AsyncFakeCursor(self.sync.execute(sql, params))
+
+    async def commit(self) -> None:
+        await self._stall("commit")
+        self.sync.commit()
+
+    async def rollback(self) -> None:
+        self.sync.rollback()
+
+
+class AsyncFakePools:
+    """:class:`FakePools` for the asyncio executor (``out`` and ``returned`` hold the
+    scripted :class:`FakeConn` objects, as for the sync executor)."""
+
+    def __init__(self, pools: FakePools) -> None:
+        self.sync = pools
+        self.stall_checkin = False  # wait after giving it back, until cancelled
+
+    async def checkout(self, node: str, timeout: float) -> AsyncFakeConn:
+        await asyncio.sleep(0)
+        return AsyncFakeConn(self.sync.checkout(node, timeout))
+
+    async def checkin(self, node: str, conn: AsyncFakeConn) -> None:
+        self.sync.checkin(node, conn.sync)  # as AsyncNodePools: back even if cancelled
+        if self.stall_checkin:
+            conn.sync.log.append("checkin stalled")
+            await asyncio.Event().wait()
+
+    def saturated(self, node: str) -> bool:
+        return self.sync.saturated(node)
 
 
 class ScriptedRounds:

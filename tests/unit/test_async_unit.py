@@ -1,4 +1,5 @@
-"""AsyncFailoverManager without a server: what it refuses before open and after close."""
+"""AsyncFailoverManager without a server: what it refuses before open and after close,
+how connections go back to their pools, and what cancellation does to the bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import time
 from typing import Any, cast
 
 import pytest
+from psycopg import errors as pgerrors
 
 from pgfailover import AsyncFailoverManager, ManagerClosed, Node
+from pgfailover.breaker import BreakerPhase, BreakerPolicy
+
+from .executors import Harness
+from .fakes import FakeConn
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -134,3 +140,138 @@ def test_a_connection_goes_back_to_its_pool_even_if_the_caller_is_cancelled(
         assert pools.in_use("node0") == 0
 
     asyncio.run(scenario())
+
+
+# The asyncio executor cancelled at each await that can take time: what it
+# counts, suspects and gives back. (case, script, readonly, session, counted)
+CANCEL_CASES: list[tuple[str, FakeConn, bool, bool, list[tuple[str, str, str]]]] = [
+    ("query() write in its statement", FakeConn("node0", stall_at="statement"), False, False, []),
+    (
+        "query() write during COMMIT: it may have committed",
+        FakeConn("node0", stall_at="commit"),
+        False,
+        False,
+        [("node0", "write", "unknown")],
+    ),
+    ("query() read in its statement", FakeConn("node1", stall_at="statement"), True, False, []),
+    (
+        "get_client() block during its COMMIT",
+        FakeConn("node0", stall_at="commit"),
+        False,
+        True,
+        [("node0", "write", "unknown")],
+    ),
+    ("get_client() read in its block", FakeConn("node1", stall_at="statement"), True, True, []),
+    ("get_client() read during its COMMIT", FakeConn("node1", stall_at="commit"), True, True, []),
+    ("get_client() write in its block", FakeConn("node0", stall_at="statement"), False, True, []),
+]
+
+
+@pytest.mark.parametrize(
+    ("conn", "readonly", "session", "counted"),
+    [c[1:] for c in CANCEL_CASES],
+    ids=[c[0] for c in CANCEL_CASES],
+)
+def test_a_cancelled_statement_is_no_node_failure_and_its_connection_goes_back(
+    conn: FakeConn, readonly: bool, session: bool, counted: list[tuple[str, str, str]]
+) -> None:
+    """Cancelled (a client gone): CancelledError, the connection back in its pool, the
+    node neither suspected nor failed in its breaker, a read's breaker trial released,
+    a COMMIT cut short counted as unknown (never ok, never retried)."""
+    script = FakeConn(conn.node, stall_at=conn.stall_at)
+    policy = BreakerPolicy(failures=1, successes=1, cooldown=0.001)
+    h = Harness({conn.node: [script]}, kind="async", breaker=policy)
+    if readonly:  # node1 is due a half-open trial: this read is it
+        h.breakers.failure("node1", "x", healthy=True, now=time.monotonic() - 60)
+    executor = h.aexecutor
+
+    async def work() -> None:
+        if not session:
+            await (
+                executor.run_read("SELECT", None) if readonly else executor.run_write("I", None)
+            )
+            return
+        async with executor.client(readonly) as c:
+            await c.execute("SELECT" if readonly else "INSERT")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(work())
+        deadline = time.monotonic() + 5
+        while not any(e.endswith("stalled") for e in script.log):
+            assert time.monotonic() < deadline, "the statement never started"
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    h.in_loop(scenario())
+    assert h.pools.out == [script]
+    assert h.pools.returned == [script]
+    assert script.log[-1] == "checkin"
+    assert h.view.suspects == frozenset()
+    assert h.counted() == counted
+    assert h.writes == []
+    if readonly:
+        state = h.breakers.state("node1")
+        assert state.phase is BreakerPhase.HALF_OPEN  # this read was the trial...
+        assert state.failures == 1  # ...not counted either way...
+        assert state.trial == 0  # ...and released: the next read may be the trial
+
+
+# Cancelled while the connection goes back (psycopg_pool may suspend there): the
+# outcome was decided and counted before. (case, script, readonly, session, counted)
+CHECKIN_CASES: list[tuple[str, FakeConn, bool, bool, list[tuple[str, str, str]]]] = [
+    ("query() write committed", FakeConn("node0"), False, False, [("node0", "write", "ok")]),
+    (
+        "query() write refused by a constraint",
+        FakeConn("node0", pgerrors.UniqueViolation("duplicate key")),
+        False,
+        False,
+        [("node0", "write", "error")],
+    ),
+    ("query() read, a breaker trial", FakeConn("node1"), True, False, [("node1", "read", "ok")]),
+    ("get_client() write committed", FakeConn("node0"), False, True, [("node0", "write", "ok")]),
+    ("get_client() read, a trial", FakeConn("node1"), True, True, [("node1", "read", "ok")]),
+]
+
+
+@pytest.mark.parametrize(
+    ("conn", "readonly", "session", "counted"),
+    [c[1:] for c in CHECKIN_CASES],
+    ids=[c[0] for c in CHECKIN_CASES],
+)
+def test_cancelled_while_giving_the_connection_back_the_outcome_is_already_counted(
+    conn: FakeConn, readonly: bool, session: bool, counted: list[tuple[str, str, str]]
+) -> None:
+    policy = BreakerPolicy(failures=1, successes=1, cooldown=0.001)
+    h = Harness({conn.node: [conn]}, kind="async", breaker=policy)
+    h.apools.stall_checkin = True
+    if readonly:  # node1 is due a half-open trial: this read is it
+        h.breakers.failure("node1", "x", healthy=True, now=time.monotonic() - 60)
+    executor = h.aexecutor
+
+    async def work() -> None:
+        if session:
+            async with executor.client(readonly) as c:
+                await c.execute("SELECT" if readonly else "INSERT")
+        elif readonly:
+            await executor.run_read("SELECT", None)
+        else:
+            await executor.run_write("INSERT", None)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(work())
+        deadline = time.monotonic() + 5
+        while "checkin stalled" not in conn.log:
+            assert time.monotonic() < deadline, "the connection never went back"
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, pgerrors.UniqueViolation):
+            await task
+
+    h.in_loop(scenario())
+    assert h.pools.returned == [conn]
+    assert h.counted() == counted
+    assert h.writes == (["node0"] if counted == [("node0", "write", "ok")] else [])
+    if readonly:
+        assert h.breakers.state("node1").phase is BreakerPhase.CLOSED  # the trial's success

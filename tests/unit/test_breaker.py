@@ -31,11 +31,12 @@ from pgfailover.breaker import (
     stale,
     succeeded,
 )
+from pgfailover.errors import ManagerClosed
 from pgfailover.model import NodeState
 
+from .executors import KINDS, Harness, Kind
 from .fakes import FakeConn
 from .helpers import down, healthy_round, primary, run, standby
-from .test_executor import Harness
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -237,41 +238,46 @@ class ByName:
         return sorted(candidates, key=lambda n: n.name)
 
 
-def test_failing_reads_open_the_breaker_and_reads_go_elsewhere() -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_failing_reads_open_the_breaker_and_reads_go_elsewhere(kind: Kind) -> None:
     """node1's connections fail while its probe passes: after 3 failed reads it is held
     out and reads go to node2 without touching node1; when every node is held out, reads
     still go somewhere (in order) rather than fail."""
     lost = psycopg.OperationalError("consuming input failed: server closed the connection")
-    h = Harness({"node1": [FakeConn("node1", lost) for _ in range(3)]}, breaker=SLOW)
-    h.executor.strategy = ByName()
+    script: dict[str, list[FakeConn | str]] = {
+        "node1": [FakeConn("node1", lost) for _ in range(3)]
+    }
+    h = Harness(script, breaker=SLOW, kind=kind, strategy=ByName())
     for _ in range(3):
-        assert h.executor.run_read("SELECT 1", None) == [(1,)]
+        assert h.read() == [(1,)]
         h.view.publish(h.view.snapshot, probed_since=2e9)  # the probe clears the suspect
-    assert h.executor.breakers.state("node1").phase is OP
+    assert h.breakers.state("node1").phase is OP
     assert h.attempts() == ["node1", "node2"] * 3
     before = len(h.attempts())
-    assert h.executor.run_read("SELECT 1", None) == [(1,)]
+    assert h.read() == [(1,)]
     assert h.attempts()[before:] == ["node2"]
-    status = h.executor.breakers.report(0.0)["node1"]
+    status = h.breakers.report(0.0)["node1"]
     assert status["state"] == "open"
     assert "server closed" in status["last_error"]
     for node in ("node0", "node2"):
         for _ in range(3):
-            h.executor.breakers.failure(node, "x", healthy=True, now=time.monotonic())
+            h.breakers.failure(node, "x", healthy=True, now=time.monotonic())
     before = len(h.attempts())
-    assert h.executor.run_read("SELECT 1", None) == [(1,)]  # all held out: tried anyway
+    assert h.read() == [(1,)]  # all held out: tried anyway
     assert h.attempts()[before:] == ["node1"]
-    assert h.executor.breakers.state("node1").phase is OP  # a success outside a trial
+    assert h.breakers.state("node1").phase is OP  # a success outside a trial
 
 
-def test_a_pool_full_of_the_applications_own_connections_is_not_a_node_failure() -> None:
-    h = Harness({"node1": ["timeout"] * 5}, breaker=SLOW)
-    h.executor.strategy = ByName()
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_pool_full_of_the_applications_own_connections_is_not_a_node_failure(
+    kind: Kind,
+) -> None:
+    h = Harness({"node1": ["timeout"] * 5}, breaker=SLOW, kind=kind, strategy=ByName())
     h.pools.saturated = lambda node: node == "node1"  # type: ignore[method-assign]
     for _ in range(5):
-        assert h.executor.run_read("SELECT 1", None) == [(1,)]
+        assert h.read() == [(1,)]
         h.view.publish(h.view.snapshot, probed_since=2e9)
-    assert h.executor.breakers.state("node1").failures == 0
+    assert h.breakers.state("node1").failures == 0
 
 
 @pytest.mark.parametrize(
@@ -286,24 +292,41 @@ def test_a_pool_full_of_the_applications_own_connections_is_not_a_node_failure()
     ],
     ids=["ok", "server error: the node answered", "application exception"],
 )
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_get_client_trial_reports_back_however_it_ends(
-    raised: BaseException | None, closes: bool
+    raised: Exception | None, closes: bool, kind: Kind
 ) -> None:
-    h = Harness({}, breaker=BreakerPolicy(failures=1, successes=1, cooldown=0.001))
-    h.executor.strategy = ByName()
-    breakers = h.executor.breakers
+    policy = BreakerPolicy(failures=1, successes=1, cooldown=0.001)
+    h = Harness({}, breaker=policy, kind=kind, strategy=ByName())
+    breakers = h.breakers
     breakers.failure("node1", "x", healthy=True, now=time.monotonic() - 1)
     assert breakers.state("node1").phase is OP  # due a trial already
     expected: list[type[BaseException]] = [] if raised is None else [type(raised)]
-    with contextlib.suppress(*expected), h.executor.client(True) as conn:
-        assert conn.node == "node1"  # type: ignore[attr-defined]
-        if raised is not None:
-            raise raised
+    with contextlib.suppress(*expected):
+        h.block(readonly=True, sql="SELECT 1", fail=raised)
+    assert h.attempts() == ["node1"]
     state = breakers.state("node1")
     assert (state.phase is C) is closes
     if not closes:
         assert state.phase is H
         assert state.trial == 0  # released: the next request may be the trial
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_trial_refused_by_a_closing_manager_is_released(kind: Kind) -> None:
+    policy = BreakerPolicy(failures=1, successes=1, cooldown=0.001)
+    h = Harness({}, breaker=policy, kind=kind, strategy=ByName())
+    h.breakers.failure("node1", "x", healthy=True, now=time.monotonic() - 1)
+
+    def closed(node: str, timeout: float) -> FakeConn:
+        raise ManagerClosed("manager test is closed")
+
+    h.pools.checkout = closed  # type: ignore[method-assign]
+    with pytest.raises(ManagerClosed):
+        h.read()
+    state = h.breakers.state("node1")
+    assert state.phase is H  # the read was the trial...
+    assert state.trial == 0  # ...and is released, not held until it times out
 
 
 def test_sync_resets_unhealthy_and_stale_breakers() -> None:

@@ -1,94 +1,34 @@
-"""Executor as tables: retries, error classification and bookkeeping, without PostgreSQL.
+"""The executors as tables: retries, error classification and bookkeeping, without PostgreSQL.
 
 The pools hand out scripted connections (:mod:`tests.unit.fakes`); the view,
 the snapshots (real probe results through the real transition) and the
 counters are the real ones. What each case pins: which node every attempt
 went to, what the caller sees, which nodes became suspect, what was counted.
+The statement tables run on both executors, the sync one (threads) and the
+asyncio one: they share every decision and must show the same outcomes.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from typing import Any, cast
+from typing import Any
 
-import psycopg
 import pytest
 from psycopg import errors as pgerrors
+from psycopg_pool import PoolTimeout
 
-from pgfailover import FailoverConfig
-from pgfailover.breaker import BreakerPolicy, Breakers
-from pgfailover.cluster import ClusterView
-from pgfailover.counters import Counters
 from pgfailover.errors import (
     ManagerClosed,
     NoPrimaryAvailable,
     NoStandbyAvailable,
     WriteOutcomeUnknown,
 )
-from pgfailover.execution import Executor
-from pgfailover.pools import NodePools
-from pgfailover.routing import PriorityOrder
 
-from .fakes import FakeConn, FakePools, ScriptedRounds
-from .helpers import down, healthy_round, primary, run, standby
+from .executors import KINDS, Harness, Kind, conn_error, copy_script
+from .fakes import FakeConn
+from .helpers import down, standby
 
 pytestmark = pytest.mark.timeout(10)
-
-CFG = FailoverConfig()
-HEALTHY = run([healthy_round()] * 3)[0]
-# node0 lost, node1 promoted: what the next probe round shows.
-PROMOTED = [down("node0"), primary("node1", tl=2, lsn=2000), standby("node2", tl=2, lsn=2000)]
-
-
-class Harness:
-    def __init__(
-        self,
-        script: dict[str, list[FakeConn | str]],
-        *,
-        wait: float = 1.0,
-        breaker: BreakerPolicy | None = None,
-    ) -> None:
-        self.view = ClusterView("test", HEALTHY, wait)
-        self.pools = FakePools(script)
-        self.counters = Counters()
-        self.rounds = ScriptedRounds(self.view, CFG, [PROMOTED], now=2000.0)
-        self.woken = 0
-        self.writes: list[str] = []
-        self.executor = Executor(
-            self.view,
-            cast(NodePools, self.pools),
-            self.counters,
-            PriorityOrder(),
-            wait_timeout=wait,
-            pool_timeout=0.5,
-            poll=0.01,
-            wake=self._wake,
-            idle_probe=self._probe,
-            on_write=self.writes.append,
-            breakers=Breakers(
-                [n.name for n in HEALTHY.nodes],
-                breaker or BreakerPolicy(),
-                rng=random.Random(1),  # noqa: S311
-            ),
-        )
-
-    def _wake(self) -> None:
-        self.woken += 1
-
-    def _probe(self) -> None:
-        self.rounds()
-
-    def attempts(self) -> list[str]:
-        return [c.node for c in self.pools.out]
-
-    def counted(self) -> list[tuple[str, str, str]]:
-        return sorted(k for k, v in self.counters.queries.items() for _ in range(v))
-
-
-def conn_error() -> psycopg.OperationalError:
-    return psycopg.OperationalError("server closed the connection unexpectedly")
-
 
 WRITE_CASES: list[
     tuple[str, dict[str, list[FakeConn | str]], list[str], type[Exception] | None]
@@ -139,21 +79,25 @@ WRITE_CASES: list[
 ]
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("script", "attempts", "raises"),
     [c[1:] for c in WRITE_CASES],
     ids=[c[0] for c in WRITE_CASES],
 )
 def test_run_write(
-    script: dict[str, list[FakeConn | str]], attempts: list[str], raises: type[Exception] | None
+    script: dict[str, list[FakeConn | str]],
+    attempts: list[str],
+    raises: type[Exception] | None,
+    kind: Kind,
 ) -> None:
-    h = Harness(script)
+    h = Harness(copy_script(script), kind=kind)
     if raises is None:
-        assert h.executor.run_write("INSERT", None) == [(1,)]
+        assert h.write() == [(1,)]
         assert h.writes == [attempts[-1]]  # the failover clock hears of the acknowledged write
     else:
         with pytest.raises(raises):
-            h.executor.run_write("INSERT", None)
+            h.write()
         assert h.writes == []
     assert h.attempts() == attempts
     assert sorted(h.pools.returned, key=id) == sorted(h.pools.out, key=id)  # all back in pools
@@ -165,22 +109,32 @@ def test_run_write(
     assert outcomes.count("ok") == (raises is None)
 
 
-def test_commit_lost_is_counted_unknown_and_the_node_suspected() -> None:
-    h = Harness({"node0": [FakeConn("node0", conn_error(), fail_at="commit")]})
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_statement_without_a_result_set_returns_no_rows(kind: Kind) -> None:
+    h = Harness({"node0": [FakeConn("node0", rows=[])], "node1": [FakeConn("node1", rows=[])]})
+    h.kind = kind
+    assert h.write("SET x = 1") == []  # fetching would raise: there is nothing to fetch
+    assert h.read("SET x = 1") == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_commit_lost_is_counted_unknown_and_the_node_suspected(kind: Kind) -> None:
+    h = Harness({"node0": [FakeConn("node0", conn_error(), fail_at="commit")]}, kind=kind)
     with pytest.raises(WriteOutcomeUnknown, match="node0 lost during COMMIT"):
-        h.executor.run_write("INSERT", None)
+        h.write()
     assert h.counted() == [("node0", "write", "unknown")]
     assert h.view.suspects == {"node0"}
     assert h.woken >= 1
 
 
-def test_a_write_with_no_primary_ever_fails_after_the_wait() -> None:
-    h = Harness({}, wait=0.2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_write_with_no_primary_ever_fails_after_the_wait(kind: Kind) -> None:
+    h = Harness({}, wait=0.2, kind=kind)
     h.rounds.rounds = [[down("node0"), standby("node1"), standby("node2")]]
     h.view.suspect("node0")
     started = time.monotonic()
     with pytest.raises(NoPrimaryAvailable, match=r"no writable primary within 0\.2s"):
-        h.executor.run_write("INSERT", None)
+        h.write()
     assert 0.15 < time.monotonic() - started < 2.0
     assert h.attempts() == []
 
@@ -216,22 +170,26 @@ READ_CASES: list[
 ]
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("script", "attempts", "raises"),
     [c[1:] for c in READ_CASES],
     ids=[c[0] for c in READ_CASES],
 )
 def test_run_read(
-    script: dict[str, list[FakeConn | str]], attempts: list[str], raises: type[Exception] | None
+    script: dict[str, list[FakeConn | str]],
+    attempts: list[str],
+    raises: type[Exception] | None,
+    kind: Kind,
 ) -> None:
-    h = Harness(script)
+    h = Harness(copy_script(script), kind=kind)
     if raises is None:
-        assert h.executor.run_read("SELECT", None) == [(1,)]
+        assert h.read() == [(1,)]
     else:
         with pytest.raises(raises):
-            h.executor.run_read("SELECT", None)
+            h.read()
     assert h.attempts() == attempts
-    assert len(h.pools.returned) == len(attempts)
+    assert sorted(h.pools.returned, key=id) == sorted(h.pools.out, key=id)  # each back once
     conflict = any(isinstance(c.error, pgerrors.SerializationFailure) for c in h.pools.out)
     expected_suspects = {c.node for c in h.pools.out if c.error and raises is None} - (
         {"node1"} if conflict else set()
@@ -240,26 +198,30 @@ def test_run_read(
     assert h.writes == []  # reads never stop the failover clock
 
 
-def test_read_your_writes_goes_to_the_primary_when_no_standby_replayed_far_enough() -> None:
-    h = Harness({})
-    assert h.executor.run_read("SELECT", None, min_lsn=10**9) == [(1,)]
+@pytest.mark.parametrize("kind", KINDS)
+def test_read_your_writes_goes_to_the_primary_when_no_standby_replayed_far_enough(
+    kind: Kind,
+) -> None:
+    h = Harness({}, kind=kind)
+    assert h.read(min_lsn=10**9) == [(1,)]
     assert h.attempts() == ["node0"]
     assert h.counted() == [("node0", "read_primary", "ok")]
 
 
-def test_a_read_with_no_node_to_serve_fails_after_the_wait() -> None:
-    h = Harness({}, wait=0.2)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_read_with_no_node_to_serve_fails_after_the_wait(kind: Kind) -> None:
+    h = Harness({}, wait=0.2, kind=kind)
     for name in ("node0", "node1", "node2"):
         h.view.suspect(name)
     with pytest.raises(NoStandbyAvailable, match=r"within 0\.2s"):
-        h.executor.run_read("SELECT", None)
+        h.read()
     assert h.woken >= 1
 
 
-def test_client_commits_and_returns_the_connection() -> None:
-    h = Harness({})
-    with h.executor.client(readonly=False) as conn:
-        conn.execute("INSERT")
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_commits_and_returns_the_connection(kind: Kind) -> None:
+    h = Harness({}, kind=kind)
+    h.block(readonly=False)
     (used,) = h.pools.out
     assert used.log == ["execute INSERT", "commit", "checkin"]
     assert h.pools.returned == [used]
@@ -267,16 +229,11 @@ def test_client_commits_and_returns_the_connection() -> None:
     assert h.counted() == [("node0", "write", "ok")]
 
 
-def test_client_rolls_back_on_an_error_in_the_block() -> None:
-    h = Harness({})
-
-    def block() -> None:
-        with h.executor.client(readonly=False) as conn:
-            conn.execute("INSERT")
-            raise ValueError("application bug")
-
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_rolls_back_on_an_error_in_the_block(kind: Kind) -> None:
+    h = Harness({}, kind=kind)
     with pytest.raises(ValueError, match="application"):
-        block()
+        h.block(readonly=False, fail=ValueError("application bug"))
     (used,) = h.pools.out
     assert used.log == ["execute INSERT", "rollback", "checkin"]  # rolled back first
     assert h.pools.returned == [used]
@@ -284,33 +241,36 @@ def test_client_rolls_back_on_an_error_in_the_block() -> None:
     assert h.counted() == [("node0", "write", "error")]
 
 
-def test_client_reports_a_lost_commit_as_unknown() -> None:
-    h = Harness({"node0": [FakeConn("node0", conn_error(), fail_at="commit")]})
-    with pytest.raises(WriteOutcomeUnknown), h.executor.client(readonly=False) as conn:
-        conn.execute("INSERT")
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_reports_a_lost_commit_as_unknown(kind: Kind) -> None:
+    h = Harness({"node0": [FakeConn("node0", conn_error(), fail_at="commit")]}, kind=kind)
+    with pytest.raises(WriteOutcomeUnknown):
+        h.block(readonly=False)
     assert h.view.suspects == {"node0"}
     assert h.writes == []
+    assert len(h.pools.returned) == 1
 
 
-def test_client_for_reads_takes_a_standby() -> None:
-    h = Harness({})
-    with h.executor.client(readonly=True) as conn:
-        conn.execute("SELECT")
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_for_reads_takes_a_standby(kind: Kind) -> None:
+    h = Harness({}, kind=kind)
+    h.block(readonly=True, sql="SELECT")
     assert h.attempts() == ["node1"]
+    assert h.counted() == [("node1", "read", "ok")]
 
 
-def test_a_closed_view_refuses_a_waiting_writer() -> None:
-    h = Harness({"node0": ["timeout"]})
-    h.view.close()
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_closed_view_refuses_a_waiting_writer(kind: Kind) -> None:
+    """The manager closes while a write waits for a pooled connection: ManagerClosed."""
+    h = Harness({}, kind=kind)
 
     def closed_checkout(node: str, timeout: float) -> Any:
-        from psycopg_pool import PoolTimeout
-
+        h.view.close()  # close() shuts the pools, and their waiters time out
         raise PoolTimeout("closing")
 
     h.pools.checkout = closed_checkout  # type: ignore[method-assign]
     with pytest.raises(ManagerClosed, match="test is closed"):
-        h.executor.run_write("INSERT", None)
+        h.write()
 
 
 def test_a_session_can_be_entered_only_once() -> None:
@@ -323,12 +283,42 @@ def test_a_session_can_be_entered_only_once() -> None:
     assert len(h.pools.out) == len(h.pools.returned) == 1
 
 
+def test_an_async_session_can_be_entered_only_once() -> None:
+    h = Harness({}, kind="async")
+
+    async def scenario() -> None:
+        session = h.aexecutor.client(readonly=False)
+        async with session as conn:
+            await conn.execute("INSERT")
+        with pytest.raises(RuntimeError, match="only once"):
+            async with session:
+                pass
+
+    h.in_loop(scenario())
+    assert len(h.pools.out) == len(h.pools.returned) == 1
+
+
 def test_an_exit_with_only_the_exception_type_rolls_back() -> None:
     h = Harness({})
     session = h.executor.client(readonly=False)
     conn = session.__enter__()
     conn.execute("INSERT")
     session.__exit__(ValueError, None, None)
+    (used,) = h.pools.out
+    assert used.log == ["execute INSERT", "rollback", "checkin"]
+    assert h.writes == []
+
+
+def test_an_async_exit_with_only_the_exception_type_rolls_back() -> None:
+    h = Harness({}, kind="async")
+
+    async def scenario() -> None:
+        session = h.aexecutor.client(readonly=False)
+        conn = await session.__aenter__()
+        await conn.execute("INSERT")
+        await session.__aexit__(ValueError, None, None)
+
+    h.in_loop(scenario())
     (used,) = h.pools.out
     assert used.log == ["execute INSERT", "rollback", "checkin"]
     assert h.writes == []
