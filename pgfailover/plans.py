@@ -226,9 +226,11 @@ class Planner(Dispatcher[P]):
                 raise
             self.session_done(node, readonly)
         finally:
-            if readonly:
-                self.report(node, token, outcome)
-            yield (CHECKIN, node, conn)
+            try:
+                if readonly:
+                    self.report(node, token, outcome)
+            finally:
+                yield (CHECKIN, node, conn)
 
     # -- parts ----------------------------------------------------------------
 
