@@ -85,6 +85,11 @@ class ClusterView:
         """Nodes a query found gone or read-only since they were last probed."""
         return self._suspect_names
 
+    def suspected_between(self, since: float, until: float) -> frozenset[str]:
+        """Nodes whose suspicion began in ``[since, until)`` (wall clock): what queries
+        found gone between two rounds' starts."""
+        return frozenset(n for n, at in self._suspects.items() if since <= at < until)
+
     def publish(self, snap: Snapshot, probed_since: float) -> None:
         """Publish a round's snapshot; clear suspects it probed up (probes begun after them)."""
         with self._cond:

@@ -165,10 +165,17 @@ class Dispatcher(Generic[P]):
     # -- where a statement goes ---------------------------------------------
 
     def suspect(self, node: str, reason: str) -> None:
-        """A statement found ``node`` gone or read-only: avoid it and probe now."""
+        """A statement found ``node`` gone or read-only: avoid it and, the first time,
+        probe now.
+
+        Only a new suspicion asks for a round: the callers that find the same
+        node gone a moment later (other threads, other tasks) bring nothing
+        new, and their wakes would add rounds, and so failed probes, at the
+        pace of the application's concurrency rather than the monitor's.
+        """
         if self.view.suspect(node):
             logger.info("node %s suspect after a query error: %s", node, reason)
-        self._wake()
+            self._wake()
 
     def ready_primary(self) -> str | None:
         """The node writes go to now, when nothing makes a write wait (no suspect primary,

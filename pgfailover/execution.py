@@ -61,7 +61,8 @@ class Executor(Planner[NodePools]):
         target = self.ready_primary()
         if target is not None:
             return target
-        self._wake()
+        # No wake here: what made the write wait asked for a round already (a new
+        # suspicion), or the monitor probes fast (no primary in the snapshot).
         return self.view.wait_for_primary(deadline, self._poll, self._idle_probe)
 
     def read_target(self, min_lsn: int | None = None) -> str:

@@ -53,6 +53,7 @@ class Rounds:
         self._act = act
         self._lock = threading.Lock()
         self._probes: ProbeRound | None = None
+        self._last_started = 0.0  # under self._lock: when the previous round began
 
     def open(self) -> None:
         """Create the probers (one dedicated connection per node, made at first use)."""
@@ -93,7 +94,11 @@ class Rounds:
             for result in results.values():
                 self._counters.probe(result.node, result.ok, result.response_time)
             self._counters.bump("probe_rounds")
-            snap, decisions = transition(snap, results, time.time(), self._config)
+            # Queries that found a node gone since the previous round began: one
+            # more failed check each, if this round's probe fails too.
+            seen = self._view.suspected_between(self._last_started, started)
+            self._last_started = started
+            snap, decisions = transition(snap, results, time.time(), self._config, seen)
             self._view.publish(snap, started)
             return decisions
 

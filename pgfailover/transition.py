@@ -31,7 +31,7 @@ and never receives writes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from pgfailover.config import FailoverConfig, Node
@@ -88,12 +88,18 @@ def _probed(
     now: float,
     cfg: FailoverConfig,
     by_address: Mapping[str, str],
+    *,
+    corroborated: bool = False,
 ) -> NodeState:
-    """Apply one probe result to a node, counting the thresholds."""
+    """Apply one probe result to a node, counting the thresholds.
+
+    ``corroborated``: a query saw the node's connection fail since the
+    previous round; with a failed probe that is one more failed check.
+    """
     if result is None:
         return prev
     if not result.ok:
-        failures = prev.consecutive_failures + 1
+        failures = prev.consecutive_failures + (2 if corroborated else 1)
         healthy = prev.checked and prev.healthy and failures < cfg.unhealthy_threshold
         return dataclasses.replace(
             prev,
@@ -220,16 +226,30 @@ def _lost_reason(prev: Snapshot, nodes: Mapping[str, NodeState]) -> str:
         return f"primary {name} is read-only"
     if node.up:
         return f"primary {name} is stale (timeline {node.timeline})"
-    return f"primary {name} failed {node.consecutive_failures} probes: {node.error}"
+    return f"primary {name} failed {node.consecutive_failures} checks: {node.error}"
 
 
 def transition(
-    prev: Snapshot, results: Mapping[str, ProbeResult], now: float, cfg: FailoverConfig
+    prev: Snapshot,
+    results: Mapping[str, ProbeResult],
+    now: float,
+    cfg: FailoverConfig,
+    corroborated: Collection[str] = (),
 ) -> tuple[Snapshot, list[Decision]]:
-    """The next snapshot and the decisions one round of probes leads to."""
+    """The next snapshot and the decisions one round of probes leads to.
+
+    ``corroborated``: nodes a query found gone (a connection error) since
+    the previous round. A failed probe of such a node counts twice toward
+    ``unhealthy_threshold``: the query's failure and the probe's are two
+    observations. Counting the query's once, however many callers saw it,
+    keeps detection from depending on how many threads or tasks were busy.
+    """
     decisions: list[Decision] = []
     by_address = {n.address: n.name for n in prev.nodes}
-    updated = [_probed(n, results.get(n.name), now, cfg, by_address) for n in prev.nodes]
+    updated = [
+        _probed(n, results.get(n.name), now, cfg, by_address, corroborated=n.name in corroborated)
+        for n in prev.nodes
+    ]
     cluster_id = cluster_identifier(prev, updated)
     updated = [refuse_foreign(n, cluster_id) for n in updated]
     for index, (old, new) in enumerate(zip(prev.nodes, updated, strict=True)):

@@ -103,7 +103,8 @@ class AsyncExecutor(Planner[AsyncNodePools]):
         target = self.ready_primary()
         if target is not None:
             return target
-        self._wake()
+        # No wake here: what made the write wait asked for a round already (a new
+        # suspicion), or the monitor probes fast (no primary in the snapshot).
         while True:
             waiter = self._new_waiter()  # before looking: no change slips between
             try:

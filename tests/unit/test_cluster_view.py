@@ -8,7 +8,11 @@ import time
 import pytest
 
 from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig
+from pgfailover.counters import Counters
 from pgfailover.errors import ManagerClosed, NoPrimaryAvailable, SplitBrainError
+from pgfailover.probe import ProbeResult
+from pgfailover.rounds import Rounds
 from pgfailover.transition import initial_snapshot
 
 from .helpers import NODES, down, healthy_round, primary, run, standby
@@ -87,3 +91,46 @@ def test_a_waiting_caller_probes_between_waits_when_asked_to() -> None:
 
     assert v.wait_for_primary(time.monotonic() + 5, poll=0.01, probe=probe) == "node1"
     assert len(calls) == 2
+
+
+def test_suspicions_are_reported_in_the_window_they_began_in_once() -> None:
+    v = view(HEALTHY)
+    before = time.time()
+    assert v.suspect("node0")
+    assert not v.suspect("node0")  # already suspect: its time is not renewed
+    middle = time.time() + 1e-6
+    v.suspect("node1")
+    after = time.time() + 1e-6
+    assert v.suspected_between(0.0, before) == frozenset()
+    assert v.suspected_between(before, middle) == {"node0"}
+    assert v.suspected_between(middle, after) == {"node1"}
+    assert v.suspected_between(after, after + 60) == frozenset()  # no later window again
+
+
+class _Probes:
+    """Probe rounds from a script (what ProbeRound.run returns)."""
+
+    def __init__(self, rounds: list[list[ProbeResult]]) -> None:
+        self.rounds = rounds
+
+    def run(self, *args: object, **kwargs: object) -> dict[str, ProbeResult]:
+        return {r.node: r for r in self.rounds.pop(0)}
+
+
+def test_a_rounds_query_evidence_counts_once_in_the_round_after_it() -> None:
+    """Rounds pass the transition the nodes queries found gone since the previous round
+    began: node0's suspicion counts once (with a failed probe), not again in later
+    rounds while it stays suspect."""
+    lost = [down("node0"), standby("node1"), standby("node2")]
+    v = view()
+    rounds = Rounds(NODES, FailoverConfig(), v, Counters(), act=lambda decisions: None)
+    rounds._probes = _Probes([healthy_round(), lost, lost, lost])  # type: ignore[assignment]
+    rounds.advance()
+    assert v.snapshot.primary == "node0"
+    v.suspect("node0")  # a query found node0 gone
+    failures = []
+    for _ in range(3):
+        rounds.advance()
+        failures.append(v.snapshot.node("node0").consecutive_failures)
+    assert failures == [2, 3, 4]
+    assert "node0" in v.suspects  # still suspect: counted once all the same

@@ -331,3 +331,25 @@ def test_an_abandoned_session_is_rolled_back_and_returned() -> None:
     del session  # dropped inside its block
     (used,) = h.pools.out
     assert used.log == ["execute INSERT", "rollback", "checkin"]
+
+
+def test_only_a_new_suspicion_asks_for_a_probe_round() -> None:
+    """Callers losing their connections to a node that is already suspect bring
+    nothing new: the rounds their wakes would add would make detection depend on
+    the application's concurrency (threads or tasks), not on the monitor."""
+    h = Harness({})
+    h.executor.suspect("node0", "connection lost")
+    h.executor.suspect("node0", "connection lost, another caller")
+    h.executor.suspect("node1", "connection lost")
+    assert h.woken == 2  # node0 once, node1 once
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_write_that_waits_for_a_primary_asks_for_one_round(kind: Kind) -> None:
+    """The write's connection error wakes the monitor; waiting for a primary does not
+    wake it again (it probes fast while there is none)."""
+    h = Harness({"node0": [FakeConn("node0", conn_error())]}, wait=0.2, kind=kind)
+    h.rounds.rounds = [[down("node0"), standby("node1"), standby("node2")]]  # no promotion
+    with pytest.raises(NoPrimaryAvailable):
+        h.write()
+    assert h.woken == 1

@@ -7,6 +7,7 @@ import pytest
 from pgfailover.config import FailoverConfig
 from pgfailover.model import ClusterState, Fence, Promote, Role, SwitchPrimary
 from pgfailover.probe import ProbeResult
+from pgfailover.transition import transition
 
 from .helpers import down, healthy_round, kinds, primary, run, standby
 
@@ -169,7 +170,7 @@ def test_losing_the_primary_starts_a_failover_once() -> None:
     assert flat.count("FailoverStarted") == 1
     assert flat.count("NodeLost") == 1
     assert snap.failover.reason is not None
-    assert "node0 failed 3 probes" in snap.failover.reason
+    assert "node0 failed 3 checks" in snap.failover.reason
     assert snap.failover.started_at is not None
 
 
@@ -330,3 +331,43 @@ def test_auto_mode_guards_block_promotion(lost: list[ProbeResult], guard: str) -
 def test_only_auto_mode_promotes(mode: str) -> None:
     _, decisions = run([healthy_round(), LOST, LOST, LOST], FailoverConfig(promotion=mode))  # type: ignore[arg-type]
     assert not [d for ds in decisions for d in ds if isinstance(d, Promote)]
+
+
+# A query's connection error since the previous round, then a failed probe: two
+# failed checks. (id, rounds as (probe results, nodes a query found gone), state)
+CORROBORATED: list[tuple[str, list[tuple[list[ProbeResult], set[str]]], ClusterState]] = [
+    (
+        "a query's error and two failed probes: lost",
+        [(LOST, {"node0"}), (LOST, set())],
+        S.FAILOVER_IN_PROGRESS,
+    ),
+    ("two failed probes alone: still in doubt", [(LOST, set()), (LOST, set())], S.DEGRADED),
+    (
+        "a query's error but the probe passes: nothing",
+        [(healthy_round(), {"node0"})] * 3,
+        S.HEALTHY,
+    ),
+    (
+        "a query's error on a standby: not the primary's",
+        [(LOST, {"node1"}), (LOST, set())],
+        S.DEGRADED,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rounds", "expected"),
+    [c[1:] for c in CORROBORATED],
+    ids=[c[0] for c in CORROBORATED],
+)
+def test_a_query_error_corroborated_by_a_failed_probe_is_one_more_failed_check(
+    rounds: list[tuple[list[ProbeResult], set[str]]], expected: ClusterState
+) -> None:
+    snap, _ = run([healthy_round()])
+    now = 2000.0
+    for results, seen in rounds:
+        now += 0.05
+        snap, _ = transition(snap, {r.node: r for r in results}, now, FailoverConfig(), seen)
+    assert snap.state is expected
+    if expected is S.FAILOVER_IN_PROGRESS:
+        assert "node0 failed 3 checks" in snap.failover.reason
