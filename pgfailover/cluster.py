@@ -48,11 +48,37 @@ class ClusterView:
         self._closed = False  # set under self._cond
         self._held = False  # set under self._cond: writes wait (a switchover)
         self._listeners: tuple[Callable[[], None], ...] = ()  # replaced under self._cond
+        self._ready: str | None = None  # set under self._cond (_refresh): see ready_primary
+        self._refresh()
 
     @property
     def snapshot(self) -> Snapshot:
         """The latest immutable snapshot."""
         return self._snapshot
+
+    @property
+    def ready_primary(self) -> str | None:
+        """The node writes go to now, when nothing makes a write wait: a primary that is
+        not suspect, no split brain, writes not held, not closed; else ``None``.
+
+        Worked out at each change rather than at each write (every write
+        asks): one attribute read on the happy path.
+        """
+        return self._ready
+
+    def _refresh(self) -> None:
+        """Work out :attr:`ready_primary` again; under ``_cond`` (or in ``__init__``)."""
+        snap = self._snapshot
+        target = snap.primary
+        if (
+            target is None
+            or snap.split_brain
+            or target in self._suspect_names
+            or self._held
+            or self._closed
+        ):
+            target = None
+        self._ready = target
 
     @property
     def closed(self) -> bool:
@@ -68,11 +94,13 @@ class ClusterView:
         """New writes wait (as when there is no primary) until :meth:`release_writes`."""
         with self._cond:
             self._held = True
+            self._refresh()
 
     def release_writes(self) -> None:
         """Let held writes go (to whatever primary the snapshot names now)."""
         with self._cond:
             self._held = False
+            self._refresh()
             self._cond.notify_all()
         self._notify()
 
@@ -101,6 +129,7 @@ class ClusterView:
                     if not (since <= probed_since and snap.node(name).up)
                 }
                 self._suspects, self._suspect_names = kept, frozenset(kept)
+            self._refresh()
             self._cond.notify_all()
         self._notify()
 
@@ -111,12 +140,14 @@ class ClusterView:
                 return False
             suspects = {**self._suspects, node: time.time()}
             self._suspects, self._suspect_names = suspects, frozenset(suspects)
+            self._refresh()
             return True
 
     def close(self) -> None:
         """Wake every waiter; waiting from now on raises ``ManagerClosed``."""
         with self._cond:
             self._closed = True
+            self._refresh()
             self._cond.notify_all()
         self._notify()
 

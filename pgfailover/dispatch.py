@@ -47,7 +47,7 @@ from pgfailover.errors import (
 )
 from pgfailover.model import NodeState, Snapshot
 from pgfailover.pools import TrackedPools
-from pgfailover.routing import ReadStrategy, read_candidates, read_order, write_target
+from pgfailover.routing import ReadStrategy, read_candidates, read_order
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -179,12 +179,9 @@ class Dispatcher(Generic[P]):
 
     def ready_primary(self) -> str | None:
         """The node writes go to now, when nothing makes a write wait (no suspect primary,
-        no switchover holding writes, not closed); ``None`` otherwise. Never raises."""
-        view = self.view
-        target = write_target(view.snapshot, view.suspects)
-        if target is not None and not view.closed and not view.held:
-            return target
-        return None
+        no split brain, no switchover holding writes, not closed); ``None`` otherwise,
+        and waiting for a primary then says why. Never raises."""
+        return self.view.ready_primary
 
     def read_order(self, min_lsn: int | None = None) -> list[str]:
         """Nodes to try for a read now, best first (fitting standbys, then the primary).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 import psycopg
@@ -54,6 +54,13 @@ class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
     ) -> None:
         super().__init__(nodes, config, cluster, pool_kwargs)
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
+        # Each pool's queue of clients waiting for a connection: psycopg_pool keeps
+        # one deque for its life. Its length is what get_stats() reports as
+        # requests_waiting, without building two dicts on every checkin (None:
+        # a psycopg_pool without it; get_stats() is asked instead).
+        self._waiting: dict[str, Sized | None] = {
+            name: _waiting_queue(pool) for name, pool in self._pools.items()
+        }
         # Tasks giving connections back (asyncio keeps only weak references to tasks).
         self._returning: set[asyncio.Future[None]] = set()
 
@@ -95,7 +102,10 @@ class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
         """
         self._untrack(node, conn)
         pool = self._pools[node]
-        if conn.pgconn.transaction_status == _IDLE and not pool.get_stats().get(_WAITING):
+        waiting = self._waiting[node]
+        if conn.pgconn.transaction_status == _IDLE and not (
+            len(waiting) if waiting is not None else pool.get_stats().get(_WAITING, 1)
+        ):
             # Nothing to roll back and no client to hand it to: psycopg_pool puts it
             # back without suspending, so no cancellation can fall in between (and a
             # task of its own would cost the happy path a loop iteration).
@@ -138,6 +148,12 @@ class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
         for task in pending:
             task.add_done_callback(_log_failure)
         return not pending
+
+
+def _waiting_queue(pool: object) -> Sized | None:
+    """psycopg_pool's queue of waiting clients (``_waiting``), if this version has it."""
+    waiting = getattr(pool, "_waiting", None)
+    return waiting if isinstance(waiting, Sized) else None
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

@@ -275,3 +275,23 @@ def test_cancelled_while_giving_the_connection_back_the_outcome_is_already_count
     assert h.writes == (["node0"] if counted == [("node0", "write", "ok")] else [])
     if readonly:
         assert h.breakers.state("node1").phase is BreakerPhase.CLOSED  # the trial's success
+
+
+def test_checkin_reads_the_same_waiting_queue_psycopg_pool_reports() -> None:
+    """AsyncNodePools reads psycopg_pool's queue of waiting clients directly (get_stats()
+    builds two dicts per call); if a psycopg_pool release renames it, this fails, and
+    checkin falls back to get_stats()."""
+    from pgfailover.aio.pools import AsyncNodePools
+    from pgfailover.config import FailoverConfig
+
+    async def scenario() -> None:
+        nodes = [Node("node0", "host=127.0.0.1 port=1 user=app")]
+        pools = AsyncNodePools(nodes, FailoverConfig(), "test")
+        waiting = pools._waiting["node0"]
+        assert waiting is not None
+        before = pools.get("node0").get_stats()["requests_waiting"]
+        cast(Any, waiting).append(object())  # as a client queueing for a connection
+        assert pools.get("node0").get_stats()["requests_waiting"] == before + 1 == len(waiting)
+        cast(Any, waiting).pop()
+
+    asyncio.run(scenario())

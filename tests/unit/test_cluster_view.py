@@ -134,3 +134,26 @@ def test_a_rounds_query_evidence_counts_once_in_the_round_after_it() -> None:
         failures.append(v.snapshot.node("node0").consecutive_failures)
     assert failures == [2, 3, 4]
     assert "node0" in v.suspects  # still suspect: counted once all the same
+
+
+def test_the_ready_primary_follows_every_change_that_makes_writes_wait() -> None:
+    v = view(HEALTHY)
+    assert v.ready_primary == "node0"
+    v.suspect("node0")
+    assert v.ready_primary is None  # a query found it gone
+    v.publish(HEALTHY, probed_since=time.time() + 1)  # probed up since: cleared
+    assert v.ready_primary == "node0"
+    v.hold_writes()
+    assert v.ready_primary is None  # a switchover holds writes
+    v.release_writes()
+    assert v.ready_primary == "node0"
+    v.publish(SPLIT, probed_since=time.time())
+    assert v.ready_primary is None  # two primaries: waiting says SplitBrainError
+    with pytest.raises(SplitBrainError):
+        v.primary_now(time.monotonic() + 1)
+    v.publish(LOST, probed_since=time.time())
+    assert v.ready_primary is None  # no primary
+    v.publish(PROMOTED, probed_since=time.time())
+    assert v.ready_primary == "node1"
+    v.close()
+    assert v.ready_primary is None

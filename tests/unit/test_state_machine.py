@@ -370,4 +370,4 @@ def test_a_query_error_corroborated_by_a_failed_probe_is_one_more_failed_check(
         snap, _ = transition(snap, {r.node: r for r in results}, now, FailoverConfig(), seen)
     assert snap.state is expected
     if expected is S.FAILOVER_IN_PROGRESS:
-        assert "node0 failed 3 checks" in snap.failover.reason
+        assert "node0 failed 3 checks" in (snap.failover.reason or "")
