@@ -35,11 +35,13 @@ from typing import Any, Generic, Literal, TypeVar
 
 import psycopg
 from psycopg import pq
+from psycopg_pool import PoolTimeout
 
 from pgfailover.breaker import Breakers
 from pgfailover.cluster import ClusterView
 from pgfailover.counters import Counters
 from pgfailover.errors import (
+    ManagerClosed,
     NoPrimaryAvailable,
     NoStandbyAvailable,
     PgFailoverError,
@@ -244,6 +246,39 @@ class Dispatcher(Generic[P]):
         elif exc is None or isinstance(exc, psycopg.Error):
             self.breakers.success(node, now, token)
         self.breakers.release(node, token)
+
+    def checkout_timeout(self, deadline: float) -> float:
+        """How long a checkout may wait for a pooled connection before ``deadline``."""
+        return max(0.05, min(self._pool_timeout, deadline - time.monotonic()))
+
+    def checkout_timed_out(
+        self, node: str, token: int, timeout: float, readonly: bool, exc: BaseException
+    ) -> bool:
+        """A checkout from ``node``'s pool raised ``exc``: True when no pooled connection
+        came in time (the node is suspected: try again); False to raise ``exc``, and a
+        read's breaker trial (``token``) is released first, since ``exc`` says nothing
+        of the node.
+
+        Raises:
+            ManagerClosed: the pool timed out because the manager is closing.
+        """
+        if isinstance(exc, PoolTimeout) and not self.view.closed:
+            self.no_connection(node, token, timeout, readonly)
+            return True
+        self.breakers.release(node, token)
+        if isinstance(exc, PoolTimeout):
+            raise ManagerClosed(f"manager {self.view.name} is closed") from None
+        return False
+
+    def interrupted_commit(self, node: str, exc: BaseException) -> None:
+        """Something other than a server's error (a cancellation, an interrupt) ended a
+        write's COMMIT: it may or may not have committed; counted unknown, never retried."""
+        self._counters.query(node, "write", "unknown")
+        logger.warning(
+            "a write on %s was interrupted during COMMIT (%s): it may or may not have committed",
+            node,
+            type(exc).__name__,
+        )
 
     def no_connection(self, node: str, token: int, timeout: float, readonly: bool) -> None:
         """No pooled connection within ``timeout``: avoid the node, and for a read tell its

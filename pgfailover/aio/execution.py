@@ -1,12 +1,13 @@
 """Running statements for the asyncio manager: waiting without blocking the loop.
 
 Every decision (where a statement goes, what an error means, the circuit
-breakers, the counters) and every retry loop is the sync executor's: the
-decisions are :class:`~pgfailover.dispatch.Dispatcher`'s, the loops the
-generators of :mod:`pgfailover.plans`. This module performs what a plan
-yields by awaiting: statements on psycopg's ``AsyncConnection``, and
-waiting for a primary on futures that the view's change listener resolves
-from the monitor thread (``call_soon_threadsafe``), never on a lock.
+breakers, the counters) is :class:`~pgfailover.dispatch.Dispatcher`'s, the
+same as the sync executor's; this module adds the awaiting: statements on
+psycopg's ``AsyncConnection``, and waiting for a primary on futures that the
+view's change listener resolves from the monitor thread
+(``call_soon_threadsafe``), never on a lock. Its steps mirror the sync
+executor's line for line (the tables of ``tests/unit/test_executor.py`` run
+on both).
 
 Cancellation (a client gone, a timeout) propagates as ``CancelledError``
 and is never taken for a node failure. The connection always goes back to
@@ -20,34 +21,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import psycopg
+from psycopg import pq
 
 from pgfailover.aio.pools import AsyncConnection, AsyncNodePools
-from pgfailover.dispatch import returns_rows
-from pgfailover.plans import (
-    CHECKIN,
-    CHECKOUT,
-    COMMIT,
-    EXECUTE,
-    PRIMARY,
-    ROLLBACK,
-    Plan,
-    Planner,
-)
+from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher, returns_rows
+from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable
 
 __all__ = ["AsyncExecutor", "AsyncSession"]
 
 Params = Sequence[Any] | dict[str, Any] | None
 Row = tuple[Any, ...]
-T = TypeVar("T")
+
+_INTRANS = pq.TransactionStatus.INTRANS
+_IDLE = pq.TransactionStatus.IDLE
 
 
-class AsyncExecutor(Planner[AsyncNodePools]):
-    """Routes and runs statements as coroutines: it performs the operations of the
-    :mod:`~pgfailover.plans` by awaiting (constructor: :class:`~pgfailover.dispatch.Dispatcher`).
+class AsyncExecutor(Dispatcher[AsyncNodePools]):
+    """Routes and runs statements as coroutines (constructor: :class:`Dispatcher`).
 
     :meth:`bind` ties it to the event loop the manager was opened on; from
     then on every coroutine runs there.
@@ -131,86 +125,198 @@ class AsyncExecutor(Planner[AsyncNodePools]):
             return order[0]
         return await self.wait_for_primary(time.monotonic() + self._wait_timeout)
 
+    async def _checkout(
+        self, node: str, deadline: float, token: int, readonly: bool
+    ) -> AsyncConnection | None:
+        """A connection from ``node``'s pool, or ``None`` (node suspected) before
+        ``deadline``; a read's breaker trial (``token``) is released if the wait ends
+        otherwise (the manager closed, a cancellation)."""
+        timeout = self.checkout_timeout(deadline)
+        try:
+            return await self._pools.checkout(node, timeout)
+        except BaseException as exc:
+            if not self.checkout_timed_out(node, token, timeout, readonly, exc):
+                raise
+            return None
+
+    async def _wait_for_readers(self, deadline: float) -> bool:
+        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
+        if time.monotonic() >= deadline:
+            return False
+        self._wake()
+        await self._wait_for_change(
+            self._new_waiter(), min(0.1, max(0.0, deadline - time.monotonic()))
+        )
+        return True
+
     # -- statements -----------------------------------------------------------
+    # The same steps as the sync executor's, each decided by the Dispatcher;
+    # bookkeeping always precedes the await that gives the connection back,
+    # which a cancellation may interrupt (the connection still goes back:
+    # AsyncNodePools.checkin finishes in a task of its own).
 
-    # run_write, run_read, acquire and release return their plan's driving coroutine
-    # rather than being coroutines themselves: one level less in the await chain,
-    # which every resumption of the task goes through.
-
-    def run_write(self, sql: Any, params: Params) -> Coroutine[Any, Any, list[Row]]:
+    async def run_write(self, sql: Any, params: Params) -> list[Row]:
         """Run a write on the primary (see :mod:`pgfailover.dispatch` for retries)."""
-        return self._drive(self.plan_write(sql, params))
+        deadline = time.monotonic() + self._wait_timeout
+        last: BaseException | None = None
+        for _ in range(MAX_ATTEMPTS):
+            node = self.ready_primary() or await self.wait_for_primary(deadline)
+            conn = await self._checkout(node, deadline, 0, False)
+            if conn is None:
+                self._counters.query(node, "write", "retry")
+                continue
+            phase: Literal["statement", "commit"] = "statement"
+            try:
+                cur = await conn.execute(sql, params)
+                rows = await cur.fetchall() if returns_rows(cur) else []
+                phase = "commit"
+                await conn.commit()
+            except psycopg.Error as exc:
+                try:
+                    retry = self.write_failed(node, exc, phase)
+                finally:
+                    await self._pools.checkin(node, conn)
+                if not retry:
+                    raise
+                last = exc
+                continue
+            except BaseException as exc:
+                try:
+                    if phase == "commit":
+                        self.interrupted_commit(node, exc)  # psycopg let the COMMIT end
+                finally:
+                    await self._pools.checkin(node, conn)
+                raise
+            try:
+                self.write_done(node)
+            finally:
+                await self._pools.checkin(node, conn)
+            return rows
+        raise self.too_many(last) from last
 
-    def run_read(
-        self, sql: Any, params: Params, min_lsn: int | None = None
-    ) -> Coroutine[Any, Any, list[Row]]:
+    async def run_read(self, sql: Any, params: Params, min_lsn: int | None = None) -> list[Row]:
         """Run a read on a fitting standby, else the primary, retrying elsewhere.
 
         ``min_lsn``: only standbys known to have replayed that far (read-your-writes).
         """
-        return self._drive(self.plan_read(sql, params, min_lsn))
+        deadline = time.monotonic() + self._wait_timeout
+        tried: set[str] = set()
+        last: BaseException | None = None
+        for _ in range(MAX_ATTEMPTS):
+            picked = self.pick_reader(min_lsn, tried)
+            if picked is None:
+                if not await self._wait_for_readers(deadline):
+                    break
+                tried.clear()
+                continue
+            node, token, route = picked
+            conn = await self._checkout(node, deadline, token, True)
+            if conn is None:
+                tried.add(node)
+                self._counters.query(node, route, "retry")
+                continue
+            try:
+                cur = await conn.execute(sql, params)
+                rows = await cur.fetchall() if returns_rows(cur) else []
+                await conn.commit()
+            except BaseException as exc:
+                try:
+                    retry = self.read_failed(node, token, route, exc)
+                finally:
+                    await self._pools.checkin(node, conn)
+                if not retry:
+                    raise
+                tried.add(node)
+                last = exc
+                continue
+            try:
+                self.read_done(node, token, route)
+            finally:
+                await self._pools.checkin(node, conn)
+            return rows
+        raise self.no_reader(last) from last
 
     def client(self, readonly: bool) -> AsyncSession:
         """A pooled connection for a block of work (``get_client``)."""
         return AsyncSession(self, readonly)
 
-    def acquire(self, readonly: bool) -> Coroutine[Any, Any, tuple[str, AsyncConnection, int]]:
+    async def acquire(self, readonly: bool) -> tuple[str, AsyncConnection, int]:
         """A node, a connection from its pool and the breaker trial it is (0: none),
         waiting up to ``failover_wait_timeout``."""
-        return self._drive(self.plan_acquire(readonly))
+        deadline = time.monotonic() + self._wait_timeout
+        token = 0
+        while True:
+            if readonly:
+                order = self.read_order()
+                if not order:
+                    if not await self._wait_for_readers(deadline):
+                        raise NoStandbyAvailable(
+                            f"no node can serve reads (cluster {self.view.name})"
+                        )
+                    continue
+                node, token = self.admitted(order)
+            else:
+                node = self.ready_primary() or await self.wait_for_primary(deadline)
+            conn = await self._checkout(node, deadline, token, readonly)
+            if conn is not None:
+                return node, conn, token
+            if time.monotonic() >= deadline:
+                raise NoPrimaryAvailable(f"no connection to {node} within the failover wait")
 
-    def release(
+    async def release(
         self,
         node: str,
         conn: AsyncConnection,
         readonly: bool,
         exc: BaseException | None,
         token: int = 0,
-    ) -> Coroutine[Any, Any, None]:
+    ) -> None:
         """End an :class:`AsyncSession`: commit (or roll back after ``exc``), count, give
         it back. ``token``: the breaker trial the session was (:meth:`acquire`)."""
-        return self._drive(self.plan_release(node, conn, readonly, exc, token))
-
-    async def _drive(self, plan: Plan[T]) -> T:
-        """Run ``plan`` to its end, awaiting each operation it yields.
-
-        A cancellation arriving in an await is thrown into the plan like
-        any other exception: the plan counts what it must and gives the
-        connection back (:meth:`AsyncNodePools.checkin
-        <pgfailover.aio.pools.AsyncNodePools.checkin>` finishes even if
-        cancelled) before the ``CancelledError`` propagates.
-        """
-        sent: Any = None
-        error: BaseException | None = None
-        pools = self._pools
-        while True:
+        route = "read" if readonly else "write"
+        outcome: BaseException | None = None
+        committing = False
+        try:
+            if exc is not None:
+                outcome = exc
+                await self._fail(node, conn, route, exc)
+                return
             try:
-                op = plan.send(sent) if error is None else plan.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            except BaseException:
-                error = sent = None  # no cycle through this frame's traceback
+                if conn.pgconn.transaction_status == _INTRANS:
+                    committing = True
+                    try:
+                        await conn.commit()
+                    except psycopg.Error as failed:
+                        self.commit_failed(node, failed)
+                        raise
+            except BaseException as failed:
+                outcome = failed
+                if committing and not readonly and not isinstance(failed, psycopg.Error):
+                    self.interrupted_commit(node, failed)  # psycopg let the COMMIT end
+                else:
+                    await self._fail(node, conn, route, failed)
                 raise
-            error = sent = None
-            kind = op[0]
+            self.session_done(node, readonly)
+        finally:
             try:
-                if kind == EXECUTE:
-                    cur = await op[1].execute(op[2], op[3])
-                    sent = await cur.fetchall() if returns_rows(cur) else []
-                elif kind == CHECKOUT:
-                    sent = await pools.checkout(op[1], op[2])
-                elif kind == COMMIT:
-                    await op[1].commit()
-                elif kind == CHECKIN:
-                    await pools.checkin(op[1], op[2])
-                elif kind == PRIMARY:
-                    sent = await self.wait_for_primary(op[1])
-                elif kind == ROLLBACK:
-                    await op[1].rollback()
-                else:  # WAIT
-                    await self._wait_for_change(self._new_waiter(), op[1])
-            except BaseException as exc:  # noqa: BLE001 - thrown into the plan, which decides
-                error = exc
+                if readonly:  # before the await below, which a cancellation could cut
+                    self.report(node, token, outcome)
+            finally:
+                await self._pools.checkin(node, conn)
+
+    async def _fail(
+        self, node: str, conn: AsyncConnection, route: str, exc: BaseException
+    ) -> None:
+        """The block (or its COMMIT) raised ``exc``: suspect a lost node, count, roll back.
+
+        A cancellation is counted nowhere, as in :meth:`run_write` and
+        :meth:`run_read`: it says nothing of the node or the statement.
+        """
+        if isinstance(exc, Exception):
+            self.session_failed(node, route, exc)
+        if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+            with contextlib.suppress(psycopg.Error):  # the pool discards what it cannot reset
+                await conn.rollback()
 
 
 class AsyncSession:
