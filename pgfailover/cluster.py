@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from pgfailover.errors import ManagerClosed, NoPrimaryAvailable, ReadOnlyMode
 from pgfailover.model import Snapshot
@@ -43,7 +43,8 @@ class ClusterView:
         self._read_only = read_only  # why a snapshot means no primary is coming (pure)
         self._cond = threading.Condition()
         self._snapshot = initial  # replaced under self._cond
-        self._suspects: dict[str, float] = {}  # replaced under self._cond
+        # name -> (when, whether a query lost its connection to it); replaced under _cond
+        self._suspects: dict[str, tuple[float, bool]] = {}
         self._suspect_names: frozenset[str] = frozenset()  # replaced under self._cond
         self._closed = False  # set under self._cond
         self._held = False  # set under self._cond: writes wait (a switchover)
@@ -113,32 +114,47 @@ class ClusterView:
         """Nodes a query found gone or read-only since they were last probed."""
         return self._suspect_names
 
-    def suspected_between(self, since: float, until: float) -> frozenset[str]:
-        """Nodes whose suspicion began in ``[since, until)`` (wall clock): what queries
-        found gone between two rounds' starts."""
-        return frozenset(n for n, at in self._suspects.items() if since <= at < until)
+    def lost_between(self, since: float, until: float) -> frozenset[str]:
+        """Nodes a query lost its connection to (a suspicion that began in ``[since,
+        until)``, wall clock): what queries found gone between two rounds' starts."""
+        return frozenset(
+            n for n, (at, lost) in self._suspects.items() if lost and since <= at < until
+        )
 
-    def publish(self, snap: Snapshot, probed_since: float) -> None:
-        """Publish a round's snapshot; clear suspects it probed up (probes begun after them)."""
+    def publish(
+        self, snap: Snapshot, probed_since: float, probed: Collection[str] | None = None
+    ) -> None:
+        """Publish a round's snapshot; clear the suspects it probed up (probes begun after
+        them). ``probed``: the nodes the round has a result for (default: all); a node
+        whose probe was still out keeps its suspicion."""
         with self._cond:
             self._snapshot = snap
             if self._suspects:
                 kept = {
-                    name: since
-                    for name, since in self._suspects.items()
-                    if not (since <= probed_since and snap.node(name).up)
+                    name: entry
+                    for name, entry in self._suspects.items()
+                    if not (
+                        entry[0] <= probed_since
+                        and snap.node(name).up
+                        and (probed is None or name in probed)
+                    )
                 }
                 self._suspects, self._suspect_names = kept, frozenset(kept)
             self._refresh()
             self._cond.notify_all()
         self._notify()
 
-    def suspect(self, node: str) -> bool:
-        """Avoid ``node`` until it is probed again; True when it was not suspect yet."""
+    def suspect(self, node: str, *, lost: bool = True) -> bool:
+        """Avoid ``node`` until it is probed again; True when it was not suspect yet.
+
+        ``lost``: a query lost its connection to it (evidence the next round
+        counts, :meth:`lost_between`), rather than finding it read-only or
+        its pool without a free connection.
+        """
         with self._cond:
             if node in self._suspects:
                 return False
-            suspects = {**self._suspects, node: time.time()}
+            suspects = {**self._suspects, node: (time.time(), lost)}
             self._suspects, self._suspect_names = suspects, frozenset(suspects)
             self._refresh()
             return True

@@ -133,7 +133,9 @@ class FailoverConfig:
     round (connect and query) whatever the number of nodes.
 
     Thresholds: a node is unhealthy after ``unhealthy_threshold`` failed
-    probes in a row and healthy again after ``healthy_threshold`` good ones.
+    checks in a row (failed probes; a connection a query lost since the
+    previous round counts once more with a failed probe) and healthy again
+    after ``healthy_threshold`` good probes.
 
     Promotion (see DESIGN.md): ``"external"`` follows an orchestrator,
     ``"auto"`` promotes the most advanced standby itself with ``pg_promote``,

@@ -166,8 +166,9 @@ class Dispatcher(Generic[P]):
 
     # -- where a statement goes ---------------------------------------------
 
-    def suspect(self, node: str, reason: str) -> None:
-        """A statement found ``node`` gone or read-only: avoid it and, the first time,
+    def suspect(self, node: str, reason: str, *, lost: bool = True) -> None:
+        """A statement found ``node`` gone (``lost``: its connection failed) or
+        read-only or without a free pooled connection: avoid it and, the first time,
         probe now.
 
         Only a new suspicion asks for a round: the callers that find the same
@@ -175,7 +176,7 @@ class Dispatcher(Generic[P]):
         new, and their wakes would add rounds, and so failed probes, at the
         pace of the application's concurrency rather than the monitor's.
         """
-        if self.view.suspect(node):
+        if self.view.suspect(node, lost=lost):
             logger.info("node %s suspect after a query error: %s", node, reason)
             self._wake()
 
@@ -283,7 +284,7 @@ class Dispatcher(Generic[P]):
     def no_connection(self, node: str, token: int, timeout: float, readonly: bool) -> None:
         """No pooled connection within ``timeout``: avoid the node, and for a read tell its
         breaker, unless the application has every connection of the pool checked out."""
-        self.suspect(node, f"no pooled connection within {timeout:.2f}s")
+        self.suspect(node, f"no pooled connection within {timeout:.2f}s", lost=False)
         if not readonly:
             return
         if self._pools.saturated(node):
@@ -301,7 +302,7 @@ class Dispatcher(Generic[P]):
         if verdict == "raise":
             self._counters.query(node, "write", "error")
             return False
-        self.suspect(node, brief(exc))
+        self.suspect(node, brief(exc), lost=verdict != "readonly")
         if verdict == "unknown":
             self._counters.query(node, "write", "unknown")
             raise WriteOutcomeUnknown(
@@ -359,10 +360,13 @@ class Dispatcher(Generic[P]):
             ) from exc
 
     def session_failed(self, node: str, route: str, exc: BaseException) -> None:
-        """A session's block (or its COMMIT) raised ``exc``: suspect a lost node, count."""
-        if isinstance(exc, psycopg.Error) and classify(exc, "statement") != "raise":
-            self.suspect(node, brief(exc))
-        self._counters.query(node, route, "error")
+        """A session's block (or its COMMIT) raised ``exc``: suspect a lost node, count
+        (``unknown`` for a COMMIT whose connection was lost, else ``error``)."""
+        verdict = classify(exc, "statement")
+        if isinstance(exc, psycopg.Error) and verdict != "raise":
+            self.suspect(node, brief(exc), lost=verdict != "readonly")
+        lost_commit = isinstance(exc, WriteOutcomeUnknown)  # as a query()'s lost COMMIT
+        self._counters.query(node, route, "unknown" if lost_commit else "error")
 
     def session_done(self, node: str, readonly: bool) -> None:
         """A session's block committed on ``node``."""

@@ -87,11 +87,18 @@ class Executor(Dispatcher[NodePools]):
             return None
 
     def _wait_for_readers(self, deadline: float) -> bool:
-        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
+        """No node can serve a read: wait a little for a change; False once past
+        ``deadline``.
+
+        No wake: whatever left no node (the primary lost or suspect) asked for
+        a round already, and the monitor probes fast while the primary is in
+        doubt; waiting readers must not add rounds at their own pace. With no
+        monitor thread, a round runs here.
+        """
         if time.monotonic() >= deadline:
             return False
-        self._wake()
         self.view.wait_for_change(min(0.1, max(0.0, deadline - time.monotonic())))
+        self._idle_probe()
         return True
 
     # -- statements -----------------------------------------------------------

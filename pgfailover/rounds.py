@@ -54,6 +54,7 @@ class Rounds:
         self._lock = threading.Lock()
         self._probes: ProbeRound | None = None
         self._last_started = 0.0  # under self._lock: when the previous round began
+        self._carried: frozenset[str] = frozenset()  # under self._lock: lost, not yet probed
 
     def open(self) -> None:
         """Create the probers (one dedicated connection per node, made at first use)."""
@@ -94,12 +95,14 @@ class Rounds:
             for result in results.values():
                 self._counters.probe(result.node, result.ok, result.response_time)
             self._counters.bump("probe_rounds")
-            # Queries that found a node gone since the previous round began: one
-            # more failed check each, if this round's probe fails too.
-            seen = self._view.suspected_between(self._last_started, started)
+            # Queries that lost a node's connection since the previous round began:
+            # one more failed check each, if this round's probe fails too (kept for
+            # the next round while the node's probe is still out).
+            seen = self._carried | self._view.lost_between(self._last_started, started)
             self._last_started = started
+            self._carried = frozenset(n for n in seen if n not in results)
             snap, decisions = transition(snap, results, time.time(), self._config, seen)
-            self._view.publish(snap, started)
+            self._view.publish(snap, started, results.keys())
             return decisions
 
     def monitor_round(self, *, full: bool = False) -> bool:

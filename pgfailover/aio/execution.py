@@ -140,13 +140,15 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
             return None
 
     async def _wait_for_readers(self, deadline: float) -> bool:
-        """No node can serve a read: probe and wait a little; False once past ``deadline``."""
+        """No node can serve a read: wait a little for a change; False once past
+        ``deadline`` (no wake, as in the sync executor; with no monitor thread, a
+        round runs on a worker thread)."""
         if time.monotonic() >= deadline:
             return False
-        self._wake()
         await self._wait_for_change(
             self._new_waiter(), min(0.1, max(0.0, deadline - time.monotonic()))
         )
+        await self._probe_if_idle()
         return True
 
     # -- statements -----------------------------------------------------------

@@ -57,6 +57,7 @@ class Harness:
         self.counters = Counters()
         self.rounds = ScriptedRounds(self.view, CFG, [PROMOTED], now=2000.0)
         self.woken = 0
+        self.monitor_running = False  # as a manager's monitor thread: rounds are its own
         self.writes: list[str] = []
         options: dict[str, Any] = {
             "wait_timeout": wait,
@@ -64,6 +65,7 @@ class Harness:
             "poll": 0.01,
             "wake": self._wake,
             "idle_probe": self._probe,
+            "monitoring": lambda: self.monitor_running,
             "on_write": self.writes.append,
             "breakers": Breakers(
                 [n.name for n in HEALTHY.nodes],
@@ -80,7 +82,6 @@ class Harness:
             cast(AsyncNodePools, self.apools),
             self.counters,
             strategy,
-            monitoring=lambda: False,  # no monitor thread: waiting writes run the rounds
             **options,
         )
         self.kind = kind
@@ -133,7 +134,10 @@ class Harness:
         self.woken += 1
 
     def _probe(self) -> None:
-        self.rounds()
+        """A round from a waiting caller, as the manager's probe_if_idle: only without a
+        monitor thread."""
+        if not self.monitor_running:
+            self.rounds()
 
     def attempts(self) -> list[str]:
         return [c.node for c in self.pools.out]

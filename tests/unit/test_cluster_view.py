@@ -101,10 +101,20 @@ def test_suspicions_are_reported_in_the_window_they_began_in_once() -> None:
     middle = time.time() + 1e-6
     v.suspect("node1")
     after = time.time() + 1e-6
-    assert v.suspected_between(0.0, before) == frozenset()
-    assert v.suspected_between(before, middle) == {"node0"}
-    assert v.suspected_between(middle, after) == {"node1"}
-    assert v.suspected_between(after, after + 60) == frozenset()  # no later window again
+    assert v.lost_between(0.0, before) == frozenset()
+    assert v.lost_between(before, middle) == {"node0"}
+    assert v.lost_between(middle, after) == {"node1"}
+    assert v.lost_between(after, after + 60) == frozenset()  # no later window again
+    assert v.suspect("node2", lost=False)  # read-only, or no free pooled connection
+    assert v.lost_between(0.0, time.time() + 1) == {"node0", "node1"}  # not evidence
+
+
+def test_a_round_clears_only_the_suspects_it_has_a_probe_result_for() -> None:
+    v = view(HEALTHY)
+    v.suspect("node0")
+    v.suspect("node1")
+    v.publish(HEALTHY, probed_since=time.time() + 1, probed={"node1", "node2"})
+    assert v.suspects == {"node0"}  # its probe was still out: still suspect
 
 
 class _Probes:
@@ -134,6 +144,24 @@ def test_a_rounds_query_evidence_counts_once_in_the_round_after_it() -> None:
         failures.append(v.snapshot.node("node0").consecutive_failures)
     assert failures == [2, 3, 4]
     assert "node0" in v.suspects  # still suspect: counted once all the same
+
+
+def test_a_query_evidence_waits_for_the_round_that_probes_the_node() -> None:
+    """node0's probe is still out in the first round after the query lost it (no
+    result: a hung server): the evidence counts in the round that has its result."""
+    lost = [down("node0"), standby("node1"), standby("node2")]
+    v = view()
+    rounds = Rounds(NODES, FailoverConfig(), v, Counters(), act=lambda decisions: None)
+    rounds._probes = _Probes(  # type: ignore[assignment]
+        [healthy_round(), [standby("node1"), standby("node2")], lost]
+    )
+    rounds.advance()
+    v.suspect("node0")
+    rounds.advance()
+    assert v.snapshot.node("node0").consecutive_failures == 0
+    assert "node0" in v.suspects  # not probed: writes still avoid it
+    rounds.advance()
+    assert v.snapshot.node("node0").consecutive_failures == 2
 
 
 def test_the_ready_primary_follows_every_change_that_makes_writes_wait() -> None:

@@ -210,12 +210,28 @@ def test_read_your_writes_goes_to_the_primary_when_no_standby_replayed_far_enoug
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_read_with_no_node_to_serve_fails_after_the_wait(kind: Kind) -> None:
+    """With no monitor thread, the waiting read runs the rounds itself."""
     h = Harness({}, wait=0.2, kind=kind)
+    h.rounds.rounds = [[down("node0"), down("node1"), down("node2")]]
     for name in ("node0", "node1", "node2"):
         h.view.suspect(name)
     with pytest.raises(NoStandbyAvailable, match=r"within 0\.2s"):
         h.read()
-    assert h.woken >= 1
+    assert h.rounds.calls >= 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_waiting_reads_add_no_probe_rounds_to_the_monitors(kind: Kind) -> None:
+    """With a monitor thread, a read waiting for a node neither wakes it nor probes:
+    readers must not add rounds (and failed checks) at their own pace."""
+    h = Harness({}, wait=0.2, kind=kind)
+    h.monitor_running = True
+    for name in ("node0", "node1", "node2"):
+        h.view.suspect(name)
+    with pytest.raises(NoStandbyAvailable):
+        h.read()
+    assert h.woken == 0
+    assert h.rounds.calls == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -246,6 +262,7 @@ def test_client_reports_a_lost_commit_as_unknown(kind: Kind) -> None:
     h = Harness({"node0": [FakeConn("node0", conn_error(), fail_at="commit")]}, kind=kind)
     with pytest.raises(WriteOutcomeUnknown):
         h.block(readonly=False)
+    assert h.counted() == [("node0", "write", "unknown")]  # as a query()'s lost COMMIT
     assert h.view.suspects == {"node0"}
     assert h.writes == []
     assert len(h.pools.returned) == 1
