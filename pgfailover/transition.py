@@ -54,13 +54,11 @@ from pgfailover.model import (
     StateChanged,
     SwitchPrimary,
 )
+from pgfailover.observe import probed
 from pgfailover.probe import ProbeResult
 from pgfailover.routing import read_block
 
 __all__ = ["COMPLETE_HOLD_INTERVALS", "initial_snapshot", "transition"]
-
-RT_SMOOTHING: Final = 0.3
-"""Weight of the newest probe in ``NodeState.response_time_avg`` (the ``latency`` strategy)."""
 
 COMPLETE_HOLD_INTERVALS: Final = 5
 
@@ -80,114 +78,6 @@ def initial_snapshot(nodes: Sequence[Node], now: float = 0.0) -> Snapshot:
         ),
         changed_at=now,
     )
-
-
-def _probed(
-    prev: NodeState,
-    result: ProbeResult | None,
-    now: float,
-    cfg: FailoverConfig,
-    by_address: Mapping[str, str],
-    *,
-    corroborated: bool = False,
-) -> NodeState:
-    """Apply one probe result to a node, counting the thresholds.
-
-    ``corroborated``: a query saw the node's connection fail since the
-    previous round; with a failed probe that is one more failed check.
-    """
-    if result is None:
-        return prev
-    if not result.ok:
-        failures = prev.consecutive_failures + (2 if corroborated else 1)
-        healthy = prev.checked and prev.healthy and failures < cfg.unhealthy_threshold
-        return dataclasses.replace(
-            prev,
-            up=False,
-            healthy=healthy,
-            checked=True,
-            consecutive_failures=failures,
-            consecutive_successes=0,
-            last_check=now,
-            response_time=None,
-            down_since=prev.down_since if prev.down_since is not None else now,
-            error=result.error,
-            receiver_streaming=None,
-            receiver_silence=None,
-            upstream=None,
-            lag_bytes=None,
-            promotion_eligible=False,
-            follows=None,
-            not_following_since=None,
-            streaming_names=None,
-        )
-    # An old primary answering as a standby was rejoined (pg_rewind, new
-    # configuration): it proves itself over healthy_threshold probes like a
-    # node that was down, however short its restart was.
-    rejoined = prev.role is Role.STALE and result.in_recovery
-    successes = 1 if rejoined else prev.consecutive_successes + 1
-    healthy = (
-        (not prev.checked) or (prev.healthy and not rejoined) or successes >= cfg.healthy_threshold
-    )
-    streaming = result.receiver_status == "streaming" if result.receiver_visible else None
-    upstream = None
-    if streaming and result.sender_host:
-        upstream = by_address.get(f"{result.sender_host}:{result.sender_port}")
-    return dataclasses.replace(
-        prev,
-        role=Role.STANDBY if result.in_recovery else Role.PRIMARY,
-        up=True,
-        healthy=healthy,
-        checked=True,
-        consecutive_failures=0,
-        consecutive_successes=successes,
-        last_check=now,
-        response_time=result.response_time,
-        response_time_avg=_smoothed(prev.response_time_avg, result.response_time),
-        down_since=None if healthy else prev.down_since,
-        error=None,
-        timeline=_timeline(prev, result),
-        wal_lsn=result.wal_lsn,
-        receive_lsn=result.receive_lsn,
-        replay_lsn=result.replay_lsn,
-        lag_seconds=result.replay_age if result.in_recovery else None,
-        receiver_visible=result.receiver_visible,
-        receiver_streaming=streaming,
-        upstream=upstream,
-        read_only=result.read_only,
-        sync_standby_names=result.sync_standby_names,
-        receiver_silence=result.receiver_silence if streaming else None,
-        upstream_end_lsn=result.upstream_end_lsn,
-        receiver_timeout=result.receiver_timeout,
-        app_name=result.app_name,
-        streaming_names=result.streaming_names,
-        system_identifier=result.system_identifier,
-    )
-
-
-def _smoothed(previous: float | None, sample: float) -> float:
-    """The probe response time smoothed over rounds (an EWMA, weight ``RT_SMOOTHING``)."""
-    if previous is None:
-        return sample
-    return previous + RT_SMOOTHING * (sample - previous)
-
-
-def _timeline(prev: NodeState, result: ProbeResult) -> int | None:
-    """A standby's timeline never goes back.
-
-    With its WAL receiver running, a standby reports the timeline it
-    receives; without one (its primary just died) only the timeline of its
-    last restartpoint, which lags behind a timeline switch until the next
-    one. A standby that was seen on a newer timeline is still on it.
-    """
-    if (
-        result.in_recovery
-        and prev.role is Role.STANDBY
-        and prev.timeline is not None
-        and (result.timeline or 0) < prev.timeline
-    ):
-        return prev.timeline
-    return result.timeline
 
 
 def _with_lag(
@@ -247,7 +137,7 @@ def transition(
     decisions: list[Decision] = []
     by_address = {n.address: n.name for n in prev.nodes}
     updated = [
-        _probed(n, results.get(n.name), now, cfg, by_address, corroborated=n.name in corroborated)
+        probed(n, results.get(n.name), now, cfg, by_address, corroborated=n.name in corroborated)
         for n in prev.nodes
     ]
     cluster_id = cluster_identifier(prev, updated)
