@@ -93,14 +93,21 @@ def test_a_waiting_caller_probes_between_waits_when_asked_to() -> None:
     assert len(calls) == 2
 
 
+def _past(moment: float) -> float:
+    """The first reading of the clock later than ``moment`` (a few microseconds)."""
+    while (now := time.time()) <= moment:
+        pass
+    return now
+
+
 def test_suspicions_are_reported_in_the_window_they_began_in_once() -> None:
     v = view(HEALTHY)
     before = time.time()
     assert v.suspect("node0")
     assert not v.suspect("node0")  # already suspect: its time is not renewed
-    middle = time.time() + 1e-6
+    middle = _past(time.time())  # after node0's suspicion, before node1's
     v.suspect("node1")
-    after = time.time() + 1e-6
+    after = _past(time.time())
     assert v.lost_between(0.0, before) == frozenset()
     assert v.lost_between(before, middle) == {"node0"}
     assert v.lost_between(middle, after) == {"node1"}
