@@ -199,7 +199,7 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
         the primary (or a standby if ``readonly``), committed when the block ends."""
         if self._closed or not self._opened:
             self._check_open()
-        return AsyncSession(self._executor, readonly)
+        return self._executor.client(readonly)
 
     async def read_target(self, min_lsn: int | None = None) -> str:
         """The node a read should go to now (see the sync manager's ``read_target``)."""

@@ -111,8 +111,11 @@ def test_run_write(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_statement_without_a_result_set_returns_no_rows(kind: Kind) -> None:
-    h = Harness({"node0": [FakeConn("node0", rows=[])], "node1": [FakeConn("node1", rows=[])]})
-    h.kind = kind
+    script: dict[str, list[FakeConn | str]] = {
+        "node0": [FakeConn("node0", rows=[])],
+        "node1": [FakeConn("node1", rows=[])],
+    }
+    h = Harness(script, kind=kind)
     assert h.write("SET x = 1") == []  # fetching would raise: there is nothing to fetch
     assert h.read("SET x = 1") == []
 
