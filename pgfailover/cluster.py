@@ -96,6 +96,7 @@ class ClusterView:
         with self._cond:
             self._held = True
             self._refresh()
+        self._notify()
 
     def release_writes(self) -> None:
         """Let held writes go (to whatever primary the snapshot names now)."""
@@ -144,6 +145,22 @@ class ClusterView:
             self._cond.notify_all()
         self._notify()
 
+    def confirmed(self, nodes: Collection[str], since: float) -> None:
+        """A follower's probes begun at ``since`` (wall clock) found ``nodes`` fine:
+        they are no longer suspect (suspicions raised later stay)."""
+        with self._cond:
+            kept = {
+                name: entry
+                for name, entry in self._suspects.items()
+                if not (name in nodes and entry[0] <= since)
+            }
+            if len(kept) == len(self._suspects):
+                return
+            self._suspects, self._suspect_names = kept, frozenset(kept)
+            self._refresh()
+            self._cond.notify_all()
+        self._notify()
+
     def suspect(self, node: str, *, lost: bool = True) -> bool:
         """Avoid ``node`` until it is probed again; True when it was not suspect yet.
 
@@ -174,7 +191,7 @@ class ClusterView:
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` after every change a waiter may care about (a snapshot,
-        writes released, closing), on the thread that made it, with no lock held.
+        writes held or released, closing), on the thread that made it, with no lock held.
 
         For waiters that cannot block on the condition (asyncio tasks: the
         callback hands the news to their event loop). Returns ``callback``.

@@ -20,6 +20,7 @@ from msgspec import Meta
 from pgfailover import schema
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError
+from pgfailover.topology.urls import source_urls
 
 __all__ = [
     "FailoverConfig",
@@ -171,6 +172,14 @@ class FailoverConfig:
     Pools: one psycopg_pool ``ConnectionPool`` per node, ``pool_min_size`` to
     ``pool_max_size`` connections, ``pool_timeout`` to get one,
     ``connect_timeout`` to open one.
+
+    Following (:mod:`pgfailover.topology`): ``source``, one or more
+    ``pgfailover serve`` stream URLs (``"http://arbiter:8009"``, comma
+    separated), makes the manager route on the arbiter's snapshots instead
+    of probing every node; it probes a node only to confirm a query's
+    failure, and probes everything itself when the source is silent for
+    ``health_check_interval`` (at least 0.75 s). Such a manager never
+    promotes.
     """
 
     promotion: Promotion = "external"
@@ -200,9 +209,19 @@ class FailoverConfig:
     connect_timeout: Seconds = 2.0
     history_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
     history_file: Annotated[str, Meta(min_length=1, description="a file name")] | None = None
+    source: Annotated[str, Meta(min_length=1, max_length=4096)] | None = field(
+        default=None, repr=False
+    )
 
     def __post_init__(self) -> None:
-        schema.check(self)
+        schema.check(self, secrets=("source",))
+        if self.source is not None:
+            source_urls(self.source)
+            if self.promotion == "auto":
+                raise ConfigurationError(
+                    "source: a manager that follows a source never promotes; use promotion "
+                    "'external' (the arbiter promotes) or 'manual'"
+                )
         if 0 < self.wal_receiver_timeout < 1.0:
             raise ConfigurationError(
                 f"wal_receiver_timeout must be 0 (leave the servers alone) or >= 1 second, "
@@ -289,7 +308,9 @@ class ServerSettings:
     but the admin endpoints, which ``admin_host:admin_port`` serves);
     ``token`` enables the admin endpoints; ``haproxy_agent_port`` (and
     ``haproxy_agent_host``, default ``host``) answers HAProxy's agent checks
-    (:mod:`pgfailover.haproxy`); ``promotion`` is the arbiter's mode;
+    (:mod:`pgfailover.haproxy`); ``stream_port`` (and ``stream_host``,
+    default ``host``) streams every snapshot to the managers that follow
+    this arbiter (:mod:`pgfailover.stream`); ``promotion`` is the arbiter's mode;
     ``log_format`` its stderr lines; ``name`` the metrics' cluster label.
     """
 
@@ -300,6 +321,8 @@ class ServerSettings:
     token: str | None = field(default=None, repr=False)
     haproxy_agent_host: Host | None = None
     haproxy_agent_port: Port | None = None
+    stream_host: Host | None = None
+    stream_port: Port | None = None
     promotion: Promotion = "auto"
     log_format: Literal["plain", "json"] = "plain"
     name: Name = "default"

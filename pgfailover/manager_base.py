@@ -21,7 +21,12 @@ from pgfailover.breaker import BreakerPolicy, Breakers
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.derive import standby_named
 from pgfailover.dispatch import Dispatcher
-from pgfailover.errors import ConfigurationError, ManagerClosed, NoPrimaryAvailable
+from pgfailover.errors import (
+    ConfigurationError,
+    ManagerClosed,
+    NoPrimaryAvailable,
+    PromotionRefused,
+)
 from pgfailover.events import FailoverEvent
 from pgfailover.model import ClusterState, Snapshot
 from pgfailover.pools import TrackedPools
@@ -70,9 +75,12 @@ class ManagerBase(FromSources, Generic[P, X]):
         name: str = "default",
         read_strategy: ReadStrategy | None = None,
         pool_kwargs: dict[str, Any] | None = None,
+        source: str | None = None,
     ) -> None:
         nodes = resolve_nodes(primary, standbys, nodes)
         self.config = cfg = config or FailoverConfig()
+        if source is not None:
+            self.config = cfg = cfg.replace(source=source)
         self.nodes: tuple[Node, ...] = tuple(nodes)
         self.name = name
         self._by_name = {n.name: n for n in nodes}
@@ -173,6 +181,23 @@ class ManagerBase(FromSources, Generic[P, X]):
         True while a primary takes writes or a promotion is expected (writes wait)."""
         return self._view.read_only_reason() is None
 
+    def writes_held(self) -> bool:
+        """True while writes wait for a switchover to move the primary."""
+        return self._view.held
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every change of :attr:`snapshot` (or of writes held).
+
+        It runs on the thread that made the change (the monitor's, or a
+        follower's), with no lock held, so it must only hand the news on
+        (the arbiter's stream wakes its event loop with it). Returns ``callback``.
+        """
+        return self._view.listen(callback)
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback`` (see :meth:`listen`)."""
+        self._view.unlisten(callback)
+
     def suspect(self, node: str, reason: str) -> None:
         """A query found ``node`` gone or read-only: avoid it and probe now.
 
@@ -222,8 +247,18 @@ class ManagerBase(FromSources, Generic[P, X]):
             PromotionRefused: a guard refused; its ``guard`` attribute names it.
         """
         self._check_open()
+        self._refuse_following("trigger a failover")
         name = standby_named(self._view.snapshot, target) if target is not None else None
         return self._sup.actions.manual_failover(name, force=force, timeout=timeout)
+
+    def _refuse_following(self, what: str) -> None:
+        follower = self._sup.follower
+        if follower is not None:
+            raise PromotionRefused(
+                f"manager {self.name} follows {follower.source.shown} and never promotes: "
+                f"{what} on the arbiter",
+                guard="follower",
+            )
 
     def switchover_blocking(
         self, target: int | str | None = None, *, force: bool = False, timeout: float = 30.0
@@ -234,6 +269,7 @@ class ManagerBase(FromSources, Generic[P, X]):
             PromotionRefused: ``guard`` names why.
         """
         self._check_open()
+        self._refuse_following("run a switchover")
         name = standby_named(self._view.snapshot, target) if target is not None else None
         return self._sup.actions.switchover(name, force=force, timeout=timeout)
 

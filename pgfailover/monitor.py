@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Protocol
@@ -93,10 +93,13 @@ class ProbeRound:
         *,
         patience: float | None = None,
         decisive: Callable[[ProbeResult], bool] | None = None,
+        only: Collection[str] | None = None,
     ) -> dict[str, ProbeResult]:
         """Probe every node once; return within ``timeout`` (default: the probe timeout).
 
-        Without ``patience`` every node gets a result (failed if silent).
+        ``only``: probe these nodes, no other (a follower confirming a
+        query's failure). Without ``patience`` every node probed gets a
+        result (failed if silent).
         With it, the round ends ``patience`` after it started (or when all
         answered) and a straggler younger than the timeout gets no result.
         ``decisive`` marks a result that must not wait for slower nodes (a
@@ -115,6 +118,8 @@ class ProbeRound:
                 return {name: failed(name, started, "monitor closed") for name in self._probers}
             failing = set(self._failing)
             for name, prober in self._probers.items():
+                if only is not None and name not in only:
+                    continue
                 busy = self._busy.get(name)
                 if busy is not None and not busy[0].done():
                     if started - busy[1] > self.abort_after:
@@ -174,6 +179,16 @@ class ProbeRound:
             if decisive is not None and any(decisive(f.result()) for f in done):
                 wait_futures(pending, timeout=max(0.0, min(left, self.grace)))
                 return
+
+    def release(self, names: Collection[str]) -> None:
+        """Close these nodes' probe connections (the next probe opens a new one).
+
+        A follower probes a node only now and then; it keeps no backend open for it.
+        """
+        for name in names:
+            prober = self._probers.get(name)
+            if prober is not None:
+                prober.release()
 
     def close(self) -> None:
         """Abort running probes, close probe connections, stop the workers."""

@@ -213,6 +213,9 @@ class NodeProber:
 
     Locks: ``_lock`` guards the connection and the closed flag; a leaf (a
     socket ``shutdown(2)`` is all that happens under it, never a query).
+    ``_running`` is held for the length of a probe, so that :meth:`release`
+    can tell an idle connection from one in use (it only tries it, never
+    waits; taken before ``_lock``).
 
     Thread safety: :meth:`probe` runs in one thread at a time (the monitor
     never starts a second probe of a node while one runs); :meth:`abort` and
@@ -226,6 +229,7 @@ class NodeProber:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None  # guarded by self._lock
         self._closed = False  # guarded by self._lock
+        self._running = threading.Lock()  # held for a probe (release() waits for none)
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         statement_ms = max(1, int(self._timeout * 1000))
@@ -243,6 +247,10 @@ class NodeProber:
 
     def probe(self) -> ProbeResult:
         """Probe the node once; never raises."""
+        with self._running:
+            return self._probe()
+
+    def _probe(self) -> ProbeResult:
         started = time.monotonic()
         with self._lock:
             if self._closed:
@@ -307,6 +315,14 @@ class NodeProber:
             app_name=receiver_app_name(row[16], row[17]),
             streaming_names=None if row[18] is None else tuple(row[18]),
         )
+
+    def release(self) -> None:
+        """Close the probe connection unless a probe is using it; the next probe reconnects."""
+        if self._running.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._running.release()
 
     def _drop(self) -> None:
         with self._lock:

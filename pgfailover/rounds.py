@@ -19,9 +19,13 @@ from pgfailover.config import FailoverConfig, Node
 from pgfailover.counters import Counters
 from pgfailover.model import ClusterState, Decision, Snapshot
 from pgfailover.monitor import ProbeRound
+from pgfailover.topology.replay import decisions_between, same_members
 from pgfailover.transition import transition
 
-__all__ = ["Rounds"]
+__all__ = ["CONFIRM_EVERY", "Rounds"]
+
+CONFIRM_EVERY = 0.25
+"""Seconds between a follower's probes of one suspect node (see :meth:`Rounds.confirm`)."""
 
 
 class Rounds:
@@ -55,6 +59,10 @@ class Rounds:
         self._probes: ProbeRound | None = None
         self._last_started = 0.0  # under self._lock: when the previous round began
         self._carried: frozenset[str] = frozenset()  # under self._lock: lost, not yet probed
+        # Set by a follower (pgfailover.topology.follower): a source publishes the
+        # snapshots, and the monitor's rounds only confirm what queries suspect.
+        self.following = False
+        self._confirmed_at: dict[str, float] = {}  # under self._lock: last confirmation
 
     def open(self) -> None:
         """Create the probers (one dedicated connection per node, made at first use)."""
@@ -105,14 +113,75 @@ class Rounds:
             self._view.publish(snap, started, results.keys())
             return decisions
 
+    def adopt(self, snap: Snapshot, held: bool) -> list[Decision]:
+        """Publish a source's snapshot as if a round had computed it; its decisions.
+
+        Suspects stay suspect (a source's probe times are another host's
+        clock): :meth:`confirm` clears them. ``held``: the source holds writes.
+        From then on the monitor's rounds only confirm (:attr:`following`).
+
+        Raises:
+            ValueError: ``snap`` names other nodes than this manager's.
+        """
+        with self._lock:
+            prev = self._view.snapshot
+            problem = same_members(prev, snap)
+            if problem is not None:
+                raise ValueError(problem)
+            self.following = True
+            decisions = decisions_between(prev, snap)
+            self._view.publish(snap, time.time(), ())
+            if held != self._view.held:
+                if held:
+                    self._view.hold_writes()
+                else:
+                    self._view.release_writes()
+            return decisions
+
+    def confirm(self) -> bool:
+        """Following: probe the nodes queries suspect, no other; clear those found fine.
+
+        A node is fine when it answers and, if it is the source's primary,
+        takes writes (a fenced old primary in a switchover does not). Each
+        suspect is probed at most every ``CONFIRM_EVERY`` seconds, on a
+        connection closed right after, so a follower keeps no probe backend
+        open. Returns True while suspects remain (the monitor comes back
+        soon).
+        """
+        probes = self._probes
+        suspects = self._view.suspects
+        if probes is None or not suspects:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            due = {n for n in suspects if now - self._confirmed_at.get(n, 0.0) >= CONFIRM_EVERY}
+            if due:
+                started = time.time()
+                results = probes.run(only=due)
+                probes.release(due)
+                self._confirmed_at.update(dict.fromkeys(due, now))
+                primary = self._view.snapshot.primary
+                fine = [
+                    r.node for r in results.values() if r.ok and (r.node != primary or r.writable)
+                ]
+                for result in results.values():
+                    self._counters.probe(result.node, result.ok, result.response_time)
+                if fine:
+                    self._view.confirmed(fine, started)
+        return bool(self._view.suspects)
+
     def monitor_round(self, *, full: bool = False) -> bool:
         """One round, acted on. Returns True while the monitor should probe fast.
 
         The monitor's rounds are patient with stragglers (see
         :class:`ProbeRound`); a ``full`` round gives every node a verdict.
+        While a source is followed, a round only confirms suspects
+        (:meth:`confirm`) unless it is ``full`` (``check_health()``).
         """
         if self._view.closed or self._probes is None:
             return False
+        if self.following and not full:
+            return self.confirm()
         cfg = self._config
         patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
         self._act(self.advance(patience))

@@ -32,7 +32,11 @@ from pgfailover.monitor import Monitor
 from pgfailover.report import failover_status, metrics_dict
 from pgfailover.rounds import Rounds
 from pgfailover.routing import read_only_reason
+from pgfailover.topology.arbiter import ArbiterSource
+from pgfailover.topology.follower import Follower
+from pgfailover.topology.urls import source_urls
 from pgfailover.transition import initial_snapshot
+from pgfailover.wire import HEARTBEAT
 
 __all__ = ["Supervisor"]
 
@@ -93,6 +97,28 @@ class Supervisor:
         self.rounds = Rounds(nodes, config, self.view, self.counters, self._after_round)
         self.availability: Availability | None = None  # set once by open()
         self._monitor: Monitor | None = None
+        self.follower: Follower | None = None
+        if config.source is not None:
+            source = ArbiterSource(
+                source_urls(config.source),
+                name,
+                connect_timeout=config.connect_timeout,
+                silence=max(config.health_check_interval, 3 * HEARTBEAT),
+            )
+            self.follower = Follower(source, self, name=name)
+
+    def adopt(self, snap: Snapshot, held: bool) -> None:
+        """A source's snapshot: publish it and act on it as on a round's (the follower's thread).
+
+        Raises:
+            ValueError: the snapshot names other nodes than this manager's.
+        """
+        self._after_round(self.rounds.adopt(snap, held))
+
+    def probe_again(self) -> None:
+        """The source is unusable: the monitor probes every node again, from now."""
+        self.rounds.following = False
+        self.wake()
 
     def _reprobe(self) -> list[Decision]:
         return self.rounds.advance()
@@ -119,15 +145,28 @@ class Supervisor:
                 cluster's; nothing was changed anywhere.
         """
         self.rounds.open()
+        follower = self.follower
+        if follower is not None:
+            # A follower's first snapshot comes from the source; it probes only if
+            # none comes within the time it would wait for a silent source.
+            self.availability = Availability(self.config.history_file, now=time.time())
+            follower.start()
+            if follower.wait_first(follower.source.silence):
+                self._check_members()
+                return
         # The first round's decisions wait for the membership check: a
         # manager pointed at the wrong cluster must change nothing.
         decisions = self.rounds.advance()
+        self._check_members()
+        # From the first round on: before it, nothing was observed.
+        if self.availability is None:
+            self.availability = Availability(self.config.history_file, now=time.time())
+        self._after_round(decisions)
+
+    def _check_members(self) -> None:
         foreign = foreign_nodes(self.view.snapshot)
         if foreign:
             raise ConfigurationError(f"manager {self.name}: {foreign[0]}")
-        # From the first round on: before it, nothing was observed.
-        self.availability = Availability(self.config.history_file, now=time.time())
-        self._after_round(decisions)
 
     def start_monitor(self) -> None:
         """Start the ``pgfailover-monitor`` thread (once)."""
@@ -166,7 +205,7 @@ class Supervisor:
 
     def status(self, breakers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """The status report (``get_failover_status()``); ``breakers``: the read breakers."""
-        return failover_status(
+        status = failover_status(
             self.name,
             self.view.snapshot,
             self.config,
@@ -176,6 +215,9 @@ class Supervisor:
             breakers=breakers,
             availability=self.availability_report(),
         )
+        if self.follower is not None:
+            status["source"] = self.follower.status()
+        return status
 
     def availability_report(self) -> dict[str, WindowStats] | None:
         """Availability over 1 h, 24 h and 7 d (``None`` before the first round)."""
@@ -186,6 +228,11 @@ class Supervisor:
         """The counters and gauges (``get_metrics()``)."""
         data = metrics_dict(self.name, self.view.snapshot, self.config, self.counters)
         data["maintenance_paused"] = int(self.actions.maintenance.paused_since is not None)
+        follower = self.follower
+        if follower is not None:
+            data["source_following"] = int(follower.mode == "following")
+            data["source_updates"] = follower.updates
+            data["source_fallbacks"] = follower.fallbacks
         return data
 
     def close(self, deadline: float) -> None:
@@ -196,6 +243,8 @@ class Supervisor:
         so the cluster is never left with sync names nobody satisfies.
         """
         self.view.close()
+        if self.follower is not None:
+            self.follower.close(max(0.1, 0.4 * (deadline - time.monotonic())))
         self.stop_monitor(max(0.1, 0.8 * (deadline - time.monotonic())))
         if not self.actions.wait_repointed(max(0.1, deadline - time.monotonic())):
             logger.warning("manager %s: a promotion still runs at close", self.name)

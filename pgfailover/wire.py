@@ -26,10 +26,13 @@ import msgspec
 from pgfailover.errors import PgFailoverError
 from pgfailover.model import Snapshot
 
-__all__ = ["FORMAT", "Update", "WireError", "decode", "encode"]
+__all__ = ["FORMAT", "HEARTBEAT", "Update", "WireError", "decode", "encode"]
 
 FORMAT = 1
 """The wire format's version: raised when a change would mislead an older follower."""
+
+HEARTBEAT = 0.25
+"""Seconds between an arbiter's heartbeats while no snapshot is due (:mod:`pgfailover.stream`)."""
 
 
 class WireError(PgFailoverError, ValueError):
@@ -41,13 +44,16 @@ class Update:
     """One snapshot as an arbiter published it.
 
     ``seq`` grows by one with every snapshot the arbiter publishes (a gap:
-    the follower missed one); ``sent_at`` is the arbiter's wall clock.
+    the follower missed one); ``sent_at`` is the arbiter's wall clock;
+    ``held``: the arbiter holds writes (a switchover moves the primary), so
+    followers hold theirs too.
     """
 
     cluster: str
     seq: int
     sent_at: float
     snapshot: Snapshot
+    held: bool = False
     format: int = FORMAT
 
 

@@ -30,6 +30,7 @@ from pgfailover.listener import AdminServer
 from pgfailover.manager import FailoverManager
 from pgfailover.notify import Webhooks, shown
 from pgfailover.server import serve as serve_api
+from pgfailover.stream import StreamServer
 
 __all__ = ["demo", "serve"]
 
@@ -86,6 +87,12 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 )
 @click.option("--haproxy-agent-host", help="Address of the agent port (default: --host).")
 @click.option(
+    "--stream-port",
+    type=click.IntRange(0, 65535),
+    help="Stream every snapshot to the managers that follow this arbiter (their `source`).",
+)
+@click.option("--stream-host", help="Address of the stream port (default: --host).")
+@click.option(
     "--promotion",
     type=click.Choice(["auto", "external", "manual"]),
     help="Promotion mode (default: auto; this process is the arbiter).",
@@ -113,6 +120,8 @@ def serve(
     admin_host: str | None,
     haproxy_agent_port: int | None,
     haproxy_agent_host: str | None,
+    stream_port: int | None,
+    stream_host: str | None,
     promotion: str | None,
     name: str | None,
     webhooks: tuple[str, ...],
@@ -133,6 +142,8 @@ def serve(
         "admin_port": admin_port,
         "haproxy_agent_host": haproxy_agent_host,
         "haproxy_agent_port": haproxy_agent_port,
+        "stream_host": stream_host,
+        "stream_port": stream_port,
         "promotion": promotion,
         "name": name,
         "log_format": log_format,
@@ -142,7 +153,9 @@ def serve(
         cluster.server, **{k: v for k, v in given.items() if v is not None}
     )
     _setup_logging(server.log_format, ctx.find_root().params.get("verbose", 0))
-    config = cluster.config.replace(promotion=server.promotion)
+    if cluster.config.source is not None:
+        logger.info("serve probes the cluster itself: the config's source is not followed")
+    config = cluster.config.replace(promotion=server.promotion, source=None)
     mgr = FailoverManager(nodes=cluster.nodes, config=config, name=server.name)
     for url in webhooks:
         _check_webhook(url)
@@ -154,10 +167,11 @@ def serve(
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    listeners: list[AdminServer | AgentServer] = []
+    listeners: list[AdminServer | AgentServer | StreamServer] = []
     try:
         # Bind first: a port that is taken fails before the manager touches the cluster.
         api, agent = _listen(mgr, server, cluster.token, listeners)
+        stream = _stream(mgr, server, listeners)
         mgr.open()
         snap = mgr.snapshot
         logger.info(
@@ -173,6 +187,8 @@ def serve(
         ready: dict[str, Any] = {"url": api.url, "admin_url": api.admin_url, "cluster": mgr.name}
         if agent is not None:
             ready["haproxy_agent"] = f"{agent.host}:{agent.port}"
+        if stream is not None:
+            ready["stream_url"] = stream.url
         click.echo(json.dumps(ready), nl=True)
         sys.stdout.flush()
         stop.wait()
@@ -199,11 +215,31 @@ def _check_webhook(url: str) -> None:
         raise UsageProblem(f"--webhook must be an http:// or https:// URL, not {shown(url)!r}")
 
 
+def _stream(
+    mgr: FailoverManager,
+    server: ServerSettings,
+    listeners: list[AdminServer | AgentServer | StreamServer],
+) -> StreamServer | None:
+    """Start the snapshot stream for followers, if asked (added to ``listeners``)."""
+    if server.stream_port is None:
+        return None
+    host = server.stream_host or server.host
+    try:
+        stream = StreamServer(mgr, host, server.stream_port)
+    except OSError as exc:
+        raise UsageProblem(
+            f"cannot listen on {host}:{server.stream_port} (stream): {exc.strerror or exc}"
+        ) from None
+    listeners.append(stream)
+    logger.info("streaming snapshots to followers on %s", stream.url)
+    return stream
+
+
 def _listen(
     mgr: FailoverManager,
     server: ServerSettings,
     token: str | None,
-    listeners: list[AdminServer | AgentServer],
+    listeners: list[AdminServer | AgentServer | StreamServer],
 ) -> tuple[AdminServer, AgentServer | None]:
     """Start the HTTP API and, if asked, the HAProxy agent (added to ``listeners``)."""
     try:

@@ -1,0 +1,355 @@
+"""The arbiter's snapshot stream: every snapshot, pushed to the managers that follow it.
+
+``pgfailover serve --stream-port 8009`` serves ``GET /failover/stream`` as
+server-sent events (``text/event-stream``). Managers built with
+``source="http://arbiter:8009"`` (:mod:`pgfailover.topology`) route on the
+arbiter's snapshots instead of probing every node themselves, so that
+hundreds of application processes cost the cluster what one costs. The
+stream, in order::
+
+    event: hello
+    data: {"cluster": "main", "format": 1, "heartbeat": 0.25}
+
+    id: 41
+    event: snapshot
+    data: {"cluster": "main", "seq": 41, "sent_at": ..., "snapshot": {...}, ...}
+
+    :
+
+- ``hello`` once, then the current snapshot at once, then every snapshot
+  the arbiter publishes (one per probe round, and at once on a change such
+  as a promotion) as a :class:`~pgfailover.wire.Update`;
+- a comment line (``:``) every ``heartbeat`` seconds between snapshots,
+  *only while the arbiter's own probe rounds are fresh*: a follower that
+  hears nothing for its ``health_check_interval`` (at least three
+  heartbeats) probes the cluster itself, whether the arbiter died, hangs,
+  is cut off, or its monitor thread stopped.
+
+A follower that reads slowly never makes the arbiter buffer more than one
+snapshot for it: each follower has one slot holding the newest encoded
+update, so a late reader skips to the newest snapshot (each one is whole,
+and the sequence number shows the gap).
+
+Why uvicorn: the stream holds a response open per follower, which waitress
+(:mod:`pgfailover.listener`) pays for with a worker thread each; 200
+followers would need 200 threads. uvicorn serves them as coroutines on one
+thread, is the best-kept ASGI server, and parses HTTP (h11) with the limits
+and timeouts this port needs; ``limit_concurrency`` caps the open streams.
+The application below is plain ASGI: one endpoint needs no framework.
+
+Locks: :class:`StreamHub` is touched only on its event loop's thread,
+except :meth:`StreamHub.changed`, which hands the news to that loop with
+``call_soon_threadsafe`` (no lock of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
+
+from pgfailover.model import Snapshot
+from pgfailover.wire import FORMAT, HEARTBEAT, Update, encode
+
+if TYPE_CHECKING:
+    from pgfailover.manager_base import ManagerBase
+
+__all__ = ["PATH", "StreamApp", "StreamHub", "StreamServer"]
+
+logger = logging.getLogger(__name__)
+
+PATH: Final = "/failover/stream"
+MAX_FOLLOWERS: Final = 2000
+"""Open streams one arbiter serves at most (more are answered 503 by uvicorn)."""
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _Follower:
+    """One open stream: the newest update not sent yet, and a flag to wake its writer."""
+
+    __slots__ = ("pending", "ready")
+
+    def __init__(self) -> None:
+        self.pending: bytes | None = None
+        self.ready = asyncio.Event()
+
+
+class StreamHub:
+    """Turns a manager's published snapshots into encoded updates for every follower.
+
+    ``fresh_for``: how long after the manager's last snapshot the hub still
+    sends heartbeats; beyond it the arbiter's probing has stalled and
+    followers must hear silence.
+    """
+
+    def __init__(
+        self,
+        cluster: str,
+        snapshot: Callable[[], Snapshot],
+        held: Callable[[], bool],
+        *,
+        fresh_for: float,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
+        self.cluster = cluster
+        self.heartbeat = heartbeat
+        self._snapshot = snapshot
+        self._held = held
+        self._fresh_for = fresh_for
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._followers: set[_Follower] = set()
+        self._seq = 0
+        self._last: tuple[Snapshot, bool] | None = None
+        self._frame = b""
+        self._published = time.monotonic()
+        self.closing = False
+
+    @property
+    def followers(self) -> int:
+        """Open streams now."""
+        return len(self._followers)
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the newest update."""
+        return self._seq
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the followers' writers run on (set once it runs)."""
+        self._loop = loop
+        self._update()
+
+    def changed(self) -> None:
+        """The manager published something (any thread): hand it to the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._update)
+
+    def _update(self) -> None:
+        """On the loop: encode the new snapshot once and give it to every follower."""
+        current = (self._snapshot(), self._held())
+        if current[0].rounds == 0:
+            return  # the arbiter has not probed yet: nothing worth following
+        if self._last is not None and current[0] is self._last[0] and current[1] == self._last[1]:
+            return
+        if self._last is None or current[0] is not self._last[0]:
+            self._published = time.monotonic()
+        self._last = current
+        self._seq += 1
+        update = Update(self.cluster, self._seq, time.time(), current[0], held=current[1])
+        self._frame = _event("snapshot", encode(update), self._seq)
+        for follower in self._followers:
+            follower.pending = self._frame
+            follower.ready.set()
+
+    def hello(self) -> bytes:
+        """The first event of every stream."""
+        data = {"cluster": self.cluster, "format": FORMAT, "heartbeat": self.heartbeat}
+        return _event("hello", json.dumps(data).encode())
+
+    def fresh(self) -> bool:
+        """The arbiter's probe rounds still publish (heartbeats are sent only then)."""
+        return time.monotonic() - self._published <= self._fresh_for
+
+    def join(self) -> _Follower:
+        """A new follower, whose first update is the current snapshot."""
+        follower = _Follower()
+        if self._frame:
+            follower.pending = self._frame
+            follower.ready.set()
+        self._followers.add(follower)
+        return follower
+
+    def leave(self, follower: _Follower) -> None:
+        """A stream ended."""
+        self._followers.discard(follower)
+
+    def close(self) -> None:
+        """On the loop: end every stream (the server is stopping)."""
+        self.closing = True
+        for follower in self._followers:
+            follower.ready.set()
+
+
+def _event(kind: str, data: bytes, seq: int | None = None) -> bytes:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {kind}\ndata: ".encode() + data + b"\n\n"
+
+
+class StreamApp:
+    """The ASGI application: ``GET /failover/stream``; anything else is a JSON 404/405."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "/")
+        if len(path) > 1:
+            path = path.rstrip("/")
+        if path != PATH:
+            await _json(send, 404, {"error": f"no such endpoint: {path[:100]}"})
+            return
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _json(send, 405, {"error": f"only GET on {PATH}"}, [(b"allow", b"GET")])
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-accel-buffering", b"no"),  # a proxy in between must not buffer it
+                ],
+            }
+        )
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self._stream(receive, send)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        hub = self.hub
+        follower = hub.join()
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await _chunk(send, hub.hello())
+            while not hub.closing and not gone.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(follower.ready.wait(), hub.heartbeat)
+                if hub.closing or gone.done():
+                    break
+                if follower.ready.is_set():
+                    follower.ready.clear()
+                    frame, follower.pending = follower.pending, None
+                    if frame:
+                        await _chunk(send, frame)
+                elif hub.fresh():
+                    await _chunk(send, b":\n\n")
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            pass  # the follower went away mid-write
+        finally:
+            hub.leave(follower)
+            gone.cancel()
+
+
+async def _chunk(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone (the only message left to receive)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _json(
+    send: Send, status: int, data: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = (json.dumps(data) + "\n").encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class StreamServer:
+    """The stream on ``host:port`` (0: a free port), served by uvicorn on its own thread.
+
+    Raises (from the constructor):
+        OSError: the address cannot be bound.
+    """
+
+    def __init__(self, mgr: ManagerBase[Any, Any], host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn  # the cli/server extra; imported here so the library does not need it
+
+        cfg = mgr.config
+        self.hub = StreamHub(
+            mgr.name,
+            lambda: mgr.snapshot,
+            mgr.writes_held,
+            fresh_for=2 * cfg.health_check_interval + cfg.health_check_timeout,
+        )
+        self._mgr = mgr
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server((host, port), family=family, backlog=1024)
+        self.host = host
+        self.port = int(self._sock.getsockname()[1])
+        config = uvicorn.Config(
+            StreamApp(self.hub),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            ws="none",
+            limit_concurrency=MAX_FOLLOWERS,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=1,
+            h11_max_incomplete_event_size=16 * 1024,
+        )
+        self._server = uvicorn.Server(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="pgfailover-stream", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise OSError(f"the stream server on {host}:{self.port} did not start")
+            time.sleep(0.005)
+        mgr.listen(self.hub.changed)
+
+    @property
+    def url(self) -> str:
+        """What followers are given as ``source``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self.hub.bind(self._loop)
+            await self._server.serve(sockets=[self._sock])
+
+        try:
+            asyncio.run(main())
+        except Exception:
+            logger.exception("stream server stopped")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """End every stream, stop listening, end the thread; idempotent."""
+        self._mgr.unlisten(self.hub.changed)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.hub.close)
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> StreamServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

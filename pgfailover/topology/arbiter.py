@@ -1,0 +1,162 @@
+"""The ``pgfailover serve`` arbiter as a topology source: its snapshot stream, read.
+
+:class:`ArbiterSource` opens ``GET /failover/stream`` (:mod:`pgfailover.stream`)
+on one of the configured arbiters and yields what it says: a :class:`Hello`,
+then :class:`~pgfailover.wire.Update` after update. Every read waits at most
+``silence`` seconds: an arbiter that stops talking (dead host, black hole,
+its probing stalled and so its heartbeats stopped) ends the stream with
+:class:`~pgfailover.topology.sse.StreamError`, which is the follower's cue to
+probe the cluster itself.
+
+HTTP is urllib3's, which the webhooks already use: a blocking client fits a
+thread that does nothing else, it reads a chunked response as chunks arrive
+(so an update is handled the moment it lands), and since 2.3 it can shut a
+response's socket down from another thread, which is how :meth:`interrupt`
+stops a read at once when the manager closes.
+
+Locks: ``_lock`` guards the open response (a leaf; only swapping it and
+shutting its socket down happen under it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import urllib3
+
+from pgfailover.stream import PATH
+from pgfailover.topology.sse import EventParser, StreamError
+from pgfailover.topology.urls import mask_url
+from pgfailover.wire import FORMAT, Update, WireError, decode
+
+__all__ = ["ArbiterSource", "Hello"]
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first event of a stream: which cluster, and how often the arbiter speaks."""
+
+    url: str
+    cluster: str
+    heartbeat: float
+
+
+class ArbiterSource:
+    """Snapshots from one of ``urls`` (tried in turn) for the cluster called ``cluster``."""
+
+    def __init__(
+        self, urls: Sequence[str], cluster: str, *, connect_timeout: float, silence: float
+    ) -> None:
+        self.urls = tuple(urls)
+        self.cluster = cluster
+        self.silence = silence
+        self._connect_timeout = connect_timeout
+        self._http = urllib3.PoolManager(num_pools=len(self.urls) + 1, maxsize=1, retries=False)
+        self._lock = threading.Lock()
+        self._response: urllib3.BaseHTTPResponse | None = None  # guarded by self._lock
+        self._closed = False  # guarded by self._lock
+
+    @property
+    def shown(self) -> str:
+        """The URLs for logs and status, passwords masked."""
+        return ",".join(mask_url(u) for u in self.urls)
+
+    @staticmethod
+    def endpoint(url: str) -> str:
+        """The stream's URL on the arbiter given as ``url``."""
+        url = url.rstrip("/")
+        return url if url.endswith(PATH) else url + PATH
+
+    def messages(self, url: str) -> Iterator[Hello | Update]:
+        """Open ``url``'s stream and yield its messages until it ends.
+
+        Raises:
+            StreamError: cannot connect, an HTTP error, silence longer than
+                ``silence``, another cluster or format, a message that is
+                not a snapshot update (one line each, the URL masked).
+        """
+        shown = mask_url(url)
+        timeout = urllib3.Timeout(connect=self._connect_timeout, read=self.silence)
+        try:
+            response = self._http.request(
+                "GET",
+                self.endpoint(url),
+                headers={"Accept": "text/event-stream"},
+                preload_content=False,
+                timeout=timeout,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise StreamError(f"{shown}: {_reason(exc)}") from None
+        with self._lock:
+            if self._closed:
+                response.shutdown()
+            self._response = response
+        try:
+            if response.status != 200:
+                raise StreamError(f"{shown}: HTTP {response.status}")
+            parser = EventParser()
+            try:
+                for chunk in response.stream(64 * 1024):
+                    for event in parser.feed(chunk):
+                        yield self._message(url, event.kind, event.data)
+            except urllib3.exceptions.ReadTimeoutError:
+                raise StreamError(f"{shown}: silent for {self.silence:g}s") from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise StreamError(f"{shown}: {_reason(exc)}") from None
+            raise StreamError(f"{shown}: the arbiter ended the stream")
+        finally:
+            with self._lock:
+                self._response = None
+            response.release_conn()
+            response.close()
+
+    def _message(self, url: str, kind: str, data: str) -> Hello | Update:
+        if kind == "snapshot":
+            try:
+                return decode(data, self.cluster)
+            except WireError as exc:
+                raise StreamError(f"{mask_url(url)}: {exc}") from None
+        if kind == "hello":
+            try:
+                hello = json.loads(data)
+                cluster, version, beat = hello["cluster"], hello["format"], hello["heartbeat"]
+            except (ValueError, KeyError, TypeError):
+                raise StreamError(f"{mask_url(url)}: not a pgfailover stream") from None
+            if version != FORMAT:
+                raise StreamError(
+                    f"{mask_url(url)}: stream format {version!r}; this version reads {FORMAT}"
+                )
+            if cluster != self.cluster:
+                raise StreamError(
+                    f"{mask_url(url)}: the arbiter serves cluster {str(cluster)[:100]!r}, "
+                    f"not {self.cluster!r} (give this manager the arbiter's name)"
+                )
+            if not isinstance(beat, int | float) or isinstance(beat, bool) or beat <= 0:
+                raise StreamError(f"{mask_url(url)}: heartbeat {beat!r} is not a duration")
+            return Hello(url, cluster, float(beat))
+        raise StreamError(f"{mask_url(url)}: unexpected event {kind[:40]!r}")
+
+    def interrupt(self) -> None:
+        """Stop reading at once (from any thread): the stream ends with StreamError."""
+        with self._lock:
+            if self._response is not None:
+                self._response.shutdown()
+
+    def close(self) -> None:
+        """Interrupt any read; no stream opens after this."""
+        with self._lock:
+            self._closed = True
+        self.interrupt()
+        self._http.clear()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a connection failure (urllib3 wraps the OS error)."""
+    inner = getattr(exc, "reason", None) or exc
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    if "Failed to establish a new connection:" in text:
+        text = text.split("Failed to establish a new connection:", 1)[1].strip()
+    return text[:200]

@@ -1,0 +1,191 @@
+"""The ``pgfailover-follower`` thread: route on a source's snapshots, probe when it is silent.
+
+A manager with a ``source`` (see :mod:`pgfailover.topology`) runs this
+thread beside its monitor. It reads the source's stream and publishes each
+snapshot through :meth:`Rounds.adopt <pgfailover.rounds.Rounds.adopt>`, so
+routing, events, callbacks, availability and metrics work exactly as with
+the manager's own rounds, while the monitor only confirms what queries
+suspect (:meth:`Rounds.confirm <pgfailover.rounds.Rounds.confirm>`): the
+cluster sees no probe from this process while the source talks.
+
+When the source falls silent for ``silence`` seconds (the manager's
+``health_check_interval``, at least three of the arbiter's heartbeats),
+refuses the connection, or sends something this version cannot use, the
+follower hands probing back to the monitor at once (full rounds, from the
+source's last snapshot on) and says so: a warning in the log, ``mode``
+in status, ``pgfailover_source_following`` and
+``pgfailover_source_fallbacks_total`` in the metrics. It keeps trying the
+source's URLs in turn (0.1 s, doubling to 2 s between attempts), and the
+first snapshot that arrives puts it back to following.
+
+A follower never promotes: its configuration refuses ``promotion = "auto"``
+and the manager refuses manual promotions.
+
+Locks: ``_lock`` guards the status fields (a leaf, held for a copy or an
+assignment); the stream is read and snapshots are adopted outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Literal, Protocol
+
+from pgfailover.model import Snapshot
+from pgfailover.topology.arbiter import ArbiterSource, Hello
+from pgfailover.topology.sse import StreamError
+from pgfailover.topology.urls import mask_url
+
+__all__ = ["Follower", "FollowerOwner", "Mode"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["connecting", "following", "probing"]
+BACKOFF = (0.1, 2.0)
+
+
+class FollowerOwner(Protocol):
+    """What the follower drives (:class:`~pgfailover.supervisor.Supervisor`)."""
+
+    def adopt(self, snap: Snapshot, held: bool) -> None:
+        """Publish the source's snapshot and act on it; from then on the monitor
+        only confirms suspects (``ValueError``: the snapshot has other nodes)."""
+        ...
+
+    def probe_again(self) -> None:
+        """The source is unusable: the monitor probes every node again, now."""
+        ...
+
+
+class Follower:
+    """Follows ``source`` for one manager (``owner``, held weakly).
+
+    Holding the owner weakly lets a manager that the application dropped
+    without closing be garbage-collected; the thread then ends.
+
+    Thread safety: :meth:`status` may be called from any thread; :meth:`start`,
+    :meth:`wait_first` and :meth:`close` by the owner.
+    """
+
+    def __init__(self, source: ArbiterSource, owner: FollowerOwner, *, name: str) -> None:
+        self.source = source
+        self._owner = weakref.ref(owner)
+        self._name = name
+        self.updates = 0  # snapshots adopted (read by the metrics)
+        self.fallbacks = 0  # times the source went silent or unusable
+        self._lock = threading.Lock()
+        self._mode: Mode = "connecting"  # guarded by self._lock
+        self._since = time.time()  # guarded by self._lock
+        self._reason: str | None = None  # guarded by self._lock
+        self._url: str | None = None  # guarded by self._lock: the arbiter followed
+        self._seq: int | None = None  # guarded by self._lock
+        self._last_update: float | None = None  # guarded by self._lock (wall clock)
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pgfailover-follower-{name}")
+        self._thread.daemon = True
+
+    @property
+    def mode(self) -> Mode:
+        """``following`` the source, ``probing`` itself, or ``connecting`` (not yet either)."""
+        return self._mode
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        self._thread.start()
+
+    def wait_first(self, timeout: float) -> bool:
+        """Wait for the source's first snapshot; False if none came in time (then probe)."""
+        got = self._first.wait(timeout)
+        if not got and self._mode == "connecting":  # else the reason is known already
+            self._fall_back(f"no snapshot from the source within {timeout:g}s")
+        return got
+
+    def status(self) -> dict[str, Any]:
+        """What status shows under ``source``."""
+        with self._lock:
+            return {
+                "urls": self.source.shown,
+                "mode": self._mode,
+                "since": self._since,
+                "reason": self._reason,
+                "following": self._url,
+                "seq": self._seq,
+                "last_update": self._last_update,
+            }
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop following (the stream is interrupted at once)."""
+        self._stop.set()
+        self.source.close()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        urls = self.source.urls
+        attempt = 0
+        pause = BACKOFF[0]
+        while not self._stop.is_set():
+            url = urls[attempt % len(urls)]
+            attempt += 1
+            try:
+                for message in self.source.messages(url):
+                    if self._stop.is_set():
+                        return
+                    if isinstance(message, Hello):
+                        continue
+                    owner = self._owner()
+                    if owner is None:  # the manager was garbage-collected
+                        return
+                    self._adopt(owner, url, message.seq, message.snapshot, message.held)
+                    del owner
+                    pause = BACKOFF[0]
+            except StreamError as exc:
+                if self._stop.is_set():
+                    return
+                self._fall_back(str(exc))
+            except Exception as exc:
+                logger.exception("follower %s: unexpected error; probing meanwhile", self._name)
+                self._fall_back(f"unexpected error: {type(exc).__name__}")
+            if attempt % len(urls) == 0:
+                self._stop.wait(pause)
+                pause = min(BACKOFF[1], pause * 2)
+
+    def _adopt(self, owner: FollowerOwner, url: str, seq: int, snap: Snapshot, held: bool) -> None:
+        was_following = self._mode == "following"
+        try:
+            owner.adopt(snap, held)
+        except ValueError as exc:  # another cluster's nodes
+            raise StreamError(str(exc)) from None
+        now = time.time()
+        with self._lock:
+            self._seq, self._last_update, self._url = seq, now, url
+            if not was_following:
+                self._mode, self._since, self._reason = "following", now, None
+        self.updates += 1
+        self._first.set()
+        if not was_following:
+            logger.info("cluster %s: following %s", self._name, mask_url(url))
+
+    def _fall_back(self, reason: str) -> None:
+        with self._lock:
+            fell = self._mode != "probing"
+            self._reason = reason
+            if fell:
+                self._mode, self._since = "probing", time.time()
+        if not fell:
+            return
+        self.fallbacks += 1
+        owner = self._owner()
+        if owner is not None:
+            owner.probe_again()
+        logger.warning(
+            "cluster %s: source %s unusable (%s): probing the cluster meanwhile",
+            self._name,
+            self.source.shown,
+            reason,
+        )

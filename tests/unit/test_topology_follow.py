@@ -1,0 +1,376 @@
+"""The arbiter's stream and a follower, over loopback, with snapshots from the state machine.
+
+No PostgreSQL: the arbiter side is a :class:`ClusterView` published by
+hand, served by the real :class:`StreamServer` (uvicorn); the follower side
+is the real :class:`Follower` reading it with :class:`ArbiterSource`, over
+real :class:`Rounds` (whose probes are never opened). Every wait polls
+against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.counters import Counters
+from pgfailover.model import Decision, Snapshot
+from pgfailover.rounds import Rounds
+from pgfailover.stream import PATH, StreamHub, StreamServer
+from pgfailover.topology.arbiter import ArbiterSource
+from pgfailover.topology.follower import Follower
+from pgfailover.transition import initial_snapshot
+from pgfailover.wire import decode
+
+from .helpers import NODES, down, healthy_round, primary, run, standby
+
+HEALTHY, _ = run([healthy_round()] * 3)
+PROMOTED, _ = run(
+    [[down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]],
+    start=HEALTHY,
+    t0=2000.0,
+)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 5.0, what: str = "it") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.005)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+class Arbiter:
+    """What the stream server reads of a manager, published by hand."""
+
+    def __init__(self, name: str = "app", interval: float = 0.2) -> None:
+        self.name = name
+        self.config = FailoverConfig(health_check_interval=interval, health_check_timeout=interval)
+        self.view = ClusterView(name, initial_snapshot(NODES, 0.0), 1.0)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.view.snapshot
+
+    def writes_held(self) -> bool:
+        return self.view.held
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self.view.listen(callback)
+
+    def unlisten(self, callback: Callable[[], None]) -> None:
+        self.view.unlisten(callback)
+
+    def publish(self, snap: Snapshot) -> None:
+        self.view.publish(snap, time.time())
+
+
+class Owner:
+    """The supervisor's side of following: real Rounds over a view, decisions recorded."""
+
+    def __init__(self, nodes: list[Node] = NODES) -> None:
+        self.view = ClusterView("app", initial_snapshot(nodes, 0.0), 1.0)
+        self.acted: list[Decision] = []
+        self.rounds = Rounds(nodes, FailoverConfig(), self.view, Counters(), self.acted.extend)
+        self.probed_again = 0
+
+    def adopt(self, snap: Snapshot, held: bool) -> None:
+        self.acted.extend(self.rounds.adopt(snap, held))
+
+    def probe_again(self) -> None:
+        self.rounds.following = False
+        self.probed_again += 1
+
+
+def follower_of(url: str, owner: Owner, *, silence: float = 0.5, cluster: str = "app") -> Follower:
+    source = ArbiterSource([url], cluster, connect_timeout=1.0, silence=silence)
+    follower = Follower(source, owner, name=cluster)
+    follower.start()
+    return follower
+
+
+@pytest.fixture
+def arbiter() -> Iterator[tuple[Arbiter, StreamServer]]:
+    arb = Arbiter()
+    arb.publish(HEALTHY)
+    server = StreamServer(arb)  # type: ignore[arg-type]
+    try:
+        yield arb, server
+    finally:
+        server.close()
+
+
+def test_a_follower_gets_the_current_snapshot_then_each_new_one(
+    arbiter: tuple[Arbiter, StreamServer],
+) -> None:
+    arb, server = arbiter
+    owner = Owner()
+    follower = follower_of(server.url, owner)
+    try:
+        assert follower.wait_first(5.0)
+        assert owner.view.snapshot == HEALTHY
+        assert follower.mode == "following"
+        assert owner.rounds.following  # the monitor's rounds only confirm now
+        arb.publish(PROMOTED)
+        wait_for(lambda: owner.view.snapshot.primary == "node1", what="the promotion")
+        assert owner.view.snapshot == PROMOTED
+        switches = [d for d in owner.acted if type(d).__name__ == "SwitchPrimary"]
+        assert [(d.node, d.previous) for d in switches] == [  # type: ignore[union-attr]
+            ("node0", None),
+            ("node1", "node0"),
+        ]
+        status = follower.status()
+        assert status["following"] == server.url
+        assert status["seq"] >= 2
+    finally:
+        follower.close()
+
+
+def test_writes_held_on_the_arbiter_are_held_on_the_follower(
+    arbiter: tuple[Arbiter, StreamServer],
+) -> None:
+    arb, server = arbiter
+    owner = Owner()
+    follower = follower_of(server.url, owner)
+    try:
+        assert follower.wait_first(5.0)
+        assert owner.view.ready_primary == "node0"
+        arb.view.hold_writes()
+        wait_for(lambda: owner.view.held, what="writes held")
+        assert owner.view.ready_primary is None
+        arb.view.release_writes()
+        wait_for(lambda: not owner.view.held, what="writes released")
+        assert owner.view.ready_primary == "node0"
+    finally:
+        follower.close()
+
+
+def test_an_arbiter_whose_probing_stalled_goes_silent_and_the_follower_probes() -> None:
+    """The hub stops its heartbeats when the arbiter's rounds stop: silence, then fall back."""
+    arb = Arbiter(interval=0.05)  # heartbeats only for 2 * 0.05 + 0.05 s after a snapshot
+    arb.publish(HEALTHY)
+    owner = Owner()
+    with StreamServer(arb) as server:  # type: ignore[arg-type]
+        follower = follower_of(server.url, owner, silence=0.6)
+        try:
+            assert follower.wait_first(5.0)
+            started = time.monotonic()
+            wait_for(lambda: follower.mode == "probing", what="the fall back")
+            took = time.monotonic() - started
+            assert 0.5 < took < 1.5, took
+            assert "silent for 0.6s" in follower.status()["reason"]
+            assert owner.probed_again == 1
+            assert not owner.rounds.following
+            arb.publish(PROMOTED)  # the arbiter probes again: followed again
+            wait_for(lambda: follower.mode == "following", what="following again")
+            assert owner.view.snapshot.primary == "node1"
+        finally:
+            follower.close()
+
+
+def test_a_heartbeat_keeps_a_quiet_but_live_arbiter_followed() -> None:
+    arb = Arbiter(interval=5.0)  # no snapshot for a while, but rounds are fresh
+    arb.publish(HEALTHY)
+    owner = Owner()
+    with StreamServer(arb) as server:  # type: ignore[arg-type]
+        follower = follower_of(server.url, owner, silence=0.75)
+        try:
+            assert follower.wait_first(5.0)
+            time.sleep(2.0)  # the property under test is what does not happen in 2 s
+            assert follower.mode == "following"
+            assert owner.probed_again == 0
+        finally:
+            follower.close()
+
+
+def test_an_arbiter_that_goes_away_is_noticed_at_once_and_followed_when_back() -> None:
+    arb = Arbiter()
+    arb.publish(HEALTHY)
+    owner = Owner()
+    server = StreamServer(arb)  # type: ignore[arg-type]
+    port = server.port
+    follower = follower_of(server.url, owner, silence=5.0)
+    try:
+        assert follower.wait_first(5.0)
+        started = time.monotonic()
+        server.close()
+        wait_for(lambda: follower.mode == "probing", what="the fall back")
+        assert time.monotonic() - started < 2.0  # not the 5 s of silence
+        arb.publish(PROMOTED)
+        server = StreamServer(arb, port=port)  # type: ignore[arg-type]
+        wait_for(lambda: follower.mode == "following", what="following again")
+        assert owner.view.snapshot.primary == "node1"
+    finally:
+        follower.close()
+        server.close()
+
+
+def test_a_follower_moves_to_the_next_arbiter() -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+    arb = Arbiter()
+    arb.publish(HEALTHY)
+    owner = Owner()
+    with StreamServer(arb) as server:  # type: ignore[arg-type]
+        refused = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        source = ArbiterSource([refused, server.url], "app", connect_timeout=1.0, silence=0.5)
+        follower = Follower(source, owner, name="app")
+        follower.start()
+        try:
+            assert follower.wait_first(5.0)
+            assert follower.status()["following"] == server.url
+        finally:
+            follower.close()
+            dead.close()
+
+
+@pytest.mark.parametrize(
+    ("cluster", "nodes", "reason"),
+    [
+        ("other", NODES, "serves cluster 'app', not 'other'"),
+        ("app", [*NODES[:2], Node("node9", "host=x")], "the source's nodes are"),
+    ],
+    ids=["another cluster", "other nodes"],
+)
+def test_a_source_for_something_else_is_refused_and_the_manager_probes(
+    arbiter: tuple[Arbiter, StreamServer], cluster: str, nodes: list[Node], reason: str
+) -> None:
+    _, server = arbiter
+    owner = Owner(nodes)
+    before = owner.view.snapshot
+    follower = follower_of(server.url, owner, cluster=cluster)
+    try:
+        assert not follower.wait_first(1.0)
+        assert follower.mode == "probing"
+        assert reason in follower.status()["reason"]
+        assert owner.view.snapshot is before  # nothing adopted
+        assert owner.probed_again == 1
+    finally:
+        follower.close()
+
+
+def test_closing_a_follower_interrupts_its_read_at_once(
+    arbiter: tuple[Arbiter, StreamServer],
+) -> None:
+    _, server = arbiter
+    owner = Owner()
+    follower = follower_of(server.url, owner, silence=30.0)
+    assert follower.wait_first(5.0)
+    started = time.monotonic()
+    follower.close(timeout=5.0)
+    assert time.monotonic() - started < 1.0
+    wait_for(lambda: server.hub.followers == 0, what="the arbiter to see the stream end")
+
+
+def test_many_followers_each_get_every_change(arbiter: tuple[Arbiter, StreamServer]) -> None:
+    arb, server = arbiter
+    owners = [Owner() for _ in range(40)]
+    followers = [follower_of(server.url, o) for o in owners]
+    try:
+        assert all(f.wait_first(10.0) for f in followers)
+        assert server.hub.followers == 40
+        arb.publish(PROMOTED)
+        wait_for(
+            lambda: all(o.view.snapshot.primary == "node1" for o in owners), what="every follower"
+        )
+    finally:
+        for f in followers:
+            f.close()
+
+
+def _get(url: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, method=method)  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_stream_port_serves_only_the_stream(arbiter: tuple[Arbiter, StreamServer]) -> None:
+    _, server = arbiter
+    assert _get(server.url + "/failover/status") == (
+        404,
+        {"error": "no such endpoint: /failover/status"},
+    )
+    status, body = _get(server.url + PATH, method="POST")
+    assert status == 405
+    assert "only GET" in body["error"]
+
+
+def test_the_stream_starts_with_hello_and_the_snapshot(
+    arbiter: tuple[Arbiter, StreamServer],
+) -> None:
+    _, server = arbiter
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while data.count(b"\n\n") < 3:  # headers, hello, the snapshot
+            data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"text/event-stream" in head
+    assert b"event: hello" in body
+    snapshot_event = body.split(b"event: snapshot\ndata: ", 1)[1].split(b"\n", 1)[0]
+    assert decode(snapshot_event, "app").snapshot == HEALTHY
+
+
+def test_a_slow_follower_costs_the_arbiter_one_pending_snapshot() -> None:
+    """Coalescing: the hub keeps only the newest encoded update for each follower."""
+    arb = Arbiter()
+    arb.publish(HEALTHY)
+    hub = StreamHub("app", lambda: arb.snapshot, lambda: False, fresh_for=1.0)
+    import asyncio
+
+    async def scenario() -> tuple[int, bytes | None]:
+        hub.bind(asyncio.get_running_loop())
+        slow = hub.join()
+        for snap in (PROMOTED, HEALTHY, PROMOTED):
+            arb.publish(snap)
+            hub._update()  # what changed() schedules on the loop
+        return hub.seq, slow.pending
+
+    seq, pending = asyncio.run(scenario())
+    assert seq == 4
+    assert pending is not None
+    assert pending.startswith(b"id: 4\n")
+
+
+def test_nothing_is_streamed_before_the_arbiter_probed() -> None:
+    arb = Arbiter()  # its initial snapshot: no round yet
+    hub = StreamHub("app", lambda: arb.snapshot, lambda: False, fresh_for=1.0)
+    import asyncio
+
+    async def scenario() -> bytes | None:
+        hub.bind(asyncio.get_running_loop())
+        return hub.join().pending
+
+    assert asyncio.run(scenario()) is None
+    assert hub.seq == 0
+
+
+def test_a_follower_thread_ends_with_a_dropped_manager(
+    arbiter: tuple[Arbiter, StreamServer],
+) -> None:
+    _, server = arbiter
+    owner = Owner()
+    follower = follower_of(server.url, owner, silence=0.3)
+    assert follower.wait_first(5.0)
+    thread = next(t for t in threading.enumerate() if t.name == "pgfailover-follower-app")
+    del owner
+    import gc
+
+    gc.collect()
+    server.hub.changed()  # the next message finds the owner gone
+    wait_for(lambda: not thread.is_alive(), timeout=5.0, what="the thread to end")
+    follower.close()

@@ -1,0 +1,106 @@
+"""The pieces of following, without a cluster: source settings, the event-stream reader."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgfailover.config import FailoverConfig
+from pgfailover.errors import ConfigurationError
+from pgfailover.sources import load_env
+from pgfailover.topology.sse import Event, EventParser, StreamError
+from pgfailover.topology.urls import mask_url, source_urls
+
+GOOD_SOURCES = [
+    ("http://arbiter:8009", ("http://arbiter:8009",)),
+    ("https://a:1, http://b:2/", ("https://a:1", "http://b:2/")),
+    ("http://[::1]:8009/failover/stream", ("http://[::1]:8009/failover/stream",)),
+    ("http://u:secret@proxy:80", ("http://u:secret@proxy:80",)),
+]
+
+
+@pytest.mark.parametrize(("text", "urls"), GOOD_SOURCES, ids=[g[0] for g in GOOD_SOURCES])
+def test_a_source_setting_is_a_list_of_urls(text: str, urls: tuple[str, ...]) -> None:
+    assert source_urls(text) == urls
+
+
+BAD_SOURCES = [
+    (" , ", "give one or more arbiter URLs"),
+    ("arbiter:8009", "expected http://host:port"),
+    ("ftp://arbiter:8009", "expected http://host:port"),
+    ("http://:8009", "expected http://host:port"),
+    ("http://arbiter:0", "no blanks, query or fragment"),
+    ("http://arbiter:99999", "source 'http://arbiter:99999'"),
+    ("http://arbiter:8009/?x=1", "no blanks, query or fragment"),
+    ("http://u:hunter2@arbiter:bad", "source 'http://u:***@arbiter:bad'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SOURCES, ids=[b[0] for b in BAD_SOURCES])
+def test_a_bad_source_is_one_line_without_the_password(text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match="source") as info:
+        FailoverConfig(source=text)
+    assert message in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_follower_never_promotes() -> None:
+    with pytest.raises(ConfigurationError, match="never promotes"):
+        FailoverConfig(source="http://arbiter:8009", promotion="auto")
+    assert FailoverConfig(source="http://arbiter:8009", promotion="manual").source
+
+
+def test_the_source_comes_from_the_environment_and_hides_in_repr() -> None:
+    _, config = load_env(
+        {"PGFAILOVER_DSN": "host=a,b", "PGFAILOVER_SOURCE": "http://u:hunter2@arb:8009"}
+    )
+    assert config.source == "http://u:hunter2@arb:8009"
+    assert "hunter2" not in repr(config)
+    assert mask_url(config.source) == "http://u:***@arb:8009"
+
+
+def _events(chunks: list[bytes]) -> list[Event]:
+    parser = EventParser()
+    return [event for chunk in chunks for event in parser.feed(chunk)]
+
+
+SSE = [
+    ("one event", [b"event: snapshot\ndata: {}\n\n"], [Event("snapshot", "{}")]),
+    ("id kept", [b"id: 7\nevent: snapshot\ndata: x\n\n"], [Event("snapshot", "x", "7")]),
+    ("unnamed", [b"data: x\n\n"], [Event("message", "x")]),
+    ("data lines joined", [b"data: a\ndata: b\n\n"], [Event("message", "a\nb")]),
+    ("heartbeat comments only", [b":\n\n", b":\n\n"], []),
+    ("split anywhere", [b"ev", b"ent: a\nda", b"ta: 1\n", b"\n"], [Event("a", "1")]),
+    ("CRLF", [b"event: a\r\ndata: 1\r\n\r\n"], [Event("a", "1")]),
+    ("CR split from its LF", [b"event: a\r", b"\ndata: 1\r\n\r", b"\n"], [Event("a", "1")]),
+    ("no space after the colon", [b"event:a\ndata:1\n\n"], [Event("a", "1")]),
+    ("unknown fields ignored", [b"retry: 10\nfoo: bar\ndata: 1\n\n"], [Event("message", "1")]),
+    ("no data, no event", [b"event: a\n\n"], []),
+    ("incomplete waits", [b"event: a\ndata: 1\n"], []),
+]
+
+
+@pytest.mark.parametrize(("chunks", "events"), [s[1:] for s in SSE], ids=[s[0] for s in SSE])
+def test_the_event_stream_is_read_as_it_arrives(chunks: list[bytes], events: list[Event]) -> None:
+    assert _events(chunks) == events
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ([b"data: " + b"x" * 200 + b"\n"], "larger than 100 bytes"),
+        ([b"x" * 101], "larger than 100 bytes"),  # one line that never ends
+        ([b"data: 1\n" * 20], "larger than 100 bytes"),  # many lines, no blank one
+        ([b"data: \xff\n\n"], "not UTF-8"),
+    ],
+    ids=["a long line", "no line end", "no event end", "not UTF-8"],
+)
+def test_a_stream_over_its_limits_ends(chunks: list[bytes], message: str) -> None:
+    parser = EventParser(max_event=100)
+    with pytest.raises(StreamError, match=message):
+        _feed(parser, chunks)
+
+
+def _feed(parser: EventParser, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        parser.feed(chunk)
