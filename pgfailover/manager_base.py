@@ -299,6 +299,13 @@ class ManagerBase(FromSources, Generic[P, X]):
         status["read_strategy"] = describe(self._executor.strategy)
         return status
 
+    def source_status(self) -> dict[str, Any] | None:
+        """What following the source is doing (``None`` without ``source``): ``mode``
+        (``following``, ``probing``, ``connecting``), since when, why it probes, the arbiter
+        followed, the last update's sequence number and time, updates and fallbacks."""
+        follower = self._sup.follower
+        return None if follower is None else follower.status()
+
     @property
     def breakers(self) -> Breakers:
         """The nodes' read circuit breakers (:mod:`pgfailover.breaker`)."""

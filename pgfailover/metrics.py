@@ -65,6 +65,18 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "1 in maintenance mode: no automatic promotion (pgfailover pause / resume).",
         (),
     ),
+    "source_following": (
+        "gauge",
+        "1 while the manager routes on its source's snapshots (source=), 0 while the source is "
+        "silent or unusable and it probes the cluster itself. Absent without a source.",
+        (),
+    ),
+    "source_updates": ("counter", "Snapshots the manager took from its source.", ()),
+    "source_fallbacks": (
+        "counter",
+        "Times the source went silent or unusable and the manager probed the cluster itself.",
+        (),
+    ),
     "redundancy_copies": (
         "gauge",
         "Copies that can take over: the writable primary and its healthy streaming standbys.",
@@ -290,6 +302,11 @@ def _fill(families: dict[str, Metric], mgr: AnyManager) -> None:
     _fill_counters(families, mgr.name, snap, mgr.counters)
     _add(families, "maintenance_paused", [mgr.name], int(mgr.paused))
     _add(families, "read_only", [mgr.name], int(not mgr.writable))
+    source = mgr.source_status()
+    if source is not None:
+        _add(families, "source_following", [mgr.name], int(source["mode"] == "following"))
+        _add(families, "source_updates", [mgr.name], source["updates"])
+        _add(families, "source_fallbacks", [mgr.name], source["fallbacks"])
     held = redundancy(snap, mgr.upkeep_status())
     _add(families, "redundancy_copies", [mgr.name], held["copies"])
     for level in REDUNDANCY_LEVELS:

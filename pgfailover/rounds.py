@@ -128,6 +128,9 @@ class Rounds:
             problem = same_members(prev, snap)
             if problem is not None:
                 raise ValueError(problem)
+            if not self.following and self._probes is not None:
+                # Back from probing everything: keep no probe backend open.
+                self._probes.release([n.name for n in self._nodes])
             self.following = True
             decisions = decisions_between(prev, snap)
             self._view.publish(snap, time.time(), ())

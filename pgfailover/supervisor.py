@@ -230,9 +230,10 @@ class Supervisor:
         data["maintenance_paused"] = int(self.actions.maintenance.paused_since is not None)
         follower = self.follower
         if follower is not None:
-            data["source_following"] = int(follower.mode == "following")
-            data["source_updates"] = follower.updates
-            data["source_fallbacks"] = follower.fallbacks
+            source = follower.status()
+            data["source_following"] = int(source["mode"] == "following")
+            data["source_updates"] = source["updates"]
+            data["source_fallbacks"] = source["fallbacks"]
         return data
 
     def close(self, deadline: float) -> None:

@@ -68,6 +68,8 @@ def _setup_logging(fmt: str, verbose: int) -> None:
     logging.getLogger("pgfailover").setLevel(logging.NOTSET)
     # A dead node's pool retries in the background; one line per failed probe is enough.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # The stream's server (uvicorn) would say it started a "server process": it is a thread.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
 @click.command()

@@ -114,6 +114,8 @@ class Follower:
                 "following": self._url,
                 "seq": self._seq,
                 "last_update": self._last_update,
+                "updates": self.updates,
+                "fallbacks": self.fallbacks,
             }
 
     def close(self, timeout: float = 2.0) -> None:

@@ -1,0 +1,169 @@
+"""Managers that follow an arbiter (``source=``), against a real cluster and real arbiters.
+
+The arbiter is ``pgfailover serve --stream-port 0`` as a process; the
+followers are managers in this process, each with its own workload of
+INSERTs with unique ids. What must hold:
+
+- followers route on the arbiter's snapshots and add no probe backend to
+  the cluster (``pg_stat_activity``: only the arbiter's probe sessions);
+- through a kill -9 of the primary, every follower writes on the promoted
+  standby, and every acknowledged write is on the final primary;
+- a follower never promotes;
+- when the arbiter dies (kill -9) or hangs (SIGSTOP), every follower probes
+  the cluster itself within its ``health_check_interval``, and follows the
+  arbiter again, closing its probe sessions, once one answers.
+
+Every process is stopped by its PID in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgfailover import FailoverManager
+from pgfailover.errors import PromotionRefused
+from pgfailover.lab import LocalLab
+
+from .helpers import FAST, Workload, config_file, port_of, prepare, serve_process, wait_until
+
+pytestmark = pytest.mark.slow
+
+INTERVAL = 1.0  # the followers' health_check_interval: how long a silent source is trusted
+
+
+def _probe_sessions(lab: LocalLab, node: str) -> int:
+    rows = lab.run_sql(
+        node,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfailover-probe'",
+    )
+    return int(rows[0][0])
+
+
+@contextlib.contextmanager
+def _followers(lab: LocalLab, url: str, count: int) -> Iterator[list[FailoverManager]]:
+    config = FAST.replace(source=url, health_check_interval=INTERVAL)
+    managers: list[FailoverManager] = []
+    try:
+        for _ in range(count):
+            managers.append(FailoverManager(nodes=lab.manager_nodes(), config=config).open())
+        yield managers
+    finally:
+        for mgr in managers:
+            mgr.close()
+
+
+def _modes(managers: list[FailoverManager]) -> list[str]:
+    return [(m.source_status() or {}).get("mode", "?") for m in managers]
+
+
+def _all_acked_present(lab: LocalLab, node: str, loads: list[Workload]) -> None:
+    acked = {i for load in loads for i, _, _ in load.acked}
+    present = {r[0] for r in lab.run_sql(node, "SELECT id FROM w")}
+    missing = acked - present
+    assert not missing, f"{len(missing)} acknowledged writes missing on {node}"
+
+
+def test_followers_write_on_the_arbiters_promotion_and_probe_nothing(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    prepare(fresh_lab)
+    config = config_file(fresh_lab, tmp_path)
+    with (
+        serve_process(config, tmp_path / "arbiter.log", "--stream-port", "0") as ready,
+        _followers(fresh_lab, ready["stream_url"], 4) as managers,
+    ):
+        assert _modes(managers) == ["following"] * 4
+        # Only the arbiter probes: one probe session per node, whatever the followers.
+        wait_until(lambda: _probe_sessions(fresh_lab, "node0") == 1, what="one probe session")
+        old_port = fresh_lab.node("node0").port
+        loads = [Workload(m, threads=2) for m in managers]
+        for load in loads:
+            load.__enter__()
+        try:
+            wait_until(lambda: all(ld.acked_on(old_port) > 10 for ld in loads), what="writes")
+            assert _probe_sessions(fresh_lab, "node0") == 1
+            fresh_lab.kill("node0")
+            killed = time.monotonic()
+
+            def everyone_moved() -> bool:
+                return all(
+                    any(p != old_port and t > killed for _, p, t in ld.acked) for ld in loads
+                )
+
+            wait_until(everyone_moved, timeout=30, what="every follower writing elsewhere")
+        finally:
+            for load in loads:
+                load.__exit__(None, None, None)
+        new = {m.snapshot.primary for m in managers}
+        assert len(new) == 1, new
+        (primary,) = new
+        assert primary in ("node1", "node2")
+        _all_acked_present(fresh_lab, primary, loads)
+        new_port = fresh_lab.node(primary).port
+        assert port_of(fresh_lab, new_port) == primary
+        for mgr in managers:
+            events = [e for e in mgr.history() if e.kind == "failover"]
+            assert events
+            assert events[-1].outcome == "completed"
+            assert events[-1].to_node == primary
+        assert _modes(managers) == ["following"] * 4
+        assert _probe_sessions(fresh_lab, primary) == 1  # still only the arbiter's
+        with pytest.raises(PromotionRefused, match="never promotes") as refused:
+            managers[0].perform_failover()
+        assert refused.value.guard == "follower"
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_modes(managers: list[FailoverManager], mode: str, within: float) -> float:
+    started = time.monotonic()
+    wait_until(lambda: _modes(managers) == [mode] * len(managers), timeout=within, what=mode)
+    return time.monotonic() - started
+
+
+def test_followers_probe_when_the_arbiter_dies_or_hangs_and_follow_it_again(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    config = config_file(fresh_lab, tmp_path)
+    with serve_process(config, tmp_path / "a.log", "--stream-port", "0") as first:
+        url = first["stream_url"]
+        port = url.rsplit(":", 1)[1]
+        with _followers(fresh_lab, url, 3) as managers:
+            assert _modes(managers) == ["following"] * 3
+            _signal(first["pid"], signal.SIGKILL)  # dead: its sockets are closed at once
+            took = _wait_modes(managers, "probing", within=INTERVAL + 2)
+            assert took < INTERVAL + 0.5, took
+            statuses: list[dict[str, Any]] = [m.source_status() or {} for m in managers]
+            assert all(s["reason"] for s in statuses)
+            assert all(s["fallbacks"] == 1 for s in statuses)
+            # Probing itself now: each follower has its own probe session.
+            wait_until(lambda: _probe_sessions(fresh_lab, "node0") == 3, what="3 probe sessions")
+            assert [m.get_metrics()["source_following"] for m in managers] == [0, 0, 0]
+            with serve_process(
+                config, tmp_path / "b.log", "--stream-port", port
+            ) as second:  # the same address: followers come back on their own
+                _wait_modes(managers, "following", within=10)
+                # Back to following: the followers' probe sessions are closed.
+                wait_until(lambda: _probe_sessions(fresh_lab, "node0") == 1, what="1 session")
+                _signal(second["pid"], signal.SIGSTOP)  # hung: no FIN, only silence
+                try:
+                    took = _wait_modes(managers, "probing", within=INTERVAL + 3)
+                    assert took < INTERVAL + 0.6, took
+                    reasons = [(m.source_status() or {})["reason"] for m in managers]
+                    assert all("silent" in r for r in reasons), reasons
+                finally:
+                    _signal(second["pid"], signal.SIGCONT)
+                _wait_modes(managers, "following", within=10)
+                assert all(m.snapshot.primary == "node0" for m in managers)
+                assert all(m.query("SELECT 1") == [(1,)] for m in managers)
