@@ -32,7 +32,10 @@ class Rounds:
     """Runs probe rounds for one cluster and publishes each one's snapshot.
 
     Locks: ``_lock`` serialises rounds from probe to publish (two rounds
-    interleaved would publish their snapshots out of order). The view's
+    interleaved would publish their snapshots out of order), and a source's
+    snapshots (:meth:`adopt`) with them; a follower's confirmation probes
+    run outside it. ``_confirm_lock`` (a leaf) guards when each suspect was
+    last confirmed. The view's
     condition is taken inside it (a leaf). A caller may hold the promotion
     lock of :class:`~pgfailover.failover.FailoverActions` while it runs a
     round (the re-probe around a promotion); that lock is never taken
@@ -62,7 +65,8 @@ class Rounds:
         # Set by a follower (pgfailover.topology.follower): a source publishes the
         # snapshots, and the monitor's rounds only confirm what queries suspect.
         self.following = False
-        self._confirmed_at: dict[str, float] = {}  # under self._lock: last confirmation
+        self._confirm_lock = threading.Lock()  # a leaf: guards _confirmed_at only
+        self._confirmed_at: dict[str, float] = {}  # under _confirm_lock: last confirmation
 
     def open(self) -> None:
         """Create the probers (one dedicated connection per node, made at first use)."""
@@ -145,32 +149,39 @@ class Rounds:
         """Following: probe the nodes queries suspect, no other; clear those found fine.
 
         A node is fine when it answers and, if it is the source's primary,
-        takes writes (a fenced old primary in a switchover does not). Each
-        suspect is probed at most every ``CONFIRM_EVERY`` seconds, on a
-        connection closed right after, so a follower keeps no probe backend
-        open. Returns True while suspects remain (the monitor comes back
-        soon).
+        takes writes (a fenced old primary in a switchover does not). Only a
+        suspect the source still reports up is probed: once the source has
+        seen the node fail, routing avoids it anyway, and a dead primary is
+        not knocked on by every follower until it returns (when the source
+        reports it up again, one probe clears it). Each suspect is probed at
+        most every ``CONFIRM_EVERY`` seconds, on a connection closed right
+        after, so a follower keeps no probe backend open. Returns True while
+        suspects remain (the monitor comes back soon).
         """
         probes = self._probes
         suspects = self._view.suspects
         if probes is None or not suspects:
             return False
-        with self._lock:
-            now = time.monotonic()
-            due = {n for n in suspects if now - self._confirmed_at.get(n, 0.0) >= CONFIRM_EVERY}
-            if due:
-                started = time.time()
-                results = probes.run(only=due)
-                probes.release(due)
-                self._confirmed_at.update(dict.fromkeys(due, now))
-                primary = self._view.snapshot.primary
-                fine = [
-                    r.node for r in results.values() if r.ok and (r.node != primary or r.writable)
-                ]
-                for result in results.values():
-                    self._counters.probe(result.node, result.ok, result.response_time)
-                if fine:
-                    self._view.confirmed(fine, started)
+        snap, now = self._view.snapshot, time.monotonic()
+        with self._confirm_lock:
+            due = {
+                n
+                for n in suspects
+                if snap.node(n).up and now - self._confirmed_at.get(n, 0.0) >= CONFIRM_EVERY
+            }
+            self._confirmed_at.update(dict.fromkeys(due, now))
+        if due:
+            # Not under the round lock: a probe hanging on a black-holed node must
+            # not hold up the source's next snapshot (adopt), which names the new primary.
+            started = time.time()
+            results = probes.run(only=due)
+            probes.release(due)
+            primary = self._view.snapshot.primary
+            for result in results.values():
+                self._counters.probe(result.node, result.ok, result.response_time)
+            fine = [r.node for r in results.values() if r.ok and (r.node != primary or r.writable)]
+            if fine:
+                self._view.confirmed(fine, started)
         return bool(self._view.suspects)
 
     def monitor_round(self, *, full: bool = False) -> bool:

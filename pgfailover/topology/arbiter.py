@@ -20,6 +20,7 @@ shutting its socket down happen under it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -91,9 +92,9 @@ class ArbiterSource:
         except urllib3.exceptions.HTTPError as exc:
             raise StreamError(f"{shown}: {_reason(exc)}") from None
         with self._lock:
-            if self._closed:
-                response.shutdown()
             self._response = response
+        if self._closed:
+            self.interrupt()
         try:
             if response.status != 200:
                 raise StreamError(f"{shown}: HTTP {response.status}")
@@ -143,7 +144,8 @@ class ArbiterSource:
         """Stop reading at once (from any thread): the stream ends with StreamError."""
         with self._lock:
             if self._response is not None:
-                self._response.shutdown()
+                with contextlib.suppress(OSError):  # closed meanwhile: nothing to interrupt
+                    self._response.shutdown()
 
     def close(self) -> None:
         """Interrupt any read; no stream opens after this."""

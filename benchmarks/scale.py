@@ -1,0 +1,546 @@
+"""Many application processes on one cluster: what they cost it, and how fast they all move.
+
+For each size (1, 50, 200 managers by default) and each contender, a run
+builds a fresh 3-node lab cluster (``max_connections`` raised so that every
+contender fits), starts the arbiter (``pgfailover serve --promotion auto
+--stream-port 0``, PostgreSQL's and pgfailover's default timing) and spreads
+the managers over worker processes (10 managers each, at most 20). Then:
+
+1. **steady**: the managers idle for ``--steady`` seconds; measured: probe
+   sessions on the servers (``pg_stat_activity``, application
+   ``pgfailover-probe``, the arbiter's included) and the probes the managers
+   ran per second (their counters: exact, where the servers' transaction
+   statistics lag by up to several seconds), the arbiter's apart;
+2. **failover**: every manager writes (an INSERT with a unique id every
+   ``--pace`` seconds, default 0.1, one thread each), the primary is killed (SIGKILL), the arbiter
+   promotes. Measured: the most probe sessions seen on the standbys and the
+   probes per second in the 3 s after the kill (all of them, and those that
+   reached a live node: a probe of the dead primary costs the servers
+   nothing); for every manager, the time from the arbiter's switch to the
+   new primary (its failover event's ``completed``, right after
+   ``pg_promote`` returned) to its first acknowledged write there (p50, p99,
+   max; counted from the attempt's start instead when the writer was still
+   pausing between writes at the switch, so that the pace does not count as
+   routing delay), when the manager itself switched (its ``on_failover``),
+   and how many never got there; acknowledged writes missing on the
+   new primary; writes acknowledged by the old primary after the new one's
+   first;
+3. **footprint**: resident memory and threads each manager adds to its process.
+
+Contenders:
+
+- ``probing``: every manager probes every node itself (``promotion = "external"``);
+- ``arbiter``: every manager follows the arbiter's stream (``source=``);
+- ``libpq``: one psycopg_pool ``ConnectionPool`` per "manager" on the
+  multi-host conninfo with ``target_session_attrs=read-write`` and
+  ``check=ConnectionPool.check_connection``, writes retried.
+
+The contenders take turns run by run (every contender's run at a size, then
+the next round), each alone on the machine while it runs.
+
+    python benchmarks/scale.py --sizes 1,50,200 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine, percentile
+
+from pgfailover.lab import LocalLab
+from pgfailover.lab.base import conninfo
+
+CONTENDERS = ("probing", "arbiter", "libpq")
+PER_WORKER = 10  # managers per worker process (a gunicorn worker has one; 2 CPUs host them all)
+MAX_WORKERS = 20
+PACE = 0.1  # seconds between one manager's writes
+INSERT = "INSERT INTO bench (id) VALUES (%s) RETURNING inet_server_port()"
+PROBE_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfailover-probe'"
+)
+FAILOVER_WINDOW = 3.0  # seconds after the kill in which the failover's load is measured
+
+
+# -- the worker process: N managers (or pools) of one contender ----------------
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+SWITCHED: dict[int, float] = {}  # manager -> when it switched to the new primary (worker)
+
+
+def _switched(into: dict[int, float], k: int, _event: object) -> None:
+    into[k] = time.time()
+
+
+def _clients(
+    spec: dict[str, Any],
+) -> tuple[list[Any], list[Any], Callable[[], dict[str, int]]]:
+    """The contender's writers (``write(id) -> port``), closers, and a probe counter."""
+    from psycopg_pool import ConnectionPool
+
+    from pgfailover import FailoverConfig, FailoverManager, Node
+
+    writes: list[Any] = []
+    closers: list[Any] = []
+    managers: list[FailoverManager] = []
+    switched = SWITCHED
+    if spec["contender"] == "libpq":
+        for _ in range(spec["count"]):
+            pool = ConnectionPool(
+                spec["multihost"],
+                min_size=1,
+                max_size=2,
+                check=ConnectionPool.check_connection,
+                kwargs={"autocommit": True},
+                open=True,
+            )
+            pool.wait(30)
+
+            def write_pool(i: int, pool: ConnectionPool = pool) -> int:
+                with pool.connection() as conn:
+                    row = conn.execute(INSERT, (i,)).fetchone()
+                    return int(row[0]) if row else 0
+
+            writes.append(write_pool)
+            closers.append(pool.close)
+    else:
+        nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
+        source = spec["source"] if spec["contender"] == "arbiter" else None
+        config = FailoverConfig(pool_min_size=1, pool_max_size=2, source=source)
+        for k in range(spec["count"]):
+            mgr = FailoverManager(nodes=nodes, config=config).open()
+            mgr.on_failover(functools.partial(_switched, switched, k))
+
+            def write_mgr(i: int, mgr: FailoverManager = mgr) -> int:
+                return int(mgr.query(INSERT, (i,))[0][0])
+
+            writes.append(write_mgr)
+            closers.append(mgr.close)
+            managers.append(mgr)
+
+    def probes() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for mgr in managers:
+            for node, hist in mgr.counters.probe_durations.items():
+                out[node] = out.get(node, 0) + hist.count
+        return out
+
+    return writes, closers, probes
+
+
+def _worker(spec: dict[str, Any]) -> None:
+    """Run ``spec["count"]`` clients; answer ``count``, ``write`` and ``stop`` on stdin."""
+    import logging
+
+    logging.disable(logging.CRITICAL)  # 200 pools retrying a dead node: thousands of lines
+    rss, threads = _rss_kib(), threading.active_count()
+    started = time.monotonic()
+    writes, closers, probes = _clients(spec)
+    opened = time.monotonic() - started
+    for k, write in enumerate(writes):  # a first write each: the pools' connections exist
+        _retry(write, spec["base"] - 1 - k)
+    ready = {"open_s": round(opened, 3), "rss_kib": _rss_kib() - rss}
+    _answer({**ready, "threads": threading.active_count() - threads})
+    stop = threading.Event()
+    acks: list[list[tuple[int, int, float, float]]] = [[] for _ in writes]  # id, port, began, done
+    failures = [0] * len(writes)
+
+    def loop(k: int) -> None:
+        i = spec["base"] + k * 1_000_000
+        while not stop.is_set():
+            i += 1
+            try:
+                began = time.time()
+                acks[k].append((i, writes[k](i), began, time.time()))
+            except Exception:  # noqa: BLE001 - counted; the next attempt follows
+                failures[k] += 1
+            stop.wait(spec["pace"])
+
+    loops = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(len(writes))]
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "count":
+            _answer({"probes": probes()})
+        elif command == "write":
+            for t in loops:
+                t.start()
+            _answer({"writing": True})
+        elif command == "stop":
+            break
+    stop.set()
+    for t in loops:
+        if t.is_alive():
+            t.join(30)
+    _answer({"acks": acks, "failures": failures, "switched": SWITCHED})
+    closing = [threading.Thread(target=c) for c in closers]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join(30)
+
+
+def _answer(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _retry(write: Any, i: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            write(i)
+            return
+        except Exception:  # noqa: BLE001 - the cluster settles
+            time.sleep(0.1)
+
+
+# -- the parent: the lab, the arbiter, the workers, the figures ------------------
+
+
+def _lab() -> LocalLab:
+    lab = LocalLab.create(standbys=2)
+    for node in lab.nodes:  # room for 200 managers' probe and pool sessions
+        lab.run_sql(node.name, "ALTER SYSTEM SET max_connections = 1500")
+    for name in ("node1", "node2", "node0"):  # standbys first: theirs must not be lower
+        lab.stop(name)
+        lab.start(name)
+    lab.run_sql("node0", "CREATE TABLE bench (id bigint PRIMARY KEY)")
+    for name in ("node1", "node2"):
+        _until(functools.partial(_replayed, lab, name))
+    return lab
+
+
+def _replayed(lab: LocalLab, name: str) -> bool:
+    return bool(lab.run_sql(name, "SELECT to_regclass('bench') IS NOT NULL")[0][0])
+
+
+def _until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            value = check()
+            if value:
+                return value
+        time.sleep(0.05)
+    raise SystemExit(f"timed out after {timeout}s")
+
+
+class Arbiter:
+    """``pgfailover serve --promotion auto --stream-port 0`` over the lab, as a process."""
+
+    def __init__(self, lab: LocalLab, directory: Path) -> None:
+        lines = []
+        for node in lab.nodes:
+            lines += ["[[nodes]]", f'name = "{node.name}"', f'dsn = "{node.dsn}"']
+        config = directory / "arbiter.toml"
+        config.write_text("\n".join(lines) + "\n")
+        command = [sys.executable, "-m", "pgfailover", "serve", "--config", str(config)]
+        command += ["--port", "0", "--stream-port", "0", "--promotion", "auto"]
+        with (directory / "arbiter.log").open("w") as log:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        self.url: str = ready["url"]
+        self.stream_url: str = ready["stream_url"]
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def probes(self) -> int:
+        """Probes the arbiter ran (``pgfailover_probe_duration_seconds_count``, every node)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:  # noqa: S310
+            text = response.read().decode()
+        prefix = "pgfailover_probe_duration_seconds_count{"
+        return int(
+            sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+        )
+
+    def switched(self) -> tuple[str | None, float | None]:
+        """The node the last completed failover went to, and when (wall clock)."""
+        done = [e for e in self.get("/failover/history")["events"] if e["outcome"] == "completed"]
+        return (done[-1]["to"], done[-1]["completed"]) if done else (None, None)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Workers:
+    """The worker processes of one run, spoken to line by line."""
+
+    def __init__(self, specs: list[dict[str, Any]]) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for spec in specs
+        ]
+
+    def ask(self, command: str | None) -> list[dict[str, Any]]:
+        """Send ``command`` to every worker (``None``: nothing), then read one answer each."""
+        if command is not None:
+            for proc in self.procs:
+                assert proc.stdin is not None
+                proc.stdin.write(command + "\n")
+                proc.stdin.flush()
+        answers = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"worker {proc.pid} ended early")
+            answers.append(json.loads(line))
+        return answers
+
+    def probes(self) -> dict[str, int]:
+        """Probes the managers ran, per node."""
+        out: dict[str, int] = {}
+        for answer in self.ask("count"):
+            for node, count in answer["probes"].items():
+                out[node] = out.get(node, 0) + count
+        return out
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(Exception):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
+
+
+def _delta(before: dict[str, int], after: dict[str, int], nodes: list[str]) -> int:
+    return sum(after.get(n, 0) - before.get(n, 0) for n in nodes)
+
+
+def _sessions(lab: LocalLab, names: list[str]) -> int:
+    return sum(int(lab.run_sql(n, PROBE_SESSIONS)[0][0]) for n in names)
+
+
+def _specs(
+    lab: LocalLab, size: int, contender: str, stream_url: str, pace: float
+) -> list[dict[str, Any]]:
+    nodes = [[n.name, n.dsn] for n in lab.nodes]
+    hosts = ",".join(n.host for n in lab.nodes)
+    ports = ",".join(str(n.port) for n in lab.nodes)
+    multihost = conninfo(hosts, ports, target_session_attrs="read-write", connect_timeout=2)  # type: ignore[arg-type]
+    workers = min(MAX_WORKERS, -(-size // PER_WORKER))
+    split = [size // workers + (1 if k < size % workers else 0) for k in range(workers)]
+    return [
+        {
+            "contender": contender,
+            "count": count,
+            "nodes": nodes,
+            "multihost": multihost,
+            "source": stream_url,
+            "base": (k + 1) * 1_000_000_000,
+            "pace": pace,
+        }
+        for k, count in enumerate(c for c in split if c)
+    ]
+
+
+def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One run: steady, then a kill under writes; the run's record."""
+    lab = _lab()
+    arbiter = Arbiter(lab, Path(tempfile.mkdtemp(prefix="pgfl-scale-")))
+    specs = _specs(lab, size, contender, arbiter.stream_url, args.pace)
+    workers = Workers(specs)
+    try:
+        readies = workers.ask(None)
+        every, standbys = ["node0", "node1", "node2"], ["node1", "node2"]
+        time.sleep(2.0)  # the managers' first rounds are behind them
+        record: dict[str, Any] = {"size": size, "contender": contender, "run": run}
+        record["steady_probe_sessions"] = _sessions(lab, every)
+        p0, a0, t0 = workers.probes(), arbiter.probes(), time.monotonic()
+        time.sleep(args.steady)
+        seconds = time.monotonic() - t0
+        record["steady_probes_per_s"] = round(_delta(p0, workers.probes(), every) / seconds, 1)
+        record["steady_arbiter_probes_per_s"] = round((arbiter.probes() - a0) / seconds, 1)
+        workers.ask("write")
+        time.sleep(2.0)
+        p0, a0 = workers.probes(), arbiter.probes()
+        killed = time.time()
+        lab.kill("node0")
+        peak, window = 0, time.monotonic() + FAILOVER_WINDOW
+        while time.monotonic() < window:
+            with contextlib.suppress(Exception):
+                peak = max(peak, _sessions(lab, standbys))
+            time.sleep(0.1)
+        record["failover_probe_sessions_max"] = peak
+        p1 = workers.probes()
+        record["failover_probes_per_s"] = round(_delta(p0, p1, every) / FAILOVER_WINDOW, 1)
+        record["failover_live_probes_per_s"] = round(_delta(p0, p1, standbys) / FAILOVER_WINDOW, 1)
+        record["failover_arbiter_probes_per_s"] = round(
+            (arbiter.probes() - a0) / FAILOVER_WINDOW, 1
+        )
+        time.sleep(max(0.0, args.observe - FAILOVER_WINDOW))
+        results = workers.ask("stop")
+        new, switched = arbiter.switched()
+        record.update(_writes(lab, results, killed, new, switched))
+        record["open_s_per_process"] = max(r["open_s"] for r in readies)
+        counts = [spec["count"] for spec in specs]
+        record["rss_kib_per_manager"] = round(
+            statistics.median(r["rss_kib"] / c for r, c in zip(readies, counts, strict=True)), 1
+        )
+        record["threads_per_manager"] = round(
+            statistics.median(r["threads"] / c for r, c in zip(readies, counts, strict=True)), 1
+        )
+        return record
+    finally:
+        workers.kill()
+        arbiter.stop()
+        lab.destroy()
+
+
+def _writes(
+    lab: LocalLab,
+    results: list[dict[str, Any]],
+    killed: float,
+    new: str | None,
+    switched: float | None,
+) -> dict[str, Any]:
+    """What the managers' writes came to after the kill."""
+    new_port = lab.node(new).port if new else None
+    old_port = lab.node("node0").port
+    firsts: list[float] = []
+    seen = (
+        sorted(t - switched for r in results for t in r["switched"].values()) if switched else []
+    )
+    never = old_after_new = 0
+    acked: set[int] = set()
+    for result in results:
+        for manager in result["acks"]:
+            acked.update(ack[0] for ack in manager)
+            on_new = [(b, t) for _, p, b, t in manager if p == new_port and t > killed]
+            if not on_new or switched is None:
+                never += 1
+                continue
+            began, done = min(on_new, key=lambda bt: bt[1])
+            # From the switch, or from the attempt's start if it began later (the
+            # writer was pausing between writes): the routing's delay, not the pace's.
+            firsts.append(done - max(switched, began))
+            old_after_new += sum(1 for _, p, _, t in manager if p == old_port and t > done)
+    present = {r[0] for r in lab.run_sql(new, "SELECT id FROM bench")} if new else set()
+    ordered = sorted(firsts)
+    return {
+        "switch_after_kill_s": round(switched - killed, 3) if switched else None,
+        "switch_to_first_write_s": {
+            "p50": round(percentile(ordered, 0.5), 4),
+            "p99": round(percentile(ordered, 0.99), 4),
+            "max": round(ordered[-1], 4),
+        }
+        if ordered
+        else None,
+        "switch_to_manager_switch_s": {
+            "p50": round(percentile(seen, 0.5), 4),
+            "p99": round(percentile(seen, 0.99), 4),
+            "max": round(seen[-1], 4),
+        }
+        if seen
+        else None,
+        "never_wrote_on_new": never,
+        "lost": len(acked - present),
+        "old_primary_acks_after_new": old_after_new,
+        "failed_attempts": sum(sum(r["failures"]) for r in results),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1,50,200")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pace", type=float, default=PACE, help="seconds between writes")
+    parser.add_argument("--steady", type=float, default=10.0, help="seconds of idle measured")
+    parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
+    args = parser.parse_args()
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return
+    contenders = [c for c in args.contenders.split(",") if c]
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
+    emit({"benchmark": "scale", "machine": machine(), "pace_s": args.pace})
+    runs = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for run in range(args.runs):
+            order = contenders if run % 2 == 0 else contenders[::-1]
+            for contender in order:
+                record = run_one(size, contender, run, args)
+                emit(record)
+                runs.append(record)
+    for size in sorted({r["size"] for r in runs}):
+        for contender in contenders:
+            mine = [r for r in runs if r["size"] == size and r["contender"] == contender]
+            if not mine:
+                continue
+            emit(
+                {
+                    "summary": True,
+                    "size": size,
+                    "contender": contender,
+                    "runs": len(mine),
+                    **{
+                        key: statistics.median(r[key] for r in mine)
+                        for key in (
+                            "steady_probe_sessions",
+                            "steady_probes_per_s",
+                            "steady_arbiter_probes_per_s",
+                            "failover_probe_sessions_max",
+                            "failover_probes_per_s",
+                            "failover_live_probes_per_s",
+                            "failover_arbiter_probes_per_s",
+                            "rss_kib_per_manager",
+                            "threads_per_manager",
+                            "lost",
+                            "never_wrote_on_new",
+                            "old_primary_acks_after_new",
+                        )
+                    },
+                    **{
+                        f"switch_to_first_write_{q}_s": statistics.median(
+                            r["switch_to_first_write_s"][q]
+                            for r in mine
+                            if r["switch_to_first_write_s"]
+                        )
+                        for q in ("p50", "p99", "max")
+                        if any(r["switch_to_first_write_s"] for r in mine)
+                    },
+                }
+            )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
