@@ -310,7 +310,11 @@ class ServerSettings:
     ``haproxy_agent_host``, default ``host``) answers HAProxy's agent checks
     (:mod:`pgfailover.haproxy`); ``stream_port`` (and ``stream_host``,
     default ``host``) streams every snapshot to the managers that follow
-    this arbiter (:mod:`pgfailover.stream`); ``promotion`` is the arbiter's mode;
+    this arbiter (:mod:`pgfailover.stream`); ``etcd`` (comma-separated
+    ``http(s)://host:port``) makes this one of several arbiters of the
+    cluster, of which only the holder of a lease of ``etcd_ttl`` seconds on
+    ``<etcd_prefix>/<name>/arbiter`` promotes (:mod:`pgfailover.lease`);
+    ``promotion`` is the arbiter's mode;
     ``log_format`` its stderr lines; ``name`` the metrics' cluster label.
     """
 
@@ -323,13 +327,20 @@ class ServerSettings:
     haproxy_agent_port: Port | None = None
     stream_host: Host | None = None
     stream_port: Port | None = None
+    etcd: Annotated[str, Meta(min_length=1, max_length=4096)] | None = field(
+        default=None, repr=False
+    )
+    etcd_ttl: Annotated[int, Meta(ge=2, le=300)] = 5
+    etcd_prefix: Annotated[str, Meta(pattern=r"\A/[A-Za-z0-9_./-]{0,200}\Z")] = "/pgfailover"
     promotion: Promotion = "auto"
     log_format: Literal["plain", "json"] = "plain"
     name: Name = "default"
 
     def __post_init__(self) -> None:
-        schema.check(self, secrets=("token",))
+        schema.check(self, secrets=("token", "etcd"))
         try:
             check_token(self.token)
         except ValueError as exc:
             raise ConfigurationError(f"token: {exc}") from None
+        if self.etcd is not None:
+            source_urls(self.etcd, setting="etcd", what="etcd endpoints")

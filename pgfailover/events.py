@@ -61,7 +61,9 @@ class FailoverEvent:
     the new primary, when one happened through this manager.
     ``data_loss_bytes`` estimates the WAL the new primary lacks compared with
     the last position seen on the old one (``0`` with quorum sync when the
-    most advanced standby was promoted).
+    most advanced standby was promoted). ``fencing_revision``: the etcd
+    revision of the arbiter lease the promotion was made under (several
+    arbiters, :mod:`pgfailover.lease`), ``None`` without one.
     """
 
     kind: EventKind
@@ -76,6 +78,7 @@ class FailoverEvent:
     first_write_after: float | None = None
     notes: tuple[str, ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    fencing_revision: int | None = None  # the arbiter lease's revision it promoted under
 
     @property
     def duration(self) -> float | None:

@@ -56,7 +56,7 @@ from pgfailover.model import (
     StateChanged,
     SwitchPrimary,
 )
-from pgfailover.promote import Promoter
+from pgfailover.promote import Promoter, PromotionGate
 from pgfailover.switchover import Switchover, choose_switchover
 from pgfailover.upkeep import Upkeep
 
@@ -110,7 +110,9 @@ class FailoverActions:
         emit: Callable[..., None],
         admin: Admin | None = None,
         upkeep: Upkeep | None = None,
+        gate: PromotionGate | None = None,
     ) -> None:
+        self.gate = gate
         self._view = view
         self._config = config
         self._events = events
@@ -135,6 +137,7 @@ class FailoverActions:
             incident=self.incident,
             upkeep=self.upkeep,
             dsn=dsn,
+            gate=gate,
         )
         self._switchover = Switchover(
             view=view,
@@ -291,6 +294,8 @@ class FailoverActions:
         try:
             if time.monotonic() < self._promotion_paused_until or self._view.closed:
                 return
+            if self.gate is not None and not self.gate.holding:
+                return  # another arbiter holds the lease: it promotes (status: lease)
             # Re-probe every node just before acting: a primary that came
             # back, or another manager's promotion, cancels ours.
             chosen = self.apply(self._reprobe())
@@ -336,6 +341,9 @@ class FailoverActions:
         try:
             if self._view.closed:
                 raise ManagerClosed(f"manager {self._name} is closed")
+            why = self.gate.may_promote() if self.gate is not None else None
+            if why is not None:
+                raise PromotionRefused(f"{what} refused by guard lease: {why}", guard="lease")
             self.apply(self._reprobe())
             yield self._view.snapshot
         finally:

@@ -30,6 +30,7 @@ from pgfailover.errors import (
 from pgfailover.events import FailoverEvent
 from pgfailover.model import ClusterState, Snapshot
 from pgfailover.pools import TrackedPools
+from pgfailover.promote import PromotionGate
 from pgfailover.routing import ReadStrategy, make_strategy, write_target
 from pgfailover.sources import FromSources, resolve_nodes
 from pgfailover.strategies import describe
@@ -76,6 +77,7 @@ class ManagerBase(FromSources, Generic[P, X]):
         read_strategy: ReadStrategy | None = None,
         pool_kwargs: dict[str, Any] | None = None,
         source: str | None = None,
+        promotion_gate: PromotionGate | None = None,
     ) -> None:
         nodes = resolve_nodes(primary, standbys, nodes)
         self.config = cfg = config or FailoverConfig()
@@ -97,6 +99,7 @@ class ManagerBase(FromSources, Generic[P, X]):
             abort=self._pools.abort,
             busy=self._pools.in_use,
             on_round=lambda snap: breakers.sync(snap, time.monotonic()),
+            gate=promotion_gate,
         )
         self.counters = sup.counters
         self.events = sup.events

@@ -24,25 +24,45 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import psycopg
 
 from pgfailover.admin import Admin, StandbyLink
 from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
-from pgfailover.errors import PgFailoverError
+from pgfailover.errors import PgFailoverError, PromotionFailed
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.incident import Incident
 from pgfailover.model import Role, Snapshot
 from pgfailover.syncrep import rewrite_sync_names
 from pgfailover.upkeep import Upkeep
 
-__all__ = ["Promoter"]
+__all__ = ["Promoter", "PromotionGate"]
 
 logger = logging.getLogger(__name__)
 
 
 _FENCE_RETRY = 10.0
+
+
+class PromotionGate(Protocol):
+    """Whether this process may promote now (the arbiter lease, :mod:`pgfailover.lease`)."""
+
+    identity: str
+
+    @property
+    def holding(self) -> object | None:
+        """Truthy while this process holds the right to promote, by its own clock."""
+        ...
+
+    def may_promote(self) -> str | None:
+        """``None`` when it may promote now (checked at the source), else why not."""
+        ...
+
+    def fencing_revision(self) -> int | None:
+        """The fencing token of the current holding."""
+        ...
 
 
 class Promoter:
@@ -66,7 +86,9 @@ class Promoter:
         incident: Incident,
         upkeep: Upkeep,
         dsn: Callable[[str], str],
+        gate: PromotionGate | None = None,
     ) -> None:
+        self._gate = gate
         self._cluster = cluster
         self._config = config
         self._admin = admin
@@ -111,6 +133,7 @@ class Promoter:
             except psycopg.Error as exc:
                 notes.append(f"could not fence old primary {fence}: {exc}")
         survivors = self._survivor_links(snap, target, notes)
+        fencing = self._check_gate(event, target, notes, failed)
         logger.warning("cluster %s: promoting %s (%s)", self._cluster, target, event.reason)
         started = time.monotonic()
         try:
@@ -123,6 +146,17 @@ class Promoter:
             raise
         self._counters.bump("promotions")
         logger.warning("node %s promoted in %.3fs", target, time.monotonic() - started)
+        if self._gate is not None:
+            after = self._gate.may_promote()
+            notes.append(
+                f"arbiter {self._gate.identity} held the lease (fencing revision {fencing}) "
+                + (
+                    "before and after pg_promote"
+                    if after is None
+                    else f"before pg_promote; after: {after}"
+                )
+            )
+            self._events.update(event.id, fencing_revision=fencing)
         self._sync_for(snap, target, [link.application_name for _, link in survivors], notes)
         if notes:
             self._events.append_notes(event.id, tuple(notes))
@@ -130,6 +164,25 @@ class Promoter:
         if survivors and self._config.repoint_standbys:
             self._repoint(target, survivors, event.id)
         return self._events.get(event.id) or event
+
+    def _check_gate(
+        self,
+        event: FailoverEvent,
+        target: str,
+        notes: list[str],
+        failed: Callable[[FailoverEvent], None],
+    ) -> int | None:
+        """Right before ``pg_promote``: the gate's fencing revision, or PromotionFailed."""
+        if self._gate is None:
+            return None
+        why = self._gate.may_promote()
+        if why is None:
+            return self._gate.fencing_revision()
+        self._counters.bump("promotion_failures")
+        done = self._incident.fail(event.id, (*notes, f"{target} not promoted: {why}"))
+        if done is not None:
+            failed(done)
+        raise PromotionFailed(f"{target} not promoted: {why}")
 
     def _sync_for(
         self, snap: Snapshot, target: str, survivors: list[str], notes: list[str]

@@ -29,6 +29,7 @@ from pgfailover.failover import FailoverActions
 from pgfailover.historyfile import compact
 from pgfailover.model import Decision, Snapshot
 from pgfailover.monitor import Monitor
+from pgfailover.promote import PromotionGate
 from pgfailover.report import failover_status, metrics_dict
 from pgfailover.rounds import Rounds
 from pgfailover.routing import read_only_reason
@@ -63,6 +64,7 @@ class Supervisor:
         abort: Callable[[str], object],
         busy: Callable[[str], int],
         on_round: Callable[[Snapshot], None] = lambda _snap: None,
+        gate: PromotionGate | None = None,
     ) -> None:
         self.name = name
         self._on_round = on_round  # the query side's per-round upkeep (circuit breakers)
@@ -93,6 +95,7 @@ class Supervisor:
             busy=busy,
             wake=self.wake,
             emit=self.callbacks.emit,
+            gate=gate,
         )
         self.rounds = Rounds(nodes, config, self.view, self.counters, self._after_round)
         self.availability: Availability | None = None  # set once by open()
@@ -217,6 +220,9 @@ class Supervisor:
         )
         if self.follower is not None:
             status["source"] = self.follower.status()
+        gate_status = getattr(self.actions.gate, "status", None)
+        if gate_status is not None:
+            status["lease"] = gate_status()
         return status
 
     def availability_report(self) -> dict[str, WindowStats] | None:

@@ -25,12 +25,15 @@ import click
 
 from pgfailover.cli.common import Cluster, UsageProblem, cluster_options, handle_errors
 from pgfailover.config import ServerSettings
+from pgfailover.etcd import Etcd
 from pgfailover.haproxy import AgentServer
+from pgfailover.lease import ArbiterLease
 from pgfailover.listener import AdminServer
 from pgfailover.manager import FailoverManager
 from pgfailover.notify import Webhooks, shown
 from pgfailover.server import serve as serve_api
 from pgfailover.stream import StreamServer
+from pgfailover.topology.urls import source_urls
 
 __all__ = ["demo", "serve"]
 
@@ -95,6 +98,17 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 )
 @click.option("--stream-host", help="Address of the stream port (default: --host).")
 @click.option(
+    "--etcd",
+    help="One of several arbiters: only the holder of a lease in this etcd "
+    "(http://host:2379[,...]) promotes; the others take over when it expires.",
+)
+@click.option(
+    "--etcd-ttl",
+    type=click.IntRange(2, 300),
+    help="Seconds the arbiter lease lasts without renewal (default 5).",
+)
+@click.option("--etcd-prefix", help="Where the lease's key lives in etcd (default /pgfailover).")
+@click.option(
     "--promotion",
     type=click.Choice(["auto", "external", "manual"]),
     help="Promotion mode (default: auto; this process is the arbiter).",
@@ -124,6 +138,9 @@ def serve(
     haproxy_agent_host: str | None,
     stream_port: int | None,
     stream_host: str | None,
+    etcd: str | None,
+    etcd_ttl: int | None,
+    etcd_prefix: str | None,
     promotion: str | None,
     name: str | None,
     webhooks: tuple[str, ...],
@@ -146,6 +163,9 @@ def serve(
         "haproxy_agent_port": haproxy_agent_port,
         "stream_host": stream_host,
         "stream_port": stream_port,
+        "etcd": etcd,
+        "etcd_ttl": etcd_ttl,
+        "etcd_prefix": etcd_prefix,
         "promotion": promotion,
         "name": name,
         "log_format": log_format,
@@ -158,7 +178,10 @@ def serve(
     if cluster.config.source is not None:
         logger.info("serve probes the cluster itself: the config's source is not followed")
     config = cluster.config.replace(promotion=server.promotion, source=None)
-    mgr = FailoverManager(nodes=cluster.nodes, config=config, name=server.name)
+    lease = _lease(server)
+    mgr = FailoverManager(
+        nodes=cluster.nodes, config=config, name=server.name, promotion_gate=lease
+    )
     for url in webhooks:
         _check_webhook(url)
     notifier = Webhooks(webhooks, cluster=mgr.name).attach(mgr) if webhooks else None
@@ -174,6 +197,8 @@ def serve(
         # Bind first: a port that is taken fails before the manager touches the cluster.
         api, agent = _listen(mgr, server, cluster.token, listeners)
         stream = _stream(mgr, server, listeners)
+        if lease is not None:
+            lease.start()
         mgr.open()
         snap = mgr.snapshot
         logger.info(
@@ -191,6 +216,8 @@ def serve(
             ready["haproxy_agent"] = f"{agent.host}:{agent.port}"
         if stream is not None:
             ready["stream_url"] = stream.url
+        if lease is not None:
+            ready["lease"] = {"key": lease.key, "identity": lease.identity}
         click.echo(json.dumps(ready), nl=True)
         sys.stdout.flush()
         stop.wait()
@@ -200,6 +227,8 @@ def serve(
         # A promotion in progress is finished (repointing included) before
         # the process exits; with nothing running this takes milliseconds.
         mgr.close(timeout=10)
+        if lease is not None:  # after the manager: a promotion in progress ends first
+            lease.close()
         if notifier is not None:
             notifier.close(timeout=2)  # the last events, if the receivers answer
         for sig, handler in previous.items():
@@ -215,6 +244,16 @@ def _check_webhook(url: str) -> None:
         valid = False
     if not valid:
         raise UsageProblem(f"--webhook must be an http:// or https:// URL, not {shown(url)!r}")
+
+
+def _lease(server: ServerSettings) -> ArbiterLease | None:
+    """The arbiter lease in etcd (``--etcd``), not started yet; ``None`` without one."""
+    if server.etcd is None:
+        return None
+    # A call waits at most a third of the TTL: a renewal that hangs must fail in time to retry.
+    timeout = max(0.5, min(2.0, server.etcd_ttl / 3))
+    etcd = Etcd(source_urls(server.etcd, setting="etcd", what="etcd endpoints"), timeout=timeout)
+    return ArbiterLease(etcd, server.name, ttl=server.etcd_ttl, prefix=server.etcd_prefix)
 
 
 def _stream(

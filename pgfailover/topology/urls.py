@@ -30,8 +30,10 @@ def mask_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def source_urls(text: str) -> tuple[str, ...]:
-    """The URLs in a ``source`` setting, each checked.
+def source_urls(
+    text: str, *, setting: str = "source", what: str = "arbiter URLs"
+) -> tuple[str, ...]:
+    """The URLs in a ``source`` setting (or another list of URLs: ``etcd``), each checked.
 
     Raises:
         ConfigurationError: an empty setting, or a URL that is not
@@ -39,22 +41,22 @@ def source_urls(text: str) -> tuple[str, ...]:
     """
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     if not urls:
-        raise ConfigurationError("source: give one or more arbiter URLs, comma-separated")
+        raise ConfigurationError(f"{setting}: give one or more {what}, comma-separated")
     for url in urls:
         shown = mask_url(url)[:120]
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise ConfigurationError(f"source {shown!r}: {exc}") from None
+            raise ConfigurationError(f"{setting} {shown!r}: {exc}") from None
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ConfigurationError(
-                f"source {shown!r}: expected http://host:port or https://host:port "
-                "(the arbiter's --stream-port)"
+                f"{setting} {shown!r}: expected http://host:port or https://host:port"
+                + (" (the arbiter's --stream-port)" if setting == "source" else "")
             )
         if port == 0 or any(c.isspace() for c in url) or parts.query or parts.fragment:
             raise ConfigurationError(
-                f"source {shown!r}: expected http(s)://host:port[/path], no blanks, "
+                f"{setting} {shown!r}: expected http(s)://host:port[/path], no blanks, "
                 "query or fragment"
             )
     return urls

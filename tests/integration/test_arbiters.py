@@ -1,0 +1,194 @@
+"""Several arbiters on one cluster (``pgfailover serve --etcd``): one promotes, none twice.
+
+Real parts: a lab cluster, Debian's etcd on loopback, ``pgfailover serve``
+processes. What must hold:
+
+- killing the arbiter that holds the lease (SIGKILL) changes nothing in the
+  database, and another arbiter holds the lease within TTL + 1 s;
+- with the killed arbiter still dead, a primary crash is failed over by the
+  new holder, once: the timeline moves by exactly one per crash, and the
+  event carries the lease's fencing revision;
+- an arbiter cut off from etcd loses the lease and never promotes, while
+  the one that took it over does;
+- every write a manager acknowledged through it all is on the final primary.
+
+Every process is stopped by its PID, every iptables rule removed in a
+``finally`` (tagged, so a crashed run's rules are removed by the session).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgfailover import FailoverManager
+from pgfailover.lab import LocalLab, netfault
+
+from .etcd import SECOND_ADDRESS, etcd_server
+from .helpers import (
+    FAST,
+    Workload,
+    config_file,
+    get_json,
+    prepare,
+    serve_process,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+TTL = 2
+KILLS = 20
+CRASH_EVERY = 7  # a primary crash after the 7th, 14th... arbiter kill: 2 failovers in 20 kills
+
+
+def _lease(arbiter: dict[str, Any]) -> dict[str, Any]:
+    lease: dict[str, Any] = get_json(arbiter["url"] + "/failover/status", timeout=2)["lease"]
+    return lease
+
+
+def _holds(arbiter: dict[str, Any]) -> bool:
+    try:
+        return bool(_lease(arbiter)["held"])
+    except OSError:
+        return False
+
+
+def _timeline(lab: LocalLab, node: str) -> int:
+    """The primary ``node``'s timeline (from its WAL file name: the checkpoint's lags)."""
+    sql = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+    return int(lab.run_sql(node, sql)[0][0], 16)
+
+
+def _writable(lab: LocalLab) -> list[str]:
+    """The nodes out of recovery now (exactly one, unless something promoted twice)."""
+    out = []
+    for node in lab.nodes:
+        with contextlib.suppress(Exception):
+            if not lab.run_sql(node.name, "SELECT pg_is_in_recovery()")[0][0]:
+                out.append(node.name)
+    return out
+
+
+def _start(
+    stack: contextlib.ExitStack, lab: LocalLab, tmp: Path, etcd: str, n: int
+) -> dict[str, Any]:
+    """Arbiter ``n``: its own directory, config and history file, as on its own host."""
+    home = tmp / f"arbiter{n}"
+    home.mkdir()
+    config = config_file(lab, home)
+    options = ("--etcd", etcd, "--etcd-ttl", str(TTL), "--stream-port", "0")
+    ready: dict[str, Any] = stack.enter_context(
+        serve_process(config, home / "serve.log", *options)
+    )
+    return ready
+
+
+def test_arbiter_kills_hand_the_lease_over_and_only_the_holder_fails_over(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    prepare(fresh_lab)
+    with etcd_server(tmp_path) as port, contextlib.ExitStack() as stack:
+        etcd = f"http://127.0.0.1:{port}"
+        arbiters = [_start(stack, fresh_lab, tmp_path, etcd, n) for n in (0, 1)]
+        started = len(arbiters)
+        wait_until(lambda: sum(_holds(a) for a in arbiters) == 1, timeout=TTL + 5, what="a holder")
+        mgr = stack.enter_context(
+            FailoverManager(nodes=fresh_lab.manager_nodes(), config=FAST).open()
+        )
+        with Workload(mgr, threads=2) as load:
+            crashes = 0
+            handovers = []
+            for kill in range(1, KILLS + 1):
+                holder = next(a for a in arbiters if _holds(a))
+                other = next(a for a in arbiters if a is not holder)
+                primary = fresh_lab.primary()
+                assert primary is not None
+                timeline = _timeline(fresh_lab, primary)
+                os.kill(holder["pid"], signal.SIGKILL)
+                killed = time.monotonic()
+                wait_until(functools.partial(_holds, other), timeout=TTL + 3, what="handover")
+                handovers.append(time.monotonic() - killed)
+                assert handovers[-1] <= TTL + 1, handovers
+                # Nothing happened to the database.
+                assert _writable(fresh_lab) == [primary]
+                assert _timeline(fresh_lab, primary) == timeline
+                if kill % CRASH_EVERY == 0:
+                    crashes += 1
+                    _crash_and_rejoin(fresh_lab, other, primary, timeline)
+                arbiters = [other, _start(stack, fresh_lab, tmp_path, etcd, started)]
+                started += 1
+        final = fresh_lab.primary()
+        assert final is not None
+        acked = {i for i, _, _ in load.acked}
+        present = {r[0] for r in fresh_lab.run_sql(final, "SELECT id FROM w")}
+        assert not acked - present, f"{len(acked - present)} acknowledged writes missing"
+        assert crashes == KILLS // CRASH_EVERY
+        assert _timeline(fresh_lab, final) == 1 + crashes  # one promotion per crash, no more
+        assert max(handovers) <= TTL + 1
+        ordered = sorted(handovers)
+        print(  # the figures the README quotes: pytest -s shows them
+            f"handovers over {len(ordered)} kills (TTL {TTL}s): min {ordered[0]:.2f}s, "
+            f"median {ordered[len(ordered) // 2]:.2f}s, max {ordered[-1]:.2f}s"
+        )
+
+
+def _crash_and_rejoin(lab: LocalLab, holder: dict[str, Any], primary: str, timeline: int) -> None:
+    """Kill the primary while the previous holder is dead: the new holder promotes, once."""
+    revision = _lease(holder)["revision"]
+    lab.kill(primary)
+    new = wait_until(
+        lambda: next((n for n in _writable(lab) if n != primary), None),
+        timeout=20,
+        what="a promotion by the new holder",
+    )
+    time.sleep(0.5)  # a second promotion, if one were coming, would be under way by now
+    assert _writable(lab) == [new]
+    assert _timeline(lab, new) == timeline + 1
+    events = get_json(holder["url"] + "/failover/history")["events"]
+    done = [e for e in events if e["outcome"] == "completed" and e["to"] == new]
+    assert done, events
+    assert done[-1]["fencing_revision"] == revision
+    assert any("held the lease" in note for note in done[-1]["notes"]), done[-1]["notes"]
+    lab.rejoin(primary, new)
+
+
+def test_an_arbiter_cut_off_from_etcd_loses_the_lease_and_never_promotes(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    prepare(fresh_lab)
+    with etcd_server(tmp_path) as port, contextlib.ExitStack() as stack:
+        cut = _start(stack, fresh_lab, tmp_path, f"http://{SECOND_ADDRESS}:{port}", 0)
+        wait_until(lambda: _holds(cut), timeout=TTL + 5, what="the first arbiter to hold")
+        other = _start(stack, fresh_lab, tmp_path, f"http://127.0.0.1:{port}", 1)
+        faults = netfault.NetFaults(netfault.lab_id(tmp_path), client_host=SECOND_ADDRESS)
+        try:
+            faults.apply("etcd", port, "partition")  # only the first arbiter's path to etcd
+            cut_at = time.monotonic()
+            wait_until(lambda: _holds(other), timeout=TTL + 5, what="the other to take over")
+            assert time.monotonic() - cut_at <= TTL + 1.5
+            assert not _holds(cut)  # its own clock ran out first
+            wait_until(lambda: _lease(cut)["error"], timeout=5, what="the cut arbiter's error")
+            timeline = _timeline(fresh_lab, "node0")
+            fresh_lab.kill("node0")
+            new = wait_until(
+                lambda: next((n for n in _writable(fresh_lab) if n != "node0"), None),
+                timeout=20,
+                what="a promotion",
+            )
+            time.sleep(1.0)  # the cut-off arbiter probes too: it has had its rounds
+            assert _writable(fresh_lab) == [new]
+            assert _timeline(fresh_lab, new) == timeline + 1
+            mine = get_json(cut["url"] + "/failover/history")["events"]
+            assert not [e for e in mine if e["promoted_by"] == "pgfailover"], mine
+            theirs = get_json(other["url"] + "/failover/history")["events"]
+            assert [e["to"] for e in theirs if e["outcome"] == "completed"] == [new]
+        finally:
+            faults.heal()
