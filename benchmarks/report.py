@@ -298,6 +298,40 @@ def reads_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def scale_table(records: list[dict[str, Any]]) -> list[str]:
+    """Many managers on one cluster: probe load, and how fast they all move (scale.py)."""
+    summaries = [r for r in records if r.get("summary") and "contender" in r]
+    if not summaries:
+        return []
+    pace = next((r.get("pace_s") for r in records if "pace_s" in r), None)
+    lines = [
+        f"Writes every {pace:g} s per manager." if pace is not None else "",
+        "",
+        "| managers | contender | probe sessions | probes/s steady | probes/s failover "
+        "(live nodes) | switch to manager switch p50 / p99 | switch to first write "
+        "p50 / p99 / max | lost | memory / threads per manager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summaries:
+
+        def q(prefix: str, *names: str, r: dict[str, Any] = r) -> str:
+            values = [r.get(f"{prefix}_{n}_s") for n in names]
+            if any(v is None for v in values):
+                return "n/a"
+            return " / ".join(f"{v:.3f}" for v in values) + " s"
+
+        lines.append(
+            f"| {r['size']} | {r['contender']} | {r['steady_probe_sessions']:g} "
+            f"| {r['steady_probes_per_s']:g} (+{r['steady_arbiter_probes_per_s']:g} arbiter) "
+            f"| {r['failover_probes_per_s']:g} ({r['failover_live_probes_per_s']:g}) "
+            f"| {q('switch_to_manager_switch', 'p50', 'p99')} "
+            f"| {q('switch_to_first_write', 'p50', 'p99', 'max')} "
+            f"| {r['lost']:g} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "
+            f"{r['threads_per_manager']:g} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the tables for the results directory given."""
     args = sys.argv[1:] if argv is None else argv
@@ -313,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Routing overhead under asyncio", "async_overhead.jsonl", async_overhead_table),
         ("Read strategies", "reads.jsonl", reads_table),
         ("Probe cycles", "probes.jsonl", probes_table),
+        ("Many managers on one cluster", "scale.jsonl", scale_table),
     ):
         records = _records(directory / name)
         machine = next((r["machine"] for r in records if "machine" in r), None)

@@ -500,12 +500,19 @@ def main() -> None:
                 record = run_one(size, contender, run, args)
                 emit(record)
                 runs.append(record)
+    for record in summaries(runs, contenders):
+        emit(record)
+
+
+def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[str, Any]]:
+    """Medians over the runs of each size and contender."""
+    out = []
     for size in sorted({r["size"] for r in runs}):
         for contender in contenders:
             mine = [r for r in runs if r["size"] == size and r["contender"] == contender]
             if not mine:
                 continue
-            emit(
+            out.append(
                 {
                     "summary": True,
                     "size": size,
@@ -529,6 +536,15 @@ def main() -> None:
                         )
                     },
                     **{
+                        f"switch_to_manager_switch_{q}_s": statistics.median(
+                            r["switch_to_manager_switch_s"][q]
+                            for r in mine
+                            if r["switch_to_manager_switch_s"]
+                        )
+                        for q in ("p50", "p99", "max")
+                        if any(r["switch_to_manager_switch_s"] for r in mine)
+                    },
+                    **{
                         f"switch_to_first_write_{q}_s": statistics.median(
                             r["switch_to_first_write_s"][q]
                             for r in mine
@@ -539,6 +555,8 @@ def main() -> None:
                     },
                 }
             )
+
+    return out
 
 
 if __name__ == "__main__":

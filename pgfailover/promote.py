@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 
@@ -62,6 +62,10 @@ class PromotionGate(Protocol):
 
     def fencing_revision(self) -> int | None:
         """The fencing token of the current holding."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What status shows under ``lease``."""
         ...
 
 

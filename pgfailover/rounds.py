@@ -199,6 +199,8 @@ class Rounds:
         cfg = self._config
         patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
         self._act(self.advance(patience))
+        if self.following:  # check_health() while following: keep no probe backend open
+            self._probes.release([n.name for n in self._nodes])
         return self.fast(self._view.snapshot)
 
     def fast(self, snap: Snapshot) -> bool:

@@ -220,9 +220,8 @@ class Supervisor:
         )
         if self.follower is not None:
             status["source"] = self.follower.status()
-        gate_status = getattr(self.actions.gate, "status", None)
-        if gate_status is not None:
-            status["lease"] = gate_status()
+        if self.actions.gate is not None:
+            status["lease"] = self.actions.gate.status()
         return status
 
     def availability_report(self) -> dict[str, WindowStats] | None:

@@ -99,8 +99,8 @@ class Follower:
     def wait_first(self, timeout: float) -> bool:
         """Wait for the source's first snapshot; False if none came in time (then probe)."""
         got = self._first.wait(timeout)
-        if not got and self._mode == "connecting":  # else the reason is known already
-            self._fall_back(f"no snapshot from the source within {timeout:g}s")
+        if not got:  # unless the thread said why already (or followed meanwhile)
+            self._fall_back(f"no snapshot from the source within {timeout:g}s", first=True)
         return got
 
     def status(self) -> dict[str, Any]:
@@ -173,8 +173,10 @@ class Follower:
         if not was_following:
             logger.info("cluster %s: following %s", self._name, mask_url(url))
 
-    def _fall_back(self, reason: str) -> None:
+    def _fall_back(self, reason: str, *, first: bool = False) -> None:
         with self._lock:
+            if first and self._mode != "connecting":
+                return
             fell = self._mode != "probing"
             self._reason = reason
             if fell:

@@ -123,6 +123,20 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     assert all(r["kill_to_switch_s"] is not None for r in runs), runs
     assert all(r["threads_during"] == r["threads_before"] for r in runs), runs
 
+    scale = _run(
+        "scale.py",
+        *("--sizes", "2", "--runs", "1", "--steady", "1", "--observe", "4"),
+        *("--contenders", "arbiter,probing"),
+        out=tmp_path / "scale.jsonl",
+    )
+    by_contender = {r["contender"]: r for r in scale if "run" in r}
+    assert by_contender["arbiter"]["steady_probes_per_s"] == 0  # followers probe nothing
+    assert by_contender["arbiter"]["steady_probe_sessions"] == 3  # the arbiter's, one per node
+    assert by_contender["probing"]["steady_probe_sessions"] == 3 + 2 * 3
+    for run in by_contender.values():
+        assert run["never_wrote_on_new"] == 0, run
+        assert run["old_primary_acks_after_new"] == 0, run
+
     report = _report(tmp_path)
     for title in (
         "Failover downtime",
@@ -132,6 +146,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         "Routing overhead under asyncio",
         "Read strategies",
         "Probe cycles",
+        "Many managers on one cluster",
     ):
         assert f"### {title}" in report
     assert "| kill | sync | auto | 1 |" in report
@@ -153,6 +168,20 @@ def test_faults_benchmark_loses_no_write_and_reports(tmp_path: Path) -> None:
         ("crash", "pgfailover"),
         ("crash", "baseline"),
     }
+
+    scale = _run(
+        "scale.py",
+        *("--sizes", "2", "--runs", "1", "--steady", "1", "--observe", "4"),
+        *("--contenders", "arbiter,probing"),
+        out=tmp_path / "scale.jsonl",
+    )
+    by_contender = {r["contender"]: r for r in scale if "run" in r}
+    assert by_contender["arbiter"]["steady_probes_per_s"] == 0  # followers probe nothing
+    assert by_contender["arbiter"]["steady_probe_sessions"] == 3  # the arbiter's, one per node
+    assert by_contender["probing"]["steady_probe_sessions"] == 3 + 2 * 3
+    for run in by_contender.values():
+        assert run["never_wrote_on_new"] == 0, run
+        assert run["old_primary_acks_after_new"] == 0, run
 
     report = _report(tmp_path)
     assert "### Fault to first write" in report
