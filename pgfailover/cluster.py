@@ -123,13 +123,21 @@ class ClusterView:
         )
 
     def publish(
-        self, snap: Snapshot, probed_since: float, probed: Collection[str] | None = None
+        self,
+        snap: Snapshot,
+        probed_since: float,
+        probed: Collection[str] | None = None,
+        *,
+        held: bool | None = None,
     ) -> None:
         """Publish a round's snapshot; clear the suspects it probed up (probes begun after
         them). ``probed``: the nodes the round has a result for (default: all); a node
-        whose probe was still out keeps its suspicion."""
+        whose probe was still out keeps its suspicion. ``held``: hold or release writes
+        in the same change (a source's snapshot), so no writer sees one without the other."""
         with self._cond:
             self._snapshot = snap
+            if held is not None:
+                self._held = held
             if self._suspects:
                 kept = {
                     name: entry

@@ -10,18 +10,20 @@ The maintained Python clients were weighed and left: ``etcd3`` has had no
 release since 2020, and ``etcd3gw`` brings requests, futurist and pbr for
 these five calls.
 
-Every call goes to the first endpoint that answers (each tried in turn
-within ``timeout``); an error etcd returns, or no endpoint answering, is an
-:class:`EtcdError` with one line saying which.
+Every call goes to the endpoint that answered last, then the others in
+turn, within ``timeout`` in all; an error etcd returns, or no endpoint
+answering, is an :class:`EtcdError` with one line saying which.
 
 Thread safety: an :class:`Etcd` may be used from several threads (urllib3's
-pool is thread-safe; the client keeps no other state).
+pool is thread-safe; the endpoint order is a tuple replaced whole, so a
+call reads a consistent one).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +60,10 @@ def _text(data: str | None) -> str:
 
 
 class Etcd:
-    """Calls to etcd at ``endpoints`` (``http://host:2379``, ...)."""
+    """Calls to etcd at ``endpoints`` (``http://host:2379``, ...).
+
+    Thread safety: every method may be called from any thread.
+    """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
         if not endpoints:
@@ -73,21 +78,30 @@ class Etcd:
         return ",".join(mask_url(e) for e in self.endpoints)
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers; its JSON.
+        """POST ``body`` to ``/v3/<path>``; its JSON.
+
+        The endpoint that answered last is tried first; one that cannot be
+        reached, or answers 5xx (a member without a leader), passes the call
+        to the next, all within ``timeout`` in total.
 
         Raises:
-            EtcdError: etcd answered with an error, or none answered.
+            EtcdError: etcd refused the call (4xx), or no endpoint answered in time.
         """
         payload = json.dumps(body).encode()
         failures = []
-        for endpoint in self.endpoints:
+        deadline = time.monotonic() + self.timeout
+        for endpoint in list(self.endpoints):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                failures.append("out of time")
+                break
             try:
                 response = self._http.request(
                     "POST",
                     f"{endpoint}/v3/{path}",
                     body=payload,
                     headers={"Content-Type": "application/json"},
-                    timeout=urllib3.Timeout(total=self.timeout),
+                    timeout=urllib3.Timeout(total=left),
                 )
             except urllib3.exceptions.HTTPError as exc:
                 failures.append(f"{mask_url(endpoint)}: {type(exc).__name__}")
@@ -96,13 +110,22 @@ class Etcd:
                 data = json.loads(response.data or b"{}")
             except ValueError:
                 data = {}
-            if response.status != 200 or "error" in data:
-                message = str(data.get("message") or data.get("error") or response.status)
-                raise EtcdError(f"etcd {path}: {message[:200]}")
             if not isinstance(data, dict):
-                raise EtcdError(f"etcd {path}: not a JSON object")
+                data = {"error": "not a JSON object"}
+            message = str(data.get("message") or data.get("error") or response.status)[:200]
+            if response.status >= 500:
+                failures.append(f"{mask_url(endpoint)}: {message}")
+                continue
+            if response.status != 200 or "error" in data:
+                raise EtcdError(f"etcd {path}: {message}")
+            self._prefer(endpoint)
             return data
         raise EtcdError(f"etcd {path}: no endpoint answered ({'; '.join(failures)})")
+
+    def _prefer(self, endpoint: str) -> None:
+        """Try ``endpoint`` first from now on (it answered)."""
+        if self.endpoints[0] != endpoint:
+            self.endpoints = (endpoint, *(e for e in self.endpoints if e != endpoint))
 
     def grant(self, ttl: int) -> int:
         """A new lease of ``ttl`` seconds; its ID."""

@@ -34,6 +34,7 @@ from pgfailover.historyfile import LEDGER_KINDS, append_line
 
 __all__ = [
     "LEDGER_KINDS",
+    "CallbackQueue",
     "Callbacks",
     "EventKind",
     "EventLog",
@@ -281,3 +282,42 @@ class Callbacks:
     def emit(self, kind: str, *args: object) -> None:
         """Run every callback of ``kind`` (see :func:`run_callbacks`)."""
         run_callbacks(self._by_kind[kind], *args)
+
+
+class CallbackQueue:
+    """Callbacks decided under locks, run later with none held (``flush``).
+
+    Also remembers whether the cluster was last reported writable, so that
+    ``writable_change`` is queued only when that changes.
+
+    Locks: ``_lock`` guards the queue and the last report; a leaf.
+
+    Thread safety: every method may be called from any thread.
+    """
+
+    def __init__(self, run: Callable[..., None]) -> None:
+        self._run = run  # run(kind, *args): the application's callbacks of one kind
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple[object, ...]]] = []  # guarded by self._lock
+        self._writable = True  # guarded by self._lock: last reported (on_writable_change)
+
+    def add(self, kind: str, *args: object) -> None:
+        """Queue ``kind``'s callbacks with ``args``."""
+        with self._lock:
+            self._pending.append((kind, args))
+
+    def writable(self, reason: str | None) -> bool:
+        """Queue ``writable_change`` if writability changed (``reason``: why read-only,
+        ``None``: writable); True when it did."""
+        with self._lock:
+            changed, self._writable = self._writable != (reason is None), reason is None
+            if changed:
+                self._pending.append(("writable_change", (reason is None, reason)))
+        return changed
+
+    def flush(self) -> None:
+        """Run the queued callbacks; call only with no lock held."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for kind, args in pending:
+            self._run(kind, *args)

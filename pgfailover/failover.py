@@ -39,7 +39,7 @@ from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
 from pgfailover.errors import ManagerClosed, PgFailoverError, PromotionRefused
-from pgfailover.events import EventKind, EventLog, FailoverEvent
+from pgfailover.events import CallbackQueue, EventKind, EventLog, FailoverEvent
 from pgfailover.guards import Candidate, Refusal, choose_candidate
 from pgfailover.incident import Incident
 from pgfailover.maintenance import Maintenance
@@ -88,8 +88,8 @@ class FailoverActions:
     and repointing) → the round lock inside ``reprobe`` → the incident's
     lock → the event log's lock. Upkeep runs only while no promotion does,
     under its own ``_run_lock`` (never held with the promotion lock).
-    ``_callbacks_lock`` (the callback queue) and the promoter's fence lock
-    are leaves. No callback runs while any of them is held.
+    The callback queue's lock (:class:`~pgfailover.events.CallbackQueue`)
+    and the promoter's fence lock are leaves. No callback runs while any of them is held.
 
     Thread safety: :meth:`after_round` runs on the monitor thread or on a
     thread calling ``check_health``; :meth:`manual_failover` on any thread.
@@ -121,7 +121,6 @@ class FailoverActions:
         self._reprobe = reprobe
         self._abort = abort
         self._wake = wake
-        self._run_callbacks = emit
         self._admin = admin or Admin()
         self.incident = Incident(events, counters, lambda: view.snapshot)
         self.maintenance = Maintenance(events, view.name, wake)
@@ -151,9 +150,7 @@ class FailoverActions:
         )
         self._promote_lock = threading.Lock()
         self._promotion_paused_until = 0.0  # guarded by self._promote_lock
-        self._callbacks_lock = threading.Lock()
-        self._pending: list[tuple[str, tuple[object, ...]]] = []  # guarded by _callbacks_lock
-        self._writable = True  # guarded by _callbacks_lock: last reported (on_writable_change)
+        self._callbacks = CallbackQueue(emit)
 
     @property
     def _name(self) -> str:
@@ -182,11 +179,7 @@ class FailoverActions:
             # Not while a promotion runs: it sets the sync names and repoints itself.
             self.upkeep.run(self._view.snapshot, time.time(), lambda: self._view.closed)
         reason = self._view.read_only_reason()
-        with self._callbacks_lock:
-            changed, self._writable = self._writable != (reason is None), reason is None
-            if changed:
-                self._pending.append(("writable_change", (reason is None, reason)))
-        if changed:
+        if self._callbacks.writable(reason):
             logger.warning(
                 "cluster %s: %s",
                 self._name,
@@ -245,15 +238,11 @@ class FailoverActions:
     # -- callbacks -----------------------------------------------------------
 
     def _emit(self, kind: str, *args: object) -> None:
-        with self._callbacks_lock:
-            self._pending.append((kind, args))
+        self._callbacks.add(kind, *args)
 
     def flush_callbacks(self) -> None:
         """Run the queued callbacks; call only with no lock held."""
-        with self._callbacks_lock:
-            pending, self._pending = self._pending, []
-        for kind, args in pending:
-            self._run_callbacks(kind, *args)
+        self._callbacks.flush()
 
     # -- the incident --------------------------------------------------------
 

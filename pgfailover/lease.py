@@ -84,6 +84,7 @@ class ArbiterLease:
         self._holder: str | None = None  # guarded by self._lock: who holds it, as last read
         self._holder_revision: int | None = None  # guarded by self._lock
         self._error: str | None = None  # guarded by self._lock: the last etcd failure
+        self._verified: int | None = None  # guarded by self._lock: may_promote's last yes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pgfailover-lease-{cluster}")
         self._thread.daemon = True
@@ -123,12 +124,17 @@ class ArbiterLease:
             return f"cannot confirm the lease: {exc}"
         if kv is None or kv.create_revision != held.revision or kv.lease != held.lease:
             return "the lease was lost: the arbiter key is no longer this arbiter's"
+        left = held.valid_until - time.monotonic()  # the read took time too
+        if left < self.margin:
+            return f"the lease has {left:.1f}s left, under the {self.margin:.1f}s margin"
+        with self._lock:
+            self._verified = held.revision
         return None
 
     def fencing_revision(self) -> int | None:
-        """The revision of the holding (the fencing token), or ``None``."""
-        held = self.holding
-        return held.revision if held is not None else None
+        """The revision (the fencing token) :meth:`may_promote` last confirmed, or ``None``."""
+        with self._lock:
+            return self._verified
 
     def status(self) -> dict[str, Any]:
         """What status shows under ``lease``."""
@@ -153,14 +159,18 @@ class ArbiterLease:
         """Start taking and keeping the lease."""
         self._thread.start()
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop; revoke the lease if held, so that another arbiter takes over at once."""
+    def close(self, timeout: float = 2.0, *, revoke: bool = True) -> None:
+        """Stop; revoke the lease if held, so that another arbiter takes over at once.
+
+        ``revoke=False`` (a promotion of this arbiter's may still be running)
+        lets the lease expire instead: no other arbiter acts before the TTL.
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         with self._lock:
             held, self._holding = self._holding, None
-        if held is not None:
+        if held is not None and revoke:
             try:
                 self.etcd.revoke(held.lease)
                 logger.info("arbiter lease %s released (revision %d)", self.key, held.revision)

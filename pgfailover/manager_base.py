@@ -184,6 +184,11 @@ class ManagerBase(FromSources, Generic[P, X]):
         True while a primary takes writes or a promotion is expected (writes wait)."""
         return self._view.read_only_reason() is None
 
+    @property
+    def promoting(self) -> bool:
+        """True while a promotion or switchover runs (on any thread)."""
+        return self._sup.actions.promoting
+
     def writes_held(self) -> bool:
         """True while writes wait for a switchover to move the primary."""
         return self._view.held

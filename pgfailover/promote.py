@@ -38,12 +38,16 @@ from pgfailover.model import Role, Snapshot
 from pgfailover.syncrep import rewrite_sync_names
 from pgfailover.upkeep import Upkeep
 
-__all__ = ["Promoter", "PromotionGate"]
+__all__ = ["Promoter", "PromotionCalledOff", "PromotionGate"]
 
 logger = logging.getLogger(__name__)
 
 
 _FENCE_RETRY = 10.0
+
+
+class PromotionCalledOff(PromotionFailed):
+    """The promotion gate refused at the last moment: ``pg_promote`` was not sent."""
 
 
 class PromotionGate(Protocol):
@@ -61,7 +65,7 @@ class PromotionGate(Protocol):
         ...
 
     def fencing_revision(self) -> int | None:
-        """The fencing token of the current holding."""
+        """The fencing token :meth:`may_promote` last confirmed."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -137,14 +141,21 @@ class Promoter:
             except psycopg.Error as exc:
                 notes.append(f"could not fence old primary {fence}: {exc}")
         survivors = self._survivor_links(snap, target, notes)
-        fencing = self._check_gate(event, target, notes, failed)
+        fencing: list[int | None] = [None]
+
+        def last_check() -> None:  # connected, right before pg_promote
+            fencing[0] = self._check_gate()
+
         logger.warning("cluster %s: promoting %s (%s)", self._cluster, target, event.reason)
         started = time.monotonic()
         try:
-            self._admin.promote(self._dsn(target))
+            self._admin.promote(
+                self._dsn(target), before=None if self._gate is None else last_check
+            )
         except (PgFailoverError, psycopg.Error) as exc:
             self._counters.bump("promotion_failures")
-            done = self._incident.fail(event.id, (*notes, f"pg_promote failed: {exc}"))
+            why = str(exc) if isinstance(exc, PromotionCalledOff) else f"pg_promote failed: {exc}"
+            done = self._incident.fail(event.id, (*notes, why))
             if done is not None:
                 failed(done)
             raise
@@ -153,14 +164,14 @@ class Promoter:
         if self._gate is not None:
             after = self._gate.may_promote()
             notes.append(
-                f"arbiter {self._gate.identity} held the lease (fencing revision {fencing}) "
+                f"arbiter {self._gate.identity} held the lease (fencing revision {fencing[0]}) "
                 + (
                     "before and after pg_promote"
                     if after is None
                     else f"before pg_promote; after: {after}"
                 )
             )
-            self._events.update(event.id, fencing_revision=fencing)
+            self._events.update(event.id, fencing_revision=fencing[0])
         self._sync_for(snap, target, [link.application_name for _, link in survivors], notes)
         if notes:
             self._events.append_notes(event.id, tuple(notes))
@@ -169,24 +180,14 @@ class Promoter:
             self._repoint(target, survivors, event.id)
         return self._events.get(event.id) or event
 
-    def _check_gate(
-        self,
-        event: FailoverEvent,
-        target: str,
-        notes: list[str],
-        failed: Callable[[FailoverEvent], None],
-    ) -> int | None:
-        """Right before ``pg_promote``: the gate's fencing revision, or PromotionFailed."""
-        if self._gate is None:
-            return None
+    def _check_gate(self) -> int | None:
+        """Connected to the target, right before ``pg_promote``: the gate's fencing
+        revision, or :class:`PromotionCalledOff`."""
+        assert self._gate is not None  # noqa: S101 - only called with a gate
         why = self._gate.may_promote()
-        if why is None:
-            return self._gate.fencing_revision()
-        self._counters.bump("promotion_failures")
-        done = self._incident.fail(event.id, (*notes, f"{target} not promoted: {why}"))
-        if done is not None:
-            failed(done)
-        raise PromotionFailed(f"{target} not promoted: {why}")
+        if why is not None:
+            raise PromotionCalledOff(f"not promoted: {why}")
+        return self._gate.fencing_revision()
 
     def _sync_for(
         self, snap: Snapshot, target: str, survivors: list[str], notes: list[str]

@@ -19,7 +19,8 @@ from pgfailover.config import FailoverConfig, Node
 from pgfailover.counters import Counters
 from pgfailover.model import ClusterState, Decision, Snapshot
 from pgfailover.monitor import ProbeRound
-from pgfailover.topology.replay import decisions_between, same_members
+from pgfailover.probe import ProbeResult
+from pgfailover.topology.replay import SourceMismatch, decisions_between, refusal
 from pgfailover.transition import transition
 
 __all__ = ["CONFIRM_EVERY", "Rounds"]
@@ -64,7 +65,10 @@ class Rounds:
         self._carried: frozenset[str] = frozenset()  # under self._lock: lost, not yet probed
         # Set by a follower (pgfailover.topology.follower): a source publishes the
         # snapshots, and the monitor's rounds only confirm what queries suspect.
+        # Written under _lock (adopt, stop_following), read without it: a stale read
+        # costs one round of the other kind.
         self.following = False
+        self._source_held = False  # under self._lock: writes held on the source's say
         self._confirm_lock = threading.Lock()  # a leaf: guards _confirmed_at only
         self._confirmed_at: dict[str, float] = {}  # under _confirm_lock: last confirmation
 
@@ -125,25 +129,31 @@ class Rounds:
         From then on the monitor's rounds only confirm (:attr:`following`).
 
         Raises:
-            ValueError: ``snap`` names other nodes than this manager's.
+            SourceMismatch: ``snap`` names other nodes than this manager's, or
+                is older than what it knows (:func:`~pgfailover.topology.replay.refusal`).
         """
         with self._lock:
             prev = self._view.snapshot
-            problem = same_members(prev, snap)
+            problem = refusal(prev, snap)
             if problem is not None:
-                raise ValueError(problem)
+                raise SourceMismatch(problem)
             if not self.following and self._probes is not None:
                 # Back from probing everything: keep no probe backend open.
                 self._probes.release([n.name for n in self._nodes])
             self.following = True
+            self._source_held = held
             decisions = decisions_between(prev, snap)
-            self._view.publish(snap, time.time(), ())
-            if held != self._view.held:
-                if held:
-                    self._view.hold_writes()
-                else:
-                    self._view.release_writes()
+            self._view.publish(snap, time.time(), (), held=held)
             return decisions
+
+    def stop_following(self) -> None:
+        """The source is unusable: rounds probe every node again, and writes the source
+        held are released (only a switchover of this manager's own holds them then)."""
+        with self._lock:
+            self.following = False
+            if self._source_held:
+                self._source_held = False
+                self._view.release_writes()
 
     def confirm(self) -> bool:
         """Following: probe the nodes queries suspect, no other; clear those found fine.
@@ -156,19 +166,18 @@ class Rounds:
         reports it up again, one probe clears it). Each suspect is probed at
         most every ``CONFIRM_EVERY`` seconds, on a connection closed right
         after, so a follower keeps no probe backend open. Returns True while
-        suspects remain (the monitor comes back soon).
+        a suspect the source reports up remains (the monitor comes back soon).
         """
         probes = self._probes
         suspects = self._view.suspects
         if probes is None or not suspects:
             return False
         snap, now = self._view.snapshot, time.monotonic()
+        pending = {n for n in suspects if snap.node(n).up}  # the source has not seen it fail
+        if not pending:
+            return False  # routing avoids them through the snapshot: nothing to hurry
         with self._confirm_lock:
-            due = {
-                n
-                for n in suspects
-                if snap.node(n).up and now - self._confirmed_at.get(n, 0.0) >= CONFIRM_EVERY
-            }
+            due = {n for n in pending if now - self._confirmed_at.get(n, 0.0) >= CONFIRM_EVERY}
             self._confirmed_at.update(dict.fromkeys(due, now))
         if due:
             # Not under the round lock: a probe hanging on a black-holed node must
@@ -176,13 +185,13 @@ class Rounds:
             started = time.time()
             results = probes.run(only=due)
             probes.release(due)
-            primary = self._view.snapshot.primary
+            snap = self._view.snapshot
             for result in results.values():
                 self._counters.probe(result.node, result.ok, result.response_time)
-            fine = [r.node for r in results.values() if r.ok and (r.node != primary or r.writable)]
+            fine = [r.node for r in results.values() if r.ok and _fine(r, snap)]
             if fine:
                 self._view.confirmed(fine, started)
-        return bool(self._view.suspects)
+        return bool(pending & self._view.suspects)
 
     def monitor_round(self, *, full: bool = False) -> bool:
         """One round, acted on. Returns True while the monitor should probe fast.
@@ -217,3 +226,11 @@ class Rounds:
         return (
             snap.in_doubt or converging or (snap.primary is not None and snap.primary in pending)
         )
+
+
+def _fine(result: ProbeResult, snap: Snapshot) -> bool:
+    """A confirmation clears a suspect: a standby that answers, or the source's primary
+    taking writes on the newest timeline (not a fenced or stale old primary)."""
+    if result.node != snap.primary:
+        return True
+    return result.writable and (result.timeline or 0) >= snap.max_timeline

@@ -89,7 +89,12 @@ class StreamHub:
 
     ``fresh_for``: how long after the manager's last snapshot the hub still
     sends heartbeats; beyond it the arbiter's probing has stalled and
-    followers must hear silence.
+    followers must hear silence. ``busy``: the arbiter is promoting (its
+    monitor publishes nothing between the re-probe and the switch, which
+    may take longer than ``fresh_for``): heartbeats go on meanwhile.
+
+    Thread safety: only :meth:`changed` may be called from another thread
+    than the loop's.
     """
 
     def __init__(
@@ -100,11 +105,13 @@ class StreamHub:
         *,
         fresh_for: float,
         heartbeat: float = HEARTBEAT,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cluster = cluster
         self.heartbeat = heartbeat
         self._snapshot = snapshot
         self._held = held
+        self._busy = busy
         self._fresh_for = fresh_for
         self._loop: asyncio.AbstractEventLoop | None = None
         self._followers: set[_Follower] = set()
@@ -159,13 +166,15 @@ class StreamHub:
         return _event("hello", json.dumps(data).encode())
 
     def fresh(self) -> bool:
-        """The arbiter's probe rounds still publish (heartbeats are sent only then)."""
-        return time.monotonic() - self._published <= self._fresh_for
+        """The arbiter's probe rounds still publish, or it is promoting (heartbeats are
+        sent only then)."""
+        return time.monotonic() - self._published <= self._fresh_for or self._busy()
 
     def join(self) -> _Follower:
-        """A new follower, whose first update is the current snapshot."""
+        """A new follower, whose first update is the current snapshot if it is fresh
+        (a stalled arbiter's last snapshot may name a primary that is no more)."""
         follower = _Follower()
-        if self._frame:
+        if self._frame and self.fresh():
             follower.pending = self._frame
             follower.ready.set()
         self._followers.add(follower)
@@ -188,7 +197,10 @@ def _event(kind: str, data: bytes, seq: int | None = None) -> bytes:
 
 
 class StreamApp:
-    """The ASGI application: ``GET /failover/stream``; anything else is a JSON 404/405."""
+    """The ASGI application: ``GET /failover/stream``; anything else is a JSON 404/405.
+
+    Thread safety: runs on the server's event loop only.
+    """
 
     def __init__(self, hub: StreamHub) -> None:
         self.hub = hub
@@ -275,7 +287,9 @@ class StreamServer:
     """The stream on ``host:port`` (0: a free port), served by uvicorn on its own thread.
 
     Raises (from the constructor):
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound, or the server did not start.
+
+    Thread safety: :meth:`close` may be called from any thread (once is enough).
     """
 
     def __init__(self, mgr: ManagerBase[Any, Any], host: str = "127.0.0.1", port: int = 0) -> None:
@@ -287,8 +301,10 @@ class StreamServer:
             lambda: mgr.snapshot,
             mgr.writes_held,
             fresh_for=2 * cfg.health_check_interval + cfg.health_check_timeout,
+            busy=lambda: mgr.promoting,
         )
         self._mgr = mgr
+        self._listener = mgr.listen(self.hub.changed)  # before the loop's first look
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=1024)
         self.host = host
@@ -312,9 +328,11 @@ class StreamServer:
         deadline = time.monotonic() + 10
         while not self._server.started and self._thread.is_alive():
             if time.monotonic() > deadline:
-                raise OSError(f"the stream server on {host}:{self.port} did not start")
+                break
             time.sleep(0.005)
-        mgr.listen(self.hub.changed)
+        if not self._server.started:
+            self.close()
+            raise OSError(f"the stream server on {host}:{self.port} did not start")
 
     @property
     def url(self) -> str:
@@ -335,7 +353,7 @@ class StreamServer:
 
     def close(self, timeout: float = 2.0) -> None:
         """End every stream, stop listening, end the thread; idempotent."""
-        self._mgr.unlisten(self.hub.changed)
+        self._mgr.unlisten(self._listener)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):

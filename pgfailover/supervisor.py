@@ -114,13 +114,13 @@ class Supervisor:
         """A source's snapshot: publish it and act on it as on a round's (the follower's thread).
 
         Raises:
-            ValueError: the snapshot names other nodes than this manager's.
+            SourceMismatch: other nodes than this manager's, or an older snapshot.
         """
         self._after_round(self.rounds.adopt(snap, held))
 
     def probe_again(self) -> None:
         """The source is unusable: the monitor probes every node again, from now."""
-        self.rounds.following = False
+        self.rounds.stop_following()
         self.wake()
 
     def _reprobe(self) -> list[Decision]:

@@ -228,7 +228,9 @@ def serve(
         # the process exits; with nothing running this takes milliseconds.
         mgr.close(timeout=10)
         if lease is not None:  # after the manager: a promotion in progress ends first
-            lease.close()
+            # Still promoting after the close's timeout: let the lease expire, never hand
+            # it over while the promotion may still reach the server.
+            lease.close(revoke=not mgr.promoting)
         if notifier is not None:
             notifier.close(timeout=2)  # the last events, if the receivers answer
         for sig, handler in previous.items():

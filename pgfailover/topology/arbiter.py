@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -46,7 +47,11 @@ class Hello:
 
 
 class ArbiterSource:
-    """Snapshots from one of ``urls`` (tried in turn) for the cluster called ``cluster``."""
+    """Snapshots from one of ``urls`` (tried in turn) for the cluster called ``cluster``.
+
+    Thread safety: :meth:`messages` is read by one thread (the follower's);
+    :meth:`interrupt` and :meth:`close` may be called from any thread.
+    """
 
     def __init__(
         self, urls: Sequence[str], cluster: str, *, connect_timeout: float, silence: float
@@ -66,10 +71,19 @@ class ArbiterSource:
         return ",".join(mask_url(u) for u in self.urls)
 
     @staticmethod
-    def endpoint(url: str) -> str:
-        """The stream's URL on the arbiter given as ``url``."""
-        url = url.rstrip("/")
-        return url if url.endswith(PATH) else url + PATH
+    def endpoint(url: str) -> tuple[str, dict[str, str]]:
+        """The stream's URL on the arbiter given as ``url``, and the request's headers:
+        credentials in the URL (for a proxy in front of the arbiter) go as HTTP basic
+        authentication, never in the request line."""
+        parts = urllib.parse.urlsplit(url.rstrip("/"))
+        headers = {"Accept": "text/event-stream"}
+        if parts.username is not None:
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            headers.update(urllib3.util.make_headers(basic_auth=f"{user}:{password}"))
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        path = parts.path if parts.path.endswith(PATH) else parts.path + PATH
+        return urllib.parse.urlunsplit(parts._replace(path=path)), headers
 
     def messages(self, url: str) -> Iterator[Hello | Update]:
         """Open ``url``'s stream and yield its messages until it ends.
@@ -81,13 +95,10 @@ class ArbiterSource:
         """
         shown = mask_url(url)
         timeout = urllib3.Timeout(connect=self._connect_timeout, read=self.silence)
+        target, headers = self.endpoint(url)
         try:
             response = self._http.request(
-                "GET",
-                self.endpoint(url),
-                headers={"Accept": "text/event-stream"},
-                preload_content=False,
-                timeout=timeout,
+                "GET", target, headers=headers, preload_content=False, timeout=timeout
             )
         except urllib3.exceptions.HTTPError as exc:
             raise StreamError(f"{shown}: {_reason(exc)}") from None
@@ -111,8 +122,8 @@ class ArbiterSource:
         finally:
             with self._lock:
                 self._response = None
+            response.close()  # first: a connection with an unread body must not be reused
             response.release_conn()
-            response.close()
 
     def _message(self, url: str, kind: str, data: str) -> Hello | Update:
         if kind == "snapshot":
@@ -144,7 +155,9 @@ class ArbiterSource:
         """Stop reading at once (from any thread): the stream ends with StreamError."""
         with self._lock:
             if self._response is not None:
-                with contextlib.suppress(OSError):  # closed meanwhile: nothing to interrupt
+                # Closed or released meanwhile (urllib3 raises RuntimeError or ValueError
+                # then): nothing left to interrupt.
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
                     self._response.shutdown()
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 
 from pgfailover.model import Snapshot
 from pgfailover.topology.arbiter import ArbiterSource, Hello
+from pgfailover.topology.replay import SourceMismatch
 from pgfailover.topology.sse import StreamError
 from pgfailover.topology.urls import mask_url
 
@@ -51,7 +52,7 @@ class FollowerOwner(Protocol):
 
     def adopt(self, snap: Snapshot, held: bool) -> None:
         """Publish the source's snapshot and act on it; from then on the monitor
-        only confirms suspects (``ValueError``: the snapshot has other nodes)."""
+        only confirms suspects (:class:`SourceMismatch`: a snapshot not to adopt)."""
         ...
 
     def probe_again(self) -> None:
@@ -67,14 +68,17 @@ class Follower:
 
     Thread safety: :meth:`status` may be called from any thread; :meth:`start`,
     :meth:`wait_first` and :meth:`close` by the owner.
+
+    Locks: ``_lock`` guards the status fields and counts (a leaf, held for
+    a copy or an assignment); snapshots are adopted outside it.
     """
 
     def __init__(self, source: ArbiterSource, owner: FollowerOwner, *, name: str) -> None:
         self.source = source
         self._owner = weakref.ref(owner)
         self._name = name
-        self.updates = 0  # snapshots adopted (read by the metrics)
-        self.fallbacks = 0  # times the source went silent or unusable
+        self.updates = 0  # guarded by self._lock: snapshots adopted
+        self.fallbacks = 0  # guarded by self._lock: times the source went silent or unusable
         self._lock = threading.Lock()
         self._mode: Mode = "connecting"  # guarded by self._lock
         self._since = time.time()  # guarded by self._lock
@@ -82,6 +86,7 @@ class Follower:
         self._url: str | None = None  # guarded by self._lock: the arbiter followed
         self._seq: int | None = None  # guarded by self._lock
         self._last_update: float | None = None  # guarded by self._lock (wall clock)
+        self._adopting = False  # guarded by self._lock: a snapshot is being adopted
         self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pgfailover-follower-{name}")
@@ -131,9 +136,10 @@ class Follower:
         urls = self.source.urls
         attempt = 0
         pause = BACKOFF[0]
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._owner() is not None:
             url = urls[attempt % len(urls)]
             attempt += 1
+            adopted = 0
             try:
                 for message in self.source.messages(url):
                     if self._stop.is_set():
@@ -145,7 +151,9 @@ class Follower:
                         return
                     self._adopt(owner, url, message.seq, message.snapshot, message.held)
                     del owner
-                    pause = BACKOFF[0]
+                    adopted += 1
+                    if adopted == 2:  # a live stream, not one snapshot and silence
+                        pause = BACKOFF[0]
             except StreamError as exc:
                 if self._stop.is_set():
                     return
@@ -158,32 +166,37 @@ class Follower:
                 pause = min(BACKOFF[1], pause * 2)
 
     def _adopt(self, owner: FollowerOwner, url: str, seq: int, snap: Snapshot, held: bool) -> None:
-        was_following = self._mode == "following"
+        with self._lock:
+            was_following = self._mode == "following"
+            self._adopting = True
         try:
             owner.adopt(snap, held)
-        except ValueError as exc:  # another cluster's nodes
+        except SourceMismatch as exc:  # another cluster's nodes, an older snapshot
             raise StreamError(str(exc)) from None
+        finally:
+            with self._lock:
+                self._adopting = False
         now = time.time()
         with self._lock:
-            self._seq, self._last_update, self._url = seq, now, url
+            self._seq, self._last_update, self._url = seq, now, mask_url(url)
             if not was_following:
                 self._mode, self._since, self._reason = "following", now, None
-        self.updates += 1
+            self.updates += 1
         self._first.set()
         if not was_following:
             logger.info("cluster %s: following %s", self._name, mask_url(url))
 
     def _fall_back(self, reason: str, *, first: bool = False) -> None:
         with self._lock:
-            if first and self._mode != "connecting":
+            if first and (self._mode != "connecting" or self._adopting):
                 return
             fell = self._mode != "probing"
             self._reason = reason
             if fell:
                 self._mode, self._since = "probing", time.time()
+                self.fallbacks += 1
         if not fell:
             return
-        self.fallbacks += 1
         owner = self._owner()
         if owner is not None:
             owner.probe_again()

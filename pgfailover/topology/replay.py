@@ -27,22 +27,41 @@ from pgfailover.model import (
     SwitchPrimary,
 )
 
-__all__ = ["decisions_between", "same_members"]
+__all__ = ["SourceMismatch", "decisions_between", "refusal"]
 
 
-def same_members(prev: Snapshot, new: Snapshot) -> str | None:
-    """Why ``new`` cannot replace ``prev`` (other node names), or ``None``."""
-    mine = sorted(n.name for n in prev.nodes)
-    theirs = sorted(n.name for n in new.nodes)
-    if mine == theirs:
-        return None
-    return f"the source's nodes are {', '.join(theirs)}; this manager's are {', '.join(mine)}"
+class SourceMismatch(ValueError):
+    """A source's snapshot this manager must not adopt (one line, why)."""
+
+
+def refusal(prev: Snapshot, new: Snapshot) -> str | None:
+    """Why ``new`` must not replace ``prev``, or ``None``.
+
+    - other nodes: the names, and each name's ``host:port``, must be the
+      same (a name that means another server here would send writes there;
+      default names are positional, so two lists in another order differ);
+    - an older cluster: a snapshot whose newest timeline is older than
+      what this manager already knows comes from an arbiter that missed a
+      promotion (stalled, or behind), and may name the old primary.
+    """
+    mine = {n.name: n.address for n in prev.nodes}
+    theirs = {n.name: n.address for n in new.nodes}
+    if mine != theirs:
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(theirs.items()))
+        own = ", ".join(f"{k} {v}" for k, v in sorted(mine.items()))
+        return f"the source's nodes are {shown}; this manager's are {own}"
+    if new.max_timeline < prev.max_timeline:
+        return (
+            f"the source's snapshot is older than this manager's: timeline "
+            f"{new.max_timeline} < {prev.max_timeline}"
+        )
+    return None
 
 
 def decisions_between(prev: Snapshot, new: Snapshot) -> list[Decision]:
     """What a round taking ``prev`` to ``new`` decided, in ``transition``'s order.
 
-    Both snapshots must have the same node names (see :func:`same_members`).
+    Both snapshots must have the same node names (see :func:`refusal`).
     """
     decisions: list[Decision] = []
     if new.state is not prev.state:

@@ -36,7 +36,10 @@ class Event:
 
 
 class EventParser:
-    """Feed it bytes as they arrive; it returns the events they complete."""
+    """Feed it bytes as they arrive; it returns the events they complete.
+
+    Thread safety: one parser per stream, fed by one thread.
+    """
 
     def __init__(self, max_event: int = MAX_EVENT) -> None:
         self._max = max_event

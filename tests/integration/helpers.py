@@ -56,6 +56,16 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
     )
 
 
+def holds_for(check: Callable[[], Any], seconds: float, what: str = "condition") -> None:
+    """Poll ``check()`` for ``seconds``, failing the moment it is falsy: something that
+    must not happen (a second promotion) is watched for, not slept through."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not check():
+            pytest.fail(f"{what} stopped holding")
+        time.sleep(0.02)
+
+
 def manager_for(lab: Topology, config: FailoverConfig = FAST, **kwargs: Any) -> FailoverManager:
     """An open manager over every node of ``lab``."""
     nodes = lab.manager_nodes()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,7 +246,9 @@ class FakeAdmin:
         if action in self.fail:
             raise self.fail[action]
 
-    def promote(self, dsn: str) -> None:
+    def promote(self, dsn: str, before: Callable[[], None] | None = None) -> None:
+        if before is not None:
+            before()
         self._do("promote", dsn)
 
     def fence(self, dsn: str, timeout: float) -> None:

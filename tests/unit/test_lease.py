@@ -73,8 +73,9 @@ def test_a_free_key_is_taken_and_its_revision_fences() -> None:
     assert lease.may_promote() is not None
     lease._try_take()
     assert lease.holding is not None
-    assert lease.fencing_revision() == 11
+    assert lease.fencing_revision() is None  # nothing confirmed yet
     assert lease.may_promote() is None
+    assert lease.fencing_revision() == 11  # what the last check confirmed
     assert lease.status()["held"] is True
 
 
@@ -165,3 +166,21 @@ def test_closing_revokes_a_held_lease_for_an_immediate_handover() -> None:
 def test_a_ttl_under_two_seconds_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 2 seconds"):
         _lease(ScriptedEtcd(), ttl=1)
+
+
+def test_a_slow_etcd_read_that_eats_the_margin_refuses() -> None:
+    """The time left is checked again after the read: a slow etcd does not slip through."""
+    etcd = ScriptedEtcd()
+    lease = _lease(etcd, ttl=3)  # margin 1 s
+    _holding(lease, valid_until=time.monotonic() + 1.3)
+    slow_get = etcd.get
+
+    def get(key: str) -> KeyValue | None:
+        time.sleep(0.4)  # the read itself (a slow or distant etcd)
+        return slow_get(key)
+
+    etcd.get = get  # type: ignore[method-assign]
+    why = lease.may_promote()
+    assert why is not None
+    assert "under the 1.0s margin" in why
+    assert lease.fencing_revision() is None

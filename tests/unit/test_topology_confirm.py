@@ -55,6 +55,13 @@ class ScriptedProbes:
         pass
 
 
+def _wait_asked(probes: ScriptedProbes, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not probes.asked:
+        assert time.monotonic() < deadline, "the confirmation never probed"
+        time.sleep(0.001)
+
+
 def _following(snap: Snapshot, probes: ScriptedProbes) -> tuple[Rounds, ClusterView]:
     view = ClusterView("app", initial_snapshot(NODES, 0.0), 1.0)
     rounds = Rounds(NODES, FailoverConfig(), view, Counters(), lambda _d: None)
@@ -66,6 +73,10 @@ def _following(snap: Snapshot, probes: ScriptedProbes) -> tuple[Rounds, ClusterV
 
 
 FENCED = primary("node0", read_only=True)
+PROMOTED, _ = run(
+    [[down("node0"), primary("node1", tl=2), standby("node2", tl=2, upstream="node1")]] * 2,
+    start=HEALTHY,
+)
 
 # (case, source's snapshot, suspects, probe answers, probed, still suspect)
 CASES = [
@@ -86,6 +97,14 @@ CASES = [
         set(),
     ),
     ("a fenced primary stays suspect", HEALTHY, ["node0"], [FENCED], {"node0"}, {"node0"}),
+    (
+        "a primary on an older timeline stays suspect",
+        PROMOTED,
+        ["node1"],
+        [primary("node1", tl=1)],
+        {"node1"},
+        {"node1"},
+    ),
     (
         "a node that fails its probe stays",
         HEALTHY,
@@ -127,7 +146,8 @@ def test_confirmation_probes_and_clears(
     assert probes.asked == ([probed] if probed else [])
     assert probes.released == probes.asked  # no probe session kept open
     assert view.suspects == left
-    assert more is bool(left)  # the monitor comes back soon while suspects remain
+    # The monitor comes back soon while a suspect the source reports up remains.
+    assert more is bool(left & {n.name for n in snap.nodes if n.up})
 
 
 def test_a_suspect_is_probed_again_only_after_the_pause() -> None:
@@ -151,8 +171,7 @@ def test_a_suspicion_raised_during_the_probe_stays() -> None:
     view.suspect("node1")
     thread = threading.Thread(target=rounds.confirm)
     thread.start()
-    while not probes.asked:
-        time.sleep(0.001)
+    _wait_asked(probes)
     view.confirmed(["node1"], time.time())  # another clear, then a new failure
     time.sleep(0.001)
     view.suspect("node1")
@@ -170,8 +189,7 @@ def test_a_hanging_confirmation_does_not_hold_up_the_next_snapshot() -> None:
     thread = threading.Thread(target=rounds.confirm)
     thread.start()
     try:
-        while not probes.asked:
-            time.sleep(0.001)
+        _wait_asked(probes)
         promoted = dataclasses.replace(PRIMARY_DOWN, primary="node1")
         started = time.monotonic()
         rounds.adopt(promoted, held=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pgfailover.config import FailoverConfig
 from pgfailover.errors import ConfigurationError
-from pgfailover.sources import load_env
+from pgfailover.sources import load_env, load_toml
 from pgfailover.topology.sse import Event, EventParser, StreamError
 from pgfailover.topology.urls import mask_url, source_urls
 
@@ -104,3 +106,16 @@ def test_a_stream_over_its_limits_ends(chunks: list[bytes], message: str) -> Non
 def _feed(parser: EventParser, chunks: list[bytes]) -> None:
     for chunk in chunks:
         parser.feed(chunk)
+
+
+def test_the_readme_follower_settings_are_a_valid_config(tmp_path: Path) -> None:
+    from tests.readme import block
+
+    nodes = '[[nodes]]\nname = "a"\ndsn = "host=a"\n'
+    (tmp_path / "app.toml").write_text(nodes + block("follower-config"))
+    _, config = load_toml(tmp_path / "app.toml")
+    assert config.promotion == "external"
+    assert source_urls(config.source or "") == (
+        "http://arbiter-a:8009",
+        "http://arbiter-b:8009",
+    )

@@ -16,7 +16,7 @@ import pytest
 from pgfailover.config import FailoverConfig
 from pgfailover.model import Decision, Fence, Promote, Snapshot
 from pgfailover.probe import ProbeResult
-from pgfailover.topology.replay import decisions_between, same_members
+from pgfailover.topology.replay import decisions_between, refusal
 from pgfailover.transition import initial_snapshot, transition
 
 from .helpers import NODES, down, healthy_round, primary, standby
@@ -108,13 +108,34 @@ def test_a_missed_snapshot_still_reads_as_a_completed_failover() -> None:
     assert switch[0].previous == "node0"  # type: ignore[union-attr]
 
 
-def test_a_snapshot_of_other_nodes_is_named() -> None:
+def test_a_snapshot_of_other_nodes_is_refused_by_name_or_address() -> None:
     snap = initial_snapshot(NODES, 1000.0)
-    other = dataclasses.replace(
+    renamed = dataclasses.replace(
         snap, nodes=(*snap.nodes[:2], dataclasses.replace(snap.nodes[2], name="node9"))
     )
-    assert same_members(snap, snap) is None
-    problem = same_members(snap, other)
+    swapped = dataclasses.replace(  # the same names for other servers: writes would go astray
+        snap,
+        nodes=(
+            dataclasses.replace(snap.nodes[0], address=snap.nodes[1].address),
+            dataclasses.replace(snap.nodes[1], address=snap.nodes[0].address),
+            snap.nodes[2],
+        ),
+    )
+    assert refusal(snap, snap) is None
+    for other, shows in ((renamed, "node9"), (swapped, "node0 10.0.0.2:5432")):
+        problem = refusal(snap, other)
+        assert problem is not None
+        assert shows in problem
+
+
+def test_a_snapshot_older_than_what_the_manager_knows_is_refused() -> None:
+    """An arbiter that missed a promotion (stalled, behind) may name the old primary."""
+    cfg = FailoverConfig()
+    snap = initial_snapshot(NODES, 1000.0)
+    before, _ = transition(snap, {r.node: r for r in HEALTHY}, 1001.0, cfg)
+    after, _ = transition(before, {r.node: r for r in PROMOTED}, 1002.0, cfg)
+    assert after.max_timeline == 2
+    problem = refusal(after, before)
     assert problem is not None
-    assert "node9" in problem
-    assert "node2" in problem
+    assert "timeline 1 < 2" in problem
+    assert refusal(before, after) is None
