@@ -184,6 +184,11 @@ class ManagerBase(FromSources, Generic[P, X]):
         True while a primary takes writes or a promotion is expected (writes wait)."""
         return self._view.read_only_reason() is None
 
+    def probe_soon(self) -> None:
+        """Run the monitor's next probe round now rather than at the interval (an arbiter
+        hears from a follower that a node failed; any thread)."""
+        self._sup.wake()
+
     @property
     def promoting(self) -> bool:
         """True while a promotion or switchover runs (on any thread)."""

@@ -69,6 +69,9 @@ class Rounds:
         # costs one round of the other kind.
         self.following = False
         self._source_held = False  # under self._lock: writes held on the source's say
+        # Following: told of each suspect a confirmation found gone (the follower
+        # reports it to the arbiter, which then probes at once).
+        self.report_failed: Callable[[str], None] = lambda _node: None
         self._confirm_lock = threading.Lock()  # a leaf: guards _confirmed_at only
         self._confirmed_at: dict[str, float] = {}  # under _confirm_lock: last confirmation
 
@@ -191,6 +194,9 @@ class Rounds:
             fine = [r.node for r in results.values() if r.ok and _fine(r, snap)]
             if fine:
                 self._view.confirmed(fine, started)
+            for result in results.values():
+                if not result.ok:
+                    self.report_failed(result.node)
         return bool(pending & self._view.suspects)
 
     def monitor_round(self, *, full: bool = False) -> bool:

@@ -65,6 +65,8 @@ __all__ = ["PATH", "StreamApp", "StreamHub", "StreamServer"]
 logger = logging.getLogger(__name__)
 
 PATH: Final = "/failover/stream"
+SUSPECT_PATH: Final = "/failover/suspect"
+MAX_REPORT: Final = 1024
 MAX_FOLLOWERS: Final = 2000
 """Open streams one arbiter serves at most (more are answered 503 by uvicorn)."""
 
@@ -106,8 +108,10 @@ class StreamHub:
         fresh_for: float,
         heartbeat: float = HEARTBEAT,
         busy: Callable[[], bool] = lambda: False,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.cluster = cluster
+        self._wake = wake
         self.heartbeat = heartbeat
         self._snapshot = snapshot
         self._held = held
@@ -120,6 +124,18 @@ class StreamHub:
         self._frame = b""
         self._published = time.monotonic()
         self.closing = False
+        self.reports = 0  # follower reports of a failed node (POST /failover/suspect)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The manager's snapshot now."""
+        return self._snapshot()
+
+    def suspected(self, node: str) -> None:
+        """A follower found ``node`` gone: the arbiter's monitor probes now."""
+        self.reports += 1
+        logger.debug("a follower suspects %s: probing now", node)
+        self._wake()
 
     @property
     def followers(self) -> int:
@@ -197,7 +213,8 @@ def _event(kind: str, data: bytes, seq: int | None = None) -> bytes:
 
 
 class StreamApp:
-    """The ASGI application: ``GET /failover/stream``; anything else is a JSON 404/405.
+    """The ASGI application: ``GET /failover/stream``, ``POST /failover/suspect``; anything
+    else is a JSON 404/405.
 
     Thread safety: runs on the server's event loop only.
     """
@@ -211,6 +228,9 @@ class StreamApp:
         path = scope.get("path", "/")
         if len(path) > 1:
             path = path.rstrip("/")
+        if path == SUSPECT_PATH:
+            await self._suspect(scope, receive, send)
+            return
         if path != PATH:
             await _json(send, 404, {"error": f"no such endpoint: {path[:100]}"})
             return
@@ -232,6 +252,39 @@ class StreamApp:
             await send({"type": "http.response.body", "body": b""})
             return
         await self._stream(receive, send)
+
+    async def _suspect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /failover/suspect`` ``{"node": "node0"}``: a follower's query failed there
+        and its own probe too; the arbiter probes now instead of at its next interval.
+
+        It only hurries the arbiter's next round (a report is no evidence: the
+        arbiter's own probes decide), so a follower cut off alone changes nothing.
+        """
+        if scope.get("method") != "POST":
+            await _json(
+                send, 405, {"error": f"only POST on {SUSPECT_PATH}"}, [(b"allow", b"POST")]
+            )
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_REPORT:
+                await _json(send, 413, {"error": f"body larger than {MAX_REPORT} bytes"})
+                return
+            if not message.get("more_body"):
+                break
+        try:
+            node = json.loads(body)["node"]
+        except (ValueError, KeyError, TypeError):
+            await _json(send, 400, {"error": 'send {"node": "<name>"}'})
+            return
+        names = [n.name for n in self.hub.snapshot.nodes]
+        if not isinstance(node, str) or node not in names:
+            await _json(send, 404, {"error": f"unknown node {str(node)[:100]!r}", "nodes": names})
+            return
+        self.hub.suspected(node)
+        await _json(send, 202, {"probing": True})
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         hub = self.hub
@@ -302,6 +355,7 @@ class StreamServer:
             mgr.writes_held,
             fresh_for=2 * cfg.health_check_interval + cfg.health_check_timeout,
             busy=lambda: mgr.promoting,
+            wake=mgr.probe_soon,
         )
         self._mgr = mgr
         self._listener = mgr.listen(self.hub.changed)  # before the loop's first look

@@ -109,6 +109,7 @@ class Supervisor:
                 silence=max(config.health_check_interval, 3 * HEARTBEAT),
             )
             self.follower = Follower(source, self, name=name)
+            self.rounds.report_failed = self.follower.report
 
     def adopt(self, snap: Snapshot, held: bool) -> None:
         """A source's snapshot: publish it and act on it as on a round's (the follower's thread).

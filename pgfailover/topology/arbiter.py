@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -29,12 +30,16 @@ from dataclasses import dataclass
 
 import urllib3
 
-from pgfailover.stream import PATH
+from pgfailover.stream import PATH, SUSPECT_PATH
 from pgfailover.topology.sse import EventParser, StreamError
 from pgfailover.topology.urls import mask_url
 from pgfailover.wire import FORMAT, Update, WireError, decode
 
 __all__ = ["ArbiterSource", "Hello"]
+
+logger = logging.getLogger(__name__)
+
+REPORT_TIMEOUT = 0.5  # seconds a follower's report of a failed node may take
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,23 @@ class ArbiterSource:
                 self._response = None
             response.close()  # first: a connection with an unread body must not be reused
             response.release_conn()
+
+    def report(self, url: str, node: str) -> None:
+        """Tell the arbiter at ``url`` that ``node`` failed here (it probes at once); a
+        report that does not get through is only logged: it is a hint, not a need."""
+        target, headers = self.endpoint(url)
+        target = target.removesuffix(PATH) + SUSPECT_PATH
+        headers = {**headers, "Content-Type": "application/json", "Accept": "application/json"}
+        try:
+            self._http.request(
+                "POST",
+                target,
+                body=json.dumps({"node": node}).encode(),
+                headers=headers,
+                timeout=urllib3.Timeout(total=REPORT_TIMEOUT),
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            logger.debug("report of %s to %s failed: %s", node, mask_url(url), _reason(exc))
 
     def _message(self, url: str, kind: str, data: str) -> Hello | Update:
         if kind == "snapshot":

@@ -83,7 +83,8 @@ class Follower:
         self._mode: Mode = "connecting"  # guarded by self._lock
         self._since = time.time()  # guarded by self._lock
         self._reason: str | None = None  # guarded by self._lock
-        self._url: str | None = None  # guarded by self._lock: the arbiter followed
+        self._url: str | None = None  # guarded by self._lock: the arbiter followed (masked)
+        self._raw_url: str | None = None  # guarded by self._lock: the same, to report to
         self._seq: int | None = None  # guarded by self._lock
         self._last_update: float | None = None  # guarded by self._lock (wall clock)
         self._adopting = False  # guarded by self._lock: a snapshot is being adopted
@@ -122,6 +123,13 @@ class Follower:
                 "updates": self.updates,
                 "fallbacks": self.fallbacks,
             }
+
+    def report(self, node: str) -> None:
+        """A confirmation probe found ``node`` gone: tell the arbiter followed (if any)."""
+        with self._lock:
+            url = self._raw_url if self._mode == "following" else None
+        if url is not None:
+            self.source.report(url, node)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop following (the stream is interrupted at once)."""
@@ -179,6 +187,7 @@ class Follower:
         now = time.time()
         with self._lock:
             self._seq, self._last_update, self._url = seq, now, mask_url(url)
+            self._raw_url = url
             if not was_following:
                 self._mode, self._since, self._reason = "following", now, None
             self.updates += 1

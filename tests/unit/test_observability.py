@@ -32,6 +32,7 @@ from pgfailover.model import Snapshot
 from pgfailover.probe import ProbeResult
 from pgfailover.server import AdminApp, openapi
 from pgfailover.stream import PATH as STREAM_PATH
+from pgfailover.stream import SUSPECT_PATH
 from tests.tools import require_tool
 
 from .helpers import down, healthy_round, primary, run, standby
@@ -255,7 +256,8 @@ def test_openapi_document_is_valid_and_matches_the_routes(manager: FailoverManag
         if method != "servers"  # the stream's own listener
     }
     app = AdminApp(manager, token="t" * 32)
-    served = set(app.routes) | {("GET", "/metrics"), ("GET", STREAM_PATH)}  # the stream port
+    stream_port = {("GET", STREAM_PATH), ("POST", SUSPECT_PATH)}
+    served = set(app.routes) | {("GET", "/metrics")} | stream_port
     assert documented == served
     admin = {key for key, (_, needs_token) in app.routes.items() if needs_token}
     secured = {

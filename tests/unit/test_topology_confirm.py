@@ -139,11 +139,14 @@ def test_confirmation_probes_and_clears(
 ) -> None:
     probes = ScriptedProbes({r.node: r for r in answers})
     rounds, view = _following(snap, probes)
+    reported: list[str] = []
+    rounds.report_failed = reported.append  # what the follower tells the arbiter
     for name in suspects:
         view.suspect(name)
     time.sleep(0.001)  # the probe begins after the suspicions (wall clock)
     more = rounds.monitor_round()  # following: a round only confirms
     assert probes.asked == ([probed] if probed else [])
+    assert reported == [r.node for r in answers if not r.ok]
     assert probes.released == probes.asked  # no probe session kept open
     assert view.suspects == left
     # The monitor comes back soon while a suspect the source reports up remains.

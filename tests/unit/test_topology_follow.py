@@ -57,6 +57,7 @@ class Arbiter:
     promoting = False
 
     def __init__(self, name: str = "app", interval: float = 0.2) -> None:
+        self.woken = 0
         self.name = name
         self.config = FailoverConfig(health_check_interval=interval, health_check_timeout=interval)
         self.view = ClusterView(name, initial_snapshot(NODES, 0.0), 1.0)
@@ -76,6 +77,9 @@ class Arbiter:
 
     def publish(self, snap: Snapshot) -> None:
         self.view.publish(snap, time.time())
+
+    def probe_soon(self) -> None:
+        self.woken += 1
 
 
 class Owner:
@@ -435,3 +439,51 @@ def test_an_older_snapshot_makes_the_follower_probe() -> None:
             assert owner.view.snapshot.primary == "node1"
         finally:
             follower.close()
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310 - loopback
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b'{"node": "node0"}', 202, "probing"),
+        (b'{"node": "node9"}', 404, "unknown node 'node9'"),
+        (b"[1]", 400, "send {"),
+        (b"{nope", 400, "send {"),
+        (b'{"node": "' + b"x" * 2000 + b'"}', 413, "larger than 1024 bytes"),
+    ],
+    ids=["known node", "unknown node", "not an object", "not JSON", "too large"],
+)
+def test_a_follower_report_hurries_the_arbiter_and_nothing_else(
+    arbiter: tuple[Arbiter, StreamServer], body: bytes, status: int, says: str
+) -> None:
+    arb, server = arbiter
+    before = arb.view.snapshot
+    code, answer = _post(server.url + "/failover/suspect", body)
+    assert code == status
+    assert says in json.dumps(answer)
+    assert arb.woken == (1 if status == 202 else 0)
+    assert arb.view.snapshot is before  # a report is no evidence: nothing else changes
+    assert _get(server.url + "/failover/suspect")[0] == 405
+
+
+def test_a_follower_reports_what_its_confirmation_found_gone(
+    arbiter: tuple[Arbiter, StreamServer],
+) -> None:
+    arb, server = arbiter
+    owner = Owner()
+    follower = follower_of(server.url, owner)
+    try:
+        assert follower.wait_first(5.0)
+        follower.report("node0")
+        assert arb.woken == 1
+        assert server.hub.reports == 1
+    finally:
+        follower.close()
