@@ -56,6 +56,7 @@ bench: $(STAMP) server-binaries
 	$(BIN)/python benchmarks/async_overhead.py | tee $(BENCH_OUT)/async_overhead.jsonl
 	$(BIN)/python benchmarks/reads.py | tee $(BENCH_OUT)/reads.jsonl
 	$(BIN)/python benchmarks/probes.py | tee $(BENCH_OUT)/probes.jsonl
+	$(BIN)/python benchmarks/scale.py | tee $(BENCH_OUT)/scale.jsonl
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT)
 
 clean:

@@ -304,8 +304,10 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     if not summaries:
         return []
     pace = next((r.get("pace_s") for r in records if "pace_s" in r), None)
+    sync = next((r.get("sync") for r in records if "pace_s" in r), 0)
+    replication = f"quorum sync (ANY {sync})" if sync else "asynchronous replication"
     lines = [
-        f"Writes every {pace:g} s per manager." if pace is not None else "",
+        f"Writes every {pace:g} s per manager; {replication}." if pace is not None else "",
         "",
         "| managers | contender | probe sessions | probes/s steady | probes/s failover "
         "(live nodes) | switch to manager switch p50 / p99 | switch to first write "

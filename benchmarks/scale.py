@@ -1,8 +1,9 @@
 """Many application processes on one cluster: what they cost it, and how fast they all move.
 
 For each size (1, 50, 200 managers by default) and each contender, a run
-builds a fresh 3-node lab cluster (``max_connections`` raised so that every
-contender fits), starts the arbiter (``pgfailover serve --promotion auto
+builds a fresh 3-node lab cluster (asynchronous replication, or quorum
+sync with ``--sync 1``; ``max_connections`` raised so that every contender
+fits), starts the arbiter (``pgfailover serve --promotion auto
 --stream-port 0``, PostgreSQL's and pgfailover's default timing) and spreads
 the managers over worker processes (10 managers each, at most 20). Then:
 
@@ -218,8 +219,8 @@ def _retry(write: Any, i: int) -> None:
 # -- the parent: the lab, the arbiter, the workers, the figures ------------------
 
 
-def _lab() -> LocalLab:
-    lab = LocalLab.create(standbys=2)
+def _lab(sync: int = 0) -> LocalLab:
+    lab = LocalLab.create(standbys=2, sync=sync)
     for node in lab.nodes:  # room for 200 managers' probe and pool sessions
         lab.run_sql(node.name, "ALTER SYSTEM SET max_connections = 1500")
     for name in ("node1", "node2", "node0"):  # standbys first: theirs must not be lower
@@ -370,7 +371,7 @@ def _specs(
 
 def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: steady, then a kill under writes; the run's record."""
-    lab = _lab()
+    lab = _lab(args.sync)
     arbiter = Arbiter(lab, Path(tempfile.mkdtemp(prefix="pgfl-scale-")))
     specs = _specs(lab, size, contender, arbiter.stream_url, args.pace)
     workers = Workers(specs)
@@ -481,6 +482,9 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pace", type=float, default=PACE, help="seconds between writes")
+    parser.add_argument(
+        "--sync", type=int, default=0, help="quorum sync: ANY N of the standbys (0: async)"
+    )
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of idle measured")
     parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
     args = parser.parse_args()
@@ -491,7 +495,7 @@ def main() -> None:
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
-    emit({"benchmark": "scale", "machine": machine(), "pace_s": args.pace})
+    emit({"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync})
     runs = []
     for size in (int(s) for s in args.sizes.split(",")):
         for run in range(args.runs):
