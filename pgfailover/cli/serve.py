@@ -3,7 +3,10 @@
 ``serve`` runs one long-lived manager, ``promotion=auto`` unless told
 otherwise, with the status/admin HTTP API and ``/metrics``. Applications
 then run their own managers in ``external`` mode and follow the promotions
-this process makes: exactly one process decides. It logs to stderr (plain
+this process makes, by probing or through its snapshot stream
+(``--stream-port``, :mod:`pgfailover.stream`): one process decides. With
+``--etcd`` several arbiters run and only the holder of the lease promotes
+(:mod:`pgfailover.lease`). It logs to stderr (plain
 or JSON lines) and stops cleanly on SIGTERM and SIGINT: the HTTP server
 first, then the manager, within about a second.
 """

@@ -27,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgfailover import FailoverManager
 from pgfailover.errors import PromotionRefused
 from pgfailover.lab import LocalLab
+from pgfailover.metrics import register
 
 from .helpers import FAST, Workload, config_file, port_of, prepare, serve_process, wait_until
 
@@ -119,6 +122,20 @@ def test_followers_write_on_the_arbiters_promotion_and_probe_nothing(
         with pytest.raises(PromotionRefused, match="never promotes") as refused:
             managers[0].perform_failover()
         assert refused.value.guard == "follower"
+        scraped = _scrape(managers[0])  # what the dashboard and SourceUnavailable read
+        assert scraped["pgfailover_source_following"] == 1
+        assert scraped["pgfailover_source_fallbacks_total"] == 0
+        assert scraped["pgfailover_source_updates_total"] >= 2
+
+
+def _scrape(mgr: FailoverManager) -> dict[str, float]:
+    registry = CollectorRegistry()
+    register(mgr, registry)
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -295,10 +295,15 @@ def test_redundancy_and_read_only_mode_in_a_live_scrape(sync_lab: LocalLab) -> N
         wait_until(lambda: scraped()["pgfailover_redundancy_copies"] == 3, what="3 copies")
         samples = scraped()
         # Every series the dashboard draws is in a live scrape (the failover
-        # timestamp only once a failover happened; queries once one ran).
+        # timestamp only once a failover happened; queries once one ran; the
+        # source's only from a manager that follows one: test_following).
         mgr.query("SELECT 1", readonly=True)
         live = {name.split("{")[0] for name in scraped()}
-        assert _dashboard_metrics() - live == {"pgfailover_last_failover_timestamp_seconds"}
+        assert _dashboard_metrics() - live == {
+            "pgfailover_last_failover_timestamp_seconds",
+            "pgfailover_source_following",
+            "pgfailover_source_fallbacks_total",
+        }
         assert samples["pgfailover_redundancy_level{multi}"] == 1
         assert samples["pgfailover_sync_quorum_ok"] == 1
         assert samples["pgfailover_read_only"] == 0
