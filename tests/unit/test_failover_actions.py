@@ -55,12 +55,38 @@ class QuietUpkeep(Upkeep):
         self.runs += 1
 
 
+class Gate:
+    """A scripted arbiter lease: held or not, and the answers of the checks in turn."""
+
+    identity = "arbiter-a:1"
+
+    def __init__(self, held: bool, answers: Sequence[str | None] = ()) -> None:
+        self.held = held
+        self.answers = list(answers)
+        self.checks = 0
+
+    @property
+    def holding(self) -> object | None:
+        return object() if self.held else None
+
+    def may_promote(self) -> str | None:
+        self.checks += 1
+        return self.answers.pop(0) if self.answers else None
+
+    def fencing_revision(self) -> int | None:
+        return 42
+
+    def status(self) -> dict[str, Any]:
+        return {"held": self.held}
+
+
 class Harness:
     def __init__(
         self,
         config: FailoverConfig,
         history: Sequence[Sequence[ProbeResult]],
         script: Sequence[Sequence[ProbeResult]],
+        gate: Gate | None = None,
     ) -> None:
         t0 = time.time() - 5.0
         snap, decisions = run(history, config, t0=t0)
@@ -87,6 +113,7 @@ class Harness:
             emit=self._emit,
             admin=cast(Admin, self.admin),
             upkeep=self.upkeep,
+            gate=gate,
         )
 
     def _wake(self) -> None:
@@ -251,3 +278,39 @@ def test_a_manual_trigger_still_promotes_in_maintenance_mode() -> None:
     event = h.actions.manual_failover(None, force=False)
     assert event.to_node == "node2"
     assert ("promote", "node2") in h.admin.calls
+
+
+def test_under_a_lease_the_event_carries_the_fencing_revision_checked_before_and_after() -> None:
+    gate = Gate(held=True)
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED], gate=gate)
+    h.actions.after_round(h.decisions)
+    assert ("promote", "node2") in h.admin.calls
+    assert gate.checks == 2  # right before pg_promote, and right after
+    (event,) = h.failover_events()
+    stored = h.events.get(event.id)
+    assert stored is not None
+    assert stored.fencing_revision == 42
+    assert any("held the lease (fencing revision 42)" in n for n in stored.notes)
+
+
+def test_an_arbiter_without_the_lease_promotes_nothing_and_refuses_a_trigger() -> None:
+    gate = Gate(held=False, answers=["another arbiter holds it"])
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED], gate=gate)
+    h.actions.after_round(h.decisions)
+    assert not [c for c in h.admin.calls if c[0] == "promote"]
+    with pytest.raises(PromotionRefused, match="another arbiter holds it") as refused:
+        h.actions.manual_failover(None, force=False)
+    assert refused.value.guard == "lease"
+    assert not [c for c in h.admin.calls if c[0] == "promote"]
+
+
+def test_a_lease_lost_at_the_last_check_calls_pg_promote_off() -> None:
+    """Connected to the target, the check fails: pg_promote is never sent, the event fails."""
+    gate = Gate(held=True, answers=["the lease was lost"])
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED], gate=gate)
+    h.actions.after_round(h.decisions)
+    assert not [c for c in h.admin.calls if c[0] == "promote"]
+    (event,) = h.failover_events()
+    assert event.outcome == "failed"
+    assert any("not promoted: the lease was lost" in n for n in event.notes)
+    assert h.counters.as_dict()["promotion_failures_total"] == 1
