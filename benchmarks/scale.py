@@ -49,6 +49,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -372,7 +373,8 @@ def _specs(
 def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: steady, then a kill under writes; the run's record."""
     lab = _lab(args.sync)
-    arbiter = Arbiter(lab, Path(tempfile.mkdtemp(prefix="pgfl-scale-")))
+    home = Path(tempfile.mkdtemp(prefix="pgfl-scale-"))  # the arbiter's config and log
+    arbiter = Arbiter(lab, home)
     specs = _specs(lab, size, contender, arbiter.stream_url, args.pace)
     workers = Workers(specs)
     try:
@@ -420,6 +422,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         workers.kill()
         arbiter.stop()
         lab.destroy()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _writes(
