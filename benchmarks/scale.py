@@ -457,20 +457,8 @@ def _writes(
     ordered = sorted(firsts)
     return {
         "switch_after_kill_s": round(switched - killed, 3) if switched else None,
-        "switch_to_first_write_s": {
-            "p50": round(percentile(ordered, 0.5), 4),
-            "p99": round(percentile(ordered, 0.99), 4),
-            "max": round(ordered[-1], 4),
-        }
-        if ordered
-        else None,
-        "switch_to_manager_switch_s": {
-            "p50": round(percentile(seen, 0.5), 4),
-            "p99": round(percentile(seen, 0.99), 4),
-            "max": round(seen[-1], 4),
-        }
-        if seen
-        else None,
+        "switch_to_first_write_s": _quantiles(ordered),
+        "switch_to_manager_switch_s": _quantiles(seen),
         "never_wrote_on_new": never,
         "lost": len(acked - present),
         "old_primary_acks_after_new": old_after_new,
@@ -511,6 +499,17 @@ def main() -> None:
         emit(record)
 
 
+def _quantiles(ordered: list[float]) -> dict[str, float] | None:
+    """p50, p99 and max of ascending values (``None`` for none)."""
+    if not ordered:
+        return None
+    return {
+        "p50": round(percentile(ordered, 0.5), 4),
+        "p99": round(percentile(ordered, 0.99), 4),
+        "max": round(ordered[-1], 4),
+    }
+
+
 def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[str, Any]]:
     """Medians over the runs of each size and contender."""
     out = []
@@ -543,26 +542,15 @@ def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[st
                         )
                     },
                     **{
-                        f"switch_to_manager_switch_{q}_s": statistics.median(
-                            r["switch_to_manager_switch_s"][q]
-                            for r in mine
-                            if r["switch_to_manager_switch_s"]
+                        f"{name}_{q}_s": statistics.median(
+                            r[f"{name}_s"][q] for r in mine if r[f"{name}_s"]
                         )
+                        for name in ("switch_to_manager_switch", "switch_to_first_write")
                         for q in ("p50", "p99", "max")
-                        if any(r["switch_to_manager_switch_s"] for r in mine)
-                    },
-                    **{
-                        f"switch_to_first_write_{q}_s": statistics.median(
-                            r["switch_to_first_write_s"][q]
-                            for r in mine
-                            if r["switch_to_first_write_s"]
-                        )
-                        for q in ("p50", "p99", "max")
-                        if any(r["switch_to_first_write_s"] for r in mine)
+                        if any(r[f"{name}_s"] for r in mine)
                     },
                 }
             )
-
     return out
 
 

@@ -76,8 +76,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class _Follower:
-    """One open stream: the newest update not sent yet, and a flag to wake its writer."""
+class _Subscriber:
+    """One open stream (a follower, seen from the arbiter): the newest update not sent yet,
+    and a flag to wake its writer."""
 
     __slots__ = ("pending", "ready")
 
@@ -118,7 +119,7 @@ class StreamHub:
         self._busy = busy
         self._fresh_for = fresh_for
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._followers: set[_Follower] = set()
+        self._followers: set[_Subscriber] = set()
         self._seq = 0
         self._last: tuple[Snapshot, bool] | None = None
         self._frame = b""
@@ -186,17 +187,17 @@ class StreamHub:
         sent only then)."""
         return time.monotonic() - self._published <= self._fresh_for or self._busy()
 
-    def join(self) -> _Follower:
+    def join(self) -> _Subscriber:
         """A new follower, whose first update is the current snapshot if it is fresh
         (a stalled arbiter's last snapshot may name a primary that is no more)."""
-        follower = _Follower()
+        follower = _Subscriber()
         if self._frame and self.fresh():
             follower.pending = self._frame
             follower.ready.set()
         self._followers.add(follower)
         return follower
 
-    def leave(self, follower: _Follower) -> None:
+    def leave(self, follower: _Subscriber) -> None:
         """A stream ended."""
         self._followers.discard(follower)
 

@@ -19,6 +19,8 @@ from pgfailover.etcd import Etcd, EtcdError
 from pgfailover.lab import free_port
 from tests.tools import require_tool
 
+from .helpers import stop_process
+
 SECOND_ADDRESS = "127.0.0.2"
 
 
@@ -59,10 +61,5 @@ def etcd_server(directory: Path) -> Iterator[int]:
         client.close()
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         log.close()

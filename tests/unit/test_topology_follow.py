@@ -9,6 +9,8 @@ against a deadline.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import socket
 import threading
@@ -341,7 +343,6 @@ def test_a_slow_follower_costs_the_arbiter_one_pending_snapshot() -> None:
     arb = Arbiter()
     arb.publish(HEALTHY)
     hub = StreamHub("app", lambda: arb.snapshot, lambda: False, fresh_for=1.0)
-    import asyncio
 
     async def scenario() -> tuple[int, bytes | None]:
         hub.bind(asyncio.get_running_loop())
@@ -360,7 +361,6 @@ def test_a_slow_follower_costs_the_arbiter_one_pending_snapshot() -> None:
 def test_nothing_is_streamed_before_the_arbiter_probed() -> None:
     arb = Arbiter()  # its initial snapshot: no round yet
     hub = StreamHub("app", lambda: arb.snapshot, lambda: False, fresh_for=1.0)
-    import asyncio
 
     async def scenario() -> bytes | None:
         hub.bind(asyncio.get_running_loop())
@@ -379,8 +379,6 @@ def test_a_follower_thread_ends_with_a_dropped_manager(
     assert follower.wait_first(5.0)
     thread = next(t for t in threading.enumerate() if t.name == "pgfailover-follower-app")
     del owner
-    import gc
-
     gc.collect()
     # Nothing more comes (the snapshot is unchanged): after the silence the loop
     # finds its owner gone and ends, instead of reconnecting for ever.
@@ -411,7 +409,6 @@ def test_a_stalled_arbiter_gives_a_new_follower_nothing() -> None:
     arb = Arbiter()
     arb.publish(HEALTHY)
     hub = StreamHub("app", lambda: arb.snapshot, lambda: False, fresh_for=0.05)
-    import asyncio
 
     async def scenario() -> tuple[bytes | None, bytes | None]:
         hub.bind(asyncio.get_running_loop())
