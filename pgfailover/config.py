@@ -21,7 +21,7 @@ from msgspec import Meta
 from pgfailover import schema
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError
-from pgfailover.topology.urls import mask_url, source_urls
+from pgfailover.topology.urls import mask_url, parse_source, source_urls
 
 __all__ = [
     "FailoverConfig",
@@ -217,7 +217,7 @@ class FailoverConfig:
     def __post_init__(self) -> None:
         schema.check(self, secrets=("source",))
         if self.source is not None:
-            source_urls(self.source)
+            parse_source(self.source)
             if self.promotion == "auto":
                 raise ConfigurationError(
                     "source: a manager that follows a source never promotes; use promotion "

@@ -33,11 +33,9 @@ from pgfailover.promote import PromotionGate
 from pgfailover.report import failover_status, metrics_dict
 from pgfailover.rounds import Rounds
 from pgfailover.routing import read_only_reason
-from pgfailover.topology.arbiter import ArbiterSource
+from pgfailover.topology.build import build_source
 from pgfailover.topology.follower import Follower
-from pgfailover.topology.urls import source_urls
 from pgfailover.transition import initial_snapshot
-from pgfailover.wire import HEARTBEAT
 
 __all__ = ["Supervisor"]
 
@@ -102,13 +100,7 @@ class Supervisor:
         self._monitor: Monitor | None = None
         self.follower: Follower | None = None
         if config.source is not None:
-            source = ArbiterSource(
-                source_urls(config.source),
-                name,
-                connect_timeout=config.connect_timeout,
-                silence=max(config.health_check_interval, 3 * HEARTBEAT),
-            )
-            self.follower = Follower(source, self, name=name)
+            self.follower = Follower(build_source(config, nodes, name), self, name=name)
             self.rounds.report_failed = self.follower.report
 
     def adopt(self, snap: Snapshot, held: bool) -> None:

@@ -31,20 +31,55 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any, Literal, Protocol
 
 from pgfailover.model import Snapshot
-from pgfailover.topology.arbiter import ArbiterSource, Hello
+from pgfailover.topology.arbiter import Hello
 from pgfailover.topology.replay import SourceMismatch
 from pgfailover.topology.sse import StreamError
 from pgfailover.topology.urls import mask_url
+from pgfailover.wire import Update
 
-__all__ = ["Follower", "FollowerOwner", "Mode"]
+__all__ = ["Follower", "FollowerOwner", "Mode", "Source"]
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["connecting", "following", "probing"]
 BACKOFF = (0.1, 2.0)
+
+
+class Source(Protocol):
+    """What the follower reads: :class:`~pgfailover.topology.arbiter.ArbiterSource`,
+    :class:`~pgfailover.topology.patroni.PatroniRestSource` or
+    :class:`~pgfailover.topology.patroni.PatroniEtcdSource`."""
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The URLs to try in turn (a source that rotates itself gives one)."""
+        ...
+
+    @property
+    def shown(self) -> str:
+        """The setting for logs and status, passwords masked."""
+        ...
+
+    @property
+    def silence(self) -> float:
+        """Seconds without word after which the source is given up."""
+        ...
+
+    def messages(self, url: str) -> Iterator[Hello | Update]:
+        """Snapshots from ``url`` until it fails (:class:`StreamError`) or closes."""
+        ...
+
+    def report(self, url: str, node: str) -> None:
+        """A confirmation found ``node`` gone (a hint for the source)."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading, from any thread."""
+        ...
 
 
 class FollowerOwner(Protocol):
@@ -73,7 +108,7 @@ class Follower:
     a copy or an assignment); snapshots are adopted outside it.
     """
 
-    def __init__(self, source: ArbiterSource, owner: FollowerOwner, *, name: str) -> None:
+    def __init__(self, source: Source, owner: FollowerOwner, *, name: str) -> None:
         self.source = source
         self._owner = weakref.ref(owner)
         self._name = name

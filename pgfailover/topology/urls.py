@@ -1,20 +1,92 @@
-"""What a ``source`` setting may say: one or more arbiter URLs, checked at start-up.
+"""What a ``source`` setting may say, checked at start-up (:func:`parse_source`).
 
-``source = "http://arbiter-a:8009,http://arbiter-b:8009"``: the managers
-follow the first arbiter that answers and move to the next one when it goes
-silent. A URL may carry credentials for a proxy in front of the arbiter;
-they are masked wherever the URL is shown.
+- ``"http://arbiter-a:8009,http://arbiter-b:8009"``: ``pgfailover serve``
+  arbiters; the managers follow the first that answers and move to the next
+  one when it goes silent;
+- ``"patroni+http://db1:8008,patroni+http://db2:8008"``: Patroni's REST APIs;
+- ``"patroni+etcd://etcd1:2379,patroni+etcd://etcd2:2379/service/<scope>"``:
+  the etcd Patroni keeps its keys in, and where (``<namespace>/<scope>``,
+  Patroni's ``/service/`` namespace by default), watched.
+
+A URL may carry credentials (a proxy in front of the arbiter, Patroni's
+REST API behind basic authentication); they are masked wherever the URL is
+shown.
 """
 
 from __future__ import annotations
 
 import urllib.parse
+from dataclasses import dataclass
+from typing import Literal
 
 from pgfailover.errors import ConfigurationError
 
-__all__ = ["mask_url", "source_urls"]
+__all__ = ["SourceSpec", "mask_url", "parse_source", "source_urls"]
 
 SCHEMES = ("http", "https")
+PATRONI = "patroni+"
+Kind = Literal["arbiter", "patroni", "patroni-etcd"]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed ``source``: what kind, its endpoints (``http(s)://host:port``, credentials
+    kept) and, for Patroni's etcd, the keys' prefix (``/service/<scope>/``)."""
+
+    kind: Kind
+    urls: tuple[str, ...]
+    prefix: str | None = None
+
+
+def parse_source(text: str) -> SourceSpec:
+    """The ``source`` setting, checked (one kind of URL per setting).
+
+    Raises:
+        ConfigurationError: an empty setting, a URL that is none of the
+            three kinds, kinds mixed, or Patroni's etcd without one
+            ``/<namespace>/<scope>`` path (the message names the URL, masked).
+    """
+    parts = [u.strip() for u in text.split(",") if u.strip()]
+    if not any(p.startswith(PATRONI) for p in parts):
+        return SourceSpec("arbiter", source_urls(text))
+    if not all(p.startswith(PATRONI) for p in parts):
+        raise ConfigurationError(
+            "source: give either arbiter URLs or Patroni URLs (patroni+...), not both"
+        )
+    etcd = [p.startswith(f"{PATRONI}etcd://") for p in parts]
+    if any(etcd) and not all(etcd):
+        raise ConfigurationError(
+            "source: give either Patroni's REST APIs (patroni+http://) or its etcd "
+            "(patroni+etcd://), not both"
+        )
+    if not all(etcd):
+        stripped = ",".join(p[len(PATRONI) :] for p in parts)
+        urls = source_urls(stripped, what="Patroni REST API URLs (patroni+http://host:8008)")
+        for url in urls:
+            if urllib.parse.urlsplit(url).path.strip("/"):
+                raise ConfigurationError(
+                    f"source {mask_url(url)[:120]!r}: a Patroni REST API URL has no path "
+                    "(patroni+http://host:8008)"
+                )
+        return SourceSpec("patroni", urls)
+    stripped = ",".join("http://" + p[len(f"{PATRONI}etcd://") :] for p in parts)
+    urls = source_urls(stripped, what="etcd URLs (patroni+etcd://host:2379/service/<scope>)")
+    paths = {urllib.parse.urlsplit(u).path.strip("/") for u in urls} - {""}
+    if len(paths) != 1 or any(not s for s in next(iter(paths), "").split("/")):
+        raise ConfigurationError(
+            "source: Patroni's etcd needs where its keys are, once: "
+            "patroni+etcd://host:2379/<namespace>/<scope> (e.g. /service/main)"
+        )
+    if any(urllib.parse.urlsplit(u).username is not None for u in urls):
+        raise ConfigurationError(
+            "source: etcd authentication is not supported yet; give etcd URLs without "
+            "a user and password"
+        )
+    prefix = "/" + paths.pop() + "/"
+    endpoints = tuple(
+        urllib.parse.urlunsplit(urllib.parse.urlsplit(u)._replace(path="")) for u in urls
+    )
+    return SourceSpec("patroni-etcd", endpoints, prefix)
 
 
 def mask_url(url: str) -> str:
@@ -52,7 +124,7 @@ def source_urls(
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ConfigurationError(
                 f"{setting} {shown!r}: expected http://host:port or https://host:port"
-                + (" (the arbiter's --stream-port)" if setting == "source" else "")
+                + (" (the arbiter's --stream-port)" if what == "arbiter URLs" else "")
             )
         if port == 0 or any(c.isspace() for c in url) or parts.query or parts.fragment:
             raise ConfigurationError(

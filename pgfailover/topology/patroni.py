@@ -1,0 +1,435 @@
+"""Patroni as a topology source: its REST API, or its keys in etcd, watched.
+
+``source = "patroni+http://db1:8008,patroni+http://db2:8008"`` reads
+``GET /cluster`` from the first member's REST API that answers, every
+``fast_interval`` (0.05 s by default): the manager learns of a leader change
+within one interval, at the cost of ``managers / fast_interval`` requests a
+second on Patroni's REST API (a thread per request in Patroni), which suits
+a few dozen processes.
+
+``source = "patroni+etcd://etcd1:2379,patroni+etcd://etcd2:2379/service/<scope>"``
+reads Patroni's keys (its leader key and member keys under
+``<namespace>/<scope>/``) from etcd's JSON gateway and *watches* them
+(``/v3/watch``, one streaming request per manager): etcd pushes the leader
+key's change the moment Patroni writes it, and a member's new state (the new
+leader's promotion done) the moment it lands. It also reads the keys every
+``health_check_interval / 2``, which is how it notices etcd going silent.
+This is the one for hundreds of processes: etcd serves watchers by the
+thousand, and Patroni's REST API sees nothing of them.
+
+Both turn what Patroni says into probe results run through ``transition``
+(:class:`~pgfailover.topology.members.PatroniReader`), and both give up (the
+follower then probes the cluster itself) when no endpoint has answered for
+``silence`` seconds (the manager's ``health_check_interval``). A follower of
+Patroni never promotes: Patroni does.
+
+Locks: :class:`PatroniEtcdSource` has ``_lock`` over the keys, their revision
+and the open watch (a leaf, held to copy or apply, never across I/O);
+:class:`PatroniRestSource` has none (one thread reads; :meth:`close` only
+sets an event).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+import urllib3
+
+from pgfailover.etcd import Etcd, EtcdError
+from pgfailover.topology.members import PatroniReader, from_cluster, from_keys
+from pgfailover.topology.replay import SourceMismatch
+from pgfailover.topology.sse import StreamError
+from pgfailover.topology.urls import mask_url
+from pgfailover.wire import Update
+
+__all__ = ["Confirmer", "PatroniEtcdSource", "PatroniRestSource"]
+
+logger = logging.getLogger(__name__)
+
+WATCH_BACKOFF = (0.1, 2.0)
+
+_WRITABLE_TIMELINE = b"""
+SELECT CASE WHEN pg_is_in_recovery() OR current_setting('transaction_read_only')::bool
+            THEN NULL
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END
+"""
+
+
+_WAIT_PROMOTED = b"""
+DO $$ BEGIN
+  FOR i IN 1..LOOPS LOOP
+    EXIT WHEN NOT pg_is_in_recovery();
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+END $$
+"""
+
+
+def _auth(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without credentials, and the basic-auth header they make (if any)."""
+    parts = urllib.parse.urlsplit(url.rstrip("/"))
+    if parts.username is None:
+        return urllib.parse.urlunsplit(parts), {}
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    headers = urllib3.util.make_headers(basic_auth=f"{user}:{password}")
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), headers
+
+
+class Confirmer:
+    """Asks a new leader whether it takes writes yet (:meth:`timeline`), for the reader.
+
+    The one query a follower of Patroni makes: only on a new leader while
+    its promotion is pending (:class:`~pgfailover.topology.members.PatroniReader`),
+    on one connection kept while it is pending and closed as soon as
+    nothing is (:meth:`done`). Each call waits on the server for up to
+    ``wait`` seconds (``fast_interval``) for the promotion to end, checking
+    every 5 ms there (``pg_is_in_recovery()`` reads shared memory), so the
+    follower learns of it within milliseconds without a round trip each
+    time; a call that cannot connect waits out ``wait`` with ``pause``.
+
+    Thread safety: used by the source's thread only.
+    """
+
+    def __init__(
+        self,
+        dsns: Mapping[str, str],
+        *,
+        timeout: float,
+        wait: float,
+        pause: Callable[[float], object],
+    ) -> None:
+        self._dsns = dict(dsns)
+        self._timeout = timeout
+        self._wait = wait
+        self._pause = pause
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._node: str | None = None
+
+    def timeline(self, node: str) -> int | None:
+        """``node``'s timeline if it takes writes (within ``wait``), else ``None``; never
+        raises."""
+        started = time.monotonic()
+        if self._node != node:
+            self.done()
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(
+                    self._dsns[node],
+                    autocommit=True,
+                    connect_timeout=max(1, round(self._timeout)),
+                    application_name="pgfailover-confirm",
+                )
+                self._node = node
+            loops = max(1, round(self._wait / 0.005))
+            self._conn.execute(_WAIT_PROMOTED.replace(b"LOOPS", str(loops).encode()))
+            row = self._conn.execute(_WRITABLE_TIMELINE).fetchone()
+        except psycopg.Error:
+            self.done()
+            self._pause(max(0.0, self._wait - (time.monotonic() - started)))
+            return None
+        return row[0] if row is not None and isinstance(row[0], int) else None
+
+    def done(self) -> None:
+        """Close the connection (nothing is pending)."""
+        conn, self._conn, self._node = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+
+class PatroniRestSource:
+    """Polls ``GET /cluster`` on Patroni's REST APIs ``apis`` (``http://host:8008``).
+
+    The follower sees one URL (the whole setting): this source tries the
+    APIs itself, the one that answered last first, so one member's REST API
+    going away costs no fallback.
+
+    Thread safety: :meth:`messages` is read by the follower's thread;
+    :meth:`close` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        apis: Sequence[str],
+        reader: PatroniReader,
+        *,
+        connect_timeout: float,
+        silence: float,
+        poll: float,
+    ) -> None:
+        self.apis = tuple(apis)
+        self.urls = (",".join(f"patroni+{a}" for a in self.apis),)
+        self.silence = silence
+        self._reader = reader
+        self._poll = poll
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=max(poll, silence / 2))
+        self._http = urllib3.PoolManager(num_pools=len(self.apis) + 1, maxsize=1, retries=False)
+        self._stop = threading.Event()
+
+    @property
+    def shown(self) -> str:
+        """The setting for logs and status, passwords masked."""
+        return ",".join(f"patroni+{mask_url(a)}" for a in self.apis)
+
+    def messages(self, url: str) -> Iterator[Update]:
+        """A snapshot per read of ``/cluster``, every ``poll`` seconds, until closed.
+
+        Raises:
+            StreamError: no REST API answered for ``silence`` seconds, or
+                Patroni's members are not this manager's nodes.
+        """
+        last_ok = time.monotonic()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                members = from_cluster(self._read())
+                yield self._reader.update(members, time.time(), time.monotonic() - started)
+                last_ok = time.monotonic()
+            except _NoAnswer as exc:
+                if time.monotonic() - last_ok >= self.silence:
+                    raise StreamError(f"{self.shown}: {exc} for {self.silence:g}s") from None
+            except (ValueError, SourceMismatch) as exc:
+                raise StreamError(f"{self.shown}: {exc}") from None
+            self._stop.wait(max(0.0, self._poll - (time.monotonic() - started)))
+
+    def _read(self) -> Any:
+        failures = []
+        for api in self.apis:
+            target, headers = _auth(api)
+            try:
+                response = self._http.request(
+                    "GET", f"{target}/cluster", headers=headers, timeout=self._timeout
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                failures.append(f"{mask_url(api)} {type(exc).__name__}")
+                continue
+            if response.status != 200:
+                failures.append(f"{mask_url(api)} HTTP {response.status}")
+                continue
+            if api != self.apis[0]:  # prefer the one that answered
+                self.apis = (api, *(a for a in self.apis if a != api))
+            try:
+                return json.loads(response.data)
+            except ValueError:
+                raise ValueError(f"{mask_url(api)}/cluster is not JSON") from None
+        raise _NoAnswer(f"no Patroni REST API answered ({'; '.join(failures)})")
+
+    def report(self, url: str, node: str) -> None:
+        """Nothing to tell: Patroni checks its members itself."""
+
+    def close(self) -> None:
+        """Stop polling (the follower's read ends at once)."""
+        self._stop.set()
+        self._http.clear()
+
+
+class _NoAnswer(Exception):
+    """No endpoint answered this time (the source gives up after ``silence``)."""
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _text(data: object) -> str:
+    return base64.b64decode(str(data or "")).decode(errors="replace")
+
+
+class PatroniEtcdSource:
+    """Patroni's keys under ``prefix`` in etcd (``endpoints``): read, then watched.
+
+    Thread safety: :meth:`messages` is read by the follower's thread, which
+    starts a ``pgfailover-patroni-watch`` thread for the watch; :meth:`close`
+    may be called from any thread.
+
+    Locks: ``_lock`` guards ``_keys``, ``_revision`` and ``_response`` (a
+    leaf; never held across a call to etcd).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str,
+        reader: PatroniReader,
+        *,
+        connect_timeout: float,
+        silence: float,
+        poll: float,
+    ) -> None:
+        self.endpoints = tuple(endpoints)
+        self.prefix = prefix
+        self.urls = (",".join(f"patroni+{e}{prefix.rstrip('/')}" for e in self.endpoints),)
+        self.silence = silence
+        self._reader = reader
+        self._poll = poll
+        self._connect_timeout = connect_timeout
+        self._etcd = Etcd(self.endpoints, timeout=max(connect_timeout, silence / 2))
+        self._http = urllib3.PoolManager(num_pools=len(self.endpoints) + 1, retries=False)
+        self._lock = threading.Lock()
+        self._keys: dict[str, str] = {}  # guarded by self._lock
+        self._revision = 0  # guarded by self._lock: the newest revision applied
+        self._response: urllib3.BaseHTTPResponse | None = None  # guarded by self._lock
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+
+    @property
+    def shown(self) -> str:
+        """The setting for logs and status, passwords masked."""
+        path = self.prefix.rstrip("/")
+        return ",".join(f"patroni+{mask_url(e)}{path}" for e in self.endpoints)
+
+    def messages(self, url: str) -> Iterator[Update]:
+        """A snapshot after each read of the keys and after each change etcd pushes.
+
+        Raises:
+            StreamError: etcd did not answer for ``silence`` seconds, or
+                Patroni's members are not this manager's nodes.
+        """
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch, args=(done,), name="pgfailover-patroni-watch", daemon=True
+        )
+        last_ok = time.monotonic()
+        read = True
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                if read:
+                    try:
+                        self._range()
+                        last_ok = time.monotonic()
+                    except EtcdError as exc:
+                        if time.monotonic() - last_ok >= self.silence:
+                            raise StreamError(f"{self.shown}: {exc}") from None
+                        self._stop.wait(min(self._poll, 0.1))
+                        continue
+                    if watcher.ident is None:  # the first read done: watch from its revision
+                        watcher.start()
+                with self._lock:
+                    keys = dict(self._keys)
+                try:
+                    members = from_keys(keys, self.prefix)
+                    yield self._reader.update(members, time.time(), time.monotonic() - started)
+                except SourceMismatch as exc:
+                    raise StreamError(f"{self.shown}: {exc}") from None
+                # A change pushed: a snapshot at once; else read the keys again after
+                # `poll` (at once while a new leader's promotion is being confirmed: the
+                # confirmation itself waits up to fast_interval on the server).
+                wait = 0.0 if self._reader.pending else self._poll  # the confirmer waited
+                read = not self._changed.wait(wait)
+                self._changed.clear()
+        finally:
+            done.set()
+            self._interrupt()
+            if watcher.is_alive():
+                watcher.join(1.0)
+
+    def _range(self) -> None:
+        end = self.prefix[:-1] + chr(ord(self.prefix[-1]) + 1)
+        data = self._etcd.call("kv/range", {"key": _b64(self.prefix), "range_end": _b64(end)})
+        revision = int(data.get("header", {}).get("revision", 0))
+        keys = {_text(kv.get("key")): _text(kv.get("value")) for kv in data.get("kvs", [])}
+        with self._lock:
+            if revision >= self._revision:  # not older than what the watch applied
+                self._keys, self._revision = keys, revision
+
+    def _watch(self, done: threading.Event) -> None:
+        """The watch thread: apply each change etcd pushes; reopen after an error."""
+        pause = WATCH_BACKOFF[0]
+        attempt = 0
+        while not (done.is_set() or self._stop.is_set()):
+            endpoint = self.endpoints[attempt % len(self.endpoints)]
+            attempt += 1
+            try:
+                self._stream(endpoint, done)
+                pause = WATCH_BACKOFF[0]
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if done.is_set() or self._stop.is_set():
+                    return
+                logger.debug("patroni watch on %s: %s", mask_url(endpoint), exc)
+            done.wait(pause)
+            pause = min(WATCH_BACKOFF[1], pause * 2)
+
+    def _stream(self, endpoint: str, done: threading.Event) -> None:
+        end = self.prefix[:-1] + chr(ord(self.prefix[-1]) + 1)
+        with self._lock:
+            start = self._revision + 1
+        target, headers = _auth(endpoint)
+        body = {"create_request": {"key": _b64(self.prefix), "range_end": _b64(end),
+                                   "start_revision": start}}  # fmt: skip
+        response = self._http.request(
+            "POST",
+            f"{target}/v3/watch",
+            body=json.dumps(body).encode(),
+            headers={**headers, "Content-Type": "application/json"},
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=self._connect_timeout, read=None),
+        )
+        with self._lock:
+            self._response = response
+        try:
+            if done.is_set() or self._stop.is_set():
+                return
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            buffer = b""
+            for chunk in response.stream(64 * 1024):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._apply(json.loads(line))
+            raise ValueError("etcd ended the watch")
+        finally:
+            with self._lock:
+                self._response = None
+            response.close()
+            response.release_conn()
+
+    def _apply(self, message: Any) -> None:
+        result = message.get("result") if isinstance(message, dict) else None
+        if not isinstance(result, dict):
+            raise ValueError(f"not a watch response: {str(message)[:100]}")
+        if result.get("canceled") or result.get("compact_revision"):
+            self._changed.set()  # the next loop reads the keys whole
+            raise ValueError("etcd cancelled the watch (compacted): reading the keys again")
+        events = result.get("events") or []
+        if not events:
+            return
+        with self._lock:
+            for event in events:
+                kv = event.get("kv", {})
+                key, revision = _text(kv.get("key")), int(kv.get("mod_revision", 0))
+                if event.get("type") == "DELETE":
+                    self._keys.pop(key, None)
+                else:
+                    self._keys[key] = _text(kv.get("value"))
+                self._revision = max(self._revision, revision)
+        self._changed.set()
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            if self._response is not None:
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    self._response.shutdown()
+
+    def report(self, url: str, node: str) -> None:
+        """Nothing to tell: Patroni checks its members itself."""
+
+    def close(self) -> None:
+        """Stop reading and watching (the follower's read ends at once)."""
+        self._stop.set()
+        self._changed.set()
+        self._interrupt()
+        self._etcd.close()
