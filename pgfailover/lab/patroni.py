@@ -260,6 +260,18 @@ class PatroniLab:
         finally:
             log.close()
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the member's Patroni (its REST API hangs; PostgreSQL runs on)."""
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT the member's Patroni."""
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+
     def kill(self, name: str) -> None:
         """kill -9 the member's Patroni and its PostgreSQL (a crashed host)."""
         proc = self._procs.get(name)
@@ -274,6 +286,7 @@ class PatroniLab:
         """Stop the member: Patroni (SIGTERM stops its PostgreSQL too), then any leftover."""
         proc = self._procs.get(name)
         if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a frozen one could not stop
             proc.terminate()
             try:
                 proc.wait(30)
