@@ -334,6 +334,41 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def scale_patroni_table(records: list[dict[str, Any]]) -> list[str]:
+    """Many managers on a Patroni cluster through its switchover (scale_patroni.py)."""
+    summaries = [r for r in records if r.get("summary") and "contender" in r]
+    if not summaries:
+        return []
+    pace = next((r.get("pace_s") for r in records if "pace_s" in r), None)
+    lines = [
+        f"Writes every {pace:g} s per manager; a Patroni switchover." if pace is not None else "",
+        "",
+        "| managers | contender | watch sessions steady / most in the switchover "
+        "| probes/s steady | promotion to manager switch p50 / p99 "
+        "| promotion to first write p50 / p99 / max | lost | old leader's acks after "
+        "| memory / threads per manager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summaries:
+
+        def q(prefix: str, *names: str, r: dict[str, Any] = r) -> str:
+            values = [r.get(f"{prefix}_{n}_s") for n in names]
+            if any(v is None for v in values):
+                return "n/a"
+            return " / ".join(f"{v:.3f}" for v in values) + " s"
+
+        lines.append(
+            f"| {r['size']} | {r['contender']} "
+            f"| {r['steady_probe_sessions']:g} / {r['failover_probe_sessions_max']:g} "
+            f"| {r['steady_probes_per_s']:g} "
+            f"| {q('switch_to_manager_switch', 'p50', 'p99')} "
+            f"| {q('switch_to_first_write', 'p50', 'p99', 'max')} "
+            f"| {r['lost']:g} | {r['old_primary_acks_after_new']:g} "
+            f"| {r['rss_kib_per_manager'] / 1024:.2f} MiB / {r['threads_per_manager']:g} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the tables for the results directory given."""
     args = sys.argv[1:] if argv is None else argv
@@ -350,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Read strategies", "reads.jsonl", reads_table),
         ("Probe cycles", "probes.jsonl", probes_table),
         ("Many managers on one cluster", "scale.jsonl", scale_table),
+        ("Many managers on a Patroni cluster", "scale_patroni.jsonl", scale_patroni_table),
     ):
         records = _records(directory / name)
         machine = next((r["machine"] for r in records if "machine" in r), None)

@@ -68,6 +68,11 @@ from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
 
 CONTENDERS = ("probing", "arbiter", "libpq")
+FOLLOWERS = (
+    "arbiter",
+    "patroni",
+    "patroni-etcd",
+)  # the contenders with a source (scale_patroni.py)
 PER_WORKER = 10  # managers per worker process (a gunicorn worker has one; 2 CPUs host them all)
 MAX_WORKERS = 20
 PACE = 0.1  # seconds between one manager's writes
@@ -128,7 +133,7 @@ def _clients(
             closers.append(pool.close)
     else:
         nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
-        source = spec["source"] if spec["contender"] == "arbiter" else None
+        source = spec["source"] if spec["contender"] in FOLLOWERS else None
         config = FailoverConfig(pool_min_size=1, pool_max_size=2, source=source)
         for k in range(spec["count"]):
             mgr = FailoverManager(nodes=nodes, config=config).open()
@@ -343,12 +348,12 @@ def _delta(before: dict[str, int], after: dict[str, int], nodes: list[str]) -> i
     return sum(after.get(n, 0) - before.get(n, 0) for n in nodes)
 
 
-def _sessions(lab: LocalLab, names: list[str]) -> int:
-    return sum(int(lab.run_sql(n, PROBE_SESSIONS)[0][0]) for n in names)
+def _sessions(lab: Any, names: list[str], query: str = PROBE_SESSIONS) -> int:
+    return sum(int(lab.run_sql(n, query)[0][0]) for n in names)
 
 
 def _specs(
-    lab: LocalLab, size: int, contender: str, stream_url: str, pace: float
+    lab: Any, size: int, contender: str, stream_url: str, pace: float
 ) -> list[dict[str, Any]]:
     nodes = [[n.name, n.dsn] for n in lab.nodes]
     hosts = ",".join(n.host for n in lab.nodes)
@@ -426,15 +431,17 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
 
 
 def _writes(
-    lab: LocalLab,
+    lab: Any,
     results: list[dict[str, Any]],
     killed: float,
     new: str | None,
     switched: float | None,
+    *,
+    old: str = "node0",
 ) -> dict[str, Any]:
-    """What the managers' writes came to after the kill."""
+    """What the managers' writes came to after the kill (or the switchover from ``old``)."""
     new_port = lab.node(new).port if new else None
-    old_port = lab.node("node0").port
+    old_port = lab.node(old).port
     firsts: list[float] = []
     seen = (
         sorted(t - switched for r in results for t in r["switched"].values()) if switched else []

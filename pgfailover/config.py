@@ -176,11 +176,14 @@ class FailoverConfig:
 
     Following (:mod:`pgfailover.topology`): ``source``, one or more
     ``pgfailover serve`` stream URLs (``"http://arbiter:8009"``, comma
-    separated), makes the manager route on the arbiter's snapshots instead
-    of probing every node; it probes a node only to confirm a query's
-    failure, and probes everything itself when the source is silent for
-    ``health_check_interval`` (at least 0.75 s). Such a manager never
-    promotes.
+    separated), Patroni's REST APIs (``"patroni+http://db1:8008,..."``) or
+    the etcd Patroni keeps its keys in
+    (``"patroni+etcd://etcd1:2379,.../service/<scope>"``), makes the
+    manager route on the source's view instead of probing every node; it
+    probes a node only to confirm a query's failure (or, following Patroni,
+    a new leader's promotion), and probes everything itself when the source
+    is silent for ``health_check_interval`` (at least 0.75 s). Such a
+    manager never promotes.
     """
 
     promotion: Promotion = "external"

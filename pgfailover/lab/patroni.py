@@ -83,10 +83,13 @@ class PatroniLab:
         self.etcd: EtcdServer | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._patroni: tuple[list[str], dict[str, str]] | None = None
+        self.max_connections = 300
         self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=5.0))
 
     @classmethod
-    def create(cls, members: int = 3, scope: str = "lab") -> PatroniLab:
+    def create(
+        cls, members: int = 3, scope: str = "lab", max_connections: int = 300
+    ) -> PatroniLab:
         """Start etcd and ``members`` Patroni members; return once one leads and all stream.
 
         Raises:
@@ -101,6 +104,7 @@ class PatroniLab:
             taken.update((port, api))
             infos.append(PatroniMember(NodeInfo(f"node{index}", HOST, port), api))
         lab = cls(base, infos, scope)
+        lab.max_connections = max_connections
         try:
             lab._start()
         except BaseException:
@@ -138,6 +142,10 @@ class PatroniLab:
         ) as conn:
             cur = conn.execute(sql.encode())
             return cur.fetchall() if cur.description is not None else []
+
+    def node(self, name: str) -> NodeInfo:
+        """Member ``name``'s PostgreSQL."""
+        return self.member(name).node
 
     def member(self, name: str) -> PatroniMember:
         """The member called ``name``."""
@@ -387,6 +395,8 @@ class PatroniLab:
                             "max_wal_senders": 10,
                             "max_replication_slots": 10,
                             "wal_keep_size": "128MB",
+                            # Patroni keeps this one in etcd, the same on every member.
+                            "max_connections": self.max_connections,
                         },
                     },
                 },
@@ -407,7 +417,6 @@ class PatroniLab:
                 "pg_hba": hba,
                 "parameters": {
                     "unix_socket_directories": str(home),
-                    "max_connections": 300,
                     "fsync": "off",
                     "synchronous_commit": "on",
                 },

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.topology.arbiter import ArbiterSource
+from pgfailover.topology.confirm import Confirmer
 from pgfailover.topology.follower import Source
 from pgfailover.topology.members import PatroniReader
-from pgfailover.topology.patroni import Confirmer, PatroniEtcdSource, PatroniRestSource
+from pgfailover.topology.patroni import PatroniEtcdSource, PatroniRestSource
 from pgfailover.topology.urls import parse_source
 from pgfailover.wire import HEARTBEAT
 
@@ -33,7 +34,7 @@ def build_source(config: FailoverConfig, nodes: Sequence[Node], name: str) -> So
       (at most every 0.5 s), gone after ``health_check_interval`` without one;
     - either Patroni source confirms a new leader's promotion on it, waiting up
       to ``fast_interval`` a time on the server, until it takes writes
-      (:class:`~pgfailover.topology.patroni.Confirmer`).
+      (:class:`~pgfailover.topology.confirm.Confirmer`).
     """
     spec = parse_source(config.source or "")
     silence = max(config.health_check_interval, 3 * HEARTBEAT)

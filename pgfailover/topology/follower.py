@@ -221,14 +221,19 @@ class Follower:
                 self._adopting = False
         now = time.time()
         with self._lock:
-            self._seq, self._last_update, self._url = seq, now, mask_url(url)
+            self._seq, self._last_update, self._url = seq, now, self._shown(url)
             self._raw_url = url
             if not was_following:
                 self._mode, self._since, self._reason = "following", now, None
             self.updates += 1
         self._first.set()
         if not was_following:
-            logger.info("cluster %s: following %s", self._name, mask_url(url))
+            logger.info("cluster %s: following %s", self._name, self._shown(url))
+
+    def _shown(self, url: str) -> str:
+        """``url`` masked; a source that tries its endpoints itself has one URL, the
+        whole setting, which its ``shown`` masks endpoint by endpoint."""
+        return self.source.shown if len(self.source.urls) == 1 else mask_url(url)
 
     def _fall_back(self, reason: str, *, first: bool = False) -> None:
         with self._lock:

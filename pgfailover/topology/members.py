@@ -170,7 +170,7 @@ def _address(conn_url: object) -> str | None:
 
 
 class Confirm(Protocol):
-    """Asks a server whether it takes writes (:class:`~pgfailover.topology.patroni.Confirmer`)."""
+    """Asks a server whether it takes writes (:class:`~pgfailover.topology.confirm.Confirmer`)."""
 
     def timeline(self, node: str) -> int | None:
         """``node``'s timeline if it takes writes now, else ``None``."""
@@ -207,6 +207,12 @@ class PatroniReader:
         self._leader: str | None = None
         self._leader_timeline: int | None = None
         self.pending: str | None = None  # a new leader whose promotion is not confirmed yet
+
+    def release(self) -> None:
+        """The source stopped reading: let go of a pending confirmation's connection."""
+        self.pending = None
+        if self._confirm is not None:
+            self._confirm.done()
 
     def update(self, members: Sequence[Member], now: float, took: float) -> Update:
         """The snapshot after this read of ``members`` (``took``: seconds the read took).

@@ -38,10 +38,9 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import psycopg
 import urllib3
 
 from pgfailover.etcd import Etcd, EtcdError
@@ -51,28 +50,11 @@ from pgfailover.topology.sse import StreamError
 from pgfailover.topology.urls import mask_url
 from pgfailover.wire import Update
 
-__all__ = ["Confirmer", "PatroniEtcdSource", "PatroniRestSource"]
+__all__ = ["PatroniEtcdSource", "PatroniRestSource"]
 
 logger = logging.getLogger(__name__)
 
 WATCH_BACKOFF = (0.1, 2.0)
-
-_WRITABLE_TIMELINE = b"""
-SELECT CASE WHEN pg_is_in_recovery() OR current_setting('transaction_read_only')::bool
-            THEN NULL
-            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-       END
-"""
-
-
-_WAIT_PROMOTED = b"""
-DO $$ BEGIN
-  FOR i IN 1..LOOPS LOOP
-    EXIT WHEN NOT pg_is_in_recovery();
-    PERFORM pg_sleep(0.005);
-  END LOOP;
-END $$
-"""
 
 
 def _auth(url: str) -> tuple[str, dict[str, str]]:
@@ -84,68 +66,6 @@ def _auth(url: str) -> tuple[str, dict[str, str]]:
     password = urllib.parse.unquote(parts.password or "")
     headers = urllib3.util.make_headers(basic_auth=f"{user}:{password}")
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), headers
-
-
-class Confirmer:
-    """Asks a new leader whether it takes writes yet (:meth:`timeline`), for the reader.
-
-    The one query a follower of Patroni makes: only on a new leader while
-    its promotion is pending (:class:`~pgfailover.topology.members.PatroniReader`),
-    on one connection kept while it is pending and closed as soon as
-    nothing is (:meth:`done`). Each call waits on the server for up to
-    ``wait`` seconds (``fast_interval``) for the promotion to end, checking
-    every 5 ms there (``pg_is_in_recovery()`` reads shared memory), so the
-    follower learns of it within milliseconds without a round trip each
-    time; a call that cannot connect waits out ``wait`` with ``pause``.
-
-    Thread safety: used by the source's thread only.
-    """
-
-    def __init__(
-        self,
-        dsns: Mapping[str, str],
-        *,
-        timeout: float,
-        wait: float,
-        pause: Callable[[float], object],
-    ) -> None:
-        self._dsns = dict(dsns)
-        self._timeout = timeout
-        self._wait = wait
-        self._pause = pause
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._node: str | None = None
-
-    def timeline(self, node: str) -> int | None:
-        """``node``'s timeline if it takes writes (within ``wait``), else ``None``; never
-        raises."""
-        started = time.monotonic()
-        if self._node != node:
-            self.done()
-        try:
-            if self._conn is None:
-                self._conn = psycopg.connect(
-                    self._dsns[node],
-                    autocommit=True,
-                    connect_timeout=max(1, round(self._timeout)),
-                    application_name="pgfailover-confirm",
-                )
-                self._node = node
-            loops = max(1, round(self._wait / 0.005))
-            self._conn.execute(_WAIT_PROMOTED.replace(b"LOOPS", str(loops).encode()))
-            row = self._conn.execute(_WRITABLE_TIMELINE).fetchone()
-        except psycopg.Error:
-            self.done()
-            self._pause(max(0.0, self._wait - (time.monotonic() - started)))
-            return None
-        return row[0] if row is not None and isinstance(row[0], int) else None
-
-    def done(self) -> None:
-        """Close the connection (nothing is pending)."""
-        conn, self._conn, self._node = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
 
 
 class PatroniRestSource:
@@ -173,7 +93,9 @@ class PatroniRestSource:
         self.silence = silence
         self._reader = reader
         self._poll = poll
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=max(poll, silence / 2))
+        # One read may take half the silence, over every API: a black hole is given
+        # up on in time to try the others, and to fall back within `silence`.
+        self._budget = max(0.1, min(connect_timeout, silence / 2))
         self._http = urllib3.PoolManager(num_pools=len(self.apis) + 1, maxsize=1, retries=False)
         self._stop = threading.Event()
 
@@ -189,6 +111,12 @@ class PatroniRestSource:
             StreamError: no REST API answered for ``silence`` seconds, or
                 Patroni's members are not this manager's nodes.
         """
+        try:
+            yield from self._poll_cluster()
+        finally:
+            self._reader.release()
+
+    def _poll_cluster(self) -> Iterator[Update]:
         last_ok = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
@@ -204,18 +132,26 @@ class PatroniRestSource:
             self._stop.wait(max(0.0, self._poll - (time.monotonic() - started)))
 
     def _read(self) -> Any:
+        """``/cluster`` from the API that answered last, else the next; one that fails
+        goes to the back, so that the next read starts with another."""
         failures = []
+        deadline = time.monotonic() + self._budget
         for api in self.apis:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                failures.append("out of time")
+                break
             target, headers = _auth(api)
             try:
                 response = self._http.request(
-                    "GET", f"{target}/cluster", headers=headers, timeout=self._timeout
+                    "GET", f"{target}/cluster", headers=headers, timeout=urllib3.Timeout(left)
                 )
+                failure = None if response.status == 200 else f"HTTP {response.status}"
             except urllib3.exceptions.HTTPError as exc:
-                failures.append(f"{mask_url(api)} {type(exc).__name__}")
-                continue
-            if response.status != 200:
-                failures.append(f"{mask_url(api)} HTTP {response.status}")
+                failure = type(exc).__name__
+            if failure is not None:
+                failures.append(f"{mask_url(api)} {failure}")
+                self.apis = (*(a for a in self.apis if a != api), api)
                 continue
             if api != self.apis[0]:  # prefer the one that answered
                 self.apis = (api, *(a for a in self.apis if a != api))
@@ -274,7 +210,7 @@ class PatroniEtcdSource:
         self._reader = reader
         self._poll = poll
         self._connect_timeout = connect_timeout
-        self._etcd = Etcd(self.endpoints, timeout=max(connect_timeout, silence / 2))
+        self._etcd = Etcd(self.endpoints, timeout=max(0.1, min(connect_timeout, silence / 2)))
         self._http = urllib3.PoolManager(num_pools=len(self.endpoints) + 1, retries=False)
         self._lock = threading.Lock()
         self._keys: dict[str, str] = {}  # guarded by self._lock
@@ -334,6 +270,7 @@ class PatroniEtcdSource:
             self._interrupt()
             if watcher.is_alive():
                 watcher.join(1.0)
+            self._reader.release()
 
     def _range(self) -> None:
         end = self.prefix[:-1] + chr(ord(self.prefix[-1]) + 1)
@@ -402,8 +339,12 @@ class PatroniEtcdSource:
         if not isinstance(result, dict):
             raise ValueError(f"not a watch response: {str(message)[:100]}")
         if result.get("canceled") or result.get("compact_revision"):
-            self._changed.set()  # the next loop reads the keys whole
-            raise ValueError("etcd cancelled the watch (compacted): reading the keys again")
+            # Events before etcd's compaction are gone: watch again from there on;
+            # the keys' next periodic read brings what was missed.
+            compacted = int(result.get("compact_revision") or 0)
+            with self._lock:
+                self._revision = max(self._revision, compacted - 1)
+            raise ValueError(f"etcd cancelled the watch (compacted at {compacted})")
         events = result.get("events") or []
         if not events:
             return

@@ -137,6 +137,18 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         assert run["never_wrote_on_new"] == 0, run
         assert run["old_primary_acks_after_new"] == 0, run
 
+    patroni = _run(
+        "scale_patroni.py",
+        *("--sizes", "2", "--runs", "1", "--steady", "1", "--observe", "4"),
+        *("--contenders", "patroni-etcd"),
+        out=tmp_path / "scale_patroni.jsonl",
+    )
+    (followed,) = [r for r in patroni if "run" in r]
+    assert followed["steady_probe_sessions"] == 0  # followers of Patroni keep no session
+    assert followed["switch_to_manager_switch_s"] is not None, followed
+    assert (followed["never_wrote_on_new"], followed["lost"]) == (0, 0), followed
+    assert followed["old_primary_acks_after_new"] == 0, followed
+
     report = _report(tmp_path)
     for title in (
         "Failover downtime",
@@ -147,6 +159,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         "Read strategies",
         "Probe cycles",
         "Many managers on one cluster",
+        "Many managers on a Patroni cluster",
     ):
         assert f"### {title}" in report
     assert "| kill | sync | auto | 1 |" in report

@@ -12,7 +12,9 @@ each with its own workload of INSERTs with unique ids. What must hold:
 - followers never probe (no ``pgfailover-probe`` session on any member);
 - when Patroni's REST APIs hang (SIGSTOP), the REST followers probe the
   cluster themselves within their ``health_check_interval`` and follow
-  again once Patroni answers.
+  again once Patroni answers; likewise the etcd followers when their path
+  to etcd is a black hole (iptables DROP on 127.0.0.2 only, so Patroni,
+  on 127.0.0.1, keeps its leader), removed in a ``finally``.
 
 Every Patroni, PostgreSQL and etcd process is stopped by its PID in a ``finally``.
 """
@@ -28,6 +30,8 @@ import psycopg
 import pytest
 
 from pgfailover import FailoverManager
+from pgfailover.lab import netfault
+from pgfailover.lab.base import CLIENT_HOST
 from pgfailover.lab.patroni import PatroniLab
 from tests.tools import require_tool
 
@@ -174,3 +178,35 @@ def test_followers_probe_while_patroni_hangs_and_follow_again(patroni_lab: Patro
         )
         wait_until(lambda: _probe_sessions(lab) == 0, timeout=10, what="probe sessions to close")
         assert all((m.source_status() or {}).get("fallbacks") == 1 for m in managers)
+
+
+def _modes(managers: list[FailoverManager]) -> list[str]:
+    return [(m.source_status() or {}).get("mode", "?") for m in managers]
+
+
+@pytest.mark.timeout(180)
+def test_followers_probe_while_etcd_is_a_black_hole_and_follow_again(
+    patroni_lab: PatroniLab,
+) -> None:
+    lab = patroni_lab
+    if (why := netfault.unavailable_reason()) is not None:
+        pytest.skip(why)
+    assert lab.etcd is not None
+    source = lab.etcd_source.replace("127.0.0.1", CLIENT_HOST)
+    with _followers(lab, [source, source]) as managers:
+        wait_until(lambda: _modes(managers) == ["following"] * 2, what="following etcd")
+        faults = netfault.NetFaults(netfault.lab_id(lab.directory), client_host=CLIENT_HOST)
+        try:
+            faults.apply("etcd", lab.etcd.port, "partition")
+            cut_at = time.monotonic()
+            wait_until(lambda: _modes(managers) == ["probing"] * 2, timeout=10, what="probing")
+            fell_after = time.monotonic() - cut_at
+            assert fell_after < INTERVAL + 1.0, f"fell back after {fell_after:.2f}s"
+            for mgr in managers:
+                assert mgr.query("SELECT 1")[0][0] == 1
+                assert "etcd" in ((mgr.source_status() or {}).get("reason") or "")
+            assert lab.leader() == "node0"  # Patroni, on 127.0.0.1, saw nothing
+        finally:
+            faults.heal()
+        wait_until(lambda: _modes(managers) == ["following"] * 2, timeout=15, what="following")
+        wait_until(lambda: _probe_sessions(lab) == 0, timeout=10, what="probe sessions to close")

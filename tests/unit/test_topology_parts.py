@@ -119,3 +119,14 @@ def test_the_readme_follower_settings_are_a_valid_config(tmp_path: Path) -> None
         "http://arbiter-a:8009",
         "http://arbiter-b:8009",
     )
+
+
+def test_the_readme_patroni_follower_settings_are_a_valid_config(tmp_path: Path) -> None:
+    from pgfailover.topology.urls import parse_source
+    from tests.readme import block
+
+    nodes = '[[nodes]]\nname = "a"\ndsn = "host=db1"\n'
+    (tmp_path / "app.toml").write_text(nodes + block("patroni-follower-config"))
+    _, config = load_toml(tmp_path / "app.toml")
+    spec = parse_source(config.source or "")
+    assert (spec.kind, len(spec.urls)) == ("patroni", 3)

@@ -247,3 +247,85 @@ def test_the_snapshots_carry_a_growing_sequence_and_the_cluster() -> None:
     first = reader.update(from_cluster(_cluster(*HEALTHY)), 1.0, 0.001)
     second = reader.update(from_cluster(_cluster(*HEALTHY)), 2.0, 0.001)
     assert (first.cluster, first.seq, second.seq, second.sent_at) == ("main", 1, 2, 2.0)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "patroni+http://u:hunter2@db1:8008,patroni+https://v:hunter2@db2:8008",
+        "patroni+http://db1:8008,patroni+http://u:hunter2@db2:8008",
+    ],
+)
+def test_patroni_passwords_never_show(source: str) -> None:
+    from pgfailover.topology.build import build_source
+
+    config = FailoverConfig(source=source)
+    built = build_source(config, NODES, "main")
+    try:
+        assert "hunter2" not in built.shown
+        assert built.shown.count("***") == source.count("hunter2")
+        assert "hunter2" not in repr(config)
+    finally:
+        built.close()
+
+
+def test_each_setting_builds_its_source() -> None:
+    from pgfailover.topology.arbiter import ArbiterSource
+    from pgfailover.topology.build import build_source
+    from pgfailover.topology.patroni import PatroniEtcdSource, PatroniRestSource
+
+    for source, kind in [
+        ("http://a:8009", ArbiterSource),
+        ("patroni+http://db1:8008", PatroniRestSource),
+        ("patroni+etcd://e:2379/service/main", PatroniEtcdSource),
+    ]:
+        built = build_source(FailoverConfig(source=source), NODES, "main")
+        try:
+            assert isinstance(built, kind)
+            assert len(built.urls) == 1
+        finally:
+            built.close()
+
+
+def test_a_new_leader_that_hangs_delays_the_source_only_briefly() -> None:
+    """A server that accepts and never answers (a hung new leader): each check gives
+    up after about ``wait`` + slack, and no second check starts while one hangs."""
+    import socket
+    import threading
+    import time
+
+    from pgfailover.topology.confirm import SLACK, Confirmer
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    port = listener.getsockname()[1]
+    confirmer = Confirmer(
+        {"node1": f"host=127.0.0.1 port={port}"}, timeout=2.0, wait=0.05, pause=time.sleep
+    )
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert confirmer.timeline("node1") is None
+            assert time.monotonic() - started < 0.05 + SLACK + 0.2
+        assert len(accepted) == 1  # one check in flight; no second connection meanwhile
+        confirmer.done()
+    finally:
+        stop.set()
+        acceptor.join(2)
+        for conn in accepted:
+            conn.close()
+        listener.close()

@@ -1,0 +1,168 @@
+"""Many application processes on a Patroni cluster: how fast they follow its leader change.
+
+The Patroni side of ``scale.py``, with the same worker processes and the
+same figures, on a :class:`~pgfailover.lab.patroni.PatroniLab` (three
+Patroni 4 members on etcd, ``max_connections`` 1500) instead of the local
+lab and arbiter. For each size (1, 50, 200 managers by default) and each
+contender, a run builds a fresh Patroni cluster, spreads the managers over
+worker processes (10 each, at most 20), lets them idle for ``--steady``
+seconds, then has every manager write (an INSERT with a unique id every
+``--pace`` seconds) and asks Patroni for a switchover to ``node1``
+(``POST /switchover``). The event is a switchover rather than a kill:
+Patroni replaces a crashed leader only after its leader key's TTL (at least
+20 s), which measures Patroni, not its followers.
+
+"Promotion" is when ``node1`` first takes writes, seen by a connection
+polling ``pg_is_in_recovery()`` every 2 ms; measured from there, for every
+manager: its switch (its ``on_failover``) and its first acknowledged write
+on ``node1`` (p50, p99, max). Also: the sessions the managers keep on the
+servers to watch them (probes, and a follower's confirmation of the new
+leader) at steady state and at most during the switchover, and what the
+writes came to (lost, acknowledged by ``node0`` after the promotion).
+
+Contenders, taking turns run by run:
+
+- ``probing``: every manager probes every node itself;
+- ``patroni``: every manager follows Patroni's REST API (``patroni+http://``,
+  ``GET /cluster`` every ``fast_interval``);
+- ``patroni-etcd``: every manager watches Patroni's keys in etcd (``patroni+etcd://``);
+- ``libpq``: a psycopg_pool per "manager" on the multi-host conninfo.
+
+    python benchmarks/scale_patroni.py --sizes 1,50,200 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine
+from scale import PACE, Workers, _sessions, _specs, _writes, summaries
+
+from pgfailover.lab.patroni import PatroniLab
+
+CONTENDERS = ("probing", "patroni", "patroni-etcd", "libpq")
+WATCH_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE application_name IN ('pgfailover-probe', 'pgfailover-confirm')"
+)
+WINDOW = 3.0  # seconds after the switchover request in which sessions are watched
+
+
+def _promoted(dsn: str, into: dict[str, float], stop: threading.Event) -> None:
+    """Set ``into["at"]`` (wall clock) when the server at ``dsn`` first takes writes."""
+    while not stop.is_set():
+        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and not row[0]:
+                    into["at"] = time.time()
+                    return
+                time.sleep(0.002)
+        stop.wait(0.01)
+
+
+def _footprint(readies: list[dict[str, Any]], counts: list[int]) -> dict[str, float]:
+    """Memory and threads per manager; and the arbiter's columns of scale.py, naught here
+    (no arbiter; probes during the switchover are not counted: its sessions are)."""
+    pairs = list(zip(readies, counts, strict=True))
+    return {
+        "rss_kib_per_manager": round(statistics.median(r["rss_kib"] / c for r, c in pairs), 1),
+        "threads_per_manager": round(statistics.median(r["threads"] / c for r, c in pairs), 1),
+        "steady_arbiter_probes_per_s": 0.0,
+        "failover_probes_per_s": 0.0,
+        "failover_live_probes_per_s": 0.0,
+        "failover_arbiter_probes_per_s": 0.0,
+    }
+
+
+def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One run: steady, then a switchover under writes; the run's record."""
+    lab = PatroniLab.create(max_connections=1500)
+    every = [n.name for n in lab.nodes]
+    try:
+        lab.run_sql("node0", "CREATE TABLE bench (id bigint PRIMARY KEY)")
+        source = lab.etcd_source if contender == "patroni-etcd" else lab.source
+        specs = _specs(lab, size, contender, source, args.pace)
+        workers = Workers(specs)
+        try:
+            readies = workers.ask(None)
+            time.sleep(2.0)
+            record: dict[str, Any] = {"size": size, "contender": contender, "run": run}
+            record["steady_probe_sessions"] = _sessions(lab, every, WATCH_SESSIONS)
+            p0, t0 = workers.probes(), time.monotonic()
+            time.sleep(args.steady)
+            probed = sum(workers.probes().values()) - sum(p0.values())
+            record["steady_probes_per_s"] = round(probed / (time.monotonic() - t0), 1)
+            workers.ask("write")
+            time.sleep(2.0)
+            promoted: dict[str, float] = {}
+            stop = threading.Event()
+            poller = threading.Thread(
+                target=_promoted, args=(lab.node("node1").dsn, promoted, stop), daemon=True
+            )
+            poller.start()
+            requested = time.time()
+            switch = threading.Thread(target=lab.switchover, args=("node1",), daemon=True)
+            switch.start()
+            peak, window = 0, time.monotonic() + WINDOW
+            while time.monotonic() < window:
+                with contextlib.suppress(Exception):
+                    peak = max(peak, _sessions(lab, every, WATCH_SESSIONS))
+                time.sleep(0.1)
+            switch.join(60)
+            poller.join(30)
+            stop.set()
+            record["failover_probe_sessions_max"] = peak
+            time.sleep(max(0.0, args.observe - WINDOW))
+            results = workers.ask("stop")
+            at = promoted.get("at")
+            record["promotion_after_request_s"] = round(at - requested, 3) if at else None
+            record.update(_writes(lab, results, requested, "node1", at, old="node0"))
+            record.update(_footprint(readies, [spec["count"] for spec in specs]))
+            return record
+        finally:
+            workers.kill()
+    finally:
+        lab.destroy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1,50,200")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pace", type=float, default=PACE, help="seconds between writes")
+    parser.add_argument("--steady", type=float, default=5.0, help="seconds of idle measured")
+    parser.add_argument("--observe", type=float, default=6.0, help="seconds after the request")
+    args = parser.parse_args()
+    contenders = [c for c in args.contenders.split(",") if c]
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
+    emit({"benchmark": "scale_patroni", "machine": machine(), "pace_s": args.pace})
+    runs = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for run in range(args.runs):
+            order = contenders if run % 2 == 0 else contenders[::-1]
+            for contender in order:
+                record = run_one(size, contender, run, args)
+                emit(record)
+                runs.append(record)
+    for record in summaries(runs, contenders):
+        emit(record)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
