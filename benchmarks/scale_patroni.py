@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import statistics
 import sys
 import threading
@@ -137,7 +138,15 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         lab.destroy()
 
 
+def _stop(signum: int, _frame: object) -> None:
+    """SIGTERM (or SIGINT, which a shell leaves ignored in a background job): stop,
+    running every ``finally`` so that no Patroni, PostgreSQL or etcd is left."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,50,200")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))

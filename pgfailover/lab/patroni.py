@@ -2,7 +2,7 @@
 
 Teams that already run Patroni follow it with ``source =
 "patroni+http://..."`` (:mod:`pgfailover.topology.patroni`); this lab is
-what the tests and ``benchmarks/scale.py`` follow. It shares the local
+what the tests and ``benchmarks/scale_patroni.py`` follow. It shares the local
 lab's parts: the machine's PostgreSQL binaries (:func:`find_binaries`), the
 unprivileged OS user servers run as when we are root (:func:`resolve_run_as`)
 and free ports; etcd is :class:`~pgfailover.lab.etcdserver.EtcdServer`.

@@ -13,8 +13,11 @@ per look.
 
 A check runs on its own short-lived thread and the source waits for it at
 most ``wait`` + 0.25 s, so a new leader that hangs (SIGSTOP, a black hole)
-delays the source's next snapshot by that much, never for good; the check
-in flight finishes, or fails, on its own, and no second one starts meanwhile.
+delays the source's next snapshot by that much, never for good. The hung
+check is left to end on its own (TCP keepalives and ``tcp_user_timeout``
+end it on a black hole; a frozen server ends it when it thaws), its answer
+dropped; no second check of that node starts meanwhile, while a check of
+another node (Patroni moved on) does.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ class Confirmer:
     Thread safety: :meth:`timeline` and :meth:`done` are called by the
     source's thread; each check runs on a ``pgfailover-confirm`` thread.
 
-    Locks: ``_lock`` guards the connection and its node, the check in
-    flight, its answer and ``_let_go`` (a leaf; never held across a query).
+    Locks: ``_lock`` guards the kept connection and its node, the checks in
+    flight and the newest check's number and answer (a leaf; never held
+    across a query).
     """
 
     def __init__(
@@ -77,26 +81,41 @@ class Confirmer:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None  # guarded by self._lock
         self._node: str | None = None  # guarded by self._lock: whose connection
-        self._check: threading.Thread | None = None  # guarded by self._lock
-        self._answer: tuple[str, int] | None = None  # guarded by self._lock
-        self._let_go = False  # guarded by self._lock: close the connection after the check
+        self._flying: dict[str, threading.Thread] = {}  # guarded by self._lock: per node
+        self._number = 0  # guarded by self._lock: the newest check's
+        self._answer: tuple[int, int] | None = None  # guarded: (check number, timeline)
 
     def timeline(self, node: str) -> int | None:
         """``node``'s timeline if it takes writes (within about ``wait``), else ``None``
-        after ``wait`` has passed; never raises."""
+        once ``wait`` has passed; never raises.
+
+        A check that has not answered within ``wait`` + :data:`SLACK` is left to
+        finish on its own (its answer is dropped); while it hangs, no other
+        check of that node starts, so a frozen server holds one thread and one
+        connection per node, not one per call.
+        """
         started = time.monotonic()
         with self._lock:
-            check = self._check
+            check = self._flying.get(node)
             if check is None or not check.is_alive():
+                self._number += 1
                 check = threading.Thread(
-                    target=self._run, args=(node,), name="pgfailover-confirm", daemon=True
+                    target=self._run,
+                    args=(node, self._number),
+                    name="pgfailover-confirm",
+                    daemon=True,
                 )
-                self._check = check
+                self._flying[node] = check
+                number = self._number
                 check.start()
-        check.join(self._wait + SLACK)
+            else:
+                number = -1  # a hung check of this node: wait out `wait`
+        if number > 0:
+            check.join(self._wait + SLACK)
         with self._lock:
-            answer, self._answer = self._answer, None
-        if answer is not None and answer[0] == node:
+            answer = self._answer if self._answer and self._answer[0] == number else None
+            self._answer = None
+        if answer is not None:
             return answer[1]
         self._pause(max(0.0, self._wait - (time.monotonic() - started)))
         return None
@@ -104,19 +123,16 @@ class Confirmer:
     def done(self) -> None:
         """Nothing is pending: close the connection (after the check in flight, if any)."""
         with self._lock:
-            if self._check is not None and self._check.is_alive():
-                self._let_go = True
-                return
+            self._number += 1  # a check in flight answers nobody now, and keeps nothing
             conn, self._conn, self._node = self._conn, None, None
         _close(conn)
 
-    def _run(self, node: str) -> None:
+    def _run(self, node: str, number: int) -> None:
         with self._lock:
-            conn, mine = self._conn, self._node == node
+            conn = self._conn if self._node == node else None
+            other = self._conn if conn is None else None
             self._conn = self._node = None
-        if not mine:
-            _close(conn)
-            conn = None
+        _close(other)
         answer = None
         try:
             if conn is None:
@@ -125,22 +141,26 @@ class Confirmer:
                     autocommit=True,
                     connect_timeout=max(1, round(self._timeout)),
                     application_name="pgfailover-confirm",
+                    # A black hole ends the connection instead of holding it for hours.
+                    keepalives=1,
+                    keepalives_idle=1,
+                    keepalives_interval=1,
+                    keepalives_count=3,
+                    tcp_user_timeout=int((self._wait + self._timeout) * 1000),
+                    options=f"-c statement_timeout={int((self._wait + SLACK) * 1000)}",
                 )
             conn.execute(self._sql)
             row = conn.execute(_WRITABLE_TIMELINE).fetchone()
             if row is not None and isinstance(row[0], int):
-                answer = (node, row[0])
+                answer = (number, row[0])
         except psycopg.Error:
             _close(conn)
             conn = None
         with self._lock:
-            self._answer = answer
-            if self._let_go:
-                self._let_go = False
-                keep = None
-            else:
-                keep, conn = conn, None
-            self._conn, self._node = keep, (node if keep is not None else None)
+            if number == self._number:  # still wanted: answer, and keep the connection
+                self._answer = answer
+                if self._conn is None and conn is not None:
+                    self._conn, self._node, conn = conn, node, None
         _close(conn)
 
 

@@ -5,26 +5,36 @@ what each member is from Patroni, not from probes: its REST API's
 ``GET /cluster``, or the member and leader keys Patroni keeps in etcd. This
 module turns either into one :class:`~pgfailover.probe.ProbeResult` per
 node and runs them through the same :func:`transition` a probing manager's
-rounds use, so the state machine, the thresholds, routing, events and
-metrics all apply unchanged (:class:`PatroniReader`).
+rounds use, so the state machine, routing, events and metrics all apply
+unchanged (:class:`PatroniReader`). The thresholds are 1: Patroni applied
+its own patience (``ttl``, ``retry_timeout``) before it says a member is
+down or another one leads, and one read of that decides.
 
 Members map to nodes by ``host:port``: Patroni's
 ``postgresql.connect_address`` must be the address the manager's DSN gives.
 A node with no member is down (Patroni dropped the member's key: the host
-has been gone for its TTL); a member with no node is ignored.
+has been gone for its TTL); a member with no node is ignored, unless it is
+the leader (then the source is refused: writes would wait for good).
 
 Which node takes writes: the member holding the leader key (``role``
-``leader``) with PostgreSQL ``running``. Patroni takes the key *before* it
-promotes, so a leader new to this reader counts as writable only once its
-promotion is done: once it reports a timeline newer than its predecessor's,
-or, sooner, once the ``confirm`` callback (one query on that server, made
-only while a new leader is pending) finds it out of recovery. Patroni
-publishes the new timeline at its next loop, up to ``loop_wait`` (10 s by
-default) after the promotion; the query learns of it within one poll. Until
-then the new leader is a standby and writes wait (the state is
-``FAILOVER_IN_PROGRESS``) rather than fail on a server still in recovery.
-The old leader, demoted or gone, is no longer the leader, so no write goes
-to it after Patroni moved the key.
+``leader``; a standby cluster's ``standby_leader`` is a standby) with
+PostgreSQL ``running``. Patroni takes the key *before* it promotes, and
+publishes the new timeline only at its next loop (up to ``loop_wait``, 10 s
+by default), so a leader takes writes once its promotion is seen done:
+
+- the leader that took writes at the previous read still does;
+- a leader whose timeline is newer than every other member's and than the
+  last leader's has been promoted (Patroni says so);
+- otherwise it is *pending*, and the ``confirm`` callback
+  (:class:`~pgfailover.topology.confirm.Confirmer`: one query on that
+  server, made only while it is pending) decides: out of recovery on a
+  newer timeline than the last leader's (or on the same one, for that same
+  leader taking its key back).
+
+Until then the pending leader is a standby and writes wait (the state is
+``FAILOVER_IN_PROGRESS``) rather than fail on a server still in recovery;
+a manager that starts meanwhile asks too. The old leader is no longer the
+leader once Patroni moved the key: at the next read it takes no write.
 """
 
 from __future__ import annotations
@@ -134,7 +144,7 @@ def from_keys(keys: Mapping[str, str], prefix: str) -> list[Member]:
             continue
         if not isinstance(data, dict):
             continue
-        is_leader = name == leader
+        is_leader = name == leader and data.get("role") != "standby_leader"
         state = (None if is_leader else data.get("replication_state")) or data.get("state")
         members.append(
             Member(
@@ -199,7 +209,9 @@ class PatroniReader:
         confirm: Confirm | None = None,
     ) -> None:
         self._confirm = confirm
-        self._cfg = cfg
+        # Patroni applied its own patience (ttl, retry_timeout) before it says a
+        # member is down or another leads: one read decides, no thresholds on top.
+        self._trusted = dataclasses.replace(cfg, unhealthy_threshold=1, healthy_threshold=1)
         self._cluster = cluster
         self._by_address = {node_address(n.dsn): n.name for n in nodes}
         self._prev = initial_snapshot(nodes)
@@ -210,18 +222,17 @@ class PatroniReader:
 
     def release(self) -> None:
         """The source stopped reading: let go of a pending confirmation's connection."""
-        self.pending = None
-        if self._confirm is not None:
-            self._confirm.done()
+        self._settle(None)
 
     def update(self, members: Sequence[Member], now: float, took: float) -> Update:
         """The snapshot after this read of ``members`` (``took``: seconds the read took).
 
         Raises:
-            SourceMismatch: no member is one of this manager's nodes.
+            SourceMismatch: no member is one of this manager's nodes, or the
+                leader is none of them.
         """
         results = self.results(members, now, took)
-        snap, _ = transition(self._prev, results, now, self._cfg)
+        snap, _ = transition(self._prev, results, now, self._trusted)
         self._prev = snap
         self._seq += 1
         return Update(self._cluster, self._seq, now, snap)
@@ -229,62 +240,117 @@ class PatroniReader:
     def results(
         self, members: Sequence[Member], now: float, took: float
     ) -> dict[str, ProbeResult]:
-        """One probe result per node, from what Patroni says of its member."""
+        """One probe result per node, from what Patroni says of its member.
+
+        Raises:
+            SourceMismatch: no member is one of this manager's nodes, or the
+                leader is none of them (writes would wait for good).
+        """
         mine = {m.address: m for m in members if m.address in self._by_address}
+        own = ", ".join(sorted(self._by_address))
+        if not members:
+            raise SourceMismatch(
+                "Patroni reports no members (in etcd: the wrong namespace or scope, or "
+                "Patroni's etcd (v2) rather than etcd3 keys)"
+            )
         if not mine:
-            shown = ", ".join(f"{m.name} {m.address}" for m in members[:6]) or "none"
-            own = ", ".join(sorted(self._by_address))
+            shown = ", ".join(f"{m.name} {m.address}" for m in members[:6])
             raise SourceMismatch(
                 f"no Patroni member is one of this manager's nodes (members: {shown}; "
                 f"nodes: {own}); Patroni's connect_address must match the DSNs"
             )
+        stray = next((m for m in members if m.leader and m.address not in mine), None)
+        if stray is not None:
+            raise SourceMismatch(
+                f"Patroni's leader {stray.name} at {stray.address} is none of this manager's "
+                f"nodes ({own}); Patroni's connect_address must match the DSNs"
+            )
         writable = self._writable(list(mine.values()))
-        cluster_lsn = max(
-            ((m.lsn or 0) + (m.lag or 0) for m in mine.values() if not m.leader), default=0
-        )
+        positions = _positions(list(mine.values()))
         results = {}
         for address, name in self._by_address.items():
             m = mine.get(address)
             if m is None or m.state not in UP_STATES:
                 error = "not a Patroni member" if m is None else f"Patroni: {m.state}"
                 results[name] = ProbeResult(name, False, now, took, error=error)
-            elif m.name == writable:
+                continue
+            wal, receive, replay = positions.get(m.name, (None, None, None))
+            if m.name == writable:
                 results[name] = ProbeResult(
                     name, True, now, took, in_recovery=False, read_only=False,
                     timeline=max(m.timeline or 0, self._leader_timeline or 0) or None,
-                    wal_lsn=m.lsn or cluster_lsn or None,
+                    wal_lsn=wal,
                 )  # fmt: skip
             else:
                 streaming = m.state == "streaming"
                 results[name] = ProbeResult(
                     name, True, now, took, in_recovery=True, read_only=True,
-                    timeline=m.timeline, wal_lsn=m.lsn, receive_lsn=m.receive_lsn or m.lsn,
-                    replay_lsn=m.replay_lsn or m.lsn, receiver_visible=streaming,
+                    timeline=m.timeline, wal_lsn=wal, receive_lsn=receive, replay_lsn=replay,
+                    receiver_visible=streaming,
                     receiver_status="streaming" if streaming else None,
                 )  # fmt: skip
         return results
 
     def _writable(self, members: Sequence[Member]) -> str | None:
-        """The leader, once its promotion is done (see the module's docstring)."""
+        """The leader, once its promotion is seen done (the module's docstring)."""
         leader = next((m for m in members if m.leader and m.state == "running"), None)
         if leader is None or leader.timeline is None:  # no timeline: demoting, or not up yet
-            if self.pending is not None and self._confirm is not None:
-                self._confirm.done()
-            self.pending = None
+            self._settle(None)
             return None
-        if leader.name == self._leader or self._leader is None:
-            self._leader = leader.name
-            if leader.timeline is not None:
-                self._leader_timeline = max(self._leader_timeline or 0, leader.timeline)
+        if leader.name == self._leader and self.pending is None:  # the leader it was
+            self._leader_timeline = max(self._leader_timeline or 0, leader.timeline)
             return leader.name
-        timeline = leader.timeline
-        if self._leader_timeline is not None and timeline <= self._leader_timeline:
-            confirmed = self._confirm.timeline(leader.name) if self._confirm is not None else None
-            if confirmed is None or confirmed <= self._leader_timeline:
-                self.pending = leader.name
-                return None  # took the key, still promoting
-            timeline = confirmed
-        self._leader, self._leader_timeline, self.pending = leader.name, timeline, None
-        if self._confirm is not None:
-            self._confirm.done()
+        others = max((m.timeline or 0 for m in members if m is not leader), default=0)
+        if leader.timeline > max(others, self._leader_timeline or 0):
+            self._settle(leader.name, leader.timeline)  # Patroni shows it promoted
+            return leader.name
+        if self._confirm is None:  # nothing to ask: a leader first seen is trusted
+            if self._leader is None:
+                self._settle(leader.name, leader.timeline)
+                return leader.name
+            self.pending = leader.name
+            return None
+        self.pending = leader.name
+        confirmed = self._confirm.timeline(leader.name)
+        floor = self._leader_timeline or 0
+        if (
+            confirmed is None
+            or confirmed < floor
+            or (confirmed == floor and leader.name != self._leader)
+        ):
+            return None  # took the key, still promoting (or not answering)
+        self._settle(leader.name, confirmed)
         return leader.name
+
+    def _settle(self, leader: str | None, timeline: int | None = None) -> None:
+        """A leader seen writable (or none): nothing pending, the connection let go."""
+        if leader is not None:
+            self._leader, self._leader_timeline = leader, timeline
+        if self.pending is not None and self._confirm is not None:
+            self._confirm.done()
+        self.pending = None
+
+
+def _positions(members: Sequence[Member]) -> dict[str, tuple[int | None, int | None, int | None]]:
+    """Each member's WAL, receive and replay positions, for lag.
+
+    Patroni 4.1 and later give replicas' LSNs; older ones only their ``lag``
+    behind the leader. Then the positions are made up from the lags (the
+    leader at a fixed base, each replica ``lag`` bytes below it): lag is
+    all a manager that follows uses them for.
+    """
+    replicas = [m for m in members if not m.leader]
+    known = [m for m in replicas if m.lsn is not None]
+    if known:
+        newest = max((m.lsn or 0) + (m.lag or 0) for m in known)
+        out = {m.name: (m.lsn, m.receive_lsn or m.lsn, m.replay_lsn or m.lsn) for m in replicas}
+        for m in members:
+            if m.leader:
+                out[m.name] = (m.lsn or newest, None, None)
+        return out
+    base = 1 << 40
+    out = {m.name: (base, None, None) for m in members if m.leader}
+    for m in replicas:
+        if m.lag is not None:
+            out[m.name] = (base - m.lag, base - m.lag, base - m.lag)
+    return out

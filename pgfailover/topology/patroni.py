@@ -13,7 +13,9 @@ reads Patroni's keys (its leader key and member keys under
 (``/v3/watch``, one streaming request per manager): etcd pushes the leader
 key's change the moment Patroni writes it, and a member's new state (the new
 leader's promotion done) the moment it lands. It also reads the keys every
-``health_check_interval / 2``, which is how it notices etcd going silent.
+``health_check_interval / 2`` (at most every 0.5 s), which is how it notices
+etcd going silent. It needs Patroni's ``etcd3`` DCS (the v3 API; Patroni's
+``etcd`` DCS keeps v2 keys, which the v3 API does not show).
 This is the one for hundreds of processes: etcd serves watchers by the
 thousand, and Patroni's REST API sees nothing of them.
 
@@ -55,6 +57,7 @@ __all__ = ["PatroniEtcdSource", "PatroniRestSource"]
 logger = logging.getLogger(__name__)
 
 WATCH_BACKOFF = (0.1, 2.0)
+WATCH_IDLE = 30.0  # seconds a watch may stay quiet before it is opened again
 
 
 def _auth(url: str) -> tuple[str, dict[str, str]]:
@@ -136,36 +139,42 @@ class PatroniRestSource:
         goes to the back, so that the next read starts with another."""
         failures = []
         deadline = time.monotonic() + self._budget
+        each = max(0.1, self._budget / len(self.apis))  # a black hole cannot eat it all
         for api in self.apis:
             left = deadline - time.monotonic()
             if left <= 0:
                 failures.append("out of time")
                 break
             target, headers = _auth(api)
+            data = None
             try:
                 response = self._http.request(
-                    "GET", f"{target}/cluster", headers=headers, timeout=urllib3.Timeout(left)
+                    "GET",
+                    f"{target}/cluster",
+                    headers=headers,
+                    timeout=urllib3.Timeout(min(left, each)),
                 )
                 failure = None if response.status == 200 else f"HTTP {response.status}"
+                data = json.loads(response.data) if failure is None else None
             except urllib3.exceptions.HTTPError as exc:
                 failure = type(exc).__name__
+            except ValueError:
+                failure = "not JSON"
             if failure is not None:
                 failures.append(f"{mask_url(api)} {failure}")
                 self.apis = (*(a for a in self.apis if a != api), api)
                 continue
             if api != self.apis[0]:  # prefer the one that answered
                 self.apis = (api, *(a for a in self.apis if a != api))
-            try:
-                return json.loads(response.data)
-            except ValueError:
-                raise ValueError(f"{mask_url(api)}/cluster is not JSON") from None
+            return data
         raise _NoAnswer(f"no Patroni REST API answered ({'; '.join(failures)})")
 
     def report(self, url: str, node: str) -> None:
         """Nothing to tell: Patroni checks its members itself."""
 
     def close(self) -> None:
-        """Stop polling (the follower's read ends at once)."""
+        """Stop polling: the loop ends after the read in flight (within its budget,
+        half of ``silence``)."""
         self._stop.set()
         self._http.clear()
 
@@ -185,12 +194,19 @@ def _text(data: object) -> str:
 class PatroniEtcdSource:
     """Patroni's keys under ``prefix`` in etcd (``endpoints``): read, then watched.
 
-    Thread safety: :meth:`messages` is read by the follower's thread, which
-    starts a ``pgfailover-patroni-watch`` thread for the watch; :meth:`close`
-    may be called from any thread.
+    The keys are read whole every ``poll`` seconds (a linearizable range,
+    which is also how etcd going silent is noticed) and watched in between
+    (``/v3/watch`` from the read's revision on, one streaming request on a
+    ``pgfailover-patroni-watch`` thread): a snapshot follows each change
+    pushed. An event no newer than the last read is skipped (the read has
+    it). A watch that misses a change a read saw, twice in a row, is on a
+    stalled etcd member: it is cut and opened again on the next endpoint.
 
-    Locks: ``_lock`` guards ``_keys``, ``_revision`` and ``_response`` (a
-    leaf; never held across a call to etcd).
+    Thread safety: :meth:`messages` is read by the follower's thread;
+    :meth:`close` may be called from any thread.
+
+    Locks: ``_lock`` guards the keys, their revisions and the open watch
+    response (a leaf; never held across a call to etcd).
     """
 
     def __init__(
@@ -215,6 +231,9 @@ class PatroniEtcdSource:
         self._lock = threading.Lock()
         self._keys: dict[str, str] = {}  # guarded by self._lock
         self._revision = 0  # guarded by self._lock: the newest revision applied
+        self._read_revision = 0  # guarded by self._lock: the last whole read's
+        self._pushed = 0  # guarded by self._lock: the newest change the watch brought
+        self._behind = 0  # guarded by self._lock: reads in a row the watch was behind
         self._response: urllib3.BaseHTTPResponse | None = None  # guarded by self._lock
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -236,21 +255,22 @@ class PatroniEtcdSource:
         watcher = threading.Thread(
             target=self._watch, args=(done,), name="pgfailover-patroni-watch", daemon=True
         )
-        last_ok = time.monotonic()
-        read = True
+        last_ok = last_read = time.monotonic()
+        first = True
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
-                if read:
+                if first or started - last_read >= self._poll:
                     try:
                         self._range()
-                        last_ok = time.monotonic()
                     except EtcdError as exc:
                         if time.monotonic() - last_ok >= self.silence:
                             raise StreamError(f"{self.shown}: {exc}") from None
                         self._stop.wait(min(self._poll, 0.1))
                         continue
-                    if watcher.ident is None:  # the first read done: watch from its revision
+                    last_ok = last_read = time.monotonic()
+                    if first:  # watch from the first read's revision on
+                        first = False
                         watcher.start()
                 with self._lock:
                     keys = dict(self._keys)
@@ -259,11 +279,11 @@ class PatroniEtcdSource:
                     yield self._reader.update(members, time.time(), time.monotonic() - started)
                 except SourceMismatch as exc:
                     raise StreamError(f"{self.shown}: {exc}") from None
-                # A change pushed: a snapshot at once; else read the keys again after
-                # `poll` (at once while a new leader's promotion is being confirmed: the
-                # confirmation itself waits up to fast_interval on the server).
-                wait = 0.0 if self._reader.pending else self._poll  # the confirmer waited
-                read = not self._changed.wait(wait)
+                # The next snapshot: after a change pushed, else at the next read. While
+                # a new leader is pending, the confirmation (up to fast_interval, waited
+                # on the server) paces the loop instead.
+                if self._reader.pending is None:
+                    self._changed.wait(max(0.0, self._poll - (time.monotonic() - last_read)))
                 self._changed.clear()
         finally:
             done.set()
@@ -276,17 +296,27 @@ class PatroniEtcdSource:
         end = self.prefix[:-1] + chr(ord(self.prefix[-1]) + 1)
         data = self._etcd.call("kv/range", {"key": _b64(self.prefix), "range_end": _b64(end)})
         revision = int(data.get("header", {}).get("revision", 0))
-        keys = {_text(kv.get("key")): _text(kv.get("value")) for kv in data.get("kvs", [])}
+        kvs = data.get("kvs", [])
+        keys = {_text(kv.get("key")): _text(kv.get("value")) for kv in kvs}
+        newest = max((int(kv.get("mod_revision", 0)) for kv in kvs), default=0)
         with self._lock:
-            if revision >= self._revision:  # not older than what the watch applied
-                self._keys, self._revision = keys, revision
+            if revision < self._revision:  # the watch already applied newer changes
+                return
+            self._keys, self._revision, self._read_revision = keys, revision, revision
+            behind = self._response is not None and newest > self._pushed
+            self._behind = self._behind + 1 if behind else 0
+            stalled = self._behind >= 2
+        if stalled:  # a change the watch never brought, for two reads: another endpoint
+            logger.info("patroni watch on %s is behind its reads: reopening", self.shown)
+            self._interrupt()
 
     def _watch(self, done: threading.Event) -> None:
         """The watch thread: apply each change etcd pushes; reopen after an error."""
         pause = WATCH_BACKOFF[0]
         attempt = 0
         while not (done.is_set() or self._stop.is_set()):
-            endpoint = self.endpoints[attempt % len(self.endpoints)]
+            order = self._etcd.endpoints  # the one that answered last first
+            endpoint = order[attempt % len(order)]
             attempt += 1
             try:
                 self._stream(endpoint, done)
@@ -305,23 +335,24 @@ class PatroniEtcdSource:
         target, headers = _auth(endpoint)
         body = {"create_request": {"key": _b64(self.prefix), "range_end": _b64(end),
                                    "start_revision": start}}  # fmt: skip
+        # etcd answers a watch at once; a quiet one is opened again after WATCH_IDLE.
         response = self._http.request(
             "POST",
             f"{target}/v3/watch",
             body=json.dumps(body).encode(),
             headers={**headers, "Content-Type": "application/json"},
             preload_content=False,
-            timeout=urllib3.Timeout(connect=self._connect_timeout, read=None),
+            timeout=urllib3.Timeout(connect=self._connect_timeout, read=WATCH_IDLE),
         )
         with self._lock:
-            self._response = response
+            self._response, self._pushed, self._behind = response, start - 1, 0
         try:
-            if done.is_set() or self._stop.is_set():
-                return
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
             buffer = b""
             for chunk in response.stream(64 * 1024):
+                if done.is_set() or self._stop.is_set():
+                    return
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
@@ -330,7 +361,8 @@ class PatroniEtcdSource:
             raise ValueError("etcd ended the watch")
         finally:
             with self._lock:
-                self._response = None
+                if self._response is response:
+                    self._response = None
             response.close()
             response.release_conn()
 
@@ -340,24 +372,28 @@ class PatroniEtcdSource:
             raise ValueError(f"not a watch response: {str(message)[:100]}")
         if result.get("canceled") or result.get("compact_revision"):
             # Events before etcd's compaction are gone: watch again from there on;
-            # the keys' next periodic read brings what was missed.
+            # the keys' next whole read brings what was missed.
             compacted = int(result.get("compact_revision") or 0)
             with self._lock:
                 self._revision = max(self._revision, compacted - 1)
             raise ValueError(f"etcd cancelled the watch (compacted at {compacted})")
         events = result.get("events") or []
-        if not events:
-            return
+        changed = False
         with self._lock:
             for event in events:
                 kv = event.get("kv", {})
                 key, revision = _text(kv.get("key")), int(kv.get("mod_revision", 0))
+                self._pushed = max(self._pushed, revision)
+                if revision <= self._read_revision:
+                    continue  # the last whole read has it already
                 if event.get("type") == "DELETE":
                     self._keys.pop(key, None)
                 else:
                     self._keys[key] = _text(kv.get("value"))
                 self._revision = max(self._revision, revision)
-        self._changed.set()
+                changed = True
+        if changed:
+            self._changed.set()
 
     def _interrupt(self) -> None:
         with self._lock:
@@ -369,8 +405,10 @@ class PatroniEtcdSource:
         """Nothing to tell: Patroni checks its members itself."""
 
     def close(self) -> None:
-        """Stop reading and watching (the follower's read ends at once)."""
+        """Stop reading and watching: the watch is cut at once, a read in flight ends
+        within its budget (half of ``silence``)."""
         self._stop.set()
         self._changed.set()
         self._interrupt()
         self._etcd.close()
+        self._http.clear()

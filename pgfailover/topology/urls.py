@@ -60,7 +60,7 @@ def parse_source(text: str) -> SourceSpec:
             "(patroni+etcd://), not both"
         )
     if not all(etcd):
-        stripped = ",".join(p[len(PATRONI) :] for p in parts)
+        stripped = ",".join(_default_port(p[len(PATRONI) :], 8008) for p in parts)
         urls = source_urls(stripped, what="Patroni REST API URLs (patroni+http://host:8008)")
         for url in urls:
             if urllib.parse.urlsplit(url).path.strip("/"):
@@ -69,7 +69,9 @@ def parse_source(text: str) -> SourceSpec:
                     "(patroni+http://host:8008)"
                 )
         return SourceSpec("patroni", urls)
-    stripped = ",".join("http://" + p[len(f"{PATRONI}etcd://") :] for p in parts)
+    stripped = ",".join(
+        _default_port("http://" + p[len(f"{PATRONI}etcd://") :], 2379) for p in parts
+    )
     urls = source_urls(stripped, what="etcd URLs (patroni+etcd://host:2379/service/<scope>)")
     paths = {urllib.parse.urlsplit(u).path.strip("/") for u in urls} - {""}
     if len(paths) != 1 or any(not s for s in next(iter(paths), "").split("/")):
@@ -90,16 +92,35 @@ def parse_source(text: str) -> SourceSpec:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, status and errors)."""
+    """``url`` with any password replaced by ``***`` (for logs, status and errors).
+
+    Read off the text itself, not a parse: a password with ``#``, ``/`` or
+    ``?`` in it (not percent-encoded) breaks a URL parser, and must not
+    break the mask. Everything between the user's ``:`` and the last ``@``
+    is hidden.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = authority.partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _default_port(url: str, port: int) -> str:
+    """``url`` with ``port`` when it names none (Patroni's REST API 8008, etcd 2379),
+    left as it is when it cannot be read (the check that follows says why)."""
     try:
         parts = urllib.parse.urlsplit(url)
+        if parts.port is not None or not parts.hostname:
+            return url
     except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))
 
 
 def source_urls(
@@ -120,7 +141,9 @@ def source_urls(
             parts = urllib.parse.urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise ConfigurationError(f"{setting} {shown!r}: {exc}") from None
+            # The parser's words may quote a piece of a password: then none of them.
+            why = str(exc) if shown == url[:120] else "cannot read its host and port"
+            raise ConfigurationError(f"{setting} {shown!r}: {why}") from None
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ConfigurationError(
                 f"{setting} {shown!r}: expected http://host:port or https://host:port"

@@ -27,6 +27,8 @@ GOOD = [
     ("patroni+etcd://e1:2379,patroni+etcd://e2:2379/service/main", "patroni-etcd",
      ("http://e1:2379", "http://e2:2379"), "/service/main/"),
     ("patroni+etcd://e1:2379/ns/main/", "patroni-etcd", ("http://e1:2379",), "/ns/main/"),
+    ("patroni+http://db1", "patroni", ("http://db1:8008",), None),  # Patroni's port
+    ("patroni+etcd://e1/service/main", "patroni-etcd", ("http://e1:2379",), "/service/main/"),
 ]  # fmt: skip
 
 
@@ -47,6 +49,8 @@ BAD = [
     ("patroni+http://db1:8008/cluster", "has no path"),
     ("patroni+ftp://db1:8008", "expected http://host:port"),
     ("patroni+http://u:hunter2@db1:bad", "u:***@db1"),
+    ("patroni+http://admin:hun#ter2@db1:8008", "admin:***@db1:8008': cannot read"),
+    ("patroni+http://admin:hun/ter2@db1:8008", "admin:***@db1:8008"),
 ]
 
 
@@ -55,6 +59,7 @@ def test_a_bad_patroni_source_is_refused_in_one_line(text: str, message: str) ->
     with pytest.raises(ConfigurationError, match=re.escape(message)) as info:
         FailoverConfig(source=text)
     assert "hunter2" not in str(info.value)
+    assert "hun" not in str(info.value).replace("hunter", "")
     assert "\n" not in str(info.value)
 
 
@@ -188,19 +193,38 @@ SWITCH = [
         [None],
     ),
     (
-        "a leader stopping is in doubt, then lost after unhealthy_threshold reads",
-        [[_m("a", 0, "leader", "stopping", None), _m("b", 1, "replica", "streaming")]] * 2,
+        "a leader stopping takes no write from the first read (Patroni's view, no threshold)",
+        [[_m("a", 0, "leader", "stopping", None), _m("b", 1, "replica", "streaming")]],
         (),
-        ["node0", None],
+        [None],
     ),
     (
-        "the old leader keeping the key after all takes writes again",
+        "an old leader Patroni dropped (its Patroni died) takes no write at once",
+        [[_m("b", 1, "leader", "running", 2), _m("c", 2, "replica", "streaming", 2)]],
+        (2,),  # a replica on the leader's timeline: promoted, or about to? It is asked.
+        ["node1"],
+    ),
+    (
+        "the old leader taking its key back is asked too, and takes writes on its timeline",
         [
             [_m("a", 0, "replica", "running", 1), _m("b", 1, "leader", "running", 1)],
             [_m("a", 0, "leader", "running", 1), _m("b", 1, "replica", "streaming")],
+            [_m("a", 0, "leader", "running", 1), _m("b", 1, "replica", "streaming")],
         ],
-        (),
-        [None, "node0"],
+        (None, None, 1),
+        [None, None, "node0"],
+    ),
+    (
+        "a leader newer than the last one but not than the others is still asked",
+        [
+            [
+                _m("a", 0, "replica", "running", 2),
+                _m("b", 1, "replica", "running", 2),
+                _m("c", 2, "leader", "running", 2),
+            ]
+        ],
+        (None,),
+        [None],
     ),
 ]
 
@@ -214,9 +238,9 @@ def test_a_new_leader_takes_writes_once_promoted(
     answers: tuple[int | None, ...],
     primaries: list[str | None],
 ) -> None:
-    confirm = FakeConfirm(*answers)
+    confirm = FakeConfirm(1, *answers)  # the first leader seen is asked too
     reader = PatroniReader(NODES, CFG, "main", confirm)
-    _read(reader, *HEALTHY)
+    assert _read(reader, *HEALTHY).primary == "node0"
     seen = [_read(reader, *r, now=float(i + 1)).primary for i, r in enumerate(rounds)]
     assert seen == primaries, case
     if "node1" in primaries:
@@ -224,15 +248,59 @@ def test_a_new_leader_takes_writes_once_promoted(
         assert reader.pending is None
 
 
-def test_a_node_without_a_member_is_down_after_the_threshold() -> None:
+def test_a_node_without_a_member_is_down_at_once() -> None:
     reader = PatroniReader(NODES, CFG, "main")
     _read(reader, *HEALTHY)
-    two = HEALTHY[:2]
-    assert _read(reader, *two, now=1).node("node2").healthy  # one miss: not yet
-    snap = _read(reader, *two, now=2)
+    snap = _read(reader, *HEALTHY[:2], now=1)
     assert not snap.node("node2").healthy
     assert snap.node("node2").error == "not a Patroni member"
     assert snap.state is ClusterState.DEGRADED
+    assert _read(reader, *HEALTHY, now=2).node("node2").healthy  # back: at once too
+
+
+def test_a_manager_starting_during_a_promotion_waits_for_it() -> None:
+    confirm = FakeConfirm(None, 2)
+    reader = PatroniReader(NODES, CFG, "main", confirm)
+    promoting = (_m("a", 0, "replica", "running", 1), _m("b", 1, "leader", "running", 1))
+    assert _read(reader, *promoting).primary is None
+    assert reader.pending == "b"
+    assert _read(reader, *promoting, now=1).primary == "node1"
+    assert confirm.asked == ["b", "b"]
+    assert confirm.closed == 1  # the connection let go once promoted
+    assert not reader.pending
+
+
+def test_a_leader_that_is_none_of_the_nodes_is_refused() -> None:
+    reader = PatroniReader(NODES, CFG, "main")
+    with pytest.raises(SourceMismatch, match=re.escape("leader x at 10.0.0.8:5432 is none of")):
+        _read(reader, _m("x", 7, "leader", "running"), *HEALTHY[1:])
+    with pytest.raises(SourceMismatch, match="no members"):
+        reader.update([], 0.0, 0.001)
+
+
+def test_replica_lag_from_a_patroni_without_lsns() -> None:
+    """Patroni before 4.1 gives only ``lag``: the positions are made up from it."""
+    reader = PatroniReader(NODES, CFG, "main")
+    snap = _read(
+        reader,
+        _m("a", 0, "leader", "running"),
+        _m("b", 1, "replica", "streaming", lag=1000),
+        _m("c", 2, "replica", "streaming", lag=0),
+    )
+    assert [n.lag_bytes for n in snap.standbys] == [1000, 0]
+
+
+def test_a_standby_leader_in_etcd_is_a_standby() -> None:
+    prefix = "/service/main/"
+    keys = {
+        f"{prefix}leader": "a",
+        f"{prefix}members/a": json.dumps(
+            {"conn_url": "postgres://10.0.0.1:5432/postgres", "state": "running",
+             "role": "standby_leader", "timeline": 3}
+        ),
+    }  # fmt: skip
+    (member,) = from_keys(keys, prefix)
+    assert not member.leader
 
 
 def test_members_that_are_not_this_managers_nodes_are_refused() -> None:
