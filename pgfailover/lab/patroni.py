@@ -138,7 +138,7 @@ class PatroniLab:
     def run_sql(self, name: str, sql: str) -> list[tuple[Any, ...]]:
         """Run ``sql`` on member ``name`` (autocommit); its rows."""
         with psycopg.connect(
-            self.member(name).node.dsn, autocommit=True, connect_timeout=3
+            self.member(name).node.dsn, autocommit=True, connect_timeout=10
         ) as conn:
             cur = conn.execute(sql.encode())
             return cur.fetchall() if cur.description is not None else []
@@ -310,6 +310,11 @@ class PatroniLab:
 
     def destroy(self) -> None:
         """Stop every member and etcd, and remove the lab's directory."""
+        for proc in self._procs.values():  # all at once: each waits for its PostgreSQL
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.terminate()
         for m in self.members:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 self.stop(m.name)

@@ -42,8 +42,10 @@ pytestmark = pytest.mark.slow
 INTERVAL = 1.0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def patroni_lab() -> Iterator[PatroniLab]:
+    """One Patroni cluster for this module's tests (a cluster takes seconds to build);
+    each test finds the leader where the previous one left it."""
     require_tool("etcd")
     lab = PatroniLab.create()
     try:
@@ -51,6 +53,11 @@ def patroni_lab() -> Iterator[PatroniLab]:
         yield lab
     finally:
         lab.destroy()
+
+
+def _settled(lab: PatroniLab) -> str:
+    """The leader, once every member streams again."""
+    return lab.wait(streaming=len(lab.members) - 1)
 
 
 @contextlib.contextmanager
@@ -102,10 +109,11 @@ def test_followers_of_patroni_write_on_each_new_leader_and_never_on_the_old(
     patroni_lab: PatroniLab,
 ) -> None:
     lab = patroni_lab
+    first = _settled(lab)
     sources = [lab.source, lab.source, lab.etcd_source, lab.etcd_source]
     with _followers(lab, sources) as managers:
         wait_until(
-            lambda: all(m.snapshot.primary == "node0" for m in managers), what="all on node0"
+            lambda: all(m.snapshot.primary == first for m in managers), what=f"all on {first}"
         )
         assert [(m.source_status() or {}).get("mode") for m in managers] == ["following"] * 4
         loads = [Workload(m, threads=2) for m in managers]
@@ -114,8 +122,8 @@ def test_followers_of_patroni_write_on_each_new_leader_and_never_on_the_old(
                 stack.enter_context(load)
             wait_until(lambda: all(load.acked for load in loads), what="every workload to write")
             assert _probe_sessions(lab) == 0  # followers do not probe
-            old = "node0"
-            for new in ("node1", "node2"):
+            old = first
+            for new in [m.name for m in lab.members if m.name != first]:
                 promotion = _Promotion(lab, new)
                 lab.switchover(new)
                 promoted = promotion.wait()
@@ -141,9 +149,9 @@ def test_followers_of_patroni_write_on_each_new_leader_and_never_on_the_old(
         for mgr in managers:
             status = mgr.source_status() or {}
             assert (status.get("mode"), status.get("fallbacks")) == ("following", 0), status
-            assert mgr.snapshot.primary == "node2"
+            assert mgr.snapshot.primary == old
         acked = {i for load in loads for i, _, _ in load.acked}
-        present = {r[0] for r in lab.run_sql("node2", "SELECT id FROM w")}
+        present = {r[0] for r in lab.run_sql(old, "SELECT id FROM w")}
         assert not acked - present, f"{len(acked - present)} acknowledged writes missing"
         # (Writes whose COMMIT was cut by Patroni stopping the old leader raised
         # WriteOutcomeUnknown: not acknowledged, so not counted.)
@@ -152,8 +160,9 @@ def test_followers_of_patroni_write_on_each_new_leader_and_never_on_the_old(
 @pytest.mark.timeout(180)
 def test_followers_probe_while_patroni_hangs_and_follow_again(patroni_lab: PatroniLab) -> None:
     lab = patroni_lab
+    leader = _settled(lab)
     with _followers(lab, [lab.source, lab.source]) as managers:
-        wait_until(lambda: all(m.snapshot.primary == "node0" for m in managers), what="node0")
+        wait_until(lambda: all(m.snapshot.primary == leader for m in managers), what=leader)
         frozen_at = time.monotonic()
         try:
             for m in lab.members:
@@ -192,6 +201,7 @@ def test_followers_probe_while_etcd_is_a_black_hole_and_follow_again(
     if (why := netfault.unavailable_reason()) is not None:
         pytest.skip(why)
     assert lab.etcd is not None
+    leader = _settled(lab)
     source = lab.etcd_source.replace("127.0.0.1", CLIENT_HOST)
     with _followers(lab, [source, source]) as managers:
         wait_until(lambda: _modes(managers) == ["following"] * 2, what="following etcd")
@@ -205,7 +215,7 @@ def test_followers_probe_while_etcd_is_a_black_hole_and_follow_again(
             for mgr in managers:
                 assert mgr.query("SELECT 1")[0][0] == 1
                 assert "etcd" in ((mgr.source_status() or {}).get("reason") or "")
-            assert lab.leader() == "node0"  # Patroni, on 127.0.0.1, saw nothing
+            assert lab.leader() == leader  # Patroni, on 127.0.0.1, saw nothing
         finally:
             faults.heal()
         wait_until(lambda: _modes(managers) == ["following"] * 2, timeout=15, what="following")
