@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine
 from scale import PACE, Workers, _sessions, _specs, _writes, summaries
 
+from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
 
 CONTENDERS = ("probing", "patroni", "patroni-etcd", "libpq")
@@ -71,6 +72,20 @@ def _promoted(dsn: str, into: dict[str, float], stop: threading.Event) -> None:
                     return
                 time.sleep(0.002)
         stop.wait(0.01)
+
+
+def _switchover(lab: PatroniLab, candidate: str, patience: float = 60.0) -> None:
+    """Ask Patroni for the switchover until it takes it. A starved Patroni refuses
+    ("no good candidates": it could not reach the candidate's REST API in 2 s)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            lab.switchover(candidate)
+            return
+        except LabError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _footprint(readies: list[dict[str, Any]], counts: list[int]) -> dict[str, float]:
@@ -114,15 +129,15 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             )
             poller.start()
             requested = time.time()
-            switch = threading.Thread(target=lab.switchover, args=("node1",), daemon=True)
+            switch = threading.Thread(target=_switchover, args=(lab, "node1"), daemon=True)
             switch.start()
             peak, window = 0, time.monotonic() + WINDOW
             while time.monotonic() < window:
                 with contextlib.suppress(Exception):
                     peak = max(peak, _sessions(lab, every, WATCH_SESSIONS))
                 time.sleep(0.1)
-            switch.join(60)
-            poller.join(30)
+            switch.join(90)
+            poller.join(60)
             stop.set()
             record["failover_probe_sessions_max"] = peak
             time.sleep(max(0.0, args.observe - WINDOW))
