@@ -254,16 +254,19 @@ def _until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
 
 
 class Arbiter:
-    """``pgfailover serve --promotion auto --stream-port 0`` over the lab, as a process."""
+    """``pgfailover serve --promotion auto --stream-port 0`` over the lab, as a process
+    (``extra``: more of its TOML; scale_patroni.py gives it a Patroni source)."""
 
-    def __init__(self, lab: LocalLab, directory: Path) -> None:
+    def __init__(
+        self, lab: Any, directory: Path, *, promotion: str = "auto", extra: str = ""
+    ) -> None:
         lines = []
         for node in lab.nodes:
             lines += ["[[nodes]]", f'name = "{node.name}"', f'dsn = "{node.dsn}"']
         config = directory / "arbiter.toml"
-        config.write_text("\n".join(lines) + "\n")
+        config.write_text("\n".join(lines) + "\n" + extra)
         command = [sys.executable, "-m", "pgfailover", "serve", "--config", str(config)]
-        command += ["--port", "0", "--stream-port", "0", "--promotion", "auto"]
+        command += ["--port", "0", "--stream-port", "0", "--promotion", promotion]
         with (directory / "arbiter.log").open("w") as log:
             self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
         assert self.proc.stdout is not None

@@ -26,6 +26,8 @@ Contenders, taking turns run by run:
 - ``patroni``: every manager follows Patroni's REST API (``patroni+http://``,
   ``GET /cluster`` every ``fast_interval``);
 - ``patroni-etcd``: every manager watches Patroni's keys in etcd (``patroni+etcd://``);
+- ``patroni-arbiter``: one ``pgfailover serve --stream-port`` follows Patroni's
+  keys in etcd and every manager follows its stream (``source=`` its URL);
 - ``libpq``: a psycopg_pool per "manager" on the multi-host conninfo.
 
     python benchmarks/scale_patroni.py --sizes 1,50,200 --runs 3
@@ -36,9 +38,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,12 +52,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine
-from scale import PACE, Workers, _sessions, _specs, _writes, summaries
+from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes, summaries
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
 
-CONTENDERS = ("probing", "patroni", "patroni-etcd", "libpq")
+CONTENDERS = ("probing", "patroni", "patroni-etcd", "patroni-arbiter", "libpq")
 WATCH_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity "
     "WHERE application_name IN ('pgfailover-probe', 'pgfailover-confirm')"
@@ -102,6 +106,29 @@ def _footprint(readies: list[dict[str, Any]], counts: list[int]) -> dict[str, fl
     }
 
 
+def _switch(lab: PatroniLab, every: list[str]) -> tuple[float, float | None, int]:
+    """Switch over to node1 while watching: when asked, when promoted, the most
+    watch sessions seen in the first :data:`WINDOW` seconds."""
+    promoted: dict[str, float] = {}
+    stop = threading.Event()
+    poller = threading.Thread(
+        target=_promoted, args=(lab.node("node1").dsn, promoted, stop), daemon=True
+    )
+    poller.start()
+    requested = time.time()
+    switch = threading.Thread(target=_switchover, args=(lab, "node1"), daemon=True)
+    switch.start()
+    peak, window = 0, time.monotonic() + WINDOW
+    while time.monotonic() < window:
+        with contextlib.suppress(Exception):
+            peak = max(peak, _sessions(lab, every, WATCH_SESSIONS))
+        time.sleep(0.1)
+    switch.join(90)
+    poller.join(60)
+    stop.set()
+    return requested, promoted.get("at"), peak
+
+
 def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: steady, then a switchover under writes; the run's record."""
     lab = PatroniLab.create(max_connections=1500)
@@ -109,6 +136,12 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     try:
         lab.run_sql("node0", "CREATE TABLE bench (id bigint PRIMARY KEY)")
         source = lab.etcd_source if contender == "patroni-etcd" else lab.source
+        home = Path(tempfile.mkdtemp(prefix="pgfl-scale-"))  # the arbiter's config and log
+        arbiter = None
+        if contender == "patroni-arbiter":
+            extra = f'[failover]\nsource = "{lab.etcd_source}"\n'
+            arbiter = Arbiter(lab, home, promotion="external", extra=extra)
+            source = arbiter.stream_url
         specs = _specs(lab, size, contender, source, args.pace)
         workers = Workers(specs)
         try:
@@ -122,33 +155,18 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             record["steady_probes_per_s"] = round(probed / (time.monotonic() - t0), 1)
             workers.ask("write")
             time.sleep(2.0)
-            promoted: dict[str, float] = {}
-            stop = threading.Event()
-            poller = threading.Thread(
-                target=_promoted, args=(lab.node("node1").dsn, promoted, stop), daemon=True
-            )
-            poller.start()
-            requested = time.time()
-            switch = threading.Thread(target=_switchover, args=(lab, "node1"), daemon=True)
-            switch.start()
-            peak, window = 0, time.monotonic() + WINDOW
-            while time.monotonic() < window:
-                with contextlib.suppress(Exception):
-                    peak = max(peak, _sessions(lab, every, WATCH_SESSIONS))
-                time.sleep(0.1)
-            switch.join(90)
-            poller.join(60)
-            stop.set()
-            record["failover_probe_sessions_max"] = peak
+            requested, at, record["failover_probe_sessions_max"] = _switch(lab, every)
             time.sleep(max(0.0, args.observe - WINDOW))
             results = workers.ask("stop")
-            at = promoted.get("at")
             record["promotion_after_request_s"] = round(at - requested, 3) if at else None
             record.update(_writes(lab, results, requested, "node1", at, old="node0"))
             record.update(_footprint(readies, [spec["count"] for spec in specs]))
             return record
         finally:
             workers.kill()
+            if arbiter is not None:
+                arbiter.stop()
+            shutil.rmtree(home, ignore_errors=True)
     finally:
         lab.destroy()
 

@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from pgfailover.cli.common import Cluster, UsageProblem, cluster_options, handle_errors
-from pgfailover.config import ServerSettings
+from pgfailover.config import FailoverConfig, ServerSettings
 from pgfailover.etcd import Etcd
 from pgfailover.haproxy import AgentServer
 from pgfailover.lease import ArbiterLease
@@ -36,7 +36,7 @@ from pgfailover.manager import FailoverManager
 from pgfailover.notify import Webhooks, shown
 from pgfailover.server import serve as serve_api
 from pgfailover.stream import StreamServer
-from pgfailover.topology.urls import source_urls
+from pgfailover.topology.urls import parse_source, source_urls
 
 __all__ = ["demo", "serve"]
 
@@ -178,9 +178,7 @@ def serve(
         cluster.server, **{k: v for k, v in given.items() if v is not None}
     )
     _setup_logging(server.log_format, ctx.find_root().params.get("verbose", 0))
-    if cluster.config.source is not None:
-        logger.info("serve probes the cluster itself: the config's source is not followed")
-    config = cluster.config.replace(promotion=server.promotion, source=None)
+    config = _arbiter_config(cluster.config, server, promotion)
     lease = _lease(server)
     mgr = FailoverManager(
         nodes=cluster.nodes, config=config, name=server.name, promotion_gate=lease
@@ -239,6 +237,34 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("stopped")
+
+
+def _arbiter_config(
+    config: FailoverConfig, server: ServerSettings, promotion: str | None
+) -> FailoverConfig:
+    """The serving manager's settings: ``promotion`` from the server's, and a source
+    only if it is Patroni's.
+
+    An arbiter that follows Patroni (``source = "patroni+..."``) re-streams
+    Patroni's view to its own followers: hundreds of application processes
+    then cost Patroni and etcd what one arbiter costs. Patroni promotes, so
+    such an arbiter never does (``--promotion auto`` is refused; the default
+    becomes ``external``). Another arbiter's stream is not followed: an
+    arbiter probes.
+    """
+    if config.source is None:
+        return config.replace(promotion=server.promotion)
+    if parse_source(config.source).kind == "arbiter":
+        logger.info("serve probes the cluster itself: an arbiter does not follow another")
+        return config.replace(promotion=server.promotion, source=None)
+    if promotion == "auto":
+        raise UsageProblem(
+            "--promotion auto: this config follows Patroni (source), and Patroni promotes; "
+            "use --promotion external"
+        )
+    chosen = "external" if server.promotion == "auto" else server.promotion
+    logger.info("serve follows Patroni (promotion %s) and streams its view", chosen)
+    return config.replace(promotion=chosen)
 
 
 def _check_webhook(url: str) -> None:

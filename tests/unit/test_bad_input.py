@@ -112,6 +112,20 @@ CLI_CASES = [
     ),
     CliCase("a top-level key misspelt", 'dns = "host=a"\n', (), {}, "did you mean dsn?"),
     CliCase(
+        "Patroni's etcd without where its keys are",
+        DSN + '[failover]\nsource = "patroni+etcd://e:2379"\n',
+        (),
+        {},
+        "Patroni's etcd needs where its keys are",
+    ),
+    CliCase(
+        "a Patroni password that breaks the URL",
+        DSN + '[failover]\nsource = "patroni+http://u:S3cret#x@db:8008"\n',
+        (),
+        {},
+        "cannot read its host and port",
+    ),
+    CliCase(
         "server port text",
         DSN + '[server]\nport = "abc"\n',
         (),

@@ -397,3 +397,18 @@ def test_a_new_leader_that_hangs_delays_the_source_only_briefly() -> None:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def test_serve_follows_patroni_but_never_another_arbiter() -> None:
+    from pgfailover.cli.common import UsageProblem
+    from pgfailover.cli.serve import _arbiter_config
+    from pgfailover.config import ServerSettings
+
+    server = ServerSettings()  # promotion "auto" by default
+    patroni = FailoverConfig(source="patroni+etcd://e:2379/service/main")
+    kept = _arbiter_config(patroni, server, None)
+    assert (kept.source, kept.promotion) == (patroni.source, "external")
+    arbiter = _arbiter_config(FailoverConfig(source="http://other:8009"), server, None)
+    assert (arbiter.source, arbiter.promotion) == (None, "auto")
+    with pytest.raises(UsageProblem, match="Patroni promotes"):
+        _arbiter_config(patroni, server, "auto")
