@@ -36,7 +36,7 @@ integration: $(STAMP) server-binaries
 
 # make installs the server tools, so tests that need them must find them.
 test: $(STAMP) server-binaries lint typecheck
-	PGFAILOVER_REQUIRE_TOOLS=1 $(BIN)/pytest
+	PGFAILOVER_REQUIRE_TOOLS=1 $(BIN)/pytest --durations=25
 
 demo: $(STAMP) server-binaries
 	$(BIN)/python -m pgfailover.demo

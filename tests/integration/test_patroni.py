@@ -3,6 +3,7 @@
 The cluster is :class:`~pgfailover.lab.patroni.PatroniLab`: three Patroni
 4 members on a real etcd, on loopback. The followers are managers in this
 process, some reading Patroni's REST API, some watching its keys in etcd,
+one following a ``pgfailover serve`` that itself follows Patroni's keys,
 each with its own workload of INSERTs with unique ids. What must hold:
 
 - through switchovers (Patroni's ``POST /switchover``) every follower ends
@@ -25,6 +26,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -35,7 +37,7 @@ from pgfailover.lab.base import CLIENT_HOST
 from pgfailover.lab.patroni import PatroniLab
 from tests.tools import require_tool
 
-from .helpers import FAST, Workload, wait_until
+from .helpers import FAST, Workload, get_json, serve_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -106,55 +108,69 @@ def _probe_sessions(lab: PatroniLab) -> int:
 
 @pytest.mark.timeout(300)
 def test_followers_of_patroni_write_on_each_new_leader_and_never_on_the_old(
-    patroni_lab: PatroniLab,
+    patroni_lab: PatroniLab, tmp_path: Path
 ) -> None:
     lab = patroni_lab
     first = _settled(lab)
-    sources = [lab.source, lab.source, lab.etcd_source, lab.etcd_source]
-    with _followers(lab, sources) as managers:
-        wait_until(
-            lambda: all(m.snapshot.primary == first for m in managers), what=f"all on {first}"
+    # An arbiter that follows Patroni's keys and streams its view to a follower of its own.
+    config = tmp_path / "arbiter.toml"
+    nodes = "".join(
+        f'[[nodes]]\nname = "{n.name}"\ndsn = "{n.dsn}"\n' for n in lab.manager_nodes()
+    )
+    config.write_text(nodes + f'[failover]\nsource = "{lab.etcd_source}"\n')
+    with contextlib.ExitStack() as outer:
+        arbiter = outer.enter_context(
+            serve_process(config, tmp_path / "arbiter.log", "--stream-port", "0")
         )
-        assert [(m.source_status() or {}).get("mode") for m in managers] == ["following"] * 4
-        loads = [Workload(m, threads=2) for m in managers]
-        with contextlib.ExitStack() as stack:
-            for load in loads:
-                stack.enter_context(load)
-            wait_until(lambda: all(load.acked for load in loads), what="every workload to write")
-            assert _probe_sessions(lab) == 0  # followers do not probe
-            old = first
-            for new in [m.name for m in lab.members if m.name != first]:
-                promotion = _Promotion(lab, new)
-                lab.switchover(new)
-                promoted = promotion.wait()
-                new_port = lab.member(new).node.port
+        sources = [lab.source, lab.source, lab.etcd_source, lab.etcd_source]
+        managers = outer.enter_context(_followers(lab, [*sources, arbiter["stream_url"]]))
+        _switch_twice(lab, managers, first)
+        status = get_json(arbiter["url"] + "/failover/status")
+        assert (status["source"]["mode"], status["source"]["fallbacks"]) == ("following", 0)
+        assert status["primary"]["name"] == managers[0].snapshot.primary
 
-                def written_on_new(port: int = new_port, since: float = promoted) -> bool:
-                    return all(
-                        any(p == port and t > since for _, p, t in ld.acked) for ld in loads
-                    )
 
-                wait_until(written_on_new, timeout=30, what=f"every follower to write on {new}")
-                old_port = lab.member(old).node.port
-                late = [
-                    (i, round(t - promoted, 3))
-                    for ld in loads
-                    for i, p, t in ld.acked
-                    if p == old_port and t > promoted
-                ]
-                assert not late, f"writes acknowledged by the old leader {old} after: {late[:5]}"
-                lab.wait(leader=new, streaming=2)
-                old = new
-            assert _probe_sessions(lab) == 0
-        for mgr in managers:
-            status = mgr.source_status() or {}
-            assert (status.get("mode"), status.get("fallbacks")) == ("following", 0), status
-            assert mgr.snapshot.primary == old
-        acked = {i for load in loads for i, _, _ in load.acked}
-        present = {r[0] for r in lab.run_sql(old, "SELECT id FROM w")}
-        assert not acked - present, f"{len(acked - present)} acknowledged writes missing"
-        # (Writes whose COMMIT was cut by Patroni stopping the old leader raised
-        # WriteOutcomeUnknown: not acknowledged, so not counted.)
+def _switch_twice(lab: PatroniLab, managers: list[FailoverManager], first: str) -> None:
+    """Two switchovers under every follower's writes; what must hold (the module's docstring)."""
+    wait_until(lambda: all(m.snapshot.primary == first for m in managers), what=f"all on {first}")
+    assert [(m.source_status() or {}).get("mode") for m in managers] == ["following"] * 5
+    loads = [Workload(m, threads=2) for m in managers]
+    with contextlib.ExitStack() as stack:
+        for load in loads:
+            stack.enter_context(load)
+        wait_until(lambda: all(load.acked for load in loads), what="every workload to write")
+        assert _probe_sessions(lab) == 0  # followers do not probe
+        old = first
+        for new in [m.name for m in lab.members if m.name != first]:
+            promotion = _Promotion(lab, new)
+            lab.switchover(new)
+            promoted = promotion.wait()
+            new_port = lab.member(new).node.port
+
+            def written_on_new(port: int = new_port, since: float = promoted) -> bool:
+                return all(any(p == port and t > since for _, p, t in ld.acked) for ld in loads)
+
+            wait_until(written_on_new, timeout=30, what=f"every follower to write on {new}")
+            old_port = lab.member(old).node.port
+            late = [
+                (i, round(t - promoted, 3))
+                for ld in loads
+                for i, p, t in ld.acked
+                if p == old_port and t > promoted
+            ]
+            assert not late, f"writes acknowledged by the old leader {old} after: {late[:5]}"
+            lab.wait(leader=new, streaming=2)
+            old = new
+        assert _probe_sessions(lab) == 0
+    for mgr in managers:
+        status = mgr.source_status() or {}
+        assert (status.get("mode"), status.get("fallbacks")) == ("following", 0), status
+        assert mgr.snapshot.primary == old
+    acked = {i for load in loads for i, _, _ in load.acked}
+    present = {r[0] for r in lab.run_sql(old, "SELECT id FROM w")}
+    assert not acked - present, f"{len(acked - present)} acknowledged writes missing"
+    # (Writes whose COMMIT was cut by Patroni stopping the old leader raised
+    # WriteOutcomeUnknown: not acknowledged, so not counted.)
 
 
 @pytest.mark.timeout(180)
