@@ -68,11 +68,8 @@ from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
 
 CONTENDERS = ("probing", "arbiter", "libpq")
-FOLLOWERS = (
-    "arbiter",
-    "patroni",
-    "patroni-etcd",
-)  # the contenders with a source (scale_patroni.py)
+# The contenders with a source (the last three: scale_patroni.py).
+FOLLOWERS = ("arbiter", "patroni", "patroni-etcd", "patroni-arbiter")
 PER_WORKER = 10  # managers per worker process (a gunicorn worker has one; 2 CPUs host them all)
 MAX_WORKERS = 20
 PACE = 0.1  # seconds between one manager's writes

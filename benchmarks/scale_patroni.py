@@ -87,6 +87,8 @@ def _switchover(lab: PatroniLab, candidate: str, patience: float = 60.0) -> None
             lab.switchover(candidate)
             return
         except LabError:
+            if lab.leader() == candidate:  # it went through, but the answer did not
+                return
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
