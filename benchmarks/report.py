@@ -298,6 +298,14 @@ def reads_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _seconds(r: dict[str, Any], prefix: str, *names: str) -> str:
+    """The quantiles ``names`` of ``prefix`` in a summary, as "a / b s" (or n/a)."""
+    values = [r.get(f"{prefix}_{n}_s") for n in names]
+    if any(v is None for v in values):
+        return "n/a"
+    return " / ".join(f"{v:.3f}" for v in values) + " s"
+
+
 def scale_table(records: list[dict[str, Any]]) -> list[str]:
     """Many managers on one cluster: probe load, and how fast they all move (scale.py)."""
     summaries = [r for r in records if r.get("summary") and "contender" in r]
@@ -315,19 +323,12 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summaries:
-
-        def q(prefix: str, *names: str, r: dict[str, Any] = r) -> str:
-            values = [r.get(f"{prefix}_{n}_s") for n in names]
-            if any(v is None for v in values):
-                return "n/a"
-            return " / ".join(f"{v:.3f}" for v in values) + " s"
-
         lines.append(
             f"| {r['size']} | {r['contender']} | {r['steady_probe_sessions']:g} "
             f"| {r['steady_probes_per_s']:g} (+{r['steady_arbiter_probes_per_s']:g} arbiter) "
             f"| {r['failover_probes_per_s']:g} ({r['failover_live_probes_per_s']:g}) "
-            f"| {q('switch_to_manager_switch', 'p50', 'p99')} "
-            f"| {q('switch_to_first_write', 'p50', 'p99', 'max')} "
+            f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
+            f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
             f"| {r['lost']:g} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "
             f"{r['threads_per_manager']:g} |"
         )
@@ -350,19 +351,12 @@ def scale_patroni_table(records: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summaries:
-
-        def q(prefix: str, *names: str, r: dict[str, Any] = r) -> str:
-            values = [r.get(f"{prefix}_{n}_s") for n in names]
-            if any(v is None for v in values):
-                return "n/a"
-            return " / ".join(f"{v:.3f}" for v in values) + " s"
-
         lines.append(
             f"| {r['size']} | {r['contender']} "
             f"| {r['steady_probe_sessions']:g} / {r['failover_probe_sessions_max']:g} "
             f"| {r['steady_probes_per_s']:g} "
-            f"| {q('switch_to_manager_switch', 'p50', 'p99')} "
-            f"| {q('switch_to_first_write', 'p50', 'p99', 'max')} "
+            f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
+            f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
             f"| {r['lost']:g} | {r['old_primary_acks_after_new']:g} "
             f"| {r['rss_kib_per_manager'] / 1024:.2f} MiB / {r['threads_per_manager']:g} |"
         )

@@ -489,11 +489,23 @@ def main() -> None:
     if args.worker:
         _worker(json.loads(args.worker))
         return
+    header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
+    run_all(args, CONTENDERS, run_one, header)
+
+
+def run_all(
+    args: argparse.Namespace,
+    known: tuple[str, ...],
+    run_one: Callable[[int, str, int, argparse.Namespace], dict[str, Any]],
+    header: dict[str, Any],
+) -> None:
+    """Every size, ``args.runs`` rounds of every contender (the order reversed every
+    other round), each run's record and then the medians, as JSON lines."""
     contenders = [c for c in args.contenders.split(",") if c]
-    unknown = set(contenders) - set(CONTENDERS)
+    unknown = set(contenders) - set(known)
     if unknown:
         raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
-    emit({"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync})
+    emit(header)
     runs = []
     for size in (int(s) for s in args.sizes.split(",")):
         for run in range(args.runs):

@@ -51,8 +51,8 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine
-from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes, summaries
+from common import machine
+from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes, run_all
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
@@ -190,21 +190,8 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=5.0, help="seconds of idle measured")
     parser.add_argument("--observe", type=float, default=6.0, help="seconds after the request")
     args = parser.parse_args()
-    contenders = [c for c in args.contenders.split(",") if c]
-    unknown = set(contenders) - set(CONTENDERS)
-    if unknown:
-        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
-    emit({"benchmark": "scale_patroni", "machine": machine(), "pace_s": args.pace})
-    runs = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for run in range(args.runs):
-            order = contenders if run % 2 == 0 else contenders[::-1]
-            for contender in order:
-                record = run_one(size, contender, run, args)
-                emit(record)
-                runs.append(record)
-    for record in summaries(runs, contenders):
-        emit(record)
+    header = {"benchmark": "scale_patroni", "machine": machine(), "pace_s": args.pace}
+    run_all(args, CONTENDERS, run_one, header)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,11 @@ def _text(data: object) -> str:
     return base64.b64decode(str(data or "")).decode(errors="replace")
 
 
+def _as_written(endpoint: str, prefix: str) -> str:
+    """An etcd endpoint as the setting wrote it: ``patroni+etcd://host:port/<prefix>``."""
+    return "patroni+etcd://" + endpoint.split("://", 1)[-1] + prefix.rstrip("/")
+
+
 class PatroniEtcdSource:
     """Patroni's keys under ``prefix`` in etcd (``endpoints``): read, then watched.
 
@@ -221,7 +226,7 @@ class PatroniEtcdSource:
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.prefix = prefix
-        self.urls = (",".join(f"patroni+{e}{prefix.rstrip('/')}" for e in self.endpoints),)
+        self.urls = (",".join(_as_written(e, prefix) for e in self.endpoints),)
         self.silence = silence
         self._reader = reader
         self._poll = poll
@@ -241,8 +246,7 @@ class PatroniEtcdSource:
     @property
     def shown(self) -> str:
         """The setting for logs and status, passwords masked."""
-        path = self.prefix.rstrip("/")
-        return ",".join(f"patroni+{mask_url(e)}{path}" for e in self.endpoints)
+        return ",".join(_as_written(mask_url(e), self.prefix) for e in self.endpoints)
 
     def messages(self, url: str) -> Iterator[Update]:
         """A snapshot after each read of the keys and after each change etcd pushes.
