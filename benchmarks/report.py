@@ -306,6 +306,14 @@ def _seconds(r: dict[str, Any], prefix: str, *names: str) -> str:
     return " / ".join(f"{v:.3f}" for v in values) + " s"
 
 
+def _groups(records: list[dict[str, Any]]) -> str:
+    """How the run shared the CPUs (scale.py's and scale_patroni.py's ``cpu_groups``)."""
+    kind = next((r.get("cpu_groups") for r in records if "pace_s" in r), None)
+    if kind:
+        return f"each role in its own CPU cgroup ({kind}, equal weights)"
+    return "one CPU cgroup for everything"
+
+
 def scale_table(records: list[dict[str, Any]]) -> list[str]:
     """Many managers on one cluster: probe load, and how fast they all move (scale.py)."""
     summaries = [r for r in records if r.get("summary") and "contender" in r]
@@ -315,18 +323,21 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     sync = next((r.get("sync") for r in records if "pace_s" in r), 0)
     replication = f"quorum sync (ANY {sync})" if sync else "asynchronous replication"
     lines = [
-        f"Writes every {pace:g} s per manager; {replication}." if pace is not None else "",
+        f"Writes every {pace:g} s per manager; {replication}; {_groups(records)}."
+        if pace is not None
+        else "",
         "",
         "| managers | contender | probe sessions | probes/s steady | probes/s failover "
-        "(live nodes) | switch to manager switch p50 / p99 | switch to first write "
-        "p50 / p99 / max | lost | memory / threads per manager |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(live nodes) | write latency before p50 / p99 | switch to manager switch p50 / p99 "
+        "| switch to first write p50 / p99 / max | lost | memory / threads per manager |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summaries:
         lines.append(
             f"| {r['size']} | {r['contender']} | {r['steady_probe_sessions']:g} "
             f"| {r['steady_probes_per_s']:g} (+{r['steady_arbiter_probes_per_s']:g} arbiter) "
             f"| {r['failover_probes_per_s']:g} ({r['failover_live_probes_per_s']:g}) "
+            f"| {_seconds(r, 'write_before', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
             f"| {r['lost']:g} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "
@@ -342,19 +353,23 @@ def scale_patroni_table(records: list[dict[str, Any]]) -> list[str]:
         return []
     pace = next((r.get("pace_s") for r in records if "pace_s" in r), None)
     lines = [
-        f"Writes every {pace:g} s per manager; a Patroni switchover." if pace is not None else "",
+        f"Writes every {pace:g} s per manager; a Patroni switchover; {_groups(records)}."
+        if pace is not None
+        else "",
         "",
         "| managers | contender | watch sessions steady / most in the switchover "
-        "| probes/s steady | promotion to manager switch p50 / p99 "
+        "| probes/s steady | write latency before p50 / p99 "
+        "| promotion to manager switch p50 / p99 "
         "| promotion to first write p50 / p99 / max | lost | old leader's acks after "
         "| memory / threads per manager |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summaries:
         lines.append(
             f"| {r['size']} | {r['contender']} "
             f"| {r['steady_probe_sessions']:g} / {r['failover_probe_sessions_max']:g} "
             f"| {r['steady_probes_per_s']:g} "
+            f"| {_seconds(r, 'write_before', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
             f"| {r['lost']:g} | {r['old_primary_acks_after_new']:g} "

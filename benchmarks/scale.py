@@ -63,6 +63,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine, percentile
+from cpugroups import CpuGroups, descendants, hierarchy, sweep
 
 from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
@@ -375,6 +376,13 @@ def _specs(
     ]
 
 
+def _place(groups: CpuGroups, lab: LocalLab, arbiter: Arbiter, workers: Workers) -> None:
+    """The run's roles, each in its own CPU group (see cpugroups.py)."""
+    groups.put("db", [p for n in lab.nodes for p in descendants(lab.pid(n.name) or 0)])
+    groups.put("arbiter", [arbiter.proc.pid])
+    groups.put("apps", [proc.pid for proc in workers.procs])
+
+
 def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: steady, then a kill under writes; the run's record."""
     lab = _lab(args.sync)
@@ -382,7 +390,9 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     arbiter = Arbiter(lab, home)
     specs = _specs(lab, size, contender, arbiter.stream_url, args.pace)
     workers = Workers(specs)
+    groups = CpuGroups(args.cpu_groups)
     try:
+        _place(groups, lab, arbiter, workers)
         readies = workers.ask(None)
         every, standbys = ["node0", "node1", "node2"], ["node1", "node2"]
         time.sleep(2.0)  # the managers' first rounds are behind them
@@ -426,6 +436,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     finally:
         workers.kill()
         arbiter.stop()
+        groups.close()
         lab.destroy()
         shutil.rmtree(home, ignore_errors=True)
 
@@ -460,12 +471,15 @@ def _writes(
             # writer was pausing between writes): the routing's delay, not the pace's.
             firsts.append(done - max(switched, began))
             old_after_new += sum(1 for _, p, _, t in manager if p == old_port and t > done)
+    # How loaded the machine was: the writes' own latency before the event.
+    before = sorted(t - b for r in results for m in r["acks"] for _, _, b, t in m if t < killed)
     present = {r[0] for r in lab.run_sql(new, "SELECT id FROM bench")} if new else set()
     ordered = sorted(firsts)
     return {
         "switch_after_kill_s": round(switched - killed, 3) if switched else None,
         "switch_to_first_write_s": _quantiles(ordered),
         "switch_to_manager_switch_s": _quantiles(seen),
+        "write_before_s": _quantiles(before),
         "never_wrote_on_new": never,
         "lost": len(acked - present),
         "old_primary_acks_after_new": old_after_new,
@@ -485,12 +499,30 @@ def main() -> None:
     )
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of idle measured")
     parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
+    add_cpu_groups(parser)
     args = parser.parse_args()
     if args.worker:
         _worker(json.loads(args.worker))
         return
     header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
+    header["cpu_groups"] = cpu_groups_kind(args)
     run_all(args, CONTENDERS, run_one, header)
+
+
+def add_cpu_groups(parser: argparse.ArgumentParser) -> None:
+    """``--cpu-groups`` / ``--no-cpu-groups`` (see cpugroups.py)."""
+    parser.add_argument(
+        "--cpu-groups",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each role (database, arbiter, etcd, workers) in its own CPU cgroup, where it can",
+    )
+
+
+def cpu_groups_kind(args: argparse.Namespace) -> str | None:
+    """The cgroup version the run uses (``None``: one group for everything)."""
+    found = hierarchy() if args.cpu_groups else None
+    return None if found is None else found[1]
 
 
 def run_all(
@@ -505,6 +537,7 @@ def run_all(
     unknown = set(contenders) - set(known)
     if unknown:
         raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
+    sweep()  # groups a killed run left behind
     emit(header)
     runs = []
     for size in (int(s) for s in args.sizes.split(",")):
@@ -564,7 +597,11 @@ def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[st
                         f"{name}_{q}_s": statistics.median(
                             r[f"{name}_s"][q] for r in mine if r[f"{name}_s"]
                         )
-                        for name in ("switch_to_manager_switch", "switch_to_first_write")
+                        for name in (
+                            "switch_to_manager_switch",
+                            "switch_to_first_write",
+                            "write_before",
+                        )
                         for q in ("p50", "p99", "max")
                         if any(r[f"{name}_s"] for r in mine)
                     },

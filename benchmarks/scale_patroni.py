@@ -52,7 +52,18 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
-from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes, run_all
+from cpugroups import CpuGroups, descendants
+from scale import (
+    PACE,
+    Arbiter,
+    Workers,
+    _sessions,
+    _specs,
+    _writes,
+    add_cpu_groups,
+    cpu_groups_kind,
+    run_all,
+)
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
@@ -146,7 +157,13 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             source = arbiter.stream_url
         specs = _specs(lab, size, contender, source, args.pace)
         workers = Workers(specs)
+        groups = CpuGroups(args.cpu_groups)
         try:
+            groups.put("db", [p for pid in lab.patroni_pids() for p in descendants(pid)])
+            groups.put("etcd", [lab.etcd.proc.pid] if lab.etcd is not None else [])
+            if arbiter is not None:
+                groups.put("arbiter", [arbiter.proc.pid])
+            groups.put("apps", [proc.pid for proc in workers.procs])
             readies = workers.ask(None)
             time.sleep(2.0)
             record: dict[str, Any] = {"size": size, "contender": contender, "run": run}
@@ -168,6 +185,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             workers.kill()
             if arbiter is not None:
                 arbiter.stop()
+            groups.close()
             shutil.rmtree(home, ignore_errors=True)
     finally:
         lab.destroy()
@@ -189,8 +207,10 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=PACE, help="seconds between writes")
     parser.add_argument("--steady", type=float, default=5.0, help="seconds of idle measured")
     parser.add_argument("--observe", type=float, default=6.0, help="seconds after the request")
+    add_cpu_groups(parser)
     args = parser.parse_args()
     header = {"benchmark": "scale_patroni", "machine": machine(), "pace_s": args.pace}
+    header["cpu_groups"] = cpu_groups_kind(args)
     run_all(args, CONTENDERS, run_one, header)
 
 

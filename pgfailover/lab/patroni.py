@@ -268,6 +268,10 @@ class PatroniLab:
         finally:
             log.close()
 
+    def patroni_pids(self) -> list[int]:
+        """The running members' Patroni PIDs (each one's PostgreSQL runs as its child)."""
+        return [proc.pid for proc in self._procs.values() if proc.poll() is None]
+
     def freeze(self, name: str) -> None:
         """SIGSTOP the member's Patroni (its REST API hangs; PostgreSQL runs on)."""
         proc = self._procs.get(name)

@@ -65,7 +65,9 @@ class ArbiterSource:
         self.cluster = cluster
         self.silence = silence
         self._connect_timeout = connect_timeout
-        self._http = urllib3.PoolManager(num_pools=len(self.urls) + 1, maxsize=1, retries=False)
+        # Two connections per arbiter: the stream's, and one kept alive for reports
+        # (a new connection for each would cost the arbiter an accept and a close).
+        self._http = urllib3.PoolManager(num_pools=len(self.urls) + 1, maxsize=2, retries=False)
         self._lock = threading.Lock()
         self._response: urllib3.BaseHTTPResponse | None = None  # guarded by self._lock
         self._closed = False  # guarded by self._lock

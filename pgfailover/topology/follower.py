@@ -47,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["connecting", "following", "probing"]
 BACKOFF = (0.1, 2.0)
+REPORT_EVERY = 1.0
+"""Seconds between one follower's reports of the same node: the arbiter needs one
+report to probe at once; every follower repeating it at each confirmation (four a
+second each) would bury the arbiter's event loop in requests just when it must
+push the new primary (200 followers: 800 requests a second)."""
 
 
 class Source(Protocol):
@@ -123,6 +128,7 @@ class Follower:
         self._seq: int | None = None  # guarded by self._lock
         self._last_update: float | None = None  # guarded by self._lock (wall clock)
         self._adopting = False  # guarded by self._lock: a snapshot is being adopted
+        self._reported: dict[str, float] = {}  # guarded by self._lock: node -> last report
         self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pgfailover-follower-{name}")
@@ -160,11 +166,15 @@ class Follower:
             }
 
     def report(self, node: str) -> None:
-        """A confirmation probe found ``node`` gone: tell the arbiter followed (if any)."""
+        """A confirmation probe found ``node`` gone: tell the arbiter followed (if any),
+        at most once per :data:`REPORT_EVERY` for each node."""
+        now = time.monotonic()
         with self._lock:
             url = self._raw_url if self._mode == "following" else None
-        if url is not None:
-            self.source.report(url, node)
+            if url is None or now - self._reported.get(node, -REPORT_EVERY) < REPORT_EVERY:
+                return
+            self._reported[node] = now
+        self.source.report(url, node)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop following (the stream is interrupted at once)."""

@@ -9,6 +9,7 @@ write is lost with quorum sync, and the report renders every table.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,11 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         out=tmp_path / "scale.jsonl",
     )
     by_contender = {r["contender"]: r for r in scale if "run" in r}
+    # Run as root (CI), each role had its own CPU cgroup, and none is left behind.
+    header = next(r for r in scale if "pace_s" in r)
+    assert (header["cpu_groups"] is not None) == (os.geteuid() == 0 and _cgroups_here()), header
+    assert not _bench_cgroups(), _bench_cgroups()
+    assert all(r["write_before_s"] is not None for r in by_contender.values())
     assert by_contender["arbiter"]["steady_probes_per_s"] == 0  # followers probe nothing
     assert by_contender["arbiter"]["steady_probe_sessions"] == 3  # the arbiter's, one per node
     assert by_contender["probing"]["steady_probe_sessions"] == 3 + 2 * 3
@@ -163,6 +169,20 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     ):
         assert f"### {title}" in report
     assert "| kill | sync | auto | 1 |" in report
+
+
+def _cgroups_here() -> bool:
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    return Path("/sys/fs/cgroup/cpu/cgroup.procs").exists() or (
+        v2.exists() and "cpu" in v2.read_text().split()
+    )
+
+
+def _bench_cgroups() -> list[Path]:
+    return [
+        *Path("/sys/fs/cgroup/cpu").glob("pgfl-bench-*"),
+        *Path("/sys/fs/cgroup").glob("pgfl-bench-*"),
+    ]
 
 
 def test_faults_benchmark_loses_no_write_and_reports(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from pgfailover.model import Decision, Snapshot
 from pgfailover.rounds import Rounds
 from pgfailover.stream import PATH, StreamHub, StreamServer
 from pgfailover.topology.arbiter import ArbiterSource
+from pgfailover.topology import follower as follower_module
 from pgfailover.topology.follower import Follower
 from pgfailover.transition import initial_snapshot
 from pgfailover.wire import decode
@@ -482,5 +483,16 @@ def test_a_follower_reports_what_its_confirmation_found_gone(
         follower.report("node0")
         assert arb.woken == 1
         assert server.hub.reports == 1
+        # Its next confirmations within REPORT_EVERY do not report node0 again (200
+        # followers confirming four times a second would bury the arbiter); another
+        # node is reported at once.
+        follower.report("node0")
+        follower.report("node1")
+        assert server.hub.reports == 2
+        assert arb.woken == 2
+        # Later, a node still found gone is reported again.
+        follower._reported["node0"] -= follower_module.REPORT_EVERY
+        follower.report("node0")
+        assert server.hub.reports == 3
     finally:
         follower.close()
