@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,11 +69,16 @@ def sweep() -> None:
 
 
 def _remove(root: Path, group: Path) -> None:
-    with contextlib.suppress(OSError):
-        for pid in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (root / "cgroup.procs").write_text(pid)
-        group.rmdir()
+    """Move what is left in ``group`` to the root and remove it (a few tries: a process
+    may fork into it meanwhile)."""
+    for _ in range(5):
+        with contextlib.suppress(OSError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (root / "cgroup.procs").write_text(pid)
+            group.rmdir()
+            return
+        time.sleep(0.1)
 
 
 class CpuGroups:

@@ -54,7 +54,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -62,162 +61,22 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, percentile
-from cpugroups import CpuGroups, descendants, hierarchy, sweep
+from common import machine
+from cpugroups import CpuGroups, descendants
+from scalerun import add_cpu_groups, cpu_groups_kind, quantiles, run_all
 
 from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
 
 CONTENDERS = ("probing", "arbiter", "libpq")
-# The contenders with a source (the last three: scale_patroni.py).
-FOLLOWERS = ("arbiter", "patroni", "patroni-etcd", "patroni-arbiter")
 PER_WORKER = 10  # managers per worker process (a gunicorn worker has one; 2 CPUs host them all)
 MAX_WORKERS = 20
 PACE = 0.1  # seconds between one manager's writes
-INSERT = "INSERT INTO bench (id) VALUES (%s) RETURNING inet_server_port()"
 PROBE_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfailover-probe'"
 )
+WORKER = Path(__file__).resolve().parent / "scaleworker.py"
 FAILOVER_WINDOW = 3.0  # seconds after the kill in which the failover's load is measured
-
-
-# -- the worker process: N managers (or pools) of one contender ----------------
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-SWITCHED: dict[int, float] = {}  # manager -> when it switched to the new primary (worker)
-
-
-def _switched(into: dict[int, float], k: int, _event: object) -> None:
-    into[k] = time.time()
-
-
-def _clients(
-    spec: dict[str, Any],
-) -> tuple[list[Any], list[Any], Callable[[], dict[str, int]]]:
-    """The contender's writers (``write(id) -> port``), closers, and a probe counter."""
-    from psycopg_pool import ConnectionPool
-
-    from pgfailover import FailoverConfig, FailoverManager, Node
-
-    writes: list[Any] = []
-    closers: list[Any] = []
-    managers: list[FailoverManager] = []
-    switched = SWITCHED
-    if spec["contender"] == "libpq":
-        for _ in range(spec["count"]):
-            pool = ConnectionPool(
-                spec["multihost"],
-                min_size=1,
-                max_size=2,
-                check=ConnectionPool.check_connection,
-                kwargs={"autocommit": True},
-                open=True,
-            )
-            pool.wait(30)
-
-            def write_pool(i: int, pool: ConnectionPool = pool) -> int:
-                with pool.connection() as conn:
-                    row = conn.execute(INSERT, (i,)).fetchone()
-                    return int(row[0]) if row else 0
-
-            writes.append(write_pool)
-            closers.append(pool.close)
-    else:
-        nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
-        source = spec["source"] if spec["contender"] in FOLLOWERS else None
-        config = FailoverConfig(pool_min_size=1, pool_max_size=2, source=source)
-        for k in range(spec["count"]):
-            mgr = FailoverManager(nodes=nodes, config=config).open()
-            mgr.on_failover(functools.partial(_switched, switched, k))
-
-            def write_mgr(i: int, mgr: FailoverManager = mgr) -> int:
-                return int(mgr.query(INSERT, (i,))[0][0])
-
-            writes.append(write_mgr)
-            closers.append(mgr.close)
-            managers.append(mgr)
-
-    def probes() -> dict[str, int]:
-        out: dict[str, int] = {}
-        for mgr in managers:
-            for node, hist in mgr.counters.probe_durations.items():
-                out[node] = out.get(node, 0) + hist.count
-        return out
-
-    return writes, closers, probes
-
-
-def _worker(spec: dict[str, Any]) -> None:
-    """Run ``spec["count"]`` clients; answer ``count``, ``write`` and ``stop`` on stdin."""
-    import logging
-
-    logging.disable(logging.CRITICAL)  # 200 pools retrying a dead node: thousands of lines
-    rss, threads = _rss_kib(), threading.active_count()
-    started = time.monotonic()
-    writes, closers, probes = _clients(spec)
-    opened = time.monotonic() - started
-    for k, write in enumerate(writes):  # a first write each: the pools' connections exist
-        _retry(write, spec["base"] - 1 - k)
-    ready = {"open_s": round(opened, 3), "rss_kib": _rss_kib() - rss}
-    _answer({**ready, "threads": threading.active_count() - threads})
-    stop = threading.Event()
-    acks: list[list[tuple[int, int, float, float]]] = [[] for _ in writes]  # id, port, began, done
-    failures = [0] * len(writes)
-
-    def loop(k: int) -> None:
-        i = spec["base"] + k * 1_000_000
-        while not stop.is_set():
-            i += 1
-            try:
-                began = time.time()
-                acks[k].append((i, writes[k](i), began, time.time()))
-            except Exception:  # noqa: BLE001 - counted; the next attempt follows
-                failures[k] += 1
-            stop.wait(spec["pace"])
-
-    loops = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(len(writes))]
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "count":
-            _answer({"probes": probes()})
-        elif command == "write":
-            for t in loops:
-                t.start()
-            _answer({"writing": True})
-        elif command == "stop":
-            break
-    stop.set()
-    for t in loops:
-        if t.is_alive():
-            t.join(30)
-    _answer({"acks": acks, "failures": failures, "switched": SWITCHED})
-    closing = [threading.Thread(target=c) for c in closers]
-    for t in closing:
-        t.start()
-    for t in closing:
-        t.join(30)
-
-
-def _answer(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data) + "\n")
-    sys.stdout.flush()
-
-
-def _retry(write: Any, i: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            write(i)
-            return
-        except Exception:  # noqa: BLE001 - the cluster settles
-            time.sleep(0.1)
 
 
 # -- the parent: the lab, the arbiter, the workers, the figures ------------------
@@ -305,7 +164,7 @@ class Workers:
     def __init__(self, specs: list[dict[str, Any]]) -> None:
         self.procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "--worker", json.dumps(spec)],
+                [sys.executable, str(WORKER), json.dumps(spec)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -436,8 +295,8 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     finally:
         workers.kill()
         arbiter.stop()
-        groups.close()
         lab.destroy()
+        groups.close()  # last: a process left in a group keeps it from being removed
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -477,9 +336,9 @@ def _writes(
     ordered = sorted(firsts)
     return {
         "switch_after_kill_s": round(switched - killed, 3) if switched else None,
-        "switch_to_first_write_s": _quantiles(ordered),
-        "switch_to_manager_switch_s": _quantiles(seen),
-        "write_before_s": _quantiles(before),
+        "switch_to_first_write_s": quantiles(ordered),
+        "switch_to_manager_switch_s": quantiles(seen),
+        "write_before_s": quantiles(before),
         "never_wrote_on_new": never,
         "lost": len(acked - present),
         "old_primary_acks_after_new": old_after_new,
@@ -489,7 +348,6 @@ def _writes(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="1,50,200")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--runs", type=int, default=3)
@@ -501,113 +359,9 @@ def main() -> None:
     parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
     add_cpu_groups(parser)
     args = parser.parse_args()
-    if args.worker:
-        _worker(json.loads(args.worker))
-        return
     header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
     header["cpu_groups"] = cpu_groups_kind(args)
     run_all(args, CONTENDERS, run_one, header)
-
-
-def add_cpu_groups(parser: argparse.ArgumentParser) -> None:
-    """``--cpu-groups`` / ``--no-cpu-groups`` (see cpugroups.py)."""
-    parser.add_argument(
-        "--cpu-groups",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="each role (database, arbiter, etcd, workers) in its own CPU cgroup, where it can",
-    )
-
-
-def cpu_groups_kind(args: argparse.Namespace) -> str | None:
-    """The cgroup version the run uses (``None``: one group for everything)."""
-    found = hierarchy() if args.cpu_groups else None
-    return None if found is None else found[1]
-
-
-def run_all(
-    args: argparse.Namespace,
-    known: tuple[str, ...],
-    run_one: Callable[[int, str, int, argparse.Namespace], dict[str, Any]],
-    header: dict[str, Any],
-) -> None:
-    """Every size, ``args.runs`` rounds of every contender (the order reversed every
-    other round), each run's record and then the medians, as JSON lines."""
-    contenders = [c for c in args.contenders.split(",") if c]
-    unknown = set(contenders) - set(known)
-    if unknown:
-        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
-    sweep()  # groups a killed run left behind
-    emit(header)
-    runs = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for run in range(args.runs):
-            order = contenders if run % 2 == 0 else contenders[::-1]
-            for contender in order:
-                record = run_one(size, contender, run, args)
-                emit(record)
-                runs.append(record)
-    for record in summaries(runs, contenders):
-        emit(record)
-
-
-def _quantiles(ordered: list[float]) -> dict[str, float] | None:
-    """p50, p99 and max of ascending values (``None`` for none)."""
-    if not ordered:
-        return None
-    return {
-        "p50": round(percentile(ordered, 0.5), 4),
-        "p99": round(percentile(ordered, 0.99), 4),
-        "max": round(ordered[-1], 4),
-    }
-
-
-def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[str, Any]]:
-    """Medians over the runs of each size and contender."""
-    out = []
-    for size in sorted({r["size"] for r in runs}):
-        for contender in contenders:
-            mine = [r for r in runs if r["size"] == size and r["contender"] == contender]
-            if not mine:
-                continue
-            out.append(
-                {
-                    "summary": True,
-                    "size": size,
-                    "contender": contender,
-                    "runs": len(mine),
-                    **{
-                        key: statistics.median(r[key] for r in mine)
-                        for key in (
-                            "steady_probe_sessions",
-                            "steady_probes_per_s",
-                            "steady_arbiter_probes_per_s",
-                            "failover_probe_sessions_max",
-                            "failover_probes_per_s",
-                            "failover_live_probes_per_s",
-                            "failover_arbiter_probes_per_s",
-                            "rss_kib_per_manager",
-                            "threads_per_manager",
-                            "lost",
-                            "never_wrote_on_new",
-                            "old_primary_acks_after_new",
-                        )
-                    },
-                    **{
-                        f"{name}_{q}_s": statistics.median(
-                            r[f"{name}_s"][q] for r in mine if r[f"{name}_s"]
-                        )
-                        for name in (
-                            "switch_to_manager_switch",
-                            "switch_to_first_write",
-                            "write_before",
-                        )
-                        for q in ("p50", "p99", "max")
-                        if any(r[f"{name}_s"] for r in mine)
-                    },
-                }
-            )
-    return out
 
 
 if __name__ == "__main__":

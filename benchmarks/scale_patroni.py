@@ -53,17 +53,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
-from scale import (
-    PACE,
-    Arbiter,
-    Workers,
-    _sessions,
-    _specs,
-    _writes,
-    add_cpu_groups,
-    cpu_groups_kind,
-    run_all,
-)
+from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes
+from scalerun import add_cpu_groups, cpu_groups_kind, run_all
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
@@ -146,6 +137,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     """One run: steady, then a switchover under writes; the run's record."""
     lab = PatroniLab.create(max_connections=1500)
     every = [n.name for n in lab.nodes]
+    groups = CpuGroups(args.cpu_groups)
     try:
         lab.run_sql("node0", "CREATE TABLE bench (id bigint PRIMARY KEY)")
         source = lab.etcd_source if contender == "patroni-etcd" else lab.source
@@ -157,7 +149,6 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             source = arbiter.stream_url
         specs = _specs(lab, size, contender, source, args.pace)
         workers = Workers(specs)
-        groups = CpuGroups(args.cpu_groups)
         try:
             groups.put("db", [p for pid in lab.patroni_pids() for p in descendants(pid)])
             groups.put("etcd", [lab.etcd.proc.pid] if lab.etcd is not None else [])
@@ -185,10 +176,10 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             workers.kill()
             if arbiter is not None:
                 arbiter.stop()
-            groups.close()
             shutil.rmtree(home, ignore_errors=True)
     finally:
         lab.destroy()
+        groups.close()  # last: a process left in a group keeps it from being removed
 
 
 def _stop(signum: int, _frame: object) -> None:

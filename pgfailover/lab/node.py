@@ -24,6 +24,8 @@ from pgfailover.lab.proc import (
     process_letter,
     processes_in,
     signal_pids,
+    started,
+    survivors,
     wait_gone,
     wait_stopped,
 )
@@ -152,9 +154,13 @@ class LocalNode:
             signal_pids([pid], signal.SIGSTOP)
             victims = [*children_of(pid), pid]
         victims += [p for p in leftovers if p not in victims]
+        births = {p: started(p) for p in victims}
         signal_pids(victims, signal.SIGKILL)
-        if not wait_gone(victims, 10.0):
-            raise LabError(f"{self.name}: processes {victims} survived SIGKILL")
+        if not wait_gone(victims, 10.0, births):
+            left = ", ".join(
+                f"{p} ({process_letter(p) or '?'})" for p in survivors(victims, births)[:20]
+            )
+            raise LabError(f"{self.name}: processes survived SIGKILL: {left}")
         self._clear_stale_lock()
         logger.info("lab: %s killed (%d processes)", self.name, len(victims))
 

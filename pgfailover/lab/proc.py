@@ -34,6 +34,8 @@ __all__ = [
     "processes_in",
     "resolve_run_as",
     "signal_pids",
+    "started",
+    "survivors",
     "wait_gone",
     "wait_stopped",
 ]
@@ -137,15 +139,27 @@ def _proc_cwd(pid: int) -> Path | None:
         return None
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, parent PID) of a process, or None if it is gone."""
+def _fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (from the state on)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name is in parentheses and may itself contain spaces.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent PID) of a process, or None if it is gone."""
+    fields = _fields(pid)
+    return None if fields is None else (fields[0], int(fields[1]))
+
+
+def started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot), or None if it is gone: with the
+    PID, it names one process, where a PID alone may be reused once it has died."""
+    fields = _fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def alive(pid: int) -> bool:
@@ -234,12 +248,29 @@ def wait_stopped(pids: Sequence[int], stopped: bool, timeout: float = 5.0) -> bo
         time.sleep(0.005)
 
 
-def wait_gone(pids: Sequence[int], timeout: float) -> bool:
-    """Wait until no PID is alive (zombies count as gone); True on success."""
+def wait_gone(
+    pids: Sequence[int], timeout: float, births: dict[int, int | None] | None = None
+) -> bool:
+    """Wait until no PID is alive (zombies count as gone); True on success.
+
+    ``births`` (:func:`started` of each, taken before they were signalled):
+    a PID that a new process took meanwhile counts as gone. Hundreds of
+    backends and thousands of client threads can cycle through the PID
+    space (32,768 by default) within the wait.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        if not any(alive(pid) for pid in pids):
+        if not survivors(pids, births):
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+def survivors(pids: Sequence[int], births: dict[int, int | None] | None = None) -> list[int]:
+    """The PIDs still alive (and, given ``births``, still the same processes)."""
+    return [
+        pid
+        for pid in pids
+        if alive(pid) and (births is None or started(pid) == births.get(pid, started(pid)))
+    ]

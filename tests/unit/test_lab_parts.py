@@ -32,7 +32,7 @@ from pgfailover.lab.netfault import (
     tagged_rules,
 )
 from pgfailover.lab.node import LocalNode
-from pgfailover.lab.proc import RunAs, postmaster_pid
+from pgfailover.lab.proc import RunAs, postmaster_pid, started, survivors, wait_gone
 from pgfailover.rejoin import quote_conf
 
 
@@ -333,3 +333,24 @@ def test_faults_without_root_fail_in_one_line_and_status_still_works(
     status = runner.invoke(cli, ["lab", "status", "--json", "--dir", str(tmp_path)])
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)[0]["fault"] is None
+
+
+def test_a_pid_taken_by_a_new_process_counts_as_gone() -> None:
+    """The lab waits for killed servers by PID and start time: hundreds of backends and
+    thousands of client threads can cycle through the PID space within the wait."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pid = child.pid
+        born = started(pid)
+        assert born is not None
+        assert survivors([pid], {pid: born}) == [pid]  # the same process: alive
+        assert survivors([pid], {pid: born - 1}) == []  # another one under its PID: gone
+        assert not wait_gone([pid], 0.05, {pid: born})
+        child.kill()
+        child.wait(5)
+        assert survivors([pid], {pid: born}) == []
+        assert wait_gone([pid], 1.0, {pid: born})
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)

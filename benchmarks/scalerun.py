@@ -1,0 +1,112 @@
+"""The run loop scale.py and scale_patroni.py share: rounds of contenders, medians, CPU groups."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from common import emit, percentile
+from cpugroups import hierarchy, sweep
+
+
+def add_cpu_groups(parser: argparse.ArgumentParser) -> None:
+    """``--cpu-groups`` / ``--no-cpu-groups`` (see cpugroups.py)."""
+    parser.add_argument(
+        "--cpu-groups",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each role (database, arbiter, etcd, workers) in its own CPU cgroup, where it can",
+    )
+
+
+def cpu_groups_kind(args: argparse.Namespace) -> str | None:
+    """The cgroup version the run uses (``None``: one group for everything)."""
+    found = hierarchy() if args.cpu_groups else None
+    return None if found is None else found[1]
+
+
+def run_all(
+    args: argparse.Namespace,
+    known: tuple[str, ...],
+    run_one: Callable[[int, str, int, argparse.Namespace], dict[str, Any]],
+    header: dict[str, Any],
+) -> None:
+    """Every size, ``args.runs`` rounds of every contender (the order reversed every
+    other round), each run's record and then the medians, as JSON lines."""
+    contenders = [c for c in args.contenders.split(",") if c]
+    unknown = set(contenders) - set(known)
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {', '.join(sorted(unknown))}")
+    sweep()  # groups a killed run left behind
+    emit(header)
+    runs = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for run in range(args.runs):
+            order = contenders if run % 2 == 0 else contenders[::-1]
+            for contender in order:
+                record = run_one(size, contender, run, args)
+                emit(record)
+                runs.append(record)
+    for record in summaries(runs, contenders):
+        emit(record)
+
+
+def quantiles(ordered: list[float]) -> dict[str, float] | None:
+    """p50, p99 and max of ascending values (``None`` for none)."""
+    if not ordered:
+        return None
+    return {
+        "p50": round(percentile(ordered, 0.5), 4),
+        "p99": round(percentile(ordered, 0.99), 4),
+        "max": round(ordered[-1], 4),
+    }
+
+
+def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[str, Any]]:
+    """Medians over the runs of each size and contender."""
+    out = []
+    for size in sorted({r["size"] for r in runs}):
+        for contender in contenders:
+            mine = [r for r in runs if r["size"] == size and r["contender"] == contender]
+            if not mine:
+                continue
+            out.append(
+                {
+                    "summary": True,
+                    "size": size,
+                    "contender": contender,
+                    "runs": len(mine),
+                    **{
+                        key: statistics.median(r[key] for r in mine)
+                        for key in (
+                            "steady_probe_sessions",
+                            "steady_probes_per_s",
+                            "steady_arbiter_probes_per_s",
+                            "failover_probe_sessions_max",
+                            "failover_probes_per_s",
+                            "failover_live_probes_per_s",
+                            "failover_arbiter_probes_per_s",
+                            "rss_kib_per_manager",
+                            "threads_per_manager",
+                            "lost",
+                            "never_wrote_on_new",
+                            "old_primary_acks_after_new",
+                        )
+                    },
+                    **{
+                        f"{name}_{q}_s": statistics.median(
+                            r[f"{name}_s"][q] for r in mine if r[f"{name}_s"]
+                        )
+                        for name in (
+                            "switch_to_manager_switch",
+                            "switch_to_first_write",
+                            "write_before",
+                        )
+                        for q in ("p50", "p99", "max")
+                        if any(r[f"{name}_s"] for r in mine)
+                    },
+                }
+            )
+    return out

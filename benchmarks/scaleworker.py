@@ -1,0 +1,163 @@
+"""The worker side of scale.py and scale_patroni.py: N managers (or pools) of one contender.
+
+``python benchmarks/scaleworker.py '<spec as JSON>'`` opens ``spec["count"]``
+clients of ``spec["contender"]``, writes one row with each, answers one
+JSON line on stdout, then obeys ``count``, ``write`` and ``stop`` on stdin
+(one JSON answer each): the parent (:class:`scale.Workers`) speaks to
+twenty of these at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# The contenders with a source (the last three: scale_patroni.py).
+FOLLOWERS = ("arbiter", "patroni", "patroni-etcd", "patroni-arbiter")
+INSERT = "INSERT INTO bench (id) VALUES (%s) RETURNING inet_server_port()"
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+SWITCHED: dict[int, float] = {}  # manager -> when it switched to the new primary (worker)
+
+
+def _switched(into: dict[int, float], k: int, _event: object) -> None:
+    into[k] = time.time()
+
+
+def _clients(
+    spec: dict[str, Any],
+) -> tuple[list[Any], list[Any], Callable[[], dict[str, int]]]:
+    """The contender's writers (``write(id) -> port``), closers, and a probe counter."""
+    from psycopg_pool import ConnectionPool
+
+    from pgfailover import FailoverConfig, FailoverManager, Node
+
+    writes: list[Any] = []
+    closers: list[Any] = []
+    managers: list[FailoverManager] = []
+    switched = SWITCHED
+    if spec["contender"] == "libpq":
+        for _ in range(spec["count"]):
+            pool = ConnectionPool(
+                spec["multihost"],
+                min_size=1,
+                max_size=2,
+                check=ConnectionPool.check_connection,
+                kwargs={"autocommit": True},
+                open=True,
+            )
+            pool.wait(30)
+
+            def write_pool(i: int, pool: ConnectionPool = pool) -> int:
+                with pool.connection() as conn:
+                    row = conn.execute(INSERT, (i,)).fetchone()
+                    return int(row[0]) if row else 0
+
+            writes.append(write_pool)
+            closers.append(pool.close)
+    else:
+        nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
+        source = spec["source"] if spec["contender"] in FOLLOWERS else None
+        config = FailoverConfig(pool_min_size=1, pool_max_size=2, source=source)
+        for k in range(spec["count"]):
+            mgr = FailoverManager(nodes=nodes, config=config).open()
+            mgr.on_failover(functools.partial(_switched, switched, k))
+
+            def write_mgr(i: int, mgr: FailoverManager = mgr) -> int:
+                return int(mgr.query(INSERT, (i,))[0][0])
+
+            writes.append(write_mgr)
+            closers.append(mgr.close)
+            managers.append(mgr)
+
+    def probes() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for mgr in managers:
+            for node, hist in mgr.counters.probe_durations.items():
+                out[node] = out.get(node, 0) + hist.count
+        return out
+
+    return writes, closers, probes
+
+
+def run(spec: dict[str, Any]) -> None:
+    """Run ``spec["count"]`` clients; answer ``count``, ``write`` and ``stop`` on stdin."""
+    import logging
+
+    logging.disable(logging.CRITICAL)  # 200 pools retrying a dead node: thousands of lines
+    rss, threads = _rss_kib(), threading.active_count()
+    started = time.monotonic()
+    writes, closers, probes = _clients(spec)
+    opened = time.monotonic() - started
+    for k, write in enumerate(writes):  # a first write each: the pools' connections exist
+        _retry(write, spec["base"] - 1 - k)
+    ready = {"open_s": round(opened, 3), "rss_kib": _rss_kib() - rss}
+    _answer({**ready, "threads": threading.active_count() - threads})
+    stop = threading.Event()
+    acks: list[list[tuple[int, int, float, float]]] = [[] for _ in writes]  # id, port, began, done
+    failures = [0] * len(writes)
+
+    def loop(k: int) -> None:
+        i = spec["base"] + k * 1_000_000
+        while not stop.is_set():
+            i += 1
+            try:
+                began = time.time()
+                acks[k].append((i, writes[k](i), began, time.time()))
+            except Exception:  # noqa: BLE001 - counted; the next attempt follows
+                failures[k] += 1
+            stop.wait(spec["pace"])
+
+    loops = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(len(writes))]
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "count":
+            _answer({"probes": probes()})
+        elif command == "write":
+            for t in loops:
+                t.start()
+            _answer({"writing": True})
+        elif command == "stop":
+            break
+    stop.set()
+    for t in loops:
+        if t.is_alive():
+            t.join(30)
+    _answer({"acks": acks, "failures": failures, "switched": SWITCHED})
+    closing = [threading.Thread(target=c) for c in closers]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join(30)
+
+
+def _answer(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _retry(write: Any, i: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            write(i)
+            return
+        except Exception:  # noqa: BLE001 - the cluster settles
+            time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    run(json.loads(sys.argv[1]))
