@@ -12,8 +12,10 @@ seconds, then has every manager write (an INSERT with a unique id every
 Patroni replaces a crashed leader only after its leader key's TTL (at least
 20 s), which measures Patroni, not its followers.
 
-"Promotion" is when ``node1`` first takes writes, seen by a connection
-polling ``pg_is_in_recovery()`` every 2 ms; measured from there, for every
+"Promotion" is when ``node1`` left recovery, by its own clock: a statement
+waits on the server, looking every millisecond, and answers
+``clock_timestamp()`` (a client polling with a round trip per look saw it
+up to tens of milliseconds late on busy CPUs); measured from there, for every
 manager: its switch (its ``on_failover``) and its first acknowledged write
 on ``node1`` (p50, p99, max). Also: the sessions the managers keep on the
 servers to watch them (probes, and a follower's confirmation of the new
@@ -67,16 +69,34 @@ WATCH_SESSIONS = (
 WINDOW = 3.0  # seconds after the switchover request in which sessions are watched
 
 
+# Waits on the server (up to 1 s a call, looking every millisecond) for the end of
+# recovery and answers when the server saw it, by its own clock (the same machine's):
+# a client polling with a round trip per look sees it late when the CPUs are busy.
+_WAIT_OUT_OF_RECOVERY = """
+DO $$ BEGIN
+  FOR i IN 1..1000 LOOP
+    EXIT WHEN NOT pg_is_in_recovery();
+    PERFORM pg_sleep(0.001);
+  END LOOP;
+END $$
+"""
+_SEEN = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL"
+    " ELSE extract(epoch FROM clock_timestamp())::float8 END"
+)
+
+
 def _promoted(dsn: str, into: dict[str, float], stop: threading.Event) -> None:
-    """Set ``into["at"]`` (wall clock) when the server at ``dsn`` first takes writes."""
+    """Set ``into["at"]`` (wall clock) to when the server at ``dsn`` left recovery, as
+    seen on the server within a millisecond."""
     while not stop.is_set():
         with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
             while not stop.is_set():
-                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                if row is not None and not row[0]:
-                    into["at"] = time.time()
+                conn.execute(_WAIT_OUT_OF_RECOVERY)
+                row = conn.execute(_SEEN).fetchone()
+                if row is not None and row[0] is not None:
+                    into["at"] = float(row[0])
                     return
-                time.sleep(0.002)
         stop.wait(0.01)
 
 
