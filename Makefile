@@ -57,6 +57,8 @@ bench: $(STAMP) server-binaries
 	$(BIN)/python benchmarks/reads.py | tee $(BENCH_OUT)/reads.jsonl
 	$(BIN)/python benchmarks/probes.py | tee $(BENCH_OUT)/probes.jsonl
 	$(BIN)/python benchmarks/scale.py | tee $(BENCH_OUT)/scale.jsonl
+	$(BIN)/python benchmarks/scale.py --sizes 200 --runs 2 --pace 0.1 \
+		| tee $(BENCH_OUT)/scale_saturated.jsonl
 	$(BIN)/python benchmarks/scale_patroni.py | tee $(BENCH_OUT)/scale_patroni.jsonl
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT)
 

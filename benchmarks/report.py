@@ -306,6 +306,11 @@ def _seconds(r: dict[str, Any], prefix: str, *names: str) -> str:
     return " / ".join(f"{v:.3f}" for v in values) + " s"
 
 
+def _count(value: float | None) -> str:
+    """A median count, or n/a where no run had one (no new primary to count on)."""
+    return "n/a" if value is None else f"{value:g}"
+
+
 def _groups(records: list[dict[str, Any]]) -> str:
     """How the run shared the CPUs (scale.py's and scale_patroni.py's ``cpu_groups``)."""
     kind = next((r.get("cpu_groups") for r in records if "pace_s" in r), None)
@@ -340,7 +345,7 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
             f"| {_seconds(r, 'write_before', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
-            f"| {r['lost']:g} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "
+            f"| {_count(r['lost'])} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "
             f"{r['threads_per_manager']:g} |"
         )
     return lines
@@ -372,7 +377,7 @@ def scale_patroni_table(records: list[dict[str, Any]]) -> list[str]:
             f"| {_seconds(r, 'write_before', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
-            f"| {r['lost']:g} | {r['old_primary_acks_after_new']:g} "
+            f"| {_count(r['lost'])} | {r['old_primary_acks_after_new']:g} "
             f"| {r['rss_kib_per_manager'] / 1024:.2f} MiB / {r['threads_per_manager']:g} |"
         )
     return lines
@@ -394,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Read strategies", "reads.jsonl", reads_table),
         ("Probe cycles", "probes.jsonl", probes_table),
         ("Many managers on one cluster", "scale.jsonl", scale_table),
+        ("Many managers on one cluster, CPUs saturated", "scale_saturated.jsonl", scale_table),
         ("Many managers on a Patroni cluster", "scale_patroni.jsonl", scale_patroni_table),
     ):
         records = _records(directory / name)

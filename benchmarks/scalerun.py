@@ -53,6 +53,13 @@ def run_all(
         emit(record)
 
 
+def _median(values: list[Any]) -> Any:
+    """The median of the values a run gave (``None``: it had none, e.g. nothing lost
+    can be counted where no new primary came)."""
+    given = [v for v in values if v is not None]
+    return statistics.median(given) if given else None
+
+
 def quantiles(ordered: list[float]) -> dict[str, float] | None:
     """p50, p99 and max of ascending values (``None`` for none)."""
     if not ordered:
@@ -79,7 +86,7 @@ def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[st
                     "contender": contender,
                     "runs": len(mine),
                     **{
-                        key: statistics.median(r[key] for r in mine)
+                        key: _median([r[key] for r in mine])
                         for key in (
                             "steady_probe_sessions",
                             "steady_probes_per_s",

@@ -156,7 +156,9 @@ class LocalNode:
         victims += [p for p in leftovers if p not in victims]
         births = {p: started(p) for p in victims}
         signal_pids(victims, signal.SIGKILL)
-        if not wait_gone(victims, 10.0, births):
+        # Hundreds of backends on busy CPUs can take more than 10 s to finish dying
+        # (seen: some in uninterruptible sleep, "D", for that long after SIGKILL).
+        if not wait_gone(victims, 30.0, births):
             left = ", ".join(
                 f"{p} ({process_letter(p) or '?'})" for p in survivors(victims, births)[:20]
             )

@@ -268,9 +268,10 @@ def wait_gone(
 
 
 def survivors(pids: Sequence[int], births: dict[int, int | None] | None = None) -> list[int]:
-    """The PIDs still alive (and, given ``births``, still the same processes)."""
+    """The PIDs still alive (and, given ``births``, still the same processes: one
+    gone before its birth was taken, ``None``, and alive now is another)."""
     return [
         pid
         for pid in pids
-        if alive(pid) and (births is None or started(pid) == births.get(pid, started(pid)))
+        if alive(pid) and (births is None or pid not in births or started(pid) == births[pid])
     ]
