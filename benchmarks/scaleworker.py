@@ -18,6 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Imported before the baseline is taken: a manager's footprint excludes the library's.
+from psycopg_pool import ConnectionPool
+
+from pgfailover import FailoverConfig, FailoverManager, Node
+
 # The contenders with a source (the last three: scale_patroni.py).
 FOLLOWERS = ("arbiter", "patroni", "patroni-etcd", "patroni-arbiter")
 INSERT = "INSERT INTO bench (id) VALUES (%s) RETURNING inet_server_port()"
@@ -41,10 +46,6 @@ def _clients(
     spec: dict[str, Any],
 ) -> tuple[list[Any], list[Any], Callable[[], dict[str, int]]]:
     """The contender's writers (``write(id) -> port``), closers, and a probe counter."""
-    from psycopg_pool import ConnectionPool
-
-    from pgfailover import FailoverConfig, FailoverManager, Node
-
     writes: list[Any] = []
     closers: list[Any] = []
     managers: list[FailoverManager] = []
