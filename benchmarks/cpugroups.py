@@ -110,6 +110,16 @@ class CpuGroups:
             with contextlib.suppress(OSError):  # gone meanwhile
                 (group / "cgroup.procs").write_text(str(pid))
 
+    def release(self, pids: Iterable[int]) -> None:
+        """Move processes back to the root group: a node about to be killed, whose
+        hundreds of dying backends must not queue for their group's share (some stayed
+        runnable, or waiting on a kernel lock, for more than 30 s after SIGKILL)."""
+        if self._root is None:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                (self._root / "cgroup.procs").write_text(str(pid))
+
     def close(self) -> None:
         """Every process back to the root group, the groups removed."""
         if self._root is None:

@@ -270,6 +270,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         workers.ask("write")
         time.sleep(2.0)
         p0, a0 = workers.probes(), arbiter.probes()
+        groups.release(descendants(lab.pid("node0") or 0))
         killed, window = time.time(), time.monotonic() + FAILOVER_WINDOW
         lab.kill("node0")
         peak = 0
