@@ -150,8 +150,17 @@ class Arbiter:
         )
 
     def switched(self) -> tuple[str | None, float | None]:
-        """The node the last completed failover went to, and when (wall clock)."""
-        done = [e for e in self.get("/failover/history")["events"] if e["outcome"] == "completed"]
+        """The node the last completed failover went to, and when (wall clock); the API
+        is asked for 30 s at most (a starved arbiter answers late)."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                events = self.get("/failover/history")["events"]
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        done = [e for e in events if e["outcome"] == "completed"]
         return (done[-1]["to"], done[-1]["completed"]) if done else (None, None)
 
     def stop(self) -> None:
@@ -240,6 +249,15 @@ def _specs(
     ]
 
 
+def _arbiter_rate(arbiter: Arbiter, before: int, seconds: float) -> float | None:
+    """The arbiter's probes a second since ``before``; ``None`` if its API did not
+    answer within 10 s (200 probing managers starved it)."""
+    try:
+        return round((arbiter.probes() - before) / seconds, 1)
+    except OSError:
+        return None
+
+
 def _place(groups: CpuGroups, lab: LocalLab, arbiter: Arbiter, workers: Workers) -> None:
     """The run's roles, each in its own CPU group (see cpugroups.py)."""
     groups.put("db", [p for n in lab.nodes for p in descendants(lab.pid(n.name) or 0)])
@@ -282,9 +300,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         p1 = workers.probes()
         record["failover_probes_per_s"] = round(_delta(p0, p1, every) / FAILOVER_WINDOW, 1)
         record["failover_live_probes_per_s"] = round(_delta(p0, p1, standbys) / FAILOVER_WINDOW, 1)
-        record["failover_arbiter_probes_per_s"] = round(
-            (arbiter.probes() - a0) / FAILOVER_WINDOW, 1
-        )
+        record["failover_arbiter_probes_per_s"] = _arbiter_rate(arbiter, a0, FAILOVER_WINDOW)
         time.sleep(max(0.0, args.observe - FAILOVER_WINDOW))
         results = workers.ask("stop")
         new, switched = arbiter.switched()
