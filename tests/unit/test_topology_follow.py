@@ -28,8 +28,8 @@ from pgfailover.counters import Counters
 from pgfailover.model import Decision, Snapshot
 from pgfailover.rounds import Rounds
 from pgfailover.stream import PATH, StreamHub, StreamServer
-from pgfailover.topology.arbiter import ArbiterSource
 from pgfailover.topology import follower as follower_module
+from pgfailover.topology.arbiter import ArbiterSource
 from pgfailover.topology.follower import Follower
 from pgfailover.transition import initial_snapshot
 from pgfailover.wire import decode
