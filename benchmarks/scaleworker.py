@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import threading
 import time
@@ -49,7 +50,6 @@ def _clients(
     writes: list[Any] = []
     closers: list[Any] = []
     managers: list[FailoverManager] = []
-    switched = SWITCHED
     if spec["contender"] == "libpq":
         for _ in range(spec["count"]):
             pool = ConnectionPool(
@@ -75,7 +75,7 @@ def _clients(
         config = FailoverConfig(pool_min_size=1, pool_max_size=2, source=source)
         for k in range(spec["count"]):
             mgr = FailoverManager(nodes=nodes, config=config).open()
-            mgr.on_failover(functools.partial(_switched, switched, k))
+            mgr.on_failover(functools.partial(_switched, SWITCHED, k))
 
             def write_mgr(i: int, mgr: FailoverManager = mgr) -> int:
                 return int(mgr.query(INSERT, (i,))[0][0])
@@ -96,8 +96,6 @@ def _clients(
 
 def run(spec: dict[str, Any]) -> None:
     """Run ``spec["count"]`` clients; answer ``count``, ``write`` and ``stop`` on stdin."""
-    import logging
-
     logging.disable(logging.CRITICAL)  # 200 pools retrying a dead node: thousands of lines
     rss, threads = _rss_kib(), threading.active_count()
     started = time.monotonic()

@@ -270,8 +270,11 @@ def wait_gone(
 def survivors(pids: Sequence[int], births: dict[int, int | None] | None = None) -> list[int]:
     """The PIDs still alive (and, given ``births``, still the same processes: one
     gone before its birth was taken, ``None``, and alive now is another)."""
-    return [
-        pid
-        for pid in pids
-        if alive(pid) and (births is None or pid not in births or started(pid) == births[pid])
-    ]
+    left = []
+    for pid in pids:
+        fields = _fields(pid)  # one read: state and start time
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        if births is None or pid not in births or int(fields[19]) == births[pid]:
+            left.append(pid)
+    return left
