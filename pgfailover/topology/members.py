@@ -35,6 +35,13 @@ Until then the pending leader is a standby and writes wait (the state is
 ``FAILOVER_IN_PROGRESS``) rather than fail on a server still in recovery;
 a manager that starts meanwhile asks too. The old leader is no longer the
 leader once Patroni moved the key: at the next read it takes no write.
+
+The confirmation's connection is opened ahead, to the member likely to lead
+next (:func:`next_leader`): a switchover's candidate, named in Patroni's
+``failover`` key (etcd only; a scheduled one is not prepared for), or,
+while no leader runs, the replica furthest ahead, which is the one Patroni
+promotes unless tags say otherwise (a wrong guess costs one idle
+connection until a leader is known).
 """
 
 from __future__ import annotations
@@ -53,7 +60,16 @@ from pgfailover.topology.replay import SourceMismatch
 from pgfailover.transition import initial_snapshot, transition
 from pgfailover.wire import Update
 
-__all__ = ["Confirm", "Member", "PatroniReader", "from_cluster", "from_keys", "parse_lsn"]
+__all__ = [
+    "Confirm",
+    "Member",
+    "PatroniReader",
+    "announced_candidate",
+    "from_cluster",
+    "from_keys",
+    "next_leader",
+    "parse_lsn",
+]
 
 UP_STATES = frozenset({"running", "streaming", "in archive recovery"})
 """Member states with PostgreSQL up and answering (the others: stopped, starting,
@@ -169,6 +185,48 @@ def from_keys(keys: Mapping[str, str], prefix: str) -> list[Member]:
     return members
 
 
+def announced_candidate(keys: Mapping[str, str], prefix: str) -> str | None:
+    """The member a switchover under way names in ``<prefix>failover``, if any.
+
+    Patroni writes ``{"leader": ..., "member": ...}`` (``"leader:member"``
+    before 1.5) there when a switchover or failover is asked for, and clears
+    it once done. A scheduled one (``scheduled_at``) may be hours away: it
+    names nobody yet.
+    """
+    value = keys.get(f"{prefix}failover")
+    if not value:
+        return None
+    try:
+        data: Any = json.loads(value)
+    except ValueError:
+        _, _, member = value.partition(":")
+        return member or None
+    if not isinstance(data, dict) or data.get("scheduled_at"):
+        return None
+    named = data.get("member")
+    return named if isinstance(named, str) and named else None
+
+
+def next_leader(
+    members: Sequence[Member], announced: str | None, leader: Member | None
+) -> Member | None:
+    """The member likely to take the leader key next, to open a connection to ahead.
+
+    The switchover's candidate (``announced``) if it is up; else, while no
+    leader runs (``leader`` None), the running replica furthest ahead (by
+    LSN, else by least lag; ties by name); else nobody.
+    """
+    replicas = [m for m in members if not m.leader and m.state in UP_STATES]
+    named = next((m for m in replicas if m.name == announced), None)
+    if named is not None or leader is not None:
+        return named
+    return min(
+        replicas,
+        key=lambda m: (-(m.lsn or 0), m.lag if m.lag is not None else 0, m.name),
+        default=None,
+    )
+
+
 def _address(conn_url: object) -> str | None:
     if not isinstance(conn_url, str):
         return None
@@ -184,6 +242,10 @@ class Confirm(Protocol):
 
     def timeline(self, node: str) -> int | None:
         """``node``'s timeline if it takes writes now, else ``None``."""
+        ...
+
+    def prepare(self, node: str) -> None:
+        """``node`` is likely to lead next: open a connection to it ahead."""
         ...
 
     def done(self) -> None:
@@ -219,26 +281,31 @@ class PatroniReader:
         self._leader: str | None = None
         self._leader_timeline: int | None = None
         self.pending: str | None = None  # a new leader whose promotion is not confirmed yet
+        self._expected: str | None = None  # the node a connection was opened to ahead
 
     def release(self) -> None:
         """The source stopped reading: let go of a pending confirmation's connection."""
         self._settle(None)
 
-    def update(self, members: Sequence[Member], now: float, took: float) -> Update:
-        """The snapshot after this read of ``members`` (``took``: seconds the read took).
+    def update(
+        self, members: Sequence[Member], now: float, took: float, announced: str | None = None
+    ) -> Update:
+        """The snapshot after this read of ``members`` (``took``: seconds the read took;
+        ``announced``: the member a switchover under way names, see
+        :func:`announced_candidate`).
 
         Raises:
             SourceMismatch: no member is one of this manager's nodes, or the
                 leader is none of them.
         """
-        results = self.results(members, now, took)
+        results = self.results(members, now, took, announced)
         snap, _ = transition(self._prev, results, now, self._trusted)
         self._prev = snap
         self._seq += 1
         return Update(self._cluster, self._seq, now, snap)
 
     def results(
-        self, members: Sequence[Member], now: float, took: float
+        self, members: Sequence[Member], now: float, took: float, announced: str | None = None
     ) -> dict[str, ProbeResult]:
         """One probe result per node, from what Patroni says of its member.
 
@@ -265,7 +332,7 @@ class PatroniReader:
                 f"Patroni's leader {stray.name} at {stray.address} is none of this manager's "
                 f"nodes ({own}); Patroni's connect_address must match the DSNs"
             )
-        writable = self._writable(list(mine.values()))
+        writable = self._writable(list(mine.values()), announced)
         positions = _positions(list(mine.values()))
         results = {}
         for address, name in self._by_address.items():
@@ -291,14 +358,15 @@ class PatroniReader:
                 )  # fmt: skip
         return results
 
-    def _writable(self, members: Sequence[Member]) -> str | None:
+    def _writable(self, members: Sequence[Member], announced: str | None) -> str | None:
         """The leader, once its promotion is seen done (the module's docstring)."""
         leader = next((m for m in members if m.leader and m.state == "running"), None)
         if leader is None or leader.timeline is None:  # no timeline: demoting, or not up yet
-            self._settle(None)
+            self._expect(next_leader(members, announced, None))
             return None
         if leader.name == self._leader and self.pending is None:  # the leader it was
             self._leader_timeline = max(self._leader_timeline or 0, leader.timeline)
+            self._expect(next_leader(members, announced, leader))
             return leader.name
         others = max((m.timeline or 0 for m in members if m is not leader), default=0)
         if leader.timeline > max(others, self._leader_timeline or 0):
@@ -311,7 +379,9 @@ class PatroniReader:
             self.pending = leader.name
             return None
         self.pending = leader.name
-        confirmed = self._confirm.timeline(leader.name)
+        if self._node(leader) != self._expected:  # its check takes no other's connection
+            self._expected = None
+        confirmed = self._confirm.timeline(self._node(leader))
         floor = self._leader_timeline or 0
         if (
             confirmed is None
@@ -322,13 +392,32 @@ class PatroniReader:
         self._settle(leader.name, confirmed)
         return leader.name
 
+    def _node(self, member: Member) -> str:
+        """The manager's name for ``member`` (Patroni's names need not be the nodes')."""
+        return self._by_address[member.address or ""]
+
+    def _expect(self, member: Member | None) -> None:
+        """Nothing is pending: keep a connection open to ``member``, likely to lead
+        next, or to nobody."""
+        node = None if member is None else self._node(member)
+        had = self.pending is not None or self._expected is not None
+        self.pending = None
+        if self._confirm is None or (node == self._expected and (node is not None or not had)):
+            return
+        self._expected = node
+        if node is None:
+            self._confirm.done()
+        else:
+            self._confirm.prepare(node)
+
     def _settle(self, leader: str | None, timeline: int | None = None) -> None:
         """A leader seen writable (or none): nothing pending, the connection let go."""
         if leader is not None:
             self._leader, self._leader_timeline = leader, timeline
-        if self.pending is not None and self._confirm is not None:
+        if (self.pending is not None or self._expected is not None) and self._confirm is not None:
             self._confirm.done()
         self.pending = None
+        self._expected = None
 
 
 def _positions(members: Sequence[Member]) -> dict[str, tuple[int | None, int | None, int | None]]:

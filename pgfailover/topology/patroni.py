@@ -46,7 +46,12 @@ from typing import Any
 import urllib3
 
 from pgfailover.etcd import Etcd, EtcdError
-from pgfailover.topology.members import PatroniReader, from_cluster, from_keys
+from pgfailover.topology.members import (
+    PatroniReader,
+    announced_candidate,
+    from_cluster,
+    from_keys,
+)
 from pgfailover.topology.replay import SourceMismatch
 from pgfailover.topology.sse import StreamError
 from pgfailover.topology.urls import mask_url
@@ -280,7 +285,9 @@ class PatroniEtcdSource:
                     keys = dict(self._keys)
                 try:
                     members = from_keys(keys, self.prefix)
-                    yield self._reader.update(members, time.time(), time.monotonic() - started)
+                    announced = announced_candidate(keys, self.prefix)
+                    took = time.monotonic() - started
+                    yield self._reader.update(members, time.time(), took, announced)
                 except SourceMismatch as exc:
                     raise StreamError(f"{self.shown}: {exc}") from None
                 # The next snapshot: after a change pushed, else at the next read. While

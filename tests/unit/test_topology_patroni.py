@@ -132,11 +132,15 @@ class FakeConfirm:
     def __init__(self, *answers: int | None) -> None:
         self.answers = list(answers)
         self.asked: list[str] = []
+        self.prepared: list[str] = []
         self.closed = 0
 
     def timeline(self, node: str) -> int | None:
         self.asked.append(node)
         return self.answers.pop(0) if self.answers else None
+
+    def prepare(self, node: str) -> None:
+        self.prepared.append(node)
 
     def done(self) -> None:
         self.closed += 1
@@ -265,7 +269,7 @@ def test_a_manager_starting_during_a_promotion_waits_for_it() -> None:
     assert _read(reader, *promoting).primary is None
     assert reader.pending == "b"
     assert _read(reader, *promoting, now=1).primary == "node1"
-    assert confirm.asked == ["b", "b"]
+    assert confirm.asked == ["node1", "node1"]  # the node's name, not Patroni's member's
     assert confirm.closed == 1  # the connection let go once promoted
     assert not reader.pending
 
