@@ -5,7 +5,8 @@ builds a fresh 3-node lab cluster (asynchronous replication, or quorum
 sync with ``--sync 1``; ``max_connections`` raised so that every contender
 fits), starts the arbiter (``pgfailover serve --promotion auto
 --stream-port 0``, PostgreSQL's and pgfailover's default timing) and spreads
-the managers over worker processes (10 managers each, at most 20). Then:
+the managers over worker processes (10 managers each, at most 20; with
+``--per-process 1``, one process each, as gunicorn workers have). Then:
 
 1. **steady**: the managers idle for ``--steady`` seconds; measured: probe
    sessions on the servers (``pg_stat_activity``, application
@@ -68,14 +69,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
-from scalerun import add_cpu_groups, cpu_groups_kind, quantiles, run_all
+from scalerun import add_cpu_groups, add_per_process, cpu_groups_kind, quantiles, run_all
 
 from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
 
 CONTENDERS = ("probing", "arbiter", "libpq")
-PER_WORKER = 10  # managers per worker process (a gunicorn worker has one; 2 CPUs host them all)
-MAX_WORKERS = 20
+MAX_WORKERS = 20  # with 10 managers per process (a gunicorn worker has one; 2 CPUs host them)
 PACE = 1.0  # seconds between one manager's writes (0.1 at 200 managers saturates 2 CPUs)
 PROBE_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfailover-probe'"
@@ -227,13 +227,17 @@ def _sessions(lab: Any, names: list[str], query: str = PROBE_SESSIONS) -> int:
 
 
 def _specs(
-    lab: Any, size: int, contender: str, stream_url: str, pace: float
+    lab: Any, size: int, contender: str, stream_url: str, pace: float, *, per_process: int = 10
 ) -> list[dict[str, Any]]:
+    """One worker process's spec per ``per_process`` managers (at most ``MAX_WORKERS``
+    processes at 10 or more a process; as many as it takes below that)."""
     nodes = [[n.name, n.dsn] for n in lab.nodes]
     hosts = ",".join(n.host for n in lab.nodes)
     ports = ",".join(str(n.port) for n in lab.nodes)
     multihost = conninfo(hosts, ports, target_session_attrs="read-write", connect_timeout=2)  # type: ignore[arg-type]
-    workers = min(MAX_WORKERS, -(-size // PER_WORKER))
+    workers = -(-size // max(1, per_process))
+    if per_process >= 10:
+        workers = min(MAX_WORKERS, workers)
     split = [size // workers + (1 if k < size % workers else 0) for k in range(workers)]
     return [
         {
@@ -270,7 +274,9 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     lab = _lab(args.sync)
     home = Path(tempfile.mkdtemp(prefix="pgfl-scale-"))  # the arbiter's config and log
     arbiter = Arbiter(lab, home)
-    specs = _specs(lab, size, contender, arbiter.stream_url, args.pace)
+    specs = _specs(
+        lab, size, contender, arbiter.stream_url, args.pace, per_process=args.per_process
+    )
     workers = Workers(specs)
     groups = CpuGroups(args.cpu_groups)
     try:
@@ -380,9 +386,11 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of idle measured")
     parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
     add_cpu_groups(parser)
+    add_per_process(parser)
     args = parser.parse_args()
     header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
     header["cpu_groups"] = cpu_groups_kind(args)
+    header["per_process"] = args.per_process
     run_all(args, CONTENDERS, run_one, header)
 
 

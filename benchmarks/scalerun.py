@@ -21,6 +21,17 @@ def add_cpu_groups(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_per_process(parser: argparse.ArgumentParser) -> None:
+    """``--per-process N``: managers per worker process (see ``scale._specs``)."""
+    parser.add_argument(
+        "--per-process",
+        type=int,
+        default=10,
+        help="managers per worker process (10: at most 20 processes; 1: one each, as a "
+        "gunicorn worker has, with no other manager's threads on its interpreter lock)",
+    )
+
+
 def cpu_groups_kind(args: argparse.Namespace) -> str | None:
     """The cgroup version the run uses (``None``: one group for everything)."""
     found = hierarchy() if args.cpu_groups else None

@@ -149,9 +149,10 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     patroni = _run(
         "scale_patroni.py",
         *("--sizes", "2", "--runs", "1", "--steady", "1", "--observe", "4"),
-        *("--contenders", "patroni-etcd"),
+        *("--contenders", "patroni-etcd", "--per-process", "1"),
         out=tmp_path / "scale_patroni.jsonl",
     )
+    assert next(r for r in patroni if "pace_s" in r)["per_process"] == 1
     (followed,) = [r for r in patroni if "run" in r]
     assert followed["steady_probe_sessions"] == 0  # followers of Patroni keep no session
     assert followed["switch_to_manager_switch_s"] is not None, followed
