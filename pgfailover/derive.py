@@ -9,12 +9,11 @@ to reach (the reference for promotion lag and the data-loss estimate).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 from pgfailover.errors import ConfigurationError
 from pgfailover.guards import hears_upstream
-from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.model import NodeState, Role, Snapshot, evolve
 
 __all__ = [
     "cluster_identifier",
@@ -43,7 +42,7 @@ def refuse_foreign(node: NodeState, cluster_id: str | None) -> NodeState:
     """A node whose system identifier is another cluster's is never used."""
     if cluster_id is None or not node.up or node.system_identifier in (None, cluster_id):
         return node
-    return dataclasses.replace(
+    return evolve(
         node,
         role=Role.UNKNOWN,
         up=False,
@@ -115,7 +114,7 @@ def with_following(
     since = None
     if following is False:
         since = prev.not_following_since if prev.not_following_since is not None else now
-    return dataclasses.replace(node, follows=following, not_following_since=since)
+    return evolve(node, follows=following, not_following_since=since)
 
 
 def primary_position(

@@ -6,8 +6,10 @@ reader threads without a lock. :mod:`pgfailover.transition` computes them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, TypeVar
 
 __all__ = [
     "ClusterState",
@@ -23,6 +25,7 @@ __all__ = [
     "SplitBrainDetected",
     "StateChanged",
     "SwitchPrimary",
+    "evolve",
 ]
 
 
@@ -276,3 +279,35 @@ Decision = (
     | NodeLost
     | NodeRecovered
 )
+
+
+_Frozen = TypeVar("_Frozen", NodeState, FailoverClock, Snapshot)
+_FIELDS: dict[type, frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls))
+    for cls in (NodeState, FailoverClock, Snapshot)
+}
+
+
+def evolve(obj: _Frozen, **changes: Any) -> _Frozen:
+    """A copy of ``obj`` with ``changes``: ``dataclasses.replace``, at a twentieth of its cost.
+
+    ``replace`` goes through ``__init__``, which sets each of a node's 40
+    fields with ``object.__setattr__``: 22 µs a call on this 2-CPU machine.
+    A round (a probe round, or a source's snapshot) makes about a dozen, so
+    a follower spent 0.3 ms of CPU per snapshot in them alone, and 200
+    followers paid that at once at a failover. These classes have no
+    ``__post_init__`` and no slots: copying the instance's dictionary gives
+    the same object.
+
+    Raises:
+        TypeError: a name that is not a field of ``obj``'s class (what
+            ``replace`` would raise too).
+    """
+    cls = type(obj)
+    unknown = changes.keys() - _FIELDS[cls]
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    new = object.__new__(cls)
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new

@@ -8,12 +8,11 @@ made there, from the nodes this returns.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Final
 
 from pgfailover.config import FailoverConfig
-from pgfailover.model import NodeState, Role
+from pgfailover.model import NodeState, Role, evolve
 from pgfailover.probe import ProbeResult
 
 __all__ = ["RT_SMOOTHING", "probed"]
@@ -41,7 +40,7 @@ def probed(
     if not result.ok:
         failures = prev.consecutive_failures + (2 if corroborated else 1)
         healthy = prev.checked and prev.healthy and failures < cfg.unhealthy_threshold
-        return dataclasses.replace(
+        return evolve(
             prev,
             up=False,
             healthy=healthy,
@@ -73,7 +72,7 @@ def probed(
     upstream = None
     if streaming and result.sender_host:
         upstream = by_address.get(f"{result.sender_host}:{result.sender_port}")
-    return dataclasses.replace(
+    return evolve(
         prev,
         role=Role.STANDBY if result.in_recovery else Role.PRIMARY,
         up=True,

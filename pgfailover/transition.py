@@ -30,7 +30,6 @@ and never receives writes.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
@@ -53,6 +52,7 @@ from pgfailover.model import (
     SplitBrainDetected,
     StateChanged,
     SwitchPrimary,
+    evolve,
 )
 from pgfailover.observe import probed
 from pgfailover.probe import ProbeResult
@@ -85,9 +85,9 @@ def _with_lag(
 ) -> NodeState:
     """Lag behind the primary, and promotion eligibility, of one node."""
     if node.role is Role.PRIMARY and primary is not None and node.name == primary.name:
-        return dataclasses.replace(node, lag_bytes=0, lag_seconds=0.0, promotion_eligible=False)
+        return evolve(node, lag_bytes=0, lag_seconds=0.0, promotion_eligible=False)
     if node.role is not Role.STANDBY or not node.up:
-        return dataclasses.replace(node, lag_bytes=None, promotion_eligible=False)
+        return evolve(node, lag_bytes=None, promotion_eligible=False)
     lag_bytes = None
     lag_seconds = node.lag_seconds
     if primary is not None and primary.wal_lsn is not None and node.replay_lsn is not None:
@@ -100,9 +100,7 @@ def _with_lag(
         and position is not None
         and reference - position <= cfg.max_promotion_lag_bytes
     )
-    return dataclasses.replace(
-        node, lag_bytes=lag_bytes, lag_seconds=lag_seconds, promotion_eligible=eligible
-    )
+    return evolve(node, lag_bytes=lag_bytes, lag_seconds=lag_seconds, promotion_eligible=eligible)
 
 
 def _lost_reason(prev: Snapshot, nodes: Mapping[str, NodeState]) -> str:
@@ -145,7 +143,7 @@ def transition(
     for index, (old, new) in enumerate(zip(prev.nodes, updated, strict=True)):
         if old.checked and old.healthy and not new.healthy:
             decisions.append(NodeLost(new.name, new.error))
-            updated[index] = dataclasses.replace(new, failed_at=now)
+            updated[index] = evolve(new, failed_at=now)
         elif old.checked and not old.healthy and new.healthy:
             decisions.append(NodeRecovered(new.name))
 
@@ -193,7 +191,7 @@ def transition(
     )
     updated = [_with_lag(n, primary_node, reference, cfg) for n in updated]
     updated = [
-        dataclasses.replace(
+        evolve(
             n,
             read_block=read_block(
                 n,
@@ -214,7 +212,7 @@ def transition(
         updated, primary=primary, split=split, completed_at=clock.completed_at, now=now, cfg=cfg
     )
     if primary is not None and state is not ClusterState.FAILOVER_COMPLETE:
-        clock = dataclasses.replace(clock, started_at=None, reason=None)
+        clock = evolve(clock, started_at=None, reason=None)
 
     snapshot = Snapshot(
         nodes=tuple(updated),
@@ -239,7 +237,7 @@ def transition(
         if prev.last_primary is None and snapshot.rounds < cfg.unhealthy_threshold:
             # Never saw a primary (a cold start, a primary restarting): count
             # the same threshold as for a primary that was seen, then decide.
-            snapshot = dataclasses.replace(
+            snapshot = evolve(
                 snapshot,
                 promotion_blocked=(
                     f"no_primary_seen: no primary in {snapshot.rounds} probe round(s); "
@@ -249,9 +247,7 @@ def transition(
         elif isinstance(choice, Candidate):
             decisions.append(Promote(choice.node, last_primary, choice.reason, choice.lag_bytes))
         else:
-            snapshot = dataclasses.replace(
-                snapshot, promotion_blocked=f"{choice.guard}: {choice.reason}"
-            )
+            snapshot = evolve(snapshot, promotion_blocked=f"{choice.guard}: {choice.reason}")
     return snapshot, decisions
 
 
@@ -310,7 +306,7 @@ def _find_primary(
     newest = [n for n in out_of_recovery if (n.timeline or 0) >= max_timeline]
     writable = [n for n in newest if not n.read_only]
     stale = {n.name for n in out_of_recovery if (n.timeline or 0) < max_timeline}
-    updated = [dataclasses.replace(n, role=Role.STALE) if n.name in stale else n for n in updated]
+    updated = [evolve(n, role=Role.STALE) if n.name in stale else n for n in updated]
     split: tuple[str, ...] = ()
     primary: str | None = None
     if len(writable) >= 2:

@@ -1,12 +1,15 @@
-"""The small derivations behind API arguments and open(), as tables."""
+"""The small derivations behind API arguments and open(), and ``evolve``, as tables."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import pytest
 
 from pgfailover.derive import foreign_nodes, standby_named
 from pgfailover.errors import ConfigurationError
-from pgfailover.model import Snapshot
+from pgfailover.model import Snapshot, evolve
 
 from .helpers import down, healthy_round, primary, run, standby
 
@@ -50,3 +53,29 @@ def test_foreign_nodes_names_the_intruder() -> None:
     (reason,) = foreign_nodes(snap)
     assert "node2 belongs to another cluster" in reason
     assert foreign_nodes(run([healthy_round()])[0]) == []
+
+
+EVOLVE = [
+    pytest.param(HEALTHY.nodes[1], {"lag_bytes": 7, "promotion_eligible": False}, id="a node"),
+    pytest.param(HEALTHY.nodes[0], {}, id="nothing changed"),
+    pytest.param(HEALTHY.failover, {"started_at": 1.0, "reason": "gone"}, id="a clock"),
+    pytest.param(HEALTHY, {"primary": None, "rounds": 9}, id="a snapshot"),
+]
+
+
+@pytest.mark.parametrize(("obj", "changes"), EVOLVE)
+def test_evolve_makes_what_replace_makes_and_leaves_the_original(
+    obj: Any, changes: dict[str, Any]
+) -> None:
+    before = dataclasses.astuple(obj)
+    made = evolve(obj, **changes)
+    assert made == dataclasses.replace(obj, **changes)
+    assert type(made) is type(obj)
+    assert dataclasses.astuple(obj) == before  # the original is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.rounds = 1  # frozen like any instance
+
+
+def test_evolve_refuses_a_name_that_is_no_field() -> None:
+    with pytest.raises(TypeError, match="NodeState has no field lag"):
+        evolve(HEALTHY.nodes[0], lag=3)
