@@ -208,7 +208,8 @@ class PatroniEtcdSource:
     which is also how etcd going silent is noticed) and watched in between
     (``/v3/watch`` from the read's revision on, one streaming request on a
     ``pgfailover-patroni-watch`` thread): a snapshot follows each change
-    pushed. An event no newer than the last read is skipped (the read has
+    pushed to a key snapshots are made of (the leader, failover and member
+    keys; not ``status``, ``history``, ``config``...). An event no newer than the last read is skipped (the read has
     it). A watch that misses a change a read saw, twice in a row, is on a
     stalled etcd member: it is cut and opened again on the next endpoint.
 
@@ -402,9 +403,16 @@ class PatroniEtcdSource:
                 else:
                     self._keys[key] = _text(kv.get("value"))
                 self._revision = max(self._revision, revision)
-                changed = True
+                changed = changed or self._read_by_members(key)
         if changed:
             self._changed.set()
+
+    def _read_by_members(self, key: str) -> bool:
+        """Whether a change of ``key`` can change a snapshot: the leader, failover and
+        member keys can; Patroni's ``status``, ``history``, ``config``, ``sync``... cannot
+        (a snapshot per follower for each would be CPU spent at a switchover for nothing)."""
+        name = key[len(self.prefix) :] if key.startswith(self.prefix) else ""
+        return name in ("leader", "failover") or name.startswith("members/")
 
     def _interrupt(self) -> None:
         with self._lock:

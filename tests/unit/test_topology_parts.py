@@ -130,3 +130,44 @@ def test_the_readme_patroni_follower_settings_are_a_valid_config(tmp_path: Path)
     _, config = load_toml(tmp_path / "app.toml")
     spec = parse_source(config.source or "")
     assert (spec.kind, len(spec.urls)) == ("patroni", 3)
+
+
+WATCHED = [
+    ("leader", "PUT", True),
+    ("leader", "DELETE", True),
+    ("failover", "PUT", True),
+    ("members/node1", "PUT", True),
+    ("status", "PUT", False),  # the leader's optime, every loop
+    ("history", "PUT", False),
+    ("config", "PUT", False),
+    ("sync", "PUT", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "kind", "snapshot"), WATCHED, ids=[f"{w[1]} {w[0]}" for w in WATCHED]
+)
+def test_a_watched_change_makes_a_snapshot_only_where_snapshots_read(
+    key: str, kind: str, snapshot: bool
+) -> None:
+    """Every change is kept (the keys stay whole), but only a change to a key the
+    members are read from wakes the source for a new snapshot."""
+    import base64
+    import json
+
+    from pgfailover.config import Node
+    from pgfailover.topology.build import build_source
+    from pgfailover.topology.patroni import PatroniEtcdSource
+
+    nodes = [Node("node0", "host=10.0.0.1"), Node("node1", "host=10.0.0.2")]
+    source = build_source(FailoverConfig(source="patroni+etcd://e:2379/service/main"), nodes, "x")
+    assert isinstance(source, PatroniEtcdSource)
+    try:
+        full = f"/service/main/{key}"
+        kv = {"key": base64.b64encode(full.encode()).decode(), "mod_revision": 5,
+              "value": base64.b64encode(json.dumps({"a": 1}).encode()).decode()}  # fmt: skip
+        source._apply({"result": {"events": [{"type": kind, "kv": kv}]}})
+        assert source._changed.is_set() is snapshot
+        assert (full in source._keys) is (kind == "PUT")
+    finally:
+        source.close()
