@@ -333,9 +333,10 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
         else "",
         "",
         "| managers | contender | probe sessions | probes/s steady | probes/s failover "
-        "(live nodes) | write latency before p50 / p99 | switch to manager switch p50 / p99 "
+        "(live nodes) | write latency before p50 / p99 | all writing at once p50 / p99 "
+        "| switch to manager switch p50 / p99 "
         "| switch to first write p50 / p99 / max | lost | memory / threads per manager |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summaries:
         lines.append(
@@ -343,6 +344,7 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
             f"| {r['steady_probes_per_s']:g} (+{r['steady_arbiter_probes_per_s']:g} arbiter) "
             f"| {r['failover_probes_per_s']:g} ({r['failover_live_probes_per_s']:g}) "
             f"| {_seconds(r, 'write_before', 'p50', 'p99')} "
+            f"| {_seconds(r, 'all_at_once', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
             f"| {_count(r['lost'])} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "

@@ -12,7 +12,11 @@ the managers over worker processes (10 managers each, at most 20; with
    sessions on the servers (``pg_stat_activity``, application
    ``pgfailover-probe``, the arbiter's included) and the probes the managers
    ran per second (their counters: exact, where the servers' transaction
-   statistics lag by up to several seconds), the arbiter's apart;
+   statistics lag by up to several seconds), the arbiter's apart; then
+   **all at once**: every manager writes once, all released together on
+   the healthy primary (p50, p99 from the release to each acknowledgement):
+   what the writes waiting at a failover cost the primary and the workers
+   when they are all let go, without a failover;
 2. **failover**: every manager writes (an INSERT with a unique id every
    ``--pace`` seconds, default 1, one thread each; the writes' own latency
    before the kill shows how busy the machine is: at 0.1 s, 200 managers
@@ -269,6 +273,22 @@ def _place(groups: CpuGroups, lab: LocalLab, arbiter: Arbiter, workers: Workers)
     groups.put("apps", [proc.pid for proc in workers.procs])
 
 
+def _steady(lab: LocalLab, arbiter: Arbiter, workers: Workers, seconds: float) -> dict[str, Any]:
+    """The idle cluster: probe sessions and probes for ``seconds``; then every manager
+    writing once, all at once (what the new primary and the workers take for the writes
+    waiting at a failover, without one)."""
+    every = ["node0", "node1", "node2"]
+    out: dict[str, Any] = {"steady_probe_sessions": _sessions(lab, every)}
+    p0, a0, t0 = workers.probes(), arbiter.probes(), time.monotonic()
+    time.sleep(seconds)
+    took = time.monotonic() - t0
+    out["steady_probes_per_s"] = round(_delta(p0, workers.probes(), every) / took, 1)
+    out["steady_arbiter_probes_per_s"] = round((arbiter.probes() - a0) / took, 1)
+    burst = sorted(t for answer in workers.ask("burst") for t in answer["burst"])
+    out["all_at_once_s"] = quantiles(burst)
+    return out
+
+
 def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: steady, then a kill under writes; the run's record."""
     lab = _lab(args.sync)
@@ -285,12 +305,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         every, standbys = ["node0", "node1", "node2"], ["node1", "node2"]
         time.sleep(2.0)  # the managers' first rounds are behind them
         record: dict[str, Any] = {"size": size, "contender": contender, "run": run}
-        record["steady_probe_sessions"] = _sessions(lab, every)
-        p0, a0, t0 = workers.probes(), arbiter.probes(), time.monotonic()
-        time.sleep(args.steady)
-        seconds = time.monotonic() - t0
-        record["steady_probes_per_s"] = round(_delta(p0, workers.probes(), every) / seconds, 1)
-        record["steady_arbiter_probes_per_s"] = round((arbiter.probes() - a0) / seconds, 1)
+        record.update(_steady(lab, arbiter, workers, args.steady))
         workers.ask("write")
         time.sleep(2.0)
         p0, a0 = workers.probes(), arbiter.probes()

@@ -115,15 +115,16 @@ def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[st
                     },
                     **{
                         f"{name}_{q}_s": statistics.median(
-                            r[f"{name}_s"][q] for r in mine if r[f"{name}_s"]
+                            r[f"{name}_s"][q] for r in mine if r.get(f"{name}_s")
                         )
                         for name in (
                             "switch_to_manager_switch",
                             "switch_to_first_write",
                             "write_before",
+                            "all_at_once",
                         )
                         for q in ("p50", "p99", "max")
-                        if any(r[f"{name}_s"] for r in mine)
+                        if any(r.get(f"{name}_s") for r in mine)
                     },
                 }
             )

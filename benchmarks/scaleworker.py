@@ -4,7 +4,9 @@
 clients of ``spec["contender"]``, writes one row with each, answers one
 JSON line on stdout, then obeys ``count``, ``write`` and ``stop`` on stdin
 (one JSON answer each): the parent (:class:`scale.Workers`) speaks to
-twenty of these at once.
+twenty of these at once. ``burst`` has every client write once, all
+released together, and answers how long each took: what a failover's
+waiting writes cost the new primary and the workers, without a failover.
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def run(spec: dict[str, Any]) -> None:
         command = line.strip()
         if command == "count":
             _answer({"probes": probes()})
+        elif command == "burst":
+            _answer({"burst": _burst(writes, spec["base"] - 100_000)})
         elif command == "write":
             for t in loops:
                 t.start()
@@ -141,6 +145,32 @@ def run(spec: dict[str, Any]) -> None:
         t.start()
     for t in closing:
         t.join(30)
+
+
+def _burst(writes: list[Any], first_id: int) -> list[float]:
+    """One write per client, all released at once: seconds from the release to each
+    acknowledgement (a write that failed is left out)."""
+    gate = threading.Event()
+    took: list[float] = []
+    released = [0.0]
+
+    def one(k: int) -> None:
+        gate.wait()
+        try:
+            writes[k](first_id - k)
+        except Exception:  # noqa: BLE001 - left out; the run's checks come later
+            return
+        took.append(time.monotonic() - released[0])
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(writes))]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # every thread waits at the gate
+    released[0] = time.monotonic()
+    gate.set()
+    for t in threads:
+        t.join(60)
+    return took
 
 
 def _answer(data: dict[str, Any]) -> None:

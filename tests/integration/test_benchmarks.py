@@ -139,6 +139,7 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
     left = [] if found is None else list(found[0].glob(groups.PREFIX + "*"))
     assert not left, left
     assert all(r["write_before_s"] is not None for r in by_contender.values())
+    assert all(r["all_at_once_s"]["max"] > 0 for r in by_contender.values())
     assert by_contender["arbiter"]["steady_probes_per_s"] == 0  # followers probe nothing
     assert by_contender["arbiter"]["steady_probe_sessions"] == 3  # the arbiter's, one per node
     assert by_contender["probing"]["steady_probe_sessions"] == 3 + 2 * 3
