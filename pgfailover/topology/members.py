@@ -188,9 +188,9 @@ def from_keys(keys: Mapping[str, str], prefix: str) -> list[Member]:
 def announced_candidate(keys: Mapping[str, str], prefix: str) -> str | None:
     """The member a switchover under way names in ``<prefix>failover``, if any.
 
-    Patroni writes ``{"leader": ..., "member": ...}`` (``"leader:member"``
-    before 1.5) there when a switchover or failover is asked for, and clears
-    it once done. A scheduled one (``scheduled_at``) may be hours away: it
+    Patroni writes ``{"leader": ..., "member": ...}`` there (or, in its
+    legacy form, ``"leader:member"``) when a switchover or failover is asked
+    for, and clears it once done. A scheduled one (``scheduled_at``) may be hours away: it
     names nobody yet.
     """
     value = keys.get(f"{prefix}failover")

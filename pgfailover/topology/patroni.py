@@ -209,9 +209,10 @@ class PatroniEtcdSource:
     (``/v3/watch`` from the read's revision on, one streaming request on a
     ``pgfailover-patroni-watch`` thread): a snapshot follows each change
     pushed to a key snapshots are made of (the leader, failover and member
-    keys; not ``status``, ``history``, ``config``...). An event no newer than the last read is skipped (the read has
-    it). A watch that misses a change a read saw, twice in a row, is on a
-    stalled etcd member: it is cut and opened again on the next endpoint.
+    keys; not ``status``, ``history``, ``config``...). An event no newer
+    than the last read is skipped (the read has it). A watch that misses a
+    change a read saw, twice in a row, is on a stalled etcd member: it is
+    cut and opened again on the next endpoint.
 
     Thread safety: :meth:`messages` is read by the follower's thread;
     :meth:`close` may be called from any thread.
