@@ -70,6 +70,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
@@ -227,7 +229,16 @@ def _delta(before: dict[str, int], after: dict[str, int], nodes: list[str]) -> i
 
 
 def _sessions(lab: Any, names: list[str], query: str = PROBE_SESSIONS) -> int:
-    return sum(int(lab.run_sql(n, query)[0][0]) for n in names)
+    """Sessions on the nodes ``names``: the lab's connection is tried for 30 s (200
+    managers probing can keep a server from answering it within its 3 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return sum(int(lab.run_sql(n, query)[0][0]) for n in names)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _specs(

@@ -7,7 +7,8 @@ instead of connecting then. What must hold, seen in ``pg_stat_activity``
 (application ``pgfailover-confirm``) on the shared lab (nothing is promoted):
 
 - ``prepare`` opens one connection and the check of that node runs on it
-  (the same backend), however often it is asked;
+  (the same backend), however often it is asked, also when the check
+  starts while the connection is still being opened;
 - a check of a standby answers nothing (still in recovery), one of the
   primary answers its timeline;
 - preparing another node closes the first node's connection; ``done``
@@ -46,7 +47,8 @@ def test_a_connection_opened_ahead_is_the_one_the_check_uses(shared_lab: LocalLa
             assert confirmer.timeline("node1") is None  # a standby: still in recovery
             assert _pids(lab, "node1") == [ahead]  # the same backend, no other
         confirmer.prepare("node2")
-        wait_until(lambda: _pids(lab, "node2"), what="the connection to node2")
+        assert confirmer.timeline("node2") is None  # at once: waits for the one opening
+        (_,) = wait_until(lambda: _pids(lab, "node2"), what="node2's one connection")
         wait_until(lambda: not _pids(lab, "node1"), what="node1's connection closed")
         timeline = lab.run_sql("node0", "SELECT timeline_id FROM pg_control_checkpoint()")[0][0]
         assert confirmer.timeline("node0") == timeline  # the primary takes writes
