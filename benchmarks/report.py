@@ -340,7 +340,7 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     ]
     for r in summaries:
         lines.append(
-            f"| {r['size']} | {r['contender']} | {r['steady_probe_sessions']:g} "
+            f"| {r['size']} | {r['contender']} | {_count(r['steady_probe_sessions'])} "
             f"| {r['steady_probes_per_s']:g} (+{r['steady_arbiter_probes_per_s']:g} arbiter) "
             f"| {r['failover_probes_per_s']:g} ({r['failover_live_probes_per_s']:g}) "
             f"| {_seconds(r, 'write_before', 'p50', 'p99')} "
