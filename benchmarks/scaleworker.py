@@ -150,9 +150,13 @@ def run(spec: dict[str, Any]) -> None:
 def _burst(writes: list[Any], first_id: int) -> list[float]:
     """One write per client, all released at once: seconds from the release to each
     acknowledgement (a write that failed is left out)."""
-    gate = threading.Event()
     took: list[float] = []
     released = [0.0]
+
+    def release() -> None:  # run once every writer (and this thread) is at the gate
+        released[0] = time.monotonic()
+
+    gate = threading.Barrier(len(writes) + 1, action=release)
 
     def one(k: int) -> None:
         gate.wait()
@@ -165,9 +169,7 @@ def _burst(writes: list[Any], first_id: int) -> list[float]:
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(writes))]
     for t in threads:
         t.start()
-    time.sleep(0.2)  # every thread waits at the gate
-    released[0] = time.monotonic()
-    gate.set()
+    gate.wait()  # every writer goes now
     for t in threads:
         t.join(60)
     return took
