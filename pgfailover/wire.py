@@ -20,13 +20,14 @@ format version.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from pgfailover.errors import PgFailoverError
 from pgfailover.model import Snapshot
 
-__all__ = ["FORMAT", "HEARTBEAT", "Update", "WireError", "decode", "encode"]
+__all__ = ["FORMAT", "HEARTBEAT", "Update", "WireError", "decode", "encode", "routing_key"]
 
 FORMAT = 1
 """The wire format's version: raised when a change would mislead an older follower."""
@@ -57,6 +58,38 @@ class Update:
     format: int = FORMAT
 
 
+def routing_key(snap: Snapshot, held: bool) -> tuple[Any, ...]:
+    """What a follower routes on in ``snap``: an update that changes it is sent at once.
+
+    The cluster's state and primary, the failover under way, a split brain
+    or a blocked promotion, each node's role, health, read block, timeline
+    and whether it takes writes or follows the primary, and whether writes
+    are held. Left out, because routing reads them only through what is
+    in (a read block already says "too far behind"): positions, lag, probe
+    times and counts, error texts. A follower's read-your-writes check may
+    see a standby's position up to the arbiter's quiet gap late, which only
+    sends such a read to the primary.
+    """
+    clock = snap.failover
+    return (
+        snap.state,
+        snap.primary,
+        snap.last_primary,
+        snap.max_timeline,
+        snap.split_brain,
+        snap.promotion_blocked,
+        snap.system_identifier,
+        snap.fork_timeline,
+        clock.started_at,
+        clock.count,
+        held,
+        tuple(
+            (n.name, n.role, n.up, n.healthy, n.read_block, n.timeline, n.read_only, n.follows)
+            for n in snap.nodes
+        ),
+    )
+
+
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Update)
 _PEEK = msgspec.json.Decoder(dict[str, object])
@@ -74,19 +107,28 @@ def decode(data: bytes | str, cluster: str | None = None) -> Update:
         WireError: not JSON, another format version, another cluster, or a
             field of the wrong type (the message names it).
     """
-    try:
-        head = _PEEK.decode(data)
-    except msgspec.DecodeError as exc:
-        raise WireError(f"not a snapshot update: {exc}") from None
-    version = head.get("format", FORMAT)
-    if version != FORMAT:
-        raise WireError(f"snapshot update format {version!r}; this version reads {FORMAT}")
+    # One pass over the JSON on the way every follower takes for every update; the
+    # message is looked at again only to say why it was refused.
     try:
         update = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
+        try:
+            version = _PEEK.decode(data).get("format", FORMAT)
+        except msgspec.DecodeError as outer:
+            raise WireError(f"not a snapshot update: {outer}") from None
+        if version != FORMAT:  # a newer format's fields are not this one's
+            raise WireError(_newer(version)) from None
         raise WireError(f"snapshot update: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireError(f"not a snapshot update: {exc}") from None
+    if update.format != FORMAT:
+        raise WireError(_newer(update.format))
     if cluster is not None and update.cluster != cluster:
         raise WireError(f"snapshot update of cluster {update.cluster!r}, not {cluster!r}")
     if update.seq < 0:
         raise WireError(f"snapshot update with a negative sequence number {update.seq}")
     return update
+
+
+def _newer(version: object) -> str:
+    return f"snapshot update format {version!r}; this version reads {FORMAT}"

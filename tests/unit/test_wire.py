@@ -59,6 +59,8 @@ BAD: list[tuple[str, bytes | str, str]] = [
     ("not JSON", b"{nope", "not a snapshot update"),
     ("a JSON list", b"[]", "not a snapshot update"),
     ("a newer format", _message(format=FORMAT + 1), "format 2; this version reads 1"),
+    ("a newer format, fields changed", _message(format=2, seq="x"), "format 2; this version"),
+    ("a format of the wrong type", _message(format="2"), "format '2'; this version reads 1"),
     ("another cluster", _message(cluster="other"), "cluster 'other', not 'app'"),
     ("a sequence of the wrong type", _message(seq="7"), "seq"),
     ("a negative sequence", _message(seq=-1), "negative sequence"),
