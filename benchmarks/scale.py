@@ -18,7 +18,9 @@ the managers over worker processes (10 managers each, at most 20; with
    what the writes waiting at a failover cost the primary and the workers
    when they are all let go, without a failover;
 2. **failover**: every manager writes (an INSERT with a unique id every
-   ``--pace`` seconds, default 1, one thread each; the writes' own latency
+   ``--pace`` seconds, default 1, one thread each, each starting at its own
+   point of the pace as independent processes do; ``--in-step``: all at
+   once, so that every round of writes is one burst; the writes' own latency
    before the kill shows how busy the machine is: at 0.1 s, 200 managers
    saturate 2 CPUs), the primary is killed (SIGKILL), the arbiter promotes.
    Measured: the most probe sessions seen on the standbys and the probes
@@ -75,7 +77,14 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
-from scalerun import add_cpu_groups, add_per_process, cpu_groups_kind, quantiles, run_all
+from scalerun import (
+    add_cpu_groups,
+    add_in_step,
+    add_per_process,
+    cpu_groups_kind,
+    quantiles,
+    run_all,
+)
 
 from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
@@ -242,7 +251,14 @@ def _sessions(lab: Any, names: list[str], query: str = PROBE_SESSIONS) -> int:
 
 
 def _specs(
-    lab: Any, size: int, contender: str, stream_url: str, pace: float, *, per_process: int = 10
+    lab: Any,
+    size: int,
+    contender: str,
+    stream_url: str,
+    pace: float,
+    *,
+    per_process: int = 10,
+    in_step: bool = False,
 ) -> list[dict[str, Any]]:
     """One worker process's spec per ``per_process`` managers (at most ``MAX_WORKERS``
     processes at 10 or more a process; as many as it takes below that)."""
@@ -263,6 +279,7 @@ def _specs(
             "source": stream_url,
             "base": (k + 1) * 1_000_000_000,
             "pace": pace,
+            "in_step": in_step,
         }
         for k, count in enumerate(c for c in split if c)
     ]
@@ -308,7 +325,13 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     home = Path(tempfile.mkdtemp(prefix="pgfl-scale-"))  # the arbiter's config and log
     arbiter = Arbiter(lab, home)
     specs = _specs(
-        lab, size, contender, arbiter.stream_url, args.pace, per_process=args.per_process
+        lab,
+        size,
+        contender,
+        arbiter.stream_url,
+        args.pace,
+        per_process=args.per_process,
+        in_step=args.in_step,
     )
     workers = Workers(specs)
     groups = CpuGroups(args.cpu_groups)
@@ -415,10 +438,12 @@ def main() -> None:
     parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
     add_cpu_groups(parser)
     add_per_process(parser)
+    add_in_step(parser)
     args = parser.parse_args()
     header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
     header["cpu_groups"] = cpu_groups_kind(args)
     header["per_process"] = args.per_process
+    header["in_step"] = args.in_step
     run_all(args, CONTENDERS, run_one, header)
 
 

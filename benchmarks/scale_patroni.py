@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
 from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes
-from scalerun import add_cpu_groups, add_per_process, cpu_groups_kind, run_all
+from scalerun import add_cpu_groups, add_in_step, add_per_process, cpu_groups_kind, run_all
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
@@ -167,7 +167,15 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             extra = f'[failover]\nsource = "{lab.etcd_source}"\n'
             arbiter = Arbiter(lab, home, promotion="external", extra=extra)
             source = arbiter.stream_url
-        specs = _specs(lab, size, contender, source, args.pace, per_process=args.per_process)
+        specs = _specs(
+            lab,
+            size,
+            contender,
+            source,
+            args.pace,
+            per_process=args.per_process,
+            in_step=args.in_step,
+        )
         workers = Workers(specs)
         try:
             groups.put("db", [p for pid in lab.patroni_pids() for p in descendants(pid)])
@@ -220,10 +228,12 @@ def main() -> None:
     parser.add_argument("--observe", type=float, default=6.0, help="seconds after the request")
     add_cpu_groups(parser)
     add_per_process(parser)
+    add_in_step(parser)
     args = parser.parse_args()
     header = {"benchmark": "scale_patroni", "machine": machine(), "pace_s": args.pace}
     header["cpu_groups"] = cpu_groups_kind(args)
     header["per_process"] = args.per_process
+    header["in_step"] = args.in_step
     run_all(args, CONTENDERS, run_one, header)
 
 

@@ -32,6 +32,17 @@ def add_per_process(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_in_step(parser: argparse.ArgumentParser) -> None:
+    """``--in-step``: every writer starts at once (see ``scaleworker.run``)."""
+    parser.add_argument(
+        "--in-step",
+        action="store_true",
+        help="start every manager's writes at the same moment, so that each round of "
+        "writes reaches the primary as one burst (default: each starts at its own point "
+        "of the pace, as independent application processes do)",
+    )
+
+
 def cpu_groups_kind(args: argparse.Namespace) -> str | None:
     """The cgroup version the run uses (``None``: one group for everything)."""
     found = hierarchy() if args.cpu_groups else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import random
 import sys
 import threading
 import time
@@ -113,6 +114,12 @@ def run(spec: dict[str, Any]) -> None:
 
     def loop(k: int) -> None:
         i = spec["base"] + k * 1_000_000
+        # Application processes do not write in step: each writer starts at its own
+        # point of the pace (seeded, so that runs compare), unless told to start at once
+        # (then each round of writes reaches the primary as one burst).
+        start = random.Random(i).uniform(0, spec["pace"])  # noqa: S311 - not a secret
+        if not spec.get("in_step") and stop.wait(start):
+            return
         while not stop.is_set():
             i += 1
             try:
