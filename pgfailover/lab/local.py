@@ -52,6 +52,7 @@ from pgfailover.lab.binaries import PgBinaries, find_binaries
 from pgfailover.lab.netfault import NetFaults
 from pgfailover.lab.node import LocalNode, upstream_conninfo
 from pgfailover.lab.proc import RunAs, resolve_run_as
+from pgfailover.lab.template import initdb
 from pgfailover.lab.topology import Topology
 from pgfailover.rejoin import rejoin as rejoin_node
 
@@ -204,20 +205,7 @@ class LocalLab(Topology):
     def _build(self, progress: Progress) -> None:
         primary = self._nodes["node0"]
         progress(f"initdb {primary.name} (PostgreSQL {self.bins.version})")
-        self.run_as.run(
-            [
-                self.bins.path("initdb"),
-                "-D",
-                str(primary.datadir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ]
-        )
+        initdb(self.bins, self.run_as, primary.datadir)
         conf = primary.datadir / "postgresql.conf"
         with conf.open("a") as fh:
             fh.write("\n# pgfailover lab\n")
@@ -236,15 +224,16 @@ class LocalLab(Topology):
             self.run_sql(
                 primary.name, "SELECT pg_create_physical_replication_slot(%s, true)", (node.name,)
             )
-        for node in standbys:
-            progress(f"pg_basebackup {node.name} from {primary.name}")
+        if standbys:
+            first = standbys[0]
+            progress(f"pg_basebackup {first.name} from {primary.name}")
             self.run_as.run(
                 [
                     self.bins.path("pg_basebackup"),
                     "-d",
                     primary.info.dsn,
                     "-D",
-                    str(node.datadir),
+                    str(first.datadir),
                     "-X",
                     "stream",
                     "-c",
@@ -252,6 +241,10 @@ class LocalLab(Topology):
                     "--no-sync",
                 ]
             )
+            for node in standbys[1:]:  # the same backup, copied before a standby starts
+                progress(f"{node.name}: a copy of {first.name}'s base backup")
+                self.run_as.run(["cp", "-a", "--", str(first.datadir), str(node.datadir)])
+        for node in standbys:
             node.make_standby(primary.info)
             progress(f"start {node.name} on port {node.info.port}")
             self._start_checked(node)

@@ -3,8 +3,13 @@
 No image registry is needed: the base image is Debian 12 built from Debian's
 packages with ``debootstrap`` and ``docker import``, cached by tag in the
 engine this module starts (its data root survives the session), and every
-image the compose lab builds starts from it. Python packages for the
-pgfailover image come from a wheelhouse that pip fills on the host.
+image the labs build starts from it. Those images stay in the engine too,
+as the next session's build cache: the docker lab's node image under the
+hash of what it is built from, the compose lab's under its run's tag (a
+build then redoes only the steps whose inputs changed, where installing
+Debian's packages again took a minute of every run). What a newer build
+replaced is pruned. Python packages for the pgfailover image come from a
+wheelhouse that pip fills on the host.
 
 When no engine answers, the session starts ``dockerd`` (root only) on a
 socket of its own, records its PID and stops it by that PID at the end;
@@ -304,10 +309,26 @@ def sweep(eng: Engine, value: str) -> None:
             eng.run("docker", kind, "rm", *(n.decode() for n in names), check=False)
 
 
-def remove_images(eng: Engine, tag: str) -> None:
-    """Remove the images the compose lab built with ``tag``, and their dangling layers."""
-    images = [f"pgfailover-lab-{name}:{tag}" for name in ("postgres", "prometheus", "app")]
-    eng.run("docker", "rmi", "-f", *images, check=False)
+def prune_images(eng: Engine, keep: str | None = None) -> None:
+    """Remove the labs' images no build uses any more: docker lab node images under
+    another hash than ``keep``, and the layers newer builds replaced (dangling)."""
+    listed = eng.run(
+        "docker",
+        "images",
+        "--filter",
+        f"label={LABEL}=image",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ).stdout.decode()
+    stale = [
+        image
+        for image in listed.split()
+        if image.startswith("pgfailover-lab-postgres:")
+        and len(image.rpartition(":")[2]) == 12  # a hash: the compose lab's tags are words
+        and image != keep
+    ]
+    if stale:
+        eng.run("docker", "rmi", *stale, check=False)
     eng.run("docker", "image", "prune", "-f", "--filter", f"label={LABEL}=image", check=False)
 
 
@@ -332,18 +353,14 @@ def lab_environment(eng: Engine) -> Iterator[None]:
 
 
 def lab_image(eng: Engine) -> Iterator[str]:
-    """The docker lab's node image, built on the base image unless it exists; removed at
-    the end if built here. A generator for a session fixture."""
+    """The docker lab's node image, built on the base image unless it exists, and kept
+    for the next session (older ones are pruned). A generator for a session fixture."""
     from pgfailover.lab.dockerengine import ensure_image, image_tag
 
     tag = image_tag(base_image(eng))
-    existed = eng.run("docker", "image", "inspect", tag, check=False).returncode == 0
     with lab_environment(eng):
         assert ensure_image() == tag
     try:
         yield tag
     finally:
-        if not existed:
-            eng.run("docker", "rmi", "-f", tag, check=False)
-            prune = ("docker", "image", "prune", "-f", "--filter", f"label={LABEL}=image")
-            eng.run(*prune, check=False)
+        prune_images(eng, keep=tag)

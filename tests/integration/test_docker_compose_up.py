@@ -7,8 +7,9 @@ app writes through a ``FailoverManager`` and logs every acknowledged id;
 ``docker kill`` takes the primary's container down; the arbiter promotes a
 standby and repoints the other; Prometheus in the stack scrapes the arbiter
 and fires ``FailoverOccurred``; every acknowledged id must be on the new
-primary. Containers, volumes, networks and the images this run built are
-removed at the end, also after a failure; published ports are free ones on
+primary. Containers, volumes and networks are removed at the end, also
+after a failure; the images stay in the tests' engine as the next run's
+build cache (see docker_engine). Published ports are free ones on
 127.0.0.1.
 """
 
@@ -27,7 +28,7 @@ import pytest
 
 from pgfailover.lab import free_port
 
-from .docker_engine import Engine, base_image, remove_images, sweep, wheelhouse
+from .docker_engine import Engine, base_image, prune_images, sweep, wheelhouse
 from .helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +128,7 @@ def stack(docker_engine: Engine, docker_lab_image: str) -> Iterator[Stack]:
     finally:
         lab.compose("down", "-v", "--remove-orphans", timeout=300)
         sweep(docker_engine, RUN)
-        remove_images(docker_engine, RUN)
+        prune_images(docker_engine, keep=docker_lab_image)
 
 
 def test_compose_lab_fails_over_and_loses_nothing(
