@@ -52,7 +52,6 @@ from pgfailover.lab.binaries import PgBinaries, find_binaries
 from pgfailover.lab.netfault import NetFaults
 from pgfailover.lab.node import LocalNode, upstream_conninfo
 from pgfailover.lab.proc import RunAs, resolve_run_as
-from pgfailover.lab.template import initdb
 from pgfailover.lab.topology import Topology
 from pgfailover.rejoin import rejoin as rejoin_node
 
@@ -205,7 +204,20 @@ class LocalLab(Topology):
     def _build(self, progress: Progress) -> None:
         primary = self._nodes["node0"]
         progress(f"initdb {primary.name} (PostgreSQL {self.bins.version})")
-        initdb(self.bins, self.run_as, primary.datadir)
+        self.run_as.run(
+            [
+                self.bins.path("initdb"),
+                "-D",
+                str(primary.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         conf = primary.datadir / "postgresql.conf"
         with conf.open("a") as fh:
             fh.write("\n# pgfailover lab\n")
@@ -241,7 +253,10 @@ class LocalLab(Topology):
                     "--no-sync",
                 ]
             )
-            for node in standbys[1:]:  # the same backup, copied before a standby starts
+            # The same backup for the others, copied before a standby starts from it. (The
+            # primary's own initdb is never copied: each lab needs a system identifier of
+            # its own, which a manager checks to refuse another cluster's node.)
+            for node in standbys[1:]:
                 progress(f"{node.name}: a copy of {first.name}'s base backup")
                 self.run_as.run(["cp", "-a", "--", str(first.datadir), str(node.datadir)])
         for node in standbys:

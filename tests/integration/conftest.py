@@ -1,9 +1,10 @@
 """Fixtures that build real replication clusters with the project's lab.
 
-``fresh_lab`` gives each test its own 3-node cluster to break; ``shared_lab``
-is one cluster for the whole session, for tests that only read. Every lab a
-test creates is destroyed at the end, even when the test fails, and the
-session ends by checking that no lab process survived. Network-fault rules
+``fresh_lab`` gives each test its own 3-node cluster to break (built ahead,
+while the previous test runs: see labpool); ``shared_lab`` is one cluster
+for the whole session, for tests that only read. Every lab a test creates
+is destroyed at the end, even when the test fails, and the session ends by
+checking that no lab process survived. Network-fault rules
 (iptables, root only) left by a crashed run are removed when the session
 starts, and any left by this one when it ends.
 """
@@ -18,6 +19,7 @@ import pytest
 from pgfailover.lab import LocalLab, netfault
 
 from .docker_engine import Engine, engine, lab_image, why_not
+from .labpool import LabPool
 
 _created: list[LocalLab] = []
 
@@ -36,10 +38,13 @@ def make_lab(*, standbys: int = 2, sync: int = 0) -> LocalLab:
     return lab
 
 
+_ahead = LabPool(lambda standbys, sync: make_lab(standbys=standbys, sync=sync))
+
+
 @pytest.fixture
 def fresh_lab() -> Iterator[LocalLab]:
     """A new async cluster of node0 (primary), node1 and node2, for one test."""
-    lab = make_lab()
+    lab = _ahead.take(standbys=2, sync=0)
     try:
         yield lab
     finally:
@@ -49,7 +54,7 @@ def fresh_lab() -> Iterator[LocalLab]:
 @pytest.fixture
 def sync_lab() -> Iterator[LocalLab]:
     """A new cluster with quorum sync (ANY 1 of node1, node2), for one test."""
-    lab = make_lab(sync=1)
+    lab = _ahead.take(standbys=2, sync=1)
     try:
         yield lab
     finally:
@@ -69,6 +74,7 @@ def shared_lab() -> Iterator[LocalLab]:
 @pytest.fixture(scope="session", autouse=True)
 def _no_lab_process_survives() -> Iterator[None]:
     yield
+    _ahead.close()
     survivors = []
     for lab in _created:
         if lab.directory.exists():
