@@ -319,6 +319,12 @@ def _groups(records: list[dict[str, Any]]) -> str:
     return "one CPU cgroup for everything"
 
 
+def _start(records: list[dict[str, Any]]) -> str:
+    """How the writers were paced (``in_step``; runs before it existed were in step)."""
+    in_step = next((r.get("in_step", True) for r in records if "pace_s" in r), True)
+    return "all in step" if in_step else "each from its own point of the pace"
+
+
 def scale_table(records: list[dict[str, Any]]) -> list[str]:
     """Many managers on one cluster: probe load, and how fast they all move (scale.py)."""
     summaries = [r for r in records if r.get("summary") and "contender" in r]
@@ -328,7 +334,8 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     sync = next((r.get("sync") for r in records if "pace_s" in r), 0)
     replication = f"quorum sync (ANY {sync})" if sync else "asynchronous replication"
     lines = [
-        f"Writes every {pace:g} s per manager; {replication}; {_groups(records)}."
+        f"Writes every {pace:g} s per manager, {_start(records)}; {replication}; "
+        f"{_groups(records)}."
         if pace is not None
         else "",
         "",
@@ -360,7 +367,8 @@ def scale_patroni_table(records: list[dict[str, Any]]) -> list[str]:
         return []
     pace = next((r.get("pace_s") for r in records if "pace_s" in r), None)
     lines = [
-        f"Writes every {pace:g} s per manager; a Patroni switchover; {_groups(records)}."
+        f"Writes every {pace:g} s per manager, {_start(records)}; a Patroni switchover; "
+        f"{_groups(records)}."
         if pace is not None
         else "",
         "",
