@@ -80,6 +80,20 @@ async def until(check: Callable[[], bool], timeout: float) -> bool:
     return check()
 
 
+def quiet_hub(gap: float) -> tuple[Published, StreamHub]:
+    """A hub over BASE with a quiet gap of ``gap`` seconds, and what it publishes."""
+    published = Published(BASE)
+    return published, StreamHub("app", published, lambda: False, fresh_for=5.0, quiet_gap=gap)
+
+
+def follow(hub: StreamHub) -> Any:
+    """On the loop: bind ``hub`` and join it, BASE already received."""
+    hub.bind(asyncio.get_running_loop())
+    follower = hub.join()
+    follower.pending = None
+    return follower
+
+
 def sent(pending: bytes | None) -> Snapshot:
     assert pending is not None
     data = pending.split(b"data: ", 1)[1].split(b"\n", 1)[0]
@@ -125,13 +139,10 @@ def test_only_the_routing_change_goes_at_once_and_the_newest_after_the_gap() -> 
 
 
 def test_a_quiet_change_after_the_gap_goes_at_once() -> None:
-    published = Published(BASE)
-    hub = StreamHub("app", published, lambda: False, fresh_for=5.0, quiet_gap=0.05)
+    published, hub = quiet_hub(0.05)
 
     async def scenario() -> tuple[int, bytes | None]:
-        hub.bind(asyncio.get_running_loop())
-        follower = hub.join()
-        follower.pending = None
+        follower = follow(hub)
         await asyncio.sleep(0.1)  # the gap since the last send has passed
         published.snap = with_node(BASE, "node1", last_check=1.0)
         hub._update()
@@ -158,13 +169,10 @@ def test_writes_held_go_at_once_with_the_same_snapshot() -> None:
 
 
 def test_a_closing_hub_sends_nothing_deferred() -> None:
-    published = Published(BASE)
-    hub = StreamHub("app", published, lambda: False, fresh_for=5.0, quiet_gap=0.05)
+    published, hub = quiet_hub(0.05)
 
     async def scenario() -> tuple[int, bytes | None]:
-        hub.bind(asyncio.get_running_loop())
-        follower = hub.join()
-        follower.pending = None
+        follower = follow(hub)
         published.snap = with_node(BASE, "node1", last_check=1.0)
         hub._update()  # deferred
         hub.close()
