@@ -31,9 +31,11 @@ stream, in order::
 Why the quiet gap: while the primary is in doubt the arbiter probes every
 50 ms, and each round's snapshot differs in its probe times. Sent whole to
 200 followers, that is 4,000 decodes a second on the application hosts at
-the moment they most need their CPU, and the snapshot naming the new
-primary queued behind the stale ones in every follower's socket. A
-follower loses nothing by the gap: what it routes on still arrives at once.
+the moment they most need their CPU, and a follower that reads slowly
+finds the snapshot naming the new primary behind stale ones in its socket.
+A follower loses nothing by the gap: what it routes on still arrives at
+once, and a read-your-writes check may see a standby's position up to the
+gap late, which only sends that read to the primary.
 
 A follower that reads slowly never makes the arbiter buffer more than one
 snapshot for it: each follower has one slot holding the newest encoded
