@@ -8,8 +8,6 @@ thread builds the lab the next test of the same kind (standbys, quorum sync)
 will take. A lab built ahead is checked before it is handed out (every
 server still running) and replaced by a fresh build if not; what is still
 built ahead when the session ends is destroyed with the rest.
-
-Locks: ``_lock`` guards the futures (a leaf, held for a lookup or an update).
 """
 
 from __future__ import annotations
@@ -26,7 +24,11 @@ Kind = tuple[int, int]  # standbys, sync
 
 
 class LabPool:
-    """Hands out labs of a kind, one built ahead per kind once that kind was asked for."""
+    """Hands out labs of a kind, one built ahead per kind once that kind was asked for.
+
+    Locks: ``_lock`` guards the builds ahead (a leaf, held for a lookup or an update;
+    never while waiting for a build).
+    """
 
     def __init__(self, build: Callable[[int, int], LocalLab]) -> None:
         self._build = build
