@@ -109,8 +109,8 @@ class LocalNode:
         )
         logger.info("lab: %s started on port %d", self.name, self.info.port)
 
-    def stop(self, mode: StopMode = "fast") -> None:
-        """Stop cleanly with ``pg_ctl stop``; fall back to :meth:`kill`."""
+    def stop(self, mode: StopMode = "fast", wait: int = 30) -> None:
+        """Stop with ``pg_ctl stop``, waiting up to ``wait`` seconds; then :meth:`kill`."""
         state = self.process_state()
         if state == "stopped":
             return
@@ -126,9 +126,9 @@ class LocalNode:
                 mode,
                 "-w",
                 "-t",
-                "30",
+                str(wait),
             ],
-            timeout=40,
+            timeout=wait + 10,
             check=False,
         )
         if result.returncode != 0:
