@@ -51,7 +51,7 @@ class LabPool:
         return lab
 
     def close(self) -> None:
-        """Wait for the builds under way (their labs are destroyed by the session)."""
+        """Wait for the builds under way and destroy the labs built ahead."""
         with self._lock:
             pending, self._ahead = list(self._ahead.values()), {}
         self._workers.shutdown(wait=True)
