@@ -7,7 +7,9 @@ INSERTs with unique ids. What must hold:
 - followers route on the arbiter's snapshots and add no probe backend to
   the cluster (``pg_stat_activity``: only the arbiter's probe sessions);
 - through a kill -9 of the primary, every follower writes on the promoted
-  standby, and every acknowledged write is on the final primary;
+  standby, and every acknowledged write is on the final primary (a quorum
+  sync lab: with asynchronous replication the last commits before a kill
+  may never reach a standby, as the README says);
 - a follower never promotes;
 - when the arbiter dies (kill -9) or hangs (SIGSTOP), every follower probes
   the cluster itself within its ``health_check_interval``, and follows the
@@ -75,25 +77,25 @@ def _all_acked_present(lab: LocalLab, node: str, loads: list[Workload]) -> None:
 
 
 def test_followers_write_on_the_arbiters_promotion_and_probe_nothing(
-    fresh_lab: LocalLab, tmp_path: Path
+    sync_lab: LocalLab, tmp_path: Path
 ) -> None:
-    prepare(fresh_lab)
-    config = config_file(fresh_lab, tmp_path)
+    prepare(sync_lab)
+    config = config_file(sync_lab, tmp_path)
     with (
         serve_process(config, tmp_path / "arbiter.log", "--stream-port", "0") as ready,
-        _followers(fresh_lab, ready["stream_url"], 4) as managers,
+        _followers(sync_lab, ready["stream_url"], 4) as managers,
     ):
         assert _modes(managers) == ["following"] * 4
         # Only the arbiter probes: one probe session per node, whatever the followers.
-        wait_until(lambda: _probe_sessions(fresh_lab, "node0") == 1, what="one probe session")
-        old_port = fresh_lab.node("node0").port
+        wait_until(lambda: _probe_sessions(sync_lab, "node0") == 1, what="one probe session")
+        old_port = sync_lab.node("node0").port
         loads = [Workload(m, threads=2) for m in managers]
         for load in loads:
             load.__enter__()
         try:
             wait_until(lambda: all(ld.acked_on(old_port) > 10 for ld in loads), what="writes")
-            assert _probe_sessions(fresh_lab, "node0") == 1
-            fresh_lab.kill("node0")
+            assert _probe_sessions(sync_lab, "node0") == 1
+            sync_lab.kill("node0")
             killed = time.monotonic()
 
             def everyone_moved() -> bool:
@@ -109,16 +111,16 @@ def test_followers_write_on_the_arbiters_promotion_and_probe_nothing(
         assert len(new) == 1, new
         (primary,) = new
         assert primary in ("node1", "node2")
-        _all_acked_present(fresh_lab, primary, loads)
-        new_port = fresh_lab.node(primary).port
-        assert port_of(fresh_lab, new_port) == primary
+        _all_acked_present(sync_lab, primary, loads)
+        new_port = sync_lab.node(primary).port
+        assert port_of(sync_lab, new_port) == primary
         for mgr in managers:
             events = [e for e in mgr.history() if e.kind == "failover"]
             assert events
             assert events[-1].outcome == "completed"
             assert events[-1].to_node == primary
         assert _modes(managers) == ["following"] * 4
-        assert _probe_sessions(fresh_lab, primary) == 1  # still only the arbiter's
+        assert _probe_sessions(sync_lab, primary) == 1  # still only the arbiter's
         with pytest.raises(PromotionRefused, match="never promotes") as refused:
             managers[0].perform_failover()
         assert refused.value.guard == "follower"

@@ -6,7 +6,8 @@ with ``--haproxy-agent-port``. A plain psycopg client (what any non-Python
 client is to HAProxy) writes through the read-write port while the primary
 is killed: it reaches the new primary within one check interval (0.5 s)
 plus 0.5 s of the arbiter's switch, and every acknowledged write is on the
-final primary. Reads through the read-only port never reach a node the
+final primary (a quorum sync lab, so that the write just before the kill
+is on a standby). Reads through the read-only port never reach a node the
 manager would not read from: the old primary, or a standby whose replay is
 paused past the lag limit. HAProxy and serve are stopped by their PIDs.
 """
@@ -35,10 +36,10 @@ CHECK_INTERVAL = 0.5  # inter / agent-inter in the shipped config
 
 
 @pytest.fixture
-def arbiter(fresh_lab: LocalLab, tmp_path: Path) -> Iterator[tuple[str, int]]:
+def arbiter(sync_lab: LocalLab, tmp_path: Path) -> Iterator[tuple[str, int]]:
     """``pgfailover serve`` with the agent; yields (its URL, the agent's port)."""
-    prepare(fresh_lab)
-    config = config_file(fresh_lab, tmp_path, "promotion = 'auto'\nmax_read_lag_bytes = 1048576")
+    prepare(sync_lab)
+    config = config_file(sync_lab, tmp_path, "promotion = 'auto'\nmax_read_lag_bytes = 1048576")
     agent = free_port()
     with serve_process(
         config, tmp_path / "serve.log", "--haproxy-agent-port", str(agent)
@@ -48,7 +49,7 @@ def arbiter(fresh_lab: LocalLab, tmp_path: Path) -> Iterator[tuple[str, int]]:
 
 @pytest.fixture
 def haproxy(
-    fresh_lab: LocalLab, arbiter: tuple[str, int], tmp_path: Path
+    sync_lab: LocalLab, arbiter: tuple[str, int], tmp_path: Path
 ) -> Iterator[tuple[int, int]]:
     """HAProxy with the shipped config; yields (read-write port, read-only port)."""
     binary = require_tool("haproxy")
@@ -60,7 +61,7 @@ def haproxy(
         PGFAILOVER_RO_PORT=str(ro),
         PGFAILOVER_AGENT_HOST="127.0.0.1",
         PGFAILOVER_AGENT_PORT=str(arbiter[1]),
-        **{f"PGFAILOVER_NODE{i}": f"{n.host}:{n.port}" for i, n in enumerate(fresh_lab.nodes)},
+        **{f"PGFAILOVER_NODE{i}": f"{n.host}:{n.port}" for i, n in enumerate(sync_lab.nodes)},
     )
     log = (tmp_path / "haproxy.log").open("w")
     proc = subprocess.Popen([binary, "-db", "-f", str(CONFIG)], env=env, stdout=log, stderr=log)
@@ -79,11 +80,11 @@ def _port_through(port: int, sql: str = "SELECT inet_server_port()") -> int:
 
 
 def test_haproxy_follows_the_arbiter_for_writes_and_reads(
-    fresh_lab: LocalLab, arbiter: tuple[str, int], haproxy: tuple[int, int]
+    sync_lab: LocalLab, arbiter: tuple[str, int], haproxy: tuple[int, int]
 ) -> None:
     url, _ = arbiter
     rw, ro = haproxy
-    ports = {n.name: n.port for n in fresh_lab.nodes}
+    ports = {n.name: n.port for n in sync_lab.nodes}
     wait_until(lambda: _port_through(rw) == ports["node0"], what="the rw port at node0")
     wait_until(
         lambda: {_port_through(ro) for _ in range(6)} == {ports["node1"], ports["node2"]},
@@ -97,7 +98,7 @@ def test_haproxy_follows_the_arbiter_for_writes_and_reads(
         first.execute("INSERT INTO w VALUES (0)")
     acked.append((0, ports["node0"], time.time()))
     killed = time.time()
-    fresh_lab.kill("node0")
+    sync_lab.kill("node0")
     next_id = 1
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len([a for a in acked if a[1] != ports["node0"]]) < 20:
@@ -121,19 +122,19 @@ def test_haproxy_follows_the_arbiter_for_writes_and_reads(
     )
     assert first_new - switched <= CHECK_INTERVAL + 0.5
     assert all(p == ports[new_primary] for i, p, _ in acked if i > 0)
-    stored = {r[0] for r in fresh_lab.run_sql(new_primary, "SELECT id FROM w")}
+    stored = {r[0] for r in sync_lab.run_sql(new_primary, "SELECT id FROM w")}
     assert {i for i, _, _ in acked} <= stored
 
     other = next(n for n in ("node1", "node2") if n != new_primary)
-    fresh_lab.wait_streaming(other, new_primary, timeout=30)
+    sync_lab.wait_streaming(other, new_primary, timeout=30)
     wait_until(
         lambda: {_port_through(ro) for _ in range(4)} == {ports[other]},
         timeout=15,
         what="the ro port at the remaining standby",
     )
-    fresh_lab.run_sql(other, "SELECT pg_wal_replay_pause()")
+    sync_lab.run_sql(other, "SELECT pg_wal_replay_pause()")
     try:
-        fresh_lab.run_sql(
+        sync_lab.run_sql(
             new_primary,
             "INSERT INTO w SELECT g FROM generate_series(1000000, 1040000) g",
         )
@@ -158,4 +159,4 @@ def test_haproxy_follows_the_arbiter_for_writes_and_reads(
         for _ in range(10):  # no standby fit to read from: HAProxy has none to give
             assert refused()
     finally:
-        fresh_lab.run_sql(other, "SELECT pg_wal_replay_resume()")
+        sync_lab.run_sql(other, "SELECT pg_wal_replay_resume()")

@@ -1,5 +1,8 @@
 """Maintenance mode on a real cluster: pause holds promotion through a primary kill,
-resume fails over; the CLI and the admin API drive it, /metrics shows it."""
+resume fails over; the CLI and the admin API drive it, /metrics shows it.
+
+The kill test runs on a quorum sync lab: the writes just before the kill must
+be on a standby, which asynchronous replication does not promise."""
 
 from __future__ import annotations
 
@@ -34,12 +37,12 @@ def _metric(url: str, name: str) -> float:
 
 
 def test_pause_holds_promotion_through_a_primary_kill_and_resume_fails_over(
-    fresh_lab: LocalLab,
+    sync_lab: LocalLab,
 ) -> None:
-    prepare(fresh_lab)
+    prepare(sync_lab)
     cfg = FAST.replace(promotion="auto", failover_wait_timeout=2.0)
     with (
-        manager_for(fresh_lab, cfg) as mgr,
+        manager_for(sync_lab, cfg) as mgr,
         serve(mgr, token=TOKEN) as server,
     ):
         url = server.url
@@ -50,7 +53,7 @@ def test_pause_holds_promotion_through_a_primary_kill_and_resume_fails_over(
         assert _metric(url, "maintenance_paused") == 1.0
 
         acked = [mgr.query("INSERT INTO w VALUES (%s) RETURNING id", (i,))[0][0] for i in range(5)]
-        fresh_lab.kill("node0")
+        sync_lab.kill("node0")
         with pytest.raises(NoPrimaryAvailable):
             mgr.query("INSERT INTO w VALUES (100)")  # waits failover_wait_timeout, then fails
         wait_until(lambda: _metric(url, "primary_healthy") == 0.0, what="primary_healthy 0")
