@@ -78,7 +78,9 @@ class ArbiterLease:
         self.identity = identity or default_identity()
         self.ttl = ttl
         self.margin = ttl / 3
-        self.poll = min(0.5, ttl / 4)
+        # A handover takes up to the TTL, plus etcd's sweep of expired leases
+        # (every 0.5 s), plus one look: 0.2 s keeps it within TTL + 1 s with room.
+        self.poll = min(0.2, ttl / 4)
         self._lock = threading.Lock()
         self._holding: Holding | None = None  # guarded by self._lock
         self._holder: str | None = None  # guarded by self._lock: who holds it, as last read
