@@ -1,6 +1,9 @@
 """The compose lab's demo app: writes and reads through a FailoverManager in external mode.
 
-It follows the arbiter's promotions (it never promotes itself), writes a row
+It follows the arbiter's promotions (it never promotes itself): with
+``PGFAILOVER_SOURCE`` (the compose file sets the arbiter's stream) it routes
+on the arbiter's snapshots and reports a failed write to it, which probes at
+once; without it, it probes the nodes itself. It writes a row
 every 100 ms and reads one back from a standby, logs one line a second, and
 serves its manager's status API and /metrics on port 8009 for Prometheus.
 """
@@ -27,9 +30,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     nodes, config = load_toml(os.environ["PGFAILOVER_CONFIG"])
-    mgr = FailoverManager(
-        nodes=nodes, config=config.replace(promotion="external"), name="demo-app"
-    ).open()
+    source = os.environ.get("PGFAILOVER_SOURCE") or None
+    config = config.replace(promotion="external", source=source)
+    # The cluster's name, the arbiter's --name: a follower follows only its own cluster.
+    mgr = FailoverManager(nodes=nodes, config=config, name="lab").open()
     api = serve(mgr, host="0.0.0.0", port=8009)  # noqa: S104 - inside its container
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
