@@ -122,7 +122,7 @@ class ArbiterSource:
                     for event in parser.feed(chunk):
                         yield self._message(url, event.kind, event.data)
             except urllib3.exceptions.ReadTimeoutError:
-                raise StreamError(f"{shown}: silent for {self.silence:g}s") from None
+                raise StreamError(f"{shown}: silent for {self.silence:g}s", silent=True) from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise StreamError(f"{shown}: {_reason(exc)}") from None
             raise StreamError(f"{shown}: the arbiter ended the stream")

@@ -11,23 +11,42 @@ cluster sees no probe from this process while the source talks.
 When the source falls silent for ``silence`` seconds (the manager's
 ``health_check_interval``, at least three of the arbiter's heartbeats),
 refuses the connection, or sends something this version cannot use, the
-follower hands probing back to the monitor at once (full rounds, from the
-source's last snapshot on) and says so: a warning in the log, ``mode``
-in status, ``pgfailover_source_following`` and
-``pgfailover_source_fallbacks_total`` in the metrics. It keeps trying the
-source's URLs in turn (0.1 s, doubling to 2 s between attempts), and the
-first snapshot that arrives puts it back to following.
+follower hands probing back to the monitor (full rounds, from the source's
+last snapshot on) and says so: a warning in the log, ``mode`` in status,
+``pgfailover_source_following`` and ``pgfailover_source_fallbacks_total``
+in the metrics. It keeps trying the source's URLs in turn (0.1 s, doubling
+to 2 s between attempts), and the first snapshot that arrives puts it back
+to following.
+
+When it hands probing back is what keeps hundreds of followers from opening
+their probe sessions (three each) in the same instant, at the moment one
+arbiter dies:
+
+- after a silence, at once: the allowance is spent;
+- when a stream it was following breaks (closed, refused, an answer it
+  cannot use), it first tries the source's other URLs: a follower of two
+  arbiters moves to the other one and never probes. It probes if none has
+  given it a snapshot within ``silence`` of the break;
+- when every URL has failed, after a random delay of up to half of
+  ``silence`` (at most :data:`SPREAD` seconds), so that the followers of a
+  dead arbiter come to the database one by one. Meanwhile it routes on the
+  last snapshot, and its queries' failures are still confirmed.
+
+Before its first snapshot a follower has nothing to route on, so it tries
+the URLs once and then probes at once (or when ``wait_first`` runs out).
 
 A follower never promotes: its configuration refuses ``promotion = "auto"``
 and the manager refuses manual promotions.
 
-Locks: ``_lock`` guards the status fields (a leaf, held for a copy or an
-assignment); the stream is read and snapshots are adopted outside it.
+Locks: ``_lock`` guards the status fields and the fallback to come (a leaf,
+held for a copy or an assignment); the stream is read and snapshots are
+adopted outside it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import weakref
@@ -47,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["connecting", "following", "probing"]
 BACKOFF = (0.1, 2.0)
+SPREAD = 1.0
+"""The longest a follower whose every source URL failed waits before it probes (the
+delay is random, up to half of ``silence``): 200 followers of a dead arbiter then
+open their 600 probe sessions over a second instead of in one instant."""
 REPORT_EVERY = 1.0
 """Seconds between one follower's reports of the same node: the arbiter needs one
 report to probe at once; every follower repeating it at each confirmation (four a
@@ -109,11 +132,19 @@ class Follower:
     Thread safety: :meth:`status` may be called from any thread; :meth:`start`,
     :meth:`wait_first` and :meth:`close` by the owner.
 
-    Locks: ``_lock`` guards the status fields and counts (a leaf, held for
-    a copy or an assignment); snapshots are adopted outside it.
+    Locks: ``_lock`` guards the status fields, counts and the fallback timer
+    (a leaf, held for a copy or an assignment; the timer is started and
+    cancelled outside it); snapshots are adopted outside it.
     """
 
-    def __init__(self, source: Source, owner: FollowerOwner, *, name: str) -> None:
+    def __init__(
+        self,
+        source: Source,
+        owner: FollowerOwner,
+        *,
+        name: str,
+        rng: random.Random | None = None,
+    ) -> None:
         self.source = source
         self._owner = weakref.ref(owner)
         self._name = name
@@ -129,6 +160,10 @@ class Follower:
         self._last_update: float | None = None  # guarded by self._lock (wall clock)
         self._adopting = False  # guarded by self._lock: a snapshot is being adopted
         self._reported: dict[str, float] = {}  # guarded by self._lock: node -> last report
+        self._timer: threading.Timer | None = None  # guarded by self._lock: a fallback to come
+        self._timer_at = 0.0  # guarded by self._lock: when it comes (monotonic)
+        self._timer_spread = False  # guarded by self._lock: every URL had failed when set
+        self._rng = rng or random.Random()  # noqa: S311 - a spread, not a secret
         self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pgfailover-follower-{name}")
@@ -179,6 +214,7 @@ class Follower:
     def close(self, timeout: float = 2.0) -> None:
         """Stop following (the stream is interrupted at once)."""
         self._stop.set()
+        self._cancel_fallback()
         self.source.close()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -189,6 +225,7 @@ class Follower:
         urls = self.source.urls
         attempt = 0
         pause = BACKOFF[0]
+        failed: set[str] = set()  # the URLs that failed since the last snapshot
         while not self._stop.is_set() and self._owner() is not None:
             url = urls[attempt % len(urls)]
             attempt += 1
@@ -204,13 +241,15 @@ class Follower:
                         return
                     self._adopt(owner, url, message.seq, message.snapshot, message.held)
                     del owner
+                    failed.clear()
                     adopted += 1
                     if adopted == 2:  # a live stream, not one snapshot and silence
                         pause = BACKOFF[0]
             except StreamError as exc:
                 if self._stop.is_set():
                     return
-                self._fall_back(str(exc))
+                failed.add(url)
+                self._broke(str(exc), silent=exc.silent, others=len(failed) < len(urls))
             except Exception as exc:
                 logger.exception("follower %s: unexpected error; probing meanwhile", self._name)
                 self._fall_back(f"unexpected error: {type(exc).__name__}")
@@ -229,6 +268,7 @@ class Follower:
         finally:
             with self._lock:
                 self._adopting = False
+        self._cancel_fallback()
         now = time.time()
         with self._lock:
             self._seq, self._last_update, self._url = seq, now, self._shown(url)
@@ -245,6 +285,54 @@ class Follower:
         whole setting, which its ``shown`` masks endpoint by endpoint."""
         return self.source.shown if len(self.source.urls) == 1 else mask_url(url)
 
+    def _broke(self, reason: str, *, silent: bool, others: bool) -> None:
+        """A stream failed: probe now, or after a grace (see the module's docstring)."""
+        with self._lock:
+            mode = self._mode
+        if silent or mode != "following":
+            if others and not silent and mode == "connecting":
+                return  # nothing to route on yet: the next URL at once (wait_first bounds it)
+            self._fall_back(reason)
+            return
+        silence = self.source.silence
+        grace = silence if others else self._rng.uniform(0.0, min(silence / 2, SPREAD))
+        at = time.monotonic() + grace
+        timer = threading.Timer(grace, self._fire, args=(reason,))
+        timer.daemon = True
+        with self._lock:
+            current = self._timer
+            # Keep a fallback already set: a spread one (drawing again at each retry
+            # would pull the followers' fallbacks together), or an earlier one.
+            if current is not None and (self._timer_spread or others or self._timer_at <= at):
+                return
+            old, self._timer, self._timer_at = current, timer, at
+            self._timer_spread = not others
+        if old is not None:
+            old.cancel()
+        timer.start()
+        logger.info(
+            "cluster %s: source %s failed (%s): %s; probing in %.2fs unless a snapshot comes",
+            self._name,
+            self.source.shown,
+            reason,
+            "trying its other URLs" if others else "retrying",
+            grace,
+        )
+
+    def _fire(self, reason: str) -> None:
+        """The grace ran out without a snapshot: probe (unless cancelled meanwhile)."""
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return
+            self._timer = None
+        self._fall_back(reason)
+
+    def _cancel_fallback(self) -> None:
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _fall_back(self, reason: str, *, first: bool = False) -> None:
         with self._lock:
             if first and (self._mode != "connecting" or self._adopting):
@@ -254,6 +342,9 @@ class Follower:
             if fell:
                 self._mode, self._since = "probing", time.time()
                 self.fallbacks += 1
+            timer, self._timer = self._timer, None  # a fallback set for later: this is it
+        if timer is not None:
+            timer.cancel()
         if not fell:
             return
         owner = self._owner()

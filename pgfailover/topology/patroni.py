@@ -134,7 +134,9 @@ class PatroniRestSource:
                 last_ok = time.monotonic()
             except _NoAnswer as exc:
                 if time.monotonic() - last_ok >= self.silence:
-                    raise StreamError(f"{self.shown}: {exc} for {self.silence:g}s") from None
+                    raise StreamError(
+                        f"{self.shown}: {exc} for {self.silence:g}s", silent=True
+                    ) from None
             except (ValueError, SourceMismatch) as exc:
                 raise StreamError(f"{self.shown}: {exc}") from None
             self._stop.wait(max(0.0, self._poll - (time.monotonic() - started)))
@@ -276,7 +278,7 @@ class PatroniEtcdSource:
                         self._range()
                     except EtcdError as exc:
                         if time.monotonic() - last_ok >= self.silence:
-                            raise StreamError(f"{self.shown}: {exc}") from None
+                            raise StreamError(f"{self.shown}: {exc}", silent=True) from None
                         self._stop.wait(min(self._poll, 0.1))
                         continue
                     last_ok = last_read = time.monotonic()

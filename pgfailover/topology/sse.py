@@ -23,7 +23,17 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class StreamError(PgFailoverError):
-    """The source broke the stream's format or its limits (one line, why)."""
+    """The source broke the stream's format or its limits (one line, why).
+
+    ``silent`` says the source said nothing for its whole silence allowance:
+    its followers have waited as long as they may, and probe at once. Any
+    other failure (a closed or refused stream) is known the moment it
+    happens, which leaves them time to try another source first.
+    """
+
+    def __init__(self, message: str, *, silent: bool = False) -> None:
+        super().__init__(message)
+        self.silent = silent
 
 
 @dataclass(frozen=True)

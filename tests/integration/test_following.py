@@ -13,7 +13,9 @@ INSERTs with unique ids. What must hold:
 - a follower never promotes;
 - when the arbiter dies (kill -9) or hangs (SIGSTOP), every follower probes
   the cluster itself within its ``health_check_interval``, and follows the
-  arbiter again, closing its probe sessions, once one answers.
+  arbiter again, closing its probe sessions, once one answers;
+- when one of two arbiters dies, its followers move to the other and open
+  no probe session (no fallback storm).
 
 Every process is stopped by its PID in a ``finally``.
 """
@@ -37,7 +39,16 @@ from pgfailover.errors import PromotionRefused
 from pgfailover.lab import LocalLab
 from pgfailover.metrics import register
 
-from .helpers import FAST, Workload, config_file, port_of, prepare, serve_process, wait_until
+from .helpers import (
+    FAST,
+    Workload,
+    config_file,
+    holds_for,
+    port_of,
+    prepare,
+    serve_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +197,45 @@ def test_followers_probe_when_the_arbiter_dies_or_hangs_and_follow_it_again(
                 _wait_modes(managers, "following", within=10)
                 assert all(m.snapshot.primary == "node0" for m in managers)
                 assert all(m.query("SELECT 1") == [(1,)] for m in managers)
+
+
+def test_followers_of_two_arbiters_move_to_the_live_one_without_probing(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    """One of two arbiters dies: its followers take the other's stream, and the
+    database sees no probe session of theirs (no fallback storm)."""
+    config = config_file(fresh_lab, tmp_path)
+    options = ("--stream-port", "0", "--promotion", "manual")  # nothing promotes here
+    with (
+        serve_process(config, tmp_path / "a.log", *options) as first,
+        serve_process(config, tmp_path / "b.log", *options) as second,
+        _followers(fresh_lab, f"{first['stream_url']},{second['stream_url']}", 4) as managers,
+    ):
+        assert _modes(managers) == ["following"] * 4
+
+        def following(url: str) -> bool:
+            return all((m.source_status() or {}).get("following") == url for m in managers)
+
+        assert following(first["stream_url"])  # the first URL first
+        wait_until(lambda: _probe_sessions(fresh_lab, "node0") == 2, what="the arbiters' two")
+        _signal(first["pid"], signal.SIGKILL)
+        most = 0
+
+        def moved() -> bool:
+            nonlocal most
+            most = max(most, _probe_sessions(fresh_lab, "node0"))
+            return following(second["stream_url"])
+
+        wait_until(moved, timeout=INTERVAL + 2, what="every follower on the second arbiter")
+        # Past the silence allowance too: a follower that was going to probe would have.
+        holds_for(
+            lambda: (
+                _modes(managers) == ["following"] * 4 and _probe_sessions(fresh_lab, "node0") <= 2
+            ),
+            INTERVAL + 0.5,
+            what="following without a probe session",
+        )
+        assert most <= 2, most  # the arbiters' sessions only, the dying one's included
+        statuses = [m.source_status() or {} for m in managers]
+        assert [s["fallbacks"] for s in statuses] == [0] * 4
+        assert [m.get_metrics()["source_following"] for m in managers] == [1] * 4
