@@ -2,11 +2,12 @@
 
 ``python benchmarks/scaleworker.py '<spec as JSON>'`` opens ``spec["count"]``
 clients of ``spec["contender"]``, writes one row with each, answers one
-JSON line on stdout, then obeys ``count``, ``write`` and ``stop`` on stdin
-(one JSON answer each): the parent (:class:`scale.Workers`) speaks to
-twenty of these at once. ``burst`` has every client write once, all
-released together, and answers how long each took: what a failover's
-waiting writes cost the new primary and the workers, without a failover.
+JSON line on stdout, then obeys ``count`` (probes run, and what each
+follower follows), ``write`` and ``stop`` on stdin (one JSON answer each):
+the parent (:class:`scale.Workers`) speaks to twenty of these at once.
+``burst`` has every client write once, all released together, and answers
+how long each took: what a failover's waiting writes cost the new primary
+and the workers, without a failover.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def _switched(into: dict[int, float], k: int, _event: object) -> None:
 
 def _clients(
     spec: dict[str, Any],
-) -> tuple[list[Any], list[Any], Callable[[], dict[str, int]]]:
-    """The contender's writers (``write(id) -> port``), closers, and a probe counter."""
+) -> tuple[list[Any], list[Any], Callable[[], dict[str, int]], Callable[[], dict[str, int]]]:
+    """The contender's writers (``write(id) -> port``), closers, a probe counter, and
+    a count of the followers by what they follow (a source URL, or ``probing``)."""
     writes: list[Any] = []
     closers: list[Any] = []
     managers: list[FailoverManager] = []
@@ -94,7 +96,16 @@ def _clients(
                 out[node] = out.get(node, 0) + hist.count
         return out
 
-    return writes, closers, probes
+    def following() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for mgr in managers:
+            status = mgr.source_status() or {}
+            what = status.get("following") if status.get("mode") == "following" else None
+            key = what or str(status.get("mode", "none"))
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    return writes, closers, probes, following
 
 
 def run(spec: dict[str, Any]) -> None:
@@ -102,7 +113,7 @@ def run(spec: dict[str, Any]) -> None:
     logging.disable(logging.CRITICAL)  # 200 pools retrying a dead node: thousands of lines
     rss, threads = _rss_kib(), threading.active_count()
     started = time.monotonic()
-    writes, closers, probes = _clients(spec)
+    writes, closers, probes, following = _clients(spec)
     opened = time.monotonic() - started
     for k, write in enumerate(writes):  # a first write each: the pools' connections exist
         _retry(write, spec["base"] - 1 - k)
@@ -133,7 +144,7 @@ def run(spec: dict[str, Any]) -> None:
     for line in sys.stdin:
         command = line.strip()
         if command == "count":
-            _answer({"probes": probes()})
+            _answer({"probes": probes(), "following": following()})
         elif command == "burst":
             _answer({"burst": _burst(writes, spec["base"] - 100_000)})
         elif command == "write":
