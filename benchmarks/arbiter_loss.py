@@ -8,8 +8,9 @@ scale.py's worker processes, each writing every ``--pace`` seconds. Once
 every follower follows the first arbiter, that arbiter is killed (SIGKILL)
 and the probe sessions opened after the kill on the three nodes
 (``pg_stat_activity``, application ``pgfailover-probe``, ``backend_start``
-after the kill: the followers', not the arbiters') are counted as fast as
-the queries allow for ``--observe`` seconds. Cases:
+after the kill: the followers', not the arbiters') are counted, over a
+session per node opened before the kill (a new one per count would wait
+behind the followers' own), every 10 ms for ``--observe`` seconds. Cases:
 
 - ``two``: the followers' source names two arbiters; the one they follow dies;
 - ``one``: the only arbiter dies.
@@ -37,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine
@@ -73,6 +76,18 @@ def _ramp(series: list[tuple[float, int]], most: int) -> dict[str, float | None]
     return out
 
 
+def _count(conns: list[psycopg.Connection[Any]], query: str) -> int | None:
+    """The sessions ``query`` counts over every node (``None``: a node did not answer)."""
+    total = 0
+    try:
+        for conn in conns:
+            row = conn.execute(query).fetchone()
+            total += int(row[0]) if row else 0
+    except psycopg.Error:
+        return None
+    return total
+
+
 def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: the followers on the first arbiter, which is killed; the run's record."""
     lab: LocalLab = _lab()
@@ -91,13 +106,21 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
         workers.ask("write")
         before = _sessions(lab, EVERY)
         p0 = workers.probes()
+        conns = [psycopg.connect(lab.dsn(name), autocommit=True) for name in EVERY]
         query = OPENED_AFTER.format(time.time())
         os.kill(arbiters[0].proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         series: list[tuple[float, int]] = []
+        missed = 0
         while time.monotonic() - killed < args.observe:
-            with contextlib.suppress(Exception):
-                series.append((time.monotonic() - killed, _sessions(lab, EVERY, query)))
+            counted = _count(conns, query)
+            if counted is None:
+                missed += 1
+            else:
+                series.append((time.monotonic() - killed, counted))
+            time.sleep(0.01)  # the sampling rate, not a synchronisation
+        for conn in conns:
+            conn.close()
         p1 = workers.probes()
         end = _following(workers)
         results = workers.ask("stop")
@@ -110,6 +133,7 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
             "followers_probe_sessions_max": most,
             "followers_sessions_reached_s": _ramp(series, most),
             "samples": len(series),
+            "samples_missed": missed,
             "followers_probing_at_end": end.get("probing", 0),
             "followers_on_the_other_at_end": end.get(arbiters[-1].stream_url, 0)
             if case == "two"
