@@ -181,10 +181,29 @@ def _scale_patroni(tmp_path: Path) -> None:
     assert followed["old_primary_acks_after_new"] == 0, followed
 
 
+def _arbiter_loss(tmp_path: Path) -> None:
+    loss = _run(
+        "arbiter_loss.py",
+        *("--sizes", "4", "--runs", "1", "--observe", "2"),
+        out=tmp_path / "arbiter_loss.jsonl",
+    )
+    runs = {r["case"]: r for r in loss if "run" in r}
+    # Two arbiters, the followed one killed: all on the other, no session of theirs.
+    assert runs["two"]["followers_probe_sessions_max"] == 0, runs["two"]
+    assert runs["two"]["followers_on_the_other_at_end"] == 4, runs["two"]
+    assert runs["two"]["followers_probing_at_end"] == 0, runs["two"]
+    # The only arbiter killed: every follower probes, a session per node each.
+    assert runs["one"]["followers_probing_at_end"] == 4, runs["one"]
+    assert runs["one"]["followers_probe_sessions_max"] == 4 * 3, runs["one"]
+    assert runs["one"]["followers_sessions_reached_s"]["p90"] is not None, runs["one"]
+    assert all(r["failed_writes"] == 0 for r in runs.values()), runs
+
+
 # Two lanes of about the same length (about a minute each here), run side by side;
-# the two benchmarks with CPU groups in the same lane (scale.py checks none is left).
+# the benchmarks with CPU groups in the same lane (scale.py checks none is left, and
+# each sweeps what it takes for a crashed run's groups when it starts).
 LANES: tuple[tuple[Callable[[Path], None], ...], ...] = (
-    (_scale_patroni, _scale),
+    (_scale_patroni, _scale, _arbiter_loss),
     (_async_failover, _failover, _http_flood, _switchover, _probes, _reads, _overheads),
 )
 
