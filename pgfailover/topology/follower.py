@@ -32,6 +32,10 @@ arbiter dies:
   dead arbiter come to the database one by one. Meanwhile it routes on the
   last snapshot, and its queries' failures are still confirmed.
 
+A hung arbiter (no FIN: a frozen host, a black hole) is known only by its
+silence, which spends the allowance: its followers probe first and move to
+the other arbiter after.
+
 Before its first snapshot a follower has nothing to route on, so it tries
 the URLs once and then probes at once (or when ``wait_first`` runs out).
 
@@ -127,7 +131,8 @@ class Follower:
     """Follows ``source`` for one manager (``owner``, held weakly).
 
     Holding the owner weakly lets a manager that the application dropped
-    without closing be garbage-collected; the thread then ends.
+    without closing be garbage-collected; the thread then ends. ``rng``
+    draws the delay of a fallback after every URL failed (tests seed it).
 
     Thread safety: :meth:`status` may be called from any thread; :meth:`start`,
     :meth:`wait_first` and :meth:`close` by the owner.
