@@ -6,7 +6,9 @@ then :class:`~pgfailover.wire.Update` after update. Every read waits at most
 ``silence`` seconds: an arbiter that stops talking (dead host, black hole,
 its probing stalled and so its heartbeats stopped) ends the stream with
 :class:`~pgfailover.topology.sse.StreamError`, which is the follower's cue to
-probe the cluster itself.
+probe the cluster itself. With several arbiters a read waits only three
+heartbeats (:data:`SWITCH_AFTER`), so that the follower of a hung arbiter
+still has the rest of its allowance to take another one's stream.
 
 HTTP is urllib3's, which the webhooks already use: a blocking client fits a
 thread that does nothing else, it reads a chunked response as chunks arrive
@@ -33,13 +35,16 @@ import urllib3
 from pgfailover.stream import PATH, SUSPECT_PATH
 from pgfailover.topology.sse import EventParser, StreamError
 from pgfailover.topology.urls import mask_url
-from pgfailover.wire import FORMAT, Update, WireError, decode
+from pgfailover.wire import FORMAT, HEARTBEAT, Update, WireError, decode
 
 __all__ = ["ArbiterSource", "Hello"]
 
 logger = logging.getLogger(__name__)
 
 REPORT_TIMEOUT = 0.5  # seconds a follower's report of a failed node may take
+SWITCH_AFTER = 3 * HEARTBEAT
+"""Seconds without a byte (three of the arbiter's heartbeats) after which a follower
+with another arbiter to go to gives this one up."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class ArbiterSource:
         self.urls = tuple(urls)
         self.cluster = cluster
         self.silence = silence
+        # One arbiter: wait out the whole allowance; several: switch after three beats.
+        self._quiet_limit = silence if len(self.urls) == 1 else min(silence, SWITCH_AFTER)
         self._connect_timeout = connect_timeout
         # Two connections per arbiter: the stream's, and one kept alive for reports
         # (a new connection for each would cost the arbiter an accept and a close).
@@ -97,11 +104,12 @@ class ArbiterSource:
 
         Raises:
             StreamError: cannot connect, an HTTP error, silence longer than
-                ``silence``, another cluster or format, a message that is
-                not a snapshot update (one line each, the URL masked).
+                ``silence`` (with several arbiters, :data:`SWITCH_AFTER`),
+                another cluster or format, a message that is not a snapshot
+                update (one line each, the URL masked).
         """
         shown = mask_url(url)
-        timeout = urllib3.Timeout(connect=self._connect_timeout, read=self.silence)
+        timeout = urllib3.Timeout(connect=self._connect_timeout, read=self._quiet_limit)
         target, headers = self.endpoint(url)
         try:
             response = self._http.request(
@@ -122,7 +130,8 @@ class ArbiterSource:
                     for event in parser.feed(chunk):
                         yield self._message(url, event.kind, event.data)
             except urllib3.exceptions.ReadTimeoutError:
-                raise StreamError(f"{shown}: silent for {self.silence:g}s", silent=True) from None
+                quiet = self._quiet_limit
+                raise StreamError(f"{shown}: silent for {quiet:g}s", quiet=quiet) from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise StreamError(f"{shown}: {_reason(exc)}") from None
             raise StreamError(f"{shown}: the arbiter ended the stream")

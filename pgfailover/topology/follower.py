@@ -22,19 +22,18 @@ When it hands probing back is what keeps hundreds of followers from opening
 their probe sessions (three each) in the same instant, at the moment one
 arbiter dies:
 
-- after a silence, at once: the allowance is spent;
+- after a silence of ``silence``, at once: the allowance is spent;
 - when a stream it was following breaks (closed, refused, an answer it
-  cannot use), it first tries the source's other URLs: a follower of two
-  arbiters moves to the other one and never probes. It probes if none has
-  given it a snapshot within ``silence`` of the break;
+  cannot use, or three heartbeats of silence when there are other
+  arbiters), it first tries the source's other URLs: a follower of two
+  arbiters moves to the other one and never probes, whether the first died
+  or hangs. It probes if none has given it a snapshot within ``silence`` of
+  the first one's last word;
 - when every URL has failed, after a random delay of up to half of
   ``silence`` (at most :data:`SPREAD` seconds), so that the followers of a
   dead arbiter come to the database one by one. Meanwhile it routes on the
   last snapshot, and its queries' failures are still confirmed.
 
-A hung arbiter (no FIN: a frozen host, a black hole) is known only by its
-silence, which spends the allowance: its followers probe first and move to
-the other arbiter after.
 
 Before its first snapshot a follower has nothing to route on, so it tries
 the URLs once and then probes at once (or when ``wait_first`` runs out).
@@ -254,7 +253,7 @@ class Follower:
                 if self._stop.is_set():
                     return
                 failed.add(url)
-                self._broke(str(exc), silent=exc.silent, others=len(failed) < len(urls))
+                self._broke(str(exc), quiet=exc.quiet, others=len(failed) < len(urls))
             except Exception as exc:
                 logger.exception("follower %s: unexpected error; probing meanwhile", self._name)
                 self._fall_back(f"unexpected error: {type(exc).__name__}")
@@ -290,17 +289,19 @@ class Follower:
         whole setting, which its ``shown`` masks endpoint by endpoint."""
         return self.source.shown if len(self.source.urls) == 1 else mask_url(url)
 
-    def _broke(self, reason: str, *, silent: bool, others: bool) -> None:
-        """A stream failed: probe now, or after a grace (see the module's docstring)."""
+    def _broke(self, reason: str, *, quiet: float, others: bool) -> None:
+        """A stream failed after ``quiet`` seconds without a word: probe now, or after a
+        grace (see the module's docstring)."""
+        silence = self.source.silence
+        left = silence - quiet  # of the allowance, counted from the source's last word
         with self._lock:
             mode = self._mode
-        if silent or mode != "following":
-            if others and not silent and mode == "connecting":
+        if left <= 0 or mode != "following":
+            if others and left > 0 and mode == "connecting":
                 return  # nothing to route on yet: the next URL at once (wait_first bounds it)
             self._fall_back(reason)
             return
-        silence = self.source.silence
-        grace = silence if others else self._rng.uniform(0.0, min(silence / 2, SPREAD))
+        grace = left if others else min(left, self._rng.uniform(0.0, min(silence / 2, SPREAD)))
         at = time.monotonic() + grace
         timer = threading.Timer(grace, self._fire, args=(reason,))
         timer.daemon = True

@@ -135,7 +135,7 @@ class PatroniRestSource:
             except _NoAnswer as exc:
                 if time.monotonic() - last_ok >= self.silence:
                     raise StreamError(
-                        f"{self.shown}: {exc} for {self.silence:g}s", silent=True
+                        f"{self.shown}: {exc} for {self.silence:g}s", quiet=self.silence
                     ) from None
             except (ValueError, SourceMismatch) as exc:
                 raise StreamError(f"{self.shown}: {exc}") from None
@@ -278,7 +278,7 @@ class PatroniEtcdSource:
                         self._range()
                     except EtcdError as exc:
                         if time.monotonic() - last_ok >= self.silence:
-                            raise StreamError(f"{self.shown}: {exc}", silent=True) from None
+                            raise StreamError(f"{self.shown}: {exc}", quiet=self.silence) from None
                         self._stop.wait(min(self._poll, 0.1))
                         continue
                     last_ok = last_read = time.monotonic()

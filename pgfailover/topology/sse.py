@@ -25,15 +25,15 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 class StreamError(PgFailoverError):
     """The source broke the stream's format or its limits (one line, why).
 
-    ``silent`` says the source said nothing for its whole silence allowance:
-    its followers have waited as long as they may, and probe at once. Any
-    other failure (a closed or refused stream) is known the moment it
-    happens, which leaves them time to try another source first.
+    ``quiet``: the seconds the source had said nothing when it was given up.
+    A failure known the moment it happens (a closed or refused stream) has
+    none; a silence has spent that much of the follower's allowance, and
+    one as long as the allowance leaves it none to try another source first.
     """
 
-    def __init__(self, message: str, *, silent: bool = False) -> None:
+    def __init__(self, message: str, *, quiet: float = 0.0) -> None:
         super().__init__(message)
-        self.silent = silent
+        self.quiet = quiet
 
 
 @dataclass(frozen=True)

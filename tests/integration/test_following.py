@@ -14,8 +14,8 @@ INSERTs with unique ids. What must hold:
 - when the arbiter dies (kill -9) or hangs (SIGSTOP), every follower probes
   the cluster itself within its ``health_check_interval``, and follows the
   arbiter again, closing its probe sessions, once one answers;
-- when one of two arbiters dies, its followers move to the other and open
-  no probe session (no fallback storm).
+- when one of two arbiters dies or hangs, its followers move to the other
+  and open no probe session (no fallback storm).
 
 Every process is stopped by its PID in a ``finally``.
 """
@@ -64,8 +64,10 @@ def _probe_sessions(lab: LocalLab, node: str) -> int:
 
 
 @contextlib.contextmanager
-def _followers(lab: LocalLab, url: str, count: int) -> Iterator[list[FailoverManager]]:
-    config = FAST.replace(source=url, health_check_interval=INTERVAL)
+def _followers(
+    lab: LocalLab, url: str, count: int, interval: float = INTERVAL
+) -> Iterator[list[FailoverManager]]:
+    config = FAST.replace(source=url, health_check_interval=interval)
     managers: list[FailoverManager] = []
     try:
         for _ in range(count):
@@ -199,17 +201,22 @@ def test_followers_probe_when_the_arbiter_dies_or_hangs_and_follow_it_again(
                 assert all(m.query("SELECT 1") == [(1,)] for m in managers)
 
 
+@pytest.mark.parametrize("fault", ["dies", "hangs"])
 def test_followers_of_two_arbiters_move_to_the_live_one_without_probing(
-    fresh_lab: LocalLab, tmp_path: Path
+    fresh_lab: LocalLab, tmp_path: Path, fault: str
 ) -> None:
-    """One of two arbiters dies: its followers take the other's stream, and the
-    database sees no probe session of theirs (no fallback storm)."""
+    """One of two arbiters dies (SIGKILL: its streams close) or hangs (SIGSTOP: three
+    heartbeats of silence): its followers take the other's stream, and the database
+    sees no probe session of theirs (no fallback storm)."""
     config = config_file(fresh_lab, tmp_path)
     options = ("--stream-port", "0", "--promotion", "manual")  # nothing promotes here
+    allowance = 2.0  # the followers' health_check_interval: far more than 3 heartbeats
     with (
         serve_process(config, tmp_path / "a.log", *options) as first,
         serve_process(config, tmp_path / "b.log", *options) as second,
-        _followers(fresh_lab, f"{first['stream_url']},{second['stream_url']}", 4) as managers,
+        _followers(
+            fresh_lab, ",".join((first["stream_url"], second["stream_url"])), 4, allowance
+        ) as managers,
     ):
         assert _modes(managers) == ["following"] * 4
 
@@ -218,7 +225,6 @@ def test_followers_of_two_arbiters_move_to_the_live_one_without_probing(
 
         assert following(first["stream_url"])  # the first URL first
         wait_until(lambda: _probe_sessions(fresh_lab, "node0") == 2, what="the arbiters' two")
-        _signal(first["pid"], signal.SIGKILL)
         most = 0
 
         def moved() -> bool:
@@ -226,16 +232,21 @@ def test_followers_of_two_arbiters_move_to_the_live_one_without_probing(
             most = max(most, _probe_sessions(fresh_lab, "node0"))
             return following(second["stream_url"])
 
-        wait_until(moved, timeout=INTERVAL + 2, what="every follower on the second arbiter")
-        # Past the silence allowance too: a follower that was going to probe would have.
-        holds_for(
-            lambda: (
-                _modes(managers) == ["following"] * 4 and _probe_sessions(fresh_lab, "node0") <= 2
-            ),
-            INTERVAL + 0.5,
-            what="following without a probe session",
-        )
-        assert most <= 2, most  # the arbiters' sessions only, the dying one's included
+        try:
+            _signal(first["pid"], signal.SIGKILL if fault == "dies" else signal.SIGSTOP)
+            wait_until(moved, timeout=allowance + 2, what="every follower on the second")
+            # Past the allowance too: a follower that was going to probe would have.
+            holds_for(
+                lambda: (
+                    _modes(managers) == ["following"] * 4
+                    and _probe_sessions(fresh_lab, "node0") <= 2
+                ),
+                allowance + 0.5,
+                what="following without a probe session",
+            )
+        finally:
+            _signal(first["pid"], signal.SIGCONT)  # a hung one is then stopped by its PID
+        assert most <= 2, most  # the arbiters' sessions only (a hung one's stay open)
         statuses = [m.source_status() or {} for m in managers]
         assert [s["fallbacks"] for s in statuses] == [0] * 4
         assert [m.get_metrics()["source_following"] for m in managers] == [1] * 4

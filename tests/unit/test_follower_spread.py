@@ -4,8 +4,9 @@ Real :class:`StreamServer` arbiters on loopback, real :class:`Follower` and
 :class:`ArbiterSource`, over real :class:`Rounds` (their probes never open).
 What must hold:
 
-- a follower of two arbiters whose arbiter dies moves to the other and
-  never probes (no fallback, no probe round asked for);
+- a follower of two arbiters whose arbiter dies, or hangs (three
+  heartbeats of silence), moves to the other and never probes (no
+  fallback, no probe round asked for);
 - when no other source gives it a snapshot, it probes within ``silence``
   of the break, not before the other source had its chance;
 - the followers of one dead arbiter probe at their own random moments
@@ -56,6 +57,28 @@ def test_a_follower_of_two_arbiters_moves_to_the_other_and_never_probes() -> Non
             assert follower.status()["fallbacks"] == 0
             assert owner.probed_again == 0
             assert owner.rounds.following
+        finally:
+            follower.close()
+
+
+def test_a_follower_of_two_arbiters_leaves_a_hung_one_and_never_probes() -> None:
+    """The first arbiter's rounds stall: its heartbeats stop, and three of them missed
+    are enough to go, while the allowance (2 s) is far from spent."""
+    first = Arbiter(interval=0.05)  # heartbeats stop 0.15 s after its snapshot
+    second = Arbiter(interval=5.0)
+    first.publish(HEALTHY)
+    owner = Owner()
+    with StreamServer(first) as one, StreamServer(second) as two:  # type: ignore[arg-type]
+        follower = _follower([one.url, two.url], owner, silence=2.0)
+        try:
+            assert follower.wait_first(5.0)
+            hung = time.monotonic()
+            second.publish(HEALTHY)  # fresh when the follower comes
+            wait_for(lambda: follower.status()["following"] == two.url, what="the other one")
+            took = time.monotonic() - hung
+            assert took < 1.5, took  # three heartbeats and a connection, not the 2 s
+            assert follower.status()["fallbacks"] == 0
+            assert owner.probed_again == 0
         finally:
             follower.close()
 
