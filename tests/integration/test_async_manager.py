@@ -57,23 +57,41 @@ async def until(check: Callable[[], T], timeout: float = 20.0, what: str = "cond
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def _run_delay() -> float:
+    """Seconds this thread has waited for a CPU while runnable (Linux schedstat), or 0."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class Ticker:
-    """A task that sleeps 10 ms at a time and records how late it wakes up."""
+    """A task that sleeps 10 ms at a time and records how late it wakes up.
+
+    What counts is the loop being held (a blocking call or CPU-heavy code on
+    it), not the machine being busy: the time the loop's thread waited for a
+    CPU while runnable (other processes, a lab being built on 2 CPUs) is
+    taken off each lateness. ``raw`` keeps the worst lateness as measured.
+    """
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.raw = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            started = time.monotonic()
+            started, waited = time.monotonic(), _run_delay()
             await asyncio.sleep(0.01)
-            self.worst = max(self.worst, time.monotonic() - started - 0.01)
+            late = time.monotonic() - started - 0.01
+            self.raw = max(self.raw, late)
+            self.worst = max(self.worst, late - (_run_delay() - waited))
 
     async def __aenter__(self) -> Ticker:
         self._task = asyncio.create_task(self._run())
         await asyncio.sleep(0.05)
-        self.worst = 0.0
+        self.worst = self.raw = 0.0
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -139,7 +157,7 @@ def test_auto_mode_promotes_on_a_kill_without_stalling_the_loop(sync_lab: LocalL
             assert new in ("node1", "node2")
             count = len(load.acked)
             await until(lambda: len(load.acked) > count + 100, what="writes going on")
-            lag = ticker.worst
+            lag, raw = ticker.worst, ticker.raw
         assert not load.failed, load.failed[:3]
         assert len(load.unknown) <= 8  # at most the commits in flight at the kill
         acked = {i for i, _, _ in load.acked}
@@ -153,7 +171,10 @@ def test_auto_mode_promotes_on_a_kill_without_stalling_the_loop(sync_lab: LocalL
             "completed",
         )
         assert first < 2.0, f"first write on the new primary {first:.2f}s after the kill"
-        assert lag < MAX_LAG, f"the event loop stalled {lag * 1000:.0f} ms during the failover"
+        assert lag < MAX_LAG, (
+            f"the event loop stalled {lag * 1000:.0f} ms during the failover"
+            f" ({raw * 1000:.0f} ms with the waits for a CPU)"
+        )
 
     run(scenario())
 
