@@ -319,6 +319,12 @@ class ManagerBase(FromSources, Generic[P, X]):
         follower = self._sup.follower
         return None if follower is None else follower.status()
 
+    def lease_status(self) -> dict[str, Any] | None:
+        """The arbiter lease of ``pgfailover serve --etcd`` (``None`` without one):
+        ``held``, the holder, the fencing revision, seconds left, etcd's last error."""
+        gate = self._sup.actions.gate
+        return None if gate is None else gate.status()
+
     @property
     def breakers(self) -> Breakers:
         """The nodes' read circuit breakers (:mod:`pgfailover.breaker`)."""

@@ -232,6 +232,8 @@ class Supervisor:
             data["source_following"] = int(source["mode"] == "following")
             data["source_updates"] = source["updates"]
             data["source_fallbacks"] = source["fallbacks"]
+        if self.actions.gate is not None:
+            data["arbiter_lease_held"] = int(bool(self.actions.gate.status().get("held")))
         return data
 
     def close(self, deadline: float) -> None:

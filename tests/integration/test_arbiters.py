@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,14 @@ def _holds(arbiter: dict[str, Any]) -> bool:
         return bool(_lease(arbiter)["held"])
     except OSError:
         return False
+
+
+def _lease_metric(arbiter: dict[str, Any]) -> float:
+    """``pgfailover_arbiter_lease_held`` on the arbiter's ``/metrics``."""
+    with urllib.request.urlopen(arbiter["url"] + "/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    (value,) = re.findall(r"^pgfailover_arbiter_lease_held\{[^}]*\} (\S+)$", text, re.M)
+    return float(value)
 
 
 def _timeline(lab: LocalLab, node: str) -> int:
@@ -180,6 +190,7 @@ def test_an_arbiter_cut_off_from_etcd_loses_the_lease_and_never_promotes(
             wait_until(lambda: _holds(other), timeout=TTL + 5, what="the other to take over")
             assert time.monotonic() - cut_at <= TTL + 1.5
             assert not _holds(cut)  # its own clock ran out first
+            assert (_lease_metric(cut), _lease_metric(other)) == (0.0, 1.0)  # what pages
             wait_until(lambda: _lease(cut)["error"], timeout=5, what="the cut arbiter's error")
             timeline = _timeline(fresh_lab, "node0")
             fresh_lab.kill("node0")

@@ -83,6 +83,49 @@ def test_exposition_uses_only_declared_names_and_labels_every_series(
     assert "hunter2secret" not in generate_latest(registry).decode()
 
 
+class _Gate:
+    """A promotion gate (the arbiter lease's part the collector reads), held or not."""
+
+    identity = "arbiter-a:1"
+
+    def __init__(self, held: bool) -> None:
+        self.held = held
+
+    @property
+    def holding(self) -> object | None:
+        return object() if self.held else None
+
+    def may_promote(self) -> str | None:
+        return None if self.held else "not held"
+
+    def fencing_revision(self) -> int | None:
+        return 7 if self.held else None
+
+    def status(self) -> dict[str, Any]:
+        return {"held": self.held, "holder": self.identity if self.held else "other:2"}
+
+
+@pytest.mark.parametrize(
+    ("gate", "exported"),
+    [(None, None), (_Gate(held=True), 1.0), (_Gate(held=False), 0.0)],
+    ids=["no lease", "held", "not held"],
+)
+def test_the_arbiter_lease_is_exported_only_where_there_is_one(
+    gate: _Gate | None, exported: float | None
+) -> None:
+    nodes = [Node("node0", "host=127.0.0.1 port=1 user=app"), Node("node1", "host=x port=2")]
+    mgr = FailoverManager(nodes=nodes, config=FailoverConfig(), name="app", promotion_gate=gate)
+    try:
+        registry = CollectorRegistry()
+        register(mgr, registry)
+        found = [s.value for s in _samples(registry) if s.name == "pgfailover_arbiter_lease_held"]
+        assert found == ([] if exported is None else [exported])
+        assert mgr.lease_status() == (None if gate is None else gate.status())
+        assert mgr.get_metrics().get("arbiter_lease_held") == exported  # the JSON twin
+    finally:
+        mgr.close(timeout=1)
+
+
 def test_a_manager_that_never_probed_exports_no_reads_no_blocked_commits_and_no_hang_bound(
     manager: FailoverManager,
 ) -> None:
