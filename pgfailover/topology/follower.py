@@ -304,7 +304,7 @@ class Follower:
         grace = left if others else min(left, self._rng.uniform(0.0, min(silence / 2, SPREAD)))
         at = time.monotonic() + grace
         timer = threading.Timer(grace, self._fire, args=(reason,))
-        timer.daemon = True
+        timer.name, timer.daemon = f"pgfailover-fallback-{self._name}", True
         with self._lock:
             current = self._timer
             # Keep a fallback already set: a spread one (drawing again at each retry
