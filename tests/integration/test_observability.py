@@ -296,13 +296,15 @@ def test_redundancy_and_read_only_mode_in_a_live_scrape(sync_lab: LocalLab) -> N
         samples = scraped()
         # Every series the dashboard draws is in a live scrape (the failover
         # timestamp only once a failover happened; queries once one ran; the
-        # source's only from a manager that follows one: test_following).
+        # source's only from a manager that follows one: test_following; the
+        # lease's only from an arbiter with --etcd: test_arbiters).
         mgr.query("SELECT 1", readonly=True)
         live = {name.split("{")[0] for name in scraped()}
         assert _dashboard_metrics() - live == {
             "pgfailover_last_failover_timestamp_seconds",
             "pgfailover_source_following",
             "pgfailover_source_fallbacks_total",
+            "pgfailover_arbiter_lease_held",
         }
         assert samples["pgfailover_redundancy_level{multi}"] == 1
         assert samples["pgfailover_sync_quorum_ok"] == 1
