@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -44,40 +44,62 @@ CONFIG = FAST.replace(
 
 
 @contextlib.contextmanager
-def slots_taken(lab: LocalLab, node: str) -> Iterator[list[psycopg.Connection[Any]]]:
+def slots_taken(
+    lab: LocalLab, node: str, turns: Sequence[threading.Lock]
+) -> Iterator[list[psycopg.Connection[Any]]]:
     """Hold every connection slot of ``node``; the pool's connections to it are ended.
 
     The probe's connection (``pgfailover-probe``) and the WAL receiver stay:
     the node keeps passing its probes. Every connection is closed on exit.
+
+    The readers are held out (``turns``, one lock per reader, held by a reader
+    around each read) while the slots are taken. A reader's next read would
+    find its connection ended and the pool would reconnect at once, into the
+    slot the ended backend freed, before this loop could take it: with the
+    readers running, the pool won that race every round.
     """
     held: list[psycopg.Connection[Any]] = []
     try:
-        for _ in range(5):  # the pool may reconnect into a slot freed meanwhile
-            while True:
-                try:
-                    held.append(lab.connect(node, timeout=3.0))
-                except psycopg.OperationalError as exc:
-                    if "too many clients" not in str(exc) and "reserved" not in str(exc):
-                        raise
-                    break
-            mine = [c.info.backend_pid for c in held]
-            ended = (
-                held[0]
-                .execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE backend_type = 'client backend' AND pid <> ALL(%s) "
-                    "AND application_name <> 'pgfailover-probe'",
-                    (mine,),
-                )
-                .fetchone()
-            )
-            held[0].commit()
-            if ended is not None and ended[0] == 0:
-                break
+        with contextlib.ExitStack() as paused:
+            for turn in turns:
+                paused.enter_context(turn)
+            _take_every_slot(lab, node, held)
         yield held
     finally:
         for conn in held:
             conn.close()
+
+
+def _take_every_slot(lab: LocalLab, node: str, held: list[psycopg.Connection[Any]]) -> None:
+    """Fill ``node``'s free slots and end every other client backend, until that stays so.
+
+    A connection still starting may not be listed yet: several rounds in a
+    row must find no other client backend.
+    """
+    deadline, quiet = time.monotonic() + 20.0, 0
+    while quiet < 5:
+        assert time.monotonic() < deadline, f"could not take every slot of {node}"
+        while True:
+            try:
+                held.append(lab.connect(node, timeout=3.0))
+            except psycopg.OperationalError as exc:
+                if "too many clients" not in str(exc) and "reserved" not in str(exc):
+                    raise
+                break
+        mine = [c.info.backend_pid for c in held]
+        ended = (
+            held[0]
+            .execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> ALL(%s) "
+                "AND application_name <> 'pgfailover-probe'",
+                (mine,),
+            )
+            .fetchone()
+        )
+        held[0].commit()
+        quiet = quiet + 1 if ended is not None and ended[0] == 0 else 0
+        time.sleep(0.05)  # poll interval between rounds
 
 
 def attempts(mgr: FailoverManager, node: str) -> int:
@@ -104,27 +126,44 @@ def test_a_standby_out_of_connection_slots_is_held_out_then_let_back(
     served: list[str] = []
     stop = threading.Event()
 
-    def reader(mgr: FailoverManager) -> None:
+    turns = [threading.Lock() for _ in range(2)]
+
+    def reader(mgr: FailoverManager, turn: threading.Lock) -> None:
         while not stop.is_set():
-            try:
-                served.append(mgr.query("SELECT current_setting('port')", readonly=True)[0][0])
-            except BaseException as exc:  # noqa: BLE001 - every failure is the test's business
-                errors.append(exc)
+            with turn:
+                try:
+                    served.append(mgr.query("SELECT current_setting('port')", readonly=True)[0][0])
+                except BaseException as exc:  # noqa: BLE001 - every failure is the test's business
+                    errors.append(exc)
             stop.wait(0.01)
 
     with manager_for(fresh_lab, CONFIG) as mgr, serve(mgr) as server:
         port1 = str(fresh_lab.node("node1").port)
-        threads = [threading.Thread(target=reader, args=(mgr,)) for _ in range(2)]
+        threads = [threading.Thread(target=reader, args=(mgr, turn)) for turn in turns]
         for thread in threads:
             thread.start()
         try:
             wait_until(lambda: port1 in served, what="reads on node1")
-            with slots_taken(fresh_lab, "node1"):
-                wait_until(
-                    lambda: mgr.breakers.state("node1").phase.value == "open",
-                    timeout=20,
-                    what="node1's breaker open",
-                )
+            with slots_taken(fresh_lab, "node1", turns) as held:
+                try:
+                    wait_until(
+                        lambda: mgr.breakers.state("node1").phase.value == "open",
+                        timeout=20,
+                        what="node1's breaker open",
+                    )
+                except pytest.fail.Exception:
+                    others = held[0].execute(
+                        "SELECT pid, application_name, state FROM pg_stat_activity "
+                        "WHERE backend_type = 'client backend' AND pid <> ALL(%s)",
+                        ([c.info.backend_pid for c in held],),
+                    )
+                    outcomes = {
+                        k: n for k, n in dict(mgr.counters.queries).items() if k[0] == "node1"
+                    }
+                    pytest.fail(
+                        f"node1's breaker never opened: reads on node1 {outcomes}, "
+                        f"its other sessions {others.fetchall()}"
+                    )
                 node1 = next(n for n in mgr.get_failover_status()["nodes"] if n["name"] == "node1")
                 assert node1["up"]
                 assert node1["healthy"]  # its probe passes all along
