@@ -34,9 +34,11 @@ unit: $(STAMP)
 integration: $(STAMP) server-binaries
 	$(BIN)/pytest tests/integration
 
-# make installs the server tools, so tests that need them must find them.
+# make installs the server tools, so tests that need them must find them
+# (PGFAILOVER_REQUIRE_TOOLS); scripts/run-tests says why the unit tests run
+# beside the benchmarks' tests.
 test: $(STAMP) server-binaries lint typecheck
-	PGFAILOVER_REQUIRE_TOOLS=1 $(BIN)/pytest --durations=25
+	PYTEST=$(BIN)/pytest bash scripts/run-tests
 
 demo: $(STAMP) server-binaries
 	$(BIN)/python -m pgfailover.demo
