@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -106,21 +107,23 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
         workers.ask("write")
         before = _sessions(lab, EVERY)
         p0 = workers.probes()
-        conns = [psycopg.connect(lab.dsn(name), autocommit=True) for name in EVERY]
-        query = OPENED_AFTER.format(time.time())
-        os.kill(arbiters[0].proc.pid, signal.SIGKILL)
-        killed = time.monotonic()
         series: list[tuple[float, int]] = []
         missed = 0
-        while time.monotonic() - killed < args.observe:
-            counted = _count(conns, query)
-            if counted is None:
-                missed += 1
-            else:
-                series.append((time.monotonic() - killed, counted))
-            time.sleep(0.01)  # the sampling rate, not a synchronisation
-        for conn in conns:
-            conn.close()
+        with contextlib.ExitStack() as counting:
+            conns = [
+                counting.enter_context(psycopg.connect(lab.dsn(name), autocommit=True))
+                for name in EVERY
+            ]
+            query = OPENED_AFTER.format(time.time())
+            os.kill(arbiters[0].proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            while time.monotonic() - killed < args.observe:
+                counted = _count(conns, query)
+                if counted is None:
+                    missed += 1
+                else:
+                    series.append((time.monotonic() - killed, counted))
+                time.sleep(0.01)  # the sampling rate, not a synchronisation
         p1 = workers.probes()
         end = _following(workers)
         results = workers.ask("stop")
@@ -189,8 +192,25 @@ def main() -> None:
                     "followers_probing_at_end": statistics.median(
                         r["followers_probing_at_end"] for r in mine
                     ),
+                    "followers_on_the_other_at_end": statistics.median(
+                        r["followers_on_the_other_at_end"] for r in mine
+                    ),
+                    "followers_sessions_reached_s": {
+                        share: _median_or_none(
+                            r["followers_sessions_reached_s"][share] for r in mine
+                        )
+                        for share in ("p10", "p50", "p90")
+                    },
+                    "samples_min": min(r["samples"] for r in mine),
+                    "failed_writes": statistics.median(r["failed_writes"] for r in mine),
                 }
             )
+
+
+def _median_or_none(values: Iterable[float | None]) -> float | None:
+    """The median of the runs that had a value (``None`` when none had)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 if __name__ == "__main__":

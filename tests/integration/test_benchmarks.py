@@ -234,9 +234,11 @@ def test_benchmarks_run_and_report(tmp_path: Path) -> None:
         "Probe cycles",
         "Many managers on one cluster",
         "Many managers on a Patroni cluster",
+        "When an arbiter dies",
     ):
         assert f"### {title}" in report
     assert "| kill | sync | auto | 1 |" in report
+    assert "| 4 | two | 1 | 0 | n/a | 0 | 4 | 0 |" in report  # arbiter_loss.py's summary
 
 
 def _cpugroups() -> Any:
