@@ -37,6 +37,12 @@ def _start(records: list[dict[str, Any]]) -> str:
     return "all in step" if in_step else "each from its own point of the pace"
 
 
+def _warmup(records: list[dict[str, Any]]) -> str:
+    """The pools' ``pool_warmup`` (``--warmup``), if the run had one."""
+    sql = next((r.get("warmup") for r in records if "pace_s" in r), None)
+    return f"; every pool connection warmed up with `{sql}`" if sql else ""
+
+
 def scale_table(records: list[dict[str, Any]]) -> list[str]:
     """Many managers on one cluster: probe load, and how fast they all move (scale.py)."""
     summaries = [r for r in records if r.get("summary") and "contender" in r]
@@ -47,7 +53,7 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     replication = f"quorum sync (ANY {sync})" if sync else "asynchronous replication"
     lines = [
         f"Writes every {pace:g} s per manager, {_start(records)}; {replication}; "
-        f"{_groups(records)}."
+        f"{_groups(records)}{_warmup(records)}."
         if pace is not None
         else "",
         "",

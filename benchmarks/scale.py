@@ -81,6 +81,7 @@ from scalerun import (
     add_cpu_groups,
     add_in_step,
     add_per_process,
+    add_warmup,
     cpu_groups_kind,
     quantiles,
     run_all,
@@ -259,6 +260,7 @@ def _specs(
     *,
     per_process: int = 10,
     in_step: bool = False,
+    warmup: str | None = None,
 ) -> list[dict[str, Any]]:
     """One worker process's spec per ``per_process`` managers (at most ``MAX_WORKERS``
     processes at 10 or more a process; as many as it takes below that)."""
@@ -280,6 +282,7 @@ def _specs(
             "base": (k + 1) * 1_000_000_000,
             "pace": pace,
             "in_step": in_step,
+            "warmup": warmup,
         }
         for k, count in enumerate(c for c in split if c)
     ]
@@ -332,6 +335,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         args.pace,
         per_process=args.per_process,
         in_step=args.in_step,
+        warmup=args.warmup,
     )
     workers = Workers(specs)
     groups = CpuGroups(args.cpu_groups)
@@ -439,11 +443,11 @@ def main() -> None:
     add_cpu_groups(parser)
     add_per_process(parser)
     add_in_step(parser)
+    add_warmup(parser)
     args = parser.parse_args()
     header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
-    header["cpu_groups"] = cpu_groups_kind(args)
-    header["per_process"] = args.per_process
-    header["in_step"] = args.in_step
+    header.update(cpu_groups=cpu_groups_kind(args), per_process=args.per_process)
+    header.update(in_step=args.in_step, warmup=args.warmup)
     run_all(args, CONTENDERS, run_one, header)
 
 

@@ -43,6 +43,17 @@ def add_in_step(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_warmup(parser: argparse.ArgumentParser) -> None:
+    """``--warmup SQL``: every contender's pools run it on each new connection."""
+    parser.add_argument(
+        "--warmup",
+        default=None,
+        metavar="SQL",
+        help="pool_warmup for the managers' pools (the libpq pools run the same hook as "
+        "their configure): e.g. 'SELECT 1 FROM bench WHERE id = 0'",
+    )
+
+
 def cpu_groups_kind(args: argparse.Namespace) -> str | None:
     """The cgroup version the run uses (``None``: one group for everything)."""
     found = hierarchy() if args.cpu_groups else None

@@ -27,6 +27,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover.warmup import warm_configure
 
 # The contenders with a source (the last three: scale_patroni.py).
 FOLLOWERS = ("arbiter", "patroni", "patroni-etcd", "patroni-arbiter")
@@ -62,6 +63,9 @@ def _clients(
                 min_size=1,
                 max_size=2,
                 check=ConnectionPool.check_connection,
+                configure=warm_configure(spec["warmup"], "libpq", None)
+                if spec.get("warmup")
+                else None,
                 kwargs={"autocommit": True},
                 open=True,
             )
@@ -77,7 +81,9 @@ def _clients(
     else:
         nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
         source = spec["source"] if spec["contender"] in FOLLOWERS else None
-        config = FailoverConfig(pool_min_size=1, pool_max_size=2, source=source)
+        config = FailoverConfig(
+            pool_min_size=1, pool_max_size=2, source=source, pool_warmup=spec.get("warmup")
+        )
         for k in range(spec["count"]):
             mgr = FailoverManager(nodes=nodes, config=config).open()
             mgr.on_failover(functools.partial(_switched, SWITCHED, k))

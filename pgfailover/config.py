@@ -172,7 +172,11 @@ class FailoverConfig:
 
     Pools: one psycopg_pool ``ConnectionPool`` per node, ``pool_min_size`` to
     ``pool_max_size`` connections, ``pool_timeout`` to get one,
-    ``connect_timeout`` to open one.
+    ``connect_timeout`` to open one. ``pool_warmup`` is SQL run on every new
+    connection of every pool (standbys' too), rolled back: name the tables
+    the application writes (``"SELECT 1 FROM orders, order_lines LIMIT 0"``)
+    and the connections a promoted standby's first writes take have those
+    tables' catalog entries loaded already (:mod:`pgfailover.warmup`).
 
     Following (:mod:`pgfailover.topology`): ``source``, one or more
     ``pgfailover serve`` stream URLs (``"http://arbiter:8009"``, comma
@@ -210,6 +214,7 @@ class FailoverConfig:
     pool_min_size: PoolSize = 1
     pool_max_size: Annotated[int, Meta(ge=1, le=10_000)] = 10
     pool_timeout: Seconds = 5.0
+    pool_warmup: Annotated[str, Meta(min_length=1, max_length=65_536)] | None = None
     connect_timeout: Seconds = 2.0
     history_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
     history_file: Annotated[str, Meta(min_length=1, description="a file name")] | None = None
@@ -243,6 +248,13 @@ class FailoverConfig:
             )
         if self.history_file is not None:
             _check_file("history_file", self.history_file)
+        if self.pool_warmup is not None and (
+            not self.pool_warmup.strip() or "\x00" in self.pool_warmup
+        ):
+            raise ConfigurationError(
+                "pool_warmup must be SQL (a statement, or several separated by ';'), "
+                "got " + ("a NUL character in it" if self.pool_warmup.strip() else "blanks")
+            )
         if self.breaker_max_cooldown < self.breaker_cooldown:
             raise ConfigurationError(
                 f"breaker_max_cooldown ({self.breaker_max_cooldown:g}) must not be shorter "

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolClosed
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.errors import ManagerClosed
 from pgfailover.probe import shutdown_connection
+from pgfailover.warmup import warm_configure
 
 __all__ = ["NodePools", "TrackedPools", "pool_options"]
 
@@ -156,6 +157,11 @@ class NodePools(TrackedPools[ConnectionPool]):
         pool_class: Callable[..., ConnectionPool] = ConnectionPool,
     ) -> None:
         super().__init__(nodes, config, cluster, pool_kwargs)
+        if config.pool_warmup:
+            for options in self._options.values():
+                options["configure"] = warm_configure(
+                    config.pool_warmup, options["name"], options.get("configure")
+                )
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
 
     def open(self) -> None:
