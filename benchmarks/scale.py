@@ -85,6 +85,7 @@ from scalerun import (
     cpu_groups_kind,
     quantiles,
     run_all,
+    why_no_switch,
 )
 
 from pgfailover.lab import LocalLab
@@ -365,6 +366,8 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         time.sleep(max(0.0, args.observe - FAILOVER_WINDOW))
         results = workers.ask("stop")
         new, switched = arbiter.switched()
+        if new is None:  # the record says only that none switched: stderr says why
+            print(why_no_switch(arbiter.get, home / "arbiter.log"), file=sys.stderr)
         record.update(_writes(lab, results, killed, new, switched))
         record["open_s_per_process"] = max(r["open_s"] for r in readies)
         counts = [spec["count"] for spec in specs]

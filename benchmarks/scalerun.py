@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from common import emit, percentile
@@ -52,6 +55,21 @@ def add_warmup(parser: argparse.ArgumentParser) -> None:
         help="pool_warmup for the managers' pools (the libpq pools run the same hook as "
         "their configure): e.g. 'SELECT 1 FROM bench WHERE id = 0'",
     )
+
+
+def why_no_switch(get: Callable[[str], Any], log: Path, lines: int = 30) -> str:
+    """What an arbiter that did not fail over says: its state, its last events, the
+    end of its log (for stderr: a run with no switch is otherwise a row of n/a)."""
+    out = ["the arbiter did not fail over:"]
+    try:
+        out.append(f"state {get('/failover/status')['state']}")
+        for event in get("/failover/history")["events"][-3:]:
+            out.append(json.dumps({k: event.get(k) for k in ("outcome", "to", "error", "notes")}))
+    except (OSError, ValueError, KeyError) as exc:
+        out.append(f"(its API: {exc})")
+    with contextlib.suppress(OSError):
+        out += log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(out)
 
 
 def cpu_groups_kind(args: argparse.Namespace) -> str | None:
