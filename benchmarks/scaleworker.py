@@ -63,7 +63,7 @@ def _clients(
                 min_size=1,
                 max_size=2,
                 check=ConnectionPool.check_connection,
-                configure=warm_configure(spec["warmup"], "libpq", None)
+                configure=warm_configure(spec["warmup"], "libpq", None, timeout=2.0)
                 if spec.get("warmup")
                 else None,
                 kwargs={"autocommit": True},

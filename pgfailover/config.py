@@ -173,10 +173,11 @@ class FailoverConfig:
     Pools: one psycopg_pool ``ConnectionPool`` per node, ``pool_min_size`` to
     ``pool_max_size`` connections, ``pool_timeout`` to get one,
     ``connect_timeout`` to open one. ``pool_warmup`` is SQL run on every new
-    connection of every pool (standbys' too), rolled back: name the tables
-    the application writes (``"SELECT 1 FROM orders, order_lines LIMIT 0"``)
-    and the connections a promoted standby's first writes take have those
-    tables' catalog entries loaded already (:mod:`pgfailover.warmup`).
+    connection of every pool (standbys' too), rolled back, for
+    ``connect_timeout`` at most: name the tables the application writes
+    (``"SELECT 1 FROM orders WHERE id = 0"``) and the connections a promoted
+    standby's first writes take have those tables' catalog entries loaded
+    already (:mod:`pgfailover.warmup`).
 
     Following (:mod:`pgfailover.topology`): ``source``, one or more
     ``pgfailover serve`` stream URLs (``"http://arbiter:8009"``, comma

@@ -160,7 +160,10 @@ class NodePools(TrackedPools[ConnectionPool]):
         if config.pool_warmup:
             for options in self._options.values():
                 options["configure"] = warm_configure(
-                    config.pool_warmup, options["name"], options.get("configure")
+                    config.pool_warmup,
+                    options["name"],
+                    options.get("configure"),
+                    timeout=config.connect_timeout,
                 )
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
 

@@ -57,7 +57,10 @@ class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
         if config.pool_warmup:
             for options in self._options.values():
                 options["configure"] = async_warm_configure(
-                    config.pool_warmup, options["name"], options.get("configure")
+                    config.pool_warmup,
+                    options["name"],
+                    options.get("configure"),
+                    timeout=config.connect_timeout,
                 )
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
         # Each pool's queue of clients waiting for a connection: psycopg_pool keeps

@@ -7,7 +7,9 @@ What must hold, sync and asyncio:
   (``pg_stat_user_tables``, the server's own count) reach the pool's size;
 - a warm-up that writes is rolled back (no row on the primary), one that a
   standby refuses or that names a missing table is logged once per pool,
-  and the application's statements run on those connections all the same.
+  and the application's statements run on those connections all the same;
+- a warm-up held by a lock (a migration's) gives up after ``connect_timeout``
+  and the connection serves.
 """
 
 from __future__ import annotations
@@ -93,3 +95,29 @@ def test_a_warmup_that_writes_or_fails_changes_nothing_and_is_logged_once_a_pool
     assert warned == [f"pgfailover-default-{n}:" for n in NODES], warned  # once a pool
     assert any("no_such_table" in r.getMessage() for r in failures if "node0" in r.getMessage())
     assert any("read-only" in r.getMessage() for r in failures if "node1" in r.getMessage())
+
+
+def test_a_warmup_held_by_a_lock_gives_up_and_the_connection_serves(
+    fresh_lab: LocalLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A migration holds ``w`` (ACCESS EXCLUSIVE, replayed on the standbys too): the
+    warm-up waits ``connect_timeout`` at most, and the statements go through."""
+    prepare(fresh_lab)
+    config = FAST.replace(
+        pool_warmup="SELECT 1 FROM w WHERE id = 0", connect_timeout=1.0, pool_timeout=5.0
+    )
+    with (
+        fresh_lab.connect("node0") as migration,
+        migration.transaction(),
+        caplog.at_level(logging.WARNING, logger="pgfailover.warmup"),
+    ):
+        migration.execute("LOCK TABLE w IN ACCESS EXCLUSIVE MODE")
+        with manager_for(fresh_lab, config) as mgr:
+            # Held for the whole block, longer than pool_timeout: without its own
+            # limit, the warm-up would keep the pool from handing out a connection.
+            assert mgr.query("SELECT 1") == [(1,)]
+            assert mgr.query("SELECT 2", readonly=True) == [(2,)]
+            wait_until(  # lock_timeout or statement_timeout: both are connect_timeout
+                lambda: any("due to" in r.getMessage() for r in caplog.records),
+                what="the warm-up's timeout",
+            )

@@ -40,7 +40,7 @@ class Conn:
 
     def execute(self, query: bytes) -> None:
         self.log.append(query.decode())
-        if self.error is not None:
+        if self.error is not None and query.decode() != LIMITS:
             self.broken = self.breaks
             raise self.error
 
@@ -62,6 +62,7 @@ class AsyncConn(Conn):
 FAILS = psycopg.errors.UndefinedTable('relation "orders" does not exist')
 BREAKS = psycopg.OperationalError("server closed the connection unexpectedly")
 SQL = "SELECT 1 FROM orders LIMIT 0"
+LIMITS = "SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 2000"  # timeout=2
 
 
 CASES = [
@@ -90,8 +91,8 @@ def test_the_hook_rolls_back_keeps_the_connection_and_warns_once(
         async def then_async(c: Any, called: list[object] = called) -> None:
             called.append(c)
 
-        sync_hook = warm_configure(SQL, "p", called.append)
-        async_hook = async_warm_configure(SQL, "p", then_async)
+        sync_hook = warm_configure(SQL, "p", called.append, timeout=2)
+        async_hook = async_warm_configure(SQL, "p", then_async, timeout=2)
         conns: list[Conn] = []
         for outcome in outcomes:
             conn = (AsyncConn if asynchronous else Conn)(outcome, breaks=outcome is BREAKS)
@@ -105,7 +106,7 @@ def test_the_hook_rolls_back_keeps_the_connection_and_warns_once(
                 assert raised
             else:
                 assert not raised
-        assert all(c.log == ["begin", SQL, "rollback"] for c in conns)
+        assert all(c.log == ["begin", LIMITS, SQL, "rollback"] for c in conns)
         assert len(called) == then_calls
         logged = [r for r in caplog.records if "pool_warmup failed" in r.getMessage()]
         assert sum(r.levelno == logging.WARNING for r in logged) == warnings, asynchronous
@@ -116,11 +117,13 @@ def test_each_pool_warns_for_itself(caplog: pytest.LogCaptureFixture) -> None:
     """One pool's failing warm-up does not silence another's first warning."""
     caplog.set_level(logging.WARNING, logger="pgfailover.warmup")
     for pool in ("a", "b", "a", "b"):
-        warm_configure("SELECT 1 FROM orders", pool, None)(Conn(FAILS))  # type: ignore[arg-type]
+        warm_configure("SELECT 1 FROM orders", pool, None, timeout=2)(Conn(FAILS))  # type: ignore[arg-type]
     # a new hook per call here: each call's hook is a pool of its own
     assert [r.getMessage().split()[1] for r in caplog.records] == ["a:", "b:", "a:", "b:"]
     caplog.clear()
-    hooks = {pool: warm_configure("SELECT 1 FROM orders", pool, None) for pool in ("a", "b")}
+    hooks = {
+        pool: warm_configure("SELECT 1 FROM orders", pool, None, timeout=2) for pool in ("a", "b")
+    }
     for pool in ("a", "b", "a", "b"):
         hooks[pool](Conn(FAILS))  # type: ignore[arg-type]
     assert [r.getMessage().split()[1] for r in caplog.records] == ["a:", "b:"]
@@ -171,7 +174,7 @@ def test_the_pools_chain_the_callers_configure_after_the_warmup() -> None:
         options = pools.get(node.name).options  # type: ignore[attr-defined]
         assert options["configure"] is not theirs, node.name
     pools.get("node0").options["configure"](mine)  # type: ignore[attr-defined]
-    assert mine.log == ["begin", "SELECT 1", "rollback"]
+    assert mine.log == ["begin", LIMITS, "SELECT 1", "rollback"]
     assert seen == [mine]
     plain = NodePools(
         NODES, FailoverConfig(), "app", {"configure": theirs}, pool_class=cast(Any, FakePool)
