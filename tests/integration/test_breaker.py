@@ -97,7 +97,6 @@ def _take_every_slot(lab: LocalLab, node: str, held: list[psycopg.Connection[Any
             )
             .fetchone()
         )
-        held[0].commit()
         quiet = quiet + 1 if ended is not None and ended[0] == 0 else 0
         time.sleep(0.05)  # poll interval between rounds
 
