@@ -64,6 +64,8 @@ bench: $(STAMP) server-binaries
 	$(BIN)/python benchmarks/scale_patroni.py | tee $(BENCH_OUT)/scale_patroni.jsonl
 	$(BIN)/python benchmarks/arbiter_loss.py --sizes 50,200 --runs 2 \
 		| tee $(BENCH_OUT)/arbiter_loss.jsonl
+	$(BIN)/python benchmarks/warmup.py --connections 200 --runs 6 \
+		| tee $(BENCH_OUT)/warmup.jsonl
 	$(BIN)/python benchmarks/report.py $(BENCH_OUT)
 
 clean:

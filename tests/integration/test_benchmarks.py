@@ -181,6 +181,14 @@ def _scale_patroni(tmp_path: Path) -> None:
     assert followed["old_primary_acks_after_new"] == 0, followed
 
 
+def _warmup(tmp_path: Path) -> None:
+    records = _run("warmup.py", "--connections", "4", "--runs", "1", out=tmp_path / "warmup.jsonl")
+    runs = {r["variant"]: r for r in records if "run" in r}
+    assert set(runs) == {"cold", "warm"}
+    assert all((r["written"], r["failed"]) == (4, 0) for r in runs.values()), runs
+    assert all(r["p99_s"] is not None for r in runs.values()), runs
+
+
 def _arbiter_loss(tmp_path: Path) -> None:
     loss = _run(
         "arbiter_loss.py",
@@ -200,11 +208,12 @@ def _arbiter_loss(tmp_path: Path) -> None:
     assert all(r["failed_writes"] == 0 for r in runs.values()), runs
 
 
-# Two lanes of about the same length (one after the other here: 87 and 89 s), run side
+# Two lanes of about the same length (one after the other here: 87 and 89 s, and
+# warmup.py's 8 s), run side
 # by side; the two benchmarks with CPU groups in the same lane (scale.py checks none is
 # left), arbiter_loss.py without them.
 LANES: tuple[tuple[Callable[[Path], None], ...], ...] = (
-    (_scale_patroni, _scale, _failover, _reads),
+    (_scale_patroni, _scale, _failover, _reads, _warmup),
     (_arbiter_loss, _async_failover, _http_flood, _switchover, _probes, _overheads),
 )
 
