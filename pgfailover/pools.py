@@ -87,6 +87,19 @@ class TrackedPools(Generic[PoolT]):
         self._closed = False  # guarded by self._lock
         self._pools: dict[str, PoolT] = {}  # each node's pool, built by the subclass
 
+    def _warm_up(self, config: FailoverConfig, hook: Callable[..., Any]) -> None:
+        """Make ``pool_warmup`` each pool's ``configure`` (``hook``: the sync or the
+        asyncio one of :mod:`pgfailover.warmup`), the caller's own chained after it."""
+        if not config.pool_warmup:
+            return
+        for options in self._options.values():
+            options["configure"] = hook(
+                config.pool_warmup,
+                options["name"],
+                options.get("configure"),
+                timeout=config.connect_timeout,
+            )
+
     def _refuse(self) -> ManagerClosed:
         return ManagerClosed(f"manager {self._cluster} is closed")
 
@@ -157,14 +170,7 @@ class NodePools(TrackedPools[ConnectionPool]):
         pool_class: Callable[..., ConnectionPool] = ConnectionPool,
     ) -> None:
         super().__init__(nodes, config, cluster, pool_kwargs)
-        if config.pool_warmup:
-            for options in self._options.values():
-                options["configure"] = warm_configure(
-                    config.pool_warmup,
-                    options["name"],
-                    options.get("configure"),
-                    timeout=config.connect_timeout,
-                )
+        self._warm_up(config, warm_configure)
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
 
     def open(self) -> None:

@@ -54,14 +54,7 @@ class AsyncNodePools(TrackedPools[AsyncConnectionPool[Any]]):
         pool_class: Callable[..., AsyncConnectionPool[Any]] = AsyncConnectionPool,
     ) -> None:
         super().__init__(nodes, config, cluster, pool_kwargs)
-        if config.pool_warmup:
-            for options in self._options.values():
-                options["configure"] = async_warm_configure(
-                    config.pool_warmup,
-                    options["name"],
-                    options.get("configure"),
-                    timeout=config.connect_timeout,
-                )
+        self._warm_up(config, async_warm_configure)
         self._pools = {n.name: pool_class(n.dsn, **self._options[n.name]) for n in nodes}
         # Each pool's queue of clients waiting for a connection: psycopg_pool keeps
         # one deque for its life. Its length is what get_stats() reports as
