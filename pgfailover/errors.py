@@ -40,7 +40,18 @@ __all__ = [
     "PromotionRefused",
     "SplitBrainError",
     "WriteOutcomeUnknown",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none.
+
+    What logs, events and status show of an error: psycopg's messages go on
+    with LINE, DETAIL and HINT lines.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PgFailoverError(Exception):

@@ -25,6 +25,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from pgfailover.errors import first_line
+
 __all__ = [
     "PROBE_SQL",
     "NodeProber",
@@ -269,7 +271,7 @@ class NodeProber:
                 row = (row[0], _replay_timeline(conn, row[1]), *row[2:])
         except (psycopg.Error, OSError) as exc:
             self._drop()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             logger.debug("probe %s failed: %s", self.name, message)
             return failed(self.name, started, message)
         if row is None:  # the statement always returns one row

@@ -38,7 +38,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgfailover.dsn import mask_dsn, parse_dsn
-from pgfailover.errors import ConfigurationError, PgFailoverError
+from pgfailover.errors import ConfigurationError, PgFailoverError, first_line
 
 __all__ = [
     "RejoinError",
@@ -105,7 +105,7 @@ def _primary(dsn: str, timeout: float) -> tuple[str, int]:
             conn.execute("CHECKPOINT")  # a new primary's timeline switch, for pg_rewind
             return str(row[1]), int(row[2])
     except psycopg.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         raise RejoinError(f"cannot reach the primary {mask_dsn(dsn)}: {message}") from None
 
 

@@ -36,6 +36,7 @@ from pgfailover.admin import (
     set_sync_standby_names,
 )
 from pgfailover.config import FailoverConfig
+from pgfailover.errors import first_line
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
@@ -260,7 +261,7 @@ class Upkeep:
         try:
             refused = set_receiver_timeout(self._dsn_of(name), target, self._timeout)
         except psycopg.Error as exc:
-            refused = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            refused = first_line(exc)
         if refused is not None:
             reason = refused
             with self._lock:

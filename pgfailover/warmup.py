@@ -37,6 +37,8 @@ from typing import Any
 
 import psycopg
 
+from pgfailover.errors import first_line
+
 __all__ = ["async_warm_configure", "warm_configure"]
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class _Warnings:
     def failed(self, exc: psycopg.Error) -> None:
         with self._lock:
             first, self._failing = not self._failing, True
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         logger.log(
             logging.WARNING if first else logging.DEBUG,
             "pool %s: pool_warmup failed (%s); the connection is used without it",

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import urllib3
 
+from pgfailover.errors import first_line
 from pgfailover.stream import PATH, SUSPECT_PATH
 from pgfailover.topology.sse import EventParser, StreamError
 from pgfailover.topology.urls import mask_url
@@ -204,7 +205,7 @@ class ArbiterSource:
 def _reason(exc: BaseException) -> str:
     """One line for a connection failure (urllib3 wraps the OS error)."""
     inner = getattr(exc, "reason", None) or exc
-    text = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    text = first_line(inner)
     if "Failed to establish a new connection:" in text:
         text = text.split("Failed to establish a new connection:", 1)[1].strip()
     return text[:200]

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pgfailover import ConfigurationError, FailoverConfig
+from pgfailover.errors import first_line
 from pgfailover.pools import NodePools
 from pgfailover.warmup import async_warm_configure, warm_configure
 
@@ -182,3 +183,17 @@ def test_the_pools_chain_the_callers_configure_after_the_warmup() -> None:
     assert plain.get("node0").options["configure"] is theirs  # type: ignore[attr-defined]
     bare = NodePools(NODES, FailoverConfig(), "app", pool_class=cast(Any, FakePool))
     assert "configure" not in bare.get("node0").options  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (FAILS, 'relation "orders" does not exist'),
+        (psycopg.Error('syntax error at "x"\nLINE 1: x\n        ^'), 'syntax error at "x"'),
+        (psycopg.Error("  \n"), "Error"),
+        (KeyError(), "KeyError"),
+    ],
+)
+def test_a_warning_shows_the_errors_first_line(error: BaseException, shown: str) -> None:
+    """What the warm-up's warning (and the probes, rejoin, upkeep) show of an error."""
+    assert first_line(error) == shown
