@@ -34,9 +34,21 @@ def probed(
 
     ``corroborated``: a query saw the node's connection fail since the
     previous round; with a failed probe that is one more failed check.
+
+    A ``busy`` result (the server refused a new session for lack of
+    connection slots) is no failure of a node that was up: the server
+    answered, and the sessions it already has (the pools') still serve. It
+    keeps its role, health and positions (a standby's lag grows against the
+    primary's, which only takes reads off it) and shows the refusal in
+    ``error``. Counting it as a failure would turn a full server into a lost
+    one: its primary given up, writes held, and a probe every
+    ``fast_interval`` from every manager, which the full server refuses too.
+    A node that was down stays down: a refusal does not say what it is now.
     """
     if result is None:
         return prev
+    if not result.ok and result.busy and prev.checked and prev.up:
+        return evolve(prev, last_check=now, error=result.error)
     if not result.ok:
         failures = prev.consecutive_failures + (2 if corroborated else 1)
         healthy = prev.checked and prev.healthy and failures < cfg.unhealthy_threshold

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import threading
 import time
@@ -34,6 +35,7 @@ __all__ = [
     "failed",
     "parse_duration",
     "receiver_app_name",
+    "refused_for_capacity",
     "shutdown_connection",
 ]
 
@@ -113,6 +115,8 @@ class ProbeResult:
     how long ago the WAL receiver last heard its upstream, on the standby's
     own clock; ``upstream_end_lsn`` the upstream's WAL end as of that
     message; ``streaming_names`` (a primary) who streams from it now.
+    ``busy`` (with ``ok`` false): the server refused a new session for lack
+    of connection slots (:func:`refused_for_capacity`): alive, role unknown.
     """
 
     node: str
@@ -138,6 +142,7 @@ class ProbeResult:
     receiver_timeout: float | None = None
     app_name: str | None = None
     streaming_names: tuple[str, ...] | None = None
+    busy: bool = False
 
     @property
     def writable(self) -> bool:
@@ -173,9 +178,29 @@ def shutdown_connection(conn: psycopg.Connection[Any]) -> None:
         sock.detach()
 
 
-def failed(node: str, started: float, error: str) -> ProbeResult:
+def failed(node: str, started: float, error: str, *, busy: bool = False) -> ProbeResult:
     """A failed probe result."""
-    return ProbeResult(node, False, started, time.monotonic() - started, error=error)
+    return ProbeResult(node, False, started, time.monotonic() - started, error=error, busy=busy)
+
+
+class _Closed(Exception):
+    """The prober was closed while it connected."""
+
+
+# SQLSTATE 53300 (too_many_connections) at connection start, which libpq hands
+# over as text only: max_connections ("too many clients"), the reserved slots,
+# and a role's or a database's CONNECTION LIMIT. The server answered: it is
+# alive and refuses new sessions. Servers whose lc_messages is not English say
+# it in their language; their refusals stay plain failures.
+_CAPACITY = re.compile(
+    r"too many clients already|too many connections for (role|database)"
+    r"|remaining connection slots are reserved"
+)
+
+
+def refused_for_capacity(message: str) -> bool:
+    """Whether a connection failure is a live server refusing new sessions (53300)."""
+    return _CAPACITY.search(message) is not None
 
 
 # The newest timeline among the WAL segments in pg_wal: a standby receives
@@ -232,6 +257,7 @@ class NodeProber:
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None  # guarded by self._lock
         self._closed = False  # guarded by self._lock
         self._running = threading.Lock()  # held for a probe (release() waits for none)
+        self._refused = False  # the last probe was refused for capacity (probe thread only)
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         statement_ms = max(1, int(self._timeout * 1000))
@@ -258,22 +284,27 @@ class NodeProber:
             if self._closed:
                 return failed(self.name, started, "prober closed")
             conn = self._conn
+        kept = conn is not None and not conn.closed
         try:
-            if conn is None or conn.closed:
-                conn = self._connect()
-                with self._lock:
-                    if self._closed:
-                        conn.close()
-                        return failed(self.name, started, "prober closed")
-                    self._conn = conn
-            row = conn.execute(PROBE_SQL).fetchone()
-            if row is not None and row[0] and row[7] is None and row[6]:
-                row = (row[0], _replay_timeline(conn, row[1]), *row[2:])
+            row = self._ask(conn)
+        except _Closed:
+            return failed(self.name, started, "prober closed")
         except (psycopg.Error, OSError) as exc:
             self._drop()
-            message = first_line(exc)
-            logger.debug("probe %s failed: %s", self.name, message)
-            return failed(self.name, started, message)
+            # A kept session that failed at once (an administrator or
+            # idle_session_timeout ended it, a pooler dropped it) says nothing of the
+            # node yet: a new one is tried at once. A slow failure is not retried: a
+            # hung server must cost one timeout, not two.
+            if not kept or time.monotonic() - started >= self._timeout / 2:
+                return self._failed(started, exc)
+            try:
+                row = self._ask(None)
+            except _Closed:
+                return failed(self.name, started, "prober closed")
+            except (psycopg.Error, OSError) as again:
+                self._drop()
+                return self._failed(started, again)
+        self._refused = False
         if row is None:  # the statement always returns one row
             return failed(self.name, started, "probe returned no row")
         try:
@@ -289,6 +320,35 @@ class NodeProber:
             result.response_time * 1000,
         )
         return result
+
+    def _ask(self, conn: psycopg.Connection[tuple[Any, ...]] | None) -> tuple[Any, ...] | None:
+        """The probe's row, on ``conn`` or on a new connection (kept for the next probe)."""
+        if conn is None or conn.closed:
+            conn = self._connect()
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    raise _Closed
+                self._conn = conn
+        row = conn.execute(PROBE_SQL).fetchone()
+        if row is not None and row[0] and row[7] is None and row[6]:
+            row = (row[0], _replay_timeline(conn, row[1]), *row[2:])
+        return row
+
+    def _failed(self, started: float, exc: BaseException) -> ProbeResult:
+        message = first_line(exc)
+        busy = refused_for_capacity(message)
+        if busy and not self._refused:
+            logger.warning(
+                "node %s refuses new sessions (%s): it is alive, so a node that was up "
+                "keeps its role until it answers or fails otherwise",
+                self.name,
+                message,
+            )
+        else:
+            logger.debug("probe %s failed: %s", self.name, message)
+        self._refused = busy
+        return failed(self.name, started, message, busy=busy)
 
     def _result(self, row: tuple[Any, ...], started: float) -> ProbeResult:
         """The probe's row as a :class:`ProbeResult`."""

@@ -94,6 +94,17 @@ def down(name: str) -> ProbeResult:
     return ProbeResult(name, False, 0.0, 1.0, error="connection refused")
 
 
+FULL = (
+    'connection failed: connection to server at "10.0.0.1", port 5432 failed: '
+    "FATAL:  sorry, too many clients already"
+)
+
+
+def full(name: str) -> ProbeResult:
+    """A live node that refused the probe's new session: no connection slot free."""
+    return ProbeResult(name, False, 0.0, 0.002, error=FULL, busy=True)
+
+
 def healthy_round() -> list[ProbeResult]:
     return [primary("node0"), standby("node1"), standby("node2")]
 

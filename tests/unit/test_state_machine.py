@@ -9,11 +9,12 @@ from pgfailover.model import ClusterState, Fence, Promote, Role, SwitchPrimary
 from pgfailover.probe import ProbeResult
 from pgfailover.transition import transition
 
-from .helpers import down, healthy_round, kinds, primary, run, standby
+from .helpers import down, full, healthy_round, kinds, primary, run, standby
 
 S = ClusterState
 AUTO = FailoverConfig(promotion="auto", failover_cooldown=0)
 LOST = [down("node0"), standby("node1", upstream=None), standby("node2", upstream=None)]
+FULL = [full("node0"), standby("node1"), standby("node2")]
 
 # (id, rounds, config, expected state, expected primary)
 CASES: list[tuple[str, list[list[ProbeResult]], FailoverConfig, ClusterState, str | None]] = [
@@ -43,6 +44,41 @@ CASES: list[tuple[str, list[list[ProbeResult]], FailoverConfig, ClusterState, st
         "threshold of one",
         [healthy_round(), LOST],
         FailoverConfig(unhealthy_threshold=1),
+        S.FAILOVER_IN_PROGRESS,
+        None,
+    ),
+    (
+        "a full primary (no connection slot for the probe) stays primary",
+        [healthy_round(), FULL, FULL, FULL, FULL],
+        FailoverConfig(),
+        S.HEALTHY,
+        "node0",
+    ),
+    (
+        "a full primary is not failed over in auto mode",
+        [healthy_round(), *[FULL] * 6],
+        AUTO,
+        S.HEALTHY,
+        "node0",
+    ),
+    (
+        "a full standby keeps its role",
+        [healthy_round(), *[[primary("node0"), full("node1"), standby("node2")]] * 4],
+        FailoverConfig(),
+        S.HEALTHY,
+        "node0",
+    ),
+    (
+        "a primary that missed a probe and is then full still counts it down",
+        [healthy_round(), LOST, FULL, FULL],
+        FailoverConfig(),
+        S.FAILOVER_IN_PROGRESS,
+        None,
+    ),
+    (
+        "a lost primary that is back but full stays lost",
+        [healthy_round(), LOST, LOST, LOST, FULL, FULL],
+        FailoverConfig(),
         S.FAILOVER_IN_PROGRESS,
         None,
     ),
