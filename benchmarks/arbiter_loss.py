@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def _count(conns: list[psycopg.Connection[Any]], query: str) -> int | None:
 
 def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: the followers on the first arbiter, which is killed; the run's record."""
-    lab: LocalLab = _lab()
+    lab: LocalLab = _lab(max_connections=args.max_connections)
     homes = [Path(tempfile.mkdtemp(prefix="pgfl-loss-")) for _ in range(2 if case == "two" else 1)]
     arbiters = [Arbiter(lab, home, promotion="manual") for home in homes]
     source = ",".join(a.stream_url for a in arbiters)
@@ -143,6 +144,7 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
             else 0,
             "follower_probes_in_window": sum(p1.values()) - sum(p0.values()),
             "failed_writes": sum(sum(r["failures"]) for r in results),
+            "failed_writes_by_reason": _reasons(results),
         }
     finally:
         workers.kill()
@@ -162,6 +164,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pace", type=float, default=1.0, help="seconds between writes")
     parser.add_argument("--observe", type=float, default=3.0, help="seconds after the kill")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1500,
+        help="every node's max_connections: the default has room for every follower's probe "
+        "sessions; 300 at 200 followers (their pools' 200 sessions a node, and 100 more) "
+        "refuses most of them, as a database sized for its applications would",
+    )
     add_cpu_groups(parser)
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
@@ -169,7 +179,8 @@ def main() -> None:
         raise SystemExit(f"unknown case(s): {', '.join(sorted(set(cases) - set(CASES)))}")
     sweep()  # groups a killed run left behind
     emit({"benchmark": "arbiter_loss", "machine": machine(), "pace_s": args.pace,
-          "observe_s": args.observe, "cpu_groups": cpu_groups_kind(args)})  # fmt: skip
+          "observe_s": args.observe, "max_connections": args.max_connections,
+          "cpu_groups": cpu_groups_kind(args)})  # fmt: skip
     runs = []
     for size in (int(s) for s in args.sizes.split(",")):
         for run in range(args.runs):
@@ -203,8 +214,19 @@ def main() -> None:
                     },
                     "samples_min": min(r["samples"] for r in mine),
                     "failed_writes": statistics.median(r["failed_writes"] for r in mine),
+                    "failed_writes_by_reason": _reasons(
+                        [{"reasons": r["failed_writes_by_reason"]} for r in mine]
+                    ),
                 }
             )
+
+
+def _reasons(results: list[dict[str, Any]]) -> dict[str, int]:
+    """The workers' failed writes by reason (exception type and first line), most first."""
+    total: Counter[str] = Counter()
+    for result in results:
+        total.update(result.get("reasons", {}))
+    return dict(total.most_common())
 
 
 def _median_or_none(values: Iterable[float | None]) -> float | None:

@@ -127,6 +127,7 @@ def arbiter_loss_table(records: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"Writes every {header.get('pace_s', 1.0):g} s per follower; the followed arbiter "
         f"killed (SIGKILL), sessions counted for {header.get('observe_s', 3.0):g} s; "
+        f"max_connections {header.get('max_connections', 1500)} on every node; "
         f"{_groups(records)}; medians over the runs.",
         "",
         "| followers | arbiters | runs | most probe sessions opened "

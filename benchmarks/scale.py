@@ -104,10 +104,10 @@ FAILOVER_WINDOW = 3.0  # seconds after the kill in which the failover's load is 
 # -- the parent: the lab, the arbiter, the workers, the figures ------------------
 
 
-def _lab(sync: int = 0) -> LocalLab:
+def _lab(sync: int = 0, max_connections: int = 1500) -> LocalLab:
     lab = LocalLab.create(standbys=2, sync=sync)
-    for node in lab.nodes:  # room for 200 managers' probe and pool sessions
-        lab.run_sql(node.name, "ALTER SYSTEM SET max_connections = 1500")
+    for node in lab.nodes:  # by default, room for 200 managers' probe and pool sessions
+        lab.run_sql(node.name, f"ALTER SYSTEM SET max_connections = {max_connections:d}")
     for name in ("node1", "node2", "node0"):  # standbys first: theirs must not be lower
         lab.stop(name)
         lab.start(name)

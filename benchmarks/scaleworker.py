@@ -19,6 +19,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from pgfailover import FailoverConfig, FailoverManager, Node
+from pgfailover.errors import first_line
 from pgfailover.warmup import warm_configure
 
 # The contenders with a source (the last three: scale_patroni.py).
@@ -128,6 +130,7 @@ def run(spec: dict[str, Any]) -> None:
     stop = threading.Event()
     acks: list[list[tuple[int, int, float, float]]] = [[] for _ in writes]  # id, port, began, done
     failures = [0] * len(writes)
+    reasons: Counter[str] = Counter()  # why writes failed (first lines), for the diagnosis
 
     def loop(k: int) -> None:
         i = spec["base"] + k * 1_000_000
@@ -142,8 +145,9 @@ def run(spec: dict[str, Any]) -> None:
             try:
                 began = time.time()
                 acks[k].append((i, writes[k](i), began, time.time()))
-            except Exception:  # noqa: BLE001 - counted; the next attempt follows
+            except Exception as exc:  # noqa: BLE001 - counted; the next attempt follows
                 failures[k] += 1
+                reasons[f"{type(exc).__name__}: {first_line(exc)}"[:160]] += 1
             stop.wait(spec["pace"])
 
     loops = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(len(writes))]
@@ -163,7 +167,7 @@ def run(spec: dict[str, Any]) -> None:
     for t in loops:
         if t.is_alive():
             t.join(30)
-    _answer({"acks": acks, "failures": failures, "switched": SWITCHED})
+    _answer({"acks": acks, "failures": failures, "reasons": reasons, "switched": SWITCHED})
     closing = [threading.Thread(target=c) for c in closers]
     for t in closing:
         t.start()
