@@ -1,7 +1,8 @@
 """An arbiter dies under hundreds of followers: the probe sessions the database sees.
 
 For each size (200 managers by default) and each case, a run builds scale.py's
-lab (a fresh 3-node cluster, ``max_connections`` raised), starts the
+lab (a fresh 3-node cluster, ``max_connections`` raised to 1500, or
+``--max-connections``), starts the
 arbiters (``pgfailover serve --promotion manual --stream-port 0``: the
 database stays healthy and nothing promotes), and spreads the followers over
 scale.py's worker processes, each writing every ``--pace`` seconds. Once
@@ -10,7 +11,9 @@ and the probe sessions opened after the kill on the three nodes
 (``pg_stat_activity``, application ``pgfailover-probe``, ``backend_start``
 after the kill: the followers', not the arbiters') are counted, over a
 session per node opened before the kill (a new one per count would wait
-behind the followers' own), every 10 ms for ``--observe`` seconds. Cases:
+behind the followers' own, and opened before the followers, so that a
+server they fill still answers it), every 10 ms for ``--observe`` seconds.
+Cases:
 
 - ``two``: the followers' source names two arbiters; the one they follow dies;
 - ``one``: the only arbiter dies.
@@ -18,9 +21,10 @@ behind the followers' own), every 10 ms for ``--observe`` seconds. Cases:
 Measured: the most probe sessions the followers held; when they reached
 10, 50 and 90 % of that most after the kill (how spread out the followers'
 fallbacks were); how many followers probed and how many followed the other
-arbiter at the end; the probes the followers ran in the window; and their
-failed writes. Each role in its own
-CPU cgroup, as scale.py does.
+arbiter at the end; the probes the followers ran in the window; the
+client sessions on each node before the kill; and their failed writes, by
+reason (exception type and first line). Each role in its own CPU cgroup,
+as scale.py does.
 
     python benchmarks/arbiter_loss.py --sizes 200 --runs 3
 """
@@ -46,13 +50,14 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine
 from cpugroups import CpuGroups, descendants, sweep
-from scale import Arbiter, Workers, _lab, _sessions, _specs, _until
+from scale import PROBE_SESSIONS, Arbiter, Workers, _lab, _specs, _until
 from scalerun import add_cpu_groups, cpu_groups_kind
 
 from pgfailover.lab import LocalLab
 
 CASES = ("two", "one")
 EVERY = ["node0", "node1", "node2"]
+CLIENT_SESSIONS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
 OPENED_AFTER = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfailover-probe'"
     " AND backend_start > to_timestamp({:.6f})"
@@ -93,6 +98,11 @@ def _count(conns: list[psycopg.Connection[Any]], query: str) -> int | None:
 def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run: the followers on the first arbiter, which is killed; the run's record."""
     lab: LocalLab = _lab(max_connections=args.max_connections)
+    counting = contextlib.ExitStack()
+    # Opened first, one per node: a server the followers fill still answers them.
+    conns = [
+        counting.enter_context(psycopg.connect(lab.dsn(name), autocommit=True)) for name in EVERY
+    ]
     homes = [Path(tempfile.mkdtemp(prefix="pgfl-loss-")) for _ in range(2 if case == "two" else 1)]
     arbiters = [Arbiter(lab, home, promotion="manual") for home in homes]
     source = ",".join(a.stream_url for a in arbiters)
@@ -106,15 +116,12 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
         first = arbiters[0].stream_url
         _until(lambda: _following(workers).get(first) == size, timeout=60)
         workers.ask("write")
-        before = _sessions(lab, EVERY)
+        before = _count(conns, PROBE_SESSIONS)
+        sessions = [_count([conn], CLIENT_SESSIONS) for conn in conns]
         p0 = workers.probes()
         series: list[tuple[float, int]] = []
         missed = 0
-        with contextlib.ExitStack() as counting:
-            conns = [
-                counting.enter_context(psycopg.connect(lab.dsn(name), autocommit=True))
-                for name in EVERY
-            ]
+        with counting:
             query = OPENED_AFTER.format(time.time())
             os.kill(arbiters[0].proc.pid, signal.SIGKILL)
             killed = time.monotonic()
@@ -134,6 +141,7 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
             "case": case,
             "run": run,
             "probe_sessions_before": before,
+            "client_sessions_before": sessions,  # per node, of max_connections
             "followers_probe_sessions_max": most,
             "followers_sessions_reached_s": _ramp(series, most),
             "samples": len(series),
@@ -147,6 +155,7 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
             "failed_writes_by_reason": _reasons(results),
         }
     finally:
+        counting.close()
         workers.kill()
         for arbiter in arbiters:
             with contextlib.suppress(Exception):

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Protocol
@@ -76,6 +76,9 @@ class ProbeRound:
         )
         self._lock = threading.Lock()
         self._busy: dict[str, tuple[Future[ProbeResult], float]] = {}  # guarded by self._lock
+        # How old each running probe may grow before a patient round reports it
+        # failed: the timeout, or the hold it was started with.
+        self._ages: dict[str, float] = {}  # guarded by self._lock
         self._failing: set[str] = set()  # guarded by self._lock
         # The probe whose answer each node's last result came from: an answer
         # that arrives between two rounds is reported by the next one.
@@ -94,6 +97,7 @@ class ProbeRound:
         patience: float | None = None,
         decisive: Callable[[ProbeResult], bool] | None = None,
         only: Collection[str] | None = None,
+        hold: float | None = None,
     ) -> dict[str, ProbeResult]:
         """Probe every node once; return within ``timeout`` (default: the probe timeout).
 
@@ -104,9 +108,15 @@ class ProbeRound:
         answered) and a straggler younger than the timeout gets no result.
         ``decisive`` marks a result that must not wait for slower nodes (a
         standby that has been promoted while the old primary hangs): once one
-        is in, the others get only ``grace`` more.
+        is in, the others get only ``grace`` more. ``hold``, when longer than the
+        timeout: the probes this round starts may take that long to open a
+        session, and a patient round reports one failed only once it is that
+        old, whichever round asks (a follower that just fell back: see
+        :class:`~pgfailover.rounds.Rounds`).
         """
         limit = self.timeout if timeout is None else timeout
+        age = max(self.timeout, hold or 0.0)  # a straggler's age at which it is reported
+        ages: dict[str, float] = {}
         started = time.monotonic()
         deadline = started + limit
         wait_end = deadline if patience is None else min(deadline, started + patience)
@@ -122,14 +132,16 @@ class ProbeRound:
                     continue
                 busy = self._busy.get(name)
                 if busy is not None and not busy[0].done():
-                    if started - busy[1] > self.abort_after:
+                    ages[name] = self._ages.get(name, self.timeout)
+                    if started - busy[1] > self.abort_after + ages[name] - self.timeout:
                         prober.abort()  # replaced by a fresh connection next round
                     inflight[name] = busy
                     continue
                 if busy is not None and self._reported.get(name) is not busy[0]:
                     late[name] = busy[0]
-                future = self._executor.submit(prober.probe)
+                future = self._executor.submit(prober.probe, hold)
                 self._busy[name] = (future, started)
+                self._ages[name] = ages[name] = age
                 futures[name] = future
                 inflight[name] = (future, started)
         # A probe still running from an earlier round is waited for like a new one: a
@@ -140,23 +152,10 @@ class ProbeRound:
         if rest:
             grace_end = min(wait_end, time.monotonic() + self.grace)
             wait_futures(rest, timeout=max(0.0, grace_end - time.monotonic()))
-        results: dict[str, ProbeResult] = {}
-        answered: dict[str, Future[ProbeResult]] = {}
-        now = time.monotonic()
-        for name, (future, since) in inflight.items():
-            if future.done():
-                answered[name] = future
-            elif name in late:
-                answered[name] = late[name]
-            elif patience is not None and now - since < self.timeout:
-                continue  # no news yet: the probe keeps running into later rounds
-            elif name not in futures:
-                results[name] = failed(name, since, f"no answer for {now - since:.1f}s")
-            elif name in failing:
-                results[name] = failed(name, started, "no answer (still failing)")
-            else:
-                results[name] = failed(name, started, f"probe timed out after {limit:g}s")
-        results.update((name, future.result()) for name, future in answered.items())
+        results, answered = _verdicts(
+            inflight, late, fresh=futures.keys(), failing=failing, started=started,
+            limit=limit, ages=ages if patience is not None else None,
+        )  # fmt: skip
         with self._lock:
             self._reported.update(answered)
             silent = self._failing - results.keys()
@@ -197,6 +196,43 @@ class ProbeRound:
         for prober in self._probers.values():
             prober.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _verdicts(
+    inflight: dict[str, tuple[Future[ProbeResult], float]],
+    late: dict[str, Future[ProbeResult]],
+    *,
+    fresh: Collection[str],
+    failing: Collection[str],
+    started: float,
+    limit: float,
+    ages: Mapping[str, float] | None,
+) -> tuple[dict[str, ProbeResult], dict[str, Future[ProbeResult]]]:
+    """A round's results, and the probes they came from (answered ones).
+
+    A probe that answered gives its result; one still running is no news
+    while it is younger than its age in ``ages`` (a patient round), and failed otherwise:
+    ``fresh`` names the probes this round started, ``failing`` the nodes
+    that failed last time.
+    """
+    results: dict[str, ProbeResult] = {}
+    answered: dict[str, Future[ProbeResult]] = {}
+    now = time.monotonic()
+    for name, (future, since) in inflight.items():
+        if future.done():
+            answered[name] = future
+        elif name in late:
+            answered[name] = late[name]
+        elif ages is not None and now - since < ages[name]:
+            continue  # no news yet: the probe keeps running into later rounds
+        elif name not in fresh:
+            results[name] = failed(name, since, f"no answer for {now - since:.1f}s")
+        elif name in failing:
+            results[name] = failed(name, started, "no answer (still failing)")
+        else:
+            results[name] = failed(name, started, f"probe timed out after {limit:g}s")
+    results.update((name, future.result()) for name, future in answered.items())
+    return results, answered
 
 
 class RoundOwner(Protocol):

@@ -259,12 +259,12 @@ class NodeProber:
         self._running = threading.Lock()  # held for a probe (release() waits for none)
         self._refused = False  # the last probe was refused for capacity (probe thread only)
 
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+    def _connect(self, wait: float | None) -> psycopg.Connection[tuple[Any, ...]]:
         statement_ms = max(1, int(self._timeout * 1000))
         conn = psycopg.connect(
             self._dsn,
             autocommit=True,
-            connect_timeout=max(1, round(self._timeout)),
+            connect_timeout=max(1, round(max(self._timeout, wait or 0.0))),
             application_name="pgfailover-probe",
             # Text as str even from a SQL_ASCII database (psycopg gives bytes there).
             client_encoding="UTF8",
@@ -273,12 +273,17 @@ class NodeProber:
         conn.prepare_threshold = 0
         return conn
 
-    def probe(self) -> ProbeResult:
-        """Probe the node once; never raises."""
-        with self._running:
-            return self._probe()
+    def probe(self, wait: float | None = None) -> ProbeResult:
+        """Probe the node once; never raises.
 
-    def _probe(self) -> ProbeResult:
+        ``wait``: how long a new session may take to open, when longer than the
+        probe's timeout (a follower's first rounds after falling back, see
+        :meth:`ProbeRound.run`); the statement's timeout stays the probe's.
+        """
+        with self._running:
+            return self._probe(wait)
+
+    def _probe(self, wait: float | None) -> ProbeResult:
         started = time.monotonic()
         with self._lock:
             if self._closed:
@@ -286,7 +291,7 @@ class NodeProber:
             conn = self._conn
         kept = conn is not None and not conn.closed
         try:
-            row = self._ask(conn)
+            row = self._ask(conn, wait)
         except _Closed:
             return failed(self.name, started, "prober closed")
         except (psycopg.Error, OSError) as exc:
@@ -298,7 +303,7 @@ class NodeProber:
             if not kept or time.monotonic() - started >= self._timeout / 2:
                 return self._failed(started, exc)
             try:
-                row = self._ask(None)
+                row = self._ask(None, wait)
             except _Closed:
                 return failed(self.name, started, "prober closed")
             except (psycopg.Error, OSError) as again:
@@ -321,10 +326,12 @@ class NodeProber:
         )
         return result
 
-    def _ask(self, conn: psycopg.Connection[tuple[Any, ...]] | None) -> tuple[Any, ...] | None:
+    def _ask(
+        self, conn: psycopg.Connection[tuple[Any, ...]] | None, wait: float | None
+    ) -> tuple[Any, ...] | None:
         """The probe's row, on ``conn`` or on a new connection (kept for the next probe)."""
         if conn is None or conn.closed:
-            conn = self._connect()
+            conn = self._connect(wait)
             with self._lock:
                 if self._closed:
                     conn.close()

@@ -10,6 +10,7 @@ publishes the snapshot for routing, and the decisions go to ``act``
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ class Rounds:
         # costs one round of the other kind.
         self.following = False
         self._source_held = False  # under self._lock: writes held on the source's say
+        self._fell_back_at = -math.inf  # under self._lock: monotonic, the last stop_following
         # Following: told of each suspect a confirmation found gone (the follower
         # reports it to the arbiter, which then probes at once).
         self.report_failed: Callable[[str], None] = lambda _node: None
@@ -85,12 +87,12 @@ class Rounds:
         if self._probes is not None:
             self._probes.close()
 
-    def advance(self, patience: float | None = None) -> list[Decision]:
+    def advance(self, patience: float | None = None, hold: float | None = None) -> list[Decision]:
         """Probe every node and publish the next snapshot; the decisions, not yet acted on.
 
-        ``patience``: see :meth:`ProbeRound.run` (the monitor's rounds); without
-        it every node gets a fresh verdict (``check_health()``, the re-probe
-        around a promotion).
+        ``patience`` and ``hold``: see :meth:`ProbeRound.run` (the monitor's
+        rounds); without them every node gets a fresh verdict
+        (``check_health()``, the re-probe around a promotion).
         """
         probes = self._probes
         if probes is None:
@@ -104,6 +106,7 @@ class Rounds:
             # decisive: it must never cut short the current primary's probe.
             results = probes.run(
                 patience=patience,
+                hold=hold,
                 decisive=lambda r: (
                     r.writable
                     and r.node != snap.primary
@@ -153,6 +156,8 @@ class Rounds:
         """The source is unusable: rounds probe every node again, and writes the source
         held are released (only a switchover of this manager's own holds them then)."""
         with self._lock:
+            if self.following:
+                self._fell_back_at = time.monotonic()
             self.following = False
             if self._source_held:
                 self._source_held = False
@@ -213,7 +218,16 @@ class Rounds:
             return self.confirm()
         cfg = self._config
         patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
-        self._act(self.advance(patience))
+        # Right after falling back from a source, every follower of it opens its probe
+        # sessions at once: a server slow to accept hundreds of them is not a dead one.
+        # For unhealthy_threshold health-check intervals a probe still opening its
+        # session is no news (the source's last word on the node stands) until that
+        # long; a refusal or a failed query still counts at once.
+        window = cfg.unhealthy_threshold * cfg.health_check_interval
+        with self._lock:
+            fell_back_at = self._fell_back_at
+        hold = window if time.monotonic() - fell_back_at < window else None
+        self._act(self.advance(patience, None if full else hold))
         if self.following:  # check_health() while following: keep no probe backend open
             self._probes.release([n.name for n in self._nodes])
         return self.fast(self._view.snapshot)

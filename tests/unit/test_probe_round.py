@@ -13,11 +13,15 @@ from concurrent.futures import Future
 
 import pytest
 
-from pgfailover.config import Node
+from pgfailover.cluster import ClusterView
+from pgfailover.config import FailoverConfig, Node
+from pgfailover.counters import Counters
 from pgfailover.monitor import ProbeRound
 from pgfailover.probe import ProbeResult
+from pgfailover.rounds import Rounds
+from pgfailover.transition import initial_snapshot
 
-from .helpers import primary, standby
+from .helpers import NODES, primary, standby
 
 
 def _done(result: ProbeResult) -> Future[ProbeResult]:
@@ -72,13 +76,15 @@ def test_an_answer_that_arrives_between_rounds_is_reported(
     first_answer, later_answers = threading.Event(), threading.Event()
     calls: list[int] = []
 
-    def slow_probe() -> ProbeResult:
+    def slow_probe(_wait: float | None = None) -> ProbeResult:
         calls.append(1)
         (first_answer if len(calls) == 1 else later_answers).wait(10)
         return standby("node0")
 
     monkeypatch.setattr(probe_round._probers["node0"], "probe", slow_probe)
-    monkeypatch.setattr(probe_round._probers["node1"], "probe", lambda: standby("node1"))
+    monkeypatch.setattr(
+        probe_round._probers["node1"], "probe", lambda _wait=None: standby("node1")
+    )
     try:
         first = probe_round.run(patience=0.05)
         assert "node0" not in first  # no news yet: still within the timeout
@@ -104,11 +110,13 @@ def test_a_full_round_waits_for_a_probe_still_running_from_an_earlier_round(
     (its probe begun a round earlier, answering 0.15 s later) unreachable."""
     answer = threading.Event()
 
-    def slow_probe() -> ProbeResult:
+    def slow_probe(_wait: float | None = None) -> ProbeResult:
         answer.wait(10)
         return standby("node1")
 
-    monkeypatch.setattr(probe_round._probers["node0"], "probe", lambda: primary("node0"))
+    monkeypatch.setattr(
+        probe_round._probers["node0"], "probe", lambda _wait=None: primary("node0")
+    )
     monkeypatch.setattr(probe_round._probers["node1"], "probe", slow_probe)
     try:
         first = probe_round.run(patience=0.05)
@@ -120,3 +128,74 @@ def test_a_full_round_waits_for_a_probe_still_running_from_an_earlier_round(
         assert full["node1"].ok, full["node1"]
     finally:
         answer.set()
+
+
+def test_a_held_round_leaves_a_session_still_opening_as_no_news_until_the_hold(
+    probe_round: ProbeRound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower that just fell back (``hold``): a probe older than the timeout but
+    younger than the hold it was started with is no news, in any later round; older
+    than that, it fails. The prober is given the hold to open its session in."""
+    answer = threading.Event()
+    waits: list[float | None] = []
+
+    def slow_probe(wait: float | None = None) -> ProbeResult:
+        waits.append(wait)
+        answer.wait(10)
+        return primary("node0")
+
+    monkeypatch.setattr(probe_round._probers["node0"], "probe", slow_probe)
+    monkeypatch.setattr(
+        probe_round._probers["node1"], "probe", lambda _wait=None: standby("node1")
+    )
+    try:
+        first = probe_round.run(patience=0.05, hold=1.5)
+        assert "node0" not in first
+        assert waits == [1.5]
+
+        def aged(seconds: float) -> None:  # the straggler's probe began this long ago
+            future, _ = probe_round._busy["node0"]
+            probe_round._busy["node0"] = (future, time.monotonic() - seconds)
+
+        aged(1.0)  # past the timeout (0.6 s), within the hold
+        assert "node0" not in probe_round.run(patience=0.05, hold=1.5)
+        assert "node0" not in probe_round.run(patience=0.05)  # the probe's own hold counts
+        aged(2.0)  # past the hold
+        assert not probe_round.run(patience=0.05)["node0"].ok
+    finally:
+        answer.set()
+
+
+class _RecordedRounds:
+    """Stands in for a ProbeRound: records each run's hold, answers nothing."""
+
+    def __init__(self) -> None:
+        self.holds: list[float | None] = []
+
+    def run(self, timeout: float | None = None, **kwargs: object) -> dict[str, ProbeResult]:
+        self.holds.append(kwargs.get("hold"))  # type: ignore[arg-type]
+        return {}
+
+    def pending(self) -> frozenset[str]:
+        return frozenset()
+
+    def release(self, names: object) -> None:
+        return None
+
+
+def test_rounds_hold_for_unhealthy_threshold_intervals_after_a_fallback_only() -> None:
+    config = FailoverConfig(health_check_interval=0.5, fast_interval=0.05, unhealthy_threshold=3)
+    view = ClusterView("app", initial_snapshot(NODES, 0.0), 1.0)
+    rounds = Rounds(NODES, config, view, Counters(), lambda _d: None)
+    recorded = _RecordedRounds()
+    rounds._probes = recorded  # type: ignore[assignment]
+    rounds.monitor_round()  # a manager that never followed a source
+    rounds.following = True
+    rounds.stop_following()  # its source went away
+    rounds.monitor_round()
+    rounds.monitor_round(full=True)  # check_health(): a verdict for every node, as ever
+    rounds._fell_back_at -= 1.6  # the window (3 x 0.5 s) has passed
+    rounds.monitor_round()
+    rounds.stop_following()  # not following: nothing to fall back from
+    rounds.monitor_round()
+    assert recorded.holds == [None, 1.5, None, None, None]
