@@ -28,19 +28,8 @@ stream, in order::
   heartbeats) probes the cluster itself, whether the arbiter died, hangs,
   is cut off, or its monitor thread stopped.
 
-Why the quiet gap: while the primary is in doubt the arbiter probes every
-50 ms, and each round's snapshot differs in its probe times. Sent whole to
-200 followers, that is 4,000 decodes a second on the application hosts at
-the moment they most need their CPU, and a follower that reads slowly
-finds the snapshot naming the new primary behind stale ones in its socket.
-A follower loses nothing by the gap: what it routes on still arrives at
-once, and a read-your-writes check may see a standby's position up to the
-gap late, which only sends that read to the primary.
-
-A follower that reads slowly never makes the arbiter buffer more than one
-snapshot for it: each follower has one slot holding the newest encoded
-update, so a late reader skips to the newest snapshot (each one is whole,
-and the sequence number shows the gap).
+The quiet gap and the one-slot buffer per follower are
+:mod:`pgfailover.streamhub`'s.
 
 Why uvicorn: the stream holds a response open per follower, which waitress
 (:mod:`pgfailover.listener`) pays for with a worker thread each; 200
@@ -49,9 +38,8 @@ thread, is the best-kept ASGI server, and parses HTTP (h11) with the limits
 and timeouts this port needs; ``limit_concurrency`` caps the open streams.
 The application below is plain ASGI: one endpoint needs no framework.
 
-Locks: :class:`StreamHub` is touched only on its event loop's thread,
-except :meth:`StreamHub.changed`, which hands the news to that loop with
-``call_soon_threadsafe`` (no lock of its own).
+Locks: none of its own. :class:`StreamServer` runs uvicorn and the hub on
+one event loop thread; see :class:`~pgfailover.streamhub.StreamHub`.
 """
 
 from __future__ import annotations
@@ -66,21 +54,18 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
-from pgfailover.model import Snapshot
-from pgfailover.wire import FORMAT, HEARTBEAT, Update, encode, routing_key
+from pgfailover.streamhub import QUIET_GAP, StreamHub
 
 if TYPE_CHECKING:
     from pgfailover.manager_base import ManagerBase
 
-__all__ = ["PATH", "StreamApp", "StreamHub", "StreamServer"]
+__all__ = ["PATH", "QUIET_GAP", "StreamApp", "StreamHub", "StreamServer"]
 
 logger = logging.getLogger(__name__)
 
 PATH: Final = "/failover/stream"
 SUSPECT_PATH: Final = "/failover/suspect"
 MAX_REPORT: Final = 1024
-QUIET_GAP: Final = 0.2
-"""Seconds between two updates that change nothing a follower routes on (at most)."""
 MAX_FOLLOWERS: Final = 2000
 """Open streams one arbiter serves at most (more are answered 503 by uvicorn)."""
 
@@ -88,177 +73,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-class _Subscriber:
-    """One open stream (a follower, seen from the arbiter): the newest update not sent yet,
-    and a flag to wake its writer."""
-
-    __slots__ = ("pending", "ready")
-
-    def __init__(self) -> None:
-        self.pending: bytes | None = None
-        self.ready = asyncio.Event()
-
-
-class StreamHub:
-    """Turns a manager's published snapshots into encoded updates for every follower.
-
-    ``fresh_for``: how long after the manager's last snapshot the hub still
-    sends heartbeats; beyond it the arbiter's probing has stalled and
-    followers must hear silence. ``busy``: the arbiter is promoting (its
-    monitor publishes nothing between the re-probe and the switch, which
-    may take longer than ``fresh_for``): heartbeats go on meanwhile.
-
-    Thread safety: only :meth:`changed` may be called from another thread
-    than the loop's.
-    """
-
-    def __init__(
-        self,
-        cluster: str,
-        snapshot: Callable[[], Snapshot],
-        held: Callable[[], bool],
-        *,
-        fresh_for: float,
-        heartbeat: float = HEARTBEAT,
-        busy: Callable[[], bool] = lambda: False,
-        wake: Callable[[], None] = lambda: None,
-        quiet_gap: float = QUIET_GAP,
-    ) -> None:
-        self.cluster = cluster
-        self._wake = wake
-        self.heartbeat = heartbeat
-        self._snapshot = snapshot
-        self._held = held
-        self._busy = busy
-        self._fresh_for = fresh_for
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._followers: set[_Subscriber] = set()
-        self._seq = 0
-        self._quiet_gap = quiet_gap
-        self._newest: tuple[Snapshot, bool] | None = None  # published, maybe not sent yet
-        self._sent: tuple[Snapshot, bool] | None = None
-        self._sent_key: tuple[Any, ...] | None = None
-        self._sent_at = 0.0  # monotonic
-        self._deferred: asyncio.TimerHandle | None = None  # the newest, sent after the gap
-        self._frame = b""
-        self._published = time.monotonic()
-        self.closing = False
-        self.reports = 0  # follower reports of a failed node (POST /failover/suspect)
-
-    @property
-    def snapshot(self) -> Snapshot:
-        """The manager's snapshot now."""
-        return self._snapshot()
-
-    def suspected(self, node: str) -> None:
-        """A follower found ``node`` gone: the arbiter's monitor probes now."""
-        self.reports += 1
-        logger.debug("a follower suspects %s: probing now", node)
-        self._wake()
-
-    @property
-    def followers(self) -> int:
-        """Open streams now."""
-        return len(self._followers)
-
-    @property
-    def seq(self) -> int:
-        """The sequence number of the newest update."""
-        return self._seq
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop the followers' writers run on (set once it runs)."""
-        self._loop = loop
-        self._update()
-
-    def changed(self) -> None:
-        """The manager published something (any thread): hand it to the loop."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._update)
-
-    def _update(self) -> None:
-        """On the loop: send the new snapshot now if it changes routing, else after the
-        quiet gap (the newest one then)."""
-        current = (self._snapshot(), self._held())
-        if current[0].rounds == 0:
-            return  # the arbiter has not probed yet: nothing worth following
-        newest = self._newest
-        if newest is not None and current[0] is newest[0] and current[1] == newest[1]:
-            return
-        now = time.monotonic()
-        if newest is None or current[0] is not newest[0]:
-            self._published = now
-        self._newest = current
-        key = routing_key(*current)
-        wait = self._sent_at + self._quiet_gap - now
-        if key != self._sent_key or wait <= 0:
-            self._send(current, key)
-        elif self._deferred is None and self._loop is not None:
-            self._deferred = self._loop.call_later(wait, self._flush)
-
-    def _flush(self) -> None:
-        """On the loop, after the quiet gap: the newest snapshot, if not sent yet."""
-        self._deferred = None
-        newest, sent = self._newest, self._sent
-        if newest is None or self.closing:
-            return
-        if sent is None or newest[0] is not sent[0] or newest[1] != sent[1]:
-            self._send(newest, routing_key(*newest))
-
-    def _send(self, current: tuple[Snapshot, bool], key: tuple[Any, ...]) -> None:
-        """Encode ``current`` once and give it to every follower."""
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
-        self._sent, self._sent_key, self._sent_at = current, key, time.monotonic()
-        self._seq += 1
-        update = Update(self.cluster, self._seq, time.time(), current[0], held=current[1])
-        self._frame = _event("snapshot", encode(update), self._seq)
-        for follower in self._followers:
-            follower.pending = self._frame
-            follower.ready.set()
-
-    def hello(self) -> bytes:
-        """The first event of every stream."""
-        data = {"cluster": self.cluster, "format": FORMAT, "heartbeat": self.heartbeat}
-        return _event("hello", json.dumps(data).encode())
-
-    def fresh(self) -> bool:
-        """The arbiter's probe rounds still publish, or it is promoting (heartbeats are
-        sent only then)."""
-        return time.monotonic() - self._published <= self._fresh_for or self._busy()
-
-    def join(self) -> _Subscriber:
-        """A new follower, whose first update is the current snapshot if it is fresh
-        (a stalled arbiter's last snapshot may name a primary that is no more)."""
-        follower = _Subscriber()
-        if self._frame and self.fresh():
-            follower.pending = self._frame
-            follower.ready.set()
-        self._followers.add(follower)
-        return follower
-
-    def leave(self, follower: _Subscriber) -> None:
-        """A stream ended."""
-        self._followers.discard(follower)
-
-    def close(self) -> None:
-        """On the loop: end every stream (the server is stopping)."""
-        self.closing = True
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
-        for follower in self._followers:
-            follower.ready.set()
-
-
-def _event(kind: str, data: bytes, seq: int | None = None) -> bytes:
-    head = f"id: {seq}\n" if seq is not None else ""
-    return f"{head}event: {kind}\ndata: ".encode() + data + b"\n\n"
 
 
 class StreamApp:
