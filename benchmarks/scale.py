@@ -78,6 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
 from scalerun import (
+    Workers,
     add_cpu_groups,
     add_in_step,
     add_per_process,
@@ -97,7 +98,6 @@ PACE = 1.0  # seconds between one manager's writes (0.1 at 200 managers saturate
 PROBE_SESSIONS = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfailover-probe'"
 )
-WORKER = Path(__file__).resolve().parent / "scaleworker.py"
 FAILOVER_WINDOW = 3.0  # seconds after the kill in which the failover's load is measured
 
 
@@ -187,52 +187,6 @@ class Arbiter:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-
-
-class Workers:
-    """The worker processes of one run, spoken to line by line."""
-
-    def __init__(self, specs: list[dict[str, Any]]) -> None:
-        self.procs = [
-            subprocess.Popen(
-                [sys.executable, str(WORKER), json.dumps(spec)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for spec in specs
-        ]
-
-    def ask(self, command: str | None) -> list[dict[str, Any]]:
-        """Send ``command`` to every worker (``None``: nothing), then read one answer each."""
-        if command is not None:
-            for proc in self.procs:
-                assert proc.stdin is not None
-                proc.stdin.write(command + "\n")
-                proc.stdin.flush()
-        answers = []
-        for proc in self.procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise SystemExit(f"worker {proc.pid} ended early")
-            answers.append(json.loads(line))
-        return answers
-
-    def probes(self) -> dict[str, int]:
-        """Probes the managers ran, per node."""
-        out: dict[str, int] = {}
-        for answer in self.ask("count"):
-            for node, count in answer["probes"].items():
-                out[node] = out.get(node, 0) + count
-        return out
-
-    def kill(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(Exception):
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait(10)
 
 
 def _delta(before: dict[str, int], after: dict[str, int], nodes: list[str]) -> int:

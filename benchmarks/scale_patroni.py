@@ -55,8 +55,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
-from scale import PACE, Arbiter, Workers, _sessions, _specs, _writes
-from scalerun import add_cpu_groups, add_in_step, add_per_process, cpu_groups_kind, run_all
+from scale import PACE, Arbiter, _sessions, _specs, _writes
+from scalerun import (
+    Workers,
+    add_cpu_groups,
+    add_in_step,
+    add_per_process,
+    cpu_groups_kind,
+    run_all,
+)
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab

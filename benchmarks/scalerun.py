@@ -1,4 +1,5 @@
-"""The run loop scale.py and scale_patroni.py share: rounds of contenders, medians, CPU groups."""
+"""What scale.py, scale_patroni.py and arbiter_loss.py share: the run loop (rounds of
+contenders, medians), CPU groups, and the worker processes (:class:`Workers`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,3 +172,52 @@ def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[st
                 }
             )
     return out
+
+
+WORKER = Path(__file__).resolve().parent / "scaleworker.py"
+
+
+class Workers:
+    """The worker processes of one run, spoken to line by line."""
+
+    def __init__(self, specs: list[dict[str, Any]]) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for spec in specs
+        ]
+
+    def ask(self, command: str | None) -> list[dict[str, Any]]:
+        """Send ``command`` to every worker (``None``: nothing), then read one answer each."""
+        if command is not None:
+            for proc in self.procs:
+                assert proc.stdin is not None
+                proc.stdin.write(command + "\n")
+                proc.stdin.flush()
+        answers = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"worker {proc.pid} ended early")
+            answers.append(json.loads(line))
+        return answers
+
+    def probes(self) -> dict[str, int]:
+        """Probes the managers ran, per node."""
+        out: dict[str, int] = {}
+        for answer in self.ask("count"):
+            for node, count in answer["probes"].items():
+                out[node] = out.get(node, 0) + count
+        return out
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(Exception):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)

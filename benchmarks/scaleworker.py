@@ -4,7 +4,7 @@
 clients of ``spec["contender"]``, writes one row with each, answers one
 JSON line on stdout, then obeys ``count`` (probes run, and what each
 follower follows), ``write`` and ``stop`` on stdin (one JSON answer each):
-the parent (:class:`scale.Workers`) speaks to twenty of these at once.
+the parent (:class:`scalerun.Workers`) speaks to twenty of these at once.
 ``burst`` has every client write once, all released together, and answers
 how long each took: what a failover's waiting writes cost the new primary
 and the workers, without a failover.
