@@ -50,8 +50,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine
 from cpugroups import CpuGroups, descendants, sweep
-from scale import PROBE_SESSIONS, Arbiter, Workers, _lab, _specs, _until
-from scalerun import add_cpu_groups, cpu_groups_kind
+from scale import PROBE_SESSIONS, Arbiter, _lab, _specs, _until
+from scalerun import Workers, add_cpu_groups, cpu_groups_kind
 
 from pgfailover.lab import LocalLab
 

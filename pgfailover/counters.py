@@ -8,6 +8,7 @@ time.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -56,11 +57,22 @@ class Counters:
         self.sync_lowered = 0  # guarded by self._lock
         self.probe_durations: dict[str, _Histogram] = {}  # guarded by self._lock
         self.failover_durations = _Histogram(FAILOVER_BUCKETS)  # guarded by self._lock
+        # When a statement last succeeded on each node (monotonic): the node was alive
+        # then, whatever a probe opening a new session found (Rounds.advance).
+        self._served: dict[str, float] = {}  # guarded by self._lock
 
     def query(self, node: str, route: str, outcome: str) -> None:
         """Count one attempt: route ``write``/``read``..., outcome ``ok``/``retry``/``error``."""
+        served = time.monotonic() if outcome == "ok" else None
         with self._lock:
             self.queries[(node, route, outcome)] += 1
+            if served is not None:
+                self._served[node] = served
+
+    def served_since(self, node: str, since: float) -> bool:
+        """Whether a statement succeeded on ``node`` after ``since`` (monotonic)."""
+        with self._lock:
+            return self._served.get(node, -1.0) > since
 
     def probe(self, node: str, ok: bool, seconds: float) -> None:
         """Count one probe."""

@@ -45,9 +45,10 @@ class ProbeRound:
     The monitor's rounds pass ``patience``: such a round returns once the
     others are in and a straggler has had ``patience``, leaving the
     straggler's probe running and reporting nothing for it (no news, its
-    state stays) until it answers or its probe is ``timeout`` old, when it is
-    reported failed. So a hung primary never blinds the monitor to the rest
-    of the cluster: a standby promoted a moment after the hang is seen within
+    state stays) until it answers or its probe is ``timeout`` old (or the
+    ``hold`` it was started with, see :meth:`run`), when it is reported
+    failed. So a hung primary never blinds the monitor to the rest of the
+    cluster: a standby promoted a moment after the hang is seen within
     one fast interval, not after the hung node's timeout. :meth:`pending`
     names the stragglers, and the monitor probes fast while the primary is
     one of them.
@@ -152,9 +153,10 @@ class ProbeRound:
         if rest:
             grace_end = min(wait_end, time.monotonic() + self.grace)
             wait_futures(rest, timeout=max(0.0, grace_end - time.monotonic()))
+        opening = frozenset(n for n in inflight if self._probers[n].opening)
         results, answered = _verdicts(
             inflight, late, fresh=futures.keys(), failing=failing, started=started,
-            limit=limit, ages=ages if patience is not None else None,
+            limit=limit, ages=ages if patience is not None else None, opening=opening,
         )  # fmt: skip
         with self._lock:
             self._reported.update(answered)
@@ -207,13 +209,14 @@ def _verdicts(
     started: float,
     limit: float,
     ages: Mapping[str, float] | None,
+    opening: Collection[str] = (),
 ) -> tuple[dict[str, ProbeResult], dict[str, Future[ProbeResult]]]:
     """A round's results, and the probes they came from (answered ones).
 
     A probe that answered gives its result; one still running is no news
     while it is younger than its age in ``ages`` (a patient round), and failed otherwise:
     ``fresh`` names the probes this round started, ``failing`` the nodes
-    that failed last time.
+    that failed last time, ``opening`` those still opening a session.
     """
     results: dict[str, ProbeResult] = {}
     answered: dict[str, Future[ProbeResult]] = {}
@@ -226,11 +229,14 @@ def _verdicts(
         elif ages is not None and now - since < ages[name]:
             continue  # no news yet: the probe keeps running into later rounds
         elif name not in fresh:
-            results[name] = failed(name, since, f"no answer for {now - since:.1f}s")
+            why = f"no answer for {now - since:.1f}s"
+            results[name] = failed(name, since, why, opening=name in opening)
         elif name in failing:
-            results[name] = failed(name, started, "no answer (still failing)")
+            why = "no answer (still failing)"
+            results[name] = failed(name, started, why, opening=name in opening)
         else:
-            results[name] = failed(name, started, f"probe timed out after {limit:g}s")
+            why = f"probe timed out after {limit:g}s"
+            results[name] = failed(name, started, why, opening=name in opening)
     results.update((name, future.result()) for name, future in answered.items())
     return results, answered
 

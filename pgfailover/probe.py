@@ -117,6 +117,8 @@ class ProbeResult:
     message; ``streaming_names`` (a primary) who streams from it now.
     ``busy`` (with ``ok`` false): the server refused a new session for lack
     of connection slots (:func:`refused_for_capacity`): alive, role unknown.
+    ``opening`` (with ``ok`` false): the probe failed while opening a new
+    session (it never ran its statement there).
     """
 
     node: str
@@ -143,6 +145,7 @@ class ProbeResult:
     app_name: str | None = None
     streaming_names: tuple[str, ...] | None = None
     busy: bool = False
+    opening: bool = False
 
     @property
     def writable(self) -> bool:
@@ -178,9 +181,12 @@ def shutdown_connection(conn: psycopg.Connection[Any]) -> None:
         sock.detach()
 
 
-def failed(node: str, started: float, error: str, *, busy: bool = False) -> ProbeResult:
+def failed(
+    node: str, started: float, error: str, *, busy: bool = False, opening: bool = False
+) -> ProbeResult:
     """A failed probe result."""
-    return ProbeResult(node, False, started, time.monotonic() - started, error=error, busy=busy)
+    took = time.monotonic() - started
+    return ProbeResult(node, False, started, took, error=error, busy=busy, opening=opening)
 
 
 class _Closed(Exception):
@@ -258,6 +264,7 @@ class NodeProber:
         self._closed = False  # guarded by self._lock
         self._running = threading.Lock()  # held for a probe (release() waits for none)
         self._refused = False  # the last probe was refused for capacity (probe thread only)
+        self._opening = False  # guarded by self._lock: a probe is opening a session
 
     def _connect(self, wait: float | None) -> psycopg.Connection[tuple[Any, ...]]:
         statement_ms = max(1, int(self._timeout * 1000))
@@ -331,8 +338,11 @@ class NodeProber:
     ) -> tuple[Any, ...] | None:
         """The probe's row, on ``conn`` or on a new connection (kept for the next probe)."""
         if conn is None or conn.closed:
-            conn = self._connect(wait)
             with self._lock:
+                self._opening = True
+            conn = self._connect(wait)  # on failure, _failed() reads and clears _opening
+            with self._lock:
+                self._opening = False
                 if self._closed:
                     conn.close()
                     raise _Closed
@@ -342,7 +352,15 @@ class NodeProber:
             row = (row[0], _replay_timeline(conn, row[1]), *row[2:])
         return row
 
+    @property
+    def opening(self) -> bool:
+        """A probe is opening a new session now (a straggler that never got to ask)."""
+        with self._lock:
+            return self._opening
+
     def _failed(self, started: float, exc: BaseException) -> ProbeResult:
+        with self._lock:
+            opening, self._opening = self._opening, False
         message = first_line(exc)
         busy = refused_for_capacity(message)
         if busy and not self._refused:
@@ -355,7 +373,7 @@ class NodeProber:
         else:
             logger.debug("probe %s failed: %s", self.name, message)
         self._refused = busy
-        return failed(self.name, started, message, busy=busy)
+        return failed(self.name, started, message, busy=busy, opening=opening)
 
     def _result(self, row: tuple[Any, ...], started: float) -> ProbeResult:
         """The probe's row as a :class:`ProbeResult`."""

@@ -117,6 +117,7 @@ class Rounds:
             for result in results.values():
                 self._counters.probe(result.node, result.ok, result.response_time)
             self._counters.bump("probe_rounds")
+            results = self._excused(results)
             # Queries that lost a node's connection since the previous round began:
             # one more failed check each, if this round's probe fails too (kept for
             # the next round while the node's probe is still out).
@@ -126,6 +127,22 @@ class Rounds:
             snap, decisions = transition(snap, results, time.time(), self._config, seen)
             self._view.publish(snap, started, results.keys())
             return decisions
+
+    def _excused(self, results: dict[str, ProbeResult]) -> dict[str, ProbeResult]:
+        """The results without the probes that could not open a session on a node where a
+        statement succeeded after they began: that node serves, its new sessions are
+        slow (hundreds of followers opening theirs at once, a full listen backlog).
+        No news for it; a probe of an open session that fails (a hang, a black hole
+        stops the statements too) and a refusal (:func:`~pgfailover.observe.probed`)
+        are not excused."""
+        return {
+            name: result
+            for name, result in results.items()
+            if result.ok
+            or result.busy
+            or not result.opening
+            or not self._counters.served_since(name, result.started)
+        }
 
     def adopt(self, snap: Snapshot, held: bool) -> list[Decision]:
         """Publish a source's snapshot as if a round had computed it; its decisions.

@@ -1,4 +1,4 @@
-"""Network faults for the local lab: black holes and client-only partitions.
+"""Network faults for the local lab: black holes, client-only partitions, full backlogs.
 
 A killed server resets its connections and a paused one still completes TCP
 handshakes in the kernel; neither looks like a host that vanished from the
@@ -13,6 +13,10 @@ node's TCP port, so packets are lost without a reset:
   address (:data:`~pgfailover.lab.base.CLIENT_HOST`) are dropped. Clients
   connected through that address lose the node; replication over the node's
   own address keeps streaming.
+- ``backlog``: only the first packet of each new connection (SYN) to the
+  node's port is dropped, as a kernel does when the server's listen backlog
+  is full (a burst of new clients): new connections hang in the handshake,
+  the open ones go on.
 
 Loopback packets pass the OUTPUT chain on the way out and INPUT on the way in
 (through ``lo``). For TCP a DROP in either chain is silent (the sender's
@@ -63,7 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Fault = Literal["blackhole", "partition"]
+Fault = Literal["blackhole", "partition", "backlog"]
 FAULTS: Final[tuple[str, ...]] = get_args(Fault)
 
 TAG_PREFIX: Final = "pgfailover-lab"
@@ -99,7 +103,7 @@ def parse_tag(tag: str) -> tuple[str, str, Fault] | None:
     parts = tag.split(":")
     if len(parts) != 4 or parts[0] != TAG_PREFIX or parts[3] not in FAULTS:
         return None
-    fault: Fault = "blackhole" if parts[3] == "blackhole" else "partition"
+    fault = next(f for f in get_args(Fault) if f == parts[3])
     return parts[1], parts[2], fault
 
 
@@ -110,6 +114,7 @@ def rule_specs(
 
     Two rules per fault, one per direction: packets to the server's port and
     packets from it. ``partition`` restricts both to ``client_host``.
+    ``backlog`` is one rule: new connections' SYNs to the port.
     """
     if not 0 < port < 65536:
         raise LabError(f"port must be between 1 and 65535, got {port}")
@@ -119,6 +124,9 @@ def rule_specs(
     elif fault == "partition":
         to_server = ["-p", "tcp", "-d", client_host, "--dport", str(port)]
         from_server = ["-p", "tcp", "-s", client_host, "--sport", str(port)]
+    elif fault == "backlog":
+        tag_target = ["-m", "comment", "--comment", tag, "-j", "DROP"]
+        return [["-p", "tcp", "--dport", str(port), "--syn", *tag_target]]
     else:
         raise LabError(f"unknown network fault {fault!r} (known: {', '.join(FAULTS)})")
     target = ["-m", "comment", "--comment", tag, "-j", "DROP"]

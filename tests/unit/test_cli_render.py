@@ -63,6 +63,16 @@ CASES = [
         "COMMITS BLOCKED: synchronous_standby_names 'ANY 1 (node0)' names no streaming standby",
     ),
     (
+        "a full primary (up, its probe's session refused) says so",
+        _status(
+            nodes=[
+                _node("node1", "primary", error="FATAL: too many clients"),
+                _node("node2", "standby"),
+            ]
+        ),
+        "FULL, refusing new sessions: FATAL: too many clients",
+    ),
+    (
         "a slow hang failover is a warning",
         _status(failure_detection={"warning": "a hung primary is failed over only after 31s"}),
         "warning: a hung primary is failed over only after 31s",

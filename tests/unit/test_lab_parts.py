@@ -188,11 +188,14 @@ DROP = ["-m", "comment", "--comment", TAG, "-j", "DROP"]
             ],
             id="partition drops both directions on the client address only",
         ),
+        pytest.param(
+            "backlog",
+            [["-p", "tcp", "--dport", "25432", "--syn", *DROP]],
+            id="backlog drops new connections' SYNs only",
+        ),
     ],
 )
-def test_fault_rules_match_the_port_in_both_directions(
-    fault: Fault, expected: list[list[str]]
-) -> None:
+def test_fault_rules_match_the_port(fault: Fault, expected: list[list[str]]) -> None:
     assert rule_specs(fault, 25432, TAG) == expected
 
 
@@ -239,6 +242,7 @@ def test_bad_fault_rules_are_refused(fault: str, port: int, error: str) -> None:
     [
         pytest.param(TAG, ("0123456789ab", "node1", "blackhole"), id="blackhole"),
         pytest.param("pgfailover-lab:abc:node0:partition", ("abc", "node0", "partition"), id="ok"),
+        pytest.param("pgfailover-lab:abc:node0:backlog", ("abc", "node0", "backlog"), id="bl"),
         pytest.param("pgfailover-lab:abc:node0:reset", None, id="unknown fault"),
         pytest.param("pgfailover-lab:abc:node0", None, id="no fault"),
         pytest.param("other:abc:node0:blackhole", None, id="someone else's rule"),

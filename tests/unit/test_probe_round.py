@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 
 import pytest
 
@@ -199,3 +200,74 @@ def test_rounds_hold_for_unhealthy_threshold_intervals_after_a_fallback_only() -
     rounds.stop_following()  # not following: nothing to fall back from
     rounds.monitor_round()
     assert recorded.holds == [None, 1.5, None, None, None]
+
+
+class _Answers(_RecordedRounds):
+    """Stands in for a ProbeRound: answers the given results."""
+
+    def __init__(self, results: dict[str, ProbeResult]) -> None:
+        super().__init__()
+        self.results = results
+
+    def run(self, timeout: float | None = None, **kwargs: object) -> dict[str, ProbeResult]:
+        super().run(timeout, **kwargs)
+        return dict(self.results)
+
+
+AGO, LATER = -1.0, 1.0  # a probe begun before the statement, or after it
+REFUSED = "connection refused"
+
+
+@pytest.mark.parametrize(
+    ("result", "served", "failures"),
+    [
+        pytest.param(
+            ProbeResult("node0", False, AGO, 1.0, error="timeout", opening=True),
+            True,
+            0,
+            id="opening a session failed, a statement served after it began: no news",
+        ),
+        pytest.param(
+            ProbeResult("node0", False, LATER, 1.0, error="timeout", opening=True),
+            True,
+            1,
+            id="the statement served before the probe began: a failure",
+        ),
+        pytest.param(
+            ProbeResult("node0", False, AGO, 1.0, error="timeout", opening=True),
+            False,
+            1,
+            id="no statement served: a failure",
+        ),
+        pytest.param(
+            ProbeResult("node0", False, AGO, 1.0, error="timed out on its session"),
+            True,
+            1,
+            id="a probe of an open session failed (a hang): a failure",
+        ),
+        pytest.param(
+            ProbeResult("node0", False, AGO, 0.01, error=REFUSED, opening=True),
+            False,
+            1,
+            id="refused with no statement served: a failure",
+        ),
+    ],
+)
+def test_a_probe_that_cannot_open_a_session_where_statements_succeed_is_no_news(
+    result: ProbeResult, served: bool, failures: int
+) -> None:
+    view = ClusterView("app", initial_snapshot(NODES, 0.0), 1.0)
+    counters = Counters()
+    rounds = Rounds(NODES, FailoverConfig(), view, counters, lambda _d: None)
+    rounds._probes = _Answers({"node0": primary("node0"), "node1": standby("node1")})  # type: ignore[assignment]
+    rounds.advance()
+    rounds.advance()  # node0 is the primary, up, with no failure
+    now = time.monotonic()
+    if served:
+        counters.query("node0", "write", "ok")
+    probe = replace(result, started=now + result.started)
+    rounds._probes = _Answers({"node0": probe, "node1": standby("node1")})  # type: ignore[assignment]
+    rounds.advance()
+    node0 = next(n for n in view.snapshot.nodes if n.name == "node0")
+    assert node0.consecutive_failures == failures
+    assert view.snapshot.primary == "node0"
