@@ -46,7 +46,7 @@ class ProbeRound:
     others are in and a straggler has had ``patience``, leaving the
     straggler's probe running and reporting nothing for it (no news, its
     state stays) until it answers or its probe is ``timeout`` old (or the
-    ``hold`` it was started with, see :meth:`run`), when it is reported
+    hold it was started with, see :meth:`run`), when it is reported
     failed. So a hung primary never blinds the monitor to the rest of the
     cluster: a standby promoted a moment after the hang is seen within
     one fast interval, not after the hung node's timeout. :meth:`pending`
@@ -98,7 +98,7 @@ class ProbeRound:
         patience: float | None = None,
         decisive: Callable[[ProbeResult], bool] | None = None,
         only: Collection[str] | None = None,
-        hold: float | None = None,
+        holds: Mapping[str, float] | None = None,
     ) -> dict[str, ProbeResult]:
         """Probe every node once; return within ``timeout`` (default: the probe timeout).
 
@@ -109,15 +109,14 @@ class ProbeRound:
         answered) and a straggler younger than the timeout gets no result.
         ``decisive`` marks a result that must not wait for slower nodes (a
         standby that has been promoted while the old primary hangs): once one
-        is in, the others get only ``grace`` more. ``hold``, when longer than the
-        timeout: the probes this round starts may take that long to open a
-        session, and a patient round reports one failed only once it is that
-        old, whichever round asks (a follower that just fell back: see
-        :class:`~pgfailover.rounds.Rounds`).
+        is in, the others get only ``grace`` more. ``holds``, per node, when
+        longer than the timeout: the probe this round starts there may take
+        that long to open a session, and a patient round reports it failed
+        only once it is that old, whichever round asks (a follower that just
+        fell back, a node already given up: see :class:`~pgfailover.rounds.Rounds`).
         """
         limit = self.timeout if timeout is None else timeout
-        age = max(self.timeout, hold or 0.0)  # a straggler's age at which it is reported
-        ages: dict[str, float] = {}
+        ages: dict[str, float] = {}  # a straggler's age at which it is reported
         started = time.monotonic()
         deadline = started + limit
         wait_end = deadline if patience is None else min(deadline, started + patience)
@@ -140,9 +139,10 @@ class ProbeRound:
                     continue
                 if busy is not None and self._reported.get(name) is not busy[0]:
                     late[name] = busy[0]
+                hold = (holds or {}).get(name)
                 future = self._executor.submit(prober.probe, hold)
                 self._busy[name] = (future, started)
-                self._ages[name] = ages[name] = age
+                self._ages[name] = ages[name] = max(self.timeout, hold or 0.0)
                 futures[name] = future
                 inflight[name] = (future, started)
         # A probe still running from an earlier round is waited for like a new one: a

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig, Node
@@ -87,10 +87,12 @@ class Rounds:
         if self._probes is not None:
             self._probes.close()
 
-    def advance(self, patience: float | None = None, hold: float | None = None) -> list[Decision]:
+    def advance(
+        self, patience: float | None = None, holds: Mapping[str, float] | None = None
+    ) -> list[Decision]:
         """Probe every node and publish the next snapshot; the decisions, not yet acted on.
 
-        ``patience`` and ``hold``: see :meth:`ProbeRound.run` (the monitor's
+        ``patience`` and ``holds``: see :meth:`ProbeRound.run` (the monitor's
         rounds); without them every node gets a fresh verdict
         (``check_health()``, the re-probe around a promotion).
         """
@@ -106,7 +108,7 @@ class Rounds:
             # decisive: it must never cut short the current primary's probe.
             results = probes.run(
                 patience=patience,
-                hold=hold,
+                holds=holds,
                 decisive=lambda r: (
                     r.writable
                     and r.node != snap.primary
@@ -235,19 +237,34 @@ class Rounds:
             return self.confirm()
         cfg = self._config
         patience = None if full else min(cfg.health_check_timeout, max(0.1, 2 * cfg.fast_interval))
-        # Right after falling back from a source, every follower of it opens its probe
-        # sessions at once: a server slow to accept hundreds of them is not a dead one.
-        # For unhealthy_threshold health-check intervals a probe still opening its
-        # session is no news (the source's last word on the node stands) until that
-        # long; a refusal or a failed query still counts at once.
-        window = cfg.unhealthy_threshold * cfg.health_check_interval
-        with self._lock:
-            fell_back_at = self._fell_back_at
-        hold = window if time.monotonic() - fell_back_at < window else None
-        self._act(self.advance(patience, None if full else hold))
+        self._act(self.advance(patience, None if full else self._holds()))
         if self.following:  # check_health() while following: keep no probe backend open
             self._probes.release([n.name for n in self._nodes])
         return self.fast(self._view.snapshot)
+
+    def _holds(self) -> dict[str, float]:
+        """How long each node's new probe may take to open its session, where that is
+        longer than the probe's timeout: ``unhealthy_threshold`` health-check
+        intervals (3 s by default)
+
+        - for every node, in that long after a follower fell back from its
+          source: every follower of it opens its sessions at once, and a server
+          slow to accept hundreds of them is not a dead one (the source's last
+          word on each node stands meanwhile);
+        - for a node already given up: its recovery is seen up to that much
+          later, but a slow server is no longer abandoned mid-handshake and
+          asked again at every round, which kept an overloaded one overloaded.
+
+        A refusal, a reset or a failed query still count at once.
+        """
+        cfg = self._config
+        hold = cfg.unhealthy_threshold * cfg.health_check_interval
+        with self._lock:
+            fell_back_at = self._fell_back_at
+        if time.monotonic() - fell_back_at < hold:
+            return {n.name: hold for n in self._nodes}
+        snap = self._view.snapshot
+        return {n.name: hold for n in snap.nodes if n.checked and not n.healthy}
 
     def fast(self, snap: Snapshot) -> bool:
         """Probe fast: the primary is in doubt (or its probe is still out), or standbys converge.

@@ -22,7 +22,7 @@ from pgfailover.probe import ProbeResult
 from pgfailover.rounds import Rounds
 from pgfailover.transition import initial_snapshot
 
-from .helpers import NODES, primary, standby
+from .helpers import NODES, down, healthy_round, primary, run, standby
 
 
 def _done(result: ProbeResult) -> Future[ProbeResult]:
@@ -134,7 +134,7 @@ def test_a_full_round_waits_for_a_probe_still_running_from_an_earlier_round(
 def test_a_held_round_leaves_a_session_still_opening_as_no_news_until_the_hold(
     probe_round: ProbeRound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A follower that just fell back (``hold``): a probe older than the timeout but
+    """A node's hold (a follower that just fell back): a probe older than the timeout but
     younger than the hold it was started with is no news, in any later round; older
     than that, it fails. The prober is given the hold to open its session in."""
     answer = threading.Event()
@@ -150,7 +150,7 @@ def test_a_held_round_leaves_a_session_still_opening_as_no_news_until_the_hold(
         probe_round._probers["node1"], "probe", lambda _wait=None: standby("node1")
     )
     try:
-        first = probe_round.run(patience=0.05, hold=1.5)
+        first = probe_round.run(patience=0.05, holds={"node0": 1.5})
         assert "node0" not in first
         assert waits == [1.5]
 
@@ -159,7 +159,7 @@ def test_a_held_round_leaves_a_session_still_opening_as_no_news_until_the_hold(
             probe_round._busy["node0"] = (future, time.monotonic() - seconds)
 
         aged(1.0)  # past the timeout (0.6 s), within the hold
-        assert "node0" not in probe_round.run(patience=0.05, hold=1.5)
+        assert "node0" not in probe_round.run(patience=0.05, holds={"node0": 1.5})
         assert "node0" not in probe_round.run(patience=0.05)  # the probe's own hold counts
         aged(2.0)  # past the hold
         assert not probe_round.run(patience=0.05)["node0"].ok
@@ -168,13 +168,13 @@ def test_a_held_round_leaves_a_session_still_opening_as_no_news_until_the_hold(
 
 
 class _RecordedRounds:
-    """Stands in for a ProbeRound: records each run's hold, answers nothing."""
+    """Stands in for a ProbeRound: records each run's holds, answers nothing."""
 
     def __init__(self) -> None:
-        self.holds: list[float | None] = []
+        self.holds: list[object] = []
 
     def run(self, timeout: float | None = None, **kwargs: object) -> dict[str, ProbeResult]:
-        self.holds.append(kwargs.get("hold"))  # type: ignore[arg-type]
+        self.holds.append(kwargs.get("holds"))
         return {}
 
     def pending(self) -> frozenset[str]:
@@ -184,12 +184,13 @@ class _RecordedRounds:
         return None
 
 
-def test_rounds_hold_for_unhealthy_threshold_intervals_after_a_fallback_only() -> None:
+def test_rounds_hold_every_node_after_a_fallback_and_a_node_given_up_always() -> None:
     config = FailoverConfig(health_check_interval=0.5, fast_interval=0.05, unhealthy_threshold=3)
     view = ClusterView("app", initial_snapshot(NODES, 0.0), 1.0)
     rounds = Rounds(NODES, config, view, Counters(), lambda _d: None)
     recorded = _RecordedRounds()
     rounds._probes = recorded  # type: ignore[assignment]
+    every = {"node0": 1.5, "node1": 1.5, "node2": 1.5}
     rounds.monitor_round()  # a manager that never followed a source
     rounds.following = True
     rounds.stop_following()  # its source went away
@@ -199,7 +200,10 @@ def test_rounds_hold_for_unhealthy_threshold_intervals_after_a_fallback_only() -
     rounds.monitor_round()
     rounds.stop_following()  # not following: nothing to fall back from
     rounds.monitor_round()
-    assert recorded.holds == [None, 1.5, None, None, None]
+    lost, _ = run([healthy_round(), *[[down("node1"), primary("node0"), standby("node2")]] * 3])
+    view.publish(lost, time.time())  # node1 given up
+    rounds.monitor_round()
+    assert recorded.holds == [{}, every, None, {}, {}, {"node1": 1.5}]
 
 
 class _Answers(_RecordedRounds):
