@@ -297,25 +297,21 @@ class NodeProber:
                 return failed(self.name, started, "prober closed")
             conn = self._conn
         kept = conn is not None and not conn.closed
-        try:
-            row = self._ask(conn, wait)
-        except _Closed:
-            return failed(self.name, started, "prober closed")
-        except (psycopg.Error, OSError) as exc:
-            self._drop()
-            # A kept session that failed at once (an administrator or
-            # idle_session_timeout ended it, a pooler dropped it) says nothing of the
-            # node yet: a new one is tried at once. A slow failure is not retried: a
-            # hung server must cost one timeout, not two.
-            if not kept or time.monotonic() - started >= self._timeout / 2:
-                return self._failed(started, exc)
+        row: tuple[Any, ...] | None = None
+        for retry in (False, True):
             try:
-                row = self._ask(None, wait)
+                row = self._ask(None if retry else conn, wait)
+                break
             except _Closed:
                 return failed(self.name, started, "prober closed")
-            except (psycopg.Error, OSError) as again:
+            except (psycopg.Error, OSError) as exc:
                 self._drop()
-                return self._failed(started, again)
+                # A kept session that failed at once (an administrator or
+                # idle_session_timeout ended it, a pooler dropped it) says nothing of
+                # the node yet: a new one is tried at once. A slow failure is not
+                # retried: a hung server must cost one timeout, not two.
+                if retry or not kept or time.monotonic() - started >= self._timeout / 2:
+                    return self._failed(started, exc)
         self._refused = False
         if row is None:  # the statement always returns one row
             return failed(self.name, started, "probe returned no row")
