@@ -57,8 +57,8 @@ class ProbeRound:
     aborted after ``abort_after`` seconds, so that a connection lost in a
     black hole is replaced instead of waiting on TCP retransmissions.
 
-    Locks: ``_lock`` guards the in-flight probes, the failing set and the
-    closed flag; under it a straggler's prober may be aborted, which takes
+    Locks: ``_lock`` guards the in-flight probes and their ages, the failing
+    set and the closed flag; under it a straggler's prober may be aborted, which takes
     that prober's own lock (``ProbeRound._lock`` → ``NodeProber._lock``,
     never the other way). No probe is waited for under it.
 

@@ -240,11 +240,15 @@ class NodeProber:
     """Probes one node over a dedicated, persistent connection.
 
     The connection is reused between probes (one backend per node, not one
-    fork per probe) and dropped on any error. :meth:`abort` unblocks a probe
+    fork per probe) and dropped on any error; a kept one that fails at once
+    (the server ended it) is replaced within the same probe. A refusal for
+    lack of slots is reported ``busy`` and logged once per episode, and a
+    failure while opening a session ``opening``. :meth:`abort` unblocks a probe
     stuck on a hung server by shutting the socket down, so that its thread
     returns; the monitor calls it when a probe outlives the round's deadline.
 
-    Locks: ``_lock`` guards the connection and the closed flag; a leaf (a
+    Locks: ``_lock`` guards the connection, the closed flag and whether a
+    session is being opened (:attr:`opening`); a leaf (a
     socket ``shutdown(2)`` is all that happens under it, never a query).
     ``_running`` is held for the length of a probe, so that :meth:`release`
     can tell an idle connection from one in use (it only tries it, never

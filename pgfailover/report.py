@@ -313,10 +313,10 @@ def render(status: dict[str, Any], *, colour: bool = False) -> str:
             marks.append("SPLIT-BRAIN")
         if not node["up"] and node.get("error"):
             marks.append(node["error"])
-        elif node.get("error"):  # up: it answered the probe's new session with a refusal
-            marks.append(f"FULL, refusing new sessions: {node['error']}")
         elif node["up"] and node.get("read_block") and node["role"] == "standby":
             marks.append(f"no reads: {node['read_block']}")
+        if node["up"] and node.get("error"):  # it refused the probe's new session
+            marks.append(f"FULL, refusing new sessions: {node['error']}")
         breaker = node.get("breaker") or {}
         if breaker.get("state") == "open":
             marks.append(f"BREAKER OPEN (retry in {cell(breaker.get('retry_in_seconds'), 's')})")

@@ -245,7 +245,7 @@ class Rounds:
     def _holds(self) -> dict[str, float]:
         """How long each node's new probe may take to open its session, where that is
         longer than the probe's timeout: ``unhealthy_threshold`` health-check
-        intervals (3 s by default)
+        intervals (3 s by default),
 
         - for every node, in that long after a follower fell back from its
           source: every follower of it opens its sessions at once, and a server

@@ -73,6 +73,26 @@ CASES = [
         "FULL, refusing new sessions: FATAL: too many clients",
     ),
     (
+        "a full standby that serves no reads says both (1)",
+        _status(
+            nodes=[
+                _node("node1", "primary"),
+                _node("node2", "standby", read_block="lag", error="x"),
+            ]
+        ),
+        "no reads: lag",
+    ),
+    (
+        "a full standby that serves no reads says both (2)",
+        _status(
+            nodes=[
+                _node("node1", "primary"),
+                _node("node2", "standby", read_block="lag", error="x"),
+            ]
+        ),
+        "FULL, refusing new sessions: x",
+    ),
+    (
         "a slow hang failover is a warning",
         _status(failure_detection={"warning": "a hung primary is failed over only after 31s"}),
         "warning: a hung primary is failed over only after 31s",
