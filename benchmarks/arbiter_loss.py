@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ def run_one(size: int, case: str, run: int, args: argparse.Namespace) -> dict[st
             else 0,
             "follower_probes_in_window": sum(p1.values()) - sum(p0.values()),
             "failed_writes": sum(sum(r["failures"]) for r in results),
-            "failed_writes_by_reason": _reasons(results),
+            "failed_writes_by_reason": _reasons(r.get("reasons", {}) for r in results),
         }
     finally:
         counting.close()
@@ -224,17 +224,17 @@ def main() -> None:
                     "samples_min": min(r["samples"] for r in mine),
                     "failed_writes": statistics.median(r["failed_writes"] for r in mine),
                     "failed_writes_by_reason": _reasons(
-                        [{"reasons": r["failed_writes_by_reason"]} for r in mine]
+                        r["failed_writes_by_reason"] for r in mine
                     ),
                 }
             )
 
 
-def _reasons(results: list[dict[str, Any]]) -> dict[str, int]:
-    """The workers' failed writes by reason (exception type and first line), most first."""
+def _reasons(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Failed writes by reason (exception type and first line), summed, most first."""
     total: Counter[str] = Counter()
-    for result in results:
-        total.update(result.get("reasons", {}))
+    for count in counts:
+        total.update(count)
     return dict(total.most_common())
 
 

@@ -42,7 +42,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final, Literal, cast, get_args
 
 from pgfailover.errors import LabError
 from pgfailover.lab.base import CLIENT_HOST
@@ -103,8 +103,7 @@ def parse_tag(tag: str) -> tuple[str, str, Fault] | None:
     parts = tag.split(":")
     if len(parts) != 4 or parts[0] != TAG_PREFIX or parts[3] not in FAULTS:
         return None
-    fault = next(f for f in get_args(Fault) if f == parts[3])
-    return parts[1], parts[2], fault
+    return parts[1], parts[2], cast("Fault", parts[3])
 
 
 def rule_specs(
