@@ -29,10 +29,10 @@ from pgfailover.dispatch import (
     Verdict,
     classify,
     is_connection_error,
-    returns_rows,
 )
 from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable
 from pgfailover.pools import NodePools
+from pgfailover.statements import begin_write, read, restore
 
 __all__ = ["Executor", "Session", "Verdict", "classify", "is_connection_error"]
 
@@ -117,10 +117,12 @@ class Executor(Dispatcher[NodePools]):
                 continue
             phase: Literal["statement", "commit"] = "statement"
             try:
-                cur = conn.execute(sql, params)
-                rows = cur.fetchall() if returns_rows(cur) else []
+                rows, autocommit_set = begin_write(conn, sql, params)
                 phase = "commit"
-                conn.commit()
+                try:
+                    conn.commit()
+                finally:
+                    restore(conn, autocommit_set)
             except psycopg.Error as exc:
                 try:
                     retry = self.write_failed(node, exc, phase)
@@ -166,9 +168,7 @@ class Executor(Dispatcher[NodePools]):
                 self._counters.query(node, route, "retry")
                 continue
             try:
-                cur = conn.execute(sql, params)
-                rows = cur.fetchall() if returns_rows(cur) else []
-                conn.commit()
+                rows = read(conn, sql, params)
             except BaseException as exc:
                 try:
                     retry = self.read_failed(node, token, route, exc)

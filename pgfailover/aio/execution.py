@@ -28,8 +28,9 @@ import psycopg
 from psycopg import pq
 
 from pgfailover.aio.pools import AsyncConnection, AsyncNodePools
-from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher, returns_rows
+from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher
 from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable
+from pgfailover.statements import begin_write_async, read_async, restore_async
 
 __all__ = ["AsyncExecutor", "AsyncSession"]
 
@@ -169,10 +170,12 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
                 continue
             phase: Literal["statement", "commit"] = "statement"
             try:
-                cur = await conn.execute(sql, params)
-                rows = await cur.fetchall() if returns_rows(cur) else []
+                rows, autocommit_set = await begin_write_async(conn, sql, params)
                 phase = "commit"
-                await conn.commit()
+                try:
+                    await conn.commit()
+                finally:
+                    await restore_async(conn, autocommit_set)
             except psycopg.Error as exc:
                 try:
                     retry = self.write_failed(node, exc, phase)
@@ -218,9 +221,7 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
                 self._counters.query(node, route, "retry")
                 continue
             try:
-                cur = await conn.execute(sql, params)
-                rows = await cur.fetchall() if returns_rows(cur) else []
-                await conn.commit()
+                rows = await read_async(conn, sql, params)
             except BaseException as exc:
                 try:
                     retry = self.read_failed(node, token, route, exc)

@@ -8,9 +8,10 @@ event log, the counters) are the real ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +68,28 @@ class FakeConn:
     pgconn: FakePgConn = field(default_factory=FakePgConn)
     log: list[str] = field(default_factory=list)
     stall_at: str | None = None  # the asyncio fake waits there until cancelled
+    # psycopg's transaction settings: as a pool's connection comes (statements.shortcut)
+    autocommit: bool = False
+    isolation_level: Any = None
+    read_only: bool | None = None
+    deferrable: bool | None = None
+
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
+        self.log.append("pipeline")
+        yield
+
+    def close(self) -> None:
+        self.log.append("close")
+        self.closed = True
 
     def execute(self, sql: Any, params: Any = None) -> FakeCursor:
-        self.log.append(f"execute {sql}")
-        self.pgconn.transaction_status = pq.TransactionStatus.INTRANS
+        self.log.append(f"execute {sql!s}")
+        if sql == b"BEGIN":
+            self.pgconn.transaction_status = pq.TransactionStatus.INTRANS
+            return FakeCursor([])
+        if not self.autocommit:  # else: its own transaction, or inside the BEGIN's
+            self.pgconn.transaction_status = pq.TransactionStatus.INTRANS
         if self.error is not None and self.fail_at == "statement":
             raise self.error
         return FakeCursor(self.rows)
@@ -163,6 +182,33 @@ class AsyncFakeConn:
 
     async def rollback(self) -> None:
         self.sync.rollback()
+
+    @property
+    def autocommit(self) -> bool:
+        return self.sync.autocommit
+
+    @property
+    def isolation_level(self) -> Any:
+        return self.sync.isolation_level
+
+    @property
+    def read_only(self) -> bool | None:
+        return self.sync.read_only
+
+    @property
+    def deferrable(self) -> bool | None:
+        return self.sync.deferrable
+
+    async def set_autocommit(self, value: bool) -> None:
+        self.sync.autocommit = value
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[None]:
+        with self.sync.pipeline():
+            yield
+
+    async def close(self) -> None:
+        self.sync.close()
 
 
 class AsyncFakePools:

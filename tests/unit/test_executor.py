@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from psycopg import errors as pgerrors
+from psycopg import pq
 from psycopg_pool import PoolTimeout
 
 from pgfailover.errors import (
@@ -23,6 +24,7 @@ from pgfailover.errors import (
     NoStandbyAvailable,
     WriteOutcomeUnknown,
 )
+from pgfailover.statements import PIPELINE
 
 from .executors import KINDS, Harness, Kind, conn_error, copy_script
 from .fakes import FakeConn
@@ -80,6 +82,7 @@ WRITE_CASES: list[
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("params", [None, (1,)], ids=["no parameters", "pipelined"])
 @pytest.mark.parametrize(
     ("script", "attempts", "raises"),
     [c[1:] for c in WRITE_CASES],
@@ -89,18 +92,25 @@ def test_run_write(
     script: dict[str, list[FakeConn | str]],
     attempts: list[str],
     raises: type[Exception] | None,
+    params: tuple[int] | None,
     kind: Kind,
 ) -> None:
+    """The same outcomes whether BEGIN and the statement go as psycopg sends them
+    (no parameters) or together in pipeline mode (statements.begin_write)."""
     h = Harness(copy_script(script), kind=kind)
     if raises is None:
-        assert h.write() == [(1,)]
+        assert h.write(params=params) == [(1,)]
         assert h.writes == [attempts[-1]]  # the failover clock hears of the acknowledged write
     else:
         with pytest.raises(raises):
-            h.write()
+            h.write(params=params)
         assert h.writes == []
     assert h.attempts() == attempts
     assert sorted(h.pools.returned, key=id) == sorted(h.pools.out, key=id)  # all back in pools
+    for conn in h.pools.returned:  # as they came: out of autocommit, nothing left open
+        idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        assert conn.closed or (idle and not conn.autocommit)
+        assert ("pipeline" in conn.log) == (params is not None and PIPELINE)
     # A node found gone or read-only is suspected and a round probes it at
     # once (here: the round that shows node1 promoted, clearing the suspect).
     suspected = "node0" in h.view.suspects or h.rounds.calls > 0
@@ -199,6 +209,10 @@ def test_run_read(
     )
     assert h.view.suspects == expected_suspects
     assert h.writes == []  # reads never stop the failover clock
+    for conn in h.pools.returned:  # in autocommit for the statement only, no COMMIT sent
+        idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        assert conn.closed or (idle and not conn.autocommit)
+        assert "commit" not in conn.log
 
 
 @pytest.mark.parametrize("kind", KINDS)
