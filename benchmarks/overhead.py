@@ -1,12 +1,16 @@
 """The cost of routing: pgfailover against a bare psycopg_pool pool on the same primary.
 
 One 3-node lab cluster (async replication). For ``SELECT 1`` and a small
-INSERT, at 1, 4 and 16 client threads, three contenders run the statement in
-its own transaction:
+INSERT (writes), and a ``SELECT`` of a parameter as a read (``--statements
+read``), at 1, 4 and 16 client threads, three contenders run the statement
+in its own transaction:
 
 - ``bare``: ``with pool.connection() as conn: conn.execute(...)`` on a
-  ``psycopg_pool.ConnectionPool`` to the primary;
-- ``query``: ``mgr.query(...)``;
+  ``psycopg_pool.ConnectionPool`` to the primary (for the read: to the
+  standby ``node1``), psycopg's three round trips;
+- ``query``: ``mgr.query(...)`` (``readonly=True`` for the read: one round
+  trip; the INSERT, with its parameter, two; ``SELECT 1``, without one,
+  three, see ``pgfailover.statements``);
 - ``get_client``: ``with mgr.get_client() as conn: conn.execute(...)``.
 
 Method, alternating slices: each contender is measured alone, the way a user
@@ -66,15 +70,17 @@ from pgfailover import FailoverConfig, FailoverManager
 from pgfailover.lab import LocalLab
 from pgfailover.lab.proc import children_of
 
+# name: (SQL, whether it takes the payload as a parameter, whether it is a read)
 STATEMENTS = {
-    "select1": ("SELECT 1", False),
-    "insert": ("INSERT INTO bench (payload) VALUES (%s)", True),
+    "select1": ("SELECT 1", False, False),
+    "insert": ("INSERT INTO bench (payload) VALUES (%s)", True, False),
+    "read": ("SELECT length(%s)", True, True),
 }
 PAYLOAD = "x" * 64
 
 
 def _ops(kind: str, pool: ConnectionPool, mgr: FailoverManager) -> dict[str, Op]:
-    sql, has_params = STATEMENTS[kind]
+    sql, has_params, readonly = STATEMENTS[kind]
     params = (PAYLOAD,) if has_params else None
 
     def bare() -> None:
@@ -84,10 +90,10 @@ def _ops(kind: str, pool: ConnectionPool, mgr: FailoverManager) -> dict[str, Op]
                 cur.fetchall()
 
     def query() -> None:
-        mgr.query(sql, params)
+        mgr.query(sql, params, readonly=readonly)
 
     def get_client() -> None:
-        with mgr.get_client() as conn:
+        with mgr.get_client(readonly=readonly) as conn:
             cur = conn.execute(sql, params)
             if cur.description:
                 cur.fetchall()
@@ -99,8 +105,9 @@ def run(
     lab: LocalLab, kind: str, threads: int, *, pairs: int, seconds: float, rounds: int
 ) -> list[dict[str, Any]]:
     """Pairs of alternating slices per contender, then interleaved rounds; one record each."""
+    node = "node1" if STATEMENTS[kind][2] else "node0"  # a read's bare pool: on a standby
     pool = ConnectionPool(
-        lab.node("node0").dsn, min_size=threads, max_size=threads, open=True, name="bare"
+        lab.node(node).dsn, min_size=threads, max_size=threads, open=True, name="bare"
     )
     pool.wait(timeout=30)
     cfg = FailoverConfig(pool_min_size=threads, pool_max_size=threads)

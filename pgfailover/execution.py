@@ -29,10 +29,11 @@ from pgfailover.dispatch import (
     Verdict,
     classify,
     is_connection_error,
+    returns_rows,
 )
 from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable
 from pgfailover.pools import NodePools
-from pgfailover.statements import begin_write, read, restore
+from pgfailover.statements import read, settle
 
 __all__ = ["Executor", "Session", "Verdict", "classify", "is_connection_error"]
 
@@ -117,12 +118,14 @@ class Executor(Dispatcher[NodePools]):
                 continue
             phase: Literal["statement", "commit"] = "statement"
             try:
-                rows, autocommit_set = begin_write(conn, sql, params)
-                phase = "commit"
                 try:
+                    cur = conn.execute(sql, params)
+                    rows = cur.fetchall() if returns_rows(cur) else []
+                    phase = "commit"
                     conn.commit()
-                finally:
-                    restore(conn, autocommit_set)
+                except BaseException:
+                    settle(conn)  # rolled back here, not by the pool with a warning
+                    raise
             except psycopg.Error as exc:
                 try:
                     retry = self.write_failed(node, exc, phase)

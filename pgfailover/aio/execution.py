@@ -28,9 +28,9 @@ import psycopg
 from psycopg import pq
 
 from pgfailover.aio.pools import AsyncConnection, AsyncNodePools
-from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher
+from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher, returns_rows
 from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable
-from pgfailover.statements import begin_write_async, read_async, restore_async
+from pgfailover.statements import read_async, settle_async
 
 __all__ = ["AsyncExecutor", "AsyncSession"]
 
@@ -170,12 +170,16 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
                 continue
             phase: Literal["statement", "commit"] = "statement"
             try:
-                rows, autocommit_set = await begin_write_async(conn, sql, params)
-                phase = "commit"
                 try:
+                    cur = await conn.execute(sql, params)
+                    rows = await cur.fetchall() if returns_rows(cur) else []
+                    phase = "commit"
                     await conn.commit()
-                finally:
-                    await restore_async(conn, autocommit_set)
+                except psycopg.Error:
+                    # Rolled back here, not by the pool with a warning. Not when
+                    # cancelled: the pool takes it back in a task of its own then.
+                    await settle_async(conn)
+                    raise
             except psycopg.Error as exc:
                 try:
                     retry = self.write_failed(node, exc, phase)

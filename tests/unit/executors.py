@@ -91,17 +91,15 @@ class Harness:
         """The breakers both executors share."""
         return self.executor.breakers
 
-    def write(self, sql: str = "INSERT", params: Any = None) -> list[tuple[Any, ...]]:
+    def write(self, sql: str = "INSERT") -> list[tuple[Any, ...]]:
         if self.kind == "sync":
-            return self.executor.run_write(sql, params)
-        return self.in_loop(self.aexecutor.run_write(sql, params))
+            return self.executor.run_write(sql, None)
+        return self.in_loop(self.aexecutor.run_write(sql, None))
 
-    def read(
-        self, sql: str = "SELECT", min_lsn: int | None = None, params: Any = None
-    ) -> list[tuple[Any, ...]]:
+    def read(self, sql: str = "SELECT", min_lsn: int | None = None) -> list[tuple[Any, ...]]:
         if self.kind == "sync":
-            return self.executor.run_read(sql, params, min_lsn)
-        return self.in_loop(self.aexecutor.run_read(sql, params, min_lsn))
+            return self.executor.run_read(sql, None, min_lsn)
+        return self.in_loop(self.aexecutor.run_read(sql, None, min_lsn))
 
     def block(self, readonly: bool, sql: str = "INSERT", fail: Exception | None = None) -> None:
         """A ``get_client()`` block that runs ``sql``, then raises ``fail`` if given."""

@@ -8,10 +8,9 @@ event log, the counters) are the real ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,21 +73,13 @@ class FakeConn:
     read_only: bool | None = None
     deferrable: bool | None = None
 
-    @contextlib.contextmanager
-    def pipeline(self) -> Iterator[None]:
-        self.log.append("pipeline")
-        yield
-
     def close(self) -> None:
         self.log.append("close")
         self.closed = True
 
     def execute(self, sql: Any, params: Any = None) -> FakeCursor:
-        self.log.append(f"execute {sql!s}")
-        if sql == b"BEGIN":
-            self.pgconn.transaction_status = pq.TransactionStatus.INTRANS
-            return FakeCursor([])
-        if not self.autocommit:  # else: its own transaction, or inside the BEGIN's
+        self.log.append(f"execute {sql}")
+        if not self.autocommit:  # else: its own implicit transaction
             self.pgconn.transaction_status = pq.TransactionStatus.INTRANS
         if self.error is not None and self.fail_at == "statement":
             raise self.error
@@ -201,11 +192,6 @@ class AsyncFakeConn:
 
     async def set_autocommit(self, value: bool) -> None:
         self.sync.autocommit = value
-
-    @contextlib.asynccontextmanager
-    async def pipeline(self) -> AsyncIterator[None]:
-        with self.sync.pipeline():
-            yield
 
     async def close(self) -> None:
         self.sync.close()

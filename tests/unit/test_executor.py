@@ -24,7 +24,6 @@ from pgfailover.errors import (
     NoStandbyAvailable,
     WriteOutcomeUnknown,
 )
-from pgfailover.statements import PIPELINE
 
 from .executors import KINDS, Harness, Kind, conn_error, copy_script
 from .fakes import FakeConn
@@ -82,7 +81,6 @@ WRITE_CASES: list[
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("params", [None, (1,)], ids=["no parameters", "pipelined"])
 @pytest.mark.parametrize(
     ("script", "attempts", "raises"),
     [c[1:] for c in WRITE_CASES],
@@ -92,27 +90,21 @@ def test_run_write(
     script: dict[str, list[FakeConn | str]],
     attempts: list[str],
     raises: type[Exception] | None,
-    params: tuple[int] | None,
     kind: Kind,
 ) -> None:
-    """The same outcomes whether BEGIN and the statement go as psycopg sends them
-    (no parameters) or together in pipeline mode (statements.begin_write)."""
     h = Harness(copy_script(script), kind=kind)
     if raises is None:
-        assert h.write(params=params) == [(1,)]
+        assert h.write() == [(1,)]
         assert h.writes == [attempts[-1]]  # the failover clock hears of the acknowledged write
     else:
         with pytest.raises(raises):
-            h.write(params=params)
+            h.write()
         assert h.writes == []
     assert h.attempts() == attempts
     assert sorted(h.pools.returned, key=id) == sorted(h.pools.out, key=id)  # all back in pools
-    for conn in h.pools.returned:  # as they came: out of autocommit, nothing left open
+    for conn in h.pools.returned:  # rolled back here (or closed), not by the pool
         idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         assert conn.closed or (idle and not conn.autocommit)
-        assert ("pipeline" in conn.log) == (params is not None and PIPELINE)
-    # A node found gone or read-only is suspected and a round probes it at
-    # once (here: the round that shows node1 promoted, clearing the suspect).
     suspected = "node0" in h.view.suspects or h.rounds.calls > 0
     assert suspected == (attempts != ["node0"] or raises is WriteOutcomeUnknown)
     outcomes = [k[2] for k in h.counted()]
