@@ -168,7 +168,9 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         ``readonly=True`` runs on a fitting standby, else the primary, and is
         retried on another node on connection errors; with ``min_lsn`` (from
         :meth:`write_position` after a write) only on a standby that has
-        replayed that far, else the primary: read-your-writes.
+        replayed that far, else the primary: read-your-writes. A read runs
+        in autocommit mode, its own implicit transaction in one round trip
+        (:mod:`pgfailover.statements`).
         """
         if self._closed or not self._opened:
             self._check_open()

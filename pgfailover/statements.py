@@ -15,9 +15,9 @@ the write can be retried on the new primary (:mod:`pgfailover.dispatch`'s
 phases). ``BEGIN`` could travel with the statement in pipeline mode, which
 saves a round trip on the network but costs psycopg's pipeline machinery
 about 65 µs of client CPU per write (160 µs against 94 µs per ``INSERT``,
-measured as above): on a busy client that is slower, and at a failover
-(``benchmarks/scale.py``, 200 managers) the writes released together took
-twice as long.
+measured as above): on a busy client that is slower, and 200 managers'
+writes released together on a healthy primary (``benchmarks/scale.py``)
+took twice as long.
 
 Only where it changes nothing but the round trips: a connection whose
 transactions carry settings of their own (autocommit, an isolation level,
