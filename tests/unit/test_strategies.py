@@ -243,3 +243,18 @@ def test_the_manager_builds_checks_and_reports_strategies() -> None:
         assert mgr.get_failover_status()["read_strategy"]["weights"] == {"node1": 3.0}
     finally:
         mgr.close(timeout=1)
+
+
+@pytest.mark.parametrize("name", ["round_robin", "least_lag", "latency"])
+def test_without_weights_the_order_is_the_one_weights_of_1_give(name: str) -> None:
+    """The even-weights shortcut (no ``read_weights``) against the general path with
+    every weight 1 said outright: the same order at every read, while the standbys
+    offered change (one leaves, comes back, a third joins) and tie or not."""
+    pool = [node("node1"), node("node2", lag=5), node("node3"), node("node4", rt=0.002)]
+    rng = random.Random(11)  # noqa: S311 - the offered sets, repeatable
+    plain = build(name, pool, None)
+    said = build(name, pool, {n.name: 1.0 for n, _ in pool})
+    for _ in range(400):
+        offered = tuple(n for n, _ in pool if rng.random() < 0.7)
+        orders = [[n.name for n in s.order(offered)] for s in (plain, said)]
+        assert orders[0] == orders[1], offered
