@@ -12,7 +12,7 @@ from psycopg import IsolationLevel, pq
 from pgfailover.statements import read, read_async, settle, settle_async, shortcut
 
 from .executors import conn_error
-from .fakes import AsyncFakeConn, FakeConn
+from .fakes import AsyncFakeConn, FakeConn, FakePgConn
 
 pytestmark = pytest.mark.timeout(10)
 S = pq.TransactionStatus
@@ -29,6 +29,7 @@ SHORTCUT_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("read only: BEGIN carries it", {"read_only": True}, False),
     ("read write said outright", {"read_only": False}, False),
     ("deferrable", {"deferrable": True}, False),
+    ("not idle: a transaction open", {"pgconn": FakePgConn(S.INTRANS)}, False),
 ]
 
 
