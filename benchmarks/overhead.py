@@ -1,4 +1,4 @@
-"""The cost of routing: pgfailover against a bare psycopg_pool pool on the same primary.
+"""The cost of routing: pgfailover against a bare psycopg_pool pool on the same node.
 
 One 3-node lab cluster (async replication). For ``SELECT 1`` and a small
 INSERT (writes), and a ``SELECT`` of a parameter as a read (``--statements
@@ -9,8 +9,7 @@ in its own transaction:
   ``psycopg_pool.ConnectionPool`` to the primary (for the read: to the
   standby ``node1``), psycopg's three round trips;
 - ``query``: ``mgr.query(...)`` (``readonly=True`` for the read: one round
-  trip; the INSERT, with its parameter, two; ``SELECT 1``, without one,
-  three, see ``pgfailover.statements``);
+  trip, see ``pgfailover.statements``; a write takes psycopg's three);
 - ``get_client``: ``with mgr.get_client() as conn: conn.execute(...)``.
 
 Method, alternating slices: each contender is measured alone, the way a user
