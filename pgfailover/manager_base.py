@@ -314,8 +314,10 @@ class ManagerBase(FromSources, Generic[P, X]):
 
     def source_status(self) -> dict[str, Any] | None:
         """What following the source is doing (``None`` without ``source``): ``mode``
-        (``following``, ``probing``, ``connecting``), since when, why it probes, the arbiter
-        followed, the last update's sequence number and time, updates and fallbacks."""
+        (``following``, ``probing``, ``connecting``), since when, why it probes (or, still
+        following, why it will unless a snapshot comes: a broken stream's grace), the
+        arbiter followed, the last update's sequence number and time, updates and
+        fallbacks."""
         follower = self._sup.follower
         return None if follower is None else follower.status()
 

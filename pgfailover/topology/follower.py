@@ -277,8 +277,9 @@ class Follower:
         with self._lock:
             self._seq, self._last_update, self._url = seq, now, self._shown(url)
             self._raw_url = url
+            self._reason = None  # a broken stream's grace, if any, is over
             if not was_following:
-                self._mode, self._since, self._reason = "following", now, None
+                self._mode, self._since = "following", now
             self.updates += 1
         self._first.set()
         if not was_following:
@@ -313,6 +314,8 @@ class Follower:
                 return
             old, self._timer, self._timer_at = current, timer, at
             self._timer_spread = not others
+            # Still routing on the last snapshot, but status says what is coming.
+            self._reason = f"{reason}; probing in {grace:.2f}s unless a snapshot comes"
         if old is not None:
             old.cancel()
         timer.start()

@@ -108,6 +108,7 @@ def test_the_followers_of_a_dead_arbiter_probe_at_their_own_moments() -> None:
     server = StreamServer(arb)  # type: ignore[arg-type]
     followers = [_follower([server.url], o, silence, seed=i) for i, o in enumerate(owners)]
     fell: dict[int, float] = {}
+    graced: set[int] = set()  # seen still following, its status saying it will probe
     lock = threading.Lock()
     try:
         for follower in followers:
@@ -121,8 +122,12 @@ def test_the_followers_of_a_dead_arbiter_probe_at_their_own_moments() -> None:
             now = time.monotonic()
             with lock:
                 for i, follower in enumerate(followers):
-                    if follower.mode == "probing" and i not in fell:
+                    status = follower.status()
+                    announced = "probing in" in (status["reason"] or "")
+                    if status["mode"] == "probing" and i not in fell:
                         fell[i] = now - broke
+                    elif status["mode"] == "following" and announced:
+                        graced.add(i)
                 return len(fell) == len(followers)
 
         wait_for(all_fell, timeout=5.0, what="every follower to probe")
@@ -131,6 +136,7 @@ def test_the_followers_of_a_dead_arbiter_probe_at_their_own_moments() -> None:
         first, last = drawn.index(min(drawn)), drawn.index(max(drawn))
         assert fell[last] - fell[first] > (drawn[last] - drawn[first]) - 0.15, (fell, drawn)
         assert max(drawn) - min(drawn) > spread / 2  # the seeds spread them: the test can fail
+        assert last in graced  # the longest grace was seen: routing on, the fallback announced
         assert all(o.probed_again == 1 for o in owners)
     finally:
         for follower in followers:
