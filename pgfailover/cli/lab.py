@@ -4,7 +4,7 @@ The lab lives in a directory (``--dir``, ``PGFAILOVER_LAB_DIR``, or a default
 under the system temp dir), so each command is a separate process that
 reopens it from its state file, on the backend that made it: the local one
 (this machine's PostgreSQL binaries) or ``--backend docker`` (containers).
-Network faults (``blackhole``, ``partition``, ``heal``) live in the
+Network faults (``blackhole``, ``partition``, ``backlog``, ``heal``) live in the
 firewall, tagged with the lab, need root and the local backend.
 """
 
@@ -201,6 +201,11 @@ _node_action(
     "partition",
     f"cut off from clients on {CLIENT_HOST}; replication goes on (undo: lab heal)",
     f"Cut the node off from clients on {CLIENT_HOST}; replication keeps streaming (root).",
+)
+_node_action(
+    "backlog",
+    "refusing new connections silently (SYNs dropped); open ones go on (undo: lab heal)",
+    "A full listen backlog: new connections hang, open ones go on (root).",
 )
 
 

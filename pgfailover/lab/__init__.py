@@ -6,7 +6,7 @@ this machine and is the default. The docker backend
 containers through testcontainers, on an image it builds from Debian's
 packages; ``PGFAILOVER_LAB=docker`` selects it in :func:`create_lab`, and
 ``pgfailover lab up --backend docker`` in the CLI. Network faults (black
-holes, client-only partitions) are local-lab only:
+holes, client-only partitions, full backlogs) are local-lab only:
 :mod:`pgfailover.lab.netfault`.
 """
 

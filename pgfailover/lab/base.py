@@ -66,7 +66,7 @@ class NodeStatus:
     ``primary``, ``standby`` or ``None`` when the node does not answer;
     ``upstream`` names the node a standby streams from (``None`` when its WAL
     receiver is not streaming); ``fault`` is the network fault in force on
-    the node (``blackhole``, ``partition``) or ``None``.
+    the node (``blackhole``, ``partition``, ``backlog``) or ``None``.
     """
 
     name: str

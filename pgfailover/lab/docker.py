@@ -302,9 +302,10 @@ class DockerLab(Topology):
 
     def blackhole(self, name: str) -> None:
         """Not here: network faults need the local lab's loopback ports."""
-        raise LabError("network faults (blackhole, partition) need the local lab")
+        raise LabError("network faults (blackhole, partition, backlog) need the local lab")
 
     partition = blackhole
+    backlog = blackhole
 
     def heal(self, name: str | None = None) -> None:
         """Nothing to heal: a docker lab has no network faults."""

@@ -378,6 +378,13 @@ class LocalLab(Topology):
         """
         self.net.apply(name, self.node(name).port, "partition")
 
+    def backlog(self, name: str) -> None:
+        """A full listen backlog: drop new connections' first packet (SYN) to its port.
+
+        New connections hang until their timeout; open ones go on.
+        """
+        self.net.apply(name, self.node(name).port, "backlog")
+
     def heal(self, name: str | None = None) -> None:
         """Remove one node's network fault, or every fault of this lab; idempotent."""
         self.net.heal(self.node(name).name if name else None)

@@ -146,14 +146,13 @@ def test_a_full_primary_keeps_taking_writes_and_is_not_failed_over(fresh_lab: Lo
 def test_a_primary_whose_new_connections_hang_keeps_taking_writes(fresh_lab: LocalLab) -> None:
     lab = fresh_lab
     prepare(lab)
-    port = lab.node("node0").port
     with (
         lab.connect("node0") as admin,  # opened before the fault: new ones would hang
         manager_for(lab, CONFIG) as mgr,
         Writer(mgr) as writer,
     ):
         try:
-            lab.net.apply("node0", port, "backlog")
+            lab.backlog("node0")
             wait_until(lambda: admin.execute(PROBES).fetchall(), what="the probe session")
             admin.execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "

@@ -390,6 +390,24 @@ def test_partition_cuts_clients_off_while_replication_streams(fault_lab: LocalLa
         assert conn.execute("SELECT count(*) FROM across_partition").fetchone() == (1,)
 
 
+def test_cli_backlog_hangs_new_connections_while_open_ones_go_on(fault_lab: LocalLab) -> None:
+    runner = CliRunner()
+    directory = str(fault_lab.directory)
+    with psycopg.connect(fault_lab.dsn("node1"), autocommit=True) as conn:
+        done = runner.invoke(cli, ["lab", "backlog", "node1", "--dir", directory])
+        assert done.exit_code == 0, done.output
+        assert "node1 refusing new connections silently" in done.output
+        assert fault_lab.faults() == {"node1": "backlog"}
+        assert len(lab_rules(fault_lab)) == 1  # new connections' SYNs, one rule
+        connect_fails_slowly(fault_lab.dsn("node1"))
+        assert conn.execute("SELECT 42").fetchone() == (42,)  # the open one goes on
+        healed = runner.invoke(cli, ["lab", "heal", "node1", "--dir", directory])
+        assert healed.exit_code == 0, healed.output
+        assert lab_rules(fault_lab) == []
+    with psycopg.connect(fault_lab.dsn("node1"), connect_timeout=2) as again:
+        assert again.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_cli_faults_show_in_status_and_destroy_removes_them(fault_lab: LocalLab) -> None:
     runner = CliRunner()
     directory = str(fault_lab.directory)
