@@ -4,8 +4,13 @@ Operators pause a cluster for work that takes the primary down on purpose
 (a restart they will do themselves, a network change). Detection, routing,
 status, metrics and alerts go on; a manual trigger or switchover still
 promotes (the operator asked for it). Each pause and resume is recorded in
-the history. It lasts for the life of the process that holds it (the
-arbiter), and shows in status and as ``pgfailover_maintenance_paused``.
+the history, and shows in status and as ``pgfailover_maintenance_paused``.
+
+With a history file, a pause outlives the process that holds it: an
+arbiter restarted during the work (a crash, a deploy, systemd's
+``Restart=``) reads its last pause or resume back and stays paused,
+rather than promote in the middle of work an operator announced. Without
+one, a pause lasts for the life of the process.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from pgfailover.events import EventLog, FailoverEvent
 __all__ = ["Maintenance"]
 
 logger = logging.getLogger(__name__)
+
+PAUSED = "paused"
+"""How a pause's event reason begins (``paused: <why>``); a resume's is ``resumed``."""
 
 
 class Maintenance:
@@ -34,6 +42,16 @@ class Maintenance:
         self._wake = wake
         self._since: float | None = None
         self._noted = False  # one log line per lost primary while paused
+        last = events.latest("maintenance")  # from the history file, if there is one
+        if last is not None and last.reason.startswith(PAUSED):
+            self._since = last.started
+            logger.warning(
+                "cluster %s: maintenance mode still on (%s, at %s in the history file): "
+                "automatic promotion stays paused until resumed",
+                cluster,
+                last.reason,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.started)),
+            )
 
     @property
     def paused_since(self) -> float | None:
@@ -47,7 +65,7 @@ class Maintenance:
         self._since = now = time.time()
         self._noted = False
         logger.warning("cluster %s: maintenance mode: automatic promotion paused", self._cluster)
-        self._record(f"paused: {reason}", now)
+        self._record(f"{PAUSED}: {reason}", now)
         return True
 
     def resume(self) -> bool:

@@ -7,6 +7,7 @@ be on a standby, which asynchronous replication does not promise."""
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -80,3 +81,35 @@ def test_pause_without_a_server_url_is_a_usage_error(fresh_lab: LocalLab) -> Non
     code, out = _cli("pause", "--dsn", fresh_lab.url)
     assert code == 3
     assert "pause needs --url" in out
+
+
+def test_a_restarted_arbiter_stays_paused_and_promotes_nothing_until_resumed(
+    sync_lab: LocalLab, tmp_path: Path
+) -> None:
+    """The pause outlives its process through the history file: the manager that
+    replaces it (an arbiter restarted during the work) holds promotion through a
+    primary kill, until resumed."""
+    prepare(sync_lab)
+    cfg = FAST.replace(
+        promotion="auto", failover_wait_timeout=2.0, history_file=str(tmp_path / "history")
+    )
+    with manager_for(sync_lab, cfg) as first:
+        assert first.pause("rolling restart")
+        acked = [
+            first.query("INSERT INTO w VALUES (%s) RETURNING id", (i,))[0][0] for i in range(5)
+        ]
+    with manager_for(sync_lab, cfg) as mgr:
+        assert mgr.paused
+        assert mgr.get_failover_status()["maintenance"]["paused"] is True
+        sync_lab.kill("node0")
+        lost = wait_until(lambda: mgr.check_health().primary is None, what="node0 lost")
+        assert lost
+        for _ in range(5):  # rounds that would have promoted
+            assert mgr.check_health().primary is None
+        assert mgr.counters.as_dict()["promotions_total"] == 0
+        assert mgr.resume()
+        wait_until(lambda: mgr.snapshot.primary in ("node1", "node2"), what="the failover")
+        ids = {row[0] for row in mgr.query("SELECT id FROM w")}
+        assert set(acked) <= ids  # every acknowledged write survived
+    kinds = [e.reason for e in mgr.history() if e.kind == "maintenance"]
+    assert kinds == ["paused: rolling restart", "resumed"]
