@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from pgfailover.events import EventLog, FailoverEvent
+from pgfailover.report import iso
 
 __all__ = ["Maintenance"]
 
@@ -50,7 +51,7 @@ class Maintenance:
                 "automatic promotion stays paused until resumed",
                 cluster,
                 last.reason,
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.started)),
+                iso(last.started),
             )
 
     @property
