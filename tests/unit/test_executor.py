@@ -105,6 +105,8 @@ def test_run_write(
     for conn in h.pools.returned:  # rolled back here (or closed), not by the pool
         idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         assert conn.closed or (idle and not conn.autocommit)
+    # A node found gone or read-only is suspected and a round probes it at
+    # once (here: the round that shows node1 promoted, clearing the suspect).
     suspected = "node0" in h.view.suspects or h.rounds.calls > 0
     assert suspected == (attempts != ["node0"] or raises is WriteOutcomeUnknown)
     outcomes = [k[2] for k in h.counted()]
