@@ -228,15 +228,14 @@ def _verdicts(
             answered[name] = late[name]
         elif ages is not None and now - since < ages[name]:
             continue  # no news yet: the probe keeps running into later rounds
-        elif name not in fresh:
-            why = f"no answer for {now - since:.1f}s"
-            results[name] = failed(name, since, why, opening=name in opening)
-        elif name in failing:
-            why = "no answer (still failing)"
-            results[name] = failed(name, started, why, opening=name in opening)
         else:
-            why = f"probe timed out after {limit:g}s"
-            results[name] = failed(name, started, why, opening=name in opening)
+            if name not in fresh:
+                at, why = since, f"no answer for {now - since:.1f}s"
+            elif name in failing:
+                at, why = started, "no answer (still failing)"
+            else:
+                at, why = started, f"probe timed out after {limit:g}s"
+            results[name] = failed(name, at, why, opening=name in opening)
     results.update((name, future.result()) for name, future in answered.items())
     return results, answered
 

@@ -117,6 +117,7 @@ def rule_specs(
     """
     if not 0 < port < 65536:
         raise LabError(f"port must be between 1 and 65535, got {port}")
+    target = ["-m", "comment", "--comment", tag, "-j", "DROP"]
     if fault == "blackhole":
         to_server = ["-p", "tcp", "--dport", str(port)]
         from_server = ["-p", "tcp", "--sport", str(port)]
@@ -124,11 +125,9 @@ def rule_specs(
         to_server = ["-p", "tcp", "-d", client_host, "--dport", str(port)]
         from_server = ["-p", "tcp", "-s", client_host, "--sport", str(port)]
     elif fault == "backlog":
-        tag_target = ["-m", "comment", "--comment", tag, "-j", "DROP"]
-        return [["-p", "tcp", "--dport", str(port), "--syn", *tag_target]]
+        return [["-p", "tcp", "--dport", str(port), "--syn", *target]]
     else:
         raise LabError(f"unknown network fault {fault!r} (known: {', '.join(FAULTS)})")
-    target = ["-m", "comment", "--comment", tag, "-j", "DROP"]
     return [to_server + target, from_server + target]
 
 
