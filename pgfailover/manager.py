@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from pgfailover import forking
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.derive import standby_named
 from pgfailover.errors import ManagerClosed
@@ -78,11 +79,18 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
 
     def open(self, *, start_health_checks: bool = True) -> FailoverManager:
         """Open the pools, probe every node once, start the monitor."""
+        if self._forked:  # in a forked child, first uses on other threads open it too
+            with self._fork_lock:
+                return self._open(start_health_checks)
+        return self._open(start_health_checks)
+
+    def _open(self, start_health_checks: bool) -> FailoverManager:
         if self._closed:
             raise ManagerClosed(f"manager {self.name} is closed")
         if self._opened:
             return self
         self._opened = True
+        self._monitored = start_health_checks  # as again in a forked child
         try:
             self._pools.open()
             self._sup.open()
@@ -91,8 +99,21 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         except BaseException:
             self.close(timeout=2.0)
             raise
+        self._forked = False  # opened here (in a forked child, explicitly or on first use)
+        forking.watch(self)
         self._log_open()
         return self
+
+    def _reopen_forked(self) -> None:
+        # The first thread to use the manager in a forked child opens it; the
+        # others wait for that, then find it open. Opening checks it again (the
+        # lock is reentrant) and finds it opening.
+        with self._fork_lock:
+            if self._forked and not self._opened:
+                try:
+                    self._open(self._monitored)
+                finally:
+                    self._forked = False
 
     def __enter__(self) -> FailoverManager:
         return self.open()
@@ -103,10 +124,12 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
     def start_health_checks(self) -> None:
         """Start the ``pgfailover-monitor`` thread (``open`` does it by default)."""
         self._check_open()
+        self._monitored = True
         self._sup.start_monitor()
 
     def stop_health_checks(self, timeout: float = 5.0) -> None:
         """Stop the monitor thread; routing keeps using the last snapshot."""
+        self._monitored = False
         self._sup.stop_monitor(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -125,6 +148,7 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
             return
         deadline = time.monotonic() + timeout
         self._closed = True
+        forking.unwatch(self)
         self._view.close()
         # Callers blocked on a hung server are freed first (ManagerClosed next).
         for name in self._by_name:
@@ -142,10 +166,14 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         Raises:
             ManagerClosed, SplitBrainError, NoPrimaryAvailable, ReadOnlyMode (at once).
         """
+        if self._forked:
+            self._reopen_forked()
         return self._executor.wait_for_primary(deadline)
 
     def pool(self, node: str) -> ConnectionPool:
         """The pool of one node."""
+        if self._forked:
+            self._reopen_forked()
         return self._pools.get(node)
 
     # -- the public query API ------------------------------------------

@@ -11,11 +11,15 @@ callbacks) lives here once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
+from pgfailover import forking
 from pgfailover.availability import WindowStats
 from pgfailover.breaker import BreakerPolicy, Breakers
 from pgfailover.config import FailoverConfig, Node
@@ -63,6 +67,10 @@ class ManagerBase(FromSources, Generic[P, X]):
     :meth:`_make_executor` (its executor over them, from the keyword
     arguments this class prepares).
 
+    Locks: ``_fork_lock`` (reentrant) is taken only in a process forked while
+    the manager was open, by the uses that open it again there; ``open()``
+    runs under it, and nothing waits on it afterwards.
+
     Thread safety: every method here may be called from any thread.
     """
 
@@ -89,7 +97,22 @@ class ManagerBase(FromSources, Generic[P, X]):
         cfg.check_nodes(self._by_name)
         self._opened = False
         self._closed = False
-        self._pools: P = self._make_pools(nodes, cfg, name, pool_kwargs or {})
+        self._closed_why: str | None = None  # why use is refused, when not close()
+        self._forked = False  # opened in a parent process: open again on first use here
+        self._monitored = True  # whether the monitor thread should run (open again after a fork)
+        self._fork_lock = threading.RLock()
+        # What the parts are built from, again in a forked child (_after_fork).
+        self._pool_kwargs = dict(pool_kwargs or {})
+        self._gate = promotion_gate
+        self._strategy: ReadStrategy | str = read_strategy or cfg.read_strategy
+        self._registered: list[tuple[str, Any]] = []  # callbacks, by kind
+        self._listeners: list[Callable[[], None]] = []
+        self._build(promotion_gate)
+
+    def _build(self, gate: PromotionGate | None) -> None:
+        """Make the parts: pools, supervisor, executor (at construction, and in a fork)."""
+        cfg, nodes, name = self.config, self.nodes, self.name
+        self._pools: P = self._make_pools(nodes, cfg, name, self._pool_kwargs)
         breakers = Breakers(self._by_name, BreakerPolicy.from_config(cfg), cluster=name)
         self._sup = sup = Supervisor(
             nodes,
@@ -99,17 +122,20 @@ class ManagerBase(FromSources, Generic[P, X]):
             abort=self._pools.abort,
             busy=self._pools.in_use,
             on_round=lambda snap: breakers.sync(snap, time.monotonic()),
-            gate=promotion_gate,
+            gate=gate,
         )
         self.counters = sup.counters
         self.events = sup.events
         self._view = sup.view
+        strategy = self._strategy
         self._executor: X = self._make_executor(
             {
                 "view": sup.view,
                 "pools": self._pools,
                 "counters": sup.counters,
-                "strategy": read_strategy or self._make_strategy(cfg.read_strategy),
+                "strategy": self._make_strategy(strategy)
+                if isinstance(strategy, str)
+                else strategy,
                 "wait_timeout": cfg.failover_wait_timeout,
                 "pool_timeout": cfg.pool_timeout,
                 "poll": cfg.fast_interval * 2,
@@ -120,6 +146,10 @@ class ManagerBase(FromSources, Generic[P, X]):
                 "breakers": breakers,
             }
         )
+        for kind, callback in self._registered:
+            sup.callbacks.add(kind, callback)
+        for listener in self._listeners:
+            sup.view.listen(listener)
 
     def _make_pools(
         self, nodes: Sequence[Node], config: FailoverConfig, name: str, extra: Mapping[str, Any]
@@ -139,9 +169,10 @@ class ManagerBase(FromSources, Generic[P, X]):
 
     @read_strategy.setter
     def read_strategy(self, strategy: ReadStrategy | str) -> None:
-        if isinstance(strategy, str):
-            strategy = self._make_strategy(strategy)
-        self._executor.strategy = strategy
+        self._strategy = strategy  # a built-in by name: a fork makes it over its own pools
+        self._executor.strategy = (
+            self._make_strategy(strategy) if isinstance(strategy, str) else strategy
+        )
 
     def _make_strategy(self, name: str) -> ReadStrategy:
         return make_strategy(name, weights=self.config.read_weights, busy=self._pools.in_use)
@@ -149,10 +180,42 @@ class ManagerBase(FromSources, Generic[P, X]):
     # -- lifecycle state -----------------------------------------------
 
     def _check_open(self) -> None:
+        if self._forked:
+            self._reopen_forked()
         if self._closed:
-            raise ManagerClosed(f"manager {self.name} is closed")
+            raise ManagerClosed(self._closed_why or f"manager {self.name} is closed")
         if not self._opened:
             raise ManagerClosed(f"manager {self.name} is not open: call open() or use 'with'")
+
+    def _reopen_forked(self) -> None:
+        raise NotImplementedError  # pragma: no cover - only the sync manager reopens
+
+    def _after_fork(self, parent: int) -> None:
+        """In a child forked while this manager was open (:mod:`pgfailover.forking`): bury
+        the parent's parts untouched, make new ones, open them on first use; or refuse use,
+        saying why, if this manager cannot be carried over a fork."""
+        forking.bury((self._pools, self._sup, self._executor))
+        self._fork_lock = threading.RLock()
+        self._opened = False
+        refusal = self._fork_refusal()
+        if self._gate is not None:
+            refusal = "an arbiter holding a lease in etcd is not carried over a fork"
+        self._build(None)
+        here = os.getpid()
+        if refusal is None:
+            self._forked = True
+            logger.info("manager %s: forked from %d, opens again on first use", self.name, parent)
+            return
+        self._closed = True
+        self._closed_why = (
+            f"manager {self.name} was opened in process {parent} before it forked this one "
+            f"({here}): {refusal}; open a new manager after the fork"
+        )
+        logger.warning("%s", self._closed_why)
+
+    def _fork_refusal(self) -> str | None:
+        """Why this kind of manager cannot open again after a fork (``None``: it can)."""
+        return None
 
     @property
     def closed(self) -> bool:
@@ -205,10 +268,13 @@ class ManagerBase(FromSources, Generic[P, X]):
         follower's), with no lock held, so it must only hand the news on
         (the arbiter's stream wakes its event loop with it). Returns ``callback``.
         """
+        self._listeners.append(callback)
         return self._view.listen(callback)
 
     def unlisten(self, callback: Callable[[], None]) -> None:
         """Stop calling ``callback`` (see :meth:`listen`)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
         self._view.unlisten(callback)
 
     def suspect(self, node: str, reason: str) -> None:
@@ -217,6 +283,8 @@ class ManagerBase(FromSources, Generic[P, X]):
         For integrations that run statements on their own connections
         (Django, SQLAlchemy): the manager's own queries do it themselves.
         """
+        if self._forked:
+            self._reopen_forked()
         self._executor.suspect(node, reason)
 
     def node(self, name: str) -> Node:
@@ -352,23 +420,28 @@ class ManagerBase(FromSources, Generic[P, X]):
 
     def on_failover(self, callback: EventCallback) -> EventCallback:
         """Call ``callback(event)`` when a failover completes, fails or is refused."""
-        self._sup.callbacks.add("failover", self._callback(callback))
+        self._register("failover", callback)
         return callback
 
     def on_state_change(self, callback: StateCallback) -> StateCallback:
         """Call ``callback(old, new, snapshot)`` on every cluster state change."""
-        self._sup.callbacks.add("state_change", self._callback(callback))
+        self._register("state_change", callback)
         return callback
 
     def on_writable_change(self, callback: WritableCallback) -> WritableCallback:
         """Call ``callback(writable, reason)`` when read-only mode begins or ends."""
-        self._sup.callbacks.add("writable_change", self._callback(callback))
+        self._register("writable_change", callback)
         return callback
 
     def on_recovery(self, callback: RecoveryCallback) -> RecoveryCallback:
         """Call ``callback(node_name)`` when an unhealthy node is healthy again."""
-        self._sup.callbacks.add("recovery", self._callback(callback))
+        self._register("recovery", callback)
         return callback
+
+    def _register(self, kind: str, callback: Any) -> None:
+        wrapped = self._callback(callback)
+        self._registered.append((kind, wrapped))  # made again in a forked child
+        self._sup.callbacks.add(kind, wrapped)
 
     def _callback(self, callback: Any) -> Any:
         """How a callback is called from the monitor thread (as it is, here)."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from pgfailover import forking
 from pgfailover.aio.execution import AsyncExecutor, AsyncSession, Params, Row
 from pgfailover.aio.pools import AsyncNodePools
 from pgfailover.config import FailoverConfig, Node
@@ -102,8 +103,13 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
         except BaseException:
             await self.close(timeout=2.0)
             raise
+        forking.watch(self)
         self._log_open()
         return self
+
+    def _fork_refusal(self) -> str | None:
+        # Its pools belong to the parent's event loop, which did not survive the fork.
+        return "an asyncio manager's pools belong to the parent's event loop"
 
     async def __aenter__(self) -> AsyncFailoverManager:
         return await self.open()
@@ -145,6 +151,7 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
     async def _close(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         self._closed = True
+        forking.unwatch(self)
         self._view.close()  # waiting tasks wake up to ManagerClosed
         try:
             for name in self._by_name:

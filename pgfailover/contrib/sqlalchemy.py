@@ -50,6 +50,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 
+from pgfailover import forking
 from pgfailover.contrib.causality import Source, causes, manager_from, read_node, write_node
 from pgfailover.execution import is_connection_error
 from pgfailover.manager import FailoverManager
@@ -135,6 +136,16 @@ class FailoverEngines:
         event.listen(self.primary, "connect", self._record_node)
         event.listen(self.primary, "checkout", self._still_primary)
         count_statements(self.manager, recorded_node, self.primary)
+        forking.watch(self)
+
+    def _after_fork(self, parent: int) -> None:
+        """In a forked child (gunicorn ``--preload``): new engine pools, SQLAlchemy's own
+        advice (``dispose(close=False)``); the parent's pooled connections are never used,
+        closed or collected here (:mod:`pgfailover.forking`). The manager renews itself."""
+        for engine in [*self.engines.values(), self.primary]:
+            forking.bury(engine.pool)
+            engine.dispose(close=False)
+        forking.watch(self)  # and again in a grandchild
 
     def _connect_to_primary(self) -> psycopg.Connection[Any]:
         """The write engine's ``creator``: a connection to whichever node is primary now."""
@@ -182,6 +193,7 @@ class FailoverEngines:
 
     def close(self) -> None:
         """Dispose of every engine, and close the manager if these engines made it."""
+        forking.unwatch(self)
         for engine in [*self.engines.values(), self.primary]:
             engine.dispose()
         if self._owns_manager:
