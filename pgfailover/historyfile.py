@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +42,7 @@ COMPACT_BYTES: Final = 1024 * 1024
 """A history file larger than this is compacted when a manager opens it."""
 
 _ATTEMPTS: Final = 100  # a rewrite happens once per process start: this is plenty
+LOCK_WAIT: Final = 2.0  # seconds a rewrite waits for appends to finish, then gives up
 
 
 def _same_file(fd: int, path: str | Path) -> bool:
@@ -81,6 +83,26 @@ def append_line(path: str | Path, line: str) -> None:
     raise OSError(f"{path}: replaced {_ATTEMPTS} times while appending")
 
 
+def _lock_exclusive(fd: int, wait: float) -> bool:
+    """Take ``flock(LOCK_EX)`` on ``fd`` within ``wait`` seconds; False if it stays held.
+
+    Bounded, because compacting is only tidying: a writer stopped in the middle
+    of an append (SIGSTOP), or a descriptor a forked child inherited from a
+    thread that was appending (the child never closes it), holds its shared
+    lock for as long as it lives, and a manager must open all the same.
+    """
+    assert fcntl is not None  # noqa: S101 - the caller checked
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
 def _end(record: dict[str, Any]) -> float:
     """The last moment a ledger record covers (``until``, else ``started``)."""
     for key in ("until", "started"):
@@ -114,7 +136,11 @@ def compact(
         return False
     try:
         with open(path, "rb") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            if not _lock_exclusive(handle.fileno(), LOCK_WAIT):
+                logger.warning(
+                    "history file %s not compacted: still locked after %.0fs", path, LOCK_WAIT
+                )
+                return False
             if not _same_file(handle.fileno(), path):
                 return False  # another process compacted it first
             kept = _kept(handle.read(), keep_events, keep_since)

@@ -54,6 +54,12 @@ class Maintenance:
                 iso(last.started),
             )
 
+    def carry(self, since: float | None) -> None:
+        """Stay paused since ``since``, as the process this one was forked from was (no
+        event: the pause was recorded where it began); ``None`` changes nothing."""
+        if since is not None and self._since is None:
+            self._since = since
+
     @property
     def paused_since(self) -> float | None:
         """When maintenance mode began (``None``: not paused)."""

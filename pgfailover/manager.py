@@ -25,7 +25,6 @@ from psycopg_pool import ConnectionPool
 from pgfailover import forking
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.derive import standby_named
-from pgfailover.errors import ManagerClosed
 from pgfailover.events import FailoverEvent
 from pgfailover.execution import Executor
 from pgfailover.manager_base import (
@@ -86,9 +85,10 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
 
     def _open(self, start_health_checks: bool) -> FailoverManager:
         if self._closed:
-            raise ManagerClosed(f"manager {self.name} is closed")
+            raise self._refused()
         if self._opened:
             return self
+        forking.watch(self)  # from here: a fork in the middle of opening renews it too
         self._opened = True
         self._monitored = start_health_checks  # as again in a forked child
         try:
@@ -100,7 +100,6 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
             self.close(timeout=2.0)
             raise
         self._forked = False  # opened here (in a forked child, explicitly or on first use)
-        forking.watch(self)
         self._log_open()
         return self
 

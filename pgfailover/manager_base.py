@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from pgfailover import forking
 from pgfailover.availability import WindowStats
 from pgfailover.breaker import BreakerPolicy, Breakers
 from pgfailover.config import FailoverConfig, Node
@@ -32,6 +29,7 @@ from pgfailover.errors import (
     PromotionRefused,
 )
 from pgfailover.events import FailoverEvent
+from pgfailover.manager_fork import ForkRenewal
 from pgfailover.model import ClusterState, Snapshot
 from pgfailover.pools import TrackedPools
 from pgfailover.promote import PromotionGate
@@ -60,16 +58,14 @@ P = TypeVar("P", bound=TrackedPools[Any])
 X = TypeVar("X", bound=Dispatcher[Any])
 
 
-class ManagerBase(FromSources, Generic[P, X]):
+class ManagerBase(FromSources, ForkRenewal, Generic[P, X]):
     """The manager's parts and its non-blocking API; subclasses add the waiting half.
 
     A subclass provides :meth:`_make_pools` (its kind of pools) and
     :meth:`_make_executor` (its executor over them, from the keyword
-    arguments this class prepares).
+    arguments this class prepares). What a fork does to it: :class:`ForkRenewal`.
 
-    Locks: ``_fork_lock`` (reentrant) is taken only in a process forked while
-    the manager was open, by the uses that open it again there; ``open()``
-    runs under it, and nothing waits on it afterwards.
+    Locks: none of its own (``ForkRenewal``'s, in a forked child).
 
     Thread safety: every method here may be called from any thread.
     """
@@ -97,10 +93,7 @@ class ManagerBase(FromSources, Generic[P, X]):
         cfg.check_nodes(self._by_name)
         self._opened = False
         self._closed = False
-        self._closed_why: str | None = None  # why use is refused, when not close()
-        self._forked = False  # opened in a parent process: open again on first use here
-        self._monitored = True  # whether the monitor thread should run (open again after a fork)
-        self._fork_lock = threading.RLock()
+        self._init_renewal()
         # What the parts are built from, again in a forked child (_after_fork).
         self._pool_kwargs = dict(pool_kwargs or {})
         self._gate = promotion_gate
@@ -183,39 +176,9 @@ class ManagerBase(FromSources, Generic[P, X]):
         if self._forked:
             self._reopen_forked()
         if self._closed:
-            raise ManagerClosed(self._closed_why or f"manager {self.name} is closed")
+            raise self._refused()
         if not self._opened:
             raise ManagerClosed(f"manager {self.name} is not open: call open() or use 'with'")
-
-    def _reopen_forked(self) -> None:
-        raise NotImplementedError  # pragma: no cover - only the sync manager reopens
-
-    def _after_fork(self, parent: int) -> None:
-        """In a child forked while this manager was open (:mod:`pgfailover.forking`): bury
-        the parent's parts untouched, make new ones, open them on first use; or refuse use,
-        saying why, if this manager cannot be carried over a fork."""
-        forking.bury((self._pools, self._sup, self._executor))
-        self._fork_lock = threading.RLock()
-        self._opened = False
-        refusal = self._fork_refusal()
-        if self._gate is not None:
-            refusal = "an arbiter holding a lease in etcd is not carried over a fork"
-        self._build(None)
-        here = os.getpid()
-        if refusal is None:
-            self._forked = True
-            logger.info("manager %s: forked from %d, opens again on first use", self.name, parent)
-            return
-        self._closed = True
-        self._closed_why = (
-            f"manager {self.name} was opened in process {parent} before it forked this one "
-            f"({here}): {refusal}; open a new manager after the fork"
-        )
-        logger.warning("%s", self._closed_why)
-
-    def _fork_refusal(self) -> str | None:
-        """Why this kind of manager cannot open again after a fork (``None``: it can)."""
-        return None
 
     @property
     def closed(self) -> bool:
@@ -238,6 +201,8 @@ class ManagerBase(FromSources, Generic[P, X]):
     @property
     def snapshot(self) -> Snapshot:
         """The latest immutable snapshot of the cluster."""
+        if self._forked:
+            self._reopen_forked()
         return self._view.snapshot
 
     @property
@@ -245,6 +210,8 @@ class ManagerBase(FromSources, Generic[P, X]):
         """False in read-only mode: the primary is lost and none is coming (see
         :func:`~pgfailover.routing.read_only_reason`); writes raise ``ReadOnlyMode`` at once.
         True while a primary takes writes or a promotion is expected (writes wait)."""
+        if self._forked:  # a forked child's first request asks this first (Flask)
+            self._reopen_forked()
         return self._view.read_only_reason() is None
 
     def probe_soon(self) -> None:
@@ -376,6 +343,8 @@ class ManagerBase(FromSources, Generic[P, X]):
 
     def get_failover_status(self) -> dict[str, Any]:
         """The cluster, every node and the failover counters, as a JSON-ready dict."""
+        if self._forked:  # a health check may be a forked worker's first use
+            self._reopen_forked()
         status = self._sup.status(self._executor.breakers.report(time.monotonic()))
         status["read_strategy"] = describe(self._executor.strategy)
         return status
@@ -410,6 +379,8 @@ class ManagerBase(FromSources, Generic[P, X]):
 
     def get_metrics(self) -> dict[str, Any]:
         """Counters and gauges as a JSON-ready dict."""
+        if self._forked:
+            self._reopen_forked()
         return self._sup.metrics()
 
     def history(self) -> list[FailoverEvent]:

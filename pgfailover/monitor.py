@@ -248,6 +248,11 @@ class RoundOwner(Protocol):
         ...
 
 
+_EXITING = "after interpreter shutdown"
+"""What concurrent.futures refuses a probe with once the interpreter is exiting (before
+``atexit``: a process that exits without closing its manager gets there first)."""
+
+
 class Monitor:
     """The ``pgfailover-monitor`` thread.
 
@@ -301,6 +306,10 @@ class Monitor:
             in_doubt = True
             try:
                 in_doubt = owner.monitor_round()
+            except RuntimeError as exc:
+                if _EXITING in str(exc):
+                    return  # a process exiting without close(): no traceback at its exit
+                logger.exception("monitor round failed; continuing")
             except Exception:
                 logger.exception("monitor round failed; continuing")
             del owner  # do not keep the manager alive while sleeping

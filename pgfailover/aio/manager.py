@@ -41,7 +41,6 @@ from pgfailover.aio.execution import AsyncExecutor, AsyncSession, Params, Row
 from pgfailover.aio.pools import AsyncNodePools
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.derive import standby_named
-from pgfailover.errors import ManagerClosed
 from pgfailover.events import FailoverEvent
 from pgfailover.manager_base import ManagerBase
 from pgfailover.model import Snapshot
@@ -82,9 +81,10 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
     async def open(self, *, start_health_checks: bool = True) -> AsyncFailoverManager:
         """Open the pools, probe every node once (off the loop), start the monitor."""
         if self._closed:
-            raise ManagerClosed(f"manager {self.name} is closed")
+            raise self._refused()
         if self._opened:
             return self
+        forking.watch(self)  # from here: a fork in the middle of opening is refused too
         self._opened = True
         self._loop = asyncio.get_running_loop()
         self._executor.bind(self._loop)
@@ -103,7 +103,6 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
         except BaseException:
             await self.close(timeout=2.0)
             raise
-        forking.watch(self)
         self._log_open()
         return self
 
@@ -139,6 +138,8 @@ class AsyncFailoverManager(ManagerBase[AsyncNodePools, AsyncExecutor]):
             RuntimeError: called from another event loop than the one the manager
                 was opened on (its pools belong to that loop); nothing is changed.
         """
+        if self._closed_why is not None:
+            return  # refused in a forked child: its parts are new and were never opened
         loop = asyncio.get_running_loop()
         if self._loop is not None and loop is not self._loop:
             raise RuntimeError(

@@ -1,8 +1,9 @@
 """A process that opens a manager, forks, and has parent and child both use it.
 
 ``python forkcheck.py '<JSON>'`` (``nodes``: ``[[name, dsn], ...]``,
-``rows``: writes per process, ``kind``: ``sync``, ``sqlalchemy`` or
-``async``) prints one
+``rows``: writes per process, ``kind``: ``sync``, ``opening`` (the fork
+while another thread opens the manager), ``sqlalchemy`` or ``async``)
+prints one
 JSON line: what the parent and the child each saw. Run by
 ``test_fork.py`` in a process of its own, so that the test runner itself
 never forks with threads running. The child always ends with
@@ -20,6 +21,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pgfailover import AsyncFailoverManager, FailoverConfig, FailoverManager, Node
@@ -45,8 +47,8 @@ def _write(mgr: FailoverManager, who: str, first: int, rows: int) -> list[int]:
 
 
 def _child(mgr: FailoverManager, changes: list[str], spec: dict[str, Any]) -> dict[str, Any]:
-    faulthandler.dump_traceback_later(50, exit=True)  # a hang shows where, on stderr
     seen_before = len(changes)  # the parent's, copied by the fork
+    first_status = mgr.get_failover_status()["state"]  # a health check's first: it opens
     backend = mgr.query(BACKEND)[0][0]
     acked = _write(mgr, "child", 1_000_000, spec["rows"])
     position = mgr.write_position()  # read-your-writes: a standby that has them, or the primary
@@ -62,6 +64,7 @@ def _child(mgr: FailoverManager, changes: list[str], spec: dict[str, Any]) -> di
         "acked": acked,
         "read": rows[0][0],
         "state": mgr.get_failover_status()["state"],
+        "first_status": first_status,
         "monitor": any(t.name.startswith("pgfailover-monitor") for t in threading.enumerate()),
         "changes": changes[seen_before:],
     }
@@ -76,22 +79,36 @@ def _run_sync(spec: dict[str, Any]) -> dict[str, Any]:
     mgr.on_state_change(lambda _old, new, _snap: changes.append(new.value))
     mgr.query("CREATE TABLE IF NOT EXISTS forked (id bigint PRIMARY KEY, who text)")
     backend = mgr.query(BACKEND)[0][0]
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(reader)
-        try:
-            out: dict[str, Any] = _child(mgr, changes, spec)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(writer, json.dumps(out).encode())
-        os._exit(0)
-    os.close(writer)
+    pid, reader = _fork(lambda: _child(mgr, changes, spec))
     acked = _write(mgr, "parent", 1, spec["rows"])  # meanwhile, on the parent's session
     child = _read_child(reader, pid, deadline=time.monotonic() + 60)
     after = mgr.query(BACKEND)[0][0]  # the same session still: the child left it alone
     mgr.close()
     return {"backend": backend, "backend_after": after, "acked": acked, "child": child}
+
+
+def _run_opening(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fork while another thread is in the middle of ``open()``."""
+    nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
+    mgr = FailoverManager(nodes=nodes, config=_config())
+    opener = threading.Thread(target=mgr.open)
+    opener.start()
+    deadline = time.monotonic() + 10
+    while not mgr._opened and time.monotonic() < deadline:
+        pass  # no sleep: fork as soon as opening has begun
+
+    def in_child() -> dict[str, Any]:
+        out = {"backend": mgr.query(BACKEND)[0][0], "acked": []}
+        mgr.close()
+        return out
+
+    pid, reader = _fork(in_child)
+    opener.join(30)
+    backend = mgr.query(BACKEND)[0][0]
+    child = _read_child(reader, pid, deadline=time.monotonic() + 60)
+    after = mgr.query(BACKEND)[0][0]
+    mgr.close()
+    return {"backend": backend, "backend_after": after, "acked": [], "child": child}
 
 
 def _run_sqlalchemy(spec: dict[str, Any]) -> dict[str, Any]:
@@ -117,21 +134,14 @@ def _run_sqlalchemy(spec: dict[str, Any]) -> dict[str, Any]:
 
     manager.query("CREATE TABLE IF NOT EXISTS forked (id bigint PRIMARY KEY, who text)")
     backend, acked = write("parent", 1)
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(reader)
-        faulthandler.dump_traceback_later(50, exit=True)
-        try:
-            child_backend, acked = write("child", 1_000_000)
-            out: dict[str, Any] = {"backend": child_backend, "acked": acked}
-            engines.close()
-            manager.close()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(writer, json.dumps(out).encode())
-        os._exit(0)
-    os.close(writer)
+
+    def in_child() -> dict[str, Any]:
+        child_backend, child_acked = write("child", 1_000_000)
+        engines.close()
+        manager.close()
+        return {"backend": child_backend, "acked": child_acked}
+
+    pid, reader = _fork(in_child)
     during, more = write("parent", 1 + spec["rows"])  # meanwhile, on the parent's session
     child = _read_child(reader, pid, deadline=time.monotonic() + 60)
     after, last = write("parent", 1 + 2 * spec["rows"])
@@ -153,25 +163,38 @@ def _run_async(spec: dict[str, Any]) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         async with AsyncFailoverManager(nodes=nodes, config=_config()) as mgr:
             backend = (await mgr.query(BACKEND))[0][0]
-            reader, writer = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the parent's loop is running here too: use no await
-                os.close(reader)
+
+            def in_child() -> dict[str, Any]:  # the parent's loop runs here too: no await
                 try:
                     mgr.get_client()
-                    out: dict[str, Any] = {"error": "no refusal"}
                 except ManagerClosed as exc:
-                    out = {"refused": str(exc)}
-                except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                    out = {"error": f"{type(exc).__name__}: {exc}"}
-                os.write(writer, json.dumps(out).encode())
-                os._exit(0)
-            os.close(writer)
-            child = await asyncio.to_thread(_read_child, reader, pid, time.monotonic() + 60)
+                    return {"refused": str(exc)}
+                return {"error": "no refusal"}
+
+            pid, reader = _fork(in_child)
+            child_out = await asyncio.to_thread(_read_child, reader, pid, time.monotonic() + 60)
             after = (await mgr.query(BACKEND))[0][0]
-            return {"backend": backend, "backend_after": after, "child": child}
+            return {"backend": backend, "backend_after": after, "child": child_out}
 
     return asyncio.run(main())
+
+
+def _fork(body: Callable[[], dict[str, Any]]) -> tuple[int, int]:
+    """Fork: the child runs ``body``, writes its dict (or its error) on a pipe and ends
+    with ``os._exit``; the parent gets the child's PID and the pipe's reading end."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        faulthandler.dump_traceback_later(50, exit=True)  # a hang shows where, on stderr
+        try:
+            out = body()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(writer, json.dumps(out).encode())
+        os._exit(0)
+    os.close(writer)
+    return pid, reader
 
 
 def _read_child(reader: int, pid: int, deadline: float) -> dict[str, Any] | None:
@@ -193,6 +216,11 @@ def _read_child(reader: int, pid: int, deadline: float) -> dict[str, Any] | None
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    run = {"sync": _run_sync, "sqlalchemy": _run_sqlalchemy, "async": _run_async}[spec["kind"]]
+    run = {
+        "sync": _run_sync,
+        "opening": _run_opening,
+        "sqlalchemy": _run_sqlalchemy,
+        "async": _run_async,
+    }[spec["kind"]]
     result = run(spec)
     sys.stdout.write(json.dumps(result) + "\n")

@@ -87,9 +87,20 @@ def test_a_forked_child_opens_its_own_manager_and_leaves_the_parents_sessions(
     # its reads (read-your-writes).
     assert child["monitor"]
     assert child["state"] == "healthy"
+    assert child["first_status"] == "healthy"  # status, its first use, opened it
     assert "healthy" in child["changes"]
     assert child["read"] == ROWS
     _all_stored(forked_table, out, 2 * ROWS)
+
+
+def test_a_fork_while_another_thread_opens_the_manager_leaves_the_child_a_working_one(
+    shared_lab: LocalLab,
+) -> None:
+    out = _run(shared_lab, "opening")
+    child = out["child"]
+    assert "error" not in child, child["error"]
+    assert child["backend"] != out["backend"]
+    assert out["backend_after"] == out["backend"]
 
 
 def test_failover_engines_in_a_forked_child_use_new_engine_pools(forked_table: LocalLab) -> None:

@@ -61,6 +61,8 @@ def test_a_forked_manager_gets_new_parts_and_keeps_its_callbacks_and_strategy() 
     kept = mgr.listen(lambda: heard.append(1))
     mgr.unlisten(dropped)
     mgr.read_strategy = "priority"
+    mgr._sup.actions.maintenance.pause("upgrade")  # an auto manager paused before the fork
+    since = mgr._sup.actions.maintenance.paused_since
     old = (mgr._pools, mgr._sup, mgr._executor, mgr._view)
     try:
         mgr._after_fork(4242)
@@ -74,6 +76,10 @@ def test_a_forked_manager_gets_new_parts_and_keeps_its_callbacks_and_strategy() 
         assert mgr._forked
         assert not mgr._opened
         assert not mgr.closed
+        assert mgr in forking._open  # a grandchild forked before its first use renews it
+        # Still paused: a child must not promote in the middle of announced work.
+        assert since is not None
+        assert mgr._sup.actions.maintenance.paused_since == since
         # The callback registered before the fork is called by the new parts.
         mgr._sup.callbacks.emit("state_change", ClusterState.UNKNOWN, ClusterState.HEALTHY, None)
         assert states == [ClusterState.HEALTHY]
@@ -109,14 +115,16 @@ def test_a_manager_that_cannot_follow_a_fork_refuses_use_saying_why(
     mgr = build()
     with caplog.at_level(logging.WARNING):
         mgr._after_fork(4242)
-    assert mgr.closed
-    with pytest.raises(ManagerClosed) as refused:
-        mgr._check_open()
+        assert mgr.closed
+        assert caplog.text == ""  # said on use: a forked worker that never uses it is quiet
+        for _ in range(3):
+            with pytest.raises(ManagerClosed) as refused:
+                mgr._check_open()
     message = str(refused.value)
     assert why in message
     assert "process 4242" in message
-    assert message in caplog.text
-    assert "password" not in message
+    assert caplog.text.count(message) == 1  # logged once, raised every time
+    assert mgr not in forking._open  # nothing to renew in a grandchild
 
 
 class _Gate:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from pgfailover import historyfile
 from pgfailover.availability import WINDOWS, WindowStats, read_records, spans, window_stats
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.historyfile import append_line, compact
@@ -105,3 +108,27 @@ def test_a_history_file_not_written_yet_is_left_alone_quietly(
         assert compact(path, keep_events=10, keep_since=T, limit=0) is False
     assert not path.exists()
     assert caplog.records == []
+
+
+def test_a_compaction_gives_up_on_a_lock_held_for_good_and_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared lock that is never released (an appender stopped mid-append, or the
+    descriptor a forked child inherited from a thread that was appending) must not
+    hold up a manager's start: the compaction waits ``LOCK_WAIT``, then skips."""
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(event(n, T + n) for n in range(50)))
+    before = path.read_bytes()
+    monkeypatch.setattr(historyfile, "LOCK_WAIT", 0.2)
+    holder = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="pgfailover.historyfile"):
+            assert compact(path, keep_events=5, keep_since=T, limit=0) is False
+        assert 0.2 <= time.monotonic() - started < 5.0
+        assert "still locked" in caplog.text
+        assert path.read_bytes() == before
+    finally:
+        os.close(holder)
+    assert compact(path, keep_events=5, keep_since=T, limit=0)  # released: it compacts

@@ -6,6 +6,7 @@ futures the test completes itself (no server needed).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.counters import Counters
-from pgfailover.monitor import ProbeRound
+from pgfailover.monitor import Monitor, ProbeRound
 from pgfailover.probe import ProbeResult
 from pgfailover.rounds import Rounds
 from pgfailover.transition import initial_snapshot
@@ -275,3 +276,43 @@ def test_a_probe_that_cannot_open_a_session_where_statements_succeed_is_no_news(
     node0 = next(n for n in view.snapshot.nodes if n.name == "node0")
     assert node0.consecutive_failures == failures
     assert view.snapshot.primary == "node0"
+
+
+class _Owner:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.rounds = 0
+
+    def monitor_round(self) -> bool:
+        self.rounds += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "stops"),
+    [
+        (RuntimeError("cannot schedule new futures after interpreter shutdown"), True),
+        (RuntimeError("something else"), False),
+        (ValueError("a bug"), False),
+    ],
+    ids=["interpreter-exiting", "other-runtime-error", "other-error"],
+)
+def test_the_monitor_stops_quietly_only_when_the_interpreter_is_exiting(
+    error: Exception, stops: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process that exits without closing its manager: concurrent.futures refuses
+    the next round's probes before atexit runs; that is no failure to log at exit."""
+    owner = _Owner(error)
+    monitor = Monitor(owner, interval=0.01, fast_interval=0.01)
+    with caplog.at_level(logging.ERROR, logger="pgfailover.monitor"):
+        monitor.start()
+        deadline = time.monotonic() + 5
+        while owner.rounds < 3 and monitor.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if stops:
+            monitor._thread.join(5)
+        running = monitor.running
+        monitor.stop(5)
+    assert running is not stops
+    assert owner.rounds == 1 if stops else owner.rounds >= 3
+    assert ("monitor round failed" in caplog.text) is not stops
