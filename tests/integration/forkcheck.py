@@ -31,10 +31,14 @@ INSERT = "INSERT INTO forked (id, who) VALUES (%s, %s)"
 BACKEND = "SELECT pg_backend_pid()"  # on the primary: a write route
 
 
-def _config() -> FailoverConfig:
+def _config(source: str | None = None) -> FailoverConfig:
     # One connection per pool: a parent's pooled session is the one a copy would reuse.
     return FailoverConfig(
-        health_check_interval=0.2, fast_interval=0.05, pool_min_size=1, pool_max_size=1
+        health_check_interval=0.2,
+        fast_interval=0.05,
+        pool_min_size=1,
+        pool_max_size=1,
+        source=source,
     )
 
 
@@ -58,7 +62,12 @@ def _child(mgr: FailoverManager, changes: list[str], spec: dict[str, Any]) -> di
     deadline = time.monotonic() + 10
     while len(changes) == seen_before and time.monotonic() < deadline:
         time.sleep(0.02)  # the child's own first round: UNKNOWN -> HEALTHY, on its thread
+    while mgr.source_status() is not None and time.monotonic() < deadline:
+        if (mgr.source_status() or {}).get("mode") == "following":
+            break  # a follower: on a stream of its own (the parent's thread is not here)
+        time.sleep(0.02)
     report = {
+        "source": (mgr.source_status() or {}).get("mode"),
         "pid": os.getpid(),
         "backend": backend,
         "acked": acked,
@@ -74,7 +83,7 @@ def _child(mgr: FailoverManager, changes: list[str], spec: dict[str, Any]) -> di
 
 def _run_sync(spec: dict[str, Any]) -> dict[str, Any]:
     nodes = [Node(name, dsn) for name, dsn in spec["nodes"]]
-    mgr = FailoverManager(nodes=nodes, config=_config()).open()
+    mgr = FailoverManager(nodes=nodes, config=_config(spec.get("source"))).open()
     changes: list[str] = []
     mgr.on_state_change(lambda _old, new, _snap: changes.append(new.value))
     mgr.query("CREATE TABLE IF NOT EXISTS forked (id bigint PRIMARY KEY, who text)")
@@ -83,8 +92,15 @@ def _run_sync(spec: dict[str, Any]) -> dict[str, Any]:
     acked = _write(mgr, "parent", 1, spec["rows"])  # meanwhile, on the parent's session
     child = _read_child(reader, pid, deadline=time.monotonic() + 60)
     after = mgr.query(BACKEND)[0][0]  # the same session still: the child left it alone
+    source = mgr.source_status()
     mgr.close()
-    return {"backend": backend, "backend_after": after, "acked": acked, "child": child}
+    return {
+        "backend": backend,
+        "backend_after": after,
+        "acked": acked,
+        "child": child,
+        "source": source and {k: source[k] for k in ("mode", "fallbacks")},
+    }
 
 
 def _run_opening(spec: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import pytest
 
 from pgfailover.lab import LocalLab
 
-from .helpers import lab_config, stop_process, wait_until
+from .helpers import lab_config, serve_process, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,8 +34,9 @@ SCRIPT = Path(__file__).with_name("forkcheck.py")
 ROWS = 200
 
 
-def _run(lab: LocalLab, kind: str) -> dict[str, Any]:
-    spec = {"nodes": [[n.name, n.dsn] for n in lab.manager_nodes()], "rows": ROWS, "kind": kind}
+def _run(lab: LocalLab, kind: str, source: str | None = None) -> dict[str, Any]:
+    nodes = [[n.name, n.dsn] for n in lab.manager_nodes()]
+    spec = {"nodes": nodes, "rows": ROWS, "kind": kind, "source": source}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), json.dumps(spec)],
         capture_output=True,
@@ -90,6 +91,21 @@ def test_a_forked_child_opens_its_own_manager_and_leaves_the_parents_sessions(
     assert child["first_status"] == "healthy"  # status, its first use, opened it
     assert "healthy" in child["changes"]
     assert child["read"] == ROWS
+    _all_stored(forked_table, out, 2 * ROWS)
+
+
+def test_a_forked_follower_follows_the_arbiter_on_a_stream_of_its_own(
+    forked_table: LocalLab, tmp_path: Path
+) -> None:
+    config = lab_config(forked_table, tmp_path / "pgfailover.toml")
+    with serve_process(config, tmp_path / "arbiter.log", "--stream-port", "0") as ready:
+        out = _run(forked_table, "sync", source=ready["stream_url"])
+    child = out["child"]
+    assert "error" not in child, child["error"]
+    assert child["source"] == "following"
+    assert out["source"] == {"mode": "following", "fallbacks": 0}  # the parent never lost it
+    assert child["backend"] != out["backend"]
+    assert out["backend_after"] == out["backend"]
     _all_stored(forked_table, out, 2 * ROWS)
 
 
