@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,6 +70,7 @@ def append_line(path: str | Path, line: str) -> None:
     data = line.encode()
     for _ in range(_ATTEMPTS):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _locking.add(fd)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_SH)
@@ -79,8 +81,39 @@ def append_line(path: str | Path, line: str) -> None:
                 written += os.write(fd, data[written:])
             return
         finally:
+            _locking.discard(fd)
             os.close(fd)  # releases the lock
     raise OSError(f"{path}: replaced {_ATTEMPTS} times while appending")
+
+
+_locking: set[int] = set()  # descriptors that hold (or are taking) a lock now, any thread
+
+
+@contextlib.contextmanager
+def _held(fd: int) -> Iterator[None]:
+    _locking.add(fd)
+    try:
+        yield
+    finally:
+        _locking.discard(fd)
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child: close the descriptors the parent's threads held locks on.
+
+    Those threads are not in the child, so nothing here would ever close them,
+    and a descriptor shares its lock with the parent's: the file could not be
+    compacted (nor, for a rewrite's exclusive lock, appended to) by anyone
+    until the child exits. The parent keeps its own descriptors and locks.
+    """
+    for fd in list(_locking):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _locking.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
 
 
 def _lock_exclusive(fd: int, wait: float) -> bool:
@@ -135,7 +168,7 @@ def compact(
         logger.error("history file %s not compacted: %s", path, exc)
         return False
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle, _held(handle.fileno()):
             if not _lock_exclusive(handle.fileno(), LOCK_WAIT):
                 logger.warning(
                     "history file %s not compacted: still locked after %.0fs", path, LOCK_WAIT

@@ -97,7 +97,7 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
             if start_health_checks:
                 self.start_health_checks()
         except BaseException:
-            self.close(timeout=2.0)
+            self._close(timeout=2.0)
             raise
         self._forked = False  # opened here (in a forked child, explicitly or on first use)
         self._log_open()
@@ -108,11 +108,14 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         # others wait for that, then find it open. Opening checks it again (the
         # lock is reentrant) and finds it opening.
         with self._fork_lock:
-            if self._forked and not self._opened:
+            if self._forked and not self._opened and not self._closed:
                 try:
                     self._open(self._monitored)
-                finally:
-                    self._forked = False
+                except BaseException:
+                    if not self._close_asked:  # not closed by the application meanwhile
+                        self._reopen_failed()  # still _forked: the next use tries again
+                    raise
+                self._forked = False
 
     def __enter__(self) -> FailoverManager:
         return self.open()
@@ -143,6 +146,10 @@ class FailoverManager(ManagerBase[NodePools, Executor]):
         probes are aborted and pools are closed in parallel, each with what
         is left of the timeout.
         """
+        self._close_asked = True  # a failed first use in a forked child stays closed
+        self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
         if self._closed:
             return
         deadline = time.monotonic() + timeout

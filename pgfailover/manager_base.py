@@ -371,6 +371,8 @@ class ManagerBase(FromSources, ForkRenewal, Generic[P, X]):
 
     def availability(self) -> dict[str, WindowStats] | None:
         """Fraction of observed time writes were taken, over 1 h, 24 h, 7 d (once open)."""
+        if self._forked:
+            self._reopen_forked()
         return self._sup.availability_report()
 
     def upkeep_status(self) -> UpkeepStatus:

@@ -51,6 +51,7 @@ class ForkRenewal:
         self._closed_why: str | None = None  # why use is refused, when not close()
         self._closed_why_logged = False
         self._forked = False  # opened in a parent process: open again on first use here
+        self._close_asked = False  # the application called close()
         self._monitored = True  # whether the monitor thread runs (again after a fork)
         self._fork_lock = threading.RLock()
 
@@ -73,8 +74,7 @@ class ForkRenewal:
         refusal = self._fork_refusal()
         if self._gate is not None:
             refusal = "an arbiter holding a lease in etcd is not carried over a fork"
-        self._build(None)
-        self._sup.actions.maintenance.carry(old.actions.maintenance.paused_since)
+        self._fresh_parts()
         if refusal is None:
             self._forked = True
             forking.watch(self)  # a grandchild forked before its first use renews it too
@@ -84,6 +84,20 @@ class ForkRenewal:
             f"manager {self.name} was opened in process {parent} before it forked this one "
             f"({os.getpid()}): {refusal}; open a new manager after the fork"
         )
+
+    def _fresh_parts(self) -> None:
+        """New parts, not opened, paused as the last ones were."""
+        old = self._sup
+        self._build(None)
+        self._sup.actions.maintenance.carry(old.actions.maintenance.paused_since)
+
+    def _reopen_failed(self) -> None:
+        """The child's first use could not open the manager (an error, or an interrupt:
+        Celery's soft time limit): the next use tries again, on new parts, rather than
+        find the manager closed for good. Called with ``_fork_lock`` held."""
+        self._closed = self._opened = False
+        self._fresh_parts()
+        forking.watch(self)
 
     def _refused(self) -> ManagerClosed:
         """The error for a use of a closed manager (said once in the log, if a fork did it)."""

@@ -142,3 +142,38 @@ class _Gate:
 
     def status(self) -> dict[str, Any]:
         return {"held": False}
+
+
+class _Interrupt(BaseException):
+    """What a signal handler raises (Celery's soft time limit)."""
+
+
+def test_a_first_use_that_fails_in_a_forked_child_is_tried_again_on_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mgr = FailoverManager(nodes=NODES)
+    mgr._after_fork(4242)
+
+    def interrupted() -> None:
+        raise _Interrupt
+
+    def failing() -> None:
+        raise RuntimeError("cannot open")
+
+    first = mgr._pools
+    monkeypatch.setattr(first, "open", interrupted)
+    with pytest.raises(_Interrupt):
+        mgr._check_open()
+    # Not closed for good: new parts, still to open, renewed in a grandchild too.
+    assert not mgr.closed
+    assert mgr._forked
+    assert mgr._pools is not first
+    assert mgr in forking._open
+    monkeypatch.setattr(mgr._pools, "open", failing)
+    with pytest.raises(RuntimeError, match="cannot open"):  # it tried again
+        mgr._check_open()
+    assert not mgr.closed
+    mgr.close(timeout=1.0)  # the application's close is for good
+    with pytest.raises(ManagerClosed, match="is closed"):
+        mgr._check_open()
+    assert mgr not in forking._open

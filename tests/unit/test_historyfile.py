@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -132,3 +134,56 @@ def test_a_compaction_gives_up_on_a_lock_held_for_good_and_changes_nothing(
     finally:
         os.close(holder)
     assert compact(path, keep_events=5, keep_since=T, limit=0)  # released: it compacts
+
+
+FORKED_COMPACTION = """
+import json, os, sys, threading, time
+from pgfailover import historyfile
+path = sys.argv[1]
+holding, done = threading.Event(), threading.Event()
+write = os.write
+
+def stalled_write(fd, data):  # the appender stops in the middle of its append, lock held
+    if threading.current_thread().name == "appender":
+        holding.set()
+        done.wait()
+    return write(fd, data)
+
+os.write = stalled_write
+line = json.dumps({"id": "late", "kind": "watch", "started": 0}) + "\\n"
+appending = threading.Thread(
+    target=historyfile.append_line, args=(path, line), name="appender", daemon=True
+)
+appending.start()
+holding.wait(5)
+released, tell = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(released, 1)  # the parent's append is over: its descriptor is closed
+    started = time.monotonic()
+    ok = historyfile.compact(path, keep_events=5, keep_since=0, limit=0)
+    os._exit(0 if ok and time.monotonic() - started < 1.0 else 1)
+done.set()
+appending.join(5)
+os.write(tell, b"x")
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_an_append_its_parent_was_making(
+    tmp_path: Path,
+) -> None:
+    """The appending thread is not in the child, so nothing there would ever close its
+    descriptor: the child closes it, and compacts at once instead of waiting it out."""
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(event(n, T + n) for n in range(50)))
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_COMPACTION)
+    done = subprocess.run(  # our own script
+        [sys.executable, str(script), str(path)], capture_output=True, timeout=20, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    kept = path.read_text().splitlines()
+    assert len(kept) == 6  # the child compacted it: 5 events, and the parent's append
+    assert '"late"' in kept[-1]
