@@ -14,6 +14,8 @@ from pgfailover.lab import LocalLab
 
 from .helpers import FAST, Workload, manager_for, port_of, prepare, wait_until
 
+STANDBYS = ("node1", "node2")
+
 
 @pytest.fixture
 def auto_mgr(sync_lab: LocalLab) -> Iterator[FailoverManager]:
@@ -262,3 +264,23 @@ def test_a_standby_whose_receiver_is_down_shows_the_timeline_it_is_on(fresh_lab:
     with manager_for(fresh_lab, FAST.replace(promotion="manual")) as mgr:
         assert mgr.snapshot.node("node2").timeline == 2
         assert mgr.get_failover_status()["nodes"][2]["timeline"] == 2
+
+
+def test_a_promotion_with_nothing_to_change_reloads_no_configuration(fresh_lab: LocalLab) -> None:
+    """Asynchronous replication and no fence: nothing to write on the new primary, so
+    no reload, which every pooled session there would pay for at its next statement
+    (the write it held through the failover)."""
+    prepare(fresh_lab)
+    mgr = manager_for(fresh_lab, FAST.replace(promotion="auto"))
+    try:
+        loaded = {n: fresh_lab.run_sql(n, "SELECT pg_conf_load_time()")[0][0] for n in STANDBYS}
+        fresh_lab.kill("node0")
+        wait_until(
+            lambda: any(e.outcome == "completed" for e in mgr.history()), what="the promotion"
+        )
+        new = mgr.history()[-1].to_node
+        assert new in STANDBYS
+        mgr.query("INSERT INTO w VALUES (1)")  # it takes writes: not fenced
+        assert fresh_lab.run_sql(new, "SELECT pg_conf_load_time()")[0][0] == loaded[new]
+    finally:
+        mgr.close()
