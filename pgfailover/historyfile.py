@@ -120,9 +120,8 @@ def _lock_exclusive(fd: int, wait: float) -> bool:
     """Take ``flock(LOCK_EX)`` on ``fd`` within ``wait`` seconds; False if it stays held.
 
     Bounded, because compacting is only tidying: a writer stopped in the middle
-    of an append (SIGSTOP), or a descriptor a forked child inherited from a
-    thread that was appending (the child never closes it), holds its shared
-    lock for as long as it lives, and a manager must open all the same.
+    of an append (SIGSTOP) holds its shared lock for as long as it is stopped,
+    and a manager must open all the same.
     """
     assert fcntl is not None  # noqa: S101 - the caller checked
     deadline = time.monotonic() + wait

@@ -98,7 +98,9 @@ def test_a_forked_follower_follows_the_arbiter_on_a_stream_of_its_own(
     forked_table: LocalLab, tmp_path: Path
 ) -> None:
     config = lab_config(forked_table, tmp_path / "pgfailover.toml")
-    with serve_process(config, tmp_path / "arbiter.log", "--stream-port", "0") as ready:
+    # Not auto: an auto arbiter tunes the standbys' settings, and this lab is shared.
+    options = ("--stream-port", "0", "--promotion", "manual")
+    with serve_process(config, tmp_path / "arbiter.log", *options) as ready:
         out = _run(forked_table, "sync", source=ready["stream_url"])
     child = out["child"]
     assert "error" not in child, child["error"]
