@@ -80,4 +80,5 @@ def _in_child() -> None:
             logger.exception("pgfailover: renewing a manager after fork failed")
 
 
-os.register_at_fork(after_in_child=_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_in_child)

@@ -46,6 +46,9 @@ _ATTEMPTS: Final = 100  # a rewrite happens once per process start: this is plen
 LOCK_WAIT: Final = 2.0  # seconds a rewrite waits for appends to finish, then gives up
 
 
+_locking: set[int] = set()  # descriptors that hold (or are taking) a lock now, any thread
+
+
 def _same_file(fd: int, path: str | Path) -> bool:
     """``fd`` is still the file at ``path`` (no rewrite replaced it since it was opened)."""
     try:
@@ -84,9 +87,6 @@ def append_line(path: str | Path, line: str) -> None:
             _locking.discard(fd)
             os.close(fd)  # releases the lock
     raise OSError(f"{path}: replaced {_ATTEMPTS} times while appending")
-
-
-_locking: set[int] = set()  # descriptors that hold (or are taking) a lock now, any thread
 
 
 @contextlib.contextmanager

@@ -120,15 +120,12 @@ class ManagerBase(FromSources, ForkRenewal, Generic[P, X]):
         self.counters = sup.counters
         self.events = sup.events
         self._view = sup.view
-        strategy = self._strategy
         self._executor: X = self._make_executor(
             {
                 "view": sup.view,
                 "pools": self._pools,
                 "counters": sup.counters,
-                "strategy": self._make_strategy(strategy)
-                if isinstance(strategy, str)
-                else strategy,
+                "strategy": self._strategy_now(),
                 "wait_timeout": cfg.failover_wait_timeout,
                 "pool_timeout": cfg.pool_timeout,
                 "poll": cfg.fast_interval * 2,
@@ -163,9 +160,12 @@ class ManagerBase(FromSources, ForkRenewal, Generic[P, X]):
     @read_strategy.setter
     def read_strategy(self, strategy: ReadStrategy | str) -> None:
         self._strategy = strategy  # a built-in by name: a fork makes it over its own pools
-        self._executor.strategy = (
-            self._make_strategy(strategy) if isinstance(strategy, str) else strategy
-        )
+        self._executor.strategy = self._strategy_now()
+
+    def _strategy_now(self) -> ReadStrategy:
+        """The strategy object: a built-in named is made over the current pools."""
+        strategy = self._strategy
+        return self._make_strategy(strategy) if isinstance(strategy, str) else strategy
 
     def _make_strategy(self, name: str) -> ReadStrategy:
         return make_strategy(name, weights=self.config.read_weights, busy=self._pools.in_use)

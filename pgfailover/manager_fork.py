@@ -62,7 +62,9 @@ class ForkRenewal:
         raise NotImplementedError  # pragma: no cover - only the sync manager reopens
 
     def _fork_refusal(self) -> str | None:
-        """Why this kind of manager cannot open again after a fork (``None``: it can)."""
+        """Why this manager cannot open again after a fork (``None``: it can)."""
+        if self._gate is not None:
+            return "an arbiter holding a lease in etcd is not carried over a fork"
         return None
 
     def _after_fork(self, parent: int) -> None:
@@ -72,8 +74,6 @@ class ForkRenewal:
         self._fork_lock = threading.RLock()
         self._opened = False
         refusal = self._fork_refusal()
-        if self._gate is not None:
-            refusal = "an arbiter holding a lease in etcd is not carried over a fork"
         self._fresh_parts()
         if refusal is None:
             self._forked = True
