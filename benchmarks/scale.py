@@ -58,9 +58,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import functools
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -322,7 +324,8 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         new, switched = arbiter.switched()
         if new is None:  # the record says only that none switched: stderr says why
             print(why_no_switch(arbiter.get, home / "arbiter.log"), file=sys.stderr)
-        record.update(_writes(lab, results, killed, new, switched))
+        promoted = _left_recovery(lab.local_node(new).logfile, killed) if new else None
+        record.update(_writes(lab, results, killed, new, switched, promoted=promoted))
         record["open_s_per_process"] = max(r["open_s"] for r in readies)
         counts = [spec["count"] for spec in specs]
         record["rss_kib_per_manager"] = round(
@@ -340,6 +343,31 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         shutil.rmtree(home, ignore_errors=True)
 
 
+_LEFT_RECOVERY = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC \[\d+\] LOG:  archive recovery complete$",
+    re.MULTILINE,
+)
+
+
+def _left_recovery(logfile: Path, after: float) -> float | None:
+    """When the server whose log is ``logfile`` left recovery after ``after`` (wall
+    clock, to the millisecond), from its log: the lab's ``log_line_prefix`` starts
+    with ``%m``. PostgreSQL logs "archive recovery complete" just before it ends
+    recovery (``pg_is_in_recovery()`` turns false a few milliseconds later), so a
+    time counted from here is, if anything, longer. ``None`` when the log has no
+    such line (or is not in UTC)."""
+    with contextlib.suppress(OSError):
+        for match in _LEFT_RECOVERY.finditer(logfile.read_text(errors="replace")):
+            at = (
+                datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f")
+                .replace(tzinfo=datetime.timezone.utc)
+                .timestamp()
+            )
+            if at >= after:
+                return at
+    return None
+
+
 def _writes(
     lab: Any,
     results: list[dict[str, Any]],
@@ -348,11 +376,15 @@ def _writes(
     switched: float | None,
     *,
     old: str = "node0",
+    promoted: float | None = None,
 ) -> dict[str, Any]:
-    """What the managers' writes came to after the kill (or the switchover from ``old``)."""
+    """What the managers' writes came to after the kill (or the switchover from ``old``);
+    with ``promoted`` (when the new primary left recovery), the first writes from then
+    too."""
     new_port = lab.node(new).port if new else None
     old_port = lab.node(old).port
     firsts: list[float] = []
+    from_promotion: list[float] = []
     seen = (
         sorted(t - switched for r in results for t in r["switched"].values()) if switched else []
     )
@@ -369,6 +401,8 @@ def _writes(
             # From the switch, or from the attempt's start if it began later (the
             # writer was pausing between writes): the routing's delay, not the pace's.
             firsts.append(done - max(switched, began))
+            if promoted is not None:
+                from_promotion.append(done - max(promoted, began))
             old_after_new += sum(1 for _, p, _, t in manager if p == old_port and t > done)
     # How loaded the machine was: the writes' own latency before the event.
     before = sorted(t - b for r in results for m in r["acks"] for _, _, b, t in m if t < killed)
@@ -376,6 +410,14 @@ def _writes(
     ordered = sorted(firsts)
     return {
         "switch_after_kill_s": round(switched - killed, 3) if switched else None,
+        **(
+            {
+                "promotion_to_switch_s": round(switched - promoted, 4),
+                "promotion_to_first_write_s": quantiles(sorted(from_promotion)),
+            }
+            if promoted is not None and switched is not None
+            else {}
+        ),
         "switch_to_first_write_s": quantiles(ordered),
         "switch_to_manager_switch_s": quantiles(seen),
         "write_before_s": quantiles(before),

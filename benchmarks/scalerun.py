@@ -163,6 +163,7 @@ def summaries(runs: list[dict[str, Any]], contenders: list[str]) -> list[dict[st
                         for name in (
                             "switch_to_manager_switch",
                             "switch_to_first_write",
+                            "promotion_to_first_write",
                             "write_before",
                             "all_at_once",
                         )
