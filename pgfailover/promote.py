@@ -11,11 +11,14 @@ operator reads in ``history`` what was done and what could not be.
 Order matters on PostgreSQL 15: reloading a standby's config just before
 ``pg_promote`` was seen to stall the promotion by
 ``wal_retrieve_retry_interval`` (5 s). So the candidate is promoted first,
-untouched; only then is the new primary's ``synchronous_standby_names``
-rewritten for the standbys that will follow it (the old primary's policy
-over the survivors), writes switch (a re-probe publishes the new primary),
-and the other standbys are repointed, all in the same call, so that
-``close()`` (which waits for it) never leaves half a promotion behind.
+untouched; only then, on the session that promoted (a new one would be a
+backend started when the new primary's CPU is most wanted), is its
+``synchronous_standby_names`` rewritten for the standbys that will follow
+it (the old primary's policy over the survivors, worked out beforehand),
+and a fence lifted, if there is anything to change; writes switch (a
+re-probe publishes the new primary), and the other standbys are repointed,
+all in the same call, so that ``close()`` (which waits for it) never leaves
+half a promotion behind.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
@@ -44,6 +48,35 @@ logger = logging.getLogger(__name__)
 
 
 _FENCE_RETRY = 10.0
+
+
+@dataclass(frozen=True)
+class _SyncPlan:
+    """The new primary's sync policy, worked out before the promotion: the session
+    that promotes sets it (:func:`~pgfailover.admin.promote_node`).
+
+    ``original``: the old primary's ``synchronous_standby_names``; ``current``:
+    the target's; ``change``: what to write there (``None``: it is so already);
+    ``note``: durability lowered (fewer survivors than the policy asks).
+    """
+
+    original: str
+    current: str
+    change: str | None
+    note: str | None
+
+    @classmethod
+    def make(cls, snap: Snapshot, target: str, survivors: list[str]) -> _SyncPlan:
+        """The plan for promoting ``target`` with ``survivors`` (application names)
+        following it; the old primary's policy as last seen, else the target's."""
+        original = None
+        if snap.last_primary is not None:
+            original = snap.node(snap.last_primary).sync_standby_names
+        if original is None:
+            original = snap.node(target).sync_standby_names or ""
+        new_sync, note = rewrite_sync_names(original, survivors)
+        current = snap.node(target).sync_standby_names or ""
+        return cls(original, current, new_sync if new_sync != current else None, note)
 
 
 class PromotionCalledOff(PromotionFailed):
@@ -146,11 +179,15 @@ class Promoter:
         def last_check() -> None:  # connected, right before pg_promote
             fencing[0] = self._check_gate()
 
+        sync = _SyncPlan.make(snap, target, [link.application_name for _, link in survivors])
         logger.warning("cluster %s: promoting %s (%s)", self._cluster, target, event.reason)
         started = time.monotonic()
         try:
-            self._admin.promote(
-                self._dsn(target), before=None if self._gate is None else last_check
+            unconfigured = self._admin.promote(
+                self._dsn(target),
+                before=None if self._gate is None else last_check,
+                sync_names=sync.change,
+                timeout=timeout,
             )
         except (PgFailoverError, psycopg.Error) as exc:
             self._counters.bump("promotion_failures")
@@ -172,7 +209,7 @@ class Promoter:
                 )
             )
             self._events.update(event.id, fencing_revision=fencing[0])
-        self._sync_for(snap, target, [link.application_name for _, link in survivors], notes)
+        self._synced(sync, target, unconfigured, notes)
         if notes:
             self._events.append_notes(event.id, tuple(notes))
         settle()  # probe now, so that writes switch without waiting for the interval
@@ -189,28 +226,22 @@ class Promoter:
             raise PromotionCalledOff(f"not promoted: {why}")
         return self._gate.fencing_revision()
 
-    def _sync_for(
-        self, snap: Snapshot, target: str, survivors: list[str], notes: list[str]
+    def _synced(
+        self, sync: _SyncPlan, target: str, unconfigured: str | None, notes: list[str]
     ) -> None:
-        """Give the new primary the old one's sync policy over the survivors."""
-        original = self._original_sync_names(snap, target)
-        self._upkeep.learn(original)
-        new_sync, note = rewrite_sync_names(original, survivors)
-        if note:
-            notes.append(note)
+        """Record what the promotion's session did to the new primary's sync policy
+        (``unconfigured``: why it could not)."""
+        self._upkeep.learn(sync.original)
+        if sync.note:
+            notes.append(sync.note)
             self._counters.bump("sync_lowered")
-        current = snap.node(target).sync_standby_names or ""
-        change = new_sync if new_sync != current else None
         written = None
-        try:
-            # Also lifts a fence an earlier switchover left on this node.
-            self._admin.configure_new_primary(self._dsn(target), change, self._timeout)
-            if change is not None:
-                notes.append(f"synchronous_standby_names on {target}: {new_sync!r}")
-                written = new_sync
-        except psycopg.Error as exc:
-            notes.append(f"could not configure {target} as the new primary: {exc}")
-        self._upkeep.promoted(target, current if written is None else written, time.time())
+        if unconfigured is not None:
+            notes.append(f"could not configure {target} as the new primary: {unconfigured}")
+        elif sync.change is not None:
+            notes.append(f"synchronous_standby_names on {target}: {sync.change!r}")
+            written = sync.change
+        self._upkeep.promoted(target, sync.current if written is None else written, time.time())
 
     def _survivor_links(
         self, snap: Snapshot, target: str, notes: list[str]
@@ -227,14 +258,6 @@ class Promoter:
                 continue
             links.append((node.name, link))
         return links
-
-    @staticmethod
-    def _original_sync_names(snap: Snapshot, target: str) -> str:
-        if snap.last_primary is not None:
-            seen = snap.node(snap.last_primary).sync_standby_names
-            if seen is not None:
-                return seen
-        return snap.node(target).sync_standby_names or ""
 
     def _repoint(
         self, target: str, survivors: list[tuple[str, StandbyLink]], event_id: str

@@ -278,16 +278,24 @@ class FakeAdmin:
         if action in self.fail:
             raise self.fail[action]
 
-    def promote(self, dsn: str, before: Callable[[], None] | None = None) -> None:
+    def promote(
+        self,
+        dsn: str,
+        before: Callable[[], None] | None = None,
+        sync_names: str | None = None,
+        timeout: float = 2.0,
+    ) -> str | None:
         if before is not None:
             before()
         self._do("promote", dsn)
+        try:  # on the promotion's session: a failure there is an answer, not an error
+            self._do("configure" if sync_names is None else f"configure sync {sync_names}", dsn)
+        except psycopg.Error as exc:
+            return str(exc)
+        return None
 
     def fence(self, dsn: str, timeout: float) -> None:
         self._do("fence", dsn)
-
-    def configure_new_primary(self, dsn: str, sync_names: str | None, timeout: float) -> None:
-        self._do("configure" if sync_names is None else f"configure sync {sync_names}", dsn)
 
     def fence_sessions(self, dsn: str, timeout: float) -> tuple[int, int]:
         self._do("fence_sessions", dsn)
