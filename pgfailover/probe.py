@@ -117,8 +117,10 @@ class ProbeResult:
     message; ``streaming_names`` (a primary) who streams from it now.
     ``busy`` (with ``ok`` false): the server refused a new session for lack
     of connection slots (:func:`refused_for_capacity`): alive, role unknown.
-    ``opening`` (with ``ok`` false): the probe failed while opening a new
-    session (it never ran its statement there).
+    ``opening`` (with ``ok`` false): the probe's new session did not open in
+    time: the server gave no answer (a connect timeout, or a probe abandoned
+    while opening), so it never ran its statement there. A refused or reset
+    connection is an answer, and is not ``opening``.
     """
 
     node: str
@@ -243,7 +245,7 @@ class NodeProber:
     fork per probe) and dropped on any error; a kept one that fails at once
     (the server ended it) is replaced within the same probe. A refusal for
     lack of slots is reported ``busy`` and logged once per episode, and a
-    failure while opening a session ``opening``. :meth:`abort` unblocks a probe
+    session that did not open in time ``opening``. :meth:`abort` unblocks a probe
     stuck on a hung server by shutting the socket down, so that its thread
     returns; the monitor calls it when a probe outlives the round's deadline.
 
@@ -361,6 +363,10 @@ class NodeProber:
     def _failed(self, started: float, exc: BaseException) -> ProbeResult:
         with self._lock:
             opening, self._opening = self._opening, False
+        # Only a session that got no answer in time is "opening" (no news of a node
+        # whose statements succeed). A refusal or a reset is news: nothing accepts
+        # there now, whatever a reply a query read just before said.
+        opening = opening and isinstance(exc, psycopg.errors.ConnectionTimeout)
         message = first_line(exc)
         busy = refused_for_capacity(message)
         if busy and not self._refused:

@@ -131,12 +131,16 @@ class Rounds:
             return decisions
 
     def _excused(self, results: dict[str, ProbeResult]) -> dict[str, ProbeResult]:
-        """The results without the probes that could not open a session on a node where a
-        statement succeeded after they began: that node serves, its new sessions are
-        slow (hundreds of followers opening theirs at once, a full listen backlog).
-        No news for it; a probe of an open session that fails (a hang, a black hole
-        stops the statements too) and a refusal (:func:`~pgfailover.observe.probed`)
-        are not excused."""
+        """The results without the probes whose new session got no answer in time on a
+        node where a statement succeeded after they began: that node serves, its new
+        sessions are slow (hundreds of followers opening theirs at once, a full
+        listen backlog). No news for it. Not excused: a probe of an open session
+        that fails (a hang, a black hole stops the statements too), a refusal for
+        capacity (:func:`~pgfailover.observe.probed`), and a refused or reset
+        connection, which is an answer: a statement "succeeding" after the probe
+        began may be a reply the node sent before it died, read late (excused, a
+        killed primary's first failed probe kept it up, and the next probe came a
+        whole interval later)."""
         return {
             name: result
             for name, result in results.items()
