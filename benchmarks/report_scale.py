@@ -60,8 +60,9 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
         "| managers | contender | probe sessions | probes/s steady | probes/s failover "
         "(live nodes) | write latency before p50 / p99 | all writing at once p50 / p99 "
         "| switch to manager switch p50 / p99 "
-        "| switch to first write p50 / p99 / max | lost | memory / threads per manager |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| switch to first write p50 / p99 / max "
+        "| promotion to first write p50 / p99 / max | lost | memory / threads per manager |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summaries:
         lines.append(
@@ -72,6 +73,7 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
             f"| {_seconds(r, 'all_at_once', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_manager_switch', 'p50', 'p99')} "
             f"| {_seconds(r, 'switch_to_first_write', 'p50', 'p99', 'max')} "
+            f"| {_seconds(r, 'promotion_to_first_write', 'p50', 'p99', 'max')} "
             f"| {_count(r['lost'])} | {r['rss_kib_per_manager'] / 1024:.2f} MiB / "
             f"{r['threads_per_manager']:g} |"
         )

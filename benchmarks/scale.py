@@ -31,7 +31,10 @@ the managers over worker processes (10 managers each, at most 20; with
    ``pg_promote`` returned) to its first acknowledged write there (p50, p99,
    max; counted from the attempt's start instead when the writer was still
    pausing between writes at the switch, so that the pace does not count as
-   routing delay), when the manager itself switched (its ``on_failover``),
+   routing delay), the same from the promotion (when the new primary left
+   recovery, by its log: the arbiter's switch comes after ``pg_promote``
+   returned, the new primary was configured and re-probed), when the
+   manager itself switched (its ``on_failover``),
    and how many never got there; acknowledged writes missing on the
    new primary; writes acknowledged by the old primary after the new one's
    first;
