@@ -81,18 +81,18 @@ def promote_node(
     wait here is one statement that looks every 5 ms on the server and answers
     the moment recovery ends. The configuration runs on the session that
     promoted: a new session at that moment is a backend started on a server
-    whose every CPU cycle the writes waiting for it need (tens of milliseconds
-    measured with 200 followers on 2 CPUs). With nothing to change (no fence
-    to lift, ``sync_names`` ``None``) the wait's answer already says so, and
-    nothing more is sent, nor reloaded: a reload is paid by every session on
-    the new primary, which re-reads the configuration before its next
-    statement, and with hundreds of pooled sessions that statement is the
-    write each of them held through the failover (their first writes took
-    0.2-0.4 s after their managers switched, against 0.05-0.13 s for 200
-    writes at once on a healthy primary). ``before`` runs once connected, right before
-    ``pg_promote`` is sent (the arbiter lease's last check: nothing slow, such
-    as a connection, comes between it and the promotion); it raises to call
-    the promotion off.
+    whose every CPU cycle the writes waiting for it need. With nothing to
+    change (no fence to lift, ``sync_names`` ``None``) the wait's answer
+    already says so, and nothing more is sent, nor reloaded: a reload is paid
+    by every session on the new primary, which re-reads the configuration
+    before its next statement, and with hundreds of pooled sessions that
+    statement is the write each of them held through the failover (their
+    first writes took 0.2-0.4 s after their managers switched, against
+    0.05-0.13 s for 200 writes at once on a healthy primary, on 2 CPUs).
+
+    ``before`` runs once connected, right before ``pg_promote`` is sent (the
+    arbiter lease's last check: nothing slow, such as a connection, comes
+    between it and the promotion); it raises to call the promotion off.
 
     Returns:
         ``None``, or why the configuration failed (the promotion itself did
@@ -137,10 +137,11 @@ def set_sync_standby_names(dsn: str, value: str, timeout: float) -> None:
 def _configure(
     conn: psycopg.Connection[tuple[Any, ...]], *, fenced: bool, sync_names: str | None
 ) -> None:
-    """Lift the fence (``fenced``: a no-op then), set ``sync_names`` if given, and reload."""
-    # Not granted: then it was never fenced by us either.
-    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-        conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+    """Lift the fence if ``fenced``, set ``sync_names`` if given, and reload."""
+    if fenced:
+        # Not granted: then it was never fenced by us either.
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
     if sync_names is not None:
         conn.execute(
             pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(

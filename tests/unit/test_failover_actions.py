@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+import psycopg
 import pytest
 
 from pgfailover import FailoverConfig
@@ -177,6 +178,21 @@ def test_a_failed_promotion_is_recorded_and_paused() -> None:
     h.actions.after_round([Promote("node2", "node0", "again", 0)])
     assert h.rounds.calls == calls, "a promotion was retried before the pause ended"
     assert h.admin.calls.count(("promote", "node2")) == 1
+
+
+def test_a_new_primary_that_cannot_be_configured_still_takes_writes_and_says_so() -> None:
+    """The promotion succeeded; configuring it on the same session did not: the
+    failover completes (the node is a primary) and its event names the failure."""
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED])
+    h.admin.fail["configure"] = psycopg.OperationalError("statement timeout")
+    h.actions.after_round(h.decisions)
+    assert h.view.snapshot.primary == "node2"
+    (event,) = h.failover_events()
+    assert event.outcome == "completed"
+    stored = h.events.get(event.id)
+    assert stored is not None
+    assert "could not configure node2 as the new primary: statement timeout" in stored.notes
+    assert h.counters.as_dict()["promotion_failures_total"] == 0
 
 
 def test_applying_decisions_never_promotes() -> None:
