@@ -164,6 +164,9 @@ def _scale(tmp_path: Path) -> None:
     for run in by_contender.values():
         assert run["never_wrote_on_new"] == 0, run
         assert run["old_primary_acks_after_new"] == 0, run
+        # The new primary's log dated its promotion: after the kill, before the switch.
+        assert 0 <= run["promotion_to_switch_s"] < run["switch_after_kill_s"], run
+        assert run["promotion_to_first_write_s"]["max"] > 0, run
 
 
 def _scale_patroni(tmp_path: Path) -> None:
