@@ -73,6 +73,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         groups.release(descendants(lab.pid("node0") or 0))
         killed, window = time.time(), time.monotonic() + FAILOVER_WINDOW
         lab.kill("node0")
+        record["kill_took_s"] = round(time.time() - killed, 3)  # until every process was gone
         peak = 0
         while time.monotonic() < window:
             with contextlib.suppress(Exception):
@@ -392,10 +394,10 @@ def _writes(
         sorted(t - switched for r in results for t in r["switched"].values()) if switched else []
     )
     never = old_after_new = 0
-    acked: set[int] = set()
+    acked: dict[int, tuple[int, float]] = {}  # id -> the port that acknowledged it, when
     for result in results:
         for manager in result["acks"]:
-            acked.update(ack[0] for ack in manager)
+            acked.update((i, (p, t)) for i, p, _, t in manager)
             on_new = [(b, t) for _, p, b, t in manager if p == new_port and t > killed]
             if not on_new or switched is None:
                 never += 1
@@ -410,6 +412,7 @@ def _writes(
     # How loaded the machine was: the writes' own latency before the event.
     before = sorted(t - b for r in results for m in r["acks"] for _, _, b, t in m if t < killed)
     present = {r[0] for r in lab.run_sql(new, "SELECT id FROM bench")} if new else set()
+    lost = [acked[i] for i in acked.keys() - present] if new else []
     ordered = sorted(firsts)
     return {
         "switch_after_kill_s": round(switched - killed, 3) if switched else None,
@@ -425,7 +428,14 @@ def _writes(
         "switch_to_manager_switch_s": quantiles(seen),
         "write_before_s": quantiles(before),
         "never_wrote_on_new": never,
-        "lost": len(acked - present) if new else None,  # no new primary: nothing to count on
+        "lost": len(lost) if new else None,  # no new primary: nothing to count on
+        # Where and when the lost writes were acknowledged (seconds after the kill began):
+        # the old primary, in the moments its processes were being killed, is the
+        # asynchronous replication's window; anything else would be a bug.
+        "lost_by_port": dict(Counter(str(port) for port, _ in lost)),
+        "lost_acked_after_kill_s": [
+            round(t - killed, 4) for _, t in sorted(lost, key=lambda x: x[1])
+        ][:20],
         "old_primary_acks_after_new": old_after_new,
         "failed_attempts": sum(sum(r["failures"]) for r in results),
     }

@@ -20,6 +20,8 @@ from pgfailover.lab.binaries import PgBinaries
 from pgfailover.lab.proc import (
     RunAs,
     children_of,
+    freeze_server,
+    kill_server,
     postmaster_pid,
     process_letter,
     processes_in,
@@ -139,23 +141,21 @@ class LocalNode:
         logger.info("lab: %s stopped (%s)", self.name, mode)
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and each child, one PID at a time.
-
-        Each backend leads its own session, so a process-group kill would
-        miss them. The postmaster is stopped first so that it cannot fork a
-        new child (or restart crashed ones) while the children die.
+        """Node loss: the postmaster and every child die by SIGKILL at one moment
+        (:func:`~pgfailover.lab.proc.kill_server`), then any leftover process of the
+        data directory. Each backend leads its own session, so a process-group kill
+        would miss them.
         """
-        pid = self.pid()
-        leftovers = processes_in(self.datadir)
-        if pid is None and not leftovers:
+        killed = kill_server(self.datadir)
+        # Start times, for wait_gone, taken after the kill (it must not wait): a PID
+        # is reused only once the whole PID space has been cycled through.
+        births = {p: started(p) for p in killed}
+        leftovers = [p for p in processes_in(self.datadir) if p not in births]
+        births.update({p: started(p) for p in leftovers})
+        signal_pids(leftovers, signal.SIGKILL)
+        victims = [*killed, *leftovers]
+        if not victims:
             return
-        victims: list[int] = []
-        if pid is not None:
-            signal_pids([pid], signal.SIGSTOP)
-            victims = [*children_of(pid), pid]
-        victims += [p for p in leftovers if p not in victims]
-        births = {p: started(p) for p in victims}
-        signal_pids(victims, signal.SIGKILL)
         # Hundreds of backends on busy CPUs can take more than 10 s to finish dying
         # (seen: some in uninterruptible sleep, "D", for that long after SIGKILL).
         if not wait_gone(victims, 30.0, births):
@@ -168,14 +168,11 @@ class LocalNode:
 
     def pause(self) -> None:
         """SIGSTOP the postmaster, then every child: the server hangs."""
-        pid = self.pid()
-        if pid is None:
+        frozen = freeze_server(self.datadir)
+        if not frozen:
             raise LabError(f"{self.name} is not running: nothing to pause")
-        signal_pids([pid], signal.SIGSTOP)
-        children = children_of(pid)
-        signal_pids(children, signal.SIGSTOP)
-        if not wait_stopped([pid, *children], stopped=True):
-            states = {p: process_letter(p) for p in [pid, *children]}
+        if not wait_stopped(frozen, stopped=True):
+            states = {p: process_letter(p) for p in frozen}
             running = {p: s for p, s in states.items() if s not in (None, "T", "t", "Z", "X")}
             raise LabError(f"{self.name}: processes did not stop after SIGSTOP: {running}")
         logger.info("lab: %s paused", self.name)

@@ -42,7 +42,14 @@ from pgfailover.errors import LabError
 from pgfailover.lab.base import CLIENT_HOST, DBNAME, HOST, SUPERUSER, NodeInfo, free_port
 from pgfailover.lab.binaries import find_binaries
 from pgfailover.lab.etcdserver import EtcdServer
-from pgfailover.lab.proc import RunAs, processes_in, resolve_run_as, signal_pids, wait_gone
+from pgfailover.lab.proc import (
+    RunAs,
+    kill_server,
+    processes_in,
+    resolve_run_as,
+    signal_pids,
+    wait_gone,
+)
 
 __all__ = ["PatroniLab", "PatroniMember"]
 
@@ -285,13 +292,17 @@ class PatroniLab:
             proc.send_signal(signal.SIGCONT)
 
     def kill(self, name: str) -> None:
-        """kill -9 the member's Patroni and its PostgreSQL (a crashed host)."""
+        """kill -9 the member's Patroni and its PostgreSQL (a crashed host): the server's
+        processes at one moment (:func:`~pgfailover.lab.proc.kill_server`), then Patroni."""
+        datadir = self.directory / name / "data"
+        killed = kill_server(datadir)
         proc = self._procs.get(name)
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        pids = processes_in(self.directory / name / "data")
-        signal_pids(pids, signal.SIGKILL)
+        leftovers = [p for p in processes_in(datadir) if p not in killed]
+        signal_pids(leftovers, signal.SIGKILL)
+        pids = [*killed, *leftovers]
         wait_gone(pids, 10)
 
     def stop(self, name: str) -> None:

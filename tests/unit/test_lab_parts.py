@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import re
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from click.testing import CliRunner
 from pgfailover.cli.app import cli
 from pgfailover.errors import BinariesNotFound, LabError
 from pgfailover.lab import LocalLab, NodeInfo, free_port, multihost_url
+from pgfailover.lab import proc as lab_proc
 from pgfailover.lab.binaries import REQUIRED, find_binaries
 from pgfailover.lab.netfault import (
     Fault,
@@ -32,7 +36,18 @@ from pgfailover.lab.netfault import (
     tagged_rules,
 )
 from pgfailover.lab.node import LocalNode
-from pgfailover.lab.proc import RunAs, postmaster_pid, started, survivors, wait_gone
+from pgfailover.lab.proc import (
+    RunAs,
+    freeze_server,
+    kill_server,
+    postmaster_pid,
+    process_letter,
+    processes_in,
+    started,
+    survivors,
+    wait_gone,
+    wait_stopped,
+)
 from pgfailover.rejoin import quote_conf
 
 
@@ -358,3 +373,60 @@ def test_a_pid_taken_by_a_new_process_counts_as_gone() -> None:
         if child.poll() is None:
             child.kill()
             child.wait(5)
+
+
+_FAKE_POSTMASTER = """
+import os, sys, time
+os.chdir(sys.argv[1])
+pids = []
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    pids.append(pid)
+with open("postmaster.pid.tmp", "w") as f:
+    f.write(f"{os.getpid()}\\n")
+os.rename("postmaster.pid.tmp", "postmaster.pid")
+time.sleep(60)
+"""
+
+
+def test_a_node_is_paused_or_killed_all_at_once_without_scanning_proc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab's pause and kill signal the postmaster and every child in one sweep,
+    reading the children in one system call: a kill that scanned ``/proc`` between the
+    signals let the backends of a dying server acknowledge commits for a quarter of a
+    second under load."""
+    server = subprocess.Popen([sys.executable, "-c", _FAKE_POSTMASTER, str(tmp_path), "12"])
+    try:
+        pidfile = tmp_path / "postmaster.pid"
+        deadline = time.monotonic() + 10
+        while not pidfile.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pidfile.exists(), "the stand-in postmaster did not start"
+
+        def no_scan() -> list[int]:
+            raise AssertionError("/proc was scanned while the server was being signalled")
+
+        monkeypatch.setattr(lab_proc, "_all_pids", no_scan)
+        frozen = freeze_server(tmp_path)
+        assert frozen[0] == server.pid
+        assert len(frozen) == 13
+        assert wait_stopped(frozen, stopped=True)
+        assert all(process_letter(p) in ("T", "t") for p in frozen)
+        assert freeze_server(tmp_path / "elsewhere") == []
+        births = {p: started(p) for p in frozen}
+        assert sorted(kill_server(tmp_path)) == sorted(frozen)
+        monkeypatch.undo()
+        server.wait(5)
+        assert wait_gone(frozen, 5.0, births)
+        assert kill_server(tmp_path) == []  # nothing runs there now
+    finally:
+        for pid in processes_in(tmp_path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
