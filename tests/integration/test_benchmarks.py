@@ -167,6 +167,9 @@ def _scale(tmp_path: Path) -> None:
         # The new primary's log dated its promotion: after the kill, before the switch.
         assert 0 <= run["promotion_to_switch_s"] < run["switch_after_kill_s"], run
         assert run["promotion_to_first_write_s"]["max"] > 0, run
+        # The kill ran beside the session counting, and lost writes say who acked them.
+        assert 0 < run["kill_took_s"] < 60, run
+        assert sum(run["lost_by_port"].values()) == run["lost"], run
 
 
 def _scale_patroni(tmp_path: Path) -> None:
