@@ -1,14 +1,15 @@
 """A small etcd v3 client over its JSON gateway: leases, transactions, reads.
 
-The highly available arbiter (:mod:`pgfailover.lease`) needs five calls of
+The highly available arbiter (:mod:`pgfailover.lease`) needs a few calls of
 etcd's v3 API: grant a lease, keep it alive, revoke it, take a key in a
-transaction (only if nobody holds it) and read a key. etcd serves them as
+transaction (only if nobody holds it), read keys (several at one revision)
+and write the cluster's shared maintenance pause. etcd serves them as
 JSON over HTTP (its gRPC gateway, ``/v3/...``, keys and values base64), so
 this client is urllib3, which the project already uses, rather than a gRPC
 stack; Patroni's own etcd3 support talks to the same gateway the same way.
 The maintained Python clients were weighed and left: ``etcd3`` has had no
 release since 2020, and ``etcd3gw`` brings requests, futurist and pbr for
-these five calls.
+these calls.
 
 Every call goes to the endpoint that answered last, then the others in
 turn, within ``timeout`` in all; an error etcd returns, or no endpoint
@@ -145,6 +146,24 @@ class Etcd:
         kvs = self.call("kv/range", {"key": _b64(key)}).get("kvs", [])
         return _kv(kvs[0]) if kvs else None
 
+    def get_many(self, keys: Sequence[str]) -> tuple[int, list[KeyValue | None]]:
+        """Each of ``keys`` as etcd holds it, all read at one revision (one
+        transaction, linearizable); that revision, and the keys (``None``: absent)."""
+        body = {"compare": [], "success": [{"request_range": {"key": _b64(k)}} for k in keys]}
+        result = self.call("kv/txn", body)
+        responses = result.get("responses") or []
+        found: list[KeyValue | None] = []
+        for index in range(len(keys)):
+            answer = responses[index] if index < len(responses) else {}
+            kvs = answer.get("response_range", {}).get("kvs", [])
+            found.append(_kv(kvs[0]) if kvs else None)
+        return _revision(result), found
+
+    def put(self, key: str, value: str) -> int:
+        """Set ``key`` to ``value`` (attached to no lease: it outlives every arbiter);
+        the revision of the write."""
+        return _revision(self.call("kv/put", {"key": _b64(key), "value": _b64(value)}))
+
     def create(self, key: str, value: str, lease: int) -> tuple[bool, KeyValue | None]:
         """Put ``key`` attached to ``lease`` only if it does not exist.
 
@@ -176,6 +195,11 @@ class Etcd:
     def close(self) -> None:
         """Close the HTTP connections."""
         self._http.clear()
+
+
+def _revision(result: dict[str, Any]) -> int:
+    """The store revision an answer was made at (its header's)."""
+    return int((result.get("header") or {}).get("revision", 0))
 
 
 def _kv(raw: dict[str, Any]) -> KeyValue:

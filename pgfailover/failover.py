@@ -123,7 +123,11 @@ class FailoverActions:
         self._wake = wake
         self._admin = admin or Admin()
         self.incident = Incident(events, counters, lambda: view.snapshot)
-        self.maintenance = Maintenance(events, view.name, wake)
+        self.maintenance = Maintenance(
+            events, view.name, wake, shared=gate, identity=gate.identity if gate else ""
+        )
+        if gate is not None:
+            gate.watch_pause(self.maintenance.adopt)
         self.upkeep = upkeep or Upkeep(
             config, dsn, events, lambda: counters.bump("sync_lowered"), view.name
         )
@@ -300,7 +304,14 @@ class FailoverActions:
                 )
                 return
             try:
-                self._promote(chosen.node, chosen.previous, chosen.reason, chosen.lag_bytes, None)
+                self._promote(
+                    chosen.node,
+                    chosen.previous,
+                    chosen.reason,
+                    chosen.lag_bytes,
+                    None,
+                    automatic=True,
+                )
             except (PgFailoverError, psycopg.Error) as exc:
                 pause = self._config.health_check_interval * self._config.unhealthy_threshold
                 self._promotion_paused_until = time.monotonic() + pause
@@ -410,7 +421,14 @@ class FailoverActions:
             return done
 
     def _promote(
-        self, target: str, previous: str | None, reason: str, lag: int | None, fence: str | None
+        self,
+        target: str,
+        previous: str | None,
+        reason: str,
+        lag: int | None,
+        fence: str | None,
+        *,
+        automatic: bool = False,
     ) -> FailoverEvent:
         """Open (or take over) the incident's event and let the promoter run; under the lock."""
         snap = self._view.snapshot
@@ -433,6 +451,7 @@ class FailoverActions:
             fence=fence,
             settle=self._settle,
             failed=lambda failed: self._emit("failover", failed),
+            automatic=automatic,
         )
         self._wake()
         return done

@@ -20,8 +20,14 @@ arbiters therefore never promote concurrently: the second can hold the key
 only after the first's lease has expired in etcd, after which the first
 refuses by its own clock.
 
-Locks: ``_lock`` guards the holding's state (a leaf; no etcd call is made
-under it).
+The cluster's maintenance pause lives beside the key
+(``<prefix>/<cluster>/maintenance``, see :mod:`pgfailover.maintenance`):
+every look (every ``poll`` seconds, holder or not) reads both keys in one
+etcd transaction and hands the pause to the watcher, and the read before an
+automatic ``pg_promote`` refuses while it is set.
+
+Locks: ``_lock`` guards the holding's state and the pause last read (a
+leaf; no etcd call is made under it).
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pgfailover.etcd import Etcd, EtcdError
+from pgfailover.etcd import Etcd, EtcdError, KeyValue
+from pgfailover.maintenance import SharedPause
 
 __all__ = ["ArbiterLease", "Holding"]
 
@@ -75,6 +83,7 @@ class ArbiterLease:
             raise ValueError(f"the lease TTL must be at least 2 seconds, got {ttl}")
         self.etcd = etcd
         self.key = f"{prefix.rstrip('/')}/{cluster}/arbiter"
+        self.pause_key = f"{prefix.rstrip('/')}/{cluster}/maintenance"
         self.identity = identity or default_identity()
         self.ttl = ttl
         self.margin = ttl / 3
@@ -87,6 +96,10 @@ class ArbiterLease:
         self._holder_revision: int | None = None  # guarded by self._lock
         self._error: str | None = None  # guarded by self._lock: the last etcd failure
         self._verified: int | None = None  # guarded by self._lock: may_promote's last yes
+        self._renew_at = 0.0  # guarded by self._lock: monotonic, when the holding is renewed
+        self._pause: SharedPause | None = None  # guarded by self._lock: as last read
+        self._pause_read = False  # guarded by self._lock: the pause key was read once
+        self._watcher: Callable[[SharedPause | None, int], None] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pgfailover-lease-{cluster}")
         self._thread.daemon = True
@@ -102,12 +115,14 @@ class ArbiterLease:
             return None
         return held
 
-    def may_promote(self) -> str | None:
+    def may_promote(self, automatic: bool = False) -> str | None:
         """``None`` when this arbiter holds the lease now, checked in etcd; else why not.
 
         Called right before ``pg_promote`` and right after it (one etcd
         read each): the key must still carry this holding's revision and
-        lease, and the lease at least ``margin`` seconds left.
+        lease, and the lease at least ``margin`` seconds left; an
+        ``automatic`` promotion also needs the cluster not paused (the same
+        read).
         """
         held = self.holding
         if held is None:
@@ -121,11 +136,13 @@ class ArbiterLease:
         if left < self.margin:
             return f"the lease has {left:.1f}s left, under the {self.margin:.1f}s margin"
         try:
-            kv = self.etcd.get(self.key)
+            kv, pause = self._look()
         except EtcdError as exc:
             return f"cannot confirm the lease: {exc}"
         if kv is None or kv.create_revision != held.revision or kv.lease != held.lease:
             return "the lease was lost: the arbiter key is no longer this arbiter's"
+        if automatic and pause is not None and pause.paused:
+            return f"maintenance mode is on for the cluster ({pause.describe()}; in etcd)"
         left = held.valid_until - time.monotonic()  # the read took time too
         if left < self.margin:
             return f"the lease has {left:.1f}s left, under the {self.margin:.1f}s margin"
@@ -138,8 +155,60 @@ class ArbiterLease:
         with self._lock:
             return self._verified
 
+    # -- the shared maintenance pause --------------------------------------------
+
+    def watch_pause(self, watcher: Callable[[SharedPause | None, int], None]) -> None:
+        """Hand every read of the pause key to ``watcher`` (what it holds, ``None`` if it
+        was never written, and the etcd revision read at), on the lease thread; set
+        before :meth:`start`."""
+        self._watcher = watcher
+
+    def share_pause(self, pause: SharedPause) -> int:
+        """Write the cluster's pause to etcd; the revision of the write.
+
+        Raises:
+            EtcdError: etcd did not take it.
+        """
+        return self._write_pause(pause)
+
+    def share_resume(self, resume: SharedPause) -> int:
+        """Write the cluster's resume to etcd (the key stays, not paused); the revision.
+
+        Raises:
+            EtcdError: etcd did not take it.
+        """
+        return self._write_pause(resume)
+
+    def _write_pause(self, state: SharedPause) -> int:
+        revision = self.etcd.put(self.pause_key, state.encode())
+        with self._lock:
+            self._pause, self._pause_read = state, True
+        return revision
+
+    def _look(self) -> tuple[KeyValue | None, SharedPause | None]:
+        """Both keys in one read; the pause (``None``: never written) goes to the watcher.
+
+        Raises:
+            EtcdError: etcd did not answer.
+        """
+        revision, (kv, raw) = self.etcd.get_many([self.key, self.pause_key])
+        pause = None if raw is None else SharedPause.decode(raw.value, time.time())
+        with self._lock:
+            self._pause, self._pause_read = pause, True
+        if self._watcher is not None:
+            self._watcher(pause, revision)
+        return kv, pause
+
+    def _pause_status(self) -> dict[str, Any] | None:
+        with self._lock:
+            pause, read = self._pause, self._pause_read
+        if not read:
+            return None
+        return {"paused": False} if pause is None else pause.as_dict()
+
     def status(self) -> dict[str, Any]:
-        """What status shows under ``lease``."""
+        """What status shows under ``lease``; ``maintenance``: the cluster's pause as
+        last read from etcd (``None`` before the first read)."""
         held = self.holding
         with self._lock:
             holder, revision, error = self._holder, self._holder_revision, self._error
@@ -153,6 +222,7 @@ class ArbiterLease:
             "ttl": self.ttl,
             "error": error,
             "etcd": self.etcd.shown,
+            "maintenance": self._pause_status(),
         }
 
     # -- the thread ---------------------------------------------------------------
@@ -187,7 +257,7 @@ class ArbiterLease:
             if raw is not None and time.monotonic() >= raw.valid_until:
                 self._lost("not renewed within its TTL")
             try:
-                pause = self._renew() if self.holding is not None else self._try_take()
+                pause = self._step()
                 with self._lock:
                     self._error = None
             except EtcdError as exc:
@@ -199,8 +269,18 @@ class ArbiterLease:
                 self._failed(f"unexpected error: {type(exc).__name__}")
             self._stop.wait(pause)
 
+    def _step(self) -> float:
+        """One look (both keys), and a renewal when due or a take when the key is free;
+        the seconds until the next."""
+        if self.holding is None:
+            return self._try_take()
+        self._look()
+        with self._lock:
+            due = time.monotonic() >= self._renew_at
+        return self._renew() if due else self.poll
+
     def _try_take(self) -> float:
-        kv = self.etcd.get(self.key)
+        kv, _ = self._look()
         if kv is not None:
             self._seen(kv.value, kv.create_revision)
             return self.poll
@@ -215,13 +295,14 @@ class ArbiterLease:
         with self._lock:
             self._holding = Holding(lease, kv.create_revision, sent + self.ttl)
             self._holder, self._holder_revision = self.identity, kv.create_revision
+            self._renew_at = sent + self.ttl / 3
         logger.warning(
             "arbiter %s took the lease %s (revision %d): it promotes from now",
             self.identity,
             self.key,
             kv.create_revision,
         )
-        return self.ttl / 3
+        return self.poll
 
     def _renew(self) -> float:
         held = self.holding
@@ -235,7 +316,8 @@ class ArbiterLease:
         with self._lock:
             if self._holding is not None and self._holding.lease == held.lease:
                 self._holding = Holding(held.lease, held.revision, sent + left)
-        return self.ttl / 3
+            self._renew_at = sent + self.ttl / 3
+        return self.poll
 
     def _seen(self, holder: str, revision: int) -> None:
         with self._lock:

@@ -38,6 +38,7 @@ from pgfailover.counters import Counters
 from pgfailover.errors import PgFailoverError, PromotionFailed
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.incident import Incident
+from pgfailover.maintenance import SharedPause, SharedPauses
 from pgfailover.model import Role, Snapshot
 from pgfailover.syncrep import rewrite_sync_names
 from pgfailover.upkeep import Upkeep
@@ -83,8 +84,9 @@ class PromotionCalledOff(PromotionFailed):
     """The promotion gate refused at the last moment: ``pg_promote`` was not sent."""
 
 
-class PromotionGate(Protocol):
-    """Whether this process may promote now (the arbiter lease, :mod:`pgfailover.lease`)."""
+class PromotionGate(SharedPauses, Protocol):
+    """Whether this process may promote now (the arbiter lease, :mod:`pgfailover.lease`),
+    and where the cluster's maintenance pause is shared (:mod:`pgfailover.maintenance`)."""
 
     identity: str
 
@@ -93,8 +95,13 @@ class PromotionGate(Protocol):
         """Truthy while this process holds the right to promote, by its own clock."""
         ...
 
-    def may_promote(self) -> str | None:
-        """``None`` when it may promote now (checked at the source), else why not."""
+    def may_promote(self, automatic: bool = False) -> str | None:
+        """``None`` when it may promote now (checked at the source), else why not; an
+        ``automatic`` promotion also needs the cluster not paused."""
+        ...
+
+    def watch_pause(self, watcher: Callable[[SharedPause | None, int], None]) -> None:
+        """Hand each read of the shared pause (and its revision) to ``watcher``."""
         ...
 
     def fencing_revision(self) -> int | None:
@@ -154,10 +161,13 @@ class Promoter:
         fence: str | None,
         settle: Callable[[], None],
         failed: Callable[[FailoverEvent], None],
+        automatic: bool = False,
     ) -> FailoverEvent:
         """Promote ``target`` (fencing ``fence`` first), switch writes, repoint the standbys.
 
-        ``event`` is the incident's open event, already naming the target.
+        ``event`` is the incident's open event, already naming the target;
+        ``automatic``: no operator asked for it (the gate refuses it while the
+        cluster is paused).
         ``settle`` re-probes and applies the result (writes switch there);
         ``failed`` hears of the event when ``pg_promote`` fails, before the
         error is raised.
@@ -177,7 +187,7 @@ class Promoter:
         fencing: list[int | None] = [None]
 
         def last_check() -> None:  # connected, right before pg_promote
-            fencing[0] = self._check_gate()
+            fencing[0] = self._check_gate(automatic)
 
         sync = _SyncPlan.make(snap, target, [link.application_name for _, link in survivors])
         logger.warning("cluster %s: promoting %s (%s)", self._cluster, target, event.reason)
@@ -217,11 +227,11 @@ class Promoter:
             self._repoint(target, survivors, event.id)
         return self._events.get(event.id) or event
 
-    def _check_gate(self) -> int | None:
+    def _check_gate(self, automatic: bool) -> int | None:
         """Connected to the target, right before ``pg_promote``: the gate's fencing
         revision, or :class:`PromotionCalledOff`."""
         assert self._gate is not None  # noqa: S101 - only called with a gate
-        why = self._gate.may_promote()
+        why = self._gate.may_promote(automatic)
         if why is not None:
             raise PromotionCalledOff(f"not promoted: {why}")
         return self._gate.fencing_revision()

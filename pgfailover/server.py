@@ -383,13 +383,19 @@ class AdminApp:
             raise HTTPError(
                 400, "reason must be printable text of at most 200 characters, on one line"
             )
-        self.mgr.pause(reason.strip())
+        try:
+            self.mgr.pause(reason.strip())
+        except PgFailoverError as exc:  # the pause could not be shared (etcd): nothing changed
+            raise HTTPError(503, f"not paused: {exc}") from None
         return 200, self.mgr.get_failover_status()
 
     def _resume(self, environ: WSGIEnvironment) -> tuple[int, Any]:
         if self._body(environ):
             raise HTTPError(400, "resume takes no fields")
-        self.mgr.resume()
+        try:
+            self.mgr.resume()
+        except PgFailoverError as exc:
+            raise HTTPError(503, f"not resumed: {exc}") from None
         return 200, self.mgr.get_failover_status()
 
 

@@ -211,6 +211,9 @@ class Supervisor:
             breakers=breakers,
             availability=self.availability_report(),
         )
+        maintenance = self.actions.maintenance
+        status["maintenance"]["reason"] = maintenance.reason
+        status["maintenance"]["shared"] = "etcd" if maintenance.shared else None
         if self.follower is not None:
             status["source"] = self.follower.status()
         if self.actions.gate is not None:

@@ -3,7 +3,8 @@
 Maintenance mode lives in the process that would promote (the arbiter), so
 these commands ask it over its admin API (``--url``, ``--token``); a
 one-shot manager built from ``--config`` or ``--dsn`` would forget it on
-exit, and is refused with a line saying so.
+exit, and is refused with a line saying so. With several arbiters
+(``--etcd``) any one of them will do: the pause is written to etcd for all.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def _report(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(maintenance, indent=2))
     elif maintenance.get("paused"):
+        shared = " (every arbiter's, in etcd)" if maintenance.get("shared") else ""
         click.echo(
             f"cluster {status.get('cluster')}: maintenance mode since {maintenance.get('since')}"
-            ": no automatic promotion until `pgfailover resume`"
+            f"{shared}: no automatic promotion until `pgfailover resume`"
         )
     else:
         click.echo(f"cluster {status.get('cluster')}: automatic promotion on")

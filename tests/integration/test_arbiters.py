@@ -10,6 +10,8 @@ processes. What must hold:
   event carries the lease's fencing revision;
 - an arbiter cut off from etcd loses the lease and never promotes, while
   the one that took it over does;
+- a pause taken through any arbiter holds every arbiter (it is in etcd),
+  through a primary crash and a lease handover, until resumed through any;
 - every write a manager acknowledged through it all is on the final primary
   (the crash test runs on a quorum sync lab: with asynchronous replication
   the last commits before a kill may never reach a standby).
@@ -31,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from pgfailover import FailoverManager
+from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab, netfault
 
 from .etcd import SECOND_ADDRESS, etcd_server
@@ -91,17 +95,17 @@ def _writable(lab: LocalLab) -> list[str]:
 
 
 def _start(
-    stack: contextlib.ExitStack, lab: LocalLab, tmp: Path, etcd: str, n: int
+    stack: contextlib.ExitStack, lab: LocalLab, tmp: Path, etcd: str, n: int, *more: str
 ) -> dict[str, Any]:
     """Arbiter ``n``: its own directory, config and history file, as on its own host."""
     home = tmp / f"arbiter{n}"
     home.mkdir()
     config = config_file(lab, home)
-    options = ("--etcd", etcd, "--etcd-ttl", str(TTL), "--stream-port", "0")
+    options = ("--etcd", etcd, "--etcd-ttl", str(TTL), "--stream-port", "0", *more)
     ready: dict[str, Any] = stack.enter_context(
         serve_process(config, home / "serve.log", *options)
     )
-    return ready
+    return {**ready, "history": home / "history.jsonl"}
 
 
 def test_arbiter_kills_hand_the_lease_over_and_only_the_holder_fails_over(
@@ -208,3 +212,69 @@ def test_an_arbiter_cut_off_from_etcd_loses_the_lease_and_never_promotes(
             assert [e["to"] for e in theirs if e["outcome"] == "completed"] == [new]
         finally:
             faults.heal()
+
+
+TOKEN = "arbiters-token-0123456789"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def _status(arbiter: dict[str, Any]) -> dict[str, Any]:
+    status: dict[str, Any] = get_json(arbiter["url"] + "/failover/status", timeout=2)
+    return status
+
+
+def test_a_pause_through_one_arbiter_holds_them_all_until_resumed_through_another(
+    fresh_lab: LocalLab, tmp_path: Path
+) -> None:
+    """The operator's pause reaches the arbiter that does not hold the lease (a load
+    balancer's pick): the holder promotes nothing when the primary dies, nor does the
+    other once it has taken the lease from the killed holder; a resume through it fails
+    over, once."""
+    prepare(fresh_lab)
+    with etcd_server(tmp_path) as port, contextlib.ExitStack() as stack:
+        etcd = f"http://127.0.0.1:{port}"
+        arbiters = [_start(stack, fresh_lab, tmp_path, etcd, n, "--token", TOKEN) for n in (0, 1)]
+        wait_until(lambda: sum(_holds(a) for a in arbiters) == 1, timeout=TTL + 5, what="a holder")
+        holder = next(a for a in arbiters if _holds(a))
+        other = next(a for a in arbiters if a is not holder)
+        code, out = _cli(
+            "pause", "--url", other["admin_url"], "--token", TOKEN, "--reason", "network change"
+        )
+        assert code == 0, out
+        assert "every arbiter's, in etcd" in out
+        wait_until(
+            lambda: _status(holder)["maintenance"]["paused"], timeout=2, what="the holder paused"
+        )
+        assert _status(holder)["maintenance"]["reason"] == "network change"
+        assert _status(holder)["lease"]["maintenance"]["by"] == other["lease"]["identity"]
+        timeline = _timeline(fresh_lab, "node0")
+        fresh_lab.kill("node0")
+        wait_until(
+            lambda: "maintenance" in str(_status(holder)["read_only_reason"]),
+            timeout=10,
+            what="the holder read-only for the pause",
+        )
+        holds_for(lambda: _writable(fresh_lab) == [], 1.0, what="no promotion while paused")
+        os.kill(holder["pid"], signal.SIGKILL)
+        wait_until(functools.partial(_holds, other), timeout=TTL + 3, what="handover")
+        assert _status(other)["maintenance"]["paused"] is True
+        holds_for(lambda: _writable(fresh_lab) == [], 1.0, what="still no promotion")
+        code, out = _cli("resume", "--url", other["admin_url"], "--token", TOKEN)
+        assert code == 0, out
+        new = wait_until(
+            lambda: next(iter(_writable(fresh_lab)), None), timeout=20, what="the failover"
+        )
+        holds_for(lambda: _writable(fresh_lab) == [new], 1.0, what="one writable node")
+        assert _timeline(fresh_lab, new) == timeline + 1
+        assert _status(other)["lease"]["maintenance"]["paused"] is False  # resumed in etcd
+        # Each arbiter's history says where its pause came from.
+        ours = [e["reason"] for e in get_json(other["url"] + "/failover/history")["events"]]
+        assert "paused: network change" in ours
+        assert "resumed" in ours
+        held = holder["history"].read_text()
+        assert "paused: network change (by " in held
+        assert "shared in etcd" in held

@@ -21,6 +21,8 @@ from psycopg_pool import PoolTimeout
 from pgfailover.admin import StandbyLink
 from pgfailover.cluster import ClusterView
 from pgfailover.config import FailoverConfig
+from pgfailover.etcd import EtcdError
+from pgfailover.maintenance import SharedPause
 from pgfailover.model import Decision
 from pgfailover.probe import ProbeResult
 from pgfailover.transition import transition
@@ -322,3 +324,53 @@ class FakeAdmin:
 
     def repoint(self, dsn: str, link: StandbyLink, new_primary_dsn: str, timeout: float) -> None:
         self._do("repoint", dsn)
+
+
+class GateDouble:
+    """An arbiter lease for tests: never held unless a subclass says so, and an
+    in-memory shared pause (``shared``: the pause etcd would hold, ``revision`` its
+    revision; ``failing``: the error every share raises)."""
+
+    identity = "arbiter-a:1"
+
+    def __init__(self) -> None:
+        self.shared: SharedPause | None = None
+        self.revision = 1
+        self.failing: str | None = None
+        self.watcher: Callable[[SharedPause | None, int], None] | None = None
+
+    @property
+    def holding(self) -> object | None:
+        return None
+
+    def may_promote(self, automatic: bool = False) -> str | None:
+        if automatic and self.shared is not None and self.shared.paused:
+            return f"maintenance mode is on for the cluster ({self.shared.describe()})"
+        return None if self.holding is not None else "not held"
+
+    def fencing_revision(self) -> int | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"held": self.holding is not None}
+
+    def watch_pause(self, watcher: Callable[[SharedPause | None, int], None]) -> None:
+        self.watcher = watcher
+
+    def share_pause(self, pause: SharedPause) -> int:
+        return self._write(pause)
+
+    def share_resume(self, resume: SharedPause) -> int:
+        return self._write(resume)
+
+    def _write(self, pause: SharedPause | None) -> int:
+        if self.failing:
+            raise EtcdError(self.failing)
+        self.revision += 1
+        self.shared = pause
+        return self.revision
+
+    def look(self) -> None:
+        """What the lease thread does every poll: hand the shared pause to the watcher."""
+        if self.watcher is not None:
+            self.watcher(self.shared, self.revision)

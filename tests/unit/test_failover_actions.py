@@ -22,11 +22,12 @@ from pgfailover.counters import Counters
 from pgfailover.errors import ManagerClosed, PromotionFailed, PromotionRefused
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.failover import FailoverActions
+from pgfailover.maintenance import SharedPause
 from pgfailover.model import Decision, Fence, Promote, Snapshot
 from pgfailover.probe import ProbeResult
 from pgfailover.upkeep import Upkeep
 
-from .fakes import FakeAdmin, ScriptedRounds
+from .fakes import FakeAdmin, GateDouble, ScriptedRounds
 from .helpers import NODES, down, healthy_round, primary, run, standby
 
 pytestmark = pytest.mark.timeout(15)
@@ -56,12 +57,12 @@ class QuietUpkeep(Upkeep):
         self.runs += 1
 
 
-class Gate:
-    """A scripted arbiter lease: held or not, and the answers of the checks in turn."""
-
-    identity = "arbiter-a:1"
+class Gate(GateDouble):
+    """A scripted arbiter lease: held or not, and the answers of the checks in turn
+    (after the shared pause's, for an automatic promotion)."""
 
     def __init__(self, held: bool, answers: Sequence[str | None] = ()) -> None:
+        super().__init__()
         self.held = held
         self.answers = list(answers)
         self.checks = 0
@@ -70,15 +71,14 @@ class Gate:
     def holding(self) -> object | None:
         return object() if self.held else None
 
-    def may_promote(self) -> str | None:
+    def may_promote(self, automatic: bool = False) -> str | None:
         self.checks += 1
+        if automatic and self.shared is not None and self.shared.paused:
+            return super().may_promote(automatic)
         return self.answers.pop(0) if self.answers else None
 
     def fencing_revision(self) -> int | None:
         return 42
-
-    def status(self) -> dict[str, Any]:
-        return {"held": self.held}
 
 
 class Harness:
@@ -330,3 +330,31 @@ def test_a_lease_lost_at_the_last_check_calls_pg_promote_off() -> None:
     assert event.outcome == "failed"
     assert any("not promoted: the lease was lost" in n for n in event.notes)
     assert h.counters.as_dict()["promotion_failures_total"] == 1
+
+
+def test_a_pause_made_elsewhere_stops_an_automatic_promotion_at_the_last_check() -> None:
+    """The holder has not looked since another arbiter paused the cluster: the etcd read
+    right before pg_promote sees the pause, and only an operator's trigger promotes."""
+    gate = Gate(held=True)
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, LOST, PROMOTED], gate=gate)
+    gate.shared = SharedPause(time.time(), "network change", "arbiter-b:2")
+    h.actions.after_round(h.decisions)
+    assert not [c for c in h.admin.calls if c[0] == "promote"]
+    (event,) = h.failover_events()
+    assert any("maintenance mode is on for the cluster" in n for n in event.notes), event
+    event = h.actions.manual_failover(None, force=False)
+    assert event.to_node == "node2"
+
+
+def test_a_pause_in_etcd_is_adopted_and_a_resume_elsewhere_ends_it() -> None:
+    gate = Gate(held=True)
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED], gate=gate)
+    gate.shared = SharedPause(time.time(), "network change", "arbiter-b:2")
+    gate.look()
+    assert h.actions.maintenance.paused_since == gate.shared.since
+    h.actions.after_round(h.decisions)
+    assert gate.checks == 0  # held by the pause before any promotion began
+    gate.shared = SharedPause(time.time(), "resumed", "arbiter-b:2", paused=False)
+    gate.look()
+    assert h.actions.maintenance.paused_since is None
+    assert h.woken >= 1  # the monitor looks again at once

@@ -19,6 +19,8 @@ from pgfailover.errors import ManagerClosed
 from pgfailover.manager import FailoverManager
 from pgfailover.model import ClusterState
 
+from .fakes import GateDouble
+
 NODES = [
     Node("node0", "host=10.0.0.1 port=5432 dbname=app"),
     Node("node1", "host=10.0.0.2 port=5432 dbname=app"),
@@ -127,21 +129,8 @@ def test_a_manager_that_cannot_follow_a_fork_refuses_use_saying_why(
     assert mgr not in forking._open  # nothing to renew in a grandchild
 
 
-class _Gate:
+class _Gate(GateDouble):
     identity = "arbiter-a"
-
-    @property
-    def holding(self) -> object | None:
-        return None
-
-    def may_promote(self) -> str | None:
-        return "not held"
-
-    def fencing_revision(self) -> int | None:
-        return None
-
-    def status(self) -> dict[str, Any]:
-        return {"held": False}
 
 
 class _Interrupt(BaseException):

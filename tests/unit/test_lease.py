@@ -9,6 +9,7 @@ import pytest
 
 from pgfailover.etcd import EtcdError, KeyValue
 from pgfailover.lease import ArbiterLease, Holding
+from pgfailover.maintenance import SharedPause
 
 
 class ScriptedEtcd:
@@ -18,6 +19,7 @@ class ScriptedEtcd:
 
     def __init__(self) -> None:
         self.kv: KeyValue | None = None
+        self.pause: KeyValue | None = None  # the cluster's maintenance key
         self.revision = 10
         self.ttl_left = 5
         self.failing: str | None = None
@@ -29,9 +31,15 @@ class ScriptedEtcd:
         if self.failing:
             raise EtcdError(self.failing)
 
-    def get(self, key: str) -> KeyValue | None:
+    def get_many(self, keys: list[str]) -> tuple[int, list[KeyValue | None]]:
         self._check()
-        return self.kv
+        return self.revision, [self.kv if k.endswith("/arbiter") else self.pause for k in keys]
+
+    def put(self, key: str, value: str) -> int:
+        self._check()
+        self.revision += 1
+        self.pause = KeyValue(key, value, self.revision, self.revision, 0)
+        return self.revision
 
     def grant(self, ttl: int) -> int:
         self._check()
@@ -173,14 +181,62 @@ def test_a_slow_etcd_read_that_eats_the_margin_refuses() -> None:
     etcd = ScriptedEtcd()
     lease = _lease(etcd, ttl=3)  # margin 1 s
     _holding(lease, valid_until=time.monotonic() + 1.3)
-    slow_get = etcd.get
+    slow_get = etcd.get_many
 
-    def get(key: str) -> KeyValue | None:
+    def get_many(keys: list[str]) -> tuple[int, list[KeyValue | None]]:
         time.sleep(0.4)  # the read itself (a slow or distant etcd)
-        return slow_get(key)
+        return slow_get(keys)
 
-    etcd.get = get  # type: ignore[method-assign]
+    etcd.get_many = get_many  # type: ignore[method-assign]
     why = lease.may_promote()
     assert why is not None
     assert "under the 1.0s margin" in why
     assert lease.fencing_revision() is None
+
+
+def test_an_automatic_promotion_is_refused_while_the_cluster_is_paused_in_etcd() -> None:
+    etcd = ScriptedEtcd()
+    lease = _lease(etcd)
+    seen: list[tuple[SharedPause | None, int]] = []
+    lease.watch_pause(lambda pause, revision: seen.append((pause, revision)))
+    _holding(lease)
+    assert lease.status()["maintenance"] == {"paused": False}
+    revision = lease.share_pause(SharedPause(1_700_000_000.0, "kernel upgrade", "b:2"))
+    assert revision == etcd.revision
+    why = lease.may_promote(automatic=True)
+    assert why is not None
+    assert "maintenance mode is on for the cluster (paused by b:2" in why
+    assert lease.may_promote() is None  # an operator's trigger or switchover goes on
+    assert seen[-1] == (SharedPause(1_700_000_000.0, "kernel upgrade", "b:2"), etcd.revision)
+    assert lease.status()["maintenance"]["by"] == "b:2"
+    lease.share_resume(SharedPause(1_700_000_100.0, "resumed", "c:3", paused=False))
+    assert lease.may_promote(automatic=True) is None
+    assert lease.status()["maintenance"]["paused"] is False
+    assert etcd.pause is not None  # written as resumed, not deleted
+
+
+def test_the_holder_looks_every_poll_and_renews_when_due() -> None:
+    etcd = ScriptedEtcd()
+    lease = _lease(etcd, ttl=6)
+    reads = renewals = 0
+    get_many, keepalive = etcd.get_many, etcd.keepalive
+
+    def counting_get(keys: list[str]) -> tuple[int, list[KeyValue | None]]:
+        nonlocal reads
+        reads += 1
+        return get_many(keys)
+
+    def counting_keepalive(lease: int) -> int:
+        nonlocal renewals
+        renewals += 1
+        return keepalive(lease)
+
+    etcd.get_many = counting_get  # type: ignore[method-assign]
+    etcd.keepalive = counting_keepalive  # type: ignore[method-assign]
+    assert lease._step() == lease.poll  # took the key
+    for _ in range(3):
+        assert lease._step() == lease.poll
+    assert (reads, renewals) == (4, 0)  # a pause set elsewhere is seen within a poll
+    lease._renew_at = time.monotonic()  # a third of the TTL has passed
+    lease._step()
+    assert (reads, renewals) == (5, 1)

@@ -35,6 +35,7 @@ from pgfailover.stream import PATH as STREAM_PATH
 from pgfailover.stream import SUSPECT_PATH
 from tests.tools import require_tool
 
+from .fakes import GateDouble
 from .helpers import down, healthy_round, primary, run, standby
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,20 +84,16 @@ def test_exposition_uses_only_declared_names_and_labels_every_series(
     assert "hunter2secret" not in generate_latest(registry).decode()
 
 
-class _Gate:
+class _Gate(GateDouble):
     """A promotion gate (the arbiter lease's part the collector reads), held or not."""
 
-    identity = "arbiter-a:1"
-
     def __init__(self, held: bool) -> None:
+        super().__init__()
         self.held = held
 
     @property
     def holding(self) -> object | None:
         return object() if self.held else None
-
-    def may_promote(self) -> str | None:
-        return None if self.held else "not held"
 
     def fencing_revision(self) -> int | None:
         return 7 if self.held else None
