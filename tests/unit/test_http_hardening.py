@@ -23,6 +23,8 @@ from pgfailover import FailoverConfig, FailoverManager, Node
 from pgfailover.listener import Limits
 from pgfailover.server import AdminApp, AdminServer, check_token, serve
 
+from .fakes import GateDouble
+
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "hardening-token-0123456789"
@@ -315,3 +317,34 @@ def test_a_listener_whose_wakeup_pipe_was_closed_still_stops(manager: FailoverMa
     host, port = srv.url.removeprefix("http://").rsplit(":", 1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def test_a_pause_etcd_does_not_take_is_a_503_and_changes_nothing() -> None:
+    """With several arbiters the pause is written to etcd first: etcd down, the operator
+    gets one line saying so, and this arbiter is not paused on its own."""
+    gate = GateDouble()
+    gate.failing = "etcd kv/put: no endpoint answered (http://127.0.0.1:1: NewConnectionError)"
+    nodes = [Node(f"node{i}", f"host=127.0.0.1 port={i + 1} user=app") for i in range(3)]
+    config = FailoverConfig(connect_timeout=1, health_check_timeout=0.5)
+    with (
+        FailoverManager(nodes=nodes, config=config, name="app", promotion_gate=gate) as mgr,
+        serve(mgr, token=TOKEN) as srv,
+    ):
+        for path in ("/failover/pause", "/failover/resume"):
+            status, _, body = _exchange(srv.url, _post(path, b"{}"))
+            assert status == 503, body
+            assert body["error"].startswith("not ")
+            assert "etcd kv/put: no endpoint answered" in body["error"], body
+        assert not mgr.paused
+        assert [e for e in mgr.history() if e.kind == "maintenance"] == []
+        gate.failing = None
+        status, _, body = _exchange(srv.url, _post("/failover/pause", b'{"reason": "work"}'))
+        assert status == 200, body
+        assert body["maintenance"] == {
+            "paused": True,
+            "since": body["maintenance"]["since"],
+            "reason": "work",
+            "shared": "etcd",
+        }
+        assert gate.shared is not None
+        assert gate.shared.reason == "work"
