@@ -10,7 +10,6 @@ masked. Reading them from a TOML file, a DSN or the environment is
 from __future__ import annotations
 
 import dataclasses
-import urllib.parse
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from msgspec import Meta
 from pgfailover import schema
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError
-from pgfailover.topology.urls import mask_url, parse_source, source_urls
+from pgfailover.topology.urls import parse_source, source_urls
 
 __all__ = [
     "FailoverConfig",
@@ -359,10 +358,5 @@ class ServerSettings:
             check_token(self.token)
         except ValueError as exc:
             raise ConfigurationError(f"token: {exc}") from None
-        if self.etcd is not None:
-            for url in source_urls(self.etcd, setting="etcd", what="etcd endpoints"):
-                if urllib.parse.urlsplit(url).username is not None:
-                    raise ConfigurationError(
-                        f"etcd {mask_url(url)!r}: etcd authentication is not supported yet; "
-                        "give an endpoint without a user and password"
-                    )
+        if self.etcd is not None:  # a user and password in them: etcd's authentication
+            source_urls(self.etcd, setting="etcd", what="etcd endpoints")

@@ -15,16 +15,27 @@ Every call goes to the endpoint that answered last, then the others in
 turn, within ``timeout`` in all; an error etcd returns, or no endpoint
 answering, is an :class:`EtcdError` with one line saying which.
 
+An etcd with authentication on (``etcdctl auth enable``) is reached with a
+user and password in the endpoint URL (``http://pgfailover:secret@etcd1:2379``,
+percent-encoded as in any URL): the gateway takes no basic auth, so the
+client asks ``/v3/auth/authenticate`` for a token once, sends it with every
+call (and the Patroni source's watch), and asks again when etcd says the
+token is no longer valid (simple tokens expire after ``--auth-token-ttl``,
+5 minutes by default, and when the member restarts). The password is never
+in a log line, status or error: endpoints are kept without it.
+
 Thread safety: an :class:`Etcd` may be used from several threads (urllib3's
 pool is thread-safe; the endpoint order is a tuple replaced whole, so a
-call reads a consistent one).
+call reads a consistent one; the token is guarded by a lock).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +45,7 @@ import urllib3
 from pgfailover.errors import PgFailoverError
 from pgfailover.topology.urls import mask_url
 
-__all__ = ["Etcd", "EtcdError", "KeyValue"]
+__all__ = ["Etcd", "EtcdError", "KeyValue", "split_credentials"]
 
 
 class EtcdError(PgFailoverError):
@@ -60,8 +71,25 @@ def _text(data: str | None) -> str:
     return base64.b64decode(data or "").decode(errors="replace")
 
 
+def split_credentials(endpoint: str) -> tuple[str, tuple[str, str] | None]:
+    """``endpoint`` without its user and password, and them (``None``: none given)."""
+    parts = urllib.parse.urlsplit(endpoint.rstrip("/"))
+    if parts.username is None:
+        return urllib.parse.urlunsplit(parts), None
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return bare, (user, password)
+
+
+# What etcd says when a call's token is missing or no longer valid: ask for a new one.
+_TOKEN_REFUSED = ("invalid auth token", "user name is empty")
+
+
 class Etcd:
-    """Calls to etcd at ``endpoints`` (``http://host:2379``, ...).
+    """Calls to etcd at ``endpoints`` (``http://host:2379``, ``http://user:pw@host:2379``).
+
+    Locks: ``_lock`` guards the token (a leaf; never held across a call).
 
     Thread safety: every method may be called from any thread.
     """
@@ -69,25 +97,70 @@ class Etcd:
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
         if not endpoints:
             raise EtcdError("no etcd endpoint given")
-        self.endpoints = tuple(e.rstrip("/") for e in endpoints)
+        split = [split_credentials(e) for e in endpoints]
+        self.endpoints = tuple(bare for bare, _ in split)
+        self._credentials = next((c for _, c in split if c is not None), None)
+        self._shown = ",".join(mask_url(e.rstrip("/")) for e in endpoints)
         self.timeout = timeout
         self._http = urllib3.PoolManager(num_pools=len(self.endpoints) + 1, retries=False)
+        self._lock = threading.Lock()
+        self._token: str | None = None  # guarded by self._lock; "": authentication is off
 
     @property
     def shown(self) -> str:
         """The endpoints for logs and status, passwords masked."""
-        return ",".join(mask_url(e) for e in self.endpoints)
+        return self._shown
+
+    def auth_headers(self) -> dict[str, str]:
+        """The header that authenticates a request (asking etcd for a token first if none
+        is held); none without a user in the endpoints, or while etcd's is off.
+
+        Raises:
+            EtcdError: etcd refused the user and password, or did not answer.
+        """
+        if self._credentials is None:
+            return {}
+        with self._lock:
+            token = self._token
+        if token is None:
+            name, password = self._credentials
+            try:
+                data = self._post("auth/authenticate", {"name": name, "password": password}, {})
+                token = str(data.get("token") or "")
+            except EtcdError as exc:
+                if "authentication is not enabled" not in str(exc):
+                    raise
+                token = ""  # a user given before etcd's authentication is turned on
+            with self._lock:
+                self._token = token
+        return {"Authorization": token} if token else {}
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>``; its JSON.
 
         The endpoint that answered last is tried first; one that cannot be
         reached, or answers 5xx (a member without a leader), passes the call
-        to the next, all within ``timeout`` in total.
+        to the next, all within ``timeout`` in total. A token etcd no longer
+        takes is replaced and the call made once more.
 
         Raises:
             EtcdError: etcd refused the call (4xx), or no endpoint answered in time.
         """
+        try:
+            return self._post(path, body, self.auth_headers())
+        except EtcdError as exc:
+            if self._credentials is None or not any(t in str(exc) for t in _TOKEN_REFUSED):
+                raise
+            self.forget_token()
+            return self._post(path, body, self.auth_headers())
+
+    def forget_token(self) -> None:
+        """Ask etcd for a new token before the next call (it refused this one)."""
+        with self._lock:
+            self._token = None
+
+    def _post(self, path: str, body: dict[str, Any], auth: dict[str, str]) -> dict[str, Any]:
+        """:meth:`call` without the token's renewal."""
         payload = json.dumps(body).encode()
         failures = []
         deadline = time.monotonic() + self.timeout
@@ -101,7 +174,7 @@ class Etcd:
                     "POST",
                     f"{endpoint}/v3/{path}",
                     body=payload,
-                    headers={"Content-Type": "application/json"},
+                    headers={**auth, "Content-Type": "application/json"},
                     timeout=urllib3.Timeout(total=left),
                 )
             except urllib3.exceptions.HTTPError as exc:

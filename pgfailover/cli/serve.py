@@ -103,7 +103,8 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 @click.option(
     "--etcd",
     help="One of several arbiters: only the holder of a lease in this etcd "
-    "(http://host:2379[,...]) promotes; the others take over when it expires.",
+    "(http://[user:password@]host:2379[,...]) promotes; the others take over when it "
+    "expires.",
 )
 @click.option(
     "--etcd-ttl",

@@ -336,7 +336,7 @@ class PatroniEtcdSource:
             try:
                 self._stream(endpoint, done)
                 pause = WATCH_BACKOFF[0]
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            except (urllib3.exceptions.HTTPError, OSError, ValueError, EtcdError) as exc:
                 if done.is_set() or self._stop.is_set():
                     return
                 logger.debug("patroni watch on %s: %s", mask_url(endpoint), exc)
@@ -347,7 +347,7 @@ class PatroniEtcdSource:
         end = self.prefix[:-1] + chr(ord(self.prefix[-1]) + 1)
         with self._lock:
             start = self._revision + 1
-        target, headers = _auth(endpoint)
+        target, headers = endpoint, self._etcd.auth_headers()  # etcd's token, if a user
         body = {"create_request": {"key": _b64(self.prefix), "range_end": _b64(end),
                                    "start_revision": start}}  # fmt: skip
         # etcd answers a watch at once; a quiet one is opened again after WATCH_IDLE.
@@ -363,6 +363,8 @@ class PatroniEtcdSource:
             self._response, self._pushed, self._behind = response, start - 1, 0
         try:
             if response.status != 200:
+                if response.status == 401:  # the token expired: the next attempt asks anew
+                    self._etcd.forget_token()
                 raise ValueError(f"HTTP {response.status}")
             buffer = b""
             for chunk in response.stream(64 * 1024):
@@ -386,6 +388,8 @@ class PatroniEtcdSource:
         if not isinstance(result, dict):
             raise ValueError(f"not a watch response: {str(message)[:100]}")
         if result.get("canceled") or result.get("compact_revision"):
+            if "auth token" in str(result.get("cancel_reason", "")):
+                self._etcd.forget_token()  # the next watch asks for a new one
             # Events before etcd's compaction are gone: watch again from there on;
             # the keys' next whole read brings what was missed.
             compacted = int(result.get("compact_revision") or 0)

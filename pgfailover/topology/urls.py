@@ -79,11 +79,6 @@ def parse_source(text: str) -> SourceSpec:
             "source: Patroni's etcd needs where its keys are, once: "
             "patroni+etcd://host:2379/<namespace>/<scope> (e.g. /service/main)"
         )
-    if any(urllib.parse.urlsplit(u).username is not None for u in urls):
-        raise ConfigurationError(
-            "source: etcd authentication is not supported yet; give etcd URLs without "
-            "a user and password"
-        )
     prefix = "/" + paths.pop() + "/"
     endpoints = tuple(
         urllib.parse.urlunsplit(urllib.parse.urlsplit(u)._replace(path="")) for u in urls

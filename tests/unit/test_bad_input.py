@@ -483,7 +483,6 @@ def test_any_http_request_gets_a_documented_status_and_promotes_nothing(
         (("serve", "--dsn", "host=h", "--webhook", "http://h:0/S3cret"), "--webhook must be"),
         (("serve", "--dsn", "host=h", "--etcd", "etcd:2379"), "etcd 'etcd:2379': expected http"),
         (("serve", "--dsn", "host=h", "--etcd", "http://u:S3cret@e:x"), "etcd 'http://u:***@e:x'"),
-        (("serve", "--dsn", "host=h", "--etcd", "http://u:S3cret@e:2379"), "not supported yet"),
         (("serve", "--dsn", "host=h", "--etcd-prefix", "no-slash"), "etcd_prefix"),
         (("serve", "--dsn", "host=h", "--etcd-ttl", "1"), "is not in the range 2<=x<=300"),
         (("rejoin", "n", "--pgdata", "/", "--primary", "postgresql://u:S3cretZZpw%ZZ@h/db"), ""),

@@ -45,7 +45,6 @@ BAD = [
     ("patroni+http://db1:8008,patroni+etcd://e:2379/service/x", "not both"),
     ("patroni+etcd://e:2379", "where its keys are"),
     ("patroni+etcd://e:2379/service/a,patroni+etcd://f:2379/service/b", "where its keys are"),
-    ("patroni+etcd://u:hunter2@e:2379/service/a", "etcd authentication is not supported"),
     ("patroni+http://db1:8008/cluster", "has no path"),
     ("patroni+ftp://db1:8008", "expected http://host:port"),
     ("patroni+http://u:hunter2@db1:bad", "u:***@db1"),
@@ -326,6 +325,7 @@ def test_the_snapshots_carry_a_growing_sequence_and_the_cluster() -> None:
     [
         "patroni+http://u:hunter2@db1:8008,patroni+https://v:hunter2@db2:8008",
         "patroni+http://db1:8008,patroni+http://u:hunter2@db2:8008",
+        "patroni+etcd://pgfailover:hunter2@e1:2379,patroni+etcd://pgfailover:hunter2@e2/service/a",
     ],
 )
 def test_patroni_passwords_never_show(source: str) -> None:
