@@ -312,11 +312,12 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         time.sleep(2.0)
         p0, a0 = workers.probes(), arbiter.probes()
         # The killed node's processes die in the root group, where hundreds of them take
-        # nearly all of both CPUs for about a second (kill_took_s): on a real node loss
-        # that teardown is the lost host's work, here it is the survivors' CPU. In a
-        # group of their own (or the database's), they die slowly and the machine
-        # stalled: a pg_promote answered after 40 s, some backends were still dying
-        # after 30 s.
+        # most of both CPUs until they are gone (kill_took_s, 0.6-1.6 s at 200): on a
+        # real node loss that teardown is the lost host's work, here it is the
+        # survivors' CPU. In a group of their own (tried, 4 runs at 200) they took
+        # 1.6-2.8 s and the followers switched later (0.36-0.40 s p50 after the
+        # arbiter's switch, against 0.12-0.15 s); in the database's group some were
+        # still dying after 30 s.
         groups.release(descendants(lab.pid("node0") or 0))
         killed, window = time.time(), time.monotonic() + FAILOVER_WINDOW
         with concurrent.futures.ThreadPoolExecutor(1) as background:
