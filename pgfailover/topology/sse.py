@@ -58,6 +58,7 @@ class EventParser:
         self._data: list[str] = []
         self._id: str | None = None
         self._size = 0
+        self._scanned = 0  # bytes of the buffer already searched for a line end
 
     def feed(self, chunk: bytes) -> list[Event]:
         """The events ``chunk`` completes (none for a heartbeat comment).
@@ -68,13 +69,16 @@ class EventParser:
         self._buffer += chunk
         events: list[Event] = []
         start = 0
-        for match in _LINE_END.finditer(self._buffer):
+        # Only the new bytes can end a line, and a '\r' left waiting for its '\n': a
+        # line that arrives in many chunks is searched once, not once per chunk.
+        for match in _LINE_END.finditer(self._buffer, max(0, self._scanned - 1)):
             # A '\r' at the very end may be the first half of '\r\n': wait for more.
             if match.group() == b"\r" and match.end() == len(self._buffer):
                 break
             self._line(self._buffer[start : match.start()], events)
             start = match.end()
         self._buffer = self._buffer[start:]
+        self._scanned = len(self._buffer)
         if len(self._buffer) + self._size > self._max:
             raise StreamError(f"an event larger than {self._max} bytes")
         return events

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from pgfailover.config import FailoverConfig
 from pgfailover.errors import ConfigurationError
 from pgfailover.sources import load_env, load_toml
-from pgfailover.topology.sse import Event, EventParser, StreamError
+from pgfailover.topology import sse
+from pgfailover.topology.sse import _LINE_END, Event, EventParser, StreamError
 from pgfailover.topology.urls import mask_url, source_urls
 
 GOOD_SOURCES = [
@@ -85,6 +88,30 @@ SSE = [
 @pytest.mark.parametrize(("chunks", "events"), [s[1:] for s in SSE], ids=[s[0] for s in SSE])
 def test_the_event_stream_is_read_as_it_arrives(chunks: list[bytes], events: list[Event]) -> None:
     assert _events(chunks) == events
+
+
+def test_every_chunking_reads_the_same_events_and_each_byte_is_searched_once() -> None:
+    """A snapshot that arrives in many small chunks (a slow network) is searched for line
+    ends once, not from its start at every chunk."""
+    stream = b"event: snapshot\r\ndata: " + b"x" * 5000 + b"\r\n\r\n:\n\ndata: 2\r\r\n"
+    expected = [Event("snapshot", "x" * 5000), Event("message", "2")]
+    searched = 0
+
+    def counting(text: bytes, pos: int = 0) -> Any:
+        nonlocal searched
+        searched += len(text) - pos
+        return _LINE_END.finditer(text, pos)
+
+    for size in (1, 2, 3, 7, 64, len(stream)):
+        parser = EventParser()
+        searched = 0
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sse, "_LINE_END", SimpleNamespace(finditer=counting))
+            got = [
+                e for i in range(0, len(stream), size) for e in parser.feed(stream[i : i + size])
+            ]
+        assert got == expected, size
+        assert searched <= 2 * len(stream), (size, searched)
 
 
 @pytest.mark.parametrize(
