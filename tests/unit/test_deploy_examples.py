@@ -22,11 +22,19 @@ def _serve_options() -> set[str]:
 def test_kubernetes_example_runs_serve_with_real_options() -> None:
     docs = list(yaml.safe_load_all((ROOT / "docs/deploy/kubernetes.yaml").read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
-    assert deployment["spec"]["replicas"] == 1  # one arbiter
+    assert deployment["spec"]["replicas"] == 2  # two arbiters, one lease in etcd
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
     assert args[0] == "serve"
     assert {a for a in args if a.startswith("--")} <= _serve_options()
+    # Several arbiters need the lease: --etcd, from the Secret the pod reads.
+    etcd = args[args.index("--etcd") + 1]
+    assert etcd == "$(PGFAILOVER_ETCD)"
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert "PGFAILOVER_ETCD" in secret["stringData"]
+    assert {"secretRef": {"name": "pgfailover"}} in container["envFrom"]
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert int(args[args.index("--stream-port") + 1]) in ports
 
 
 def test_systemd_unit_runs_serve_with_real_options() -> None:
