@@ -22,8 +22,10 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import pq
+from psycopg_pool import PoolTimeout
 
 from pgfailover.dispatch import (
+    CHECKOUT_SLICE,
     MAX_ATTEMPTS,
     Dispatcher,
     Verdict,
@@ -80,12 +82,22 @@ class Executor(Dispatcher[NodePools]):
         ``deadline``; a read's breaker trial (``token``) is released if the wait ends
         otherwise (the manager closed, an interrupt)."""
         timeout = self.checkout_timeout(deadline)
-        try:
-            return self._pools.checkout(node, timeout)
-        except BaseException as exc:
-            if not self.checkout_timed_out(node, token, timeout, readonly, exc):
-                raise
-            return None
+        until = time.monotonic() + timeout
+        wait = min(timeout, CHECKOUT_SLICE)
+        while True:
+            try:
+                return self._pools.checkout(node, wait)
+            except BaseException as exc:
+                if isinstance(exc, PoolTimeout) and time.monotonic() < until:
+                    more = self.next_slice(node, readonly, until)
+                    if more is not None:
+                        wait = more
+                        continue
+                    self.breakers.release(node, token)  # given up: retried elsewhere
+                    return None
+                if not self.checkout_timed_out(node, token, timeout, readonly, exc):
+                    raise
+                return None
 
     def _wait_for_readers(self, deadline: float) -> bool:
         """No node can serve a read: wait a little for a change; False once past

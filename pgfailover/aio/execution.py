@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import pq
+from psycopg_pool import PoolTimeout
 
 from pgfailover.aio.pools import AsyncConnection, AsyncNodePools
-from pgfailover.dispatch import MAX_ATTEMPTS, Dispatcher, returns_rows
+from pgfailover.dispatch import CHECKOUT_SLICE, MAX_ATTEMPTS, Dispatcher, returns_rows
 from pgfailover.errors import NoPrimaryAvailable, NoStandbyAvailable
 from pgfailover.statements import read_async, settle_async
 
@@ -133,12 +134,22 @@ class AsyncExecutor(Dispatcher[AsyncNodePools]):
         ``deadline``; a read's breaker trial (``token``) is released if the wait ends
         otherwise (the manager closed, a cancellation)."""
         timeout = self.checkout_timeout(deadline)
-        try:
-            return await self._pools.checkout(node, timeout)
-        except BaseException as exc:
-            if not self.checkout_timed_out(node, token, timeout, readonly, exc):
-                raise
-            return None
+        until = time.monotonic() + timeout
+        wait = min(timeout, CHECKOUT_SLICE)
+        while True:
+            try:
+                return await self._pools.checkout(node, wait)
+            except BaseException as exc:
+                if isinstance(exc, PoolTimeout) and time.monotonic() < until:
+                    more = self.next_slice(node, readonly, until)
+                    if more is not None:
+                        wait = more
+                        continue
+                    self.breakers.release(node, token)  # given up: retried elsewhere
+                    return None
+                if not self.checkout_timed_out(node, token, timeout, readonly, exc):
+                    raise
+                return None
 
     async def _wait_for_readers(self, deadline: float) -> bool:
         """No node can serve a read: wait a little for a change; False once past

@@ -100,18 +100,25 @@ class FakeConn:
 
 
 class FakePools:
-    """Hands out scripted connections per node (``"timeout"``: no connection came)."""
+    """Hands out scripted connections per node (``"timeout"``: no connection came within
+    the wait asked for, which passes first, as in a real pool; ``timed_out`` hears of
+    each such wait, with its node)."""
 
     def __init__(self, script: dict[str, list[FakeConn | str]] | None = None) -> None:
         self.script = script or {}
         self.out: list[FakeConn] = []
         self.returned: list[FakeConn] = []
         self.aborted: list[str] = []
+        self.waits: list[tuple[str, float]] = []  # each checkout: node, how long it may wait
+        self.timed_out: Callable[[str], object] = lambda node: None
 
     def checkout(self, node: str, timeout: float) -> FakeConn:
+        self.waits.append((node, timeout))
         queue = self.script.get(node)
         item: FakeConn | str = queue.pop(0) if queue else FakeConn(node)
         if item == "timeout":
+            time.sleep(timeout)
+            self.timed_out(node)
             raise PoolTimeout(f"no connection to {node} in {timeout}s")
         assert isinstance(item, FakeConn)
         self.out.append(item)

@@ -272,7 +272,7 @@ def test_failing_reads_open_the_breaker_and_reads_go_elsewhere(kind: Kind) -> No
 def test_a_pool_full_of_the_applications_own_connections_is_not_a_node_failure(
     kind: Kind,
 ) -> None:
-    h = Harness({"node1": ["timeout"] * 5}, breaker=SLOW, kind=kind, strategy=ByName())
+    h = Harness({"node1": ["timeout"] * 10}, breaker=SLOW, kind=kind, strategy=ByName())
     h.pools.saturated = lambda node: node == "node1"  # type: ignore[method-assign]
     for _ in range(5):
         assert h.read() == [(1,)]
