@@ -292,12 +292,17 @@ class PatroniLab:
             proc.send_signal(signal.SIGCONT)
 
     def kill(self, name: str) -> None:
-        """kill -9 the member's Patroni and its PostgreSQL (a crashed host): the server's
-        processes at one moment (:func:`~pgfailover.lab.proc.kill_server`), then Patroni."""
+        """kill -9 the member's Patroni and its PostgreSQL (a crashed host): Patroni is
+        stopped first (it must not start PostgreSQL again meanwhile), then the server's
+        processes die at one moment (:func:`~pgfailover.lab.proc.kill_server`), then
+        Patroni."""
         datadir = self.directory / name / "data"
-        killed = kill_server(datadir)
         proc = self._procs.get(name)
-        if proc is not None and proc.poll() is None:
+        running = proc is not None and proc.poll() is None
+        if proc is not None and running:
+            proc.send_signal(signal.SIGSTOP)
+        killed = kill_server(datadir)
+        if proc is not None and running:
             proc.kill()
             proc.wait(10)
         leftovers = [p for p in processes_in(datadir) if p not in killed]
