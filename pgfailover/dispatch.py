@@ -71,7 +71,7 @@ P = TypeVar("P", bound=TrackedPools[Any])
 
 CHECKOUT_SLICE = 0.1
 """Seconds a checkout waits for a pooled connection before it looks again whether its
-node is still where the statement goes (:meth:`Dispatcher.next_slice`)."""
+node is still where the statement goes (:meth:`Dispatcher.slice_ended`)."""
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -256,7 +256,36 @@ class Dispatcher(Generic[P]):
         """How long a checkout may wait for a pooled connection before ``deadline``."""
         return max(0.05, min(self._pool_timeout, deadline - time.monotonic()))
 
-    def next_slice(self, node: str, readonly: bool, until: float) -> float | None:
+    def slice_ended(
+        self,
+        node: str,
+        exc: BaseException,
+        *,
+        token: int,
+        readonly: bool,
+        timeout: float,
+        until: float,
+    ) -> float | None:
+        """A slice of a checkout from ``node``'s pool raised ``exc``: how long the next
+        slice may wait, or ``None`` when the checkout ends without a connection (the
+        node was given up meanwhile, or no connection came within ``timeout``: the
+        caller tries again, elsewhere if the view says so).
+
+        Raises:
+            exc: it says nothing of the node (a read's breaker trial is released first).
+            ManagerClosed: the pool timed out because the manager is closing.
+        """
+        if isinstance(exc, PoolTimeout) and not self.view.closed and time.monotonic() < until:
+            more = self._next_slice(node, readonly, until)
+            if more is not None:
+                return more
+            self.breakers.release(node, token)  # given up: retried elsewhere
+            return None
+        if not self.checkout_timed_out(node, token, timeout, readonly, exc):
+            raise exc
+        return None
+
+    def _next_slice(self, node: str, readonly: bool, until: float) -> float | None:
         """A slice of a checkout from ``node``'s pool found no connection: how long the
         next may wait, or ``None`` when ``node`` is no longer where the statement goes.
 

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import PoolTimeout
 
 from pgfailover.dispatch import (
     CHECKOUT_SLICE,
@@ -87,17 +86,13 @@ class Executor(Dispatcher[NodePools]):
         while True:
             try:
                 return self._pools.checkout(node, wait)
-            except BaseException as exc:
-                if isinstance(exc, PoolTimeout) and time.monotonic() < until:
-                    more = self.next_slice(node, readonly, until)
-                    if more is not None:
-                        wait = more
-                        continue
-                    self.breakers.release(node, token)  # given up: retried elsewhere
+            except BaseException as exc:  # noqa: BLE001 - slice_ended raises it again unless a timeout
+                more = self.slice_ended(
+                    node, exc, token=token, readonly=readonly, timeout=timeout, until=until
+                )
+                if more is None:
                     return None
-                if not self.checkout_timed_out(node, token, timeout, readonly, exc):
-                    raise
-                return None
+                wait = more
 
     def _wait_for_readers(self, deadline: float) -> bool:
         """No node can serve a read: wait a little for a change; False once past
