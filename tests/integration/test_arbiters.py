@@ -29,6 +29,7 @@ import re
 import signal
 import time
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def test_arbiter_kills_hand_the_lease_over_and_only_the_holder_fails_over(
         mgr = stack.enter_context(
             FailoverManager(nodes=sync_lab.manager_nodes(), config=FAST).open()
         )
-        with Workload(mgr, threads=2) as load:
+        with Workload(mgr, threads=2) as load, ThreadPoolExecutor(1) as starter:
             crashes = 0
             handovers = []
             for kill in range(1, KILLS + 1):
@@ -131,19 +132,32 @@ def test_arbiter_kills_hand_the_lease_over_and_only_the_holder_fails_over(
                 timeline = _timeline(sync_lab, primary)
                 os.kill(holder["pid"], signal.SIGKILL)
                 killed = time.monotonic()
-                wait_until(functools.partial(_holds, other), timeout=TTL + 3, what="handover")
+                # A replacement starts during the handover, as a restarted host's
+                # arbiter would (the killed one stays dead): two arbiters watch
+                # every crash, so a double promotion would show, and either may
+                # take the lease.
+                joining = starter.submit(_start, stack, sync_lab, tmp_path, etcd, started)
+                started += 1
+
+                def live(
+                    other: dict[str, Any] = other, joining: Future[dict[str, Any]] = joining
+                ) -> list[dict[str, Any]]:
+                    return [other, joining.result()] if joining.done() else [other]
+
+                new_holder = wait_until(
+                    lambda: next((a for a in live() if _holds(a)), None),
+                    timeout=TTL + 3,
+                    what="handover",
+                )
                 handovers.append(time.monotonic() - killed)
                 assert handovers[-1] <= TTL + 1, handovers
                 # Nothing happened to the database.
                 assert _writable(sync_lab) == [primary]
                 assert _timeline(sync_lab, primary) == timeline
-                # A replacement joins (the killed arbiter stays dead): two arbiters
-                # watch every crash, so a double promotion would show.
-                arbiters = [other, _start(stack, sync_lab, tmp_path, etcd, started)]
-                started += 1
+                arbiters = [other, joining.result(timeout=30)]
                 if kill % CRASH_EVERY == 0:
                     crashes += 1
-                    _crash_and_rejoin(sync_lab, other, primary, timeline)
+                    _crash_and_rejoin(sync_lab, new_holder, primary, timeline)
         final = sync_lab.primary()
         assert final is not None
         acked = {i for i, _, _ in load.acked}

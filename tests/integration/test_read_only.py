@@ -30,10 +30,11 @@ def test_a_manual_manager_goes_read_only_at_once_and_back_after_a_trigger(
         mgr.query("INSERT INTO w VALUES (1)")
         assert mgr.writable
         for standby in ("node1", "node2"):  # replication is asynchronous here
-            wait_until(
-                lambda s=standby: fresh_lab.run_sql(s, "SELECT count(*) FROM w") == [(1,)],
-                what=f"{standby} to replay the insert",
-            )
+
+            def replayed(name: str = standby) -> bool:
+                return fresh_lab.run_sql(name, "SELECT count(*) FROM w") == [(1,)]
+
+            wait_until(replayed, what=f"{standby} to replay the insert")
         fresh_lab.kill("node0")
         wait_until(lambda: not mgr.writable, timeout=10, what="read-only mode")
         slowest = 0.0
