@@ -240,12 +240,21 @@ def serve_process(config: Path, log: Path, *options: str) -> Iterator[dict[str, 
 
 def prepare(lab: Topology) -> None:
     lab.run_sql("node0", "CREATE TABLE w (id bigint PRIMARY KEY)")
-    for standby in ("node1", "node2"):
+    wait_for_table(lab, "w")
+
+
+def wait_for_table(
+    lab: Topology, table: str, standbys: tuple[str, ...] = ("node1", "node2")
+) -> None:
+    """Wait until every standby has replayed ``table``'s creation: with asynchronous
+    replication a kill of the primary right after it could leave it unshipped."""
+    for standby in standbys:
 
         def replayed(name: str = standby) -> bool:
-            return bool(lab.run_sql(name, "SELECT to_regclass('w') IS NOT NULL")[0][0])
+            sql = "SELECT to_regclass(%s) IS NOT NULL"
+            return bool(lab.run_sql(name, sql, (table,))[0][0])
 
-        wait_until(replayed, what=f"{standby} to replay the table")
+        wait_until(replayed, what=f"{standby} to replay the table {table}")
 
 
 def _distributions(name: str, extras: frozenset[str]) -> set[str]:

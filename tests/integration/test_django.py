@@ -25,7 +25,7 @@ from pgfailover.contrib.django import databases, get_manager, reset_manager
 from pgfailover.lab import LocalLab
 
 from .conftest import make_lab
-from .helpers import wait_until
+from .helpers import wait_for_table, wait_until
 
 SETTINGS = {
     "health_check_interval": 0.2,
@@ -65,6 +65,9 @@ def site() -> Iterator[LocalLab]:
         )
         django.setup()
         call_command("migrate", run_syncdb=True, verbosity=0)
+        from tests.integration.djangoapp.models import Note
+
+        wait_for_table(lab, Note._meta.db_table)
         yield lab
     finally:
         from django.db import connections

@@ -22,7 +22,7 @@ from pgfailover.contrib.flask import PgFailover
 from pgfailover.contrib.sqlalchemy import FailoverEngines, FailoverSession
 from pgfailover.lab import LocalLab
 
-from .helpers import wait_until
+from .helpers import wait_for_table, wait_until
 
 SETTINGS = {
     "health_check_interval": 0.2,
@@ -55,6 +55,7 @@ def _json(response: Any) -> dict[str, Any]:
 @pytest.fixture
 def engines(fresh_lab: LocalLab) -> Iterator[FailoverEngines]:
     fresh_lab.run_sql("node0", "CREATE TABLE items (id bigint PRIMARY KEY, name text)")
+    wait_for_table(fresh_lab, "items")
     found = FailoverEngines(fresh_lab.manager_nodes(), settings=SETTINGS)
     try:
         yield found
@@ -134,6 +135,7 @@ def _app(lab: LocalLab) -> tuple[Flask, PgFailover]:
 @pytest.fixture
 def flask_app(fresh_lab: LocalLab) -> Iterator[tuple[Flask, PgFailover]]:
     fresh_lab.run_sql("node0", "CREATE TABLE items (id bigint PRIMARY KEY, name text)")
+    wait_for_table(fresh_lab, "items")
     app, failover = _app(fresh_lab)
     try:
         yield app, failover
