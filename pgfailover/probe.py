@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from pgfailover.errors import first_line
+from pgfailover.streamname import CONFIGURED_SQL, configured_app_name, receiver_app_name
 
 __all__ = [
     "PROBE_SQL",
@@ -41,7 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROBE_SQL = """
+PROBE_SQL = f"""
 SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery()
             THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
@@ -67,7 +67,8 @@ SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery()
                  OR NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN NULL
             ELSE ARRAY(SELECT application_name::text FROM pg_stat_replication
-                       WHERE state = 'streaming' ORDER BY 1) END
+                       WHERE state = 'streaming' ORDER BY 1) END,
+       {CONFIGURED_SQL}
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
 """
 
@@ -85,23 +86,6 @@ def parse_duration(text: str | None) -> float | None:
         return float(number) * _UNITS[unit]
     except (KeyError, ValueError):
         return None
-
-
-def receiver_app_name(conninfo: str | None, cluster_name: str | None) -> str:
-    """The name a standby streams under, as libpq's walreceiver picks it.
-
-    ``application_name`` from ``primary_conninfo`` (shown, password removed,
-    in ``pg_stat_wal_receiver.conninfo``), else ``cluster_name``, else
-    ``walreceiver``.
-    """
-    if conninfo:
-        try:
-            name = conninfo_to_dict(conninfo).get("application_name")
-        except psycopg.Error:
-            name = None
-        if name:
-            return str(name)
-    return cluster_name or "walreceiver"
 
 
 @dataclass(frozen=True)
@@ -405,7 +389,7 @@ class NodeProber:
             receiver_silence=row[13],
             upstream_end_lsn=row[14],
             receiver_timeout=parse_duration(row[15]),
-            app_name=receiver_app_name(row[16], row[17]),
+            app_name=receiver_app_name(row[16], row[17], configured_app_name(row[19])),
             streaming_names=None if row[18] is None else tuple(row[18]),
         )
 

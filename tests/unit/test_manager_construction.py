@@ -15,6 +15,7 @@ import pytest
 from pgfailover.config import FailoverConfig, Node
 from pgfailover.manager import FailoverManager
 from pgfailover.probe import parse_duration, receiver_app_name
+from pgfailover.streamname import configured_app_name
 
 NODES = [
     Node("node0", "host=10.0.0.1 port=5432 dbname=app", priority=0),
@@ -121,3 +122,39 @@ def test_parse_duration(text: str | None, seconds: float | None) -> None:
 )
 def test_receiver_app_name(conninfo: str | None, cluster_name: str | None, expected: str) -> None:
     assert receiver_app_name(conninfo, cluster_name) == expected
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "configured", "cluster_name", "expected"),
+    [
+        pytest.param(None, "pg_standby1", "pg-standby1", "pg_standby1", id="no receiver: setting"),
+        pytest.param(None, None, "pg-standby1", "pg-standby1", id="no receiver, no setting"),
+        pytest.param(
+            "host=a application_name=node1", "ignored", "main", "node1", id="receiver first"
+        ),
+        pytest.param("host=a", "ignored", "main", "main", id="receiver without a name"),
+    ],
+)
+def test_receiver_app_name_without_a_receiver(
+    conninfo: str | None, configured: str | None, cluster_name: str, expected: str
+) -> None:
+    assert receiver_app_name(conninfo, cluster_name, configured) == expected
+
+
+@pytest.mark.parametrize(
+    ("cut", "expected"),
+    [
+        pytest.param("kv:node1", "node1", id="plain"),
+        pytest.param("kv:'my app'", "my app", id="quoted"),
+        pytest.param(r"kv:'it\'s'", "it's", id="quoted with an escaped quote"),
+        pytest.param(r"kv:a\ b", "a b", id="escaped space"),
+        pytest.param("uri:pg%5Fstandby%201", "pg_standby 1", id="uri, percent-encoded"),
+        pytest.param("uri:", None, id="uri, empty"),
+        pytest.param("kv:''", None, id="quoted empty"),
+        pytest.param(None, None, id="none in the setting"),
+        pytest.param("", None, id="empty"),
+        pytest.param("other:x", None, id="unknown kind"),
+    ],
+)
+def test_configured_app_name(cut: str | None, expected: str | None) -> None:
+    assert configured_app_name(cut) == expected
