@@ -4,7 +4,8 @@ The images are built on the local base image (Debian 12 from debootstrap,
 see :mod:`tests.integration.docker_engine`), the Python packages from a
 wheelhouse filled on the host: nothing is pulled from a registry. The demo
 app writes through a ``FailoverManager`` and logs every acknowledged id;
-``docker kill`` takes the primary's container down; the arbiter promotes a
+``docker kill`` takes the primary's container down (the stack runs with
+quorum sync, as docker/README.md shows); the arbiter promotes a
 standby and repoints the other; Prometheus in the stack scrapes the arbiter
 and fires ``FailoverOccurred``; every acknowledged id must be on the new
 primary. Containers, volumes and networks are removed at the end, also
@@ -66,6 +67,9 @@ class Stack:
                 "PGFAILOVER_IMAGE_TAG": RUN,
                 "PGFAILOVER_LAB_LABEL": RUN,
                 "DEMO_LOG_ACKS": "1",
+                # Quorum sync, as docker/README.md shows it: with asynchronous
+                # replication a kill may take the last acknowledged commits with it.
+                "PGFAILOVER_SYNC": "ANY 1 (pg_standby1, pg_standby2)",
                 **{f"PGFAILOVER_{k}_PORT": str(v) for k, v in self.ports.items()},
             }
         )

@@ -62,7 +62,10 @@ synchronous_standby_names = '${SYNCHRONOUS_STANDBY_NAMES:-}'
 CONF
         # Later lines win: PG_SETTINGS may override any of the above.
         printf '%s\n' "${PG_SETTINGS:-}" >> "$PGDATA/postgresql.conf"
-        pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+        # The setup's own commits must not wait for a synchronous standby
+        # that cannot exist before this server is up.
+        pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c synchronous_standby_names=''" \
+            -w start >/dev/null
         if [ "$AUTH" = trust ]; then
             psql -v ON_ERROR_STOP=1 -U postgres -d postgres -q \
                 -c "CREATE ROLE replicator WITH REPLICATION LOGIN"
