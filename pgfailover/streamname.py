@@ -30,21 +30,35 @@ from psycopg.conninfo import conninfo_to_dict
 
 __all__ = ["CONFIGURED_SQL", "configured_app_name", "receiver_app_name"]
 
-# ``primary_conninfo``'s application_name, cut out on the server: a URI's
-# query parameter ("uri:" and the percent-encoded value), or a keyword/value
-# string's last application_name ("kv:" and the value as written, quoted or
-# not). Keyword/value pairs are matched left to right, each quoted value
-# whole, so a password holding "application_name=" is never taken for one.
-# Dollar-quoted: no escape processing, whatever standard_conforming_strings.
-_CUT = r"""
-CASE WHEN {source} ~ $re$^postgres(ql)?://$re$
-     THEN 'uri:' || substring({source} FROM $re$[?&]application_name=([^&#]*)$re$)
-     ELSE 'kv:' || (
+# ``primary_conninfo``'s application_name, cut out on the server as libpq
+# reads the string, so that no part of a password can pass for a name:
+#
+# - a URI: its user and password end at the first "@" before any "/" (and
+#   may hold "?" or "&"), so they are removed first; then the query's last
+#   application_name ("uri:" and the value, percent-encoded);
+# - keywords and values: only a string that splits wholly into them (a
+#   value quoted, with backslash escapes, or unquoted up to whitespace,
+#   where a quote is an ordinary character) is read, pair by pair from its
+#   start, so a match can never begin inside a value; the last
+#   application_name ("kv:" and the value as written).
+#
+# Anything else (an unterminated quote) gives no name. Dollar-quoted: no
+# escape processing, whatever standard_conforming_strings says.
+_QUOTED = r"'(?:[^'\\]|\\.)*'"
+_BARE = r"(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*"
+_PAIR = rf"([^\s=]+)\s*=\s*({_QUOTED}|{_BARE})"
+_WHOLE = rf"^(?:\s*[^\s=]+\s*=\s*(?:{_QUOTED}|{_BARE}|$))*\s*$"
+_URI = r"^postgres(?:ql)?://"
+_URI_USER = r"^postgres(?:ql)?://(?:[^@/]*@)?"
+_URI_NAME = r"^[^/?]*(?:/[^?]*)?\?(?:.*&)?application_name=([^&]*)"
+_CUT = f"""
+CASE WHEN {{source}} ~ $re${_URI}$re$
+     THEN 'uri:' || substring(regexp_replace({{source}}, $re${_URI_USER}$re$, '')
+                              FROM $re${_URI_NAME}$re$)
+     WHEN {{source}} ~ $re${_WHOLE}$re$
+     THEN 'kv:' || (
          SELECT m.v[2]
-         FROM regexp_matches(
-                  {source},
-                  $re$([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)$re$,
-                  'g') WITH ORDINALITY AS m(v, n)
+         FROM regexp_matches({{source}}, $re${_PAIR}$re$, 'g') WITH ORDINALITY AS m(v, n)
          WHERE m.v[1] = 'application_name'
          ORDER BY m.n DESC
          LIMIT 1)
