@@ -104,6 +104,21 @@ def shared_app_names(snap: Snapshot) -> dict[str, list[str]]:
     return {name: nodes for name, nodes in seen.items() if len(nodes) > 1}
 
 
+def sync_members(snap: Snapshot, primary: str) -> set[str]:
+    """The names the cluster's standbys stream under, up or down, ``primary`` aside.
+
+    Only nodes last seen as standbys: a primary runs no WAL receiver, so
+    the name it reported is a guess (its ``cluster_name``, or libpq's
+    ``walreceiver``), and a lost primary's guess must not make another
+    client streaming under that name eligible for synchronous replication.
+    """
+    return {
+        n.app_name
+        for n in snap.nodes
+        if n.role is Role.STANDBY and n.app_name and n.name != primary
+    }
+
+
 def receivers_to_tune(snap: Snapshot, target: float) -> list[str]:
     """Nodes whose ``wal_receiver_timeout`` is off or longer than ``target``."""
     if target <= 0:
@@ -293,7 +308,7 @@ class Upkeep:
     def _sync(self, snap: Snapshot, primary: NodeState, now: float) -> None:
         current = primary.sync_standby_names or ""
         streaming = primary.streaming_names or ()
-        members = {n.app_name for n in snap.nodes if n.app_name and n.name != primary.name}
+        members = sync_members(snap, primary.name)
         with self._lock:
             if current != self._written.get(primary.name, current if not current else None):
                 # Someone else set it (the operator, a previous primary's

@@ -8,7 +8,13 @@ import pytest
 
 from pgfailover.model import Snapshot
 from pgfailover.probe import ProbeResult
-from pgfailover.upkeep import commits_blocked, orphans, receivers_to_tune, shared_app_names
+from pgfailover.upkeep import (
+    commits_blocked,
+    orphans,
+    receivers_to_tune,
+    shared_app_names,
+    sync_members,
+)
 
 from .helpers import down, healthy_round, primary, run, standby
 
@@ -133,3 +139,64 @@ def test_standbys_sharing_an_application_name_are_named() -> None:
     assert shared_app_names(snap) == {"walreceiver": ["node1", "node2"]}
     distinct, _ = run([base])
     assert shared_app_names(distinct) == {}
+
+
+def _named(result: ProbeResult, app_name: str) -> ProbeResult:
+    return dataclasses.replace(result, app_name=app_name)
+
+
+@pytest.mark.parametrize(
+    ("rounds", "new_primary", "expected"),
+    [
+        pytest.param(
+            [
+                [
+                    _named(primary("node0"), "main"),
+                    _named(standby("node1"), "node1"),
+                    _named(standby("node2"), "node2"),
+                ]
+            ],
+            "node0",
+            {"node1", "node2"},
+            id="the standbys, not the primary's cluster_name",
+        ),
+        pytest.param(
+            [
+                [
+                    _named(primary("node0"), "main"),
+                    _named(standby("node1"), "node1"),
+                    _named(standby("node2"), "node2"),
+                ],
+                [
+                    down("node0"),
+                    _named(primary("node1", tl=2), "main"),
+                    _named(standby("node2", tl=2, upstream="node1"), "node2"),
+                ],
+            ],
+            "node1",
+            {"node2"},
+            id="a lost primary's guessed name is no member",
+        ),
+        pytest.param(
+            [
+                [
+                    _named(primary("node0"), "main"),
+                    _named(standby("node1"), "node1"),
+                    _named(standby("node2"), "node2"),
+                ],
+                [
+                    _named(primary("node0"), "main"),
+                    _named(standby("node1"), "node1"),
+                    down("node2"),
+                ],
+            ],
+            "node0",
+            {"node1", "node2"},
+            id="a standby that is down stays a member",
+        ),
+    ],
+)
+def test_sync_members(
+    rounds: list[list[ProbeResult]], new_primary: str, expected: set[str]
+) -> None:
+    assert sync_members(snap_of(*rounds), new_primary) == expected
