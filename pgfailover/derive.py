@@ -21,6 +21,7 @@ __all__ = [
     "primary_position",
     "refuse_foreign",
     "with_following",
+    "with_upstreams",
 ]
 
 
@@ -53,6 +54,42 @@ def refuse_foreign(node: NodeState, cluster_id: str | None) -> NodeState:
             f"{node.system_identifier}, this cluster's is {cluster_id}): not used"
         ),
     )
+
+
+def with_upstreams(nodes: Sequence[NodeState]) -> list[NodeState]:
+    """Each streaming standby's upstream, by name where its sender's address is not a node's.
+
+    The probe maps a standby's sender (``pg_stat_wal_receiver.sender_host``
+    and ``sender_port``: what its ``primary_conninfo`` says) to the node
+    with that address in the manager's DSNs. Replication often names hosts
+    otherwise (an IP where the DSNs have a DNS name, ``localhost``, a
+    replication network), and a standby whose upstream is unknown counts as
+    hearing the primary: after the primary died, a cascaded standby that
+    goes on hearing its relay refused every promotion (``receiver_streaming``)
+    for as long as the relay lived. So the sender is also found the way
+    synchronous replication names standbys: the one node whose
+    ``pg_stat_replication`` shows the standby's name streaming.
+    """
+    senders: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.up and node.streaming_names:
+            for name in {n.casefold() for n in node.streaming_names}:
+                senders.setdefault(name, []).append(node.name)
+    out = []
+    for node in nodes:
+        found = senders.get((node.app_name or "").casefold(), [])
+        others = [name for name in found if name != node.name]
+        if (
+            node.upstream is None
+            and node.up
+            and node.role is Role.STANDBY
+            and node.receiver_streaming
+            and len(others) == 1
+        ):
+            out.append(evolve(node, upstream=others[0]))
+        else:
+            out.append(node)
+    return out
 
 
 def foreign_nodes(snap: Snapshot) -> list[str]:

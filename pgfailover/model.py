@@ -89,7 +89,7 @@ class NodeState:
     upstream_end_lsn: int | None = None
     receiver_timeout: float | None = None
     app_name: str | None = None  # the name it streams under (pg_stat_replication)
-    streaming_names: tuple[str, ...] | None = None  # a primary: who streams from it
+    streaming_names: tuple[str, ...] | None = None  # who streams from it (a primary, a relay)
     system_identifier: str | None = None
     follows: bool | None = None  # a standby that streams from the current primary
     not_following_since: float | None = None

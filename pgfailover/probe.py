@@ -64,8 +64,7 @@ SELECT pg_is_in_recovery(),
        current_setting('wal_receiver_timeout'),
        r.conninfo,
        current_setting('cluster_name'),
-       CASE WHEN pg_is_in_recovery()
-                 OR NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN NULL
+       CASE WHEN NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN NULL
             ELSE ARRAY(SELECT application_name::text FROM pg_stat_replication
                        WHERE state = 'streaming' ORDER BY 1) END,
        {CONFIGURED_SQL}
@@ -98,7 +97,8 @@ class ProbeResult:
     committed on the primary (``None`` on a primary). ``receiver_silence`` is
     how long ago the WAL receiver last heard its upstream, on the standby's
     own clock; ``upstream_end_lsn`` the upstream's WAL end as of that
-    message; ``streaming_names`` (a primary) who streams from it now.
+    message; ``streaming_names`` who streams from it now (a primary, or a
+    standby that relays WAL to others).
     ``busy`` (with ``ok`` false): the server refused a new session for lack
     of connection slots (:func:`refused_for_capacity`): alive, role unknown.
     ``opening`` (with ``ok`` false): the probe's new session did not open in

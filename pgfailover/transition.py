@@ -34,7 +34,13 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from pgfailover.config import FailoverConfig, Node
-from pgfailover.derive import cluster_identifier, primary_position, refuse_foreign, with_following
+from pgfailover.derive import (
+    cluster_identifier,
+    primary_position,
+    refuse_foreign,
+    with_following,
+    with_upstreams,
+)
 from pgfailover.dsn import node_address
 from pgfailover.guards import Candidate, choose_candidate
 from pgfailover.model import (
@@ -139,7 +145,7 @@ def transition(
         for n in prev.nodes
     ]
     cluster_id = cluster_identifier(prev, updated)
-    updated = [refuse_foreign(n, cluster_id) for n in updated]
+    updated = with_upstreams([refuse_foreign(n, cluster_id) for n in updated])
     for index, (old, new) in enumerate(zip(prev.nodes, updated, strict=True)):
         if old.checked and old.healthy and not new.healthy:
             decisions.append(NodeLost(new.name, new.error))

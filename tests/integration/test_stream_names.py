@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from pgfailover import FailoverManager
 from pgfailover.lab import LocalLab
 from pgfailover.streamname import configured_app_name, cut_sql
 
@@ -120,3 +121,34 @@ def test_quorum_sync_fails_over_when_cluster_names_are_not_the_stream_names(
     acked = {i for i, _, _ in before.acked + after.acked}
     present = {r[0] for r in sync_lab.run_sql(new, "SELECT id FROM w")}
     assert not acked - present, f"{len(acked - present)} acknowledged writes missing"
+
+
+def test_a_cascade_whose_relay_replication_names_otherwise_fails_over(fresh_lab: LocalLab) -> None:
+    """node2 streams from node1, which streams from node0; replication names the nodes by
+    one address, the manager by another. When node0 dies node2 goes on hearing node1: the
+    manager must know node1 is its sender (by the name node1's pg_stat_replication shows),
+    or node2 counts as hearing the primary and every promotion is refused."""
+    prepare(fresh_lab)
+    fresh_lab.follow("node2", "node1")
+    nodes = fresh_lab.manager_nodes(client_address=True)  # not the address replication uses
+    config = FAST.replace(promotion="auto")
+    with FailoverManager(nodes=nodes, config=config).open() as mgr:
+        wait_until(
+            lambda: mgr.snapshot.node("node2").upstream == "node1", what="node2's sender, by name"
+        )
+        mgr.query("INSERT INTO w VALUES (1)")
+        for standby in ("node1", "node2"):  # replication is asynchronous here
+
+            def replayed(name: str = standby) -> bool:
+                return fresh_lab.run_sql(name, "SELECT count(*) FROM w") == [(1,)]
+
+            wait_until(replayed, what=f"{standby} to replay the insert")
+        fresh_lab.kill("node0")
+        new = wait_until(
+            lambda: mgr.snapshot.primary if mgr.snapshot.primary != "node0" else None,
+            what="a promotion (not a receiver_streaming refusal)",
+        )
+        assert new in ("node1", "node2")
+        assert mgr.query("SELECT count(*) FROM w") == [(1,)]
+        mgr.query("INSERT INTO w VALUES (2)")
+        assert mgr.query("SELECT inet_server_port()") == [(fresh_lab.node(new).port,)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pgfailover.config import FailoverConfig
@@ -111,6 +113,26 @@ CASES = [
         None,
         False,
         "node1",
+    ),
+    (
+        "cascade, the relay's address not in the DSNs: found by the name it sends to",
+        lost_with(
+            dataclasses.replace(standby("node1", upstream="node2"), sender_host="relay.internal"),
+            dataclasses.replace(s("node2"), streaming_names=("node1",)),
+        ),
+        None,
+        False,
+        "node1",
+    ),
+    (
+        "... and with no node sending to it, it counts as hearing the primary",
+        lost_with(
+            dataclasses.replace(standby("node1", upstream="node2"), sender_host="relay.internal"),
+            s("node2"),
+        ),
+        None,
+        False,
+        "receiver_streaming",
     ),
     (
         "still streaming, forced",

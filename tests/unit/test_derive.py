@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from pgfailover.derive import foreign_nodes, standby_named
+from pgfailover.derive import foreign_nodes, standby_named, with_upstreams
 from pgfailover.errors import ConfigurationError
-from pgfailover.model import Snapshot, evolve
+from pgfailover.model import NodeState, Snapshot, evolve
+from pgfailover.probe import ProbeResult
 
 from .helpers import down, healthy_round, primary, run, standby
 
@@ -79,3 +80,72 @@ def test_evolve_makes_what_replace_makes_and_leaves_the_original(
 def test_evolve_refuses_a_name_that_is_no_field() -> None:
     with pytest.raises(TypeError, match="NodeState has no field lag"):
         evolve(HEALTHY.nodes[0], lag=3)
+
+
+def _unmapped(result: ProbeResult) -> ProbeResult:
+    """A standby whose sender's address is none of the manager's DSNs (a DNS name there)."""
+    return dataclasses.replace(result, sender_host="db-relay.internal")
+
+
+def _sending(result: ProbeResult, *names: str) -> ProbeResult:
+    return dataclasses.replace(result, streaming_names=names)
+
+
+def _upstreams(results: list[ProbeResult]) -> dict[str, str | None]:
+    nodes: list[NodeState] = list(run([results])[0].nodes)
+    return {n.name: n.upstream for n in with_upstreams(nodes)}
+
+
+@pytest.mark.parametrize(
+    ("results", "expected"),
+    [
+        pytest.param(
+            [_sending(primary("node0"), "node1", "node2"), standby("node1"), standby("node2")],
+            {"node0": None, "node1": "node0", "node2": "node0"},
+            id="by address, as the probe found it",
+        ),
+        pytest.param(
+            [
+                _sending(primary("node0"), "node1"),
+                _unmapped(standby("node1")),
+                _unmapped(standby("node2")),
+            ],
+            {"node0": None, "node1": "node0", "node2": None},
+            id="by name, where one node sends to it; none sends to node2",
+        ),
+        pytest.param(
+            [
+                _sending(primary("node0"), "node1"),
+                _sending(standby("node1"), "node2"),
+                _unmapped(standby("node2", upstream="node1")),
+            ],
+            {"node0": None, "node1": "node0", "node2": "node1"},
+            id="a cascade",
+        ),
+        pytest.param(
+            [
+                _sending(primary("node0"), "NODE2"),
+                _sending(standby("node1"), "node2"),
+                _unmapped(standby("node2")),
+            ],
+            {"node0": None, "node1": "node0", "node2": None},
+            id="two senders of one name: unknown",
+        ),
+        pytest.param(
+            [
+                _sending(primary("node0"), "node1"),
+                _unmapped(standby("node1", upstream=None)),
+                standby("node2"),
+            ],
+            {"node0": None, "node1": None, "node2": "node0"},
+            id="a standby not streaming has no upstream",
+        ),
+        pytest.param(
+            [down("node0"), _unmapped(standby("node1")), standby("node2", upstream=None)],
+            {"node0": None, "node1": None, "node2": None},
+            id="a sender that is down says nothing",
+        ),
+    ],
+)
+def test_with_upstreams(results: list[ProbeResult], expected: dict[str, str | None]) -> None:
+    assert _upstreams(results) == expected
