@@ -28,7 +28,7 @@ import urllib.parse
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["CONFIGURED_SQL", "configured_app_name", "receiver_app_name"]
+__all__ = ["CONFIGURED_SQL", "configured_app_name", "cut_sql", "receiver_app_name"]
 
 # ``primary_conninfo``'s application_name, cut out on the server as libpq
 # reads the string, so that no part of a password can pass for a name:
