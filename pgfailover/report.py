@@ -18,6 +18,7 @@ from pgfailover.config import FailoverConfig
 from pgfailover.counters import Counters
 from pgfailover.guards import Candidate, choose_candidate, hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
+from pgfailover.routing import DIVERGED
 from pgfailover.syncrep import parse_sync
 from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus, commits_blocked
 
@@ -77,7 +78,10 @@ def node_dict(node: NodeState, primary: str | None) -> dict[str, Any]:
         "streaming": node.receiver_streaming,
         "read_only": node.read_only,
         "stale": node.role is Role.STALE,
-        "needs_rejoin": node.role is Role.STALE,
+        # A stale old primary, or a standby that received WAL past the newest
+        # timeline's fork (it came back pointing at the old primary): both need
+        # pg_rewind, which pgfailover rejoin runs.
+        "needs_rejoin": node.role is Role.STALE or (node.read_block or "").startswith(DIVERGED),
         "serves_reads": node.serves_reads,
         "read_block": node.read_block,
         "follows_primary": node.follows,

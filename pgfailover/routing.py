@@ -39,6 +39,7 @@ from pgfailover.strategies import (
 )
 
 __all__ = [
+    "DIVERGED",
     "RECEIVER_GRACE",
     "STRATEGIES",
     "LeastConnections",
@@ -55,6 +56,9 @@ __all__ = [
     "read_order",
     "write_target",
 ]
+
+# How a diverged standby's read block begins: such a node needs a rejoin (pg_rewind).
+DIVERGED = "diverged:"
 
 
 RECEIVER_GRACE: Final = 1.0
@@ -98,7 +102,7 @@ def read_block(
         fork_timeline, fork_lsn = fork
         if fork_lsn is not None and timeline < fork_timeline and (node.position or 0) > fork_lsn:
             return (
-                f"diverged: on timeline {timeline} with WAL past the fork of timeline "
+                f"{DIVERGED} on timeline {timeline} with WAL past the fork of timeline "
                 f"{fork_timeline}; needs pg_rewind"
             )
         return f"orphaned: on timeline {timeline}, the cluster is on {max_timeline}"

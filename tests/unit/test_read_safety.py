@@ -9,6 +9,7 @@ import pytest
 from pgfailover.config import FailoverConfig
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.probe import ProbeResult
+from pgfailover.report import node_dict
 from pgfailover.routing import RECEIVER_GRACE, read_block, read_candidates
 
 from .helpers import down, healthy_round, primary, run, standby
@@ -296,3 +297,19 @@ def test_read_block(
     else:
         assert got is not None
         assert got.startswith(block)
+
+
+@pytest.mark.parametrize(
+    ("round_", "expected"),
+    [
+        pytest.param(DIVERGED, True, id="diverged: needs pg_rewind"),
+        pytest.param(ORPHANED, False, id="orphaned: only needs repointing"),
+        pytest.param(healthy_round(), False, id="streaming"),
+    ],
+)
+def test_a_diverged_standby_shows_as_needing_a_rejoin(
+    round_: list[ProbeResult], expected: bool
+) -> None:
+    """An operator finds it where the stale old primary shows: ``needs_rejoin``."""
+    snap, _ = run([healthy_round(), round_], CFG)
+    assert node_dict(snap.node("node2"), snap.primary)["needs_rejoin"] is expected
