@@ -392,6 +392,14 @@ class Admin:
         """:func:`read_standby_link`."""
         return read_standby_link(dsn, fallback_name, timeout)
 
-    def repoint(self, dsn: str, link: StandbyLink, new_primary_dsn: str, timeout: float) -> None:
-        """:func:`repoint_standby`, the new primary's DSN serving as its admin DSN too."""
-        repoint_standby(dsn, link, new_primary_dsn, new_primary_dsn, timeout)
+    def repoint(
+        self,
+        dsn: str,
+        link: StandbyLink,
+        new_primary_dsn: str,
+        timeout: float,
+        replication_dsn: str | None = None,
+    ) -> None:
+        """:func:`repoint_standby` to ``replication_dsn``'s host and port (default: the new
+        primary's DSN), its slot created through the new primary's DSN."""
+        repoint_standby(dsn, link, replication_dsn or new_primary_dsn, new_primary_dsn, timeout)

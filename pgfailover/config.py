@@ -10,12 +10,14 @@ masked. Reading them from a TOML file, a DSN or the environment is
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from msgspec import Meta
+from psycopg.conninfo import make_conninfo
 
 from pgfailover import schema
 from pgfailover.dsn import mask_dsn, parse_dsn
@@ -74,8 +76,11 @@ class Node:
     for this node. Tags: ``nofailover`` (never promoted, neither
     automatically nor by a trigger or switchover without ``force``; it is
     also left out when the guards compare how much WAL candidates hold) and
-    ``noloadbalance`` (never serves reads). The DSN may hold a password;
-    ``repr`` masks it.
+    ``noloadbalance`` (never serves reads). ``replication_address``
+    (``host`` or ``host:port``, ``[v6]:port``): where the other standbys
+    stream from this node when the manager repoints them to it, if not at
+    the DSN's host and port (a replication network, a VIP or a pooler in the
+    DSNs). The DSN may hold a password; ``repr`` masks it.
     """
 
     name: str
@@ -85,6 +90,7 @@ class Node:
     pool_max_size: PoolSize | None = None
     nofailover: bool = False
     noloadbalance: bool = False
+    replication_address: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not schema.matches(NAME_PATTERN, self.name):
@@ -101,6 +107,8 @@ class Node:
                 f"node {self.name}: dsn {mask_dsn(self.dsn)!r} names several hosts; "
                 "give one node per host (FailoverManager.from_dsn splits a multi-host DSN)"
             )
+        if self.replication_address is not None:
+            split_address(self.replication_address, f"node {self.name}: replication_address")
         if self.pool_max_size == 0:
             raise ConfigurationError(f"node {self.name}: pool_max_size must be at least 1")
         low, high = self.pool_min_size, self.pool_max_size
@@ -115,6 +123,19 @@ class Node:
         return mask_dsn(self.dsn)
 
     @property
+    def replication_dsn(self) -> str:
+        """The DSN whose host and port a standby repointed to this node streams from."""
+        if self.replication_address is None:
+            return self.dsn
+        host, port = split_address(self.replication_address, "replication_address")
+        params = parse_dsn(self.dsn)
+        params.pop("hostaddr", None)
+        params["host"] = host
+        if port is not None:
+            params["port"] = port
+        return make_conninfo("", **params)
+
+    @property
     def tags(self) -> tuple[str, ...]:
         """The tags set on this node (``nofailover``, ``noloadbalance``)."""
         return tuple(t for t in ("nofailover", "noloadbalance") if getattr(self, t))
@@ -122,6 +143,18 @@ class Node:
     def __repr__(self) -> str:
         tags = f", tags={list(self.tags)}" if self.tags else ""
         return f"Node(name={self.name!r}, dsn={self.safe_dsn!r}, priority={self.priority}{tags})"
+
+
+def split_address(text: str, field: str) -> tuple[str, str | None]:
+    """``host``, ``host:port`` or ``[v6]:port`` as (host, port or None); else one line naming
+    ``field``."""
+    found = re.fullmatch(
+        r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([^\s:,\[\]/]+)(?::(\d{1,5}))?", text
+    )
+    port = found and (found.group(2) or found.group(4))
+    if not found or (port is not None and not 1 <= int(port) <= 65535):
+        raise ConfigurationError(f"{field}: {text!r} is not host, host:port or [v6]:port")
+    return found.group(1) or found.group(3), port
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class FailoverActions:
         admin: Admin | None = None,
         upkeep: Upkeep | None = None,
         gate: PromotionGate | None = None,
+        replication_dsn: Callable[[str], str] | None = None,
     ) -> None:
         self.gate = gate
         self._view = view
@@ -129,7 +130,12 @@ class FailoverActions:
         if gate is not None:
             gate.watch_pause(self.maintenance.adopt)
         self.upkeep = upkeep or Upkeep(
-            config, dsn, events, lambda: counters.bump("sync_lowered"), view.name
+            config,
+            dsn,
+            events,
+            lambda: counters.bump("sync_lowered"),
+            view.name,
+            replication_dsn_of=replication_dsn,
         )
         self._promoter = promoter = Promoter(
             cluster=view.name,
@@ -141,6 +147,7 @@ class FailoverActions:
             upkeep=self.upkeep,
             dsn=dsn,
             gate=gate,
+            replication_dsn=replication_dsn,
         )
         self._switchover = Switchover(
             view=view,

@@ -112,6 +112,7 @@ class ManagerBase(FromSources, ForkRenewal, Generic[P, X]):
             cfg,
             name,
             dsn=lambda node: self.node(node).dsn,
+            replication_dsn=lambda node: self.node(node).replication_dsn,
             abort=self._pools.abort,
             busy=self._pools.in_use,
             on_round=lambda snap: breakers.sync(snap, time.monotonic()),

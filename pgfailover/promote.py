@@ -135,8 +135,10 @@ class Promoter:
         upkeep: Upkeep,
         dsn: Callable[[str], str],
         gate: PromotionGate | None = None,
+        replication_dsn: Callable[[str], str] | None = None,
     ) -> None:
         self._gate = gate
+        self._replication_dsn = replication_dsn or dsn
         self._cluster = cluster
         self._config = config
         self._admin = admin
@@ -277,7 +279,9 @@ class Promoter:
         notes: list[str] = []
         for name, link in survivors:
             try:
-                self._admin.repoint(self._dsn(name), link, new_dsn, self._timeout)
+                self._admin.repoint(
+                    self._dsn(name), link, new_dsn, self._timeout, self._replication_dsn(target)
+                )
                 notes.append(f"{name} repointed to {target}")
             except psycopg.Error as exc:
                 notes.append(f"could not repoint {name}: {exc}")

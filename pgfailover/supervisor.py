@@ -63,6 +63,7 @@ class Supervisor:
         busy: Callable[[str], int],
         on_round: Callable[[Snapshot], None] = lambda _snap: None,
         gate: PromotionGate | None = None,
+        replication_dsn: Callable[[str], str] | None = None,
     ) -> None:
         self.name = name
         self._on_round = on_round  # the query side's per-round upkeep (circuit breakers)
@@ -94,6 +95,7 @@ class Supervisor:
             wake=self.wake,
             emit=self.callbacks.emit,
             gate=gate,
+            replication_dsn=replication_dsn,
         )
         self.rounds = Rounds(nodes, config, self.view, self.counters, self._after_round)
         self.availability: Availability | None = None  # set once by open()

@@ -159,9 +159,12 @@ class Upkeep:
         events: EventLog,
         on_lowered: Callable[[], None],
         cluster: str,
+        *,
+        replication_dsn_of: Callable[[str], str] | None = None,
     ) -> None:
         self._config = config
         self._dsn_of = dsn_of
+        self._replication_dsn_of = replication_dsn_of or dsn_of
         self._events = events
         self._on_lowered = on_lowered
         self._cluster = cluster
@@ -356,7 +359,7 @@ class Upkeep:
         if not self._due("repoint", name):
             return
         dsn = self._dsn_of(name)
-        target = self._dsn_of(primary)
+        target = self._replication_dsn_of(primary)
         try:
             link = read_standby_link(dsn, name, self._timeout)
             want = conninfo_to_dict(target)
@@ -366,7 +369,7 @@ class Upkeep:
             ):
                 logger.debug("node %s already points at %s; not streaming yet", name, primary)
                 return
-            repoint_standby(dsn, link, target, target, self._timeout)
+            repoint_standby(dsn, link, target, self._dsn_of(primary), self._timeout)
         except psycopg.Error as exc:
             logger.error("node %s: repointing to %s failed: %s", name, primary, exc)
             return

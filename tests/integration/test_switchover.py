@@ -10,6 +10,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from psycopg.conninfo import conninfo_to_dict
 
 from pgfailover import FailoverManager, PromotionRefused
 from pgfailover.cli.app import cli
@@ -161,3 +162,39 @@ def test_an_idle_primary_right_after_a_wal_segment_switch_switches_over(
         event = mgr.switchover("node1", timeout=5)
     assert event.outcome == "completed", event
     assert sync_lab.primary() == "node1"
+
+
+@pytest.mark.parametrize("replication_address", [True, False], ids=["set", "unset"])
+def test_standbys_are_repointed_at_the_replication_address(
+    fresh_lab: LocalLab, replication_address: bool
+) -> None:
+    """The manager reaches the nodes at the lab's client address; replication runs on
+    127.0.0.1. With ``replication_address`` set on each node, the standby a switchover
+    repoints streams from the new primary's replication address, and cutting the client
+    path leaves replication going; unset, it gets the manager's address (the default)."""
+    prepare(fresh_lab)
+    nodes = fresh_lab.manager_nodes(client_address=True)
+    assert fresh_lab.client_host not in (None, "127.0.0.1")
+    if replication_address:
+        nodes = [
+            dataclasses.replace(n, replication_address=f"127.0.0.1:{_port(fresh_lab, n.name)}")
+            for n in nodes
+        ]
+    with FailoverManager(nodes=nodes, config=CFG).open() as mgr:
+        mgr.switchover("node1")
+        fresh_lab.wait_streaming("node2", "node1")
+        ((conninfo,),) = fresh_lab.run_sql("node2", "SHOW primary_conninfo")
+        host = conninfo_to_dict(conninfo)["host"]
+        assert host == ("127.0.0.1" if replication_address else fresh_lab.client_host), conninfo
+        wait_until(lambda: mgr.snapshot.node("node2").upstream == "node1", what="node2's sender")
+    if replication_address:
+        fresh_lab.partition("node1")  # the client path only
+        try:
+            fresh_lab.run_sql("node1", "INSERT INTO w VALUES (1)")
+            wait_until(
+                lambda: fresh_lab.run_sql("node2", "SELECT count(*) FROM w") == [(1,)],
+                timeout=10,
+                what="node2 to replay a write made after the cut",
+            )
+        finally:
+            fresh_lab.heal("node1")

@@ -329,7 +329,14 @@ class FakeAdmin:
         self._do("read_link", dsn)
         return StandbyLink({"host": "10.0.0.1"}, None, fallback_name)
 
-    def repoint(self, dsn: str, link: StandbyLink, new_primary_dsn: str, timeout: float) -> None:
+    def repoint(
+        self,
+        dsn: str,
+        link: StandbyLink,
+        new_primary_dsn: str,
+        timeout: float,
+        replication_dsn: str | None = None,
+    ) -> None:
         self._do("repoint", dsn)
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pgfailover import ConfigurationError, FailoverConfig, FailoverManager, Node
 from pgfailover.dsn import mask_dsn, split_multihost
@@ -248,3 +249,49 @@ def test_from_env_without_nodes_says_what_to_set(monkeypatch: pytest.MonkeyPatch
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(ConfigurationError, match="set PGFAILOVER_DSN or DB_HOST"):
         FailoverManager.from_env()
+
+
+@pytest.mark.parametrize(
+    ("address", "dsn", "expected"),
+    [
+        pytest.param(
+            None, "host=db1 port=5432 user=app", "host=db1 port=5432 user=app", id="unset"
+        ),
+        pytest.param(
+            "repl-db1:5433",
+            "host=db1 hostaddr=10.0.0.1 port=5432 user=app password=s",
+            {"host": "repl-db1", "port": "5433", "user": "app", "password": "s"},
+            id="host and port, hostaddr dropped",
+        ),
+        pytest.param(
+            "10.1.0.1", "host=db1 port=6432", {"host": "10.1.0.1", "port": "6432"}, id="host"
+        ),
+        pytest.param("[fd00::1]:5432", "host=db1", {"host": "fd00::1", "port": "5432"}, id="ipv6"),
+    ],
+)
+def test_replication_address(address: str | None, dsn: str, expected: object) -> None:
+    node = Node("node1", dsn, replication_address=address)
+    if isinstance(expected, str):
+        assert node.replication_dsn == expected
+    else:
+        assert conninfo_to_dict(node.replication_dsn) == expected
+
+
+@pytest.mark.parametrize(
+    "address", ["", "db1 db2", "db1,db2", "db1:0", "db1:65536", "db1:x", "[::1"]
+)
+def test_bad_replication_address_is_one_line(address: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Node("node1", "host=db1 password=hunter2", replication_address=address)
+    assert str(caught.value) == (
+        f"node node1: replication_address: {address!r} is not host, host:port or [v6]:port"
+    )
+
+
+def test_toml_nodes_take_a_replication_address(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[[nodes]]\nname = "db1"\ndsn = "host=10.0.0.1"\nreplication_address = "10.9.0.1:5432"\n'
+    )
+    nodes, _ = load_toml(path)
+    assert conninfo_to_dict(nodes[0].replication_dsn)["host"] == "10.9.0.1"
