@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,18 +243,26 @@ def prepare(lab: Topology) -> None:
     wait_for_table(lab, "w")
 
 
-def wait_for_table(
-    lab: Topology, table: str, standbys: tuple[str, ...] = ("node1", "node2")
+def wait_for_table(lab: Topology, table: str) -> None:
+    """Wait until every standby has replayed ``table``'s creation."""
+    wait_replayed(lab, "SELECT to_regclass(%s) IS NOT NULL", [(True,)], (table,))
+
+
+def wait_replayed(
+    lab: Topology,
+    query: str,
+    rows: list[tuple[Any, ...]],
+    params: Sequence[Any] | None = None,
+    standbys: tuple[str, ...] = ("node1", "node2"),
 ) -> None:
-    """Wait until every standby has replayed ``table``'s creation: with asynchronous
-    replication a kill of the primary right after it could leave it unshipped."""
+    """Wait until ``query`` returns ``rows`` on every standby: with asynchronous
+    replication a kill of the primary right after a write could leave it unshipped."""
     for standby in standbys:
 
         def replayed(name: str = standby) -> bool:
-            sql = "SELECT to_regclass(%s) IS NOT NULL"
-            return bool(lab.run_sql(name, sql, (table,))[0][0])
+            return lab.run_sql(name, query, params) == rows
 
-        wait_until(replayed, what=f"{standby} to replay the table {table}")
+        wait_until(replayed, what=f"{standby} to replay what {query!r} reads")
 
 
 def _distributions(name: str, extras: frozenset[str]) -> set[str]:

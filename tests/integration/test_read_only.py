@@ -15,7 +15,7 @@ import pytest
 from pgfailover import ReadOnlyMode
 from pgfailover.lab import LocalLab
 
-from .helpers import FAST, manager_for, prepare, wait_until
+from .helpers import FAST, manager_for, prepare, wait_replayed, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,12 +29,7 @@ def test_a_manual_manager_goes_read_only_at_once_and_back_after_a_trigger(
         mgr.on_writable_change(lambda writable, reason: changes.append((writable, reason)))
         mgr.query("INSERT INTO w VALUES (1)")
         assert mgr.writable
-        for standby in ("node1", "node2"):  # replication is asynchronous here
-
-            def replayed(name: str = standby) -> bool:
-                return fresh_lab.run_sql(name, "SELECT count(*) FROM w") == [(1,)]
-
-            wait_until(replayed, what=f"{standby} to replay the insert")
+        wait_replayed(fresh_lab, "SELECT count(*) FROM w", [(1,)])  # replication is async here
         fresh_lab.kill("node0")
         wait_until(lambda: not mgr.writable, timeout=10, what="read-only mode")
         slowest = 0.0

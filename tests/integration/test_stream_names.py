@@ -18,7 +18,7 @@ from pgfailover import FailoverManager
 from pgfailover.lab import LocalLab
 from pgfailover.streamname import configured_app_name, cut_sql
 
-from .helpers import FAST, Workload, manager_for, prepare, wait_until
+from .helpers import FAST, Workload, manager_for, prepare, wait_replayed, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -137,12 +137,7 @@ def test_a_cascade_whose_relay_replication_names_otherwise_fails_over(fresh_lab:
             lambda: mgr.snapshot.node("node2").upstream == "node1", what="node2's sender, by name"
         )
         mgr.query("INSERT INTO w VALUES (1)")
-        for standby in ("node1", "node2"):  # replication is asynchronous here
-
-            def replayed(name: str = standby) -> bool:
-                return fresh_lab.run_sql(name, "SELECT count(*) FROM w") == [(1,)]
-
-            wait_until(replayed, what=f"{standby} to replay the insert")
+        wait_replayed(fresh_lab, "SELECT count(*) FROM w", [(1,)])  # replication is async here
         fresh_lab.kill("node0")
         new = wait_until(
             lambda: mgr.snapshot.primary if mgr.snapshot.primary != "node0" else None,
