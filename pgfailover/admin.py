@@ -18,7 +18,8 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgfailover.errors import PromotionFailed
+from pgfailover.errors import PromotionFailed, first_line
+from pgfailover.syncrep import RECORD_SETTING
 
 __all__ = [
     "Admin",
@@ -27,12 +28,13 @@ __all__ = [
     "fence_node",
     "fence_sessions",
     "in_recovery",
+    "keep_sync_record",
     "promote_node",
     "read_standby_link",
     "repoint_standby",
     "set_receiver_timeout",
+    "set_sync_record",
     "set_sync_standby_names",
-    "streaming_standbys",
     "unfence_node",
     "wait_replayed",
 ]
@@ -72,6 +74,7 @@ def promote_node(
     wait_seconds: float = 30.0,
     before: Callable[[], None] | None = None,
     sync_names: str | None = None,
+    sync_record: str | None = None,
     timeout: float = 2.0,
 ) -> str | None:
     """Promote a standby, wait until it has left recovery, then configure it as the
@@ -117,37 +120,81 @@ def promote_node(
         try:
             ms = max(1, int(timeout * 1000))
             conn.execute(pgsql.SQL("SET statement_timeout = {}").format(pgsql.Literal(ms)))
-            _configure(conn, fenced=fenced, sync_names=sync_names)
+            _configure(conn, fenced=fenced, sync_names=sync_names, sync_record=sync_record)
         except psycopg.Error as exc:
             return str(exc)
     return None
 
 
-def set_sync_standby_names(dsn: str, value: str, timeout: float) -> None:
-    """``ALTER SYSTEM SET synchronous_standby_names`` and reload."""
+def set_sync_standby_names(
+    dsn: str, value: str, timeout: float, record: str | None = None
+) -> str | None:
+    """``ALTER SYSTEM SET synchronous_standby_names`` (and, given, the manager's
+    :class:`~pgfailover.syncrep.SyncRecord` of it), then reload.
+
+    Returns:
+        ``None``, or why the record was refused (the role may not ``ALTER
+        SYSTEM`` it); ``synchronous_standby_names`` is set either way.
+    """
     with admin_connection(dsn, timeout) as conn:
-        conn.execute(
-            pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
-                pgsql.Literal(value)
-            )
-        )
+        _set_sync(conn, value)
+        refused = None if record is None else keep_sync_record(conn, record)
         conn.execute("SELECT pg_reload_conf()")
+    return refused
+
+
+def set_sync_record(dsn: str, record: str, timeout: float) -> str | None:
+    """Only the record (``''``: remove it), then reload; why it was refused, if it was."""
+    with admin_connection(dsn, timeout) as conn:
+        refused = keep_sync_record(conn, record)
+        if refused is None:
+            conn.execute("SELECT pg_reload_conf()")
+    return refused
+
+
+def _set_sync(conn: psycopg.Connection[tuple[Any, ...]], value: str) -> None:
+    conn.execute(
+        pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(pgsql.Literal(value))
+    )
+
+
+def keep_sync_record(conn: psycopg.Connection[tuple[Any, ...]], record: str) -> str | None:
+    """``ALTER SYSTEM`` the record (``''``: reset it) on ``conn``, without reloading;
+    why not, when the role may not (a non-superuser needs ``GRANT ALTER SYSTEM ON
+    PARAMETER pgfailover.sync``)."""
+    setting = pgsql.Identifier(*RECORD_SETTING.split("."))
+    try:
+        # Before PostgreSQL 17, ALTER SYSTEM sets only a parameter the session
+        # knows: a custom one becomes known once set in the session.
+        conn.execute(pgsql.SQL("SET {} = ''").format(setting))
+        if record:
+            conn.execute(
+                pgsql.SQL("ALTER SYSTEM SET {} = {}").format(setting, pgsql.Literal(record))
+            )
+        else:
+            conn.execute(pgsql.SQL("ALTER SYSTEM RESET {}").format(setting))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return first_line(exc)
+    return None
 
 
 def _configure(
-    conn: psycopg.Connection[tuple[Any, ...]], *, fenced: bool, sync_names: str | None
+    conn: psycopg.Connection[tuple[Any, ...]],
+    *,
+    fenced: bool,
+    sync_names: str | None,
+    sync_record: str | None = None,
 ) -> None:
-    """Lift the fence if ``fenced``, set ``sync_names`` if given, and reload."""
+    """Lift the fence if ``fenced``, set ``sync_names`` (and its record) if given, and
+    reload. A refused record is left for upkeep, which tries again and says so."""
     if fenced:
         # Not granted: then it was never fenced by us either.
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
     if sync_names is not None:
-        conn.execute(
-            pgsql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
-                pgsql.Literal(sync_names)
-            )
-        )
+        _set_sync(conn, sync_names)
+        if sync_record is not None:
+            keep_sync_record(conn, sync_record)
     conn.execute("SELECT pg_reload_conf()")
 
 
@@ -317,15 +364,6 @@ def repoint_standby(
         conn.execute("SELECT pg_reload_conf()")
 
 
-def streaming_standbys(dsn: str, timeout: float) -> set[str]:
-    """Application names streaming from a primary right now."""
-    with admin_connection(dsn, timeout) as conn:
-        rows = conn.execute(
-            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
-        ).fetchall()
-    return {r[0] for r in rows}
-
-
 def set_receiver_timeout(dsn: str, seconds: float, timeout: float) -> str | None:
     """``ALTER SYSTEM SET wal_receiver_timeout`` and reload (no restart needed).
 
@@ -364,9 +402,12 @@ class Admin:
         before: Callable[[], None] | None = None,
         sync_names: str | None = None,
         timeout: float = 2.0,
+        sync_record: str | None = None,
     ) -> str | None:
         """:func:`promote_node`."""
-        return promote_node(dsn, before=before, sync_names=sync_names, timeout=timeout)
+        return promote_node(
+            dsn, before=before, sync_names=sync_names, sync_record=sync_record, timeout=timeout
+        )
 
     def fence(self, dsn: str, timeout: float) -> None:
         """:func:`fence_node`."""

@@ -168,6 +168,12 @@ class FailoverActions:
         return self._view.name
 
     @property
+    def _acts(self) -> bool:
+        """This process may change the cluster unasked: it needs no lease, or holds it
+        (of several arbiters, only the holder keeps the cluster converged)."""
+        return self.gate is None or bool(self.gate.holding)
+
+    @property
     def promoting(self) -> bool:
         """True while a promotion (auto or manual) holds the promotion lock."""
         return self._promote_lock.locked()
@@ -186,7 +192,7 @@ class FailoverActions:
             and not self.maintenance.holds(promote.node)
         ):
             self._auto_promote(promote)
-        if auto and not paused and not self._view.closed and not self.promoting:
+        if auto and not paused and not self._view.closed and not self.promoting and self._acts:
             # Not while a promotion runs: it sets the sync names and repoints itself.
             self.upkeep.run(self._view.snapshot, time.time(), lambda: self._view.closed)
         reason = self._view.read_only_reason()
@@ -226,20 +232,7 @@ class FailoverActions:
             elif isinstance(decision, SwitchPrimary):
                 self._switched(decision)
             elif isinstance(decision, SplitBrainDetected):
-                nodes = ", ".join(decision.nodes)
-                logger.error(
-                    "cluster %s: SPLIT BRAIN between %s: writes refused", self._name, nodes
-                )
-                self._events.record(
-                    FailoverEvent(
-                        "split_brain",
-                        None,
-                        None,
-                        f"writable on one timeline: {nodes}",
-                        time.time(),
-                        outcome="detected",
-                    )
-                )
+                self.incident.split_brain(self._name, decision.nodes)
             elif isinstance(decision, Fence):
                 self._promoter.fence(decision.node, decision.reason)
             elif isinstance(decision, Promote):
@@ -258,33 +251,14 @@ class FailoverActions:
     # -- the incident --------------------------------------------------------
 
     def _open_event(self, previous: str | None, reason: str) -> FailoverEvent:
-        event, new = self.incident.open(previous, reason)
-        if new:
-            logger.warning("cluster %s: failover started: %s", self._name, reason)
-        return event
+        return self.incident.start(self._name, previous, reason)
 
     def _switched(self, decision: SwitchPrimary) -> None:
-        if decision.previous is None or decision.previous == decision.node:
-            logger.info(
-                "cluster %s: primary is %s (%s)", self._name, decision.node, decision.reason
-            )
-            self.incident.resolve(
-                decision.node, f"{decision.node} answered again: nothing was promoted"
-            )
-            return
-        self._abort(decision.previous)
-        event = self.incident.complete(
-            decision.node, decision.previous, decision.reason, decision.lost_lsn
-        )
-        self._counters.bump("failovers")
-        logger.warning(
-            "cluster %s: failover complete: writes go to %s (was %s) after %.3fs",
-            self._name,
-            decision.node,
-            decision.previous,
-            event.duration or 0.0,
-        )
-        self._emit("failover", event)
+        if decision.previous is not None and decision.previous != decision.node:
+            self._abort(decision.previous)  # before the event completes, as writes switch
+        event = self.incident.switched(self._name, decision)
+        if event is not None:
+            self._emit("failover", event)
 
     # -- promotion -------------------------------------------------------------
 

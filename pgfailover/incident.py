@@ -9,6 +9,7 @@ incident; everything that records a failover asks :class:`Incident`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,9 +17,11 @@ from typing import Any
 
 from pgfailover.counters import Counters
 from pgfailover.events import EventLog, FailoverEvent
-from pgfailover.model import Snapshot
+from pgfailover.model import Snapshot, SwitchPrimary
 
 __all__ = ["Incident"]
+
+logger = logging.getLogger(__name__)
 
 
 class Incident:
@@ -52,6 +55,29 @@ class Incident:
             self._event_id = event.id
             return self._events.record(event), True
 
+    def start(self, cluster: str, previous: str | None, reason: str) -> FailoverEvent:
+        """:meth:`open`, saying so in the log when the event is new."""
+        event, new = self.open(previous, reason)
+        if new:
+            logger.warning("cluster %s: failover started: %s", cluster, reason)
+        return event
+
+    def split_brain(self, cluster: str, nodes: tuple[str, ...]) -> None:
+        """Several nodes take writes on one timeline: logged and recorded (writes are
+        refused by the routing, not here)."""
+        shown = ", ".join(nodes)
+        logger.error("cluster %s: SPLIT BRAIN between %s: writes refused", cluster, shown)
+        self._events.record(
+            FailoverEvent(
+                "split_brain",
+                None,
+                None,
+                f"writable on one timeline: {shown}",
+                time.time(),
+                outcome="detected",
+            )
+        )
+
     def resolve(self, node: str, note: str) -> FailoverEvent | None:
         """The primary came back before anything was promoted: end the open event.
 
@@ -79,6 +105,26 @@ class Incident:
             self._event_id = None
         self._events.append_notes(event_id, notes)
         return self._events.update(event_id, outcome="failed", completed=time.time())
+
+    def switched(self, cluster: str, decision: SwitchPrimary) -> FailoverEvent | None:
+        """Writes switched to ``decision.node``: the completed failover event (for the
+        callbacks), or ``None`` when the primary itself answered again (the open event,
+        if any, is resolved: nothing was promoted). Logged and counted here."""
+        node, previous = decision.node, decision.previous
+        if previous is None or previous == node:
+            logger.info("cluster %s: primary is %s (%s)", cluster, node, decision.reason)
+            self.resolve(node, f"{node} answered again: nothing was promoted")
+            return None
+        event = self.complete(node, previous, decision.reason, decision.lost_lsn)
+        self._stats.bump("failovers")
+        logger.warning(
+            "cluster %s: failover complete: writes go to %s (was %s) after %.3fs",
+            cluster,
+            node,
+            previous,
+            event.duration or 0.0,
+        )
+        return event
 
     def complete(
         self, node: str, previous: str, reason: str, lost_lsn: int | None

@@ -38,6 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from pgfailover.breaker import BreakerPhase
+from pgfailover.convergence import commits_blocked
 from pgfailover.guards import hang_failover_seconds
 from pgfailover.metricnames import FAMILIES as _FAMILIES
 from pgfailover.metricnames import METRIC_NAMES
@@ -45,7 +46,6 @@ from pgfailover.metricnames import PREFIX as _P
 from pgfailover.model import ClusterState, Role, Snapshot
 from pgfailover.report import REDUNDANCY_LEVELS, redundancy
 from pgfailover.strategies import describe
-from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
     from pgfailover.config import FailoverConfig

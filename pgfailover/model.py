@@ -90,6 +90,7 @@ class NodeState:
     receiver_timeout: float | None = None
     app_name: str | None = None  # the name it streams under (pg_stat_replication)
     streaming_names: tuple[str, ...] | None = None  # who streams from it (a primary, a relay)
+    sync_record: str | None = None  # pgfailover.sync: the sync names a manager wrote (syncrep)
     system_identifier: str | None = None
     follows: bool | None = None  # a standby that streams from the current primary
     not_following_since: float | None = None

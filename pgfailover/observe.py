@@ -112,6 +112,7 @@ def probed(
         receiver_timeout=result.receiver_timeout,
         app_name=result.app_name,
         streaming_names=result.streaming_names,
+        sync_record=result.sync_record,
         system_identifier=result.system_identifier,
     )
 

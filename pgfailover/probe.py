@@ -27,6 +27,7 @@ import psycopg
 
 from pgfailover.errors import first_line
 from pgfailover.streamname import CONFIGURED_SQL, configured_app_name, receiver_app_name
+from pgfailover.syncrep import RECORD_SETTING
 
 __all__ = [
     "PROBE_SQL",
@@ -67,7 +68,8 @@ SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN NULL
             ELSE ARRAY(SELECT application_name::text FROM pg_stat_replication
                        WHERE state = 'streaming' ORDER BY 1) END,
-       {CONFIGURED_SQL}
+       {CONFIGURED_SQL},
+       current_setting('{RECORD_SETTING}', true)
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
 """
 
@@ -98,7 +100,9 @@ class ProbeResult:
     how long ago the WAL receiver last heard its upstream, on the standby's
     own clock; ``upstream_end_lsn`` the upstream's WAL end as of that
     message; ``streaming_names`` who streams from it now (a primary, or a
-    standby that relays WAL to others).
+    standby that relays WAL to others); ``sync_record`` the manager's record
+    of the ``synchronous_standby_names`` it wrote there
+    (:class:`~pgfailover.syncrep.SyncRecord`, as text).
     ``busy`` (with ``ok`` false): the server refused a new session for lack
     of connection slots (:func:`refused_for_capacity`): alive, role unknown.
     ``opening`` (with ``ok`` false): the probe's new session did not open in
@@ -130,6 +134,7 @@ class ProbeResult:
     receiver_timeout: float | None = None
     app_name: str | None = None
     streaming_names: tuple[str, ...] | None = None
+    sync_record: str | None = None
     busy: bool = False
     opening: bool = False
 
@@ -391,6 +396,7 @@ class NodeProber:
             receiver_timeout=parse_duration(row[15]),
             app_name=receiver_app_name(row[16], row[17], configured_app_name(row[19])),
             streaming_names=None if row[18] is None else tuple(row[18]),
+            sync_record=row[20] or None,
         )
 
     def release(self) -> None:

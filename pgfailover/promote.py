@@ -40,7 +40,7 @@ from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.incident import Incident
 from pgfailover.maintenance import SharedPause, SharedPauses
 from pgfailover.model import Role, Snapshot
-from pgfailover.syncrep import rewrite_sync_names
+from pgfailover.syncrep import SyncRecord, SyncSpec, format_sync, rewrite_sync_names
 from pgfailover.upkeep import Upkeep
 
 __all__ = ["Promoter", "PromotionCalledOff", "PromotionGate"]
@@ -58,26 +58,44 @@ class _SyncPlan:
 
     ``original``: the old primary's ``synchronous_standby_names``; ``current``:
     the target's; ``change``: what to write there (``None``: it is so already);
-    ``note``: durability lowered (fewer survivors than the policy asks).
+    ``note``: durability lowered (fewer survivors than the policy asks);
+    ``policy``: the operator's, which the new list follows; ``record``: the
+    :class:`~pgfailover.syncrep.SyncRecord` to keep with ``change``.
     """
 
     original: str
     current: str
     change: str | None
     note: str | None
+    policy: SyncSpec | None = None
+    record: str | None = None
 
     @classmethod
-    def make(cls, snap: Snapshot, target: str, survivors: list[str]) -> _SyncPlan:
+    def make(cls, snap: Snapshot, target: str, survivors: list[str], upkeep: Upkeep) -> _SyncPlan:
         """The plan for promoting ``target`` with ``survivors`` (application names)
-        following it; the old primary's policy as last seen, else the target's."""
-        original = None
+        following it: the old primary's policy as last seen, else the target's.
+
+        Where a manager had lowered the old primary's list (a standby was
+        missing), the new one follows the policy the manager kept, not the
+        lowered count: a lowering is never made permanent by a failover.
+        """
+        source = snap.node(target)
         if snap.last_primary is not None:
-            original = snap.node(snap.last_primary).sync_standby_names
-        if original is None:
-            original = snap.node(target).sync_standby_names or ""
-        new_sync, note = rewrite_sync_names(original, survivors)
+            lost = snap.node(snap.last_primary)
+            if lost.sync_standby_names is not None:
+                source = lost
+        original = source.sync_standby_names or ""
+        policy, managed = upkeep.judge(source)
+        base = original
+        if managed and policy is not None:
+            base = format_sync(policy.method, policy.count, policy.names)
+        new_sync, note = rewrite_sync_names(base, survivors)
         current = snap.node(target).sync_standby_names or ""
-        return cls(original, current, new_sync if new_sync != current else None, note)
+        change = new_sync if new_sync != current else None
+        record = None
+        if change is not None and policy is not None:
+            record = SyncRecord(change, policy).encode()
+        return cls(original, current, change, note, policy, record)
 
 
 class PromotionCalledOff(PromotionFailed):
@@ -191,7 +209,8 @@ class Promoter:
         def last_check() -> None:  # connected, right before pg_promote
             fencing[0] = self._check_gate(automatic)
 
-        sync = _SyncPlan.make(snap, target, [link.application_name for _, link in survivors])
+        names = [link.application_name for _, link in survivors]
+        sync = _SyncPlan.make(snap, target, names, self._upkeep)
         logger.warning("cluster %s: promoting %s (%s)", self._cluster, target, event.reason)
         started = time.monotonic()
         try:
@@ -199,6 +218,7 @@ class Promoter:
                 self._dsn(target),
                 before=None if self._gate is None else last_check,
                 sync_names=sync.change,
+                sync_record=sync.record,
                 timeout=timeout,
             )
         except (PgFailoverError, psycopg.Error) as exc:
@@ -243,7 +263,6 @@ class Promoter:
     ) -> None:
         """Record what the promotion's session did to the new primary's sync policy
         (``unconfigured``: why it could not)."""
-        self._upkeep.learn(sync.original)
         if sync.note:
             notes.append(sync.note)
             self._counters.bump("sync_lowered")
@@ -253,7 +272,9 @@ class Promoter:
         elif sync.change is not None:
             notes.append(f"synchronous_standby_names on {target}: {sync.change!r}")
             written = sync.change
-        self._upkeep.promoted(target, sync.current if written is None else written, time.time())
+        self._upkeep.promoted(
+            target, sync.current if written is None else written, time.time(), sync.policy
+        )
 
     def _survivor_links(
         self, snap: Snapshot, target: str, notes: list[str]

@@ -15,9 +15,9 @@ reported through ``progress``:
 4. ``pg_rewind`` from the primary (it says itself when there is nothing to
    rewind, and runs crash recovery first on a node that was killed);
 5. ``standby.signal`` and, in ``postgresql.auto.conf``, the
-   ``primary_conninfo`` and slot; a fence (``default_transaction_read_only``)
-   and ``synchronous_standby_names`` left from its time as primary are
-   removed;
+   ``primary_conninfo`` and slot; a fence (``default_transaction_read_only``),
+   ``synchronous_standby_names`` and the manager's record of it
+   (``pgfailover.sync``) left from its time as primary are removed;
 6. the server is started (``start``) and the primary is polled until the
    node streams from it.
 
@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError, PgFailoverError, first_line
+from pgfailover.syncrep import RECORD_SETTING
 
 __all__ = [
     "RejoinError",
@@ -64,7 +65,7 @@ def set_auto_conf(datadir: Path, **settings: str | None) -> None:
     kept = [
         line
         for line in lines
-        if not ((m := re.match(r"\s*(\w+)\s*=", line)) and m.group(1) in settings)
+        if not ((m := re.match(r"\s*([\w.]+)\s*=", line)) and m.group(1) in settings)
     ]
     kept += [
         f"{key} = {quote_conf(value)}" for key, value in settings.items() if value is not None
@@ -238,6 +239,7 @@ def rejoin(
         primary_slot_name=name,
         synchronous_standby_names=None,
         default_transaction_read_only=None,
+        **{RECORD_SETTING: None},
     )
     (datadir / "standby.signal").touch()
     own(datadir / "postgresql.auto.conf")

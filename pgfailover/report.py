@@ -15,12 +15,13 @@ from typing import Any
 
 from pgfailover.availability import WindowStats
 from pgfailover.config import FailoverConfig
+from pgfailover.convergence import commits_blocked
 from pgfailover.counters import Counters
 from pgfailover.guards import Candidate, choose_candidate, hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.routing import DIVERGED
-from pgfailover.syncrep import parse_sync
-from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus, commits_blocked
+from pgfailover.syncrep import SyncSpec, parse_record, parse_sync
+from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus
 
 __all__ = [
     "EXIT_DEGRADED",
@@ -165,16 +166,38 @@ def failure_detection(snap: Snapshot, cfg: FailoverConfig, keeper: UpkeepStatus)
     }
 
 
+def kept_policy(primary: NodeState | None, keeper: UpkeepStatus) -> tuple[str | None, bool | None]:
+    """The synchronous policy in force, and whether a manager wrote the primary's list
+    (this process, or another by the record it kept there): then a standby that
+    streams again is added to it. ``None`` without a primary."""
+    if primary is None:
+        return keeper.policy, None
+    current = primary.sync_standby_names or ""
+    if keeper.ours.get(primary.name) == current:
+        return keeper.policy, True
+    record = parse_record(primary.sync_record)
+    if record is not None and record.written == current:
+        return _shown(record.policy), True
+    return keeper.policy, False
+
+
+def _shown(spec: SyncSpec | None) -> str | None:
+    return None if spec is None else f"{spec.method} {spec.count} ({', '.join(spec.names)})"
+
+
 def sync_status(snap: Snapshot, keeper: UpkeepStatus) -> dict[str, Any]:
     """The primary's synchronous replication: setting, who streams, can commits complete."""
     primary = snap.node(snap.primary) if snap.primary else None
+    policy, managed = kept_policy(primary, keeper)
     return {
         "synchronous_standby_names": None if primary is None else primary.sync_standby_names,
         "streaming": None
         if primary is None or primary.streaming_names is None
         else list(primary.streaming_names),
         "commits_blocked": commits_blocked(snap),
-        "policy": keeper.policy,
+        "policy": policy,
+        "written_by_manager": managed,
+        "record_refused": keeper.record_refused,
     }
 
 
@@ -206,7 +229,8 @@ def redundancy(snap: Snapshot, keeper: UpkeepStatus) -> dict[str, Any]:
     quorum_ok: bool | None = None
     if primary is not None:
         current = parse_sync(primary.sync_standby_names)
-        wanted = parse_sync(keeper.policy) if keeper.policy else current
+        policy, _ = kept_policy(primary, keeper)
+        wanted = parse_sync(policy) if policy else current
         if wanted is not None:
             quorum_ok = (
                 current is not None and current.count >= wanted.count and not commits_blocked(snap)

@@ -56,6 +56,7 @@ from urllib.parse import parse_qs
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pgfailover.config import check_token
+from pgfailover.convergence import commits_blocked
 from pgfailover.errors import (
     ManagerClosed,
     NoPrimaryAvailable,
@@ -65,7 +66,6 @@ from pgfailover.errors import (
 from pgfailover.listener import MAX_BODY, AdminServer, Limits
 from pgfailover.metrics import register
 from pgfailover.report import trigger_plan
-from pgfailover.upkeep import commits_blocked
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -23,17 +23,40 @@ what the setting should be:
 The *policy* (method and count) is what the operator configured: learned
 from the primary's setting whenever it differs from what the manager last
 wrote, and kept across failovers. ``'*'`` (any standby) is left alone.
+
+What the manager wrote, and the policy it kept, are recorded on the primary
+itself (:class:`SyncRecord`, the custom setting ``pgfailover.sync``, set by
+``ALTER SYSTEM`` next to ``synchronous_standby_names``): a manager that
+restarts, or the arbiter that takes the lease over, reads it with its first
+probe and goes on where the writer left off. Kept only in the writer's
+memory, a list the manager lowered counted as the operator's after a
+restart, so a rejoined standby was never added back and the lowered count
+became the policy.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from psycopg import sql as pgsql
 
-__all__ = ["SyncPlan", "SyncSpec", "format_sync", "parse_sync", "plan_sync", "rewrite_sync_names"]
+__all__ = [
+    "RECORD_SETTING",
+    "SyncPlan",
+    "SyncRecord",
+    "SyncSpec",
+    "format_sync",
+    "parse_record",
+    "parse_sync",
+    "plan_sync",
+    "rewrite_sync_names",
+]
+
+RECORD_SETTING = "pgfailover.sync"
+"""The custom setting that holds a primary's :class:`SyncRecord` (``ALTER SYSTEM``)."""
 
 _SYNC_RE = re.compile(
     r"^\s*(?:(ANY|FIRST)\s+)?(?:(\d+)\s*)?\((.*)\)\s*$", re.IGNORECASE | re.DOTALL
@@ -185,3 +208,43 @@ def plan_sync(
         f"{current!r} was not satisfied for {unsatisfied_for:.1f}s: now {value!r}",
         lowered=min(rule.count, len(eligible)) < rule.count,
     )
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """What a manager wrote into a primary's ``synchronous_standby_names``
+    (``written``), and the operator's policy it kept in doing so.
+
+    Kept on the primary (:data:`RECORD_SETTING`, JSON), so that it is known
+    to whichever manager acts next: while the setting still reads
+    ``written``, the list is the manager's to keep up (a standby that streams
+    again is added to it, and ``policy`` is what a lowered list is restored
+    to); once it reads anything else, the operator changed it.
+    """
+
+    written: str
+    policy: SyncSpec | None
+
+    def encode(self) -> str:
+        """The record as the setting's value."""
+        policy = self.policy
+        shown = None if policy is None else format_sync(policy.method, policy.count, policy.names)
+        return json.dumps({"written": self.written, "policy": shown}, separators=(",", ":"))
+
+
+def parse_record(text: str | None) -> SyncRecord | None:
+    """The record in a :data:`RECORD_SETTING` value; ``None`` for none (unset, reset:
+    ``''``) or one this version cannot read (then the list counts as the operator's)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    written, policy = data.get("written"), data.get("policy")
+    if not isinstance(written, str) or not (policy is None or isinstance(policy, str)):
+        return None
+    spec = parse_sync(policy)
+    return SyncRecord(written, None if spec is None or spec.star else spec)

@@ -12,7 +12,7 @@ fixes what differs, whoever caused it. A restarted arbiter repairs what a
 killed one left half done.
 
 What it decides is pure (:func:`~pgfailover.syncrep.plan_sync`,
-:func:`orphans`, :func:`receivers_to_tune`: tables in the unit tests); what
+:mod:`pgfailover.convergence`: tables in the unit tests); what
 it does is small, idempotent SQL on admin connections, each action
 rate-limited per node so that a node that refuses is not hammered.
 """
@@ -33,23 +33,25 @@ from pgfailover.admin import (
     read_standby_link,
     repoint_standby,
     set_receiver_timeout,
+    set_sync_record,
     set_sync_standby_names,
 )
 from pgfailover.config import FailoverConfig
+from pgfailover.convergence import orphans, receivers_to_tune, shared_app_names, sync_members
 from pgfailover.errors import first_line
 from pgfailover.events import EventLog, FailoverEvent
 from pgfailover.guards import hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
-from pgfailover.syncrep import SyncSpec, parse_sync, plan_sync
+from pgfailover.syncrep import (
+    RECORD_SETTING,
+    SyncRecord,
+    SyncSpec,
+    parse_record,
+    parse_sync,
+    plan_sync,
+)
 
-__all__ = [
-    "Upkeep",
-    "UpkeepStatus",
-    "commits_blocked",
-    "orphans",
-    "receivers_to_tune",
-    "shared_app_names",
-]
+__all__ = ["SLOW_HANG_FAILOVER", "Upkeep", "UpkeepStatus"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,78 +62,6 @@ SLOW_HANG_FAILOVER: Final = 10.0
 """Seconds of hang failover past which the manager warns (status, log, alert)."""
 
 
-def commits_blocked(snap: Snapshot) -> bool:
-    """The primary's ``synchronous_standby_names`` names too few streaming standbys.
-
-    Every COMMIT on it waits on ``SyncRep`` until a listed standby streams
-    (``False`` when unknown: the probe user cannot see replication).
-    """
-    if snap.primary is None:
-        return False
-    primary = snap.node(snap.primary)
-    spec = parse_sync(primary.sync_standby_names)
-    if spec is None or primary.streaming_names is None or not primary.up:
-        return False
-    return not spec.satisfied(primary.streaming_names)
-
-
-def orphans(snap: Snapshot, now: float, grace: float) -> list[str]:
-    """Standbys that have not streamed from the primary for ``grace`` seconds."""
-    if snap.primary is None or snap.split_brain:
-        return []
-    return [
-        n.name
-        for n in snap.nodes
-        if n.role is Role.STANDBY
-        and n.up
-        and n.follows is False
-        and n.not_following_since is not None
-        and now - n.not_following_since >= grace
-    ]
-
-
-def shared_app_names(snap: Snapshot) -> dict[str, list[str]]:
-    """Application names that several standbys stream under (name -> nodes).
-
-    ``pg_stat_replication`` and ``synchronous_standby_names`` tell standbys
-    apart only by that name (``walreceiver`` when none is set), so two of
-    them under one name make sync replication and "who follows" ambiguous.
-    """
-    seen: dict[str, list[str]] = {}
-    for node in snap.nodes:
-        if node.role is Role.STANDBY and node.up and node.app_name:
-            seen.setdefault(node.app_name.casefold(), []).append(node.name)
-    return {name: nodes for name, nodes in seen.items() if len(nodes) > 1}
-
-
-def sync_members(snap: Snapshot, primary: str) -> set[str]:
-    """The names the cluster's standbys stream under, up or down, ``primary`` aside.
-
-    Only nodes last seen as standbys: a primary runs no WAL receiver, so
-    the name it reported is a guess (its ``cluster_name``, or libpq's
-    ``walreceiver``), and a lost primary's guess must not make another
-    client streaming under that name eligible for synchronous replication.
-    """
-    return {
-        n.app_name
-        for n in snap.nodes
-        if n.role is Role.STANDBY and n.app_name and n.name != primary
-    }
-
-
-def receivers_to_tune(snap: Snapshot, target: float) -> list[str]:
-    """Nodes whose ``wal_receiver_timeout`` is off or longer than ``target``."""
-    if target <= 0:
-        return []
-    return [
-        n.name
-        for n in snap.nodes
-        if n.up
-        and n.receiver_timeout is not None
-        and (n.receiver_timeout <= 0 or n.receiver_timeout > target + 0.0005)
-    ]
-
-
 @dataclass
 class UpkeepStatus:
     """What upkeep knows, for status: the sync policy and what failed."""
@@ -139,6 +69,8 @@ class UpkeepStatus:
     policy: str | None = None
     unsatisfied_since: float | None = None
     refused: dict[str, str] = field(default_factory=dict)  # node -> why tuning failed
+    record_refused: str | None = None  # why the sync record cannot be kept on the primary
+    ours: dict[str, str] = field(default_factory=dict)  # primary -> sync names this process wrote
 
 
 class Upkeep:
@@ -176,6 +108,7 @@ class Upkeep:
         self._unsatisfied: dict[str, float] = {}  # guarded by self._lock: primary -> since
         self._tried: dict[tuple[str, str], float] = {}  # guarded by self._lock
         self._refused: dict[str, str] = {}  # guarded by self._lock
+        self._record_refused: str | None = None  # guarded by self._lock
         self._warned_slow = False  # only under _run_lock
         self._warned_names = False  # only under _run_lock
 
@@ -183,16 +116,40 @@ class Upkeep:
     def _timeout(self) -> float:
         return max(2.0, self._config.health_check_timeout * 2)
 
-    def learn(self, value: str) -> None:
-        """Remember the operator's sync policy from a primary's setting."""
-        spec = parse_sync(value)
-        if spec is not None and not spec.star:
-            with self._lock:
-                self._policy = spec
+    def judge(self, node: NodeState) -> tuple[SyncSpec | None, bool]:
+        """The sync policy in force on (primary) ``node``, and whether a manager wrote
+        its ``synchronous_standby_names`` (then upkeep keeps the list up).
 
-    def promoted(self, node: str, value: str | None, now: float) -> None:
-        """A promotion wrote ``value`` on ``node``: the attach clock starts now."""
+        A manager wrote it when this process did, or when the node's
+        :class:`~pgfailover.syncrep.SyncRecord` says so (a manager before a
+        restart, another arbiter before a lease handover); otherwise the
+        operator did, and their setting is the policy.
+        """
+        current = node.sync_standby_names or ""
         with self._lock:
+            if self._ours.get(node.name) == current:
+                return self._policy, True
+            record = parse_record(node.sync_record)
+            if record is not None and record.written == current:
+                self._policy = record.policy
+                self._written[node.name] = self._ours[node.name] = current
+                return record.policy, True
+            if current != self._written.get(node.name, current if not current else None):
+                # Someone else set it (the operator, a previous primary's
+                # config): that is the policy now; '' means async by choice.
+                spec = parse_sync(current)
+                self._policy = None if spec is None or spec.star else spec
+                self._written[node.name] = current
+            return self._policy, False
+
+    def promoted(
+        self, node: str, value: str | None, now: float, policy: SyncSpec | None = None
+    ) -> None:
+        """A promotion left ``value`` on ``node`` (the policy it kept: ``policy``);
+        the attach clock starts now."""
+        with self._lock:
+            if policy is not None:
+                self._policy = policy
             if value is not None:
                 self._written[node] = value
                 self._ours[node] = value
@@ -208,6 +165,8 @@ class Upkeep:
                 else f"{policy.method} {policy.count} ({', '.join(policy.names)})",
                 unsatisfied_since=min(self._unsatisfied.values(), default=None),
                 refused=dict(self._refused),
+                record_refused=self._record_refused,
+                ours=dict(self._ours),
             )
 
     def run(self, snap: Snapshot, now: float, closed: Callable[[], bool]) -> None:
@@ -312,21 +271,14 @@ class Upkeep:
         current = primary.sync_standby_names or ""
         streaming = primary.streaming_names or ()
         members = sync_members(snap, primary.name)
+        policy, managed = self.judge(primary)
         with self._lock:
-            if current != self._written.get(primary.name, current if not current else None):
-                # Someone else set it (the operator, a previous primary's
-                # config): that is the policy now; '' means async by choice.
-                spec = parse_sync(current)
-                self._policy = None if spec is None or spec.star else spec
-                self._written[primary.name] = current
             spec = parse_sync(current)
             if spec is None or spec.satisfied(streaming):
                 self._unsatisfied.pop(primary.name, None)
                 since = now
             else:
                 since = self._unsatisfied.setdefault(primary.name, now)
-            policy = self._policy
-            managed = self._ours.get(primary.name) == current
         plan = plan_sync(
             current,
             streaming,
@@ -336,13 +288,21 @@ class Upkeep:
             attach_timeout=self._config.sync_standby_attach_timeout,
             managed=managed,
         )
-        if plan.value is None or plan.value == current or not self._due("sync", primary.name):
+        if plan.value is None or plan.value == current:
+            if managed:
+                self._keep_record(primary, SyncRecord(current, policy))
             return
+        if not self._due("sync", primary.name):
+            return
+        record = SyncRecord(plan.value, policy).encode()
         try:
-            set_sync_standby_names(self._dsn_of(primary.name), plan.value, self._timeout)
+            refused = set_sync_standby_names(
+                self._dsn_of(primary.name), plan.value, self._timeout, record
+            )
         except psycopg.Error as exc:
             logger.error("node %s: cannot set synchronous_standby_names: %s", primary.name, exc)
             return
+        self._record_kept(primary.name, refused)
         with self._lock:
             self._written[primary.name] = plan.value
             self._ours[primary.name] = plan.value
@@ -352,6 +312,40 @@ class Upkeep:
         if plan.lowered:
             self._on_lowered()
         self._note(primary.name, f"synchronous_standby_names on {primary.name}: {plan.note}")
+
+    def _keep_record(self, primary: NodeState, record: SyncRecord) -> None:
+        """Write the record a list this process keeps up lacks on the primary (the
+        promotion that wrote the list could not, or another version ran before)."""
+        if record.policy is None or parse_record(primary.sync_record) == record:
+            return
+        with self._lock:
+            if self._record_refused is not None:
+                return  # not granted: this process's memory is all there is
+        if not self._due("record", primary.name):
+            return
+        try:
+            refused = set_sync_record(self._dsn_of(primary.name), record.encode(), self._timeout)
+        except psycopg.Error as exc:
+            logger.error("node %s: cannot set %s: %s", primary.name, RECORD_SETTING, exc)
+            return
+        self._record_kept(primary.name, refused)
+
+    def _record_kept(self, primary: str, refused: str | None) -> None:
+        """Note whether the record could be kept; say once when it cannot."""
+        with self._lock:
+            first = refused is not None and self._record_refused is None
+            self._record_refused = refused
+        if first:
+            logger.warning(
+                "node %s: cannot keep %s (%s): which synchronous_standby_names this "
+                "manager wrote is known to this process only; after its restart or a "
+                "lease handover a rejoined standby is not added back (GRANT ALTER "
+                "SYSTEM ON PARAMETER %s to the manager's role)",
+                primary,
+                RECORD_SETTING,
+                refused,
+                RECORD_SETTING,
+            )
 
     # -- orphaned standbys -------------------------------------------------
 

@@ -32,6 +32,7 @@ from pgfailover.lab.proc import (
     wait_stopped,
 )
 from pgfailover.rejoin import set_auto_conf
+from pgfailover.syncrep import RECORD_SETTING
 
 _OWN_START = "# pgfailover lab: this node's own settings (rewritten before each start)"
 _OWN_END = "# end of this node's own settings"
@@ -245,6 +246,7 @@ class LocalNode:
             primary_conninfo=upstream_conninfo(upstream, self.name),
             primary_slot_name=self.name,
             synchronous_standby_names=None,
+            **{RECORD_SETTING: None},
         )
         signal_file = self.datadir / "standby.signal"
         signal_file.touch()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,10 @@ from pgfailover.config import Node
 from pgfailover.errors import LabError
 from pgfailover.lab.base import NodeInfo, NodeStatus, StopMode, conninfo, multihost_url
 from pgfailover.lab.node import upstream_conninfo
+
+_BARE = re.compile(r"[a-z_][a-z0-9_]*")
+"""A standby name that ``synchronous_standby_names`` takes unquoted (others, such as
+``db-node2``, are quoted; unquoted, PostgreSQL refuses the setting)."""
 
 __all__ = ["TIMELINE_SQL", "Topology"]
 
@@ -303,7 +308,10 @@ class Topology(abc.ABC):
                     len(names),
                     k,
                 )
-            value = f"ANY {k} ({', '.join(names)})" if k else ""
+            listed = ", ".join(
+                n if _BARE.fullmatch(n) else sql.Identifier(n).as_string() for n in names
+            )
+            value = f"ANY {k} ({listed})" if k else ""
         with self.connect(primary) as conn:
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(

@@ -3,13 +3,16 @@
 End to end as an operator runs it (the data directory's owner, after a
 switchover left the old primary fenced and running): the command stops it,
 makes it a standby of the new primary and starts it; the manager sees it
-recover and puts it back into the synchronous standbys. Then the refusals:
+recover and puts it back into the synchronous standbys, also when the
+manager that wrote the list was restarted in between (it reads the record
+it kept on the primary, ``pgfailover.sync``). Then the refusals:
 root, not a data directory, an unreachable primary, a primary of another
 cluster; nothing is changed by any.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from pgfailover import ClusterState, FailoverManager
 from pgfailover.cli.app import cli
 from pgfailover.lab import LocalLab, free_port
 from pgfailover.rejoin import RejoinError, rejoin
+from pgfailover.syncrep import SyncRecord, parse_record, parse_sync
 
 from .helpers import FAST, as_lab_user_cli, manager_for, prepare, wait_until
 
@@ -34,20 +38,38 @@ def _needs_rejoin(mgr: FailoverManager, node: str) -> bool:
     return any(n["name"] == node and n["needs_rejoin"] for n in mgr.get_failover_status()["nodes"])
 
 
+def _record(lab: LocalLab, node: str) -> SyncRecord | None:
+    return parse_record(lab.run_sql(node, "SELECT current_setting('pgfailover.sync', true)")[0][0])
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("restarted", [False, True], ids=["same manager", "manager restarted"])
 def test_the_command_brings_the_old_primary_back_as_a_synchronous_standby(
-    sync_lab: LocalLab,
+    sync_lab: LocalLab, restarted: bool
 ) -> None:
     prepare(sync_lab)
     states: list[ClusterState] = []
-    with manager_for(sync_lab, FAST.replace(promotion="auto")) as mgr:
-        mgr.on_state_change(lambda old, new, snap: states.append(new))
+    config = FAST.replace(promotion="auto")
+    with contextlib.ExitStack() as stack:
+        mgr = stack.enter_context(manager_for(sync_lab, config))
         mgr.switchover("node1")
         assert mgr.snapshot.primary == "node1"
         wait_until(lambda: _needs_rejoin(mgr, "node0"), what="node0 marked needs_rejoin")
         assert sync_lab.process_state("node0") == "running"  # fenced, still up
         wait_until(lambda: "node0" not in _sync_names(sync_lab, "node1"), what="sync names")
+        written = _sync_names(sync_lab, "node1")
+        # The list the switchover wrote, and the operator's policy, kept on the primary.
+        assert _record(sync_lab, "node1") == SyncRecord(
+            written, parse_sync("ANY 1 (node1, node2)")
+        )
         mgr.query("INSERT INTO w VALUES (1)")
+        if restarted:  # a new process: nothing of the first one's memory
+            mgr.close()
+            mgr = stack.enter_context(manager_for(sync_lab, config))
+            wait_until(lambda: _needs_rejoin(mgr, "node0"), what="node0 still needs_rejoin")
+        sync = mgr.get_failover_status()["synchronous_replication"]
+        assert (sync["written_by_manager"], sync["policy"]) == (True, "ANY 1 (node1, node2)")
+        mgr.on_state_change(lambda old, new, snap: states.append(new))
         del states[:]
 
         datadir = sync_lab.local_node("node0").datadir
@@ -74,6 +96,9 @@ def test_the_command_brings_the_old_primary_back_as_a_synchronous_standby(
             timeout=30,
             what="node0 back in synchronous_standby_names",
         )
+        record = _record(sync_lab, "node1")
+        assert record is not None
+        assert record.written == _sync_names(sync_lab, "node1")
         mgr.query("INSERT INTO w VALUES (2)")
         wait_until(
             lambda: sync_lab.run_sql("node0", "SELECT count(*) FROM w")[0][0] == 2,

@@ -272,6 +272,7 @@ class FakeAdmin:
     fail: dict[str, BaseException] = field(default_factory=dict)
     hold: dict[str, threading.Event] = field(default_factory=dict)  # action waits for it
     final_lsn: int = 5000
+    records: dict[str, str] = field(default_factory=dict)  # node -> sync record promoted with
     never_catches_up: bool = False
     target_recovering: bool = True
 
@@ -293,6 +294,7 @@ class FakeAdmin:
         before: Callable[[], None] | None = None,
         sync_names: str | None = None,
         timeout: float = 2.0,
+        sync_record: str | None = None,
     ) -> str | None:
         if before is not None:
             before()
@@ -301,6 +303,8 @@ class FakeAdmin:
             self._do("configure" if sync_names is None else f"configure sync {sync_names}", dsn)
         except psycopg.Error as exc:
             return str(exc)
+        if sync_record is not None:
+            self.records[self._name(dsn)] = sync_record
         return None
 
     def fence(self, dsn: str, timeout: float) -> None:

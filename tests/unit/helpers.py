@@ -27,8 +27,10 @@ def primary(
     streaming: tuple[str, ...] | None = None,
     sync: str = "",
     system_id: str | None = None,
+    record: str | None = None,
 ) -> ProbeResult:
-    """A node that answers out of recovery (``streaming``: who streams from it)."""
+    """A node that answers out of recovery (``streaming``: who streams from it;
+    ``record``: the manager's record of ``sync``, as ``pgfailover.sync`` holds it)."""
     return ProbeResult(
         name,
         True,
@@ -44,6 +46,7 @@ def primary(
         system_identifier=system_id,
         receiver_timeout=4.0,
         app_name=name,
+        sync_record=record,
     )
 
 

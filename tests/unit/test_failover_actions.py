@@ -25,6 +25,7 @@ from pgfailover.failover import FailoverActions
 from pgfailover.maintenance import SharedPause
 from pgfailover.model import Decision, Fence, Promote, Snapshot
 from pgfailover.probe import ProbeResult
+from pgfailover.syncrep import SyncRecord, parse_record, parse_sync
 from pgfailover.upkeep import Upkeep
 
 from .fakes import FakeAdmin, GateDouble, ScriptedRounds
@@ -307,6 +308,26 @@ def test_under_a_lease_the_event_carries_the_fencing_revision_checked_before_and
     assert stored is not None
     assert stored.fencing_revision == 42
     assert any("held the lease (fencing revision 42)" in n for n in stored.notes)
+    assert h.upkeep.runs == 1  # the holder keeps the cluster converged
+
+
+def test_a_failover_does_not_make_a_lowered_sync_list_permanent() -> None:
+    """node0's list was lowered to async by a manager (its record says so, with the
+    policy kept): the new primary gets the policy over its survivors, not async, and
+    the record goes with it. Without the record the lowered list is the policy."""
+    record = SyncRecord("", parse_sync("ANY 1 (node1, node2)")).encode()
+    lowered = [primary("node0", sync="", record=record), standby("node1"), standby("node2")]
+    h = Harness(AUTO, [lowered, LOST, LOST, LOST], [LOST, PROMOTED])
+    h.actions.after_round(h.decisions)
+    assert ('configure sync ANY 1 ("node1")', "node2") in h.admin.calls, h.admin.calls
+    kept = parse_record(h.admin.records["node2"])
+    assert kept == SyncRecord('ANY 1 ("node1")', parse_sync("ANY 1 (node1, node2)"))
+
+    operators = [primary("node0", sync=""), standby("node1"), standby("node2")]
+    h = Harness(AUTO, [operators, LOST, LOST, LOST], [LOST, PROMOTED])
+    h.actions.after_round(h.decisions)
+    assert ("configure", "node2") in h.admin.calls  # async, as the operator left it
+    assert not h.admin.records
 
 
 def test_an_arbiter_without_the_lease_promotes_nothing_and_refuses_a_trigger() -> None:
@@ -318,6 +339,7 @@ def test_an_arbiter_without_the_lease_promotes_nothing_and_refuses_a_trigger() -
         h.actions.manual_failover(None, force=False)
     assert refused.value.guard == "lease"
     assert not [c for c in h.admin.calls if c[0] == "promote"]
+    assert h.upkeep.runs == 0  # nor changes sync names, repoints or tunes anything
 
 
 def test_a_lease_lost_at_the_last_check_calls_pg_promote_off() -> None:

@@ -7,7 +7,15 @@ from typing import NamedTuple
 
 import pytest
 
-from pgfailover.syncrep import SyncSpec, parse_sync, plan_sync, rewrite_sync_names
+from pgfailover.syncrep import (
+    SyncRecord,
+    SyncSpec,
+    format_sync,
+    parse_record,
+    parse_sync,
+    plan_sync,
+    rewrite_sync_names,
+)
 
 MEMBERS = frozenset({"node1", "node2"})
 ATTACH = 5.0
@@ -283,3 +291,45 @@ def test_plan_sync(case: PlanCase) -> None:
         assert parse_sync(plan.value) == case.expected
     assert plan.lowered is case.lowered
     assert (plan.note is not None) is (plan.value is not None)  # every change says why
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(None, None, id="unset"),
+        pytest.param("", None, id="reset (a removed placeholder reads empty)"),
+        pytest.param(
+            '{"written":"ANY 1 (\\"node2\\")","policy":"ANY 2 (node1, node2)"}',
+            SyncRecord('ANY 1 ("node2")', SyncSpec("ANY", 2, ("node1", "node2"))),
+            id="a lowered list and the policy kept",
+        ),
+        pytest.param(
+            '{"written":"","policy":"FIRST 1 (a)"}',
+            SyncRecord("", SyncSpec("FIRST", 1, ("a",))),
+            id="lowered to async",
+        ),
+        pytest.param(
+            '{"written":"ANY 1 (a)","policy":null}', SyncRecord("ANY 1 (a)", None), id="no policy"
+        ),
+        pytest.param('{"written":"x","policy":"*"}', SyncRecord("x", None), id="a star is none"),
+        pytest.param("not json", None, id="not JSON"),
+        pytest.param('["written"]', None, id="not an object"),
+        pytest.param('{"policy":"ANY 1 (a)"}', None, id="nothing written"),
+        pytest.param('{"written":1,"policy":null}', None, id="written not text"),
+        pytest.param('{"written":"a","policy":2}', None, id="policy not text"),
+    ],
+)
+def test_parse_record(text: str | None, expected: SyncRecord | None) -> None:
+    assert parse_record(text) == expected
+    if expected is not None:
+        assert parse_record(expected.encode()) == expected  # what is written reads back
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("node1", "node2"), ("db-node2", "Node 3"), ('we"ird', "a,b")],
+    ids=["plain", "quoted", "quotes and commas"],
+)
+def test_a_record_reads_back_whatever_the_names(names: tuple[str, ...]) -> None:
+    record = SyncRecord(format_sync("ANY", 1, names[:1]), SyncSpec("ANY", 2, names))
+    assert parse_record(record.encode()) == record

@@ -1,4 +1,5 @@
-"""What upkeep decides, as tables: blocked commits, orphans, receivers to tune."""
+"""What upkeep decides, as tables: blocked commits, orphans, receivers to tune, and
+who wrote the primary's sync list (the manager, by its record, or the operator)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import dataclasses
 
 import pytest
 
-from pgfailover.model import Snapshot
-from pgfailover.probe import ProbeResult
-from pgfailover.upkeep import (
+from pgfailover.config import FailoverConfig
+from pgfailover.convergence import (
     commits_blocked,
     orphans,
     receivers_to_tune,
     shared_app_names,
     sync_members,
 )
+from pgfailover.events import EventLog
+from pgfailover.model import Snapshot
+from pgfailover.probe import ProbeResult
+from pgfailover.syncrep import SyncRecord, parse_sync
+from pgfailover.upkeep import Upkeep
 
 from .helpers import down, healthy_round, primary, run, standby
 
@@ -200,3 +205,82 @@ def test_sync_members(
     rounds: list[list[ProbeResult]], new_primary: str, expected: set[str]
 ) -> None:
     assert sync_members(snap_of(*rounds), new_primary) == expected
+
+
+POLICY = "ANY 2 (node1, node2)"
+LOWERED = 'ANY 1 ("node2")'
+
+
+def _record(written: str, policy: str | None = POLICY) -> str:
+    return SyncRecord(written, parse_sync(policy)).encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeCase:
+    current: str
+    record: str | None
+    policy: str | None  # what the judgement says is in force
+    managed: bool
+    wrote: str | None = None  # this process wrote it (a promotion), with this policy
+    seen: str | None = None  # a value this process saw on the primary before
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            JudgeCase(LOWERED, _record(LOWERED), POLICY, True),
+            id="a restarted manager or a new lease holder: the record says a manager wrote it",
+        ),
+        pytest.param(
+            JudgeCase(LOWERED, None, LOWERED, False),
+            id="no record: the operator's list, and its count the policy",
+        ),
+        pytest.param(
+            JudgeCase("ANY 1 (node1)", _record(LOWERED), "ANY 1 (node1)", False),
+            id="changed since the record: the operator's",
+        ),
+        pytest.param(
+            JudgeCase("", _record(""), POLICY, True),
+            id="lowered to async by a manager: the policy to restore",
+        ),
+        pytest.param(
+            JudgeCase("", None, None, False, seen="ANY 1 (node1)"),
+            id="async set by the operator",
+        ),
+        pytest.param(
+            JudgeCase(LOWERED, "garbage", LOWERED, False), id="an unreadable record is none"
+        ),
+        pytest.param(
+            JudgeCase(LOWERED, None, POLICY, True, wrote=LOWERED),
+            id="this process wrote it: its memory, with no record (not granted)",
+        ),
+        pytest.param(
+            JudgeCase(LOWERED, _record("ANY 1 (node1)"), POLICY, True, wrote=LOWERED),
+            id="this process wrote it: its memory over a stale record",
+        ),
+        pytest.param(
+            JudgeCase("FIRST 1 (node1)", None, "FIRST 1 (node1)", False, wrote=LOWERED),
+            id="changed since this process wrote it: the operator's",
+        ),
+    ],
+)
+def test_who_wrote_the_sync_list(case: JudgeCase) -> None:
+    upkeep = Upkeep(FailoverConfig(), lambda name: name, EventLog(10), lambda: None, "test")
+    if case.seen is not None:  # a round saw the operator's value before
+        upkeep.judge(
+            snap_of([primary("node0", sync=case.seen), standby("node1"), standby("node2")]).node(
+                "node0"
+            )
+        )
+    if case.wrote is not None:
+        upkeep.promoted("node0", case.wrote, 0.0, parse_sync(POLICY))
+    node = snap_of(
+        [
+            primary("node0", sync=case.current, record=case.record),
+            standby("node1"),
+            standby("node2"),
+        ]
+    ).node("node0")
+    policy, managed = upkeep.judge(node)
+    assert (policy, managed) == (parse_sync(case.policy), case.managed)
