@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from pgfailover import schema
 from pgfailover.dsn import mask_dsn, parse_dsn
 from pgfailover.errors import ConfigurationError
+from pgfailover.tls import TLSFiles
 from pgfailover.topology.urls import parse_source, source_urls
 
 __all__ = [
@@ -54,6 +55,7 @@ Name = Annotated[
     Meta(pattern=NAME_PATTERN, description="1-100 letters, digits, '_', '.', ':', '/' or '-'"),
 ]
 Port = Annotated[int, Meta(ge=0, le=65535)]
+FileName = Annotated[str, Meta(min_length=1, max_length=4096, description="a file name")]
 Host = Annotated[
     str,
     Meta(
@@ -220,7 +222,11 @@ class FailoverConfig:
     probes a node only to confirm a query's failure (or, following Patroni,
     a new leader's promotion), and probes everything itself when the source
     is silent for ``health_check_interval`` (at least 0.75 s). Such a
-    manager never promotes.
+    manager never promotes. ``source_ca_file``, ``source_cert_file`` and
+    ``source_key_file`` are for a source served over TLS (``https://``,
+    ``patroni+https://``, ``patroni+etcds://``): the CA that signed its
+    certificate, and a client certificate for one that asks (etcd's
+    ``--client-cert-auth``); see :mod:`pgfailover.tls`.
     """
 
     promotion: Promotion = "external"
@@ -254,9 +260,13 @@ class FailoverConfig:
     source: Annotated[str, Meta(min_length=1, max_length=4096)] | None = field(
         default=None, repr=False
     )
+    source_ca_file: FileName | None = None
+    source_cert_file: FileName | None = None
+    source_key_file: FileName | None = None
 
     def __post_init__(self) -> None:
         schema.check(self, secrets=("source",))
+        self.source_tls().check("source", wanted=self.source is not None)
         if self.source is not None:
             parse_source(self.source)
             if self.promotion == "auto":
@@ -293,6 +303,11 @@ class FailoverConfig:
                 f"breaker_max_cooldown ({self.breaker_max_cooldown:g}) must not be shorter "
                 f"than breaker_cooldown ({self.breaker_cooldown:g})"
             )
+
+    def source_tls(self) -> TLSFiles:
+        """The TLS files for the source (none given: the system's CAs, no client
+        certificate)."""
+        return TLSFiles(self.source_ca_file, self.source_cert_file, self.source_key_file)
 
     def check_nodes(self, names: Collection[str]) -> None:
         """Refuse settings that name a node the cluster does not have (``read_weights``)."""
@@ -363,7 +378,9 @@ class ServerSettings:
     ``http(s)://host:port``) makes this one of several arbiters of the
     cluster, of which only the holder of a lease of ``etcd_ttl`` seconds on
     ``<etcd_prefix>/<name>/arbiter`` promotes (:mod:`pgfailover.lease`);
-    ``promotion`` is the arbiter's mode;
+    ``promotion`` is the arbiter's mode; ``etcd_ca_file``, ``etcd_cert_file``
+    and ``etcd_key_file`` are for an etcd served over TLS (``https://``):
+    the CA, and a client certificate when etcd asks for one;
     ``log_format`` its stderr lines; ``name`` the metrics' cluster label.
     """
 
@@ -381,6 +398,9 @@ class ServerSettings:
     )
     etcd_ttl: Annotated[int, Meta(ge=2, le=300)] = 5
     etcd_prefix: Annotated[str, Meta(pattern=r"\A/[A-Za-z0-9_./-]{0,200}\Z")] = "/pgfailover"
+    etcd_ca_file: FileName | None = None
+    etcd_cert_file: FileName | None = None
+    etcd_key_file: FileName | None = None
     promotion: Promotion = "auto"
     log_format: Literal["plain", "json"] = "plain"
     name: Name = "default"
@@ -393,3 +413,8 @@ class ServerSettings:
             raise ConfigurationError(f"token: {exc}") from None
         if self.etcd is not None:  # a user and password in them: etcd's authentication
             source_urls(self.etcd, setting="etcd", what="etcd endpoints")
+        self.etcd_tls().check("etcd", wanted=self.etcd is not None)
+
+    def etcd_tls(self) -> TLSFiles:
+        """The TLS files for etcd (none given: the system's CAs, no client certificate)."""
+        return TLSFiles(self.etcd_ca_file, self.etcd_cert_file, self.etcd_key_file)

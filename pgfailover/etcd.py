@@ -24,6 +24,10 @@ token is no longer valid (simple tokens expire after ``--auth-token-ttl``,
 5 minutes by default, and when the member restarts). The password is never
 in a log line, status or error: endpoints are kept without it.
 
+An etcd served over TLS (``https://`` endpoints), with a private CA or
+asking for client certificates (``--client-cert-auth``), is reached with an
+:class:`ssl.SSLContext` that has them loaded (:mod:`pgfailover.tls`).
+
 Thread safety: an :class:`Etcd` may be used from several threads (urllib3's
 pool is thread-safe; the endpoint order is a tuple replaced whole, so a
 call reads a consistent one; the token is guarded by a lock).
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -43,6 +48,7 @@ from typing import Any
 import urllib3
 
 from pgfailover.errors import PgFailoverError
+from pgfailover.tls import pool_manager, tls_failure
 from pgfailover.topology.urls import mask_url
 
 __all__ = ["Etcd", "EtcdError", "KeyValue", "split_credentials"]
@@ -94,7 +100,13 @@ class Etcd:
     Thread safety: every method may be called from any thread.
     """
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if not endpoints:
             raise EtcdError("no etcd endpoint given")
         split = [split_credentials(e) for e in endpoints]
@@ -102,7 +114,7 @@ class Etcd:
         self._credentials = next((c for _, c in split if c is not None), None)
         self._shown = ",".join(mask_url(e.rstrip("/")) for e in endpoints)
         self.timeout = timeout
-        self._http = urllib3.PoolManager(num_pools=len(self.endpoints) + 1, retries=False)
+        self._http = pool_manager(ssl_context, num_pools=len(self.endpoints) + 1, retries=False)
         self._lock = threading.Lock()
         self._token: str | None = None  # guarded by self._lock; "": authentication is off
 
@@ -178,7 +190,7 @@ class Etcd:
                     timeout=urllib3.Timeout(total=left),
                 )
             except urllib3.exceptions.HTTPError as exc:
-                failures.append(f"{mask_url(endpoint)}: {type(exc).__name__}")
+                failures.append(f"{mask_url(endpoint)}: {tls_failure(exc) or type(exc).__name__}")
                 continue
             try:
                 data = json.loads(response.data or b"{}")

@@ -104,7 +104,10 @@ def _primary(dsn: str, timeout: float) -> tuple[str, int]:
                     f"{mask_dsn(dsn)} is in recovery: give the DSN of the current primary"
                 )
             conn.execute("CHECKPOINT")  # a new primary's timeline switch, for pg_rewind
-            return str(row[1]), int(row[2])
+            # Read again: until that checkpoint, a new primary's control file still
+            # shows the timeline it was promoted from.
+            tli = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+            return str(row[1]), int(tli[0] if tli else row[2])
     except psycopg.Error as exc:
         message = first_line(exc)
         raise RejoinError(f"cannot reach the primary {mask_dsn(dsn)}: {message}") from None

@@ -113,6 +113,11 @@ def _setup_logging(fmt: str, verbose: int) -> None:
 )
 @click.option("--etcd-prefix", help="Where the lease's key lives in etcd (default /pgfailover).")
 @click.option(
+    "--etcd-cacert", help="For an https:// etcd: the CA certificate(s) that signed etcd's."
+)
+@click.option("--etcd-cert", help="For an etcd that asks for client certificates: this client's.")
+@click.option("--etcd-key", help="The key of --etcd-cert (unless in that file; no passphrase).")
+@click.option(
     "--promotion",
     type=click.Choice(["auto", "external", "manual"]),
     help="Promotion mode (default: auto; this process is the arbiter).",
@@ -145,6 +150,9 @@ def serve(
     etcd: str | None,
     etcd_ttl: int | None,
     etcd_prefix: str | None,
+    etcd_cacert: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
     promotion: str | None,
     name: str | None,
     webhooks: tuple[str, ...],
@@ -170,6 +178,9 @@ def serve(
         "etcd": etcd,
         "etcd_ttl": etcd_ttl,
         "etcd_prefix": etcd_prefix,
+        "etcd_ca_file": etcd_cacert,
+        "etcd_cert_file": etcd_cert,
+        "etcd_key_file": etcd_key,
         "promotion": promotion,
         "name": name,
         "log_format": log_format,
@@ -284,7 +295,11 @@ def _lease(server: ServerSettings) -> ArbiterLease | None:
         return None
     # A call waits at most a third of the TTL: a renewal that hangs must fail in time to retry.
     timeout = max(0.5, min(2.0, server.etcd_ttl / 3))
-    etcd = Etcd(source_urls(server.etcd, setting="etcd", what="etcd endpoints"), timeout=timeout)
+    etcd = Etcd(
+        source_urls(server.etcd, setting="etcd", what="etcd endpoints"),
+        timeout=timeout,
+        ssl_context=server.etcd_tls().context("etcd"),
+    )
     return ArbiterLease(etcd, server.name, ttl=server.etcd_ttl, prefix=server.etcd_prefix)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ import urllib3
 
 from pgfailover.errors import first_line
 from pgfailover.stream import PATH, SUSPECT_PATH
+from pgfailover.tls import pool_manager, tls_failure
 from pgfailover.topology.sse import EventParser, StreamError
 from pgfailover.topology.urls import mask_url
 from pgfailover.wire import FORMAT, HEARTBEAT, Update, WireError, decode
@@ -65,7 +67,13 @@ class ArbiterSource:
     """
 
     def __init__(
-        self, urls: Sequence[str], cluster: str, *, connect_timeout: float, silence: float
+        self,
+        urls: Sequence[str],
+        cluster: str,
+        *,
+        connect_timeout: float,
+        silence: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.urls = tuple(urls)
         self.cluster = cluster
@@ -75,7 +83,9 @@ class ArbiterSource:
         self._connect_timeout = connect_timeout
         # Two connections per arbiter: the stream's, and one kept alive for reports
         # (a new connection for each would cost the arbiter an accept and a close).
-        self._http = urllib3.PoolManager(num_pools=len(self.urls) + 1, maxsize=2, retries=False)
+        self._http = pool_manager(
+            ssl_context, num_pools=len(self.urls) + 1, maxsize=2, retries=False
+        )
         self._lock = threading.Lock()
         self._response: urllib3.BaseHTTPResponse | None = None  # guarded by self._lock
         self._closed = False  # guarded by self._lock
@@ -204,6 +214,9 @@ class ArbiterSource:
 
 def _reason(exc: BaseException) -> str:
     """One line for a connection failure (urllib3 wraps the OS error)."""
+    said = tls_failure(exc)
+    if said is not None:
+        return said
     inner = getattr(exc, "reason", None) or exc
     text = first_line(inner)
     if "Failed to establish a new connection:" in text:

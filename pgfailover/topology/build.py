@@ -35,12 +35,19 @@ def build_source(config: FailoverConfig, nodes: Sequence[Node], name: str) -> So
     - either Patroni source confirms a new leader's promotion on it, waiting up
       to ``fast_interval`` a time on the server, until it takes writes
       (:class:`~pgfailover.topology.confirm.Confirmer`).
+
+    Each speaks HTTPS with the config's ``source_*_file`` TLS files.
     """
     spec = parse_source(config.source or "")
     silence = max(config.health_check_interval, 3 * HEARTBEAT)
+    tls = config.source_tls().context("source")
     if spec.kind == "arbiter":
         return ArbiterSource(
-            spec.urls, name, connect_timeout=config.connect_timeout, silence=silence
+            spec.urls,
+            name,
+            connect_timeout=config.connect_timeout,
+            silence=silence,
+            ssl_context=tls,
         )
     stop = threading.Event()  # set by neither: a pause of the source's own thread
     confirmer = Confirmer(
@@ -57,6 +64,7 @@ def build_source(config: FailoverConfig, nodes: Sequence[Node], name: str) -> So
             connect_timeout=config.connect_timeout,
             silence=silence,
             poll=config.fast_interval,
+            ssl_context=tls,
         )
     return PatroniEtcdSource(
         spec.urls,
@@ -65,4 +73,5 @@ def build_source(config: FailoverConfig, nodes: Sequence[Node], name: str) -> So
         connect_timeout=config.connect_timeout,
         silence=silence,
         poll=min(0.5, silence / 2),
+        ssl_context=tls,
     )

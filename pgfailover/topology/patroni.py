@@ -37,6 +37,7 @@ import base64
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -46,6 +47,7 @@ from typing import Any
 import urllib3
 
 from pgfailover.etcd import Etcd, EtcdError
+from pgfailover.tls import pool_manager, tls_failure
 from pgfailover.topology.members import (
     PatroniReader,
     announced_candidate,
@@ -95,6 +97,7 @@ class PatroniRestSource:
         connect_timeout: float,
         silence: float,
         poll: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.apis = tuple(apis)
         self.urls = (",".join(f"patroni+{a}" for a in self.apis),)
@@ -104,7 +107,9 @@ class PatroniRestSource:
         # One read may take half the silence, over every API: a black hole is given
         # up on in time to try the others, and to fall back within `silence`.
         self._budget = max(0.1, min(connect_timeout, silence / 2))
-        self._http = urllib3.PoolManager(num_pools=len(self.apis) + 1, maxsize=1, retries=False)
+        self._http = pool_manager(
+            ssl_context, num_pools=len(self.apis) + 1, maxsize=1, retries=False
+        )
         self._stop = threading.Event()
 
     @property
@@ -164,7 +169,7 @@ class PatroniRestSource:
                 failure = None if response.status == 200 else f"HTTP {response.status}"
                 data = json.loads(response.data) if failure is None else None
             except urllib3.exceptions.HTTPError as exc:
-                failure = type(exc).__name__
+                failure = tls_failure(exc) or type(exc).__name__
             except ValueError:
                 failure = "not JSON"
             if failure is not None:
@@ -199,8 +204,10 @@ def _text(data: object) -> str:
 
 
 def _as_written(endpoint: str, prefix: str) -> str:
-    """An etcd endpoint as the setting wrote it: ``patroni+etcd://host:port/<prefix>``."""
-    return "patroni+etcd://" + endpoint.split("://", 1)[-1] + prefix.rstrip("/")
+    """An etcd endpoint as the setting wrote it: ``patroni+etcd://host:port/<prefix>``
+    (``patroni+etcds://`` for ``https``)."""
+    scheme, _, rest = endpoint.partition("://")
+    return f"patroni+etcd{'s' if scheme == 'https' else ''}://" + rest + prefix.rstrip("/")
 
 
 class PatroniEtcdSource:
@@ -232,6 +239,7 @@ class PatroniEtcdSource:
         connect_timeout: float,
         silence: float,
         poll: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.prefix = prefix
@@ -240,8 +248,12 @@ class PatroniEtcdSource:
         self._reader = reader
         self._poll = poll
         self._connect_timeout = connect_timeout
-        self._etcd = Etcd(self.endpoints, timeout=max(0.1, min(connect_timeout, silence / 2)))
-        self._http = urllib3.PoolManager(num_pools=len(self.endpoints) + 1, retries=False)
+        self._etcd = Etcd(
+            self.endpoints,
+            timeout=max(0.1, min(connect_timeout, silence / 2)),
+            ssl_context=ssl_context,
+        )
+        self._http = pool_manager(ssl_context, num_pools=len(self.endpoints) + 1, retries=False)
         self._lock = threading.Lock()
         self._keys: dict[str, str] = {}  # guarded by self._lock
         self._revision = 0  # guarded by self._lock: the newest revision applied

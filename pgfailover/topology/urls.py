@@ -6,7 +6,8 @@
 - ``"patroni+http://db1:8008,patroni+http://db2:8008"``: Patroni's REST APIs;
 - ``"patroni+etcd://etcd1:2379,patroni+etcd://etcd2:2379/service/<scope>"``:
   the etcd Patroni keeps its keys in, and where (``<namespace>/<scope>``,
-  Patroni's ``/service/`` namespace by default), watched.
+  Patroni's ``/service/`` namespace by default), watched;
+  ``patroni+etcds://`` for an etcd served over TLS.
 
 A URL may carry credentials (a proxy in front of the arbiter, Patroni's
 REST API behind basic authentication); they are masked wherever the URL is
@@ -53,11 +54,11 @@ def parse_source(text: str) -> SourceSpec:
         raise ConfigurationError(
             "source: give either arbiter URLs or Patroni URLs (patroni+...), not both"
         )
-    etcd = [p.startswith(f"{PATRONI}etcd://") for p in parts]
+    etcd = [p.startswith((f"{PATRONI}etcd://", f"{PATRONI}etcds://")) for p in parts]
     if any(etcd) and not all(etcd):
         raise ConfigurationError(
             "source: give either Patroni's REST APIs (patroni+http://) or its etcd "
-            "(patroni+etcd://), not both"
+            "(patroni+etcd:// or patroni+etcds://), not both"
         )
     if not all(etcd):
         stripped = ",".join(_default_port(p[len(PATRONI) :], 8008) for p in parts)
@@ -70,7 +71,12 @@ def parse_source(text: str) -> SourceSpec:
                 )
         return SourceSpec("patroni", urls)
     stripped = ",".join(
-        _default_port("http://" + p[len(f"{PATRONI}etcd://") :], 2379) for p in parts
+        _default_port(
+            ("https://" if p.startswith(f"{PATRONI}etcds://") else "http://")
+            + p.split("://", 1)[1],
+            2379,
+        )
+        for p in parts
     )
     urls = source_urls(stripped, what="etcd URLs (patroni+etcd://host:2379/service/<scope>)")
     paths = {urllib.parse.urlsplit(u).path.strip("/") for u in urls} - {""}

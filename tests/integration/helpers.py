@@ -265,6 +265,17 @@ def wait_replayed(
         wait_until(replayed, what=f"{standby} to replay what {query!r} reads")
 
 
+def wait_caught_up(
+    lab: Topology, primary: str = "node0", standbys: tuple[str, ...] = ("node1", "node2")
+) -> None:
+    """Wait until every standby has replayed the primary's WAL up to now: a kill right
+    after leaves them level (but for WAL written in the instant before it), so a test
+    that names the standby to promote does not find another one ahead of it."""
+    lsn = lab.run_sql(primary, "SELECT pg_current_wal_lsn()::text")[0][0]
+    query = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+    wait_replayed(lab, query, [(True,)], (lsn,), standbys)
+
+
 def _distributions(name: str, extras: frozenset[str]) -> set[str]:
     """The installed distributions ``name[extras]`` needs, itself excluded."""
     found: set[str] = set()

@@ -12,7 +12,7 @@ import pytest
 from pgfailover import ClusterState, FailoverManager, NoPrimaryAvailable, SplitBrainError
 from pgfailover.lab import LocalLab
 
-from .helpers import FAST, Workload, manager_for, port_of, prepare, wait_until
+from .helpers import FAST, Workload, manager_for, port_of, prepare, wait_caught_up, wait_until
 
 STANDBYS = ("node1", "node2")
 
@@ -255,6 +255,7 @@ def test_no_primary_at_all_fails_writes_after_the_wait_and_reads_go_on(
 
 def test_a_standby_whose_receiver_is_down_shows_the_timeline_it_is_on(fresh_lab: LocalLab) -> None:
     """node2 follows node1 onto timeline 2, then node1 dies: a new manager must not say 1."""
+    wait_caught_up(fresh_lab)  # node2 ahead of node1 could not follow it
     fresh_lab.kill("node0")
     fresh_lab.promote("node1")
     fresh_lab.follow("node2", "node1")

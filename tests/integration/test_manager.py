@@ -17,7 +17,7 @@ from pgfailover.demo import run_demo
 from pgfailover.dispatch import returns_rows
 from pgfailover.lab import LocalLab
 
-from .helpers import FAST, RESULT_SHAPES, expected_rows, manager_for, wait_until
+from .helpers import FAST, RESULT_SHAPES, expected_rows, manager_for, wait_caught_up, wait_until
 
 
 def test_writes_go_to_the_primary_and_reads_to_standbys(shared_lab: LocalLab) -> None:
@@ -130,6 +130,7 @@ def test_manual_failover_is_guarded_and_force_switches_over(fresh_lab: LocalLab)
 
 def test_manual_failover_after_a_crash_promotes_the_named_standby(fresh_lab: LocalLab) -> None:
     with manager_for(fresh_lab, FAST.replace(promotion="manual")) as mgr:
+        wait_caught_up(fresh_lab)  # else node1 may hold more WAL: node2 would be refused
         fresh_lab.kill("node0")
         wait_until(
             lambda: mgr.snapshot.state is ClusterState.FAILOVER_IN_PROGRESS, what="the loss"

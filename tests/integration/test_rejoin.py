@@ -79,6 +79,8 @@ def test_the_command_brings_the_old_primary_back_as_a_synchronous_standby(
             )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "rejoin node0: server stopped" in result.stdout, result.stdout
+        # The primary's timeline as of the checkpoint the rejoin asks for (the switchover's).
+        assert ": timeline 2, system " in result.stdout, result.stdout
         assert "rejoin node0: node0 streams from the primary" in result.stdout, result.stdout
 
         def healthy_again() -> bool:

@@ -485,6 +485,15 @@ def test_any_http_request_gets_a_documented_status_and_promotes_nothing(
         (("serve", "--dsn", "host=h", "--etcd", "http://u:S3cret@e:x"), "etcd 'http://u:***@e:x'"),
         (("serve", "--dsn", "host=h", "--etcd-prefix", "no-slash"), "etcd_prefix"),
         (("serve", "--dsn", "host=h", "--etcd-ttl", "1"), "is not in the range 2<=x<=300"),
+        (
+            ("serve", "--dsn", "host=h", "--etcd", "https://e:2379", "--etcd-cacert", "/no/ca"),
+            "etcd_ca_file '/no/ca': cannot be used: No such file or directory",
+        ),
+        (("serve", "--dsn", "host=h", "--etcd-cert", "/c.pem"), "set etcd too"),
+        (
+            ("serve", "--dsn", "host=h", "--etcd", "https://e:2379", "--etcd-key", "/k.pem"),
+            "etcd_key_file '/k.pem' needs etcd_cert_file",
+        ),
         (("rejoin", "n", "--pgdata", "/", "--primary", "postgresql://u:S3cretZZpw%ZZ@h/db"), ""),
         (("lab", "up", "--backend", "kubernetes", "--dir", "/nonexistent"), "not a lab backend"),
         (("lab", "up", "--backend", "docker", "--pg-version", "16", "--dir", "/x"), "runs Postgr"),
