@@ -266,7 +266,7 @@ class FailoverConfig:
 
     def __post_init__(self) -> None:
         schema.check(self, secrets=("source",))
-        self.source_tls().check("source", wanted=self.source is not None)
+        self.source_tls().check("source", wanted=self.source is not None)  # files: at start
         if self.source is not None:
             parse_source(self.source)
             if self.promotion == "auto":
@@ -413,7 +413,7 @@ class ServerSettings:
             raise ConfigurationError(f"token: {exc}") from None
         if self.etcd is not None:  # a user and password in them: etcd's authentication
             source_urls(self.etcd, setting="etcd", what="etcd endpoints")
-        self.etcd_tls().check("etcd", wanted=self.etcd is not None)
+        self.etcd_tls().check("etcd", wanted=self.etcd is not None)  # files: at start
 
     def etcd_tls(self) -> TLSFiles:
         """The TLS files for etcd (none given: the system's CAs, no client certificate)."""

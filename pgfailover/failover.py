@@ -183,6 +183,7 @@ class FailoverActions:
     def after_round(self, decisions: list[Decision]) -> None:
         """Apply a round's decisions, promote if ``auto`` says so, keep the cluster converged."""
         auto = self._config.promotion == "auto"
+        self.upkeep.acting(self._acts)  # a lease gained or lost: upkeep starts afresh
         paused = self.maintenance.paused_since is not None
         promote = self.apply(decisions)
         if (
@@ -194,7 +195,9 @@ class FailoverActions:
             self._auto_promote(promote)
         if auto and not paused and not self._view.closed and not self.promoting and self._acts:
             # Not while a promotion runs: it sets the sync names and repoints itself.
-            self.upkeep.run(self._view.snapshot, time.time(), lambda: self._view.closed)
+            self.upkeep.run(
+                self._view.snapshot, time.time(), lambda: self._view.closed or not self._acts
+            )
         reason = self._view.read_only_reason()
         if self._callbacks.writable(reason):
             logger.warning(
@@ -226,7 +229,7 @@ class FailoverActions:
                 self._counters.bump("recoveries")
                 self._emit("recovery", decision.node)
             elif isinstance(decision, FailoverStarted):
-                self._open_event(decision.previous, decision.reason)
+                self.incident.start(self._name, decision.previous, decision.reason)
                 if decision.previous is not None:
                     self._abort(decision.previous)
             elif isinstance(decision, SwitchPrimary):
@@ -249,9 +252,6 @@ class FailoverActions:
         self._callbacks.flush()
 
     # -- the incident --------------------------------------------------------
-
-    def _open_event(self, previous: str | None, reason: str) -> FailoverEvent:
-        return self.incident.start(self._name, previous, reason)
 
     def _switched(self, decision: SwitchPrimary) -> None:
         if decision.previous is not None and decision.previous != decision.node:
@@ -378,7 +378,7 @@ class FailoverActions:
                 self._refuse("switchover", snap.primary, target, choice)
             old = snap.primary
             assert old is not None  # noqa: S101 - a candidate implies a running primary
-            event = self._open_event(old, choice.reason)
+            event = self.incident.start(self._name, old, choice.reason)
             event = (
                 self._events.update(
                     event.id,
@@ -413,7 +413,7 @@ class FailoverActions:
     ) -> FailoverEvent:
         """Open (or take over) the incident's event and let the promoter run; under the lock."""
         snap = self._view.snapshot
-        event = self._open_event(previous, reason)
+        event = self.incident.start(self._name, previous, reason)
         event = (
             self._events.update(
                 event.id,

@@ -102,7 +102,11 @@ class ProbeResult:
     message; ``streaming_names`` who streams from it now (a primary, or a
     standby that relays WAL to others); ``sync_record`` the manager's record
     of the ``synchronous_standby_names`` it wrote there
-    (:class:`~pgfailover.syncrep.SyncRecord`, as text).
+    (:class:`~pgfailover.syncrep.SyncRecord`, as text). It is read with
+    ``current_setting``: ``pg_settings`` does not list a custom setting
+    (PostgreSQL keeps it as a placeholder), and a role or database default
+    for it takes the privilege to set it, which only the manager's role
+    needs.
     ``busy`` (with ``ok`` false): the server refused a new session for lack
     of connection slots (:func:`refused_for_capacity`): alive, role unknown.
     ``opening`` (with ``ok`` false): the probe's new session did not open in

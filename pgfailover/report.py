@@ -173,12 +173,13 @@ def kept_policy(primary: NodeState | None, keeper: UpkeepStatus) -> tuple[str | 
     if primary is None:
         return keeper.policy, None
     current = primary.sync_standby_names or ""
-    if keeper.ours.get(primary.name) == current:
-        return keeper.policy, True
     record = parse_record(primary.sync_record)
     if record is not None and record.written == current:
         return _shown(record.policy), True
-    return keeper.policy, False
+    if keeper.ours.get(primary.name) == current:
+        return keeper.policy, True
+    spec = parse_sync(current)  # the operator's list is the policy
+    return _shown(None if spec is None or spec.star else spec), False
 
 
 def _shown(spec: SyncSpec | None) -> str | None:

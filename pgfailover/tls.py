@@ -4,11 +4,13 @@ etcd clusters are commonly run with ``--client-cert-auth`` and a private CA
 (as Patroni's ``etcd3`` settings ``cacert``, ``cert`` and ``key`` expect),
 and an arbiter or Patroni's REST API may sit behind TLS with a CA of the
 site's own. :class:`TLSFiles` names the files; :meth:`TLSFiles.context`
-loads them once, at start-up, into the :class:`ssl.SSLContext` every urllib3
-pool of that connection is given. Loading them there, not at the first
-connection, is what turns a missing file, a key that does not match its
-certificate or a key with a passphrase into one :class:`ConfigurationError`
-line before anything runs, rather than a source that never answers.
+loads them once, when the manager or the arbiter starts, into the
+:class:`ssl.SSLContext` every urllib3 pool of that connection is given.
+Loading them there, not at the first connection, is what turns a missing
+file, a key that does not match its certificate or a key with a passphrase
+into one :class:`ConfigurationError` line before anything runs, rather than
+a source that never answers. Read once: a renewed certificate is taken at
+the next start.
 
 The context is urllib3's own (:func:`urllib3.util.create_urllib3_context`):
 certificates are verified, and urllib3 checks the server's name against
@@ -48,19 +50,28 @@ class TLSFiles:
         return any((self.ca_file, self.cert_file, self.key_file))
 
     def check(self, setting: str, *, wanted: bool) -> None:
-        """Refuse files given for nothing (``wanted`` false: ``setting`` is not set), and
-        read them: a bad one is refused when the settings are made, not at the first
-        connection.
+        """Refuse what is wrong without reading a file: files given for nothing
+        (``wanted`` false: ``setting`` is not set), a key without its certificate.
+        The files themselves are read by :meth:`context`, when the manager or the
+        arbiter that needs them starts (a command that only reads the settings,
+        ``status`` say, need not be able to read a private key).
 
         Raises:
-            ConfigurationError: as :meth:`context`, or files without ``setting``.
+            ConfigurationError: one line, naming the settings.
         """
         if self and not wanted:
             raise ConfigurationError(
                 f"{setting}_ca_file, {setting}_cert_file and {setting}_key_file are for "
                 f"HTTPS to the {setting}: set {setting} too"
             )
-        self.context(setting)
+        self._check_key(setting)
+
+    def _check_key(self, setting: str) -> None:
+        if self.key_file and not self.cert_file:
+            raise ConfigurationError(
+                f"{setting}_key_file {self.key_file!r} needs {setting}_cert_file (the "
+                "client certificate it belongs to)"
+            )
 
     def context(self, setting: str) -> ssl.SSLContext | None:
         """The files loaded (``None`` when none is given: urllib3's defaults);
@@ -72,11 +83,7 @@ class TLSFiles:
         """
         if not self:
             return None
-        if self.key_file and not self.cert_file:
-            raise ConfigurationError(
-                f"{setting}_key_file {self.key_file!r} needs {setting}_cert_file (the "
-                "client certificate it belongs to)"
-            )
+        self._check_key(setting)
         context = urllib3.util.create_urllib3_context()
         loading = f"{setting}_ca_file {self.ca_file!r}"
         try:

@@ -58,6 +58,14 @@ logger = logging.getLogger(__name__)
 RETRY_INTERVAL: Final = 10.0
 """Seconds before the same action is tried again on the same node."""
 
+PENDING_FOR: Final = 5.0
+"""Seconds a list this process wrote may take to show in the probes (a reload reaches
+each backend at its next statement); meanwhile the old one is not the operator's."""
+
+RECORD_RETRY: Final = 300.0
+"""Seconds before keeping the record is tried again after the role was refused (a
+GRANT given meanwhile is then noticed)."""
+
 SLOW_HANG_FAILOVER: Final = 10.0
 """Seconds of hang failover past which the manager warns (status, log, alert)."""
 
@@ -109,6 +117,9 @@ class Upkeep:
         self._tried: dict[tuple[str, str], float] = {}  # guarded by self._lock
         self._refused: dict[str, str] = {}  # guarded by self._lock
         self._record_refused: str | None = None  # guarded by self._lock
+        self._refused_at = 0.0  # guarded by self._lock: when the record was refused
+        self._pending: dict[str, tuple[str, float]] = {}  # guarded by self._lock
+        self._acting: bool | None = None  # guarded by self._lock: held the lease last time
         self._warned_slow = False  # only under _run_lock
         self._warned_names = False  # only under _run_lock
 
@@ -116,24 +127,36 @@ class Upkeep:
     def _timeout(self) -> float:
         return max(2.0, self._config.health_check_timeout * 2)
 
+    def acting(self, acts: bool) -> None:
+        """Whether this process may act now (it holds the arbiter lease, or needs none).
+        When that changes, what it remembered is dropped: another arbiter acted
+        meanwhile, and the records on the primary say what it did."""
+        with self._lock:
+            if acts is self._acting:
+                return
+            self._acting = acts
+            self._policy = None
+            for kept in (self._written, self._ours, self._unsatisfied, self._pending):
+                kept.clear()
+
     def judge(self, node: NodeState) -> tuple[SyncSpec | None, bool]:
         """The sync policy in force on (primary) ``node``, and whether a manager wrote
         its ``synchronous_standby_names`` (then upkeep keeps the list up).
 
-        A manager wrote it when this process did, or when the node's
-        :class:`~pgfailover.syncrep.SyncRecord` says so (a manager before a
-        restart, another arbiter before a lease handover); otherwise the
+        A manager wrote it when the node's :class:`~pgfailover.syncrep.SyncRecord`
+        says so (this process, or another before a restart or a lease handover),
+        or when this process did and could not keep the record; otherwise the
         operator did, and their setting is the policy.
         """
         current = node.sync_standby_names or ""
         with self._lock:
-            if self._ours.get(node.name) == current:
-                return self._policy, True
             record = parse_record(node.sync_record)
             if record is not None and record.written == current:
                 self._policy = record.policy
                 self._written[node.name] = self._ours[node.name] = current
                 return record.policy, True
+            if self._ours.get(node.name) == current:
+                return self._policy, True
             if current != self._written.get(node.name, current if not current else None):
                 # Someone else set it (the operator, a previous primary's
                 # config): that is the policy now; '' means async by choice.
@@ -153,7 +176,19 @@ class Upkeep:
             if value is not None:
                 self._written[node] = value
                 self._ours[node] = value
+                self._pending[node] = (value, time.monotonic() + PENDING_FOR)
             self._unsatisfied[node] = now
+
+    def _awaiting(self, node: str, current: str) -> bool:
+        """A list this process wrote on ``node`` does not show in the probes yet."""
+        with self._lock:
+            pending = self._pending.get(node)
+            if pending is None:
+                return False
+            if current != pending[0] and time.monotonic() < pending[1]:
+                return True
+            del self._pending[node]
+            return False
 
     def status(self) -> UpkeepStatus:
         """A copy of what upkeep knows."""
@@ -269,6 +304,8 @@ class Upkeep:
 
     def _sync(self, snap: Snapshot, primary: NodeState, now: float) -> None:
         current = primary.sync_standby_names or ""
+        if self._awaiting(primary.name, current):
+            return  # the old list still shows: neither the operator's nor to act on
         streaming = primary.streaming_names or ()
         members = sync_members(snap, primary.name)
         policy, managed = self.judge(primary)
@@ -306,6 +343,7 @@ class Upkeep:
         with self._lock:
             self._written[primary.name] = plan.value
             self._ours[primary.name] = plan.value
+            self._pending[primary.name] = (plan.value, time.monotonic() + PENDING_FOR)
             self._unsatisfied.pop(primary.name, None)
         level = logging.ERROR if plan.lowered else logging.WARNING
         logger.log(level, "cluster %s: primary %s: %s", self._cluster, primary.name, plan.note)
@@ -319,8 +357,10 @@ class Upkeep:
         if record.policy is None or parse_record(primary.sync_record) == record:
             return
         with self._lock:
-            if self._record_refused is not None:
-                return  # not granted: this process's memory is all there is
+            if self._record_refused is not None and (
+                time.monotonic() - self._refused_at < RECORD_RETRY
+            ):
+                return  # not granted (yet): this process's memory is all there is
         if not self._due("record", primary.name):
             return
         try:
@@ -335,6 +375,7 @@ class Upkeep:
         with self._lock:
             first = refused is not None and self._record_refused is None
             self._record_refused = refused
+            self._refused_at = time.monotonic()
         if first:
             logger.warning(
                 "node %s: cannot keep %s (%s): which synchronous_standby_names this "

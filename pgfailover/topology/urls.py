@@ -55,6 +55,12 @@ def parse_source(text: str) -> SourceSpec:
             "source: give either arbiter URLs or Patroni URLs (patroni+...), not both"
         )
     etcd = [p.startswith((f"{PATRONI}etcd://", f"{PATRONI}etcds://")) for p in parts]
+    schemes = {p.split("://", 1)[0] for p, is_etcd in zip(parts, etcd, strict=True) if is_etcd}
+    if len(schemes) > 1:  # a user and password would travel in clear to some of them
+        raise ConfigurationError(
+            "source: give Patroni's etcd endpoints all over TLS (patroni+etcds://) or "
+            "all without (patroni+etcd://), not both"
+        )
     if any(etcd) and not all(etcd):
         raise ConfigurationError(
             "source: give either Patroni's REST APIs (patroni+http://) or its etcd "
@@ -101,8 +107,12 @@ def mask_url(url: str) -> str:
     is hidden.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
+    if not sep:  # "scheme:/user:pw@host", a slash short: masked all the same
+        scheme, sep, rest = url.partition(":")
+        if not sep or "@" not in rest:
+            return url
+        user, colon, _ = rest.rpartition("@")[0].partition(":")
+        return f"{scheme}:{user}:***@{rest.rpartition('@')[2]}" if colon else url
     authority, at, host = rest.rpartition("@")
     if not at:
         return url

@@ -8,6 +8,7 @@ import pytest
 
 from pgfailover.probe import ProbeResult
 from pgfailover.report import redundancy
+from pgfailover.syncrep import SyncRecord, parse_sync
 from pgfailover.upkeep import UpkeepStatus
 
 from .helpers import down, primary, run, standby
@@ -15,8 +16,15 @@ from .helpers import down, primary, run, standby
 BOTH = ("node1", "node2")
 QUORUM = "ANY 1 (node1, node2)"
 
+
+def _kept(written: str, policy: str) -> str:
+    """The manager's record of ``written`` on the primary (``pgfailover.sync``)."""
+    return SyncRecord(written, parse_sync(policy)).encode()
+
+
 CASES: list[tuple[str, Sequence[ProbeResult], str | None, tuple[str, int, bool | None]]] = [
-    # (why, one round of probes, auto mode's configured policy, (level, copies, quorum ok))
+    # (why, one round of probes, the policy this process keeps (with a list it wrote, but
+    # for a "!": a list it did not write), (level, copies, quorum ok))
     (
         "two streaming standbys, async",
         [primary("node0"), standby("node1"), standby("node2")],
@@ -65,13 +73,32 @@ CASES: list[tuple[str, Sequence[ProbeResult], str | None, tuple[str, int, bool |
         ("dual", 2, False),
     ),
     (
-        "lowered to async by auto mode",
-        [primary("node0", sync="", streaming=()), down("node1"), down("node2")],
-        QUORUM,
+        "lowered to async by auto mode (its record on the primary)",
+        [
+            primary("node0", sync="", streaming=(), record=_kept("", QUORUM)),
+            down("node1"),
+            down("node2"),
+        ],
+        None,
         ("single", 1, False),
     ),
     (
-        "lowered from 2 to 1",
+        "lowered from 2 to 1 (its record on the primary)",
+        [
+            primary(
+                "node0",
+                sync="ANY 1 (node1)",
+                streaming=("node1",),
+                record=_kept("ANY 1 (node1)", "ANY 2 (node1, node2)"),
+            ),
+            standby("node1"),
+            down("node2"),
+        ],
+        None,
+        ("dual", 2, False),
+    ),
+    (
+        "lowered from 2 to 1 by this process (the record refused)",
         [
             primary("node0", sync="ANY 1 (node1)", streaming=("node1",)),
             standby("node1"),
@@ -79,6 +106,16 @@ CASES: list[tuple[str, Sequence[ProbeResult], str | None, tuple[str, int, bool |
         ],
         "ANY 2 (node1, node2)",
         ("dual", 2, False),
+    ),
+    (
+        "the operator's list, whatever this process remembers",
+        [
+            primary("node0", sync="ANY 1 (node1)", streaming=("node1",)),
+            standby("node1"),
+            down("node2"),
+        ],
+        "FIRST 2 (node1, node2)!",  # remembered, but the list is not this process's
+        ("dual", 2, True),
     ),
 ]
 
@@ -90,5 +127,8 @@ def test_redundancy(
     probes: Sequence[ProbeResult], policy: str | None, expected: tuple[str, int, bool | None]
 ) -> None:
     snap, _ = run([probes] * 4)  # thresholds counted: a node down is unhealthy
-    held = redundancy(snap, UpkeepStatus(policy=policy))
+    ours = {}
+    if policy is not None and not policy.endswith("!"):  # this process wrote the list
+        ours = {"node0": snap.node("node0").sync_standby_names or ""}
+    held = redundancy(snap, UpkeepStatus(policy=policy and policy.rstrip("!"), ours=ours))
     assert (held["level"], held["copies"], held["sync_quorum_ok"]) == expected

@@ -10,11 +10,12 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from pgfailover.config import FailoverConfig, ServerSettings
+from pgfailover import FailoverManager
+from pgfailover.config import FailoverConfig, Node, ServerSettings
 from pgfailover.errors import ConfigurationError
 from pgfailover.tls import TLSFiles
 from pgfailover.topology.patroni import _as_written
-from pgfailover.topology.urls import parse_source
+from pgfailover.topology.urls import mask_url, parse_source
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +117,21 @@ def test_files_that_do_not_load_are_one_line(
     assert "\n" not in message
 
 
-def test_the_settings_read_their_files_when_made(files: dict[str, str]) -> None:
-    """A bad file is refused by the config itself, before any manager or arbiter runs;
-    files without what they are for, too."""
+def test_the_files_are_read_when_the_manager_starts(files: dict[str, str]) -> None:
+    """Settings that name a file are made without reading it (``status --config`` need
+    not read a private key); the manager that follows the source reads it when it is
+    made, and a bad one is one line then. What is wrong without reading a file (files
+    without what they are for, a key without its certificate) is refused at once."""
     source = "patroni+etcds://e:2379/service/main"
     config = FailoverConfig(source=source, source_ca_file=files["ca"])
     assert config.source_tls() == TLSFiles(files["ca"])
+    missing = FailoverConfig(source=source, source_ca_file="/no/ca.pem")
     with pytest.raises(ConfigurationError, match=r"source_ca_file '/no/ca\.pem': cannot be used"):
-        FailoverConfig(source=source, source_ca_file="/no/ca.pem")
+        FailoverManager(nodes=[Node("node0", "host=10.0.0.1")], config=missing)
     with pytest.raises(ConfigurationError, match="set source too"):
         FailoverConfig(source_ca_file=files["ca"])
+    with pytest.raises(ConfigurationError, match="source_key_file '/k' needs source_cert_file"):
+        FailoverConfig(source=source, source_key_file="/k")
     server = ServerSettings(etcd="https://e:2379", etcd_cert_file=files["both"])
     assert server.etcd_tls() == TLSFiles(None, files["both"])
     with pytest.raises(ConfigurationError, match="set etcd too"):
@@ -141,14 +147,35 @@ def test_the_settings_read_their_files_when_made(files: dict[str, str]) -> None:
             "patroni+etcds://e1:2379/service/main,patroni+etcds://e2:2379/service/main",
         ),
         (
-            "patroni+etcd://e1:2379,patroni+etcds://e2:2379/service/main",
-            ("http://e1:2379", "https://e2:2379"),
-            "patroni+etcd://e1:2379/service/main,patroni+etcds://e2:2379/service/main",
+            "patroni+etcds://u:pw@e1:2379/service/main",
+            ("https://u:pw@e1:2379",),
+            "patroni+etcds://u:***@e1:2379/service/main",
         ),
     ],
-    ids=["etcd over TLS", "one endpoint each"],
+    ids=["etcd over TLS", "a user"],
 )
 def test_patroni_etcd_over_tls_is_etcds(setting: str, urls: tuple[str, ...], shown: str) -> None:
     spec = parse_source(setting)
     assert (spec.kind, spec.urls, spec.prefix) == ("patroni-etcd", urls, "/service/main/")
-    assert ",".join(_as_written(u, spec.prefix or "/") for u in spec.urls) == shown
+    shown_urls = ",".join(_as_written(mask_url(u), spec.prefix or "/") for u in spec.urls)
+    assert shown_urls == shown
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        (
+            "patroni+etcd://u:pw@e1:2379,patroni+etcds://u:pw@e2:2379/service/main",
+            "all over TLS (patroni+etcds://) or all without",
+        ),
+        ("patroni+etcds:/u:pw@e1:2379/service/main", "etcds:/u:***@e1"),
+    ],
+    ids=["TLS to some endpoints only", "a slash short"],
+)
+def test_a_bad_etcd_source_is_one_line_without_the_password(setting: str, says: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        FailoverConfig(source=setting)
+    message = str(refused.value)
+    assert says in message, message
+    assert ":pw@" not in message
+    assert "\n" not in message

@@ -16,7 +16,7 @@ from pgfailover.convergence import (
     sync_members,
 )
 from pgfailover.events import EventLog
-from pgfailover.model import Snapshot
+from pgfailover.model import NodeState, Snapshot
 from pgfailover.probe import ProbeResult
 from pgfailover.syncrep import SyncRecord, parse_sync
 from pgfailover.upkeep import Upkeep
@@ -284,3 +284,40 @@ def test_who_wrote_the_sync_list(case: JudgeCase) -> None:
     ).node("node0")
     policy, managed = upkeep.judge(node)
     assert (policy, managed) == (parse_sync(case.policy), case.managed)
+
+
+def _node0(sync: str, record: str | None = None) -> NodeState:
+    return snap_of(
+        [
+            primary("node0", sync=sync, streaming=("node1", "node2"), record=record),
+            standby("node1"),
+            standby("node2"),
+        ]
+    ).node("node0")
+
+
+def test_a_list_just_written_that_does_not_show_yet_is_not_taken_for_the_operators() -> None:
+    """A promotion wrote ``ANY 1 (node1)`` and reloaded, but the next probe still reads
+    the list the new primary inherited (each backend takes a reload at its next
+    statement): that list must not become the policy, nor be acted on."""
+    upkeep = Upkeep(FailoverConfig(), lambda name: name, EventLog(10), lambda: None, "test")
+    upkeep.promoted("node0", 'ANY 1 ("node1")', 0.0, parse_sync(POLICY))
+    upkeep.run(
+        snap_of([primary("node0", sync="FIRST 1 (node9)", streaming=("node1",))]), 0.0, bool
+    )
+    assert upkeep.judge(_node0('ANY 1 ("node1")')) == (parse_sync(POLICY), True)
+
+
+def test_what_an_arbiter_remembers_goes_with_the_lease() -> None:
+    """Arbiter A lowered node0 to async under policy P, then lost the lease; B acted
+    meanwhile. With the lease back, A's memory of its own list is gone: the record on
+    the primary (B's, policy Q) decides, and without one the list is the operator's."""
+    upkeep = Upkeep(FailoverConfig(), lambda name: name, EventLog(10), lambda: None, "test")
+    upkeep.acting(True)
+    upkeep.promoted("node0", "", 0.0, parse_sync(POLICY))
+    assert upkeep.judge(_node0("")) == (parse_sync(POLICY), True)
+    upkeep.acting(False)
+    upkeep.acting(True)
+    assert upkeep.judge(_node0("")) == (None, False)
+    other = "FIRST 1 (node2, node1)"
+    assert upkeep.judge(_node0("", _record("", other))) == (parse_sync(other), True)
