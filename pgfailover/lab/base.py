@@ -138,8 +138,9 @@ class Lab(Protocol):
     def follow(self, name: str, upstream: str) -> None:
         """Repoint a running standby at ``upstream`` and wait until it streams."""
 
-    def rejoin(self, name: str, upstream: str | None = None) -> None:
-        """pg_rewind an old primary and start it as a standby of ``upstream``."""
+    def rejoin(self, name: str, upstream: str | None = None, *, sync: bool = True) -> None:
+        """pg_rewind an old primary and start it as a standby of ``upstream`` (``sync``:
+        then set the lab's quorum over the standbys, as its operator)."""
 
     def primary(self) -> str | None:
         """The name of the node out of recovery, if exactly one is."""

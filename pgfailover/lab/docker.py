@@ -50,6 +50,7 @@ from pgfailover.lab.dockerengine import (
 from pgfailover.lab.local import SERVER_SETTINGS, STATE_FILE
 from pgfailover.lab.node import upstream_conninfo
 from pgfailover.lab.topology import Topology
+from pgfailover.syncrep import RECORD_SETTING
 
 __all__ = ["DockerLab"]
 
@@ -328,7 +329,7 @@ class DockerLab(Topology):
             f"pg_rewind --target-pgdata=$PGDATA --source-server='{src}' && "
             "touch $PGDATA/standby.signal && "
             f"printf \"primary_conninfo = '%s'\\nprimary_slot_name = '%s'\\n"
-            f"synchronous_standby_names = ''\\n\" '{conninfo}' '{name}' "
+            f"synchronous_standby_names = ''\\n{RECORD_SETTING} = ''\\n\" '{conninfo}' '{name}' "
             ">> $PGDATA/postgresql.auto.conf",
         )
         self.start(name)

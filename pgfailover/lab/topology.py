@@ -268,12 +268,14 @@ class Topology(abc.ABC):
         self._apply_sync(upstream)
         logger.info("lab: %s follows %s", name, upstream)
 
-    def rejoin(self, name: str, upstream: str | None = None) -> None:
+    def rejoin(self, name: str, upstream: str | None = None, *, sync: bool = True) -> None:
         """Bring an old primary back as a standby of ``upstream``.
 
         Stops it if it runs, rewinds it with pg_rewind from ``upstream`` (the
         current primary by default), starts it as a standby and waits until
-        it streams.
+        it streams. Then, as the lab's operator, it sets the lab's quorum over
+        the standbys on ``upstream``; ``sync=False`` leaves that list alone, as
+        ``pgfailover rejoin`` does (a manager in ``auto`` mode keeps it up).
         """
         upstream = upstream or self.primary()
         if upstream is None:
@@ -281,7 +283,8 @@ class Topology(abc.ABC):
         if upstream == name:
             raise LabError(f"{name} is the primary: nothing to rejoin")
         self._rejoin_node(name, upstream)
-        self._apply_sync(upstream)
+        if sync:
+            self._apply_sync(upstream)
         logger.info("lab: %s rejoined as a standby of %s", name, upstream)
 
     def _ensure_slot(self, on: str, slot: str) -> None:

@@ -12,6 +12,8 @@ processes. What must hold:
   the one that took it over does;
 - a pause taken through any arbiter holds every arbiter (it is in etcd),
   through a primary crash and a lease handover, until resumed through any;
+- the arbiter that takes the lease over keeps up the synchronous list the
+  killed holder wrote (it adds the rejoined old primary back);
 - every write a manager acknowledged through it all is on the final primary
   (the crash test runs on a quorum sync lab: with asynchronous replication
   the last commits before a kill may never reach a standby).
@@ -292,3 +294,53 @@ def test_a_pause_through_one_arbiter_holds_them_all_until_resumed_through_anothe
         held = holder["history"].read_text()
         assert "paused: network change (by " in held
         assert "shared in etcd" in held
+
+
+def _sync_names(lab: LocalLab, node: str) -> str:
+    return str(lab.run_sql(node, "SHOW synchronous_standby_names")[0][0])
+
+
+def test_the_next_holder_keeps_up_the_sync_list_the_killed_one_wrote(
+    sync_lab: LocalLab, tmp_path: Path
+) -> None:
+    """The holder fails a primary crash over and writes the new primary's list for the
+    standby left; it is killed; the old primary is rejoined. The arbiter that took the
+    lease adds it back to the list (it reads what the killed one wrote from the
+    primary's record): nothing of the kind was known beyond the killed process before.
+    Every acknowledged write is on the new primary."""
+    prepare(sync_lab)
+    with etcd_server(tmp_path) as port, contextlib.ExitStack() as stack:
+        etcd = f"http://127.0.0.1:{port}"
+        arbiters = [_start(stack, sync_lab, tmp_path, etcd, n) for n in (0, 1)]
+        wait_until(lambda: sum(_holds(a) for a in arbiters) == 1, timeout=TTL + 5, what="a holder")
+        holder = next(a for a in arbiters if _holds(a))
+        other = next(a for a in arbiters if a is not holder)
+        mgr = stack.enter_context(
+            FailoverManager(nodes=sync_lab.manager_nodes(), config=FAST).open()
+        )
+        with Workload(mgr, threads=2) as load:
+            sync_lab.kill("node0")
+            new = wait_until(
+                lambda: next((n for n in _writable(sync_lab) if n != "node0"), None),
+                timeout=20,
+                what="a promotion by the holder",
+            )
+            left = "node2" if new == "node1" else "node1"
+            wait_until(
+                lambda: _sync_names(sync_lab, new) == f'ANY 1 ("{left}")',
+                what="the new primary's list, for the standby left",
+            )
+            os.kill(holder["pid"], signal.SIGKILL)
+            wait_until(functools.partial(_holds, other), timeout=TTL + 3, what="handover")
+            sync_lab.rejoin("node0", new, sync=False)  # as `pgfailover rejoin`: the list untouched
+            wait_until(
+                lambda: _sync_names(sync_lab, new) == f'ANY 1 ("{left}", "node0")',
+                timeout=30,
+                what="node0 back in the list, by the arbiter that took the lease",
+            )
+            sync = _status(other)["synchronous_replication"]
+            assert (sync["written_by_manager"], sync["policy"]) == (True, "ANY 1 (node1, node2)")
+        acked = {i for i, _, _ in load.acked}
+        present = {r[0] for r in sync_lab.run_sql(new, "SELECT id FROM w")}
+        assert acked, "no write was acknowledged"
+        assert not acked - present, f"{len(acked - present)} acknowledged writes missing"
