@@ -44,7 +44,6 @@ from pgfailover.guards import Candidate, Refusal, choose_candidate
 from pgfailover.incident import Incident
 from pgfailover.maintenance import Maintenance
 from pgfailover.model import (
-    ClusterState,
     Decision,
     FailoverStarted,
     Fence,
@@ -63,16 +62,6 @@ from pgfailover.upkeep import Upkeep
 __all__ = ["FailoverActions"]
 
 logger = logging.getLogger(__name__)
-
-_STATE_LEVEL = {
-    ClusterState.HEALTHY: logging.INFO,
-    ClusterState.DEGRADED: logging.WARNING,
-    ClusterState.RECOVERY_IN_PROGRESS: logging.INFO,
-    ClusterState.FAILOVER_IN_PROGRESS: logging.WARNING,
-    ClusterState.FAILOVER_COMPLETE: logging.WARNING,
-    ClusterState.UNKNOWN: logging.ERROR,
-    ClusterState.SPLIT_BRAIN: logging.ERROR,
-}
 
 
 class FailoverActions:
@@ -168,10 +157,18 @@ class FailoverActions:
         return self._view.name
 
     @property
+    def _term(self) -> object:
+        """This process's right to change the cluster unasked: ``True`` without a lease,
+        the lease's fencing revision while it holds one, ``None`` while another does (of
+        several arbiters, only the holder keeps the cluster converged)."""
+        if self.gate is None:
+            return True
+        held = self.gate.holding
+        return getattr(held, "revision", True) if held else None
+
+    @property
     def _acts(self) -> bool:
-        """This process may change the cluster unasked: it needs no lease, or holds it
-        (of several arbiters, only the holder keeps the cluster converged)."""
-        return self.gate is None or bool(self.gate.holding)
+        return self._term is not None
 
     @property
     def promoting(self) -> bool:
@@ -183,7 +180,7 @@ class FailoverActions:
     def after_round(self, decisions: list[Decision]) -> None:
         """Apply a round's decisions, promote if ``auto`` says so, keep the cluster converged."""
         auto = self._config.promotion == "auto"
-        self.upkeep.acting(self._acts)  # a lease gained or lost: upkeep starts afresh
+        self.upkeep.acting(self._term)  # a lease gained or lost: upkeep starts afresh
         paused = self.maintenance.paused_since is not None
         promote = self.apply(decisions)
         if (
@@ -213,14 +210,7 @@ class FailoverActions:
         for decision in decisions:
             if isinstance(decision, StateChanged):
                 snap = self._view.snapshot
-                logger.log(
-                    _STATE_LEVEL[decision.new],
-                    "cluster %s: %s -> %s (primary %s)",
-                    self._name,
-                    decision.old.value,
-                    decision.new.value,
-                    snap.primary,
-                )
+                self.incident.state_changed(self._name, decision, snap.primary)
                 self._emit("state_change", decision.old, decision.new, snap)
             elif isinstance(decision, NodeLost):
                 logger.warning("node %s unhealthy: %s", decision.node, decision.error)
@@ -413,6 +403,7 @@ class FailoverActions:
     ) -> FailoverEvent:
         """Open (or take over) the incident's event and let the promoter run; under the lock."""
         snap = self._view.snapshot
+        self.upkeep.acting(self._term)  # first: what the promotion tells upkeep is kept
         event = self.incident.start(self._name, previous, reason)
         event = (
             self._events.update(

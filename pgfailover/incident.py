@@ -17,11 +17,21 @@ from typing import Any
 
 from pgfailover.counters import Counters
 from pgfailover.events import EventLog, FailoverEvent
-from pgfailover.model import Snapshot, SwitchPrimary
+from pgfailover.model import ClusterState, Snapshot, StateChanged, SwitchPrimary
 
 __all__ = ["Incident"]
 
 logger = logging.getLogger(__name__)
+
+_STATE_LEVEL = {
+    ClusterState.HEALTHY: logging.INFO,
+    ClusterState.DEGRADED: logging.WARNING,
+    ClusterState.RECOVERY_IN_PROGRESS: logging.INFO,
+    ClusterState.FAILOVER_IN_PROGRESS: logging.WARNING,
+    ClusterState.FAILOVER_COMPLETE: logging.WARNING,
+    ClusterState.UNKNOWN: logging.ERROR,
+    ClusterState.SPLIT_BRAIN: logging.ERROR,
+}
 
 
 class Incident:
@@ -54,6 +64,18 @@ class Incident:
             event = FailoverEvent("failover", previous, None, reason, started)
             self._event_id = event.id
             return self._events.record(event), True
+
+    @staticmethod
+    def state_changed(cluster: str, change: StateChanged, primary: str | None) -> None:
+        """Log a change of the cluster's state, at the level it deserves."""
+        logger.log(
+            _STATE_LEVEL[change.new],
+            "cluster %s: %s -> %s (primary %s)",
+            cluster,
+            change.old.value,
+            change.new.value,
+            primary,
+        )
 
     def start(self, cluster: str, previous: str | None, reason: str) -> FailoverEvent:
         """:meth:`open`, saying so in the log when the event is new."""

@@ -52,9 +52,10 @@ class TLSFiles:
     def check(self, setting: str, *, wanted: bool) -> None:
         """Refuse what is wrong without reading a file: files given for nothing
         (``wanted`` false: ``setting`` is not set), a key without its certificate.
-        The files themselves are read by :meth:`context`, when the manager or the
-        arbiter that needs them starts (a command that only reads the settings,
-        ``status`` say, need not be able to read a private key).
+        The files themselves are read by :meth:`context`, when the manager that
+        follows the source starts, or ``serve`` builds its lease: settings only
+        read and checked (``[server]``'s etcd files, by a command other than
+        ``serve``) need no access to a private key.
 
         Raises:
             ConfigurationError: one line, naming the settings.

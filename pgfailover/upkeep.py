@@ -60,7 +60,8 @@ RETRY_INTERVAL: Final = 10.0
 
 PENDING_FOR: Final = 5.0
 """Seconds a list this process wrote may take to show in the probes (a reload reaches
-each backend at its next statement); meanwhile the old one is not the operator's."""
+each backend at its next statement), beyond two probe timeouts (a round probed before
+the write may be published after it); meanwhile the old one is not the operator's."""
 
 RECORD_RETRY: Final = 300.0
 """Seconds before keeping the record is tried again after the role was refused (a
@@ -119,7 +120,7 @@ class Upkeep:
         self._record_refused: str | None = None  # guarded by self._lock
         self._refused_at = 0.0  # guarded by self._lock: when the record was refused
         self._pending: dict[str, tuple[str, float]] = {}  # guarded by self._lock
-        self._acting: bool | None = None  # guarded by self._lock: held the lease last time
+        self._term: object = None  # guarded by self._lock: the lease term it last acted in
         self._warned_slow = False  # only under _run_lock
         self._warned_names = False  # only under _run_lock
 
@@ -127,14 +128,16 @@ class Upkeep:
     def _timeout(self) -> float:
         return max(2.0, self._config.health_check_timeout * 2)
 
-    def acting(self, acts: bool) -> None:
-        """Whether this process may act now (it holds the arbiter lease, or needs none).
-        When that changes, what it remembered is dropped: another arbiter acted
-        meanwhile, and the records on the primary say what it did."""
+    def acting(self, term: object) -> None:
+        """The term this process acts in now: ``True`` (it needs no lease), the lease's
+        fencing revision, or ``None`` (another arbiter holds it). When the term changes
+        (the lease gained, lost, or lost and taken again), what it remembered is
+        dropped: another arbiter may have acted meanwhile, and the records on the
+        primary say what it did."""
         with self._lock:
-            if acts is self._acting:
+            if term == self._term:
                 return
-            self._acting = acts
+            self._term = term
             self._policy = None
             for kept in (self._written, self._ours, self._unsatisfied, self._pending):
                 kept.clear()
@@ -176,8 +179,11 @@ class Upkeep:
             if value is not None:
                 self._written[node] = value
                 self._ours[node] = value
-                self._pending[node] = (value, time.monotonic() + PENDING_FOR)
+                self._pending[node] = (value, self._pending_until())
             self._unsatisfied[node] = now
+
+    def _pending_until(self) -> float:
+        return time.monotonic() + PENDING_FOR + 2 * self._config.health_check_timeout
 
     def _awaiting(self, node: str, current: str) -> bool:
         """A list this process wrote on ``node`` does not show in the probes yet."""
@@ -343,7 +349,7 @@ class Upkeep:
         with self._lock:
             self._written[primary.name] = plan.value
             self._ours[primary.name] = plan.value
-            self._pending[primary.name] = (plan.value, time.monotonic() + PENDING_FOR)
+            self._pending[primary.name] = (plan.value, self._pending_until())
             self._unsatisfied.pop(primary.name, None)
         level = logging.ERROR if plan.lowered else logging.WARNING
         logger.log(level, "cluster %s: primary %s: %s", self._cluster, primary.name, plan.note)

@@ -268,7 +268,13 @@ def _arbiter_config(
         return config.replace(promotion=server.promotion)
     if parse_source(config.source).kind == "arbiter":
         logger.info("serve probes the cluster itself: an arbiter does not follow another")
-        return config.replace(promotion=server.promotion, source=None)
+        return config.replace(
+            promotion=server.promotion,
+            source=None,
+            source_ca_file=None,
+            source_cert_file=None,
+            source_key_file=None,
+        )
     if promotion == "auto":
         raise UsageProblem(
             "--promotion auto: this config follows Patroni (source), and Patroni promotes; "

@@ -107,12 +107,9 @@ def mask_url(url: str) -> str:
     is hidden.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep:  # "scheme:/user:pw@host", a slash short: masked all the same
-        scheme, sep, rest = url.partition(":")
-        if not sep or "@" not in rest:
-            return url
-        user, colon, _ = rest.rpartition("@")[0].partition(":")
-        return f"{scheme}:{user}:***@{rest.rpartition('@')[2]}" if colon else url
+    if not sep:  # no scheme, or a slash short: where the user ends is anyone's guess
+        _, at, host = url.rpartition("@")
+        return f"***@{host}" if at else url
     authority, at, host = rest.rpartition("@")
     if not at:
         return url
@@ -165,4 +162,8 @@ def source_urls(
                 f"{setting} {shown!r}: expected http(s)://host:port[/path], no blanks, "
                 "query or fragment"
             )
+    if setting == "etcd" and len({urllib.parse.urlsplit(u).scheme for u in urls}) > 1:
+        # The endpoints share one user and password (etcd's token is asked for at
+        # any of them): some over TLS and some not would send it in clear.
+        raise ConfigurationError("etcd: give its endpoints all https:// or all http://, not both")
     return urls

@@ -53,9 +53,11 @@ class QuietUpkeep(Upkeep):
     def __init__(self, config: FailoverConfig, events: EventLog) -> None:
         super().__init__(config, DSN.__getitem__, events, lambda: None, "test")
         self.runs = 0
+        self.closed: Any = None  # the last run's "stop now" callable
 
     def run(self, snap: Snapshot, now: float, closed: Any) -> None:
         self.runs += 1
+        self.closed = closed
 
 
 class Gate(GateDouble):
@@ -309,6 +311,22 @@ def test_under_a_lease_the_event_carries_the_fencing_revision_checked_before_and
     assert stored.fencing_revision == 42
     assert any("held the lease (fencing revision 42)" in n for n in stored.notes)
     assert h.upkeep.runs == 1  # the holder keeps the cluster converged
+    assert h.upkeep.closed() is False
+    gate.held = False  # the lease lost while upkeep runs: it stops before its next action
+    assert h.upkeep.closed() is True
+
+
+def test_a_promotion_right_after_the_lease_was_taken_is_remembered() -> None:
+    """The round looked before this arbiter took the lease; a trigger promotes right
+    after it did. What the promotion told upkeep (the list it wrote) survives the next
+    round, which sees the lease for the first time: the promotion's term is the same."""
+    gate = Gate(held=True)
+    h = Harness(AUTO, [healthy_round(), LOST, LOST, LOST], [LOST, PROMOTED], gate=gate)
+    h.upkeep.acting(None)  # the round's look, before the lease was taken
+    h.actions.manual_failover(None, force=False)
+    assert h.upkeep.status().ours == {"node2": ""}
+    h.actions.after_round([])
+    assert h.upkeep.status().ours == {"node2": ""}
 
 
 def test_a_failover_does_not_make_a_lowered_sync_list_permanent() -> None:

@@ -136,6 +136,9 @@ def test_the_files_are_read_when_the_manager_starts(files: dict[str, str]) -> No
     assert server.etcd_tls() == TLSFiles(None, files["both"])
     with pytest.raises(ConfigurationError, match="set etcd too"):
         ServerSettings(etcd_ca_file=files["ca"])
+    with pytest.raises(ConfigurationError, match="all https:// or all http://, not") as mixed:
+        ServerSettings(etcd="http://u:pw@e1:2379,https://u:pw@e2:2379")
+    assert ":pw@" not in str(mixed.value)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +171,7 @@ def test_patroni_etcd_over_tls_is_etcds(setting: str, urls: tuple[str, ...], sho
             "patroni+etcd://u:pw@e1:2379,patroni+etcds://u:pw@e2:2379/service/main",
             "all over TLS (patroni+etcds://) or all without",
         ),
-        ("patroni+etcds:/u:pw@e1:2379/service/main", "etcds:/u:***@e1"),
+        ("patroni+etcds:/u:pw@e1:2379/service/main", "'***@e1:2379/service/main'"),
     ],
     ids=["TLS to some endpoints only", "a slash short"],
 )

@@ -414,5 +414,9 @@ def test_serve_follows_patroni_but_never_another_arbiter() -> None:
     assert (kept.source, kept.promotion) == (patroni.source, "external")
     arbiter = _arbiter_config(FailoverConfig(source="http://other:8009"), server, None)
     assert (arbiter.source, arbiter.promotion) == (None, "auto")
+    # The managers' config shared with the arbiter: their TLS files go with the source.
+    shared = FailoverConfig(source="https://other:8009", source_ca_file="/etc/ssl/site-ca.pem")
+    arbiter = _arbiter_config(shared, server, None)
+    assert (arbiter.source, arbiter.source_ca_file) == (None, None)
     with pytest.raises(UsageProblem, match="Patroni promotes"):
         _arbiter_config(patroni, server, "auto")

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from pgfailover import upkeep as upkeep_module
 from pgfailover.config import FailoverConfig
 from pgfailover.convergence import (
     commits_blocked,
@@ -313,11 +314,61 @@ def test_what_an_arbiter_remembers_goes_with_the_lease() -> None:
     meanwhile. With the lease back, A's memory of its own list is gone: the record on
     the primary (B's, policy Q) decides, and without one the list is the operator's."""
     upkeep = Upkeep(FailoverConfig(), lambda name: name, EventLog(10), lambda: None, "test")
-    upkeep.acting(True)
+    upkeep.acting(2)  # the lease, at fencing revision 2
     upkeep.promoted("node0", "", 0.0, parse_sync(POLICY))
+    upkeep.acting(2)  # the same term: nothing forgotten
     assert upkeep.judge(_node0("")) == (parse_sync(POLICY), True)
-    upkeep.acting(False)
-    upkeep.acting(True)
+    upkeep.acting(5)  # lost and taken again between two looks: another term
+    assert upkeep.judge(_node0("")) == (None, False)
+    upkeep.promoted("node0", "", 0.0, parse_sync(POLICY))
+    upkeep.acting(None)  # lost
+    upkeep.acting(7)
     assert upkeep.judge(_node0("")) == (None, False)
     other = "FIRST 1 (node2, node1)"
     assert upkeep.judge(_node0("", _record("", other))) == (parse_sync(other), True)
+
+
+class _Clock:
+    """``time`` as upkeep reads it, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_a_refused_record_is_tried_again_every_five_minutes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role not granted ``pgfailover.sync`` is asked again later (a GRANT given
+    meanwhile is noticed), not at every round, and warned about once."""
+    clock = _Clock()
+    tries: list[str] = []
+
+    def refuse(dsn: str, record: str, timeout: float) -> str | None:
+        tries.append(record)
+        return 'permission denied to set parameter "pgfailover.sync"' if len(tries) < 3 else None
+
+    monkeypatch.setattr(upkeep_module, "time", clock)
+    monkeypatch.setattr(upkeep_module, "set_sync_record", refuse)
+    upkeep = Upkeep(FailoverConfig(), lambda name: name, EventLog(10), lambda: None, "test")
+    upkeep.promoted("node0", LOWERED, clock.now, parse_sync(POLICY))
+    upkeep.judge(_node0(LOWERED))
+    lowered = snap_of([primary("node0", sync=LOWERED, streaming=("node2",))])
+    for step in (0.0, 1.0, 20.0, 250.0):  # within five minutes of the refusal: one try
+        clock.now += step
+        upkeep.run(lowered, clock.now, lambda: False)
+    assert len(tries) == 1
+    assert upkeep.status().record_refused is not None
+    clock.now += 30.0  # five minutes since the refusal
+    upkeep.run(lowered, clock.now, lambda: False)
+    assert len(tries) == 2
+    clock.now += 301.0  # granted meanwhile
+    upkeep.run(lowered, clock.now, lambda: False)
+    assert len(tries) == 3
+    assert upkeep.status().record_refused is None
+    assert caplog.text.count("cannot keep pgfailover.sync") == 1
