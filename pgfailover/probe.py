@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import psycopg
 
 from pgfailover.errors import first_line
+from pgfailover.refusals import refused_for_capacity
 from pgfailover.streamname import CONFIGURED_SQL, configured_app_name, receiver_app_name
 from pgfailover.syncrep import RECORD_SETTING
 
@@ -186,22 +186,6 @@ def failed(
 
 class _Closed(Exception):
     """The prober was closed while it connected."""
-
-
-# SQLSTATE 53300 (too_many_connections) at connection start, which libpq hands
-# over as text only: max_connections ("too many clients"), the reserved slots,
-# and a role's or a database's CONNECTION LIMIT. The server answered: it is
-# alive and refuses new sessions. Servers whose lc_messages is not English say
-# it in their language; their refusals stay plain failures.
-_CAPACITY = re.compile(
-    r"too many clients already|too many connections for (role|database)"
-    r"|remaining connection slots are reserved"
-)
-
-
-def refused_for_capacity(message: str) -> bool:
-    """Whether a connection failure is a live server refusing new sessions (53300)."""
-    return _CAPACITY.search(message) is not None
 
 
 # The newest timeline among the WAL segments in pg_wal: a standby receives

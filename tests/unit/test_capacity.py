@@ -1,10 +1,14 @@
 """A server that refuses new sessions for lack of slots is alive: tables of cases.
 
 The probe's message classification (SQLSTATE 53300, which libpq gives as
-text only) and what a refused probe does to a node's state.
+text only, in the server's language: checked against PostgreSQL's own message
+catalogs on this machine) and what a refused probe does to a node's state.
 """
 
 from __future__ import annotations
+
+import gettext
+import glob
 
 import pytest
 
@@ -39,12 +43,52 @@ AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: 
         (AT[: AT.index("FATAL")] + "Connection refused", False),
         ("connection timeout expired", False),
         ("terminating connection due to administrator command", False),
-        (AT + "lo siento, ya tenemos demasiados clientes", False),  # lc_messages not English
+        (AT + "lo siento, ya tenemos demasiados clientes", True),  # lc_messages = es
+        (AT + "la base de datos «shop» no existe", False),
         ("", False),
     ],
 )
 def test_which_refusals_say_the_server_is_full(message: str, busy: bool) -> None:
     assert refused_for_capacity(message) is busy
+
+
+# What the server says in each language it was installed with (its message catalogs):
+# the four refusals for lack of slots must read as a full server, and these others,
+# said at connection start too, must not.
+FULL_IDS = (
+    "sorry, too many clients already",
+    'too many connections for role "%s"',
+    'too many connections for database "%s"',
+    "remaining connection slots are reserved for non-replication superuser connections",
+)
+OTHER_IDS = (
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    'password authentication failed for user "%s"',
+    'database "%s" does not exist',
+    'role "%s" does not exist',
+    "terminating connection due to administrator command",
+    'no pg_hba.conf entry for host "%s", user "%s", database "%s", %s',
+)
+CATALOGS = sorted(
+    glob.glob("/usr/share/locale/*/LC_MESSAGES/postgres-*.mo")
+    + glob.glob("/usr/share/postgresql/*/locale/*/LC_MESSAGES/postgres-*.mo")
+)
+
+
+@pytest.mark.skipif(not CATALOGS, reason="no PostgreSQL message catalogs on this machine")
+@pytest.mark.parametrize("catalog", CATALOGS, ids=[c.split("/")[-3] for c in CATALOGS])
+def test_a_full_server_is_recognized_in_its_own_language(catalog: str) -> None:
+    with open(catalog, "rb") as data:
+        said = gettext.GNUTranslations(data)
+    translated = [said.gettext(m) for m in FULL_IDS if said.gettext(m) != m]
+    assert translated, f"{catalog} translates none of the refusals"
+    for message in translated:
+        assert refused_for_capacity(AT + message.replace("%s", "app")), message
+    for other in OTHER_IDS:
+        message = said.gettext(other).replace("%s", "x")
+        assert not refused_for_capacity(AT + message), message
 
 
 def _node(rounds: list[list[ProbeResult]], name: str = "node0") -> NodeState:
