@@ -190,7 +190,9 @@ class Rounds:
         """Following: probe the nodes queries suspect, no other; clear those found fine.
 
         A node is fine when it answers and, if it is the source's primary,
-        takes writes (a fenced old primary in a switchover does not). Only a
+        takes writes (a fenced old primary in a switchover does not), or when
+        it refuses the probe's session for lack of slots (a full server is
+        alive: the source's word on it stands, and it is not reported). Only a
         suspect the source still reports up is probed: once the source has
         seen the node fail, routing avoids it anyway, and a dead primary is
         not knocked on by every follower until it returns (when the source
@@ -219,11 +221,11 @@ class Rounds:
             snap = self._view.snapshot
             for result in results.values():
                 self._counters.probe(result.node, result.ok, result.response_time)
-            fine = [r.node for r in results.values() if r.ok and _fine(r, snap)]
+            fine = [r.node for r in results.values() if (r.ok and _fine(r, snap)) or r.busy]
             if fine:
                 self._view.confirmed(fine, started)
             for result in results.values():
-                if not result.ok:
+                if not result.ok and not result.busy:
                     self.report_failed(result.node)
         return bool(pending & self._view.suspects)
 

@@ -89,8 +89,8 @@ class Upkeep:
     thread's round skips them, the next round catches up); ``_lock`` guards
     the small state below and is a leaf (no I/O, no other lock under it).
 
-    Thread safety: :meth:`run`, :meth:`promoted` and :meth:`status` may be
-    called from any thread.
+    Thread safety: :meth:`run`, :meth:`promoted`, :meth:`judge`,
+    :meth:`acting` and :meth:`status` may be called from any thread.
     """
 
     def __init__(

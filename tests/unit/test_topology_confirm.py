@@ -23,7 +23,7 @@ from pgfailover.probe import ProbeResult
 from pgfailover.rounds import CONFIRM_EVERY, Rounds
 from pgfailover.transition import initial_snapshot
 
-from .helpers import NODES, down, healthy_round, primary, run, standby
+from .helpers import NODES, down, full, healthy_round, primary, run, standby
 
 HEALTHY, _ = run([healthy_round()] * 3)
 PRIMARY_DOWN, _ = run([[down("node0"), standby("node1"), standby("node2")]], start=HEALTHY)
@@ -115,6 +115,15 @@ CASES = [
     ),
     ("the source saw it fail: not probed", PRIMARY_DOWN, ["node0"], [], set(), {"node0"}),
     (
+        "a full primary (no slot for the probe) is alive: cleared, not reported",
+        HEALTHY,
+        ["node0"],
+        [full("node0")],
+        {"node0"},
+        set(),
+    ),
+    ("a full standby too", HEALTHY, ["node2"], [full("node2")], {"node2"}, set()),
+    (
         "only the suspects are probed",
         HEALTHY,
         ["node1", "node2"],
@@ -146,7 +155,7 @@ def test_confirmation_probes_and_clears(
     time.sleep(0.001)  # the probe begins after the suspicions (wall clock)
     more = rounds.monitor_round()  # following: a round only confirms
     assert probes.asked == ([probed] if probed else [])
-    assert reported == [r.node for r in answers if not r.ok]
+    assert reported == [r.node for r in answers if not r.ok and not r.busy]
     assert probes.released == probes.asked  # no probe session kept open
     assert view.suspects == left
     # The monitor comes back soon while a suspect the source reports up remains.
