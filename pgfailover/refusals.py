@@ -91,8 +91,7 @@ CAPACITY_FRAGMENTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "zh_CN": (
         "已经有太多的客户",
-        "发起的连接太多了",
-        "的连接太多了",
+        "的连接太多了",  # a role's and a database's limit alike
         "已保留的连接位置为执行非复制请求的超级用户预留",
     ),
 }

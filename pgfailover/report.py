@@ -20,7 +20,7 @@ from pgfailover.counters import Counters
 from pgfailover.guards import Candidate, choose_candidate, hang_failover_seconds
 from pgfailover.model import NodeState, Role, Snapshot
 from pgfailover.routing import DIVERGED
-from pgfailover.syncrep import SyncSpec, parse_record, parse_sync
+from pgfailover.syncrep import parse_sync, recorded
 from pgfailover.upkeep import SLOW_HANG_FAILOVER, UpkeepStatus
 
 __all__ = [
@@ -173,17 +173,13 @@ def kept_policy(primary: NodeState | None, keeper: UpkeepStatus) -> tuple[str | 
     if primary is None:
         return keeper.policy, None
     current = primary.sync_standby_names or ""
-    record = parse_record(primary.sync_record)
-    if record is not None and record.written == current:
-        return _shown(record.policy), True
+    record = recorded(current, primary.sync_record)
+    if record is not None:
+        return None if record.policy is None else record.policy.shown, True
     if keeper.ours.get(primary.name) == current:
         return keeper.policy, True
     spec = parse_sync(current)  # the operator's list is the policy
-    return _shown(None if spec is None or spec.star else spec), False
-
-
-def _shown(spec: SyncSpec | None) -> str | None:
-    return None if spec is None else f"{spec.method} {spec.count} ({', '.join(spec.names)})"
+    return None if spec is None or spec.star else spec.shown, False
 
 
 def sync_status(snap: Snapshot, keeper: UpkeepStatus) -> dict[str, Any]:

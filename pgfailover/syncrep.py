@@ -52,6 +52,7 @@ __all__ = [
     "parse_record",
     "parse_sync",
     "plan_sync",
+    "recorded",
     "rewrite_sync_names",
 ]
 
@@ -70,6 +71,11 @@ class SyncSpec:
     method: str
     count: int
     names: tuple[str, ...]
+
+    @property
+    def shown(self) -> str:
+        """``METHOD count (name, ...)`` as status shows it (names unquoted)."""
+        return f"{self.method} {self.count} ({', '.join(self.names)})"
 
     @property
     def star(self) -> bool:
@@ -248,3 +254,10 @@ def parse_record(text: str | None) -> SyncRecord | None:
         return None
     spec = parse_sync(policy)
     return SyncRecord(written, None if spec is None or spec.star else spec)
+
+
+def recorded(current: str, text: str | None) -> SyncRecord | None:
+    """The record in ``text`` if it names ``current`` as the list a manager wrote (then
+    the list is a manager's, and the record's policy is in force); else ``None``."""
+    record = parse_record(text)
+    return record if record is not None and record.written == current else None

@@ -49,6 +49,7 @@ from pgfailover.syncrep import (
     parse_record,
     parse_sync,
     plan_sync,
+    recorded,
 )
 
 __all__ = ["SLOW_HANG_FAILOVER", "Upkeep", "UpkeepStatus"]
@@ -153,8 +154,8 @@ class Upkeep:
         """
         current = node.sync_standby_names or ""
         with self._lock:
-            record = parse_record(node.sync_record)
-            if record is not None and record.written == current:
+            record = recorded(current, node.sync_record)
+            if record is not None:
                 self._policy = record.policy
                 self._written[node.name] = self._ours[node.name] = current
                 return record.policy, True
@@ -201,9 +202,7 @@ class Upkeep:
         with self._lock:
             policy = self._policy
             return UpkeepStatus(
-                policy=None
-                if policy is None
-                else f"{policy.method} {policy.count} ({', '.join(policy.names)})",
+                policy=None if policy is None else policy.shown,
                 unsatisfied_since=min(self._unsatisfied.values(), default=None),
                 refused=dict(self._refused),
                 record_refused=self._record_refused,
