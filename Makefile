@@ -61,6 +61,8 @@ bench: $(STAMP) server-binaries
 	$(BIN)/python benchmarks/scale.py | tee $(BENCH_OUT)/scale.jsonl
 	$(BIN)/python benchmarks/scale.py --sizes 200 --runs 2 --pace 0.1 \
 		| tee $(BENCH_OUT)/scale_saturated.jsonl
+	$(BIN)/python benchmarks/scale.py --sizes 200 --contenders arbiter --fault hang \
+		| tee $(BENCH_OUT)/scale_hang.jsonl
 	$(BIN)/python benchmarks/scale_patroni.py | tee $(BENCH_OUT)/scale_patroni.jsonl
 	$(BIN)/python benchmarks/arbiter_loss.py --sizes 50,200 --runs 2 \
 		| tee $(BENCH_OUT)/arbiter_loss.jsonl

@@ -43,6 +43,12 @@ def _warmup(records: list[dict[str, Any]]) -> str:
     return f"; every pool connection warmed up with `{sql}`" if sql else ""
 
 
+def _fault(records: list[dict[str, Any]]) -> str:
+    """How the primary was lost (``--fault``; runs before it existed killed it)."""
+    fault = next((r.get("fault", "kill") for r in records if "pace_s" in r), "kill")
+    return "the primary hung (SIGSTOP)" if fault == "hang" else "the primary killed (SIGKILL)"
+
+
 def scale_table(records: list[dict[str, Any]]) -> list[str]:
     """Many managers on one cluster: probe load, and how fast they all move (scale.py)."""
     summaries = [r for r in records if r.get("summary") and "contender" in r]
@@ -53,7 +59,7 @@ def scale_table(records: list[dict[str, Any]]) -> list[str]:
     replication = f"quorum sync (ANY {sync})" if sync else "asynchronous replication"
     lines = [
         f"Writes every {pace:g} s per manager, {_start(records)}; {replication}; "
-        f"{_groups(records)}{_warmup(records)}."
+        f"{_fault(records)}; {_groups(records)}{_warmup(records)}."
         if pace is not None
         else "",
         "",

@@ -22,7 +22,11 @@ the managers over worker processes (10 managers each, at most 20; with
    point of the pace as independent processes do; ``--in-step``: all at
    once, so that every round of writes is one burst; the writes' own latency
    before the kill shows how busy the machine is: at 0.1 s, 200 managers
-   saturate 2 CPUs), the primary is killed (SIGKILL), the arbiter promotes.
+   saturate 2 CPUs), the primary is killed (SIGKILL; ``--fault hang``: its
+   processes are stopped with SIGSTOP instead, a host that froze or lost
+   power: no RST, no teardown on the survivors' CPUs, and every write in
+   flight there hangs until its manager gives the node up), the arbiter
+   promotes.
    Measured: the most probe sessions seen on the standbys and the probes
    per second in the 3 s after the kill (all of them, and those that
    reached a live node: a probe of the dead primary costs the servers
@@ -62,11 +66,9 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import datetime
 import functools
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -74,7 +76,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ from scalerun import (
     run_all,
     why_no_switch,
 )
+from scalewrites import left_recovery, writes
 
 from pgfailover.lab import LocalLab
 from pgfailover.lab.base import conninfo
@@ -285,7 +287,7 @@ def _steady(lab: LocalLab, arbiter: Arbiter, workers: Workers, seconds: float) -
 
 
 def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One run: steady, then a kill under writes; the run's record."""
+    """One run: steady, then the primary lost under writes; the run's record."""
     lab = _lab(args.sync)
     home = Path(tempfile.mkdtemp(prefix="pgfl-scale-"))  # the arbiter's config and log
     arbiter = Arbiter(lab, home)
@@ -304,13 +306,11 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     try:
         _place(groups, lab, arbiter, workers)
         readies = workers.ask(None)
-        every, standbys = ["node0", "node1", "node2"], ["node1", "node2"]
         time.sleep(2.0)  # the managers' first rounds are behind them
         record: dict[str, Any] = {"size": size, "contender": contender, "run": run}
         record.update(_steady(lab, arbiter, workers, args.steady))
         workers.ask("write")
         time.sleep(2.0)
-        p0, a0 = workers.probes(), arbiter.probes()
         # The killed node's processes die in the root group, where hundreds of them take
         # most of both CPUs until they are gone (kill_took_s, 0.6-1.6 s at 200): on a
         # real node loss that teardown is the lost host's work, here it is the
@@ -319,28 +319,15 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
         # arbiter's switch, against 0.12-0.15 s); in the database's group some were
         # still dying after 30 s.
         groups.release(descendants(lab.pid("node0") or 0))
-        killed, window = time.time(), time.monotonic() + FAILOVER_WINDOW
-        with concurrent.futures.ThreadPoolExecutor(1) as background:
-            # The lab waits until every process is gone (seconds, with 200 backends).
-            killing = background.submit(_kill, lab, "node0")
-            peak = 0
-            while time.monotonic() < window:
-                with contextlib.suppress(Exception):
-                    peak = max(peak, _sessions(lab, standbys))
-                time.sleep(0.1)
-            record["kill_took_s"] = round(killing.result(timeout=60) - killed, 3)
-        record["failover_probe_sessions_max"] = peak
-        p1 = workers.probes()
-        record["failover_probes_per_s"] = round(_delta(p0, p1, every) / FAILOVER_WINDOW, 1)
-        record["failover_live_probes_per_s"] = round(_delta(p0, p1, standbys) / FAILOVER_WINDOW, 1)
-        record["failover_arbiter_probes_per_s"] = _arbiter_rate(arbiter, a0, FAILOVER_WINDOW)
+        killed = time.time()
+        record.update(_lose_primary(lab, args.fault, workers, arbiter))
         time.sleep(max(0.0, args.observe - FAILOVER_WINDOW))
         results = workers.ask("stop")
         new, switched = arbiter.switched()
         if new is None:  # the record says only that none switched: stderr says why
             print(why_no_switch(arbiter.get, home / "arbiter.log"), file=sys.stderr)
-        promoted = _left_recovery(lab.local_node(new).logfile, killed) if new else None
-        record.update(_writes(lab, results, killed, new, switched, promoted=promoted))
+        promoted = left_recovery(lab.local_node(new).logfile, killed) if new else None
+        record.update(writes(lab, results, killed, new, switched, promoted=promoted))
         record["open_s_per_process"] = max(r["open_s"] for r in readies)
         counts = [spec["count"] for spec in specs]
         record["rss_kib_per_manager"] = round(
@@ -353,9 +340,35 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
     finally:
         workers.kill()
         arbiter.stop()
+        if args.fault == "hang":  # a stopped server does not stop: SIGKILL works on it
+            with contextlib.suppress(Exception):
+                lab.kill("node0")
         lab.destroy()
         groups.close()  # last: a process left in a group keeps it from being removed
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _lose_primary(lab: LocalLab, fault: str, workers: Workers, arbiter: Arbiter) -> dict[str, Any]:
+    """Lose node0 (``fault``: kill or hang) and count the probes of the window after it."""
+    every, standbys = ["node0", "node1", "node2"], ["node1", "node2"]
+    p0, a0 = workers.probes(), arbiter.probes()
+    record: dict[str, Any] = {"fault": fault}
+    began, window = time.time(), time.monotonic() + FAILOVER_WINDOW
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        # The lab waits until every process is gone (seconds, with 200 backends).
+        losing = background.submit(_kill if fault == "kill" else _hang, lab, "node0")
+        peak = 0
+        while time.monotonic() < window:
+            with contextlib.suppress(Exception):
+                peak = max(peak, _sessions(lab, standbys))
+            time.sleep(0.1)
+        record["kill_took_s"] = round(losing.result(timeout=60) - began, 3)
+    record["failover_probe_sessions_max"] = peak
+    p1 = workers.probes()
+    record["failover_probes_per_s"] = round(_delta(p0, p1, every) / FAILOVER_WINDOW, 1)
+    record["failover_live_probes_per_s"] = round(_delta(p0, p1, standbys) / FAILOVER_WINDOW, 1)
+    record["failover_arbiter_probes_per_s"] = _arbiter_rate(arbiter, a0, FAILOVER_WINDOW)
+    return record
 
 
 def _kill(lab: LocalLab, name: str) -> float:
@@ -364,97 +377,10 @@ def _kill(lab: LocalLab, name: str) -> float:
     return time.time()
 
 
-_LEFT_RECOVERY = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC \[\d+\] LOG:  archive recovery complete$",
-    re.MULTILINE,
-)
-
-
-def _left_recovery(logfile: Path, after: float) -> float | None:
-    """When the server whose log is ``logfile`` left recovery after ``after`` (wall
-    clock, to the millisecond), from its log: the lab's ``log_line_prefix`` starts
-    with ``%m``. PostgreSQL logs "archive recovery complete" just before it ends
-    recovery (``pg_is_in_recovery()`` turns false a few milliseconds later), so a
-    time counted from here is, if anything, longer. ``None`` when the log has no
-    such line (or is not in UTC)."""
-    with contextlib.suppress(OSError):
-        for match in _LEFT_RECOVERY.finditer(logfile.read_text(errors="replace")):
-            at = (
-                datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f")
-                .replace(tzinfo=datetime.timezone.utc)
-                .timestamp()
-            )
-            if at >= after:
-                return at
-    return None
-
-
-def _writes(
-    lab: Any,
-    results: list[dict[str, Any]],
-    killed: float,
-    new: str | None,
-    switched: float | None,
-    *,
-    old: str = "node0",
-    promoted: float | None = None,
-) -> dict[str, Any]:
-    """What the managers' writes came to after the kill (or the switchover from ``old``);
-    with ``promoted`` (when the new primary left recovery), the first writes from then
-    too."""
-    new_port = lab.node(new).port if new else None
-    old_port = lab.node(old).port
-    firsts: list[float] = []
-    from_promotion: list[float] = []
-    seen = (
-        sorted(t - switched for r in results for t in r["switched"].values()) if switched else []
-    )
-    never = old_after_new = 0
-    acked: dict[int, tuple[int, float]] = {}  # id -> the port that acknowledged it, when
-    for result in results:
-        for manager in result["acks"]:
-            acked.update((i, (p, t)) for i, p, _, t in manager)
-            on_new = [(b, t) for _, p, b, t in manager if p == new_port and t > killed]
-            if not on_new or switched is None:
-                never += 1
-                continue
-            began, done = min(on_new, key=lambda bt: bt[1])
-            # From the switch, or from the attempt's start if it began later (the
-            # writer was pausing between writes): the routing's delay, not the pace's.
-            firsts.append(done - max(switched, began))
-            if promoted is not None:
-                from_promotion.append(done - max(promoted, began))
-            old_after_new += sum(1 for _, p, _, t in manager if p == old_port and t > done)
-    # How loaded the machine was: the writes' own latency before the event.
-    before = sorted(t - b for r in results for m in r["acks"] for _, _, b, t in m if t < killed)
-    present = {r[0] for r in lab.run_sql(new, "SELECT id FROM bench")} if new else set()
-    lost = [acked[i] for i in acked.keys() - present] if new else []
-    ordered = sorted(firsts)
-    return {
-        "switch_after_kill_s": round(switched - killed, 3) if switched else None,
-        **(
-            {
-                "promotion_to_switch_s": round(switched - promoted, 4),
-                "promotion_to_first_write_s": quantiles(sorted(from_promotion)),
-            }
-            if promoted is not None and switched is not None
-            else {}
-        ),
-        "switch_to_first_write_s": quantiles(ordered),
-        "switch_to_manager_switch_s": quantiles(seen),
-        "write_before_s": quantiles(before),
-        "never_wrote_on_new": never,
-        "lost": len(lost) if new else None,  # no new primary: nothing to count on
-        # Where and when the lost writes were acknowledged (seconds after the kill began):
-        # the old primary, in the moments its processes were being killed, is the
-        # asynchronous replication's window; anything else would be a bug.
-        "lost_by_port": dict(Counter(str(port) for port, _ in lost)),
-        "lost_acked_after_kill_s": [
-            round(t - killed, 4) for _, t in sorted(lost, key=lambda x: x[1])
-        ][:20],
-        "old_primary_acks_after_new": old_after_new,
-        "failed_attempts": sum(sum(r["failures"]) for r in results),
-    }
+def _hang(lab: LocalLab, name: str) -> float:
+    """Freeze ``name`` (a hung host: SIGSTOP, no RST); when every process had stopped."""
+    lab.pause(name)
+    return time.time()
 
 
 def main() -> None:
@@ -468,6 +394,13 @@ def main() -> None:
     )
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of idle measured")
     parser.add_argument("--observe", type=float, default=8.0, help="seconds after the kill")
+    parser.add_argument(
+        "--fault",
+        choices=("kill", "hang"),
+        default="kill",
+        help="kill: SIGKILL the primary (its teardown runs on these CPUs); hang: SIGSTOP "
+        "it, a frozen host (no RST: writes in flight there hang until given up)",
+    )
     add_cpu_groups(parser)
     add_per_process(parser)
     add_in_step(parser)
@@ -475,7 +408,7 @@ def main() -> None:
     args = parser.parse_args()
     header = {"benchmark": "scale", "machine": machine(), "pace_s": args.pace, "sync": args.sync}
     header.update(cpu_groups=cpu_groups_kind(args), per_process=args.per_process)
-    header.update(in_step=args.in_step, warmup=args.warmup)
+    header.update(in_step=args.in_step, warmup=args.warmup, fault=args.fault)
     run_all(args, CONTENDERS, run_one, header)
 
 

@@ -55,7 +55,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from cpugroups import CpuGroups, descendants
-from scale import PACE, Arbiter, _sessions, _specs, _writes
+from scale import PACE, Arbiter, _sessions, _specs
 from scalerun import (
     Workers,
     add_cpu_groups,
@@ -64,6 +64,7 @@ from scalerun import (
     cpu_groups_kind,
     run_all,
 )
+from scalewrites import writes
 
 from pgfailover.errors import LabError
 from pgfailover.lab.patroni import PatroniLab
@@ -204,7 +205,7 @@ def run_one(size: int, contender: str, run: int, args: argparse.Namespace) -> di
             time.sleep(max(0.0, args.observe - WINDOW))
             results = workers.ask("stop")
             record["promotion_after_request_s"] = round(at - requested, 3) if at else None
-            record.update(_writes(lab, results, requested, "node1", at, old="node0"))
+            record.update(writes(lab, results, requested, "node1", at, old="node0"))
             record.update(_footprint(readies, [spec["count"] for spec in specs]))
             return record
         finally:

@@ -19,6 +19,7 @@ format version.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,16 @@ import msgspec
 from pgfailover.errors import PgFailoverError
 from pgfailover.model import Snapshot
 
-__all__ = ["FORMAT", "HEARTBEAT", "Update", "WireError", "decode", "encode", "routing_key"]
+__all__ = [
+    "FORMAT",
+    "HEARTBEAT",
+    "Update",
+    "WireError",
+    "decode",
+    "encode",
+    "routing_key",
+    "shape",
+]
 
 FORMAT = 1
 """The wire format's version: raised when a change would mislead an older follower."""
@@ -69,6 +79,14 @@ def routing_key(snap: Snapshot, held: bool) -> tuple[Any, ...]:
     times and counts, error texts. A follower's read-your-writes check may
     see a standby's position up to the arbiter's quiet gap late, which only
     sends such a read to the primary.
+
+    A read block's and a blocked promotion's texts count by their shape
+    (:func:`shape`: numbers masked): "heard from node0 1.7s ago" becomes
+    "1.8s ago" at the next round, every 50 ms while the primary is in
+    doubt, and sent at once, that clock made every follower decode and
+    adopt a snapshot every round of a failover, as the promotion came. A
+    block that starts, ends or changes its reason still goes at once; its
+    running numbers follow within the quiet gap.
     """
     clock = snap.failover
     return (
@@ -77,17 +95,35 @@ def routing_key(snap: Snapshot, held: bool) -> tuple[Any, ...]:
         snap.last_primary,
         snap.max_timeline,
         snap.split_brain,
-        snap.promotion_blocked,
+        shape(snap.promotion_blocked),
         snap.system_identifier,
         snap.fork_timeline,
         clock.started_at,
         clock.count,
         held,
         tuple(
-            (n.name, n.role, n.up, n.healthy, n.read_block, n.timeline, n.read_only, n.follows)
+            (
+                n.name,
+                n.role,
+                n.up,
+                n.healthy,
+                shape(n.read_block),
+                n.timeline,
+                n.read_only,
+                n.follows,
+            )
             for n in snap.nodes
         ),
     )
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def shape(text: str | None) -> str | None:
+    """``text`` with its numbers masked: what a reason says, without its running clock
+    or byte count ("lag: 3.2s behind" and "lag: 3.4s behind" have one shape)."""
+    return None if text is None else _NUMBER.sub("#", text)
 
 
 _ENCODER = msgspec.json.Encoder()

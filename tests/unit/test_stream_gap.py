@@ -61,6 +61,64 @@ def test_routing_key(what: str, snap: Snapshot, held: bool, routes: bool) -> Non
     assert (routing_key(snap, held) != routing_key(BASE, False)) is routes, what
 
 
+HEARD = "receiver_streaming: node1 heard from node0 {}s ago (proof of loss after 3.0s)"
+SILENT = "WAL receiver not streaming from the primary for {}s"
+
+# (what changed, before, after, whether routing changed): a reason's running numbers
+# are not news; a reason that starts, ends or changes is.
+TICKS: list[tuple[str, Snapshot, Snapshot, bool]] = [
+    (
+        "a blocked promotion's clock",
+        evolve(BASE, promotion_blocked=HEARD.format("1.7")),
+        evolve(BASE, promotion_blocked=HEARD.format("1.8")),
+        False,
+    ),
+    (
+        "a blocked promotion's reason",
+        evolve(BASE, promotion_blocked=HEARD.format("2.9")),
+        evolve(BASE, promotion_blocked="quorum_incomplete: 1 of 2 answer"),
+        True,
+    ),
+    (
+        "a blocked promotion lifted",
+        evolve(BASE, promotion_blocked=HEARD.format("2.9")),
+        BASE,
+        True,
+    ),
+    (
+        "a read block's clock",
+        with_node(BASE, "node1", read_block=SILENT.format("5.3")),
+        with_node(BASE, "node1", read_block=SILENT.format("12.0")),
+        False,
+    ),
+    (
+        "a read block's byte count",
+        with_node(BASE, "node1", read_block="1024 bytes behind (max_read_lag_bytes=100)"),
+        with_node(BASE, "node1", read_block="99999 bytes behind (max_read_lag_bytes=100)"),
+        False,
+    ),
+    (
+        "a read block's reason",
+        with_node(BASE, "node1", read_block=SILENT.format("5.3")),
+        with_node(BASE, "node1", read_block="replication lag unknown"),
+        True,
+    ),
+    (
+        "a read block lifted",
+        with_node(BASE, "node1", read_block=SILENT.format("5.3")),
+        BASE,
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "before", "after", "routes"), TICKS, ids=[c[0] for c in TICKS])
+def test_a_reasons_running_numbers_are_not_routing(
+    what: str, before: Snapshot, after: Snapshot, routes: bool
+) -> None:
+    assert (routing_key(after, False) != routing_key(before, False)) is routes, what
+
+
 class Published:
     """What the hub reads of the arbiter: the newest snapshot, set by hand."""
 
