@@ -13,9 +13,10 @@ Patroni replaces a crashed leader only after its leader key's TTL (at least
 20 s), which measures Patroni, not its followers.
 
 "Promotion" is when ``node1`` left recovery, by its own clock: a statement
-waits on the server, looking every millisecond, and answers
-``clock_timestamp()`` (a client polling with a round trip per look saw it
-up to tens of milliseconds late on busy CPUs); measured from there, for every
+waits on the server, looking every millisecond, and sends
+``clock_timestamp()`` from that statement when recovery ends (a client
+polling with a round trip per look, or asking in a second statement, saw
+it up to tens of milliseconds late on busy CPUs); measured from there, for every
 manager: its switch (its ``on_failover``) and its first acknowledged write
 on ``node1`` (p50, p99, max). Also: the sessions the managers keep on the
 servers to watch them (probes, and a follower's confirmation of the new
@@ -78,32 +79,40 @@ WINDOW = 3.0  # seconds after the switchover request in which sessions are watch
 
 
 # Waits on the server (up to 1 s a call, looking every millisecond) for the end of
-# recovery and answers when the server saw it, by its own clock (the same machine's):
-# a client polling with a round trip per look sees it late when the CPUs are busy.
+# recovery and says when the server saw it, by its own clock (the same machine's), in
+# a notice sent from the same statement: a client polling with a round trip per look,
+# or asking for the time in a second statement, sees it late when the CPUs are busy
+# (a second statement was seen to stamp it up to 80 ms late, after followers had
+# switched).
 _WAIT_OUT_OF_RECOVERY = """
 DO $$ BEGIN
   FOR i IN 1..1000 LOOP
-    EXIT WHEN NOT pg_is_in_recovery();
+    IF NOT pg_is_in_recovery() THEN
+      RAISE NOTICE 'left recovery at %', extract(epoch FROM clock_timestamp())::float8;
+      EXIT;
+    END IF;
     PERFORM pg_sleep(0.001);
   END LOOP;
 END $$
 """
-_SEEN = (
-    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL"
-    " ELSE extract(epoch FROM clock_timestamp())::float8 END"
-)
+_LEFT = "left recovery at "
 
 
 def _promoted(dsn: str, into: dict[str, float], stop: threading.Event) -> None:
     """Set ``into["at"]`` (wall clock) to when the server at ``dsn`` left recovery, as
     seen on the server within a millisecond."""
+
+    def notice(diag: psycopg.errors.Diagnostic) -> None:
+        message = diag.message_primary or ""
+        if message.startswith(_LEFT):
+            into.setdefault("at", float(message.removeprefix(_LEFT)))
+
     while not stop.is_set():
         with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            conn.add_notice_handler(notice)
             while not stop.is_set():
                 conn.execute(_WAIT_OUT_OF_RECOVERY)
-                row = conn.execute(_SEEN).fetchone()
-                if row is not None and row[0] is not None:
-                    into["at"] = float(row[0])
+                if "at" in into:
                     return
         stop.wait(0.01)
 
