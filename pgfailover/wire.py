@@ -81,12 +81,12 @@ def routing_key(snap: Snapshot, held: bool) -> tuple[Any, ...]:
     sends such a read to the primary.
 
     A read block's and a blocked promotion's texts count by their shape
-    (:func:`shape`: numbers masked): "heard from node0 1.7s ago" becomes
-    "1.8s ago" at the next round, every 50 ms while the primary is in
-    doubt, and sent at once, that clock made every follower decode and
-    adopt a snapshot every round of a failover, as the promotion came. A
-    block that starts, ends or changes its reason still goes at once; its
-    running numbers follow within the quiet gap.
+    (:func:`shape`: numbers masked). Their numbers run: "heard from node0
+    1.7s ago" reads "1.8s ago" a round later, and rounds come every 50 ms
+    while the primary is in doubt; sent at once, each tick made every
+    follower decode and adopt a snapshot in the very seconds the promotion
+    comes. A block that starts, ends or changes its reason still goes at
+    once; its running numbers follow within the quiet gap.
     """
     clock = snap.failover
     return (
