@@ -27,25 +27,31 @@ top so no ACCEPT rule before them can let packets through.
 Every rule carries ``-m comment --comment pgfailover-lab:<lab>:<node>:<fault>``
 (``<lab>`` is the first 12 hex digits of the SHA-1 of the lab directory), so
 a lab finds, reports and removes its own rules, and
-:func:`remove_stale_rules` removes what a crashed run left behind. The argv
+:func:`remove_stale_rules` removes what a crashed run left behind: with
+``keep=live_labs()``, only that, leaving the rules of labs whose servers
+still run (another test session's, on the same machine). The argv
 builders are pure functions; only :class:`NetFaults` and
 :func:`remove_stale_rules` run iptables (which needs root).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, cast, get_args
 
 from pgfailover.errors import LabError
 from pgfailover.lab.base import CLIENT_HOST
+from pgfailover.lab.proc import postmaster_pid
 
 __all__ = [
     "CHAIN",
@@ -58,9 +64,11 @@ __all__ = [
     "insert_argv",
     "lab_id",
     "list_argv",
+    "live_labs",
     "parse_tag",
     "remove_stale_rules",
     "rule_specs",
+    "stale",
     "tagged_rules",
     "unavailable_reason",
 ]
@@ -218,13 +226,42 @@ def _list(prefix: str) -> list[TaggedRule]:
     return tagged_rules(_run(list_argv()).stdout, prefix)
 
 
-def _delete(prefix: str) -> int:
-    """Delete every rule whose comment starts with ``prefix``; how many went."""
-    rules = _list(prefix)
+def stale(rules: Sequence[TaggedRule], keep: Collection[str]) -> list[TaggedRule]:
+    """The rules that belong to no lab in ``keep`` (a tag naming no lab is stale too)."""
+    out = []
+    for rule in rules:
+        parsed = parse_tag(rule.tag)
+        if parsed is None or parsed[0] not in keep:
+            out.append(rule)
+    return out
+
+
+def live_labs(parent: Path | str | None = None) -> frozenset[str]:
+    """The ids (:func:`lab_id`) of the labs in ``parent`` with a server running.
+
+    ``parent`` defaults to the temporary directory, where
+    :meth:`~pgfailover.lab.LocalLab.create` makes its ``pgfl-*`` directories
+    (a lab given a directory elsewhere is not found). A lab whose servers are
+    all gone is a crashed run's: its rules are stale, and a later lab that
+    gets one of its ports must not inherit its faults.
+    """
+    where = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    found = set()
+    for base in where.glob("pgfl-*"):
+        with contextlib.suppress(OSError):
+            if any(d.is_dir() and postmaster_pid(d) is not None for d in base.iterdir()):
+                found.add(lab_id(base))
+    return frozenset(found)
+
+
+def _delete(prefix: str, keep: Collection[str] = ()) -> int:
+    """Delete every rule whose comment starts with ``prefix``, except those of the labs
+    in ``keep``; how many went."""
+    rules = stale(_list(prefix), keep) if keep else _list(prefix)
     for rule in rules:
         # check=False: a concurrent heal may have removed it already.
         _run(rule.delete_argv(), check=False)
-    left = _list(prefix)
+    left = stale(_list(prefix), keep) if keep else _list(prefix)
     if left:
         raise LabError(
             f"could not remove {len(left)} iptables rule(s) tagged {left[0].tag!r}: "
@@ -233,14 +270,17 @@ def _delete(prefix: str) -> int:
     return len(rules)
 
 
-def remove_stale_rules(prefix: str = TAG_PREFIX) -> int:
-    """Delete every iptables rule whose comment starts with ``prefix``.
+def remove_stale_rules(prefix: str = TAG_PREFIX, *, keep: Collection[str] = ()) -> int:
+    """Delete every iptables rule whose comment starts with ``prefix``, except the rules
+    of the labs in ``keep``.
 
-    For cleaning up after a crashed run: with the default prefix it removes
-    the rules of every lab on this machine, including labs other processes
-    are using right now. Returns how many rules it removed.
+    For cleaning up after a crashed run. With ``keep=live_labs()`` it leaves
+    the labs whose servers run, such as another test session's on this
+    machine; with the default it removes the rules of every lab, including
+    labs other processes are using right now. Returns how many rules it
+    removed.
     """
-    removed = _delete(prefix)
+    removed = _delete(prefix, keep)
     if removed:
         logger.warning("lab: removed %d stale iptables rule(s) tagged %s*", removed, prefix)
     return removed

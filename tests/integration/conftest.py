@@ -85,17 +85,15 @@ def _no_lab_process_survives() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_stale_fault_rules() -> Iterator[None]:
-    """Remove every ``pgfailover-lab`` iptables rule before and after the session.
-
-    Machine-wide: a second test session running at the same time on this
-    machine would lose its faults too.
-    """
+    """Remove the ``pgfailover-lab`` iptables rules of crashed runs before and after the
+    session: every lab's whose servers are gone. A second test session running on
+    this machine at the same time keeps its labs' faults (``live_labs``)."""
     usable = netfault.unavailable_reason() is None
     if usable:
-        netfault.remove_stale_rules()
+        netfault.remove_stale_rules(keep=netfault.live_labs())
     yield
     if usable:
-        netfault.remove_stale_rules()
+        netfault.remove_stale_rules(keep=netfault.live_labs())
 
 
 @pytest.fixture(scope="session")
