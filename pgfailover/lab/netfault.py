@@ -257,11 +257,11 @@ def live_labs(parent: Path | str | None = None) -> frozenset[str]:
 def _delete(prefix: str, keep: Collection[str] = ()) -> int:
     """Delete every rule whose comment starts with ``prefix``, except those of the labs
     in ``keep``; how many went."""
-    rules = stale(_list(prefix), keep) if keep else _list(prefix)
+    rules = stale(_list(prefix), keep)
     for rule in rules:
         # check=False: a concurrent heal may have removed it already.
         _run(rule.delete_argv(), check=False)
-    left = stale(_list(prefix), keep) if keep else _list(prefix)
+    left = stale(_list(prefix), keep)
     if left:
         raise LabError(
             f"could not remove {len(left)} iptables rule(s) tagged {left[0].tag!r}: "
